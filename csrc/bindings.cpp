@@ -1,0 +1,227 @@
+// taylorkern._core: thin forwarding to the kernels.  The Python layer (taylorkern.model)
+// validates every input once; here we only refuse arrays of the wrong dtype, shape or
+// layout (never copy silently), allocate the results, and release the GIL while the
+// kernels run.  BLAS comes from scipy's bundled OpenBLAS, looked up at import.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "blas.hpp"
+#include "curvature.hpp"
+#include "diagonal.hpp"
+#include "forward_backward.hpp"
+#include "jacobian.hpp"
+#include "rop.hpp"
+
+namespace py = pybind11;
+using tk::idx;
+using tk::Net;
+
+namespace {
+
+template <class T>
+const T* data(const py::array& a, const char* name, std::vector<idx> shape) {
+  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
+    throw py::type_error(std::string(name) + ": expected a C-contiguous array of " +
+                         (sizeof(T) == 8 ? "float64" : "float32"));
+  if ((idx)a.ndim() != (idx)shape.size()) throw py::value_error(std::string(name) + ": wrong number of dimensions");
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] >= 0 && a.shape(i) != shape[i]) throw py::value_error(std::string(name) + ": wrong shape");
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+tk::Targets<T> targets(const Net& net, const py::array& y, idx N) {
+  tk::Targets<T> tg;
+  if (net.loss == tk::Loss::ce) {
+    if (!py::isinstance<py::array_t<std::int64_t>>(y) || !(y.flags() & py::array::c_style) || y.ndim() != 1 ||
+        y.shape(0) != N)
+      throw py::type_error("Y: expected C-contiguous int64 labels of shape (N,)");
+    tg.labels = static_cast<const std::int64_t*>(y.data());
+  } else {
+    tg.y = data<T>(y, "Y", {N, net.k()});
+  }
+  return tg;
+}
+
+bool is_f32(const py::array& theta) {
+  if (py::isinstance<py::array_t<double>>(theta)) return false;
+  if (py::isinstance<py::array_t<float>>(theta)) return true;
+  throw py::type_error("theta: expected float64 or float32");
+}
+
+// Calls fn<float> or fn<double> by theta's dtype.
+#define TK_DISPATCH(theta, body)      \
+  if (is_f32(theta)) {                \
+    using T = float;                  \
+    body                              \
+  } else {                            \
+    using T = double;                 \
+    body                              \
+  }
+
+py::object predict(const Net& net, py::array theta, py::array X) {
+  TK_DISPATCH(theta, {
+    const idx N = X.ndim() == 2 ? X.shape(0) : -1;
+    const T* th = data<T>(theta, "theta", {net.P()});
+    const T* x = data<T>(X, "X", {N, net.d[0]});
+    py::array_t<T> out({N, net.k()});
+    T* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    tk::predict<T>(net, th, x, N, o);
+    py::gil_scoped_acquire gil;
+    return std::move(out);
+  })
+}
+
+// Checks the (theta, X, Y) triple; returns N.
+template <class T>
+idx check_data(const Net& net, const py::array& theta, const py::array& X) {
+  data<T>(theta, "theta", {net.P()});
+  const idx N = X.ndim() == 2 ? X.shape(0) : -1;
+  data<T>(X, "X", {N, net.d[0]});
+  return N;
+}
+
+#define TK_DATA                                                                  \
+  const idx N = check_data<T>(net, theta, X);                                    \
+  const T* th = static_cast<const T*>(theta.data());                             \
+  const T* x = static_cast<const T*>(X.data());                                  \
+  const tk::Targets<T> tg = targets<T>(net, Y, N);
+
+double loss(const Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  TK_DISPATCH(theta, {
+    TK_DATA
+    py::gil_scoped_release nogil;
+    return tk::loss<T>(net, th, x, N, tg, mean);
+  })
+}
+
+py::tuple loss_and_grad(const Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  TK_DISPATCH(theta, {
+    TK_DATA
+    py::array_t<T> grad(net.P());
+    T* g = grad.mutable_data();
+    double value;
+    {
+      py::gil_scoped_release nogil;
+      value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g);
+    }
+    return py::make_tuple(value, grad);
+  })
+}
+
+py::object product(const Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
+  TK_DISPATCH(theta, {
+    TK_DATA
+    const idx m = V.ndim() == 2 ? V.shape(1) : -1;
+    const T* v = data<T>(V, "V", {net.P(), m});
+    py::array_t<T> out({net.P(), m});
+    T* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn);
+    }
+    return std::move(out);
+  })
+}
+
+py::object jacobian(const Net& net, py::array theta, py::array X) {
+  TK_DISPATCH(theta, {
+    const idx N = check_data<T>(net, theta, X);
+    py::array_t<T> out({N * net.k(), net.P()});
+    T* o = out.mutable_data();
+    const T* th = static_cast<const T*>(theta.data());
+    const T* x = static_cast<const T*>(X.data());
+    {
+      py::gil_scoped_release nogil;
+      tk::jacobian<T>(net, th, x, N, o);
+    }
+    return std::move(out);
+  })
+}
+
+py::object full(const Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  TK_DISPATCH(theta, {
+    TK_DATA
+    py::array_t<T> out({net.P(), net.P()});
+    T* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o);
+    }
+    return std::move(out);
+  })
+}
+
+py::list blocks(const Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  TK_DISPATCH(theta, {
+    TK_DATA
+    py::list result;
+    std::vector<T*> outs;
+    for (idx l = 0; l < net.L(); ++l) {
+      const idx Pl = net.off[l + 1] - net.off[l];
+      py::array_t<T> b({Pl, Pl});
+      outs.push_back(b.mutable_data());
+      result.append(b);
+    }
+    {
+      py::gil_scoped_release nogil;
+      tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs);
+    }
+    return result;
+  })
+}
+
+py::object diag(const Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  TK_DISPATCH(theta, {
+    TK_DATA
+    py::array_t<T> out(net.P());
+    T* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      tk::curvature_diag<T>(net, th, x, N, tg, mean, gn, o);
+    }
+    return std::move(out);
+  })
+}
+
+void* capsule_pointer(const py::object& capsule) {
+  PyObject* c = capsule.ptr();
+  void* p = PyCapsule_GetPointer(c, PyCapsule_GetName(c));
+  if (!p) throw py::error_already_set();
+  return p;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "taylorkern compiled kernels (C++/OpenMP, BLAS from scipy)";
+  {
+    py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
+    tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));
+  }
+  py::class_<Net>(m, "Net")
+      .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
+           py::arg("loss"))
+      .def_property_readonly("num_params", &Net::P);
+  m.def("predict", &predict);
+  m.def("loss", &loss);
+  m.def("loss_and_grad", &loss_and_grad);
+  m.def("hvp", [](const Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
+    return product(n, t, x, y, v, mean, false);
+  });
+  m.def("ggn_vp", [](const Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
+    return product(n, t, x, y, v, mean, true);
+  });
+  m.def("jacobian", &jacobian);
+  m.def("hessian", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
+  m.def("ggn", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, true); });
+  m.def("hessian_blocks", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
+  m.def("ggn_blocks", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
+  m.def("hessian_diag", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
+  m.def("ggn_diag", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
+  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
+  m.def("get_num_threads", []() { return omp_get_max_threads(); });
+}

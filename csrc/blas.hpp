@@ -1,0 +1,29 @@
+// Row-major matrix products on top of the Fortran BLAS that scipy ships.
+//
+// The function pointers come from scipy.linalg.cython_blas at import (bindings.cpp),
+// so the module links against no BLAS of its own and uses the optimized OpenBLAS
+// that scipy installs from PyPI.  Products too small for a BLAS call to pay off run
+// as plain loops.  BLAS is only ever called from serial code (never inside an OpenMP
+// region), so BLAS threads and OpenMP threads take turns instead of oversubscribing.
+#pragma once
+#include "common.hpp"
+
+namespace tk {
+
+using dgemm_t = void(const char*, const char*, const int*, const int*, const int*, const double*,
+                     const double*, const int*, const double*, const int*, const double*, double*,
+                     const int*);
+using sgemm_t = void(const char*, const char*, const int*, const int*, const int*, const float*,
+                     const float*, const int*, const float*, const int*, const float*, float*,
+                     const int*);
+
+void set_blas(void* dgemm, void* sgemm);
+bool have_blas();
+
+// C (M x N) = alpha * op(A) * op(B) + beta * C, all row-major.
+// op(A) is M x K (A is K x M when ta), op(B) is K x N (B is N x K when tb).
+template <class T>
+void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
+          T beta, T* C, idx ldc);
+
+}  // namespace tk

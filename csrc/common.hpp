@@ -1,0 +1,51 @@
+// Shared definitions of the taylorkern kernels.
+//
+// Index letters (as in the Python docstrings): N samples, L layers (0-based l = 0..L-1),
+// layer l maps a_l (width d[l]) to z_l (width d[l+1]); k = d[L] outputs; P parameters;
+// m directions.  Layer l's parameters are the augmented matrix [W_l; b_l] of shape
+// (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (DESIGN §1).
+// All arrays are row-major and contiguous; sizes are 64-bit.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tk {
+
+using idx = std::int64_t;
+
+enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
+enum class Loss : int { mse = 0, ce };
+
+// The network description: built once per MLP, shared by every call.
+struct Net {
+  std::vector<idx> d;    // widths d[0..L]
+  std::vector<Act> act;  // activation of hidden layer outputs z_0..z_{L-2}
+  Loss loss = Loss::mse;
+  std::vector<idx> off;  // off[l] = start of layer l in theta, off[L] = P
+
+  Net(std::vector<idx> widths, std::vector<int> acts, int loss_code);
+  idx L() const { return (idx)d.size() - 1; }
+  idx P() const { return off.back(); }
+  idx k() const { return d.back(); }
+  idx din(idx l) const { return d[l]; }
+  idx dout(idx l) const { return d[l + 1]; }
+};
+
+// The loss targets: float Y (N, k) for mse, int64 labels (N,) for ce.
+template <class T>
+struct Targets {
+  const T* y = nullptr;
+  const std::int64_t* labels = nullptr;
+};
+
+// Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
+template <class T>
+inline T sample_weight(idx N, bool mean) { return mean ? T(1) / T(N) : T(1); }
+
+// Run a loop over rows in parallel only when it is worth waking the threads.
+constexpr idx kParallelMin = 1 << 14;
+
+}  // namespace tk

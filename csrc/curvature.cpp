@@ -1,0 +1,394 @@
+// Exact Hessian and GGN of an MLP from their Kronecker structure.
+//
+// Math (shared/MATH.md, 0-based layers, a~_l = [a_l, 1] the augmented input of layer l,
+// H_l = d[l+1], D_l = diag act'(z_l)).  Per sample:
+//   Q_{L-1} = H_out,  Q_{l-1} = D_{l-1} W_l Q_l W_l^T D_{l-1} + diag(e_{l-1} * act''(z_{l-1}))
+//   (the GGN drops the diag term: Q_l = U_l^T U_l with U backpropagated from sqrt(H_out)).
+//   Block (l, m), l <= m, of the Hessian/GGN:
+//     H[(l,i,j), (m,i',j')] += a~_l[i] a~_m[i'] M^{(l,m)}[j, j'],   M^{(l,m)} = B_{m,l}^T Q_m
+//   and, Hessian only, for l < m (the bilinear coupling W_m * a_{m-1}; i' a true unit of a_m-input):
+//     H[(l,i,j), (m,i',j')] += a~_l[i] g_m[j'] act'(z_{m-1})[i'] B_{m-1,l}[i', j]
+// Summed over samples, each term is ONE matrix product over the sample index: e.g.
+//   K[(i,i'), (j',j)] = sum_n (a~_l[n,i] a~_m[n,i']) (M^{(l,m)}_n[j,j'])
+// costs 2 N P_l P_m, followed by an index permutation into the block.  Diagonal blocks
+// use the symmetry of both factors (i <= i', j <= j'): a quarter of the products.  So the
+// full G and H cost about N P^2 / 2..N P^2 multiply-adds, whatever the number of outputs.
+//
+// Parallel strategy: samples are processed in chunks (bounded workspace); per-sample
+// factors come from stacked products (BLAS, N*rows x d) and per-sample loops (OpenMP over
+// samples); the big Kronecker products are BLAS calls accumulating over chunks into
+// per-block buffers; the final permutation writes each output element once, OpenMP over rows.
+#include "curvature.hpp"
+
+#include <algorithm>
+
+#include "blas.hpp"
+
+namespace tk {
+
+namespace {
+
+// Packed index of (a, b), a <= b, in the row-major upper triangle of an n x n matrix.
+inline idx tri(idx a, idx b, idx n) { return a * n - a * (a - 1) / 2 + (b - a); }
+
+// Per sample n < c: C_n (p x q) = A_n^T B_n, A_n (r x p), B_n (r x q).
+template <class T>
+void batched_AtB(idx c, idx r, idx p, idx q, const T* A, const T* B, T* C) {
+#pragma omp parallel for schedule(static) if (c * r * p * q > kParallelMin)
+  for (idx n = 0; n < c; ++n) {
+    T* Cn = C + n * p * q;
+    std::fill(Cn, Cn + p * q, T(0));
+    for (idx t = 0; t < r; ++t) {
+      const T* a = A + (n * r + t) * p;
+      const T* b = B + (n * r + t) * q;
+      for (idx i = 0; i < p; ++i) {
+        const T ai = a[i];
+        for (idx j = 0; j < q; ++j) Cn[i * q + j] += ai * b[j];
+      }
+    }
+  }
+}
+
+// Per sample: X (c, rows, cols) columns scaled by s[n, col] (s has row stride cols).
+template <class T>
+void scale_cols(idx c, idx rows, idx cols, const T* s, T* X) {
+#pragma omp parallel for schedule(static) if (c * rows * cols > kParallelMin)
+  for (idx n = 0; n < c; ++n)
+    for (idx r = 0; r < rows; ++r)
+      for (idx j = 0; j < cols; ++j) X[(n * rows + r) * cols + j] *= s[n * cols + j];
+}
+
+// Augmented inputs of layer l for the chunk: (c, d[l]+1).
+template <class T>
+void augmented(const Net& net, const Tape<T>& t, idx l, idx n0, idx c, std::vector<T>& A) {
+  const idx di = net.d[l];
+  A.resize(c * (di + 1));
+  const T* a = t.in(l) + n0 * di;
+  for (idx n = 0; n < c; ++n) {
+    std::copy(a + n * di, a + (n + 1) * di, A.data() + n * (di + 1));
+    A[n * (di + 1) + di] = T(1);
+  }
+}
+
+// Kd (Da(Da+1)/2, H(H+1)/2) += sum_n tri(a~ a~^T) tri(Q_n)^T for one layer.
+template <class T>
+void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, std::vector<T>& Lf, std::vector<T>& Rf,
+                        T* Kd) {
+  const idx DP = Da * (Da + 1) / 2, HP = H * (H + 1) / 2;
+  Lf.resize(c * DP);
+  Rf.resize(c * HP);
+#pragma omp parallel for schedule(static) if (c * (DP + HP) > kParallelMin)
+  for (idx n = 0; n < c; ++n) {
+    const T* a = A + n * Da;
+    T* lf = Lf.data() + n * DP;
+    for (idx i = 0; i < Da; ++i)
+      for (idx i2 = i; i2 < Da; ++i2) *lf++ = a[i] * a[i2];
+    const T* q = Q + n * H * H;
+    T* rf = Rf.data() + n * HP;
+    for (idx j = 0; j < H; ++j)
+      for (idx j2 = j; j2 < H; ++j2) *rf++ = q[j * H + j2];
+  }
+  gemm<T>(true, false, DP, HP, c, T(1), Lf.data(), DP, Rf.data(), HP, T(1), Kd, HP);
+}
+
+// Block (P_l x P_l, leading dimension ld) from its packed Kronecker sum.
+template <class T>
+void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
+  const idx HP = H * (H + 1) / 2;
+#pragma omp parallel for schedule(static) if (Da * Da * H * H > kParallelMin)
+  for (idx i = 0; i < Da; ++i)
+    for (idx j = 0; j < H; ++j) {
+      T* row = out + (i * H + j) * ld;
+      for (idx i2 = 0; i2 < Da; ++i2) {
+        const T* k = Kd + tri(std::min(i, i2), std::max(i, i2), Da) * HP;
+        for (idx j2 = 0; j2 < H; ++j2) row[i2 * H + j2] = k[tri(std::min(j, j2), std::max(j, j2), H)];
+      }
+    }
+}
+
+}  // namespace
+
+idx chunk_size(const Net& net, idx N, Need need) {
+  const idx L = net.L(), k = net.k();
+  idx foot = k * k, widest = 0;
+  for (idx l = 0; l < L; ++l) {
+    const idx H = net.d[l + 1], Da = net.d[l] + 1;
+    foot += 3 * H * H + k * H + 2 * H * net.d[l] + Da;
+    widest = std::max(widest, Da * (Da + 1) / 2 + H * (H + 1) / 2);
+    if (need == Need::full)
+      for (idx m = l + 1; m < L; ++m) {
+        foot += 2 * net.d[m + 1] * H + H * net.d[m];
+        widest = std::max(widest, Da * (net.d[m] + 1) + Da * net.d[m + 1] + H * net.d[m]);
+      }
+  }
+  foot += widest;
+  const idx budget = idx(1) << 23;  // values (64 MiB in float64)
+  return std::max<idx>(1, std::min<idx>({N, 512, budget / std::max<idx>(foot, 1)}));
+}
+
+template <class T>
+void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
+                    Tape<T>& t) {
+  forward(net, theta, X, N, t, !gn);
+  loss_head(net, t, tg, mean, !gn);
+  if (!gn) backward(net, theta, t, true);
+}
+
+template <class T>
+void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, Need need, idx n0,
+                   idx c, Factors<T>& f) {
+  const idx L = net.L(), k = net.k();
+  const T s = sample_weight<T>(t.N, mean);
+  f.Q.resize(L);
+  if (need == Need::full) {
+    f.Tm.assign(L, std::vector<std::vector<T>>(L));
+    f.S.assign(L, std::vector<std::vector<T>>(L));
+  }
+  const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
+
+  if (gn) {
+    // U_{L-1} rows: a square root R of H_out (R^T R = H_out), then backpropagated.
+    //   mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T), row r = sqrt(s p_r) (e_r - p).
+    f.U.resize(L);
+    auto& U = f.U[L - 1];
+    U.assign(c * k * k, T(0));
+    for (idx n = 0; n < c; ++n)
+      for (idx r = 0; r < k; ++r) {
+        T* u = U.data() + (n * k + r) * k;
+        if (!P) {
+          u[r] = std::sqrt(2 * s / T(k));
+        } else {
+          const T* p = P + n * k;
+          const T w = std::sqrt(s * p[r]);
+          for (idx j = 0; j < k; ++j) u[j] = -w * p[j];
+          u[r] += w;
+        }
+      }
+    backward_rows(net, theta, t, n0, c, k, f.U);
+    if (need == Need::diag) return;
+    for (idx l = 0; l < L; ++l) {
+      const idx H = net.d[l + 1];
+      f.Q[l].resize(c * H * H);
+      batched_AtB<T>(c, k, H, H, f.U[l].data(), f.U[l].data(), f.Q[l].data());
+      if (need == Need::full)
+        for (idx m = l + 1; m < L; ++m) {
+          f.Tm[l][m].resize(c * net.d[m + 1] * H);
+          batched_AtB<T>(c, k, net.d[m + 1], H, f.U[m].data(), f.U[l].data(), f.Tm[l][m].data());
+        }
+    }
+    return;
+  }
+
+  // Hessian: Q_{L-1} = H_out, then the backward recursion.
+  f.Q[L - 1].assign(c * k * k, T(0));
+  for (idx n = 0; n < c; ++n) {
+    T* q = f.Q[L - 1].data() + n * k * k;
+    for (idx i = 0; i < k; ++i) {
+      if (!P) {
+        q[i * k + i] = 2 * s / T(k);
+      } else {
+        const T* p = P + n * k;
+        for (idx j = 0; j < k; ++j) q[i * k + j] = -s * p[i] * p[j];
+        q[i * k + i] += s * p[i];
+      }
+    }
+  }
+  for (idx l = L - 1; l >= 1; --l) {
+    const idx Hl = net.d[l + 1], Hp = net.d[l];
+    const T* W = weights(net, theta, l);  // (Hp, Hl)
+    const T* d1 = t.d1[l - 1].data() + n0 * Hp;
+    // y_n = Q_l W_l^T  (Hl x Hp)
+    f.y.resize(c * Hl * Hp);
+    gemm<T>(false, true, c * Hl, Hp, Hl, T(1), f.Q[l].data(), Hl, W, Hl, T(0), f.y.data(), Hp);
+    if (need == Need::full) {
+      for (idx m = l + 1; m < L; ++m) {  // Tm[l-1][m] = Tm[l][m] W_l^T D_{l-1}
+        auto& Tn = f.Tm[l - 1][m];
+        Tn.resize(c * net.d[m + 1] * Hp);
+        gemm<T>(false, true, c * net.d[m + 1], Hp, Hl, T(1), f.Tm[l][m].data(), Hl, W, Hl, T(0), Tn.data(), Hp);
+        scale_cols<T>(c, net.d[m + 1], Hp, d1, Tn.data());
+      }
+      f.Tm[l - 1][l].assign(f.y.begin(), f.y.end());
+      scale_cols<T>(c, Hl, Hp, d1, f.Tm[l - 1][l].data());
+    }
+    // yt_n = D W_l Q_l = (y_n)^T with rows scaled; Q_{l-1} = yt_n W_l^T D + diag(e * act'').
+    f.yt.resize(c * Hp * Hl);
+#pragma omp parallel for schedule(static) if (c * Hl * Hp > kParallelMin)
+    for (idx n = 0; n < c; ++n)
+      for (idx i = 0; i < Hp; ++i)
+        for (idx j = 0; j < Hl; ++j) f.yt[(n * Hp + i) * Hl + j] = d1[n * Hp + i] * f.y[(n * Hl + j) * Hp + i];
+    auto& Qp = f.Q[l - 1];
+    Qp.resize(c * Hp * Hp);
+    gemm<T>(false, true, c * Hp, Hp, Hl, T(1), f.yt.data(), Hl, W, Hl, T(0), Qp.data(), Hp);
+    scale_cols<T>(c, Hp, Hp, d1, Qp.data());
+    const T* e = t.e[l - 1].data() + n0 * Hp;
+    const T* d2 = t.d2[l - 1].data() + n0 * Hp;
+    for (idx n = 0; n < c; ++n)
+      for (idx i = 0; i < Hp; ++i) Qp[(n * Hp + i) * Hp + i] += e[n * Hp + i] * d2[n * Hp + i];
+  }
+  if (need != Need::full) return;
+
+  // Term-3 factors: B^T_{l+1,l} = D_l W_{l+1}; S[l][m] = B^T_{m-1,l} D_{m-1}; B^T_{m,l} = S[l][m] W_m.
+  std::vector<T> B;
+  for (idx l = 0; l + 2 < L; ++l) {
+    const idx H = net.d[l + 1];
+    const T* d1l = t.d1[l].data() + n0 * H;
+    const T* W1 = weights(net, theta, l + 1);  // (H, d[l+2])
+    const idx H1 = net.d[l + 2];
+    B.resize(c * H * H1);
+    for (idx n = 0; n < c; ++n)
+      for (idx i = 0; i < H; ++i)
+        for (idx j = 0; j < H1; ++j) B[(n * H + i) * H1 + j] = d1l[n * H + i] * W1[i * H1 + j];
+    for (idx m = l + 2; m < L; ++m) {  // B holds B^T_{m-1,l}: (c, H, d[m])
+      const idx Hm = net.d[m];
+      auto& Sm = f.S[l][m];
+      Sm.assign(B.begin(), B.end());
+      scale_cols<T>(c, H, Hm, t.d1[m - 1].data() + n0 * Hm, Sm.data());
+      if (m + 1 < L) {
+        B.resize(c * H * net.d[m + 1]);
+        gemm<T>(false, false, c * H, net.d[m + 1], Hm, T(1), Sm.data(), Hm, weights(net, theta, m), net.d[m + 1],
+                T(0), B.data(), net.d[m + 1]);
+      }
+    }
+  }
+}
+
+template <class T>
+void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out) {
+  const idx L = net.L(), P = net.P();
+  Tape<T> t;
+  curvature_tape(net, theta, X, N, tg, mean, gn, t);
+  auto Da = [&](idx l) { return net.d[l] + 1; };
+  auto Hd = [&](idx l) { return net.d[l + 1]; };
+
+  // Accumulators over chunks, one per block and term.
+  std::vector<std::vector<T>> Kd(L), E3a(L);
+  std::vector<std::vector<std::vector<T>>> Ko(L, std::vector<std::vector<T>>(L)), E3 = Ko;
+  for (idx l = 0; l < L; ++l) {
+    Kd[l].assign(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2), T(0));
+    for (idx m = l + 1; m < L; ++m) {
+      Ko[l][m].assign(Da(l) * Da(m) * Hd(m) * Hd(l), T(0));
+      if (!gn && m == l + 1) E3a[l].assign(Da(l) * Hd(l) * Hd(m), T(0));
+      if (!gn && m >= l + 2) E3[l][m].assign(Da(l) * Hd(m) * Hd(l) * net.d[m], T(0));
+    }
+  }
+
+  const idx C = chunk_size(net, N, Need::full);
+  Factors<T> f;
+  std::vector<std::vector<T>> A(L);
+  std::vector<T> Lf, Rf;
+  for (idx n0 = 0; n0 < N; n0 += C) {
+    const idx c = std::min(C, N - n0);
+    chunk_factors(net, theta, t, mean, gn, Need::full, n0, c, f);
+    for (idx l = 0; l < L; ++l) augmented(net, t, l, n0, c, A[l]);
+    for (idx l = 0; l < L; ++l) {
+      diag_block_product<T>(c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), Lf, Rf, Kd[l].data());
+      for (idx m = l + 1; m < L; ++m) {
+        // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
+        const idx da = Da(l), dm = Da(m);
+        Lf.resize(c * da * dm);
+#pragma omp parallel for schedule(static) if (c * da * dm > kParallelMin)
+        for (idx n = 0; n < c; ++n)
+          for (idx i = 0; i < da; ++i)
+            for (idx i2 = 0; i2 < dm; ++i2) Lf[(n * da + i) * dm + i2] = A[l][n * da + i] * A[m][n * dm + i2];
+        gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(),
+                Hd(m) * Hd(l), T(1), Ko[l][m].data(), Hd(m) * Hd(l));
+        if (gn) continue;
+        if (m == l + 1) {
+          // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
+          const idx H = Hd(l);
+          const T* d1 = t.d1[l].data() + n0 * H;
+          Lf.resize(c * da * H);
+          for (idx n = 0; n < c; ++n)
+            for (idx i = 0; i < da; ++i)
+              for (idx j = 0; j < H; ++j) Lf[(n * da + i) * H + j] = A[l][n * da + i] * d1[n * H + j];
+          gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data() + n0 * Hd(m), Hd(m), T(1),
+                  E3a[l].data(), Hd(m));
+        } else {
+          // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
+          const idx Hm = Hd(m);
+          const T* g = t.g[m].data() + n0 * Hm;
+          Lf.resize(c * da * Hm);
+          for (idx n = 0; n < c; ++n)
+            for (idx i = 0; i < da; ++i)
+              for (idx j = 0; j < Hm; ++j) Lf[(n * da + i) * Hm + j] = A[l][n * da + i] * g[n * Hm + j];
+          const idx cols = Hd(l) * net.d[m];
+          gemm<T>(true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, T(1),
+                  E3[l][m].data(), cols);
+        }
+      }
+    }
+  }
+
+  // Permute the accumulators into the upper blocks of out, then mirror.
+  for (idx l = 0; l < L; ++l) {
+    const idx da = Da(l), H = Hd(l), ol = net.off[l];
+    unpack_diag_block<T>(da, H, Kd[l].data(), out + ol * P + ol, P);
+    for (idx m = l + 1; m < L; ++m) {
+      const idx dm = Da(m), Hm = Hd(m), om = net.off[m];
+      const T* K = Ko[l][m].data();
+#pragma omp parallel for schedule(static) if (da * H * dm * Hm > kParallelMin)
+      for (idx i = 0; i < da; ++i)
+        for (idx j = 0; j < H; ++j) {
+          T* row = out + (ol + i * H + j) * P + om;
+          for (idx i2 = 0; i2 < dm; ++i2)
+            for (idx j2 = 0; j2 < Hm; ++j2) {
+              T v = K[(i * dm + i2) * (Hm * H) + j2 * H + j];
+              if (!gn && i2 < dm - 1) {
+                if (m == l + 1) {
+                  if (i2 == j) v += E3a[l][(i * H + j) * Hm + j2];
+                } else {
+                  v += E3[l][m][(i * Hm + j2) * (H * net.d[m]) + j * net.d[m] + i2];
+                }
+              }
+              row[i2 * Hm + j2] = v;
+            }
+        }
+    }
+  }
+#pragma omp parallel for schedule(dynamic, 16) if (P * P > kParallelMin)
+  for (idx r = 0; r < P; ++r) {
+    // lower triangle outside the diagonal blocks: out[r][q] = out[q][r]
+    idx l = 0;
+    while (net.off[l + 1] <= r) ++l;
+    for (idx q = 0; q < net.off[l]; ++q) out[r * P + q] = out[q * P + r];
+  }
+}
+
+template <class T>
+void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
+                      const std::vector<T*>& outs) {
+  const idx L = net.L();
+  Tape<T> t;
+  curvature_tape(net, theta, X, N, tg, mean, gn, t);
+  std::vector<std::vector<T>> Kd(L), A(L);
+  for (idx l = 0; l < L; ++l)
+    Kd[l].assign((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2), T(0));
+  const idx C = chunk_size(net, N, Need::blocks);
+  Factors<T> f;
+  std::vector<T> Lf, Rf;
+  for (idx n0 = 0; n0 < N; n0 += C) {
+    const idx c = std::min(C, N - n0);
+    chunk_factors(net, theta, t, mean, gn, Need::blocks, n0, c, f);
+    for (idx l = 0; l < L; ++l) {
+      augmented(net, t, l, n0, c, A[l]);
+      diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf, Kd[l].data());
+    }
+  }
+  for (idx l = 0; l < L; ++l) {
+    const idx Pl = (net.d[l] + 1) * net.d[l + 1];
+    unpack_diag_block<T>(net.d[l] + 1, net.d[l + 1], Kd[l].data(), outs[l], Pl);
+  }
+}
+
+#define TK_INST(T)                                                                                          \
+  template void curvature_tape<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, Tape<T>&);   \
+  template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx,          \
+                                 Factors<T>&);                                                              \
+  template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*);         \
+  template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,            \
+                                    const std::vector<T*>&);
+TK_INST(float)
+TK_INST(double)
+#undef TK_INST
+
+}  // namespace tk

@@ -1,0 +1,45 @@
+// Exact Hessian and GGN from their Kronecker structure (shared/MATH.md): full matrices,
+// per-layer blocks, and the per-sample factors that the diagonals share.
+#pragma once
+#include "common.hpp"
+#include "forward_backward.hpp"
+
+namespace tk {
+
+// What a chunk of samples must provide.
+enum class Need : int { diag = 0, blocks = 1, full = 2 };
+
+// Per-sample curvature factors for samples [n0, n0 + c) (0-based layers, H_l = d[l+1]):
+//   Q[l]     (c, H_l, H_l)     curvature with respect to z_l (symmetric)
+//   Tm[l][m] (c, H_m, H_l)     M^{(l,m)} transposed, M^{(l,m)} = B_{m,l}^T Q_m, for l < m   (full)
+//   S[l][m]  (c, H_l, d[m])    B_{m-1,l}^T act'(z_{m-1}), for m >= l + 2 (Hessian term 3, full)
+//   U[l]     (c, k, H_l)       GGN only: d f/d z_l^T rows times a square root of H_out
+template <class T>
+struct Factors {
+  std::vector<std::vector<T>> Q, U;
+  std::vector<std::vector<std::vector<T>>> Tm, S;
+  std::vector<T> y, yt;  // scratch
+};
+
+// Forward (and, for the Hessian, backward) pass over all N samples into `tape`.
+template <class T>
+void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
+                    Tape<T>& tape);
+
+template <class T>
+void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0,
+                   idx c, Factors<T>& f);
+
+// Samples per chunk so that the per-chunk buffers stay near `budget` values.
+idx chunk_size(const Net& net, idx N, Need need);
+
+// out (P, P): the data term of H (gn = false) or G (gn = true).
+template <class T>
+void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out);
+
+// outs[l] (P_l, P_l): the diagonal blocks.
+template <class T>
+void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
+                      const std::vector<T*>& outs);
+
+}  // namespace tk

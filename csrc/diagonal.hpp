@@ -1,0 +1,9 @@
+// diag(H) and diag(G) without forming either matrix.
+#pragma once
+#include "common.hpp"
+
+namespace tk {
+// out (P,): diagonal of the data term of H (gn = false) or G (gn = true).
+template <class T>
+void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out);
+}  // namespace tk

@@ -1,0 +1,68 @@
+// Forward pass fused with the activations, the loss head, and backpropagation.
+//
+// Per layer l (0-based):  z_l = a_l W_l + b_l,  a_{l+1} = act(z_l) for l < L-1,  f = z_{L-1}.
+// Loss head (per-sample weight s = 1/N or 1):
+//   mse  loss = s/k sum (f - y)^2,         g_{L-1} = 2 s / k (f - y)
+//   ce   loss = s sum (logsumexp f - f_y),  g_{L-1} = s (softmax(f) - onehot(y))
+// Backward:  e_l = g_{l+1} W_{l+1}^T (adjoint of a_{l+1}),  g_l = e_l * act'(z_l);
+// gradient of [W_l; b_l] = [a_l^T g_l; 1^T g_l].
+// Large products go through BLAS; the elementwise work is fused per row and
+// parallel over samples.  All buffers live in the Tape, reused across calls.
+#pragma once
+#include "common.hpp"
+
+namespace tk {
+
+template <class T>
+struct Tape {
+  idx N = 0;
+  const T* X = nullptr;
+  std::vector<std::vector<T>> a;       // a[l], l = 1..L-1: (N, d[l]); a[0] is X
+  std::vector<std::vector<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])
+  std::vector<T> F;                    // outputs (N, k)
+  std::vector<T> p;                    // ce: softmax(F) (N, k)
+  std::vector<T> rowloss;              // per-sample losses (N,)
+  std::vector<std::vector<T>> g;       // g[l] = dloss/dz_l: (N, d[l+1])
+  std::vector<std::vector<T>> e;       // e[l] = dloss/da_{l+1} for l = 0..L-2: (N, d[l+1])
+
+  const T* in(idx l) const { return l == 0 ? X : a[l].data(); }
+};
+
+template <class T> inline const T* weights(const Net& net, const T* theta, idx l) { return theta + net.off[l]; }
+template <class T> inline const T* bias(const Net& net, const T* theta, idx l) {
+  return theta + net.off[l] + net.d[l] * net.d[l + 1];
+}
+
+// Fills tape.a, tape.d1 (and tape.d2 when `second`), tape.F.
+template <class T>
+void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& tape, bool second);
+
+// Loss value (double accumulation) and g[L-1]; tape.p for ce.
+template <class T>
+double loss_head(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, bool want_grad);
+
+// g[l] for l < L-1 and, when `keep_e`, e[l].
+template <class T>
+void backward(const Net& net, const T* theta, Tape<T>& tape, bool keep_e);
+
+// grad (P,) from tape.g.
+template <class T>
+void param_grad(const Net& net, const Tape<T>& tape, T* grad);
+
+template <class T>
+void predict(const Net& net, const T* theta, const T* X, idx N, T* out);
+template <class T>
+double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean);
+template <class T>
+double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad);
+
+}  // namespace tk
+
+namespace tk {
+// Backpropagates r rows per sample through the network's Jacobian:
+// U[L-1] (N, r, k) given; U[l-1] = (U[l] W_l^T) * act'(z_{l-1}) for l = L-1..1, each (N, r, d[l]).
+// Samples [n0, n0+N) of the tape.  With U[L-1] = identity rows this is d f / d z_l.
+template <class T>
+void backward_rows(const Net& net, const T* theta, const Tape<T>& tape, idx n0, idx N, idx r,
+                   std::vector<std::vector<T>>& U);
+}  // namespace tk

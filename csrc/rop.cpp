@@ -1,0 +1,149 @@
+// Products H V and G V for V of shape (P, m): Pearlmutter's R-op, all m directions at once.
+//
+// Forward tangents (direction c; V_l = [VW_l; Vb_l] is layer l's slice of V):
+//   Rz_l = Ra_l W_l + a_l VW_l + Vb_l,      Ra_{l+1} = act'(z_l) * Rz_l      (Ra_0 = 0)
+// Backward, starting from Rg_{L-1} = H_out Rz_{L-1} (mse: 2s/k Rf; ce: s (p*r - p (p.r))):
+//   R{grad [W_l; b_l]} = [a_l^T Rg_l + Ra_l^T g_l ; 1^T Rg_l]
+//   Re_{l-1} = Rg_l W_l^T + g_l VW_l^T,   Rg_{l-1} = Re_{l-1} * act'(z_{l-1}) + e_{l-1} * act''(z_{l-1}) * Rz_{l-1}
+// The GGN product G V = J^T H_out J V keeps only the first term of each line.
+//
+// Layout: tangents are (N, m, d) so that every product above is ONE matrix product
+// with N*m rows; V's layer slices are transposed once to Vt_l[i][c][j] (and
+// Vtt_l[j][c][i]) so that a_l VW_l and g_l VW_l^T are single products too.  All the
+// reshuffling is O(P m) or O(N m d); the work is O(N m P) in BLAS.
+#include "rop.hpp"
+
+#include <algorithm>
+
+#include "blas.hpp"
+#include "forward_backward.hpp"
+
+namespace tk {
+
+template <class T>
+void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V,
+         idx m, T* out, bool gn) {
+  const idx L = net.L(), k = net.k();
+  Tape<T> t;
+  forward(net, theta, X, N, t, !gn);
+  loss_head(net, t, tg, mean, !gn);
+  if (!gn) backward(net, theta, t, true);
+  const T s = sample_weight<T>(N, mean);
+
+  // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
+  std::vector<std::vector<T>> Vt(L), Vtt(L), Rz(L), Ra(L);
+  for (idx l = 0; l < L; ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    const T* v = V + net.off[l] * m;
+    Vt[l].resize((di + 1) * m * dn);
+    for (idx i = 0; i <= di; ++i)
+      for (idx j = 0; j < dn; ++j)
+        for (idx c = 0; c < m; ++c) Vt[l][(i * m + c) * dn + j] = v[(i * dn + j) * m + c];
+    if (!gn && l > 0) {
+      Vtt[l].resize(dn * m * di);
+      for (idx i = 0; i < di; ++i)
+        for (idx j = 0; j < dn; ++j)
+          for (idx c = 0; c < m; ++c) Vtt[l][(j * m + c) * di + i] = v[(i * dn + j) * m + c];
+    }
+  }
+
+  // Forward tangents.
+  for (idx l = 0; l < L; ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    Rz[l].resize(N * m * dn);
+    T* rz = Rz[l].data();
+    const T* vb = Vt[l].data() + di * m * dn;
+    for (idx n = 0; n < N; ++n) std::copy(vb, vb + m * dn, rz + n * m * dn);
+    gemm<T>(false, false, N, m * dn, di, T(1), t.in(l), di, Vt[l].data(), m * dn, T(1), rz, m * dn);
+    if (l > 0)
+      gemm<T>(false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
+    if (l + 1 < L) {
+      Ra[l + 1].resize(N * m * dn);
+      T* ra = Ra[l + 1].data();
+      const T* d1 = t.d1[l].data();
+#pragma omp parallel for schedule(static) if (N * m * dn > kParallelMin)
+      for (idx n = 0; n < N; ++n)
+        for (idx c = 0; c < m; ++c)
+          for (idx j = 0; j < dn; ++j) ra[(n * m + c) * dn + j] = d1[n * dn + j] * rz[(n * m + c) * dn + j];
+    }
+  }
+
+  // Output curvature applied to the output tangent.
+  std::vector<T> Rg(N * m * k), Re, tmp;
+  {
+    const T* rf = Rz[L - 1].data();
+    T* rg = Rg.data();
+    if (net.loss == Loss::mse) {
+      const T c2 = 2 * s / T(k);
+      for (idx i = 0; i < N * m * k; ++i) rg[i] = c2 * rf[i];
+    } else {
+      const T* p = t.p.data();
+#pragma omp parallel for schedule(static) if (N * m * k > kParallelMin)
+      for (idx n = 0; n < N; ++n)
+        for (idx c = 0; c < m; ++c) {
+          const T* r = rf + (n * m + c) * k;
+          const T* pn = p + n * k;
+          T dot = 0;
+          for (idx j = 0; j < k; ++j) dot += pn[j] * r[j];
+          for (idx j = 0; j < k; ++j) rg[(n * m + c) * k + j] = s * pn[j] * (r[j] - dot);
+        }
+    }
+  }
+
+  // Backward.
+  std::vector<T> acc;
+  for (idx l = L - 1; l >= 0; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    // acc[i][c][j] = R{grad}, then scattered into out[(off + i dn + j) m + c].
+    acc.assign((di + 1) * m * dn, T(0));
+    gemm<T>(true, false, di, m * dn, N, T(1), t.in(l), di, Rg.data(), m * dn, T(0), acc.data(), m * dn);
+    T* accb = acc.data() + di * m * dn;
+    for (idx n = 0; n < N; ++n)
+      for (idx q = 0; q < m * dn; ++q) accb[q] += Rg[n * m * dn + q];
+    if (!gn && l > 0) {
+      tmp.resize(m * di * dn);  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
+      gemm<T>(true, false, m * di, dn, N, T(1), Ra[l].data(), m * di, t.g[l].data(), dn, T(0), tmp.data(), dn);
+      for (idx c = 0; c < m; ++c)
+        for (idx i = 0; i < di; ++i)
+          for (idx j = 0; j < dn; ++j) acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j];
+    }
+    T* o = out + net.off[l] * m;
+    for (idx i = 0; i <= di; ++i)
+      for (idx j = 0; j < dn; ++j)
+        for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = acc[(i * m + c) * dn + j];
+    if (l == 0) break;
+
+    Re.resize(N * m * di);
+    gemm<T>(false, true, N * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(), di);
+    if (!gn)
+      gemm<T>(false, false, N, m * di, dn, T(1), t.g[l].data(), dn, Vtt[l].data(), m * di, T(1), Re.data(), m * di);
+    Rg.resize(N * m * di);
+    const T* d1 = t.d1[l - 1].data();
+    const T* re = Re.data();
+    T* rg = Rg.data();
+    if (gn) {
+#pragma omp parallel for schedule(static) if (N * m * di > kParallelMin)
+      for (idx n = 0; n < N; ++n)
+        for (idx c = 0; c < m; ++c)
+          for (idx i = 0; i < di; ++i) rg[(n * m + c) * di + i] = re[(n * m + c) * di + i] * d1[n * di + i];
+    } else {
+      const T* d2 = t.d2[l - 1].data();
+      const T* e = t.e[l - 1].data();
+      const T* rz = Rz[l - 1].data();
+#pragma omp parallel for schedule(static) if (N * m * di > kParallelMin)
+      for (idx n = 0; n < N; ++n)
+        for (idx c = 0; c < m; ++c)
+          for (idx i = 0; i < di; ++i) {
+            const idx q = (n * m + c) * di + i;
+            rg[q] = re[q] * d1[n * di + i] + e[n * di + i] * d2[n * di + i] * rz[q];
+          }
+    }
+  }
+}
+
+template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx,
+                         float*, bool);
+template void rop<double>(const Net&, const double*, const double*, idx, Targets<double>, bool, const double*,
+                          idx, double*, bool);
+
+}  // namespace tk

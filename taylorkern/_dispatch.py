@@ -1,0 +1,108 @@
+"""The one place a backend is chosen.
+
+At import every candidate is probed in order of speed (fastest first); the first
+that loads becomes the active backend, and the reason for each one passed over is
+recorded.  ``TAYLORKERN_BACKEND`` (read at import) and :func:`set_backend` override
+the choice; :func:`use_backend` overrides it for a ``with`` block.
+
+Order: ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products) before
+``reference`` (plain numpy, the oracle; slow, always present).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+
+ORDER = ("cpp", "reference")
+
+_modules = {}  # name -> loaded backend module
+_why_not = {}  # name -> reason it could not be loaded
+_active = None
+_reason = ""
+
+
+def _load(name):
+    if name in _modules:
+        return _modules[name]
+    try:
+        mod = importlib.import_module(f"taylorkern.backends.{name}")
+    except Exception as exc:  # an extension that fails to load for any reason
+        _why_not[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    _modules[name] = mod
+    _why_not.pop(name, None)
+    return mod
+
+
+def available_backends():
+    """Names of the backends that load here, fastest first."""
+    return [n for n in ORDER if _load(n) is not None]
+
+
+def backend():
+    """Name of the active backend."""
+    return _active.name
+
+
+def why():
+    """Why the active backend was chosen, and why faster ones were not."""
+    return _reason
+
+
+def current():
+    return _active
+
+
+def _resolve(name):
+    if not isinstance(name, str) or name not in ORDER:
+        raise ValueError(f"backend: unknown {name!r}; known backends are {list(ORDER)}, "
+                         f"available here: {available_backends()}")
+    mod = _load(name)
+    if mod is None:
+        raise ValueError(f"backend: {name!r} is not available ({_why_not[name]}); "
+                         f"available here: {available_backends()}")
+    return mod
+
+
+def set_backend(name):
+    """Make ``name`` the active backend for the whole process."""
+    global _active, _reason
+    _active = _resolve(name)
+    _reason = f"{name}: set by set_backend()"
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run a block with ``name`` as the active backend."""
+    global _active, _reason
+    saved = _active, _reason
+    _active, _reason = _resolve(name), f"{name}: set by use_backend()"
+    try:
+        yield _active
+    finally:
+        _active, _reason = saved
+
+
+def _choose():
+    global _active, _reason
+    forced = os.environ.get("TAYLORKERN_BACKEND", "").strip()
+    if forced:
+        _active = _resolve(forced)  # an unknown or missing name is an error, never a silent fallback
+        _reason = f"{forced}: forced by TAYLORKERN_BACKEND"
+        return
+    for name in ORDER:
+        if _load(name) is not None:
+            _active = _modules[name]
+            skipped = [f"{n} unavailable ({_why_not[n]})" for n in ORDER[:ORDER.index(name)]]
+            _reason = f"{name}: fastest available" + ("; " + "; ".join(skipped) if skipped else "")
+            if skipped:
+                warnings.warn(f"taylorkern: using the {name!r} backend because " + "; ".join(skipped),
+                              RuntimeWarning, stacklevel=3)
+            return
+    raise ImportError("taylorkern: no backend could be loaded")  # pragma: no cover
+
+
+_choose()

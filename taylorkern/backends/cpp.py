@@ -1,0 +1,64 @@
+"""The compiled C++/OpenMP backend (taylorkern._core): thin adaptor to the kernels."""
+
+from __future__ import annotations
+
+from .. import _core
+
+name = "cpp"
+
+_ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
+_LOSS_CODE = {"mse": 0, "ce": 1}
+
+
+def _net(net):
+    h = net._handles.get(name)
+    if h is None:
+        h = net._handles[name] = _core.Net(list(net.sizes), [_ACT_CODE[a] for a in net.activations],
+                                           _LOSS_CODE[net.loss_name])
+    return h
+
+
+def predict(net, theta, X):
+    return _core.predict(_net(net), theta, X)
+
+
+def loss(net, theta, X, Y, reduction):
+    return _core.loss(_net(net), theta, X, Y, reduction == "mean")
+
+
+def loss_and_grad(net, theta, X, Y, reduction):
+    return _core.loss_and_grad(_net(net), theta, X, Y, reduction == "mean")
+
+
+def jacobian(net, theta, X):
+    return _core.jacobian(_net(net), theta, X)
+
+
+def _with_data(fn_name):
+    fn = getattr(_core, fn_name)
+
+    def call(net, theta, X, Y, reduction):
+        return fn(_net(net), theta, X, Y, reduction == "mean")
+
+    call.__name__ = fn_name
+    return call
+
+
+def _with_vectors(fn_name):
+    fn = getattr(_core, fn_name)
+
+    def call(net, theta, X, Y, V, reduction):
+        return fn(_net(net), theta, X, Y, V, reduction == "mean")
+
+    call.__name__ = fn_name
+    return call
+
+
+hvp = _with_vectors("hvp")
+ggn_vp = _with_vectors("ggn_vp")
+hessian = _with_data("hessian")
+ggn = _with_data("ggn")
+hessian_blocks = _with_data("hessian_blocks")
+ggn_blocks = _with_data("ggn_blocks")
+hessian_diag = _with_data("hessian_diag")
+ggn_diag = _with_data("ggn_diag")

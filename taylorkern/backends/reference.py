@@ -1,0 +1,258 @@
+"""Plain-numpy reference backend: the oracle every other backend is tested against.
+
+Written for clarity, not speed, and deliberately by a different route than the
+compiled kernels:
+  * gradient      reverse mode (backprop);
+  * hvp           forward-over-reverse (Pearlmutter's R-op), all m directions at once;
+  * hessian       hvp applied to the identity, column by column of I;
+  * ggn           J^T H_out J from the explicit per-sample Jacobian;
+  * blocks/diag   slices of the full matrices.
+The compiled kernels instead assemble H and G from their Kronecker structure
+(shared/MATH.md), so an error in that derivation cannot hide in both.
+
+Shapes: X (N, d0); Y (N, k) float for mse, (N,) int for ce; theta (P,); V (P, m).
+Every function returns the data term only (the MLP adds l2), scaled by 1/N for
+reduction="mean" (mse additionally by 1/k: the mean is over all N*k elements).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+name = "reference"
+
+
+# ---------------------------------------------------------------- activations
+_GELU_C = float(np.sqrt(2.0 / np.pi))  # python floats: keep float32 arrays float32
+_GELU_A = 0.044715
+
+
+def act(name, z):
+    """(sigma(z), sigma'(z), sigma''(z)) elementwise."""
+    if name == "identity":
+        return z, np.ones_like(z), np.zeros_like(z)
+    if name == "relu":
+        return np.maximum(z, 0), (z > 0).astype(z.dtype), np.zeros_like(z)
+    if name == "tanh":
+        t = np.tanh(z)
+        return t, 1 - t * t, -2 * t * (1 - t * t)
+    if name == "sigmoid":
+        s = 0.5 * (1 + np.tanh(0.5 * z))
+        return s, s * (1 - s), s * (1 - s) * (1 - 2 * s)
+    if name == "softplus":
+        s = 0.5 * (1 + np.tanh(0.5 * z))
+        return np.logaddexp(0, z), s, s * (1 - s)
+    if name == "gelu":
+        u = _GELU_C * (z + _GELU_A * z ** 3)
+        du = _GELU_C * (1 + 3 * _GELU_A * z ** 2)
+        ddu = _GELU_C * 6 * _GELU_A * z
+        t = np.tanh(u)
+        s = 1 - t * t
+        return 0.5 * z * (1 + t), 0.5 * (1 + t) + 0.5 * z * s * du, s * du - z * t * s * du ** 2 + 0.5 * z * s * ddu
+    if name == "sin":
+        return np.sin(z), np.cos(z), -np.sin(z)
+    raise ValueError(name)  # pragma: no cover - MLP validates names
+
+
+def layers(net, theta):
+    """[(W, b)] views into theta; W (d_{l-1}, d_l)."""
+    out = []
+    for l, (a, b) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+        o = net.offsets[l]
+        out.append((theta[o:o + a * b].reshape(a, b), theta[o + a * b:o + (a + 1) * b]))
+    return out
+
+
+def forward(net, theta, X):
+    """Returns acts [a_0 = X, a_1, ..., f], and per hidden layer (sigma', sigma'')."""
+    Wb = layers(net, theta)
+    acts, derivs = [X], []
+    a = X
+    for l, (W, b) in enumerate(Wb):
+        z = a @ W + b
+        if l < len(Wb) - 1:
+            a, d1, d2 = act(net.activations[l], z)
+            derivs.append((d1, d2))
+        else:
+            a = z
+        acts.append(a)
+    return acts, derivs
+
+
+def _scale(net, n, reduction):
+    """Per-sample weight of the data term: 1/N (mean) or 1 (sum)."""
+    return 1.0 / n if reduction == "mean" else 1.0
+
+
+def _softmax(F):
+    E = np.exp(F - F.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def _loss_grad_out(net, F, Y, reduction):
+    """Loss value and dL/dF (N, k)."""
+    n, k = F.shape
+    s = _scale(net, n, reduction)
+    if net.loss_name == "mse":
+        R = F - Y
+        return s / k * float(np.sum(R * R)), s * 2.0 / k * R
+    Fs = F - F.max(axis=1, keepdims=True)
+    logp = Fs - np.log(np.exp(Fs).sum(axis=1, keepdims=True))
+    value = -s * float(np.sum(logp[np.arange(n), Y]))
+    G = np.exp(logp)
+    G[np.arange(n), Y] -= 1.0
+    return value, s * G
+
+
+def _out_hess_apply(net, F, RF, reduction):
+    """H_out @ RF per sample, for RF of shape (m, N, k): d2 loss / dF2 times tangent."""
+    n, k = F.shape
+    s = _scale(net, n, reduction)
+    if net.loss_name == "mse":
+        return s * 2.0 / k * RF
+    p = _softmax(F)
+    return s * (p * RF - p * np.sum(p * RF, axis=-1, keepdims=True))
+
+
+def _out_hess(net, F, reduction):
+    """H_out per sample, shape (N, k, k)."""
+    n, k = F.shape
+    s = _scale(net, n, reduction)
+    if net.loss_name == "mse":
+        return np.broadcast_to(s * 2.0 / k * np.eye(k, dtype=F.dtype), (n, k, k)).copy()
+    p = _softmax(F)
+    return s * (np.einsum("nc,cd->ncd", p, np.eye(k, dtype=F.dtype)) - np.einsum("nc,nd->ncd", p, p))
+
+
+# ---------------------------------------------------------------- quantities
+def predict(net, theta, X):
+    return forward(net, theta, X)[0][-1]
+
+
+def loss(net, theta, X, Y, reduction):
+    return _loss_grad_out(net, predict(net, theta, X), Y, reduction)[0]
+
+
+def loss_and_grad(net, theta, X, Y, reduction):
+    acts, derivs = forward(net, theta, X)
+    value, g = _loss_grad_out(net, acts[-1], Y, reduction)
+    Wb = layers(net, theta)
+    grad = np.empty_like(theta)
+    for l in range(len(Wb) - 1, -1, -1):
+        W, _ = Wb[l]
+        gW, gb = layers(net, grad)[l]
+        gW[...] = acts[l].T @ g
+        gb[...] = g.sum(axis=0)
+        if l > 0:
+            g = (g @ W.T) * derivs[l - 1][0]
+    return value, grad
+
+
+def _rop(net, theta, X, Y, V, reduction, gauss_newton):
+    """H @ V (or G @ V) by forward-over-reverse; V (P, m)."""
+    acts, derivs = forward(net, theta, X)
+    Wb = layers(net, theta)
+    m = V.shape[1]
+    VWb = [layers(net, V[:, c]) for c in range(m)]
+    VW = [np.stack([VWb[c][l][0] for c in range(m)]) for l in range(len(Wb))]  # (m, d_{l-1}, d_l)
+    Vb = [np.stack([VWb[c][l][1] for c in range(m)])[:, None, :] for l in range(len(Wb))]  # (m, 1, d_l)
+
+    # forward tangents: Rz_l = Ra_{l-1} W_l + a_{l-1} VW_l + Vb_l ; Ra_l = sigma'(z_l) Rz_l
+    Ra = np.zeros((m,) + X.shape, X.dtype)
+    Rz = []
+    for l, (W, _) in enumerate(Wb):
+        rz = Ra @ W + acts[l] @ VW[l] + Vb[l]
+        Rz.append(rz)
+        if l < len(Wb) - 1:
+            Ra = derivs[l][0] * rz
+
+    # backward: g_L = dl/dF, Rg_L = H_out RF; then through each layer
+    _, g = _loss_grad_out(net, acts[-1], Y, reduction)
+    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction)
+    out = np.empty((theta.size, m), theta.dtype)
+    Ra_prev = None
+    for l in range(len(Wb) - 1, -1, -1):
+        W, _ = Wb[l]
+        # R{dL/dW_l} = R{a_{l-1}}^T g_l + a_{l-1}^T R{g_l}
+        RgW = np.einsum("ni,cnj->cij", acts[l], Rg)
+        if l > 0 and not gauss_newton:
+            Ra_prev = derivs[l - 1][0] * Rz[l - 1]
+            RgW = RgW + np.einsum("cni,nj->cij", Ra_prev, g)
+        Rgb = Rg.sum(axis=1)
+        o = net.offsets[l]
+        a, b = W.shape
+        out[o:o + a * b] = RgW.reshape(m, a * b).T
+        out[o + a * b:o + (a + 1) * b] = Rgb.T
+        if l > 0:
+            d1, d2 = derivs[l - 1]
+            e = g @ W.T
+            Re = Rg @ W.T
+            if not gauss_newton:
+                Re = Re + np.einsum("nj,cij->cni", g, VW[l])
+                Rg = Re * d1 + e * d2 * Rz[l - 1]
+            else:
+                Rg = Re * d1
+            g = e * d1
+    return out
+
+
+def hvp(net, theta, X, Y, V, reduction):
+    return _rop(net, theta, X, Y, V, reduction, gauss_newton=False)
+
+
+def ggn_vp(net, theta, X, Y, V, reduction):
+    return _rop(net, theta, X, Y, V, reduction, gauss_newton=True)
+
+
+def jacobian(net, theta, X):
+    """Rows n*k + c: d f_c(x_n) / d theta, by one backward pass per output c."""
+    acts, derivs = forward(net, theta, X)
+    Wb = layers(net, theta)
+    n, k = acts[-1].shape
+    J = np.empty((n, k, theta.size), theta.dtype)
+    for c in range(k):
+        g = np.zeros((n, k), theta.dtype)
+        g[:, c] = 1.0
+        for l in range(len(Wb) - 1, -1, -1):
+            W, _ = Wb[l]
+            o = net.offsets[l]
+            a, b = W.shape
+            J[:, c, o:o + a * b] = np.einsum("ni,nj->nij", acts[l], g).reshape(n, a * b)
+            J[:, c, o + a * b:o + (a + 1) * b] = g
+            if l > 0:
+                g = (g @ W.T) * derivs[l - 1][0]
+    return J.reshape(n * k, theta.size)
+
+
+def ggn(net, theta, X, Y, reduction):
+    n, k = X.shape[0], net.num_outputs
+    J = jacobian(net, theta, X).reshape(n, k, -1)
+    C = _out_hess(net, predict(net, theta, X), reduction)
+    return np.einsum("ncp,ncd,ndq->pq", J, C, J)
+
+
+def hessian(net, theta, X, Y, reduction):
+    H = hvp(net, theta, X, Y, np.eye(theta.size, dtype=theta.dtype), reduction)
+    return H
+
+
+def _block_slices(net):
+    return [slice(net.offsets[l], net.offsets[l + 1]) for l in range(net.num_layers)]
+
+
+def hessian_blocks(net, theta, X, Y, reduction):
+    H = hessian(net, theta, X, Y, reduction)
+    return [H[s, s].copy() for s in _block_slices(net)]
+
+
+def ggn_blocks(net, theta, X, Y, reduction):
+    G = ggn(net, theta, X, Y, reduction)
+    return [G[s, s].copy() for s in _block_slices(net)]
+
+
+def hessian_diag(net, theta, X, Y, reduction):
+    return np.diagonal(hessian(net, theta, X, Y, reduction)).copy()
+
+
+def ggn_diag(net, theta, X, Y, reduction):
+    return np.diagonal(ggn(net, theta, X, Y, reduction)).copy()

@@ -1,0 +1,364 @@
+"""The MLP: sizes, activations, loss, parameter layout, init, and input checks.
+
+Index letters used throughout the package (and in the kernels):
+    N  samples            P  parameters (all layers)
+    L  layers             d_l  width of layer l (d_0 inputs, d_L = k outputs)
+    m  directions in a product with V of shape (P, m)
+
+Layout (DESIGN §1): theta = concat(W1.ravel(), b1, W2.ravel(), b2, ...), Wl of shape
+(d_{l-1}, d_l) row-major, so layer l's parameters are the augmented matrix
+[Wl; bl] of shape (d_{l-1}+1, d_l) raveled row-major.
+
+Every public call checks its inputs here, once, then hands contiguous arrays of the
+network's dtype to the active backend (``taylorkern._dispatch``).  The l2 term is
+added here too, so that backends compute only the data term.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+from . import _dispatch
+
+ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin")
+LOSSES = ("mse", "ce")
+REDUCTIONS = ("mean", "sum")
+INIT_SCHEMES = ("he", "xavier", "lecun", "normal")
+
+
+class TooLargeError(ValueError, MemoryError):
+    """A request whose result or workspace would not fit in memory."""
+
+
+def _available_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 34
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+class MLP:
+    """A fully-connected network with a loss, and every curvature quantity of it.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[d0, d1, ..., dL]``; at least one layer.
+    activation : str or sequence of str
+        Hidden activation, one for all hidden layers or one per hidden layer
+        (``len(sizes) - 2`` of them).  The last layer is linear.
+    loss : {"mse", "ce"}
+        Mean squared error over all N*dL elements, or mean softmax cross-entropy.
+    l2 : float
+        Adds ``0.5 * l2 * ||theta||^2`` to the loss (with reduction="mean").
+    dtype : float64 (default) or float32.
+    """
+
+    def __init__(self, sizes, activation="tanh", loss="mse", l2=0.0, dtype=np.float64):
+        try:
+            sizes = None if isinstance(sizes, (str, bytes)) else list(sizes)
+        except TypeError:
+            sizes = None
+        if not sizes or len(sizes) < 2:
+            raise ValueError("sizes: expected a sequence of at least two layer widths [d0, ..., dL]")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+                raise ValueError(f"sizes: every width must be a positive integer, got {sizes!r}")
+        self.sizes = tuple(int(s) for s in sizes)
+        n_hidden = len(self.sizes) - 2
+
+        if isinstance(activation, str):
+            acts = [activation] * n_hidden
+        else:
+            try:
+                acts = list(activation)
+            except TypeError:
+                raise TypeError(f"activation: expected a name or a list of names, got {activation!r}") from None
+            if len(acts) != n_hidden:
+                raise ValueError(
+                    f"activation: a list needs one entry per hidden layer ({n_hidden}), got {len(acts)}")
+        for a in acts:
+            if not isinstance(a, str) or a not in ACTIVATIONS:
+                raise ValueError(f"activation: unknown {a!r}; expected one of {ACTIVATIONS}")
+        self.activation = activation if isinstance(activation, str) else tuple(acts)
+        self.activations = tuple(acts)  # one per hidden layer
+
+        if loss not in LOSSES:
+            raise ValueError(f"loss: unknown {loss!r}; expected one of {LOSSES}")
+        if loss == "ce" and self.sizes[-1] < 2:
+            raise ValueError("loss: 'ce' needs at least 2 outputs (sizes[-1] >= 2)")
+        self.loss_name = loss
+
+        if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not math.isfinite(l2) or l2 < 0:
+            raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
+        self.l2 = float(l2)
+
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype: expected float64 or float32, got {dtype!r}") from None
+        if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise TypeError(f"dtype: expected float64 or float32, got {dt}")
+        self.dtype = dt
+
+        # offsets[l] is where layer l+1's [W; b] starts in theta.
+        self.layer_sizes = tuple((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        self.offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(self.layer_sizes)]))
+        self.num_params = self.offsets[-1]
+        self._handles = {}  # per-backend prepared state (compiled net descriptions)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def num_outputs(self) -> int:
+        return self.sizes[-1]
+
+    def __repr__(self):
+        return (f"MLP(sizes={list(self.sizes)}, activation={self.activation!r}, "
+                f"loss={self.loss_name!r}, l2={self.l2}, dtype={self.dtype.name})")
+
+    def unflatten(self, theta):
+        """Views ``[(W1, b1), (W2, b2), ...]`` into theta (no copy)."""
+        theta = self._check_theta(theta)
+        out = []
+        for l, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            o = self.offsets[l]
+            out.append((theta[o:o + a * b].reshape(a, b), theta[o + a * b:o + (a + 1) * b]))
+        return out
+
+    def flatten(self, params):
+        """Inverse of :meth:`unflatten`: ``[(W1, b1), ...]`` -> theta of shape (P,)."""
+        params = list(params)
+        if len(params) != self.num_layers:
+            raise ValueError(f"params: expected {self.num_layers} (W, b) pairs, got {len(params)}")
+        theta = np.empty(self.num_params, self.dtype)
+        for l, ((a, b), pair) in enumerate(zip(zip(self.sizes[:-1], self.sizes[1:]), params)):
+            W, bias = (np.asarray(p) for p in pair)
+            if W.shape != (a, b) or bias.shape != (b,):
+                raise ValueError(f"params[{l}]: expected W {(a, b)} and b {(b,)}, got {W.shape} and {bias.shape}")
+            o = self.offsets[l]
+            theta[o:o + a * b] = W.ravel()
+            theta[o + a * b:o + (a + 1) * b] = bias
+        return theta
+
+    def init(self, seed=None, scheme=None, std=None):
+        """Random parameters: weights from ``scheme``, biases zero.
+
+        scheme: "he" (std sqrt(2/fan_in)), "xavier" (std sqrt(2/(fan_in+fan_out))),
+        "lecun" (std sqrt(1/fan_in)) or "normal" (the given ``std``).  Default: "he"
+        for relu/gelu hidden layers, "xavier" otherwise.
+        """
+        if scheme is None:
+            scheme = "he" if set(self.activations) <= {"relu", "gelu"} and self.activations else "xavier"
+        if scheme not in INIT_SCHEMES:
+            raise ValueError(f"scheme: unknown {scheme!r}; expected one of {INIT_SCHEMES}")
+        if scheme == "normal":
+            if (std is None or isinstance(std, bool) or not isinstance(std, numbers.Real)
+                    or not (std >= 0 and math.isfinite(std))):
+                raise ValueError("std: scheme='normal' needs a finite std >= 0")
+        elif std is not None:
+            raise ValueError(f"std: only used with scheme='normal', not {scheme!r}")
+        rng = np.random.default_rng(seed)
+        params = []
+        for a, b in zip(self.sizes[:-1], self.sizes[1:]):
+            s = {"he": math.sqrt(2.0 / a), "xavier": math.sqrt(2.0 / (a + b)),
+                 "lecun": math.sqrt(1.0 / a), "normal": std}[scheme]
+            params.append((rng.standard_normal((a, b)) * s, np.zeros(b)))
+        return self.flatten(params)
+
+    # ------------------------------------------------------------------ checks
+    def _as_float(self, x, name):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"{name}: contains NaN or Inf")
+        if arr.dtype != self.dtype and arr.size:
+            limit = np.finfo(self.dtype).max
+            if np.abs(arr).max() > limit:
+                raise ValueError(f"{name}: values beyond the {self.dtype.name} range (|x| > {limit:.3g})")
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def _check_theta(self, theta):
+        t = np.asarray(theta)
+        if t.ndim != 1 or t.shape[0] != self.num_params:
+            raise ValueError(f"theta: expected shape ({self.num_params},), got {t.shape}")
+        if t.dtype.kind != "f":
+            raise TypeError(f"theta: expected a floating array, got dtype {t.dtype}")
+        return self._as_float(t, "theta")
+
+    def _check_X(self, X):
+        arr = np.asarray(X)
+        if arr.ndim != 2 or arr.shape[1] != self.sizes[0]:
+            raise ValueError(f"X: expected shape (N, {self.sizes[0]}), got {arr.shape}")
+        if arr.shape[0] < 1:
+            raise ValueError("X: needs at least one sample (N >= 1)")
+        return self._as_float(arr, "X")
+
+    def _check_Y(self, Y, n):
+        k = self.num_outputs
+        arr = np.asarray(Y)
+        if self.loss_name == "ce":
+            if arr.shape != (n,):
+                raise ValueError(f"Y: 'ce' expects integer labels of shape ({n},), got {arr.shape}")
+            if arr.dtype.kind == "f":
+                if not np.isfinite(arr).all() or np.any(arr != np.round(arr)):
+                    raise TypeError("Y: 'ce' labels must be integers (got non-integral floats)")
+            elif arr.dtype.kind not in "iu":
+                raise TypeError(f"Y: 'ce' labels must be integers, got dtype {arr.dtype}")
+            if n and (arr.min() < 0 or arr.max() >= k):
+                raise ValueError(f"Y: labels must lie in [0, {k}), got range [{arr.min()}, {arr.max()}]")
+            return np.ascontiguousarray(arr, dtype=np.int64)
+        if arr.ndim == 1 and k == 1 and arr.shape[0] == n:
+            arr = arr.reshape(n, 1)
+        if arr.shape != (n, k):
+            raise ValueError(f"Y: 'mse' expects shape ({n}, {k}), got {arr.shape}")
+        return self._as_float(arr, "Y")
+
+    def _check_V(self, V):
+        arr = np.asarray(V)
+        P = self.num_params
+        if arr.ndim not in (1, 2) or arr.shape[0] != P or (arr.ndim == 2 and arr.shape[1] < 1):
+            raise ValueError(f"V: expected shape ({P},) or ({P}, m) with m >= 1, got {arr.shape}")
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"V: expected a real numeric array, got dtype {arr.dtype}")
+        return self._as_float(arr, "V")
+
+    @staticmethod
+    def _check_reduction(reduction):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        return reduction
+
+    def _check_data(self, theta, X, Y, reduction):
+        theta = self._check_theta(theta)
+        X = self._check_X(X)
+        Y = self._check_Y(Y, X.shape[0])
+        return theta, X, Y, self._check_reduction(reduction)
+
+    def _check_memory(self, what, n_elements):
+        need = float(n_elements) * self.dtype.itemsize
+        have = _available_memory_bytes()
+        if need > have:
+            raise TooLargeError(
+                f"{what} would need {_fmt_bytes(need)} ({n_elements:.3g} {self.dtype.name} values) "
+                f"but only {_fmt_bytes(have)} of memory is available; use products (hvp/ggn_vp), "
+                "blocks or diagonals instead")
+
+    def _l2_active(self, reduction):
+        return self.l2 > 0.0 and reduction == "mean"
+
+    def _impl(self):
+        return _dispatch.current()
+
+    # ------------------------------------------------------------------ calls
+    def predict(self, theta, X):
+        """Network outputs f(X), shape (N, dL)."""
+        theta, X = self._check_theta(theta), self._check_X(X)
+        return self._impl().predict(self, theta, X)
+
+    def loss(self, theta, X, Y, reduction="mean"):
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        value = self._impl().loss(self, theta, X, Y, reduction)
+        if self._l2_active(reduction):
+            value += 0.5 * self.l2 * float(np.dot(theta, theta))
+        return float(value)
+
+    def loss_and_grad(self, theta, X, Y, reduction="mean"):
+        """(loss, gradient of shape (P,))."""
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        value, grad = self._impl().loss_and_grad(self, theta, X, Y, reduction)
+        if self._l2_active(reduction):
+            value += 0.5 * self.l2 * float(np.dot(theta, theta))
+            grad += self.l2 * theta
+        return float(value), grad
+
+    def _product(self, kind, theta, X, Y, V, reduction):
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        V = self._check_V(V)
+        V2 = V.reshape(self.num_params, -1)
+        # tangents of every layer's activations for all m directions, plus the result
+        self._check_memory(f"{kind} with V of shape {V.shape}",
+                           3.0 * X.shape[0] * V2.shape[1] * sum(self.sizes) + 2.0 * V2.size)
+        out = getattr(self._impl(), kind)(self, theta, X, Y, V2, reduction)
+        if self._l2_active(reduction):
+            out += self.l2 * V2
+        return out.reshape(V.shape)
+
+    def hvp(self, theta, X, Y, V, reduction="mean"):
+        """Hessian-vector product(s) H @ V for V of shape (P,) or (P, m)."""
+        return self._product("hvp", theta, X, Y, V, reduction)
+
+    def ggn_vp(self, theta, X, Y, V, reduction="mean"):
+        """Gauss-Newton-matrix product(s) G @ V for V of shape (P,) or (P, m)."""
+        return self._product("ggn_vp", theta, X, Y, V, reduction)
+
+    def jacobian(self, theta, X):
+        """d f / d theta, shape (N*dL, P); row n*dL + c is output c of sample n."""
+        theta, X = self._check_theta(theta), self._check_X(X)
+        self._check_memory("jacobian", float(X.shape[0]) * self.num_outputs * self.num_params)
+        return self._impl().jacobian(self, theta, X)
+
+    def _full(self, kind, theta, X, Y, reduction):
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        P = self.num_params
+        self._check_memory(kind, 2.0 * P * P)  # result plus the kernels' block workspace
+        out = getattr(self._impl(), kind)(self, theta, X, Y, reduction)
+        if self._l2_active(reduction):
+            out.flat[::P + 1] += self.l2
+        return out
+
+    def hessian(self, theta, X, Y, reduction="mean"):
+        """The exact Hessian of the loss, shape (P, P)."""
+        return self._full("hessian", theta, X, Y, reduction)
+
+    def ggn(self, theta, X, Y, reduction="mean"):
+        """The generalized Gauss-Newton matrix J^T H_out J (+ l2 I), shape (P, P)."""
+        return self._full("ggn", theta, X, Y, reduction)
+
+    def _blocks(self, kind, theta, X, Y, reduction):
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        self._check_memory(kind, 2.0 * sum(p * p for p in self.layer_sizes))
+        blocks = getattr(self._impl(), kind)(self, theta, X, Y, reduction)
+        if self._l2_active(reduction):
+            for B in blocks:
+                B.flat[::B.shape[0] + 1] += self.l2
+        return blocks
+
+    def hessian_blocks(self, theta, X, Y, reduction="mean"):
+        """Per-layer diagonal blocks of the Hessian: list of (P_l, P_l), layer l = [Wl; bl]."""
+        return self._blocks("hessian_blocks", theta, X, Y, reduction)
+
+    def ggn_blocks(self, theta, X, Y, reduction="mean"):
+        """Per-layer diagonal blocks of the GGN: list of (P_l, P_l)."""
+        return self._blocks("ggn_blocks", theta, X, Y, reduction)
+
+    def _diag(self, kind, theta, X, Y, reduction):
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        out = getattr(self._impl(), kind)(self, theta, X, Y, reduction)
+        if self._l2_active(reduction):
+            out += self.l2
+        return out
+
+    def hessian_diag(self, theta, X, Y, reduction="mean"):
+        """diag(H), shape (P,), without forming H."""
+        return self._diag("hessian_diag", theta, X, Y, reduction)
+
+    def ggn_diag(self, theta, X, Y, reduction="mean"):
+        """diag(G), shape (P,), without forming G."""
+        return self._diag("ggn_diag", theta, X, Y, reduction)

@@ -1,0 +1,300 @@
+"""Every backend present, forced in turn, against the float64 reference and against the
+identities every correct implementation satisfies.
+
+The reference is compared with itself in the first test (trivially); the identity tests
+(symmetry, PSD, blocks/diagonals as slices, J^T H_out J, products, sum vs mean, dtypes,
+determinism, threads) are checks of the reference too, and of any compiled backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import taylorkern as tk
+from conftest import (DATA_QUANTITIES, QUANTITIES, bitwise_equal, cases, compare,
+                      compute, make_problem, output_hessians, reference, rtol_for)
+
+DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
+L2S = [pytest.param(0.0, id="l2off"), pytest.param(0.25, id="l2on")]
+REDUCTIONS = ["mean", "sum"]
+
+
+def _matrix_params():
+    """case x dtype x l2 x reduction x quantity; predict and jacobian take neither l2 nor a
+    reduction, so they appear once per case and dtype."""
+    out = []
+    for case in cases(per_combo=3):
+        for dt in DTYPES:
+            for l2 in L2S:
+                for red in REDUCTIONS:
+                    for q in QUANTITIES:
+                        if q in ("predict", "jacobian") and (l2.values[0] or red == "sum"):
+                            continue
+                        out.append(pytest.param(case.values[0], dt.values[0], l2.values[0], red, q,
+                                                id=f"{case.id}-{dt.id}-{l2.id}-{red}-{q}"))
+    return out
+
+
+@pytest.mark.parametrize("case, dtype, l2, reduction, quantity", _matrix_params())
+def test_matches_reference(backend, case, dtype, l2, reduction, quantity):
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
+    got = compute(p, quantity, reduction)
+    want = reference(p, quantity, reduction)
+    compare(got, want, dtype, what=f"{quantity} on {backend}")
+
+
+def _data_l2(p, reduction):
+    return p.net.l2 if reduction == "mean" else 0.0
+
+
+@pytest.mark.parametrize("l2", L2S)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_symmetric_and_ggn_psd(backend, case, dtype, l2):
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
+    tol = rtol_for(dtype)
+    for red in REDUCTIONS:
+        H = p.net.hessian(p.theta, p.X, p.Y, reduction=red)
+        G = p.net.ggn(p.theta, p.X, p.Y, reduction=red)
+        compare(H, H.T, dtype, what=f"H symmetric ({red})")
+        compare(G, G.T, dtype, what=f"G symmetric ({red})")
+        G64 = G.astype(np.float64)
+        ev = np.linalg.eigvalsh(0.5 * (G64 + G64.T))
+        scale = max(float(np.max(np.abs(ev))), 1e-300)
+        # G = J^T H_out J + l2 I with H_out PSD: every eigenvalue >= l2 (mean) or >= 0 (sum).
+        assert ev.min() >= _data_l2(p, red) - tol * scale, (red, ev.min(), scale)
+        for blocks in (p.net.hessian_blocks(p.theta, p.X, p.Y, reduction=red),
+                       p.net.ggn_blocks(p.theta, p.X, p.Y, reduction=red)):
+            for B in blocks:
+                compare(B, B.T, dtype, what="block symmetric")
+
+
+@pytest.mark.parametrize("l2", L2S)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_blocks_and_diagonals_are_slices(backend, case, dtype, l2):
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
+    net = p.net
+    for red in REDUCTIONS:
+        for full, blocks, diag in (("hessian", "hessian_blocks", "hessian_diag"),
+                                   ("ggn", "ggn_blocks", "ggn_diag")):
+            M = getattr(net, full)(p.theta, p.X, p.Y, reduction=red)
+            Bs = getattr(net, blocks)(p.theta, p.X, p.Y, reduction=red)
+            d = getattr(net, diag)(p.theta, p.X, p.Y, reduction=red)
+            assert isinstance(Bs, list) and len(Bs) == net.num_layers
+            for l, B in enumerate(Bs):
+                s = slice(net.offsets[l], net.offsets[l + 1])
+                assert B.shape == (net.layer_sizes[l],) * 2
+                compare(B, M[s, s], dtype, what=f"{blocks}[{l}] ({red})")
+            compare(d, np.diagonal(M), dtype, what=f"{diag} ({red})")
+
+
+@pytest.mark.parametrize("l2", L2S)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_ggn_is_jacobian_outer_product(backend, case, dtype, l2):
+    """G == J^T H_out J (+ l2 I) with H_out written here from the loss definitions."""
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
+    net = p.net
+    k, P = net.num_outputs, net.num_params
+    J = net.jacobian(p.theta, p.X).astype(np.float64).reshape(N, k, P)
+    F = net.predict(p.theta, p.X)
+    for red in REDUCTIONS:
+        C = output_hessians(p, F, red)
+        want = np.einsum("ncp,ncd,ndq->pq", J, C, J, optimize=True) + _data_l2(p, red) * np.eye(P)
+        compare(net.ggn(p.theta, p.X, p.Y, reduction=red), want, dtype, what=f"ggn ({red})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_products_with_many_directions(backend, case, dtype):
+    """V of shape (P, m) gives the m single products, and equals the full matrix times V."""
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=0.25, dtype=dtype)
+    net = p.net
+    for red in REDUCTIONS:
+        for prod, full in (("hvp", "hessian"), ("ggn_vp", "ggn")):
+            many = getattr(net, prod)(p.theta, p.X, p.Y, p.V, reduction=red)
+            assert many.shape == p.V.shape
+            for c in range(p.V.shape[1]):
+                one = getattr(net, prod)(p.theta, p.X, p.Y, p.V[:, c], reduction=red)
+                assert one.shape == (net.num_params,)
+                compare(many[:, c], one, dtype, what=f"{prod} column {c} ({red})")
+            M = getattr(net, full)(p.theta, p.X, p.Y, reduction=red).astype(np.float64)
+            compare(many, M @ p.V.astype(np.float64), dtype, what=f"{prod} vs {full} @ V ({red})")
+            one_col = getattr(net, prod)(p.theta, p.X, p.Y, p.V[:, :1], reduction=red)
+            assert one_col.shape == (net.num_params, 1)
+            compare(one_col[:, 0], many[:, 0], dtype, what=f"{prod} with m=1 ({red})")
+
+
+def _expected_shape(p, q):
+    net, N = p.net, p.N
+    P, k = net.num_params, net.num_outputs
+    return {"predict": (N, k), "hvp": (P,), "ggn_vp": (P,), "hvp_multi": p.V.shape,
+            "ggn_vp_multi": p.V.shape, "jacobian": (N * k, P), "hessian": (P, P), "ggn": (P, P),
+            "hessian_diag": (P,), "ggn_diag": (P,)}.get(q)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_result_types_dtypes_and_shapes(backend, case, dtype, request):
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=0.25, dtype=dtype)
+    dt = np.dtype(dtype)
+    wrong = []
+    for q in QUANTITIES:
+        r = compute(p, q)
+        if q == "loss":
+            assert type(r) is float
+        elif q == "loss_and_grad":
+            assert isinstance(r, tuple) and len(r) == 2 and type(r[0]) is float
+            assert r[1].shape == (p.net.num_params,)
+            wrong += [q] if r[1].dtype != dt else []
+        elif q.endswith("_blocks"):
+            assert [B.shape for B in r] == [(s, s) for s in p.net.layer_sizes]
+            wrong += [q] if any(B.dtype != dt for B in r) else []
+        else:
+            assert isinstance(r, np.ndarray) and r.shape == _expected_shape(p, q), q
+            wrong += [q] if r.dtype != dt else []
+    assert not wrong, f"results not of dtype {dt}: {wrong}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_repeated_calls_identical_and_not_aliased(backend, case, dtype):
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=0.25, dtype=dtype)
+    q2 = make_problem(sizes, act, loss, N, l2=0.25, dtype=dtype, seed=1)
+    for q in QUANTITIES:
+        first = compute(p, q, "sum")
+        kept = [np.array(x, copy=True) for x in (first if isinstance(first, (list, tuple)) else [first])]
+        again = compute(p, q, "sum")
+        assert bitwise_equal(first, again), f"{q}: two identical calls differ"
+        compute(q2, q, "sum")  # a later call with other inputs must not overwrite the first result
+        assert bitwise_equal(first if isinstance(first, (list, tuple)) else [first], kept), \
+            f"{q}: an earlier result was modified by a later call (reused output buffer)"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1, activations=("tanh", "relu", "gelu")))
+def test_inputs_untouched_and_read_only_accepted(backend, case, dtype):
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=0.25, dtype=dtype)
+    saved = [a.copy() for a in (p.theta, p.X, p.Y, p.V)]
+    results = {q: compute(p, q, "mean") for q in QUANTITIES}
+    for a, b in zip((p.theta, p.X, p.Y, p.V), saved):
+        assert bitwise_equal(a, b), "an input array was modified"
+    for a in (p.theta, p.X, p.Y, p.V):
+        a.flags.writeable = False
+    for q in QUANTITIES:
+        compare(compute(p, q, "mean"), results[q], dtype, what=f"{q} with read-only inputs")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", cases(per_combo=1, activations=("sigmoid", "softplus")))
+def test_sum_and_mean_reductions(backend, case, dtype):
+    """mean = sum / N + the l2 term; and loss(sum) == N * loss(mean) without l2."""
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=0.3, dtype=dtype)
+    P, l2, th = p.net.num_params, p.net.l2, p.theta.astype(np.float64)
+    l2_term = {"loss": 0.5 * l2 * th @ th, "loss_and_grad": (0.5 * l2 * th @ th, l2 * th),
+               "hvp": l2 * p.V[:, 0], "ggn_vp": l2 * p.V[:, 0], "hvp_multi": l2 * p.V,
+               "ggn_vp_multi": l2 * p.V, "hessian": l2 * np.eye(P), "ggn": l2 * np.eye(P),
+               "hessian_blocks": [l2 * np.eye(s) for s in p.net.layer_sizes],
+               "ggn_blocks": [l2 * np.eye(s) for s in p.net.layer_sizes],
+               "hessian_diag": l2 * np.ones(P), "ggn_diag": l2 * np.ones(P)}
+
+    def combine(s, t):
+        if isinstance(s, (list, tuple)):
+            return [combine(a, b) for a, b in zip(s, t)]
+        return np.asarray(s, np.float64) / N + t
+
+    for q in DATA_QUANTITIES:
+        mean = compute(p, q, "mean")
+        total = compute(p, q, "sum")
+        compare(mean, combine(total, l2_term[q]), dtype, what=f"{q}: mean vs sum / N + l2")
+    p0 = p.astype(dtype, l2=0.0)
+    assert p0.net.l2 == 0.0
+    compare(p0.net.loss(p0.theta, p0.X, p0.Y, reduction="sum"),
+            N * p0.net.loss(p0.theta, p0.X, p0.Y), dtype, what="loss(sum) vs N * loss(mean)")
+    # l2 never enters the "sum" reduction
+    compare(p.net.hessian(p.theta, p.X, p.Y, reduction="sum"),
+            p0.net.hessian(p0.theta, p0.X, p0.Y, reduction="sum"), dtype, what="sum ignores l2")
+
+
+@pytest.mark.parametrize("case", [c for c in cases(per_combo=1, activations=("tanh", "relu"))])
+def test_one_and_two_threads_agree(backend, case, restore_threads):
+    sizes, act, loss, _ = case
+    p = make_problem(sizes, act, loss, N=96, l2=0.1)  # enough samples to split across threads
+    tk.set_num_threads(1)
+    one = {q: compute(p, q, r) for q in QUANTITIES for r in REDUCTIONS}
+    tk.set_num_threads(2)
+    two = {q: compute(p, q, r) for q in QUANTITIES for r in REDUCTIONS}
+    for key in one:
+        compare(two[key], one[key], np.float64, what=f"{key}: 2 threads vs 1")
+
+
+def test_set_num_threads_validates(restore_threads):
+    for bad in (0, -1, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match=r"\bn\b"):
+            tk.set_num_threads(bad)
+
+
+def test_get_num_threads_reports_what_was_set(restore_threads, request):
+    tk.set_num_threads(1)
+    assert tk.get_num_threads() == 1
+    tk.set_num_threads(2)
+    assert tk.get_num_threads() == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_larger_problem_matches_reference(backend, loss):
+    """P ~ 500 and N = 64: beyond the tile sizes a compiled kernel might block by."""
+    p = make_problem([10, 20, 12, 4], ["tanh", "gelu"], loss, N=64, l2=0.1, seed=3)
+    for q in ("loss_and_grad", "hvp_multi", "ggn_vp_multi", "hessian", "ggn",
+              "hessian_blocks", "ggn_blocks", "hessian_diag", "ggn_diag", "jacobian"):
+        compare(compute(p, q), reference(p, q), np.float64, what=q)
+
+
+# ----------------------------------------------------------------------------- hypothesis
+@st.composite
+def problems(draw):
+    depth = draw(st.integers(1, 4))
+    sizes = draw(st.lists(st.integers(1, 5), min_size=depth + 1, max_size=depth + 1))
+    loss = draw(st.sampled_from(tk.LOSSES))
+    if loss == "ce" and sizes[-1] < 2:
+        sizes[-1] = draw(st.integers(2, 4))
+    acts = draw(st.lists(st.sampled_from(tk.ACTIVATIONS), min_size=depth - 1, max_size=depth - 1))
+    N = draw(st.integers(1, 6))
+    l2 = draw(st.sampled_from([0.0, 0.3]))
+    seed = draw(st.integers(0, 2 ** 16))
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    return make_problem(sizes, acts, loss, N, l2=l2, seed=seed, dtype=dtype)
+
+
+@settings(max_examples=40)
+@given(p=problems(), reduction=st.sampled_from(REDUCTIONS))
+def test_random_architectures(backend, p, reduction):
+    dtype = p.net.dtype
+    net = p.net
+    got = {q: compute(p, q, reduction) for q in QUANTITIES}
+    for q in QUANTITIES:
+        compare(got[q], reference(p, q, reduction), dtype, what=f"{q} of {net!r}")
+    H, G = got["hessian"].astype(np.float64), got["ggn"].astype(np.float64)
+    compare(H, H.T, dtype, what="H symmetric")
+    compare(got["hvp_multi"], H @ p.V.astype(np.float64), dtype, what="hvp vs H @ V")
+    compare(got["ggn_vp_multi"], G @ p.V.astype(np.float64), dtype, what="ggn_vp vs G @ V")
+    compare(got["hessian_diag"], np.diagonal(H), dtype, what="hessian_diag")
+    compare(got["ggn_diag"], np.diagonal(G), dtype, what="ggn_diag")
+    J = got["jacobian"].astype(np.float64).reshape(p.N, net.num_outputs, -1)
+    C = output_hessians(p, got["predict"], reduction)
+    want = np.einsum("ncp,ncd,ndq->pq", J, C, J, optimize=True) + _data_l2(p, reduction) * np.eye(net.num_params)
+    compare(G, want, dtype, what="G vs J^T H_out J")

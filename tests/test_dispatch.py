@@ -1,0 +1,144 @@
+"""Backend choice: what is available, switching for a block or the process, the errors for
+unknown names, and the import-time choice (TAYLORKERN_BACKEND, fallback warning), the latter
+in fresh interpreters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import taylorkern as tk
+from taylorkern.backends import reference as ref
+from conftest import make_problem
+
+# The directory holding the package this process imported, so that subprocesses import the
+# same one (a source checkout or an installed copy alike).
+PACKAGE_ROOT = str(Path(tk.__file__).resolve().parent.parent)
+
+
+def run_python(code, env_backend=None, warnings_as_errors=False):
+    env = {k: v for k, v in os.environ.items() if k != "TAYLORKERN_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    if env_backend is not None:
+        env["TAYLORKERN_BACKEND"] = env_backend
+    args = [sys.executable] + (["-W", "error"] if warnings_as_errors else []) + ["-c", code]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=PACKAGE_ROOT)
+
+
+@pytest.fixture
+def restore_backend():
+    name = tk.backend()
+    yield name
+    tk.set_backend(name)
+
+
+def test_available_backends_lists_reference_last():
+    names = tk.available_backends()
+    assert isinstance(names, list) and all(isinstance(n, str) for n in names)
+    assert len(set(names)) == len(names)
+    assert names[-1] == "reference"  # the slow oracle: always there, never preferred
+    assert tk.backend() in names
+
+
+def test_use_backend_switches_for_the_block_and_restores():
+    before = tk.backend()
+    for name in tk.available_backends():
+        with tk.use_backend(name) as mod:
+            assert tk.backend() == name and mod.name == name
+            with tk.use_backend("reference"):
+                assert tk.backend() == "reference"
+            assert tk.backend() == name
+        assert tk.backend() == before
+
+
+def test_use_backend_restores_after_an_exception():
+    before = tk.backend()
+    with pytest.raises(KeyError):
+        with tk.use_backend("reference"):
+            raise KeyError("boom")
+    assert tk.backend() == before
+
+
+@pytest.mark.parametrize("bad", ["bogus", "Reference", "", None, 3])
+def test_unknown_backend_names_are_refused_listing_the_available(bad, restore_backend):
+    for switch in (tk.set_backend, lambda n: tk.use_backend(n).__enter__()):
+        with pytest.raises(ValueError) as info:
+            switch(bad)
+        message = str(info.value)
+        assert repr(bad) in message or str(bad) in message
+        for name in tk.available_backends():
+            assert name in message
+        assert tk.backend() == restore_backend
+
+
+def test_set_backend_applies_to_existing_networks(restore_backend):
+    """The backend is looked up per call: a network built before the switch uses the new one."""
+    p = make_problem([3, 4, 2], "tanh", "ce", N=5)
+    tk.set_backend("reference")
+    assert tk.backend() == "reference"
+    got = p.net.hessian(p.theta, p.X, p.Y)
+    assert np.array_equal(got, ref.hessian(p.net, p.theta, p.X, p.Y, "mean"))
+    for name in tk.available_backends():
+        tk.set_backend(name)
+        assert tk.backend() == name
+
+
+# ----------------------------------------------------------------------------- import time
+PRINT_CHOICE = "import taylorkern as tk; print(tk.backend()); print(','.join(tk.available_backends()))"
+
+
+@pytest.mark.parametrize("name", tk.available_backends())
+def test_env_var_forces_the_backend_without_warning(name):
+    r = run_python(PRINT_CHOICE, env_backend=name, warnings_as_errors=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == name
+
+
+def test_env_var_with_unknown_name_fails_the_import():
+    r = run_python(PRINT_CHOICE, env_backend="no-such-backend")
+    assert r.returncode != 0
+    assert "ValueError" in r.stderr and "no-such-backend" in r.stderr
+    assert "reference" in r.stderr  # the message lists what is available
+    assert r.stdout == ""
+
+
+def test_default_choice_is_the_fastest_available():
+    r = run_python(PRINT_CHOICE)
+    assert r.returncode == 0, r.stderr
+    chosen, available = r.stdout.split()
+    assert available.split(",") == tk.available_backends()
+    assert chosen == available.split(",")[0]
+
+
+# Simulates a machine where the compiled module did not build or does not load.
+WITHOUT_CPP = ("import sys; sys.modules['taylorkern._core'] = None; "
+               "sys.modules['taylorkern.backends.cpp'] = None; ")
+
+
+def test_fallback_to_reference_warns_naming_the_missing_backend():
+    r = run_python(WITHOUT_CPP + PRINT_CHOICE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["reference", "reference"]
+    assert "RuntimeWarning" in r.stderr and "cpp" in r.stderr
+
+
+def test_forcing_a_backend_that_does_not_load_is_an_error_not_a_fallback():
+    r = run_python(WITHOUT_CPP + PRINT_CHOICE, env_backend="cpp")
+    assert r.returncode != 0
+    assert "ValueError" in r.stderr and "cpp" in r.stderr and "reference" in r.stderr
+
+
+def test_compiled_backend_is_present():
+    """The package builds its C++ kernels on install; a missing _core means the install or
+    the import path is broken (e.g. tests importing an unbuilt source tree), and the rest of
+    the suite would silently exercise only the reference.  Set TAYLORKERN_ALLOW_NO_CPP=1 to
+    run deliberately without it."""
+    if os.environ.get("TAYLORKERN_ALLOW_NO_CPP") == "1":
+        pytest.skip("TAYLORKERN_ALLOW_NO_CPP=1: running without the compiled module by request")
+    from taylorkern import _dispatch
+    assert "cpp" in tk.available_backends(), _dispatch._why_not.get("cpp")
