@@ -4,6 +4,8 @@
 // kernels run.  BLAS comes from scipy's bundled OpenBLAS, looked up at import.
 #include <omp.h>
 #include <pybind11/numpy.h>
+
+#include <mutex>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -13,12 +15,50 @@
 #include "forward_backward.hpp"
 #include "jacobian.hpp"
 #include "rop.hpp"
+#include "workspace.hpp"
 
 namespace py = pybind11;
 using tk::idx;
-using tk::Net;
 
 namespace {
+
+// A network description plus a pool of workspaces: one per call in flight, reused after.
+struct Net : tk::Net {
+  using tk::Net::Net;
+  std::mutex mu;
+  std::vector<std::unique_ptr<tk::Workspace<float>>> pool32;
+  std::vector<std::unique_ptr<tk::Workspace<double>>> pool64;
+  template <class T>
+  auto& pool() {
+    if constexpr (sizeof(T) == 4) return pool32; else return pool64;
+  }
+};
+
+// Borrows a workspace for one call (GIL released) and holds BLAS to one thread meanwhile.
+template <class T>
+class Lease {
+ public:
+  explicit Lease(Net& net) : net_(net) {
+    std::lock_guard<std::mutex> lock(net_.mu);
+    auto& pool = net_.pool<T>();
+    if (pool.empty()) {
+      ws_ = std::make_unique<tk::Workspace<T>>();
+    } else {
+      ws_ = std::move(pool.back());
+      pool.pop_back();
+    }
+  }
+  ~Lease() {
+    std::lock_guard<std::mutex> lock(net_.mu);
+    net_.pool<T>().push_back(std::move(ws_));
+  }
+  tk::Workspace<T>& ws() { return *ws_; }
+
+ private:
+  Net& net_;
+  std::unique_ptr<tk::Workspace<T>> ws_;
+  tk::SerialBlas serial_;
+};
 
 template <class T>
 const T* data(const py::array& a, const char* name, std::vector<idx> shape) {
@@ -32,7 +72,7 @@ const T* data(const py::array& a, const char* name, std::vector<idx> shape) {
 }
 
 template <class T>
-tk::Targets<T> targets(const Net& net, const py::array& y, idx N) {
+tk::Targets<T> targets(const tk::Net& net, const py::array& y, idx N) {
   tk::Targets<T> tg;
   if (net.loss == tk::Loss::ce) {
     if (!py::isinstance<py::array_t<std::int64_t>>(y) || !(y.flags() & py::array::c_style) || y.ndim() != 1 ||
@@ -61,23 +101,25 @@ bool is_f32(const py::array& theta) {
     body                              \
   }
 
-py::object predict(const Net& net, py::array theta, py::array X) {
+py::object predict(Net& net, py::array theta, py::array X) {
   TK_DISPATCH(theta, {
     const idx N = X.ndim() == 2 ? X.shape(0) : -1;
     const T* th = data<T>(theta, "theta", {net.P()});
     const T* x = data<T>(X, "X", {N, net.d[0]});
     py::array_t<T> out({N, net.k()});
     T* o = out.mutable_data();
-    py::gil_scoped_release nogil;
-    tk::predict<T>(net, th, x, N, o);
-    py::gil_scoped_acquire gil;
+    {
+      py::gil_scoped_release nogil;
+      Lease<T> lease(net);
+      tk::predict<T>(net, th, x, N, o, lease.ws());
+    }
     return std::move(out);
   })
 }
 
 // Checks the (theta, X, Y) triple; returns N.
 template <class T>
-idx check_data(const Net& net, const py::array& theta, const py::array& X) {
+idx check_data(const tk::Net& net, const py::array& theta, const py::array& X) {
   data<T>(theta, "theta", {net.P()});
   const idx N = X.ndim() == 2 ? X.shape(0) : -1;
   data<T>(X, "X", {N, net.d[0]});
@@ -90,15 +132,16 @@ idx check_data(const Net& net, const py::array& theta, const py::array& X) {
   const T* x = static_cast<const T*>(X.data());                                  \
   const tk::Targets<T> tg = targets<T>(net, Y, N);
 
-double loss(const Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
   TK_DISPATCH(theta, {
     TK_DATA
     py::gil_scoped_release nogil;
-    return tk::loss<T>(net, th, x, N, tg, mean);
+    Lease<T> lease(net);
+    return tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
   })
 }
 
-py::tuple loss_and_grad(const Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
   TK_DISPATCH(theta, {
     TK_DATA
     py::array_t<T> grad(net.P());
@@ -106,13 +149,14 @@ py::tuple loss_and_grad(const Net& net, py::array theta, py::array X, py::array 
     double value;
     {
       py::gil_scoped_release nogil;
-      value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g);
+      Lease<T> lease(net);
+      value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g, lease.ws());
     }
     return py::make_tuple(value, grad);
   })
 }
 
-py::object product(const Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
+py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
   TK_DISPATCH(theta, {
     TK_DATA
     const idx m = V.ndim() == 2 ? V.shape(1) : -1;
@@ -121,13 +165,14 @@ py::object product(const Net& net, py::array theta, py::array X, py::array Y, py
     T* o = out.mutable_data();
     {
       py::gil_scoped_release nogil;
-      tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn);
+      Lease<T> lease(net);
+      tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn, lease.ws());
     }
     return std::move(out);
   })
 }
 
-py::object jacobian(const Net& net, py::array theta, py::array X) {
+py::object jacobian(Net& net, py::array theta, py::array X) {
   TK_DISPATCH(theta, {
     const idx N = check_data<T>(net, theta, X);
     py::array_t<T> out({N * net.k(), net.P()});
@@ -136,26 +181,28 @@ py::object jacobian(const Net& net, py::array theta, py::array X) {
     const T* x = static_cast<const T*>(X.data());
     {
       py::gil_scoped_release nogil;
-      tk::jacobian<T>(net, th, x, N, o);
+      Lease<T> lease(net);
+      tk::jacobian<T>(net, th, x, N, o, lease.ws());
     }
     return std::move(out);
   })
 }
 
-py::object full(const Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
   TK_DISPATCH(theta, {
     TK_DATA
     py::array_t<T> out({net.P(), net.P()});
     T* o = out.mutable_data();
     {
       py::gil_scoped_release nogil;
-      tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o);
+      Lease<T> lease(net);
+      tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
     }
     return std::move(out);
   })
 }
 
-py::list blocks(const Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
   TK_DISPATCH(theta, {
     TK_DATA
     py::list result;
@@ -168,20 +215,22 @@ py::list blocks(const Net& net, py::array theta, py::array X, py::array Y, bool 
     }
     {
       py::gil_scoped_release nogil;
-      tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs);
+      Lease<T> lease(net);
+      tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs, lease.ws());
     }
     return result;
   })
 }
 
-py::object diag(const Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
   TK_DISPATCH(theta, {
     TK_DATA
     py::array_t<T> out(net.P());
     T* o = out.mutable_data();
     {
       py::gil_scoped_release nogil;
-      tk::curvature_diag<T>(net, th, x, N, tg, mean, gn, o);
+      Lease<T> lease(net);
+      tk::curvature_diag<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
     }
     return std::move(out);
   })
@@ -205,23 +254,26 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Net>(m, "Net")
       .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
            py::arg("loss"))
-      .def_property_readonly("num_params", &Net::P);
+      .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
   m.def("predict", &predict);
   m.def("loss", &loss);
   m.def("loss_and_grad", &loss_and_grad);
-  m.def("hvp", [](const Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
+  m.def("hvp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
     return product(n, t, x, y, v, mean, false);
   });
-  m.def("ggn_vp", [](const Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
+  m.def("ggn_vp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
     return product(n, t, x, y, v, mean, true);
   });
   m.def("jacobian", &jacobian);
-  m.def("hessian", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
-  m.def("ggn", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, true); });
-  m.def("hessian_blocks", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
-  m.def("ggn_blocks", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
-  m.def("hessian_diag", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
-  m.def("ggn_diag", [](const Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
+  m.def("hessian", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
+  m.def("ggn", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, true); });
+  m.def("hessian_blocks", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
+  m.def("ggn_blocks", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
+  m.def("hessian_diag", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
+  m.def("ggn_diag", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
+  m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
+  m.def("blas_threads_controllable", &tk::blas_threads_controllable,
+        "whether BLAS can be held to one thread per calling thread (OpenBLAS >= 0.3.27)");
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
   m.def("get_num_threads", []() { return omp_get_max_threads(); });
 }

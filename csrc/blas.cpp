@@ -2,19 +2,50 @@
 // row-major C = op(A) op(B) we want, with the operands swapped.
 #include "blas.hpp"
 
+#include <dlfcn.h>
+#include <omp.h>
+
+#include <algorithm>
 #include <climits>
 
 namespace tk {
 
 static dgemm_t* g_dgemm = nullptr;
 static sgemm_t* g_sgemm = nullptr;
+using set_local_t = int(int);
+static set_local_t* g_set_local = nullptr;  // OpenBLAS >= 0.3.27: openblas_set_num_threads_local
 
 void set_blas(void* dgemm, void* sgemm) {
   g_dgemm = reinterpret_cast<dgemm_t*>(dgemm);
   g_sgemm = reinterpret_cast<sgemm_t*>(sgemm);
+  // The library that holds dgemm: look for OpenBLAS's per-thread thread-count setter there.
+  Dl_info info;
+  if (dgemm && dladdr(dgemm, &info) && info.dli_fname) {
+    if (void* h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD)) {
+      g_set_local = reinterpret_cast<set_local_t*>(dlsym(h, "openblas_set_num_threads_local"));
+      dlclose(h);  // still loaded by scipy; NOLOAD only took a reference
+    }
+  }
 }
 
 bool have_blas() { return g_dgemm && g_sgemm; }
+bool blas_threads_controllable() { return g_set_local != nullptr; }
+
+SerialBlas::SerialBlas() {
+  if (g_set_local) prev_ = g_set_local(1);
+}
+SerialBlas::~SerialBlas() {
+  if (g_set_local && prev_ > 0) g_set_local(prev_);
+}
+
+// OpenMP worker threads only ever run kernels: hold their BLAS to one thread once.
+static void serial_blas_in_worker() {
+  static thread_local bool done = false;
+  if (!done && g_set_local) {
+    g_set_local(1);
+    done = true;
+  }
+}
 
 // Below this many multiply-adds a plain loop beats the cost of a BLAS call.
 constexpr idx kBlasMin = 4096;
@@ -49,8 +80,8 @@ static void gemm_loops(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* 
 }
 
 template <class T>
-void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
-          T beta, T* C, idx ldc) {
+static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B,
+                        idx ldb, T beta, T* C, idx ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     gemm_loops<T>(ta, tb, M, N, 0, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -67,6 +98,36 @@ void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, c
     g_dgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
   else
     g_sgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
+}
+
+// Above this many multiply-adds a product is split across the OpenMP threads.
+constexpr idx kGemmParallelMin = idx(1) << 17;
+
+template <class T>
+void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
+          T beta, T* C, idx ldc) {
+  if (M <= 0 || N <= 0) return;
+  const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const idx align = 16;  // slice edges on multiples of 16 rows/columns
+  if (nt <= 1 || M * N * std::max<idx>(K, 1) < kGemmParallelMin || std::max(M, N) < 2 * align) {
+    gemm_serial<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  const bool by_rows = M >= N;
+  const idx extent = by_rows ? M : N;
+  const idx per = ((extent + nt - 1) / nt + align - 1) / align * align;
+#pragma omp parallel num_threads(nt)
+  {
+    serial_blas_in_worker();
+    const idx lo = std::min(extent, per * omp_get_thread_num()), hi = std::min(extent, lo + per);
+    if (hi > lo) {
+      if (by_rows)
+        gemm_serial<T>(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + lo * lda, lda, B, ldb, beta, C + lo * ldc,
+                       ldc);
+      else
+        gemm_serial<T>(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+    }
+  }
 }
 
 template void gemm<float>(bool, bool, idx, idx, idx, float, const float*, idx, const float*, idx,

@@ -3,8 +3,14 @@
 // The function pointers come from scipy.linalg.cython_blas at import (bindings.cpp),
 // so the module links against no BLAS of its own and uses the optimized OpenBLAS
 // that scipy installs from PyPI.  Products too small for a BLAS call to pay off run
-// as plain loops.  BLAS is only ever called from serial code (never inside an OpenMP
-// region), so BLAS threads and OpenMP threads take turns instead of oversubscribing.
+// as plain loops.
+//
+// Threads: ONE pool, OpenMP's.  A large product is split into row (or column) slices,
+// one per OpenMP thread, each a single-threaded BLAS call; while a kernel runs, BLAS is
+// held to one thread in the calling thread (SerialBlas, via OpenBLAS's thread-local
+// setting, restored afterwards).  Two pools spinning on two cores starve each other:
+// measured here, a loss_and_grad went from 1.5 ms to 30 ms when OpenBLAS's and OpenMP's
+// threads competed.
 #pragma once
 #include "common.hpp"
 
@@ -19,6 +25,20 @@ using sgemm_t = void(const char*, const char*, const int*, const int*, const int
 
 void set_blas(void* dgemm, void* sgemm);
 bool have_blas();
+
+// While alive, BLAS calls from this thread run single-threaded (no-op if the BLAS in use
+// has no per-thread setting).
+class SerialBlas {
+ public:
+  SerialBlas();
+  ~SerialBlas();
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+bool blas_threads_controllable();
 
 // C (M x N) = alpha * op(A) * op(B) + beta * C, all row-major.
 // op(A) is M x K (A is K x M when ta), op(B) is K x N (B is N x K when tb).

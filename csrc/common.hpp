@@ -8,6 +8,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,6 +16,23 @@
 namespace tk {
 
 using idx = std::int64_t;
+
+// An allocator whose resize() leaves new elements uninitialised: workspaces are grown once
+// and reused across calls, and every kernel writes (or explicitly zeroes) what it reads.
+template <class T>
+struct uninit_allocator : std::allocator<T> {
+  template <class U>
+  struct rebind { using other = uninit_allocator<U>; };
+  uninit_allocator() = default;
+  template <class U>
+  uninit_allocator(const uninit_allocator<U>&) {}
+  template <class U>
+  void construct(U* p) noexcept { ::new ((void*)p) U; }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) { ::new ((void*)p) U(std::forward<A>(a)...); }
+};
+template <class T>
+using vec = std::vector<T, uninit_allocator<T>>;
 
 enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
 enum class Loss : int { mse = 0, ce };
@@ -44,6 +62,10 @@ struct Targets {
 // Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
 template <class T>
 inline T sample_weight(idx N, bool mean) { return mean ? T(1) / T(N) : T(1); }
+
+// Per-call scratch of every kernel family, pooled per network and reused (workspace.hpp).
+template <class T>
+struct Workspace;
 
 // Run a loop over rows in parallel only when it is worth waking the threads.
 constexpr idx kParallelMin = 1 << 14;

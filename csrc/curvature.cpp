@@ -23,6 +23,7 @@
 #include <algorithm>
 
 #include "blas.hpp"
+#include "workspace.hpp"
 
 namespace tk {
 
@@ -60,7 +61,7 @@ void scale_cols(idx c, idx rows, idx cols, const T* s, T* X) {
 
 // Augmented inputs of layer l for the chunk: (c, d[l]+1).
 template <class T>
-void augmented(const Net& net, const Tape<T>& t, idx l, idx n0, idx c, std::vector<T>& A) {
+void augmented(const Net& net, const Tape<T>& t, idx l, idx n0, idx c, vec<T>& A) {
   const idx di = net.d[l];
   A.resize(c * (di + 1));
   const T* a = t.in(l) + n0 * di;
@@ -72,7 +73,7 @@ void augmented(const Net& net, const Tape<T>& t, idx l, idx n0, idx c, std::vect
 
 // Kd (Da(Da+1)/2, H(H+1)/2) += sum_n tri(a~ a~^T) tri(Q_n)^T for one layer.
 template <class T>
-void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, std::vector<T>& Lf, std::vector<T>& Rf,
+void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf, vec<T>& Rf,
                         T* Kd) {
   const idx DP = Da * (Da + 1) / 2, HP = H * (H + 1) / 2;
   Lf.resize(c * DP);
@@ -131,7 +132,7 @@ void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T
                     Tape<T>& t) {
   forward(net, theta, X, N, t, !gn);
   loss_head(net, t, tg, mean, !gn);
-  if (!gn) backward(net, theta, t, true);
+  if (!gn) backward(net, theta, t);
 }
 
 template <class T>
@@ -141,8 +142,9 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
   const T s = sample_weight<T>(t.N, mean);
   f.Q.resize(L);
   if (need == Need::full) {
-    f.Tm.assign(L, std::vector<std::vector<T>>(L));
-    f.S.assign(L, std::vector<std::vector<T>>(L));
+    f.Tm.resize(L);
+    f.S.resize(L);
+    for (idx l = 0; l < L; ++l) f.Tm[l].resize(L), f.S[l].resize(L);
   }
   const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
 
@@ -228,7 +230,7 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
   if (need != Need::full) return;
 
   // Term-3 factors: B^T_{l+1,l} = D_l W_{l+1}; S[l][m] = B^T_{m-1,l} D_{m-1}; B^T_{m,l} = S[l][m] W_m.
-  std::vector<T> B;
+  vec<T> B;
   for (idx l = 0; l + 2 < L; ++l) {
     const idx H = net.d[l + 1];
     const T* d1l = t.d1[l].data() + n0 * H;
@@ -253,16 +255,17 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
 }
 
 template <class T>
-void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out) {
+void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                    Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
-  Tape<T> t;
+  Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);
   auto Da = [&](idx l) { return net.d[l] + 1; };
   auto Hd = [&](idx l) { return net.d[l + 1]; };
 
   // Accumulators over chunks, one per block and term.
-  std::vector<std::vector<T>> Kd(L), E3a(L);
-  std::vector<std::vector<std::vector<T>>> Ko(L, std::vector<std::vector<T>>(L)), E3 = Ko;
+  std::vector<vec<T>> Kd(L), E3a(L);
+  std::vector<std::vector<vec<T>>> Ko(L, std::vector<vec<T>>(L)), E3 = Ko;
   for (idx l = 0; l < L; ++l) {
     Kd[l].assign(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2), T(0));
     for (idx m = l + 1; m < L; ++m) {
@@ -273,9 +276,9 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   }
 
   const idx C = chunk_size(net, N, Need::full);
-  Factors<T> f;
-  std::vector<std::vector<T>> A(L);
-  std::vector<T> Lf, Rf;
+  Factors<T>& f = ws.f;
+  auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf;
+  A.resize(L);
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
     chunk_factors(net, theta, t, mean, gn, Need::full, n0, c, f);
@@ -356,16 +359,17 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
 
 template <class T>
 void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
-                      const std::vector<T*>& outs) {
+                      const std::vector<T*>& outs, Workspace<T>& ws) {
   const idx L = net.L();
-  Tape<T> t;
+  Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);
-  std::vector<std::vector<T>> Kd(L), A(L);
+  std::vector<vec<T>> Kd(L);
+  auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf;
+  A.resize(L);
   for (idx l = 0; l < L; ++l)
     Kd[l].assign((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2), T(0));
   const idx C = chunk_size(net, N, Need::blocks);
-  Factors<T> f;
-  std::vector<T> Lf, Rf;
+  Factors<T>& f = ws.f;
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
     chunk_factors(net, theta, t, mean, gn, Need::blocks, n0, c, f);
@@ -384,9 +388,10 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   template void curvature_tape<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, Tape<T>&);   \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx,          \
                                  Factors<T>&);                                                              \
-  template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*);         \
+  template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*,          \
+                                  Workspace<T>&);                                                           \
   template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,            \
-                                    const std::vector<T*>&);
+                                    const std::vector<T*>&, Workspace<T>&);
 TK_INST(float)
 TK_INST(double)
 #undef TK_INST

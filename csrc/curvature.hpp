@@ -16,9 +16,9 @@ enum class Need : int { diag = 0, blocks = 1, full = 2 };
 //   U[l]     (c, k, H_l)       GGN only: d f/d z_l^T rows times a square root of H_out
 template <class T>
 struct Factors {
-  std::vector<std::vector<T>> Q, U;
-  std::vector<std::vector<std::vector<T>>> Tm, S;
-  std::vector<T> y, yt;  // scratch
+  std::vector<vec<T>> Q, U;
+  std::vector<std::vector<vec<T>>> Tm, S;
+  vec<T> y, yt;  // scratch
 };
 
 // Forward (and, for the Hessian, backward) pass over all N samples into `tape`.
@@ -35,11 +35,12 @@ idx chunk_size(const Net& net, idx N, Need need);
 
 // out (P, P): the data term of H (gn = false) or G (gn = true).
 template <class T>
-void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out);
+void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                    Workspace<T>& ws);
 
 // outs[l] (P_l, P_l): the diagonal blocks.
 template <class T>
 void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
-                      const std::vector<T*>& outs);
+                      const std::vector<T*>& outs, Workspace<T>& ws);
 
 }  // namespace tk

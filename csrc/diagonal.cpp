@@ -11,18 +11,20 @@
 
 #include "blas.hpp"
 #include "curvature.hpp"
+#include "workspace.hpp"
 
 namespace tk {
 
 template <class T>
-void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out) {
+void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                    Workspace<T>& ws) {
   const idx L = net.L(), k = net.k();
-  Tape<T> t;
+  Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);
   std::fill(out, out + net.P(), T(0));
   const idx C = chunk_size(net, N, gn ? Need::diag : Need::blocks);
-  Factors<T> f;
-  std::vector<T> Asq, q;
+  Factors<T>& f = ws.f;
+  auto &Asq = ws.Asq, &q = ws.q;
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
     chunk_factors(net, theta, t, mean, gn, gn ? Need::diag : Need::blocks, n0, c, f);
@@ -52,8 +54,9 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
   }
 }
 
-template void curvature_diag<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, bool, float*);
+template void curvature_diag<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, bool, float*,
+                                    Workspace<float>&);
 template void curvature_diag<double>(const Net&, const double*, const double*, idx, Targets<double>, bool, bool,
-                                     double*);
+                                     double*, Workspace<double>&);
 
 }  // namespace tk

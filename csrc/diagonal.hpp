@@ -5,5 +5,6 @@
 namespace tk {
 // out (P,): diagonal of the data term of H (gn = false) or G (gn = true).
 template <class T>
-void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out);
+void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                    Workspace<T>& ws);
 }  // namespace tk

@@ -5,6 +5,7 @@
 
 #include "activations.hpp"
 #include "blas.hpp"
+#include "workspace.hpp"
 
 namespace tk {
 
@@ -93,7 +94,7 @@ double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want
 }
 
 template <class T>
-void backward(const Net& net, const T* theta, Tape<T>& t, bool keep_e) {
+void backward(const Net& net, const T* theta, Tape<T>& t) {
   const idx N = t.N, L = net.L();
   for (idx l = L - 1; l >= 1; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
@@ -106,8 +107,6 @@ void backward(const Net& net, const T* theta, Tape<T>& t, bool keep_e) {
 #pragma omp parallel for schedule(static) if (N * di > kParallelMin)
     for (idx i = 0; i < N * di; ++i) g[i] = e[i] * d1[i];
   }
-  if (!keep_e)
-    for (auto& v : t.e) std::vector<T>().swap(v);
 }
 
 template <class T>
@@ -126,32 +125,33 @@ void param_grad(const Net& net, const Tape<T>& t, T* grad) {
 }
 
 template <class T>
-void predict(const Net& net, const T* theta, const T* X, idx N, T* out) {
-  Tape<T> t;
+void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws) {
+  Tape<T>& t = ws.tape;
   forward(net, theta, X, N, t, false);
   std::copy(t.F.begin(), t.F.end(), out);
 }
 
 template <class T>
-double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean) {
-  Tape<T> t;
+double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, Workspace<T>& ws) {
+  Tape<T>& t = ws.tape;
   forward(net, theta, X, N, t, false);
   return loss_head(net, t, tg, mean, false);
 }
 
 template <class T>
-double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad) {
-  Tape<T> t;
+double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
+                     Workspace<T>& ws) {
+  Tape<T>& t = ws.tape;
   forward(net, theta, X, N, t, false);
   const double value = loss_head(net, t, tg, mean, true);
-  backward(net, theta, t, false);
+  backward(net, theta, t);
   param_grad(net, t, grad);
   return value;
 }
 
 template <class T>
 void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx N, idx r,
-                   std::vector<std::vector<T>>& U) {
+                   std::vector<vec<T>>& U) {
   U.resize(net.L());
   for (idx l = net.L() - 1; l >= 1; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
@@ -169,13 +169,14 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
 #define TK_INST(T)                                                                              \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);               \
   template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                  \
-  template void backward<T>(const Net&, const T*, Tape<T>&, bool);                             \
+  template void backward<T>(const Net&, const T*, Tape<T>&);                             \
   template void param_grad<T>(const Net&, const Tape<T>&, T*);                                 \
-  template void predict<T>(const Net&, const T*, const T*, idx, T*);                           \
-  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool);              \
-  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*);  \
+  template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);            \
+  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);  \
+  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*,     \
+                                   Workspace<T>&);                                              \
   template void backward_rows<T>(const Net&, const T*, const Tape<T>&, idx, idx, idx,          \
-                                 std::vector<std::vector<T>>&);
+                                 std::vector<vec<T>>&);
 TK_INST(float)
 TK_INST(double)
 #undef TK_INST

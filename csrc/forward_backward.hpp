@@ -17,13 +17,13 @@ template <class T>
 struct Tape {
   idx N = 0;
   const T* X = nullptr;
-  std::vector<std::vector<T>> a;       // a[l], l = 1..L-1: (N, d[l]); a[0] is X
-  std::vector<std::vector<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])
-  std::vector<T> F;                    // outputs (N, k)
-  std::vector<T> p;                    // ce: softmax(F) (N, k)
-  std::vector<T> rowloss;              // per-sample losses (N,)
-  std::vector<std::vector<T>> g;       // g[l] = dloss/dz_l: (N, d[l+1])
-  std::vector<std::vector<T>> e;       // e[l] = dloss/da_{l+1} for l = 0..L-2: (N, d[l+1])
+  std::vector<vec<T>> a;       // a[l], l = 1..L-1: (N, d[l]); a[0] is X
+  std::vector<vec<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])
+  vec<T> F;                    // outputs (N, k)
+  vec<T> p;                    // ce: softmax(F) (N, k)
+  vec<T> rowloss;              // per-sample losses (N,)
+  std::vector<vec<T>> g;       // g[l] = dloss/dz_l: (N, d[l+1])
+  std::vector<vec<T>> e;       // e[l] = dloss/da_{l+1} for l = 0..L-2: (N, d[l+1])
 
   const T* in(idx l) const { return l == 0 ? X : a[l].data(); }
 };
@@ -41,20 +41,21 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& tape, b
 template <class T>
 double loss_head(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, bool want_grad);
 
-// g[l] for l < L-1 and, when `keep_e`, e[l].
+// g[l] for l < L-1 and e[l].
 template <class T>
-void backward(const Net& net, const T* theta, Tape<T>& tape, bool keep_e);
+void backward(const Net& net, const T* theta, Tape<T>& tape);
 
 // grad (P,) from tape.g.
 template <class T>
 void param_grad(const Net& net, const Tape<T>& tape, T* grad);
 
 template <class T>
-void predict(const Net& net, const T* theta, const T* X, idx N, T* out);
+void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws);
 template <class T>
-double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean);
+double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, Workspace<T>& ws);
 template <class T>
-double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad);
+double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
+                     Workspace<T>& ws);
 
 }  // namespace tk
 
@@ -64,5 +65,5 @@ namespace tk {
 // Samples [n0, n0+N) of the tape.  With U[L-1] = identity rows this is d f / d z_l.
 template <class T>
 void backward_rows(const Net& net, const T* theta, const Tape<T>& tape, idx n0, idx N, idx r,
-                   std::vector<std::vector<T>>& U);
+                   std::vector<vec<T>>& U);
 }  // namespace tk

@@ -7,15 +7,17 @@
 #include <algorithm>
 
 #include "forward_backward.hpp"
+#include "workspace.hpp"
 
 namespace tk {
 
 template <class T>
-void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J) {
+void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J, Workspace<T>& ws) {
   const idx L = net.L(), k = net.k(), P = net.P();
-  Tape<T> t;
+  Tape<T>& t = ws.tape;
   forward(net, theta, X, N, t, false);
-  std::vector<std::vector<T>> U(L);
+  auto& U = ws.U;
+  U.resize(L);
   U[L - 1].assign(N * k * k, T(0));
   for (idx n = 0; n < N; ++n)
     for (idx c = 0; c < k; ++c) U[L - 1][(n * k + c) * k + c] = T(1);
@@ -36,7 +38,7 @@ void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J) {
     }
 }
 
-template void jacobian<float>(const Net&, const float*, const float*, idx, float*);
-template void jacobian<double>(const Net&, const double*, const double*, idx, double*);
+template void jacobian<float>(const Net&, const float*, const float*, idx, float*, Workspace<float>&);
+template void jacobian<double>(const Net&, const double*, const double*, idx, double*, Workspace<double>&);
 
 }  // namespace tk

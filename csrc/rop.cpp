@@ -17,21 +17,23 @@
 
 #include "blas.hpp"
 #include "forward_backward.hpp"
+#include "workspace.hpp"
 
 namespace tk {
 
 template <class T>
 void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V,
-         idx m, T* out, bool gn) {
+         idx m, T* out, bool gn, Workspace<T>& ws) {
   const idx L = net.L(), k = net.k();
-  Tape<T> t;
+  Tape<T>& t = ws.tape;
   forward(net, theta, X, N, t, !gn);
   loss_head(net, t, tg, mean, !gn);
-  if (!gn) backward(net, theta, t, true);
+  if (!gn) backward(net, theta, t);
   const T s = sample_weight<T>(N, mean);
 
   // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
-  std::vector<std::vector<T>> Vt(L), Vtt(L), Rz(L), Ra(L);
+  auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
+  for (auto* v : {&Vt, &Vtt, &Rz, &Ra}) v->resize(L);
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     const T* v = V + net.off[l] * m;
@@ -69,7 +71,8 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   }
 
   // Output curvature applied to the output tangent.
-  std::vector<T> Rg(N * m * k), Re, tmp;
+  auto &Rg = ws.Rg, &Re = ws.Re, &tmp = ws.tmp, &acc = ws.acc;
+  Rg.resize(N * m * k);
   {
     const T* rf = Rz[L - 1].data();
     T* rg = Rg.data();
@@ -91,7 +94,6 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   }
 
   // Backward.
-  std::vector<T> acc;
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     // acc[i][c][j] = R{grad}, then scattered into out[(off + i dn + j) m + c].
@@ -142,8 +144,8 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
 }
 
 template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx,
-                         float*, bool);
+                         float*, bool, Workspace<float>&);
 template void rop<double>(const Net&, const double*, const double*, idx, Targets<double>, bool, const double*,
-                          idx, double*, bool);
+                          idx, double*, bool, Workspace<double>&);
 
 }  // namespace tk

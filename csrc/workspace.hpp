@@ -1,0 +1,20 @@
+// The reusable scratch of every kernel: one per concurrent call on a network, kept in a
+// pool by the bindings, so that repeated calls (an optimizer's iterations) allocate nothing
+// and touch no fresh pages.  Buffers only grow; vec<T> never zero-fills on growth.
+#pragma once
+#include "common.hpp"
+#include "curvature.hpp"
+#include "forward_backward.hpp"
+
+namespace tk {
+
+template <class T>
+struct Workspace {
+  Tape<T> tape;                          // forward/backward quantities of all samples
+  std::vector<vec<T>> Vt, Vtt, Rz, Ra;   // rop: transposed slices of V, tangents
+  std::vector<vec<T>> U, A;              // rows backpropagated per sample; augmented inputs
+  vec<T> Rg, Re, tmp, acc, Lf, Rf, Asq, q;
+  Factors<T> f;                          // per-chunk curvature factors
+};
+
+}  // namespace tk
