@@ -5,12 +5,17 @@
 //   tanh      t = tanh z           1 - t^2                -2 t (1 - t^2)
 //   sigmoid   s = 1/(1+e^-z)       s (1 - s)              s (1 - s)(1 - 2s)
 //   softplus  log(1 + e^z)         s                      s (1 - s)
+// sigmoid and softplus go through em = expm1(-|z|), so that neither tail loses digits:
+//   s = 1/(2 + em) (z >= 0) or (1 + em)/(2 + em) (z < 0);  s(1-s) = (1+em)/(2+em)^2;
+//   1 - 2s = -sign(z) (-em)/(2 + em);  softplus = max(z, 0) + log1p(1 + em).
+// The loops are branch-free so that they vectorise (vmath.hpp); sin keeps libm.
 //   gelu      z/2 (1 + tanh u),  u = c (z + 0.044715 z^3),  c = sqrt(2/pi)   (tanh form)
 //   sin       sin z                cos z                  -sin z
 #pragma once
 #include <cmath>
 
 #include "common.hpp"
+#include "vmath.hpp"
 
 namespace tk {
 
@@ -29,34 +34,34 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
       break;
     case Act::tanh:
       for (idx i = 0; i < n; ++i) {
-        const T t = std::tanh(z[i]), s = 1 - t * t;
-        a[i] = t; d1[i] = s;
-        if (d2) d2[i] = -2 * t * s;
+        const double t = v_tanh((double)z[i]), s = 1 - t * t;
+        a[i] = (T)t; d1[i] = (T)s;
+        if (d2) d2[i] = (T)(-2 * t * s);
       }
       break;
     case Act::sigmoid:
-      for (idx i = 0; i < n; ++i) {
-        const T s = T(0.5) * (1 + std::tanh(T(0.5) * z[i])), ds = s * (1 - s);
-        a[i] = s; d1[i] = ds;
-        if (d2) d2[i] = ds * (1 - 2 * s);
-      }
-      break;
     case Act::softplus:
       for (idx i = 0; i < n; ++i) {
-        const T v = z[i], s = T(0.5) * (1 + std::tanh(T(0.5) * v));
-        a[i] = (v > 0 ? v : T(0)) + std::log1p(std::exp(-std::fabs(v)));
-        d1[i] = s;
-        if (d2) d2[i] = s * (1 - s);
+        const double v = (double)z[i], av = v < 0 ? -v : v;
+        const double em = v_expm1(-av), den = 1.0 / (2.0 + em), e = 1.0 + em;
+        const double s = v >= 0 ? den : e * den, ds = e * den * den;
+        if (f == Act::sigmoid) {
+          a[i] = (T)s; d1[i] = (T)ds;
+          if (d2) d2[i] = (T)(ds * (v >= 0 ? em : -em) * den);
+        } else {
+          a[i] = (T)((v > 0 ? v : 0.0) + v_log1p_unit(e)); d1[i] = (T)s;
+          if (d2) d2[i] = (T)ds;
+        }
       }
       break;
     case Act::gelu: {
-      const T c = T(0.7978845608028654), k3 = T(0.044715);
+      const double c = 0.7978845608028654, k3 = 0.044715;
       for (idx i = 0; i < n; ++i) {
-        const T v = z[i], u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
-        const T t = std::tanh(u), s = 1 - t * t;
-        a[i] = T(0.5) * v * (1 + t);
-        d1[i] = T(0.5) * (1 + t) + T(0.5) * v * s * du;
-        if (d2) d2[i] = s * du - v * t * s * du * du + T(0.5) * v * s * (c * 6 * k3 * v);
+        const double v = (double)z[i], u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
+        const double t = v_tanh(u), s = 1 - t * t;
+        a[i] = (T)(0.5 * v * (1 + t));
+        d1[i] = (T)(0.5 * (1 + t) + 0.5 * v * s * du);
+        if (d2) d2[i] = (T)(s * du - v * t * s * du * du + 0.5 * v * s * (c * 6 * k3 * v));
       }
       break;
     }

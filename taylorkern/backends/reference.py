@@ -36,12 +36,16 @@ def act(name, z):
     if name == "tanh":
         t = np.tanh(z)
         return t, 1 - t * t, -2 * t * (1 - t * t)
-    if name == "sigmoid":
-        s = 0.5 * (1 + np.tanh(0.5 * z))
-        return s, s * (1 - s), s * (1 - s) * (1 - 2 * s)
-    if name == "softplus":
-        s = 0.5 * (1 + np.tanh(0.5 * z))
-        return np.logaddexp(0, z), s, s * (1 - s)
+    if name in ("sigmoid", "softplus"):
+        # through e = exp(-|z|) so that neither tail cancels: s(1-s) = e / (1+e)^2 and
+        # 1 - 2s = -sign(z) (1-e)/(1+e), with 1 - e = -expm1(-|z|)
+        em = np.expm1(-np.abs(z))
+        e = 1 + em
+        s = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+        ds = e / (1 + e) ** 2
+        if name == "sigmoid":
+            return s, ds, ds * np.where(z >= 0, em, -em) / (1 + e)
+        return np.logaddexp(0, z), s, ds
     if name == "gelu":
         u = _GELU_C * (z + _GELU_A * z ** 3)
         du = _GELU_C * (1 + 3 * _GELU_A * z ** 2)
