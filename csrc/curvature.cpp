@@ -71,10 +71,10 @@ void augmented(const Net& net, const Tape<T>& t, idx l, idx n0, idx c, vec<T>& A
   }
 }
 
-// Kd (Da(Da+1)/2, H(H+1)/2) += sum_n tri(a~ a~^T) tri(Q_n)^T for one layer.
+// Kd (Da(Da+1)/2, H(H+1)/2) = beta Kd + sum_n tri(a~ a~^T) tri(Q_n)^T for one layer.
 template <class T>
 void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf, vec<T>& Rf,
-                        T* Kd) {
+                        T beta, T* Kd) {
   const idx DP = Da * (Da + 1) / 2, HP = H * (H + 1) / 2;
   Lf.resize(c * DP);
   Rf.resize(c * HP);
@@ -89,7 +89,7 @@ void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf
     for (idx j = 0; j < H; ++j)
       for (idx j2 = j; j2 < H; ++j2) *rf++ = q[j * H + j2];
   }
-  gemm<T>(true, false, DP, HP, c, T(1), Lf.data(), DP, Rf.data(), HP, T(1), Kd, HP);
+  gemm<T>(true, false, DP, HP, c, T(1), Lf.data(), DP, Rf.data(), HP, beta, Kd, HP);
 }
 
 // Block (P_l x P_l, leading dimension ld) from its packed Kronecker sum.
@@ -263,15 +263,17 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   auto Da = [&](idx l) { return net.d[l] + 1; };
   auto Hd = [&](idx l) { return net.d[l + 1]; };
 
-  // Accumulators over chunks, one per block and term.
-  std::vector<vec<T>> Kd(L), E3a(L);
-  std::vector<std::vector<vec<T>>> Ko(L, std::vector<vec<T>>(L)), E3 = Ko;
+  // Accumulators over chunks, one per block and term (overwritten by the first chunk).
+  auto &Kd = ws.Kd, &E3a = ws.E3a;
+  auto &Ko = ws.Ko, &E3 = ws.E3;
+  Kd.resize(L), E3a.resize(L), Ko.resize(L), E3.resize(L);
   for (idx l = 0; l < L; ++l) {
-    Kd[l].assign(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2), T(0));
+    Kd[l].resize(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2));
+    Ko[l].resize(L), E3[l].resize(L);
     for (idx m = l + 1; m < L; ++m) {
-      Ko[l][m].assign(Da(l) * Da(m) * Hd(m) * Hd(l), T(0));
-      if (!gn && m == l + 1) E3a[l].assign(Da(l) * Hd(l) * Hd(m), T(0));
-      if (!gn && m >= l + 2) E3[l][m].assign(Da(l) * Hd(m) * Hd(l) * net.d[m], T(0));
+      Ko[l][m].resize(Da(l) * Da(m) * Hd(m) * Hd(l));
+      if (!gn && m == l + 1) E3a[l].resize(Da(l) * Hd(l) * Hd(m));
+      if (!gn && m >= l + 2) E3[l][m].resize(Da(l) * Hd(m) * Hd(l) * net.d[m]);
     }
   }
 
@@ -281,10 +283,11 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   A.resize(L);
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
+    const T beta = n0 == 0 ? T(0) : T(1);
     chunk_factors(net, theta, t, mean, gn, Need::full, n0, c, f);
     for (idx l = 0; l < L; ++l) augmented(net, t, l, n0, c, A[l]);
     for (idx l = 0; l < L; ++l) {
-      diag_block_product<T>(c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), Lf, Rf, Kd[l].data());
+      diag_block_product<T>(c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), Lf, Rf, beta, Kd[l].data());
       for (idx m = l + 1; m < L; ++m) {
         // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
         const idx da = Da(l), dm = Da(m);
@@ -294,7 +297,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
           for (idx i = 0; i < da; ++i)
             for (idx i2 = 0; i2 < dm; ++i2) Lf[(n * da + i) * dm + i2] = A[l][n * da + i] * A[m][n * dm + i2];
         gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(),
-                Hd(m) * Hd(l), T(1), Ko[l][m].data(), Hd(m) * Hd(l));
+                Hd(m) * Hd(l), beta, Ko[l][m].data(), Hd(m) * Hd(l));
         if (gn) continue;
         if (m == l + 1) {
           // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
@@ -304,7 +307,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
           for (idx n = 0; n < c; ++n)
             for (idx i = 0; i < da; ++i)
               for (idx j = 0; j < H; ++j) Lf[(n * da + i) * H + j] = A[l][n * da + i] * d1[n * H + j];
-          gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data() + n0 * Hd(m), Hd(m), T(1),
+          gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data() + n0 * Hd(m), Hd(m), beta,
                   E3a[l].data(), Hd(m));
         } else {
           // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
@@ -315,7 +318,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
             for (idx i = 0; i < da; ++i)
               for (idx j = 0; j < Hm; ++j) Lf[(n * da + i) * Hm + j] = A[l][n * da + i] * g[n * Hm + j];
           const idx cols = Hd(l) * net.d[m];
-          gemm<T>(true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, T(1),
+          gemm<T>(true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, beta,
                   E3[l][m].data(), cols);
         }
       }
@@ -363,11 +366,10 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   const idx L = net.L();
   Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);
-  std::vector<vec<T>> Kd(L);
-  auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf;
-  A.resize(L);
+  auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf, &Kd = ws.Kd;
+  A.resize(L), Kd.resize(L);
   for (idx l = 0; l < L; ++l)
-    Kd[l].assign((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2), T(0));
+    Kd[l].resize((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2));
   const idx C = chunk_size(net, N, Need::blocks);
   Factors<T>& f = ws.f;
   for (idx n0 = 0; n0 < N; n0 += C) {
@@ -375,7 +377,8 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
     chunk_factors(net, theta, t, mean, gn, Need::blocks, n0, c, f);
     for (idx l = 0; l < L; ++l) {
       augmented(net, t, l, n0, c, A[l]);
-      diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf, Kd[l].data());
+      diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf,
+                            n0 == 0 ? T(0) : T(1), Kd[l].data());
     }
   }
   for (idx l = 0; l < L; ++l) {

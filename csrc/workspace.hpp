@@ -15,6 +15,10 @@ struct Workspace {
   std::vector<vec<T>> U, A;              // rows backpropagated per sample; augmented inputs
   vec<T> Rg, Re, tmp, acc, Lf, Rf, Asq, q;
   Factors<T> f;                          // per-chunk curvature factors
+  // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
+  // Newton-type loop asks for the same sizes every iteration and fresh pages cost ~20%.
+  std::vector<vec<T>> Kd, E3a;
+  std::vector<std::vector<vec<T>>> Ko, E3;
 };
 
 }  // namespace tk
