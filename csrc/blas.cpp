@@ -51,30 +51,30 @@ static void serial_blas_in_worker() {
 constexpr idx kBlasMin = 4096;
 
 template <class T>
-static void gemm_loops(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda,
-                       const T* B, idx ldb, T beta, T* C, idx ldc) {
+static void gemm_loops(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* __restrict A, idx lda,
+                       const T* __restrict B, idx ldb, T beta, T* __restrict C, idx ldc) {
+  // Narrow outputs (e.g. a network's single output unit): dot products in a register.
+  // Wide outputs: row updates c += a * b, vectorised over the output row.
+  const bool dot_form = tb || N < 8;
   for (idx i = 0; i < M; ++i) {
-    T* c = C + i * ldc;
+    T* __restrict c = C + i * ldc;
+    if (dot_form) {
+      for (idx j = 0; j < N; ++j) {
+        T s = 0;
+        for (idx p = 0; p < K; ++p)
+          s += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
+        c[j] = (beta == T(0) ? T(0) : beta * c[j]) + alpha * s;
+      }
+      continue;
+    }
     if (beta == T(0))
       for (idx j = 0; j < N; ++j) c[j] = T(0);
     else if (beta != T(1))
       for (idx j = 0; j < N; ++j) c[j] *= beta;
-    if (!tb) {
-      for (idx p = 0; p < K; ++p) {
-        const T a = alpha * (ta ? A[p * lda + i] : A[i * lda + p]);
-        const T* b = B + p * ldb;
-        for (idx j = 0; j < N; ++j) c[j] += a * b[j];
-      }
-    } else {
-      for (idx j = 0; j < N; ++j) {
-        const T* b = B + j * ldb;
-        T s = 0;
-        if (!ta)
-          for (idx p = 0; p < K; ++p) s += A[i * lda + p] * b[p];
-        else
-          for (idx p = 0; p < K; ++p) s += A[p * lda + i] * b[p];
-        c[j] += alpha * s;
-      }
+    for (idx p = 0; p < K; ++p) {
+      const T a = alpha * (ta ? A[p * lda + i] : A[i * lda + p]);
+      const T* __restrict b = B + p * ldb;
+      for (idx j = 0; j < N; ++j) c[j] += a * b[j];
     }
   }
 }
