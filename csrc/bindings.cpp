@@ -236,6 +236,25 @@ py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
   })
 }
 
+// True when every element is finite: sum of x * 0 is 0, or NaN as soon as one x is +-inf
+// or NaN (vectorises; no early exit needed at the sizes inputs have).
+template <class T>
+bool all_finite_impl(const T* x, idx n) {
+  T acc = 0;
+  for (idx i = 0; i < n; ++i) acc += x[i] * T(0);
+  return acc == T(0);
+}
+
+py::object all_finite(const py::array& a) {
+  if (a.flags() & py::array::c_style) {
+    if (py::isinstance<py::array_t<double>>(a))
+      return py::bool_(all_finite_impl(static_cast<const double*>(a.data()), (idx)a.size()));
+    if (py::isinstance<py::array_t<float>>(a))
+      return py::bool_(all_finite_impl(static_cast<const float*>(a.data()), (idx)a.size()));
+  }
+  return py::none();  // not a contiguous float array: the caller checks another way
+}
+
 void* capsule_pointer(const py::object& capsule) {
   PyObject* c = capsule.ptr();
   void* p = PyCapsule_GetPointer(c, PyCapsule_GetName(c));
@@ -271,6 +290,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("ggn_blocks", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
   m.def("hessian_diag", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
   m.def("ggn_diag", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
+  m.def("all_finite", &all_finite, "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
   m.def("blas_threads_controllable", &tk::blas_threads_controllable,
         "whether BLAS can be held to one thread per calling thread (OpenBLAS >= 0.3.27)");

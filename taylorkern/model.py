@@ -24,6 +24,19 @@ import numpy as np
 
 from . import _dispatch
 
+try:  # a compiled scan is ~10x faster than np.isfinite(x).all() on small inputs
+    from ._core import all_finite as _all_finite_fast
+except ImportError:  # pragma: no cover - exercised when the extension is absent
+    _all_finite_fast = None
+
+
+def _all_finite(arr):
+    if _all_finite_fast is not None:
+        ok = _all_finite_fast(arr)
+        if ok is not None:
+            return ok
+    return bool(np.isfinite(arr).all())
+
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin")
 LOSSES = ("mse", "ce")
 REDUCTIONS = ("mean", "sum")
@@ -184,9 +197,13 @@ class MLP:
     # ------------------------------------------------------------------ checks
     def _as_float(self, x, name):
         arr = np.asarray(x)
+        if arr.dtype == self.dtype and arr.flags.c_contiguous:  # the common case, fast
+            if not _all_finite(arr):
+                raise ValueError(f"{name}: contains NaN or Inf")
+            return arr
         if arr.dtype.kind not in "fiu":
             raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not _all_finite(arr):
             raise ValueError(f"{name}: contains NaN or Inf")
         if arr.dtype != self.dtype and arr.size:
             limit = np.finfo(self.dtype).max
