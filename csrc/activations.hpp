@@ -25,17 +25,27 @@ template <class T>
 inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
   switch (f) {
     case Act::identity:
-      for (idx i = 0; i < n; ++i) { a[i] = z[i]; d1[i] = 1; }
-      if (d2) for (idx i = 0; i < n; ++i) d2[i] = 0;
+      for (idx i = 0; i < n; ++i) {
+        a[i] = z[i];
+        d1[i] = 1;
+      }
+      if (d2)
+        for (idx i = 0; i < n; ++i) d2[i] = 0;
       break;
     case Act::relu:
-      for (idx i = 0; i < n; ++i) { const T v = z[i]; a[i] = v > 0 ? v : T(0); d1[i] = v > 0 ? T(1) : T(0); }
-      if (d2) for (idx i = 0; i < n; ++i) d2[i] = 0;
+      for (idx i = 0; i < n; ++i) {
+        const T v = z[i];
+        a[i] = v > 0 ? v : T(0);
+        d1[i] = v > 0 ? T(1) : T(0);
+      }
+      if (d2)
+        for (idx i = 0; i < n; ++i) d2[i] = 0;
       break;
     case Act::tanh:
       for (idx i = 0; i < n; ++i) {
         const double t = v_tanh((double)z[i]), s = 1 - t * t;
-        a[i] = (T)t; d1[i] = (T)s;
+        a[i] = (T)t;
+        d1[i] = (T)s;
         if (d2) d2[i] = (T)(-2 * t * s);
       }
       break;
@@ -46,10 +56,12 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
         const double em = v_expm1(-av), den = 1.0 / (2.0 + em), e = 1.0 + em;
         const double s = v >= 0 ? den : e * den, ds = e * den * den;
         if (f == Act::sigmoid) {
-          a[i] = (T)s; d1[i] = (T)ds;
+          a[i] = (T)s;
+          d1[i] = (T)ds;
           if (d2) d2[i] = (T)(ds * (v >= 0 ? em : -em) * den);
         } else {
-          a[i] = (T)((v > 0 ? v : 0.0) + v_log1p_unit(e)); d1[i] = (T)s;
+          a[i] = (T)((v > 0 ? v : 0.0) + v_log1p_unit(e));
+          d1[i] = (T)s;
           if (d2) d2[i] = (T)ds;
         }
       }
@@ -68,7 +80,8 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
     case Act::sin:
       for (idx i = 0; i < n; ++i) {
         const T v = z[i], sv = std::sin(v);  // read z first: a may alias z
-        a[i] = sv; d1[i] = std::cos(v);
+        a[i] = sv;
+        d1[i] = std::cos(v);
         if (d2) d2[i] = -sv;
       }
       break;

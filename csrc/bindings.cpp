@@ -4,10 +4,10 @@
 // kernels run.  BLAS comes from scipy's bundled OpenBLAS, looked up at import.
 #include <omp.h>
 #include <pybind11/numpy.h>
-
-#include <mutex>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include <mutex>
 
 #include "blas.hpp"
 #include "curvature.hpp"
@@ -30,7 +30,10 @@ struct Net : tk::Net {
   std::vector<std::unique_ptr<tk::Workspace<double>>> pool64;
   template <class T>
   auto& pool() {
-    if constexpr (sizeof(T) == 4) return pool32; else return pool64;
+    if constexpr (sizeof(T) == 4)
+      return pool32;
+    else
+      return pool64;
   }
 };
 
@@ -92,13 +95,13 @@ bool is_f32(const py::array& theta) {
 }
 
 // Calls fn<float> or fn<double> by theta's dtype.
-#define TK_DISPATCH(theta, body)      \
-  if (is_f32(theta)) {                \
-    using T = float;                  \
-    body                              \
-  } else {                            \
-    using T = double;                 \
-    body                              \
+#define TK_DISPATCH(theta, body) \
+  if (is_f32(theta)) {           \
+    using T = float;             \
+    body                         \
+  } else {                       \
+    using T = double;            \
+    body                         \
   }
 
 py::object predict(Net& net, py::array theta, py::array X) {
@@ -126,101 +129,101 @@ idx check_data(const tk::Net& net, const py::array& theta, const py::array& X) {
   return N;
 }
 
-#define TK_DATA                                                                  \
-  const idx N = check_data<T>(net, theta, X);                                    \
-  const T* th = static_cast<const T*>(theta.data());                             \
-  const T* x = static_cast<const T*>(X.data());                                  \
+#define TK_DATA                                      \
+  const idx N = check_data<T>(net, theta, X);        \
+  const T* th = static_cast<const T*>(theta.data()); \
+  const T* x = static_cast<const T*>(X.data());      \
   const tk::Targets<T> tg = targets<T>(net, Y, N);
 
-double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
-  TK_DISPATCH(theta, {
-    TK_DATA
-    py::gil_scoped_release nogil;
-    Lease<T> lease(net);
-    return tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
-  })
-}
+double loss(Net& net, py::array theta, py::array X, py::array Y,
+            bool mean){TK_DISPATCH(theta,
+                                   {
+                                     TK_DATA
+                                     py::gil_scoped_release nogil;
+                                     Lease<T> lease(net);
+                                     return tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
+                                   })}
 
-py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
-  TK_DISPATCH(theta, {
-    TK_DATA
-    py::array_t<T> grad(net.P());
-    T* g = grad.mutable_data();
-    double value;
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g, lease.ws());
-    }
-    return py::make_tuple(value, grad);
-  })
-}
+py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y,
+                        bool mean){TK_DISPATCH(theta,
+                                               {
+                                                 TK_DATA
+                                                 py::array_t<T> grad(net.P());
+                                                 T* g = grad.mutable_data();
+                                                 double value;
+                                                 {
+                                                   py::gil_scoped_release nogil;
+                                                   Lease<T> lease(net);
+                                                   value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g, lease.ws());
+                                                 }
+                                                 return py::make_tuple(value, grad);
+                                               })}
 
-py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
-  TK_DISPATCH(theta, {
-    TK_DATA
-    const idx m = V.ndim() == 2 ? V.shape(1) : -1;
-    const T* v = data<T>(V, "V", {net.P(), m});
-    py::array_t<T> out({net.P(), m});
-    T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn, lease.ws());
-    }
-    return std::move(out);
-  })
-}
+py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean,
+                   bool gn){TK_DISPATCH(theta,
+                                        {
+                                          TK_DATA
+                                          const idx m = V.ndim() == 2 ? V.shape(1) : -1;
+                                          const T* v = data<T>(V, "V", {net.P(), m});
+                                          py::array_t<T> out({net.P(), m});
+                                          T* o = out.mutable_data();
+                                          {
+                                            py::gil_scoped_release nogil;
+                                            Lease<T> lease(net);
+                                            tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn, lease.ws());
+                                          }
+                                          return std::move(out);
+                                        })}
 
-py::object jacobian(Net& net, py::array theta, py::array X) {
-  TK_DISPATCH(theta, {
-    const idx N = check_data<T>(net, theta, X);
-    py::array_t<T> out({N * net.k(), net.P()});
-    T* o = out.mutable_data();
-    const T* th = static_cast<const T*>(theta.data());
-    const T* x = static_cast<const T*>(X.data());
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::jacobian<T>(net, th, x, N, o, lease.ws());
-    }
-    return std::move(out);
-  })
-}
+py::object
+    jacobian(Net& net, py::array theta, py::array X){TK_DISPATCH(theta,
+                                                                 {
+                                                                   const idx N = check_data<T>(net, theta, X);
+                                                                   py::array_t<T> out({N * net.k(), net.P()});
+                                                                   T* o = out.mutable_data();
+                                                                   const T* th = static_cast<const T*>(theta.data());
+                                                                   const T* x = static_cast<const T*>(X.data());
+                                                                   {
+                                                                     py::gil_scoped_release nogil;
+                                                                     Lease<T> lease(net);
+                                                                     tk::jacobian<T>(net, th, x, N, o, lease.ws());
+                                                                   }
+                                                                   return std::move(out);
+                                                                 })}
 
-py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
-  TK_DISPATCH(theta, {
-    TK_DATA
-    py::array_t<T> out({net.P(), net.P()});
-    T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
-    }
-    return std::move(out);
-  })
-}
+py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean,
+                bool gn){TK_DISPATCH(theta,
+                                     {
+                                       TK_DATA
+                                       py::array_t<T> out({net.P(), net.P()});
+                                       T* o = out.mutable_data();
+                                       {
+                                         py::gil_scoped_release nogil;
+                                         Lease<T> lease(net);
+                                         tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
+                                       }
+                                       return std::move(out);
+                                     })}
 
-py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
-  TK_DISPATCH(theta, {
-    TK_DATA
-    py::list result;
-    std::vector<T*> outs;
-    for (idx l = 0; l < net.L(); ++l) {
-      const idx Pl = net.off[l + 1] - net.off[l];
-      py::array_t<T> b({Pl, Pl});
-      outs.push_back(b.mutable_data());
-      result.append(b);
-    }
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs, lease.ws());
-    }
-    return result;
-  })
-}
+py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean,
+                bool gn){TK_DISPATCH(theta,
+                                     {
+                                       TK_DATA
+                                       py::list result;
+                                       std::vector<T*> outs;
+                                       for (idx l = 0; l < net.L(); ++l) {
+                                         const idx Pl = net.off[l + 1] - net.off[l];
+                                         py::array_t<T> b({Pl, Pl});
+                                         outs.push_back(b.mutable_data());
+                                         result.append(b);
+                                       }
+                                       {
+                                         py::gil_scoped_release nogil;
+                                         Lease<T> lease(net);
+                                         tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs, lease.ws());
+                                       }
+                                       return result;
+                                     })}
 
 py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
   TK_DISPATCH(theta, {
@@ -284,12 +287,17 @@ PYBIND11_MODULE(_core, m) {
     return product(n, t, x, y, v, mean, true);
   });
   m.def("jacobian", &jacobian);
-  m.def("hessian", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
+  m.def("hessian",
+        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
   m.def("ggn", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, true); });
-  m.def("hessian_blocks", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
-  m.def("ggn_blocks", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
-  m.def("hessian_diag", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
-  m.def("ggn_diag", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
+  m.def("hessian_blocks",
+        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
+  m.def("ggn_blocks",
+        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
+  m.def("hessian_diag",
+        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
+  m.def("ggn_diag",
+        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
   m.def("all_finite", &all_finite, "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
   m.def("blas_threads_controllable", &tk::blas_threads_controllable,

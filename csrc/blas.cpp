@@ -28,8 +28,12 @@ void set_blas(void* dgemm, void* sgemm) {
   }
 }
 
-bool have_blas() { return g_dgemm && g_sgemm; }
-bool blas_threads_controllable() { return g_set_local != nullptr; }
+bool have_blas() {
+  return g_dgemm && g_sgemm;
+}
+bool blas_threads_controllable() {
+  return g_set_local != nullptr;
+}
 
 SerialBlas::SerialBlas() {
   if (g_set_local) prev_ = g_set_local(1);
@@ -80,15 +84,15 @@ static void gemm_loops(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* 
 }
 
 template <class T>
-static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B,
-                        idx ldb, T beta, T* C, idx ldc) {
+static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
+                        T beta, T* C, idx ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     gemm_loops<T>(ta, tb, M, N, 0, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  if (M * N * K < kBlasMin || !have_blas() || M > INT_MAX || N > INT_MAX || K > INT_MAX ||
-      lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX) {
+  if (M * N * K < kBlasMin || !have_blas() || M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX ||
+      ldb > INT_MAX || ldc > INT_MAX) {
     gemm_loops<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
@@ -104,8 +108,8 @@ static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
 constexpr idx kGemmParallelMin = idx(1) << 17;
 
 template <class T>
-void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
-          T beta, T* C, idx ldc) {
+void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
+          idx ldc) {
   if (M <= 0 || N <= 0) return;
   const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
   const idx align = 16;  // slice edges on multiples of 16 rows/columns
@@ -122,17 +126,15 @@ void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, c
     const idx lo = std::min(extent, per * omp_get_thread_num()), hi = std::min(extent, lo + per);
     if (hi > lo) {
       if (by_rows)
-        gemm_serial<T>(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + lo * lda, lda, B, ldb, beta, C + lo * ldc,
-                       ldc);
+        gemm_serial<T>(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + lo * lda, lda, B, ldb, beta, C + lo * ldc, ldc);
       else
         gemm_serial<T>(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
     }
   }
 }
 
-template void gemm<float>(bool, bool, idx, idx, idx, float, const float*, idx, const float*, idx,
-                          float, float*, idx);
-template void gemm<double>(bool, bool, idx, idx, idx, double, const double*, idx, const double*,
-                           idx, double, double*, idx);
+template void gemm<float>(bool, bool, idx, idx, idx, float, const float*, idx, const float*, idx, float, float*, idx);
+template void gemm<double>(bool, bool, idx, idx, idx, double, const double*, idx, const double*, idx, double, double*,
+                           idx);
 
 }  // namespace tk

@@ -16,12 +16,10 @@
 
 namespace tk {
 
-using dgemm_t = void(const char*, const char*, const int*, const int*, const int*, const double*,
-                     const double*, const int*, const double*, const int*, const double*, double*,
-                     const int*);
-using sgemm_t = void(const char*, const char*, const int*, const int*, const int*, const float*,
-                     const float*, const int*, const float*, const int*, const float*, float*,
-                     const int*);
+using dgemm_t = void(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+                     const int*, const double*, const int*, const double*, double*, const int*);
+using sgemm_t = void(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                     const int*, const float*, const int*, const float*, float*, const int*);
 
 void set_blas(void* dgemm, void* sgemm);
 bool have_blas();
@@ -43,7 +41,7 @@ bool blas_threads_controllable();
 // C (M x N) = alpha * op(A) * op(B) + beta * C, all row-major.
 // op(A) is M x K (A is K x M when ta), op(B) is K x N (B is N x K when tb).
 template <class T>
-void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
-          T beta, T* C, idx ldc);
+void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
+          idx ldc);
 
 }  // namespace tk

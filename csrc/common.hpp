@@ -6,6 +6,8 @@
 // (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (DESIGN §1).
 // All arrays are row-major and contiguous; sizes are 64-bit.
 #pragma once
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -22,14 +24,20 @@ using idx = std::int64_t;
 template <class T>
 struct uninit_allocator : std::allocator<T> {
   template <class U>
-  struct rebind { using other = uninit_allocator<U>; };
+  struct rebind {
+    using other = uninit_allocator<U>;
+  };
   uninit_allocator() = default;
   template <class U>
   uninit_allocator(const uninit_allocator<U>&) {}
   template <class U>
-  void construct(U* p) noexcept { ::new ((void*)p) U; }
+  void construct(U* p) noexcept {
+    ::new ((void*)p) U;
+  }
   template <class U, class... A>
-  void construct(U* p, A&&... a) { ::new ((void*)p) U(std::forward<A>(a)...); }
+  void construct(U* p, A&&... a) {
+    ::new ((void*)p) U(std::forward<A>(a)...);
+  }
 };
 template <class T>
 using vec = std::vector<T, uninit_allocator<T>>;
@@ -61,7 +69,9 @@ struct Targets {
 
 // Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
 template <class T>
-inline T sample_weight(idx N, bool mean) { return mean ? T(1) / T(N) : T(1); }
+inline T sample_weight(idx N, bool mean) {
+  return mean ? T(1) / T(N) : T(1);
+}
 
 // Per-call scratch of every kernel family, pooled per network and reused (workspace.hpp).
 template <class T>
@@ -69,5 +79,24 @@ struct Workspace;
 
 // Run a loop over rows in parallel only when it is worth waking the threads.
 constexpr idx kParallelMin = 1 << 14;
+
+// f(i) for i in [0, n): across the OpenMP threads when `work` (values touched) is worth it,
+// else inline, without entering libgomp at all (an `if(false)` parallel region still sets
+// up a team: about a microsecond, which is the whole budget of a small problem).
+// `dynamic` balances rows of uneven cost.
+template <class F>
+inline void parallel_for(idx n, idx work, F&& f, bool dynamic = false) {
+  if (work > kParallelMin && n > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
+    if (dynamic) {
+#pragma omp parallel for schedule(dynamic, 16)
+      for (idx i = 0; i < n; ++i) f(i);
+    } else {
+#pragma omp parallel for schedule(static)
+      for (idx i = 0; i < n; ++i) f(i);
+    }
+  } else {
+    for (idx i = 0; i < n; ++i) f(i);
+  }
+}
 
 }  // namespace tk

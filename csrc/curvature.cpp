@@ -30,13 +30,14 @@ namespace tk {
 namespace {
 
 // Packed index of (a, b), a <= b, in the row-major upper triangle of an n x n matrix.
-inline idx tri(idx a, idx b, idx n) { return a * n - a * (a - 1) / 2 + (b - a); }
+inline idx tri(idx a, idx b, idx n) {
+  return a * n - a * (a - 1) / 2 + (b - a);
+}
 
 // Per sample n < c: C_n (p x q) = A_n^T B_n, A_n (r x p), B_n (r x q).
 template <class T>
 void batched_AtB(idx c, idx r, idx p, idx q, const T* A, const T* B, T* C) {
-#pragma omp parallel for schedule(static) if (c * r * p * q > kParallelMin)
-  for (idx n = 0; n < c; ++n) {
+  parallel_for(c, c * r * p * q, [&](idx n) {
     T* Cn = C + n * p * q;
     std::fill(Cn, Cn + p * q, T(0));
     for (idx t = 0; t < r; ++t) {
@@ -47,16 +48,16 @@ void batched_AtB(idx c, idx r, idx p, idx q, const T* A, const T* B, T* C) {
         for (idx j = 0; j < q; ++j) Cn[i * q + j] += ai * b[j];
       }
     }
-  }
+  });
 }
 
 // Per sample: X (c, rows, cols) columns scaled by s[n, col] (s has row stride cols).
 template <class T>
 void scale_cols(idx c, idx rows, idx cols, const T* s, T* X) {
-#pragma omp parallel for schedule(static) if (c * rows * cols > kParallelMin)
-  for (idx n = 0; n < c; ++n)
+  parallel_for(c, c * rows * cols, [&](idx n) {
     for (idx r = 0; r < rows; ++r)
       for (idx j = 0; j < cols; ++j) X[(n * rows + r) * cols + j] *= s[n * cols + j];
+  });
 }
 
 // Augmented inputs of layer l for the chunk: (c, d[l]+1).
@@ -73,13 +74,11 @@ void augmented(const Net& net, const Tape<T>& t, idx l, idx n0, idx c, vec<T>& A
 
 // Kd (Da(Da+1)/2, H(H+1)/2) = beta Kd + sum_n tri(a~ a~^T) tri(Q_n)^T for one layer.
 template <class T>
-void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf, vec<T>& Rf,
-                        T beta, T* Kd) {
+void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf, vec<T>& Rf, T beta, T* Kd) {
   const idx DP = Da * (Da + 1) / 2, HP = H * (H + 1) / 2;
   Lf.resize(c * DP);
   Rf.resize(c * HP);
-#pragma omp parallel for schedule(static) if (c * (DP + HP) > kParallelMin)
-  for (idx n = 0; n < c; ++n) {
+  parallel_for(c, c * (DP + HP), [&](idx n) {
     const T* a = A + n * Da;
     T* lf = Lf.data() + n * DP;
     for (idx i = 0; i < Da; ++i)
@@ -88,7 +87,7 @@ void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf
     T* rf = Rf.data() + n * HP;
     for (idx j = 0; j < H; ++j)
       for (idx j2 = j; j2 < H; ++j2) *rf++ = q[j * H + j2];
-  }
+  });
   gemm<T>(true, false, DP, HP, c, T(1), Lf.data(), DP, Rf.data(), HP, beta, Kd, HP);
 }
 
@@ -96,8 +95,7 @@ void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf
 template <class T>
 void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
   const idx HP = H * (H + 1) / 2;
-#pragma omp parallel for schedule(static) if (Da * Da * H * H > kParallelMin)
-  for (idx i = 0; i < Da; ++i)
+  parallel_for(Da, Da * Da * H * H, [&](idx i) {
     for (idx j = 0; j < H; ++j) {
       T* row = out + (i * H + j) * ld;
       for (idx i2 = 0; i2 < Da; ++i2) {
@@ -105,6 +103,7 @@ void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
         for (idx j2 = 0; j2 < H; ++j2) row[i2 * H + j2] = k[tri(std::min(j, j2), std::max(j, j2), H)];
       }
     }
+  });
 }
 
 }  // namespace
@@ -128,16 +127,15 @@ idx chunk_size(const Net& net, idx N, Need need) {
 }
 
 template <class T>
-void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
-                    Tape<T>& t) {
+void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, Tape<T>& t) {
   forward(net, theta, X, N, t, !gn);
   loss_head(net, t, tg, mean, !gn);
   if (!gn) backward(net, theta, t);
 }
 
 template <class T>
-void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, Need need, idx n0,
-                   idx c, Factors<T>& f) {
+void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, Need need, idx n0, idx c,
+                   Factors<T>& f) {
   const idx L = net.L(), k = net.k();
   const T s = sample_weight<T>(t.N, mean);
   f.Q.resize(L);
@@ -214,10 +212,10 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
     }
     // yt_n = D W_l Q_l = (y_n)^T with rows scaled; Q_{l-1} = yt_n W_l^T D + diag(e * act'').
     f.yt.resize(c * Hp * Hl);
-#pragma omp parallel for schedule(static) if (c * Hl * Hp > kParallelMin)
-    for (idx n = 0; n < c; ++n)
+    parallel_for(c, c * Hl * Hp, [&](idx n) {
       for (idx i = 0; i < Hp; ++i)
         for (idx j = 0; j < Hl; ++j) f.yt[(n * Hp + i) * Hl + j] = d1[n * Hp + i] * f.y[(n * Hl + j) * Hp + i];
+    });
     auto& Qp = f.Q[l - 1];
     Qp.resize(c * Hp * Hp);
     gemm<T>(false, true, c * Hp, Hp, Hl, T(1), f.yt.data(), Hl, W, Hl, T(0), Qp.data(), Hp);
@@ -247,8 +245,8 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
       scale_cols<T>(c, H, Hm, t.d1[m - 1].data() + n0 * Hm, Sm.data());
       if (m + 1 < L) {
         B.resize(c * H * net.d[m + 1]);
-        gemm<T>(false, false, c * H, net.d[m + 1], Hm, T(1), Sm.data(), Hm, weights(net, theta, m), net.d[m + 1],
-                T(0), B.data(), net.d[m + 1]);
+        gemm<T>(false, false, c * H, net.d[m + 1], Hm, T(1), Sm.data(), Hm, weights(net, theta, m), net.d[m + 1], T(0),
+                B.data(), net.d[m + 1]);
       }
     }
   }
@@ -292,12 +290,12 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
         // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
         const idx da = Da(l), dm = Da(m);
         Lf.resize(c * da * dm);
-#pragma omp parallel for schedule(static) if (c * da * dm > kParallelMin)
-        for (idx n = 0; n < c; ++n)
+        parallel_for(c, c * da * dm, [&](idx n) {
           for (idx i = 0; i < da; ++i)
             for (idx i2 = 0; i2 < dm; ++i2) Lf[(n * da + i) * dm + i2] = A[l][n * da + i] * A[m][n * dm + i2];
-        gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(),
-                Hd(m) * Hd(l), beta, Ko[l][m].data(), Hd(m) * Hd(l));
+        });
+        gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(), Hd(m) * Hd(l),
+                beta, Ko[l][m].data(), Hd(m) * Hd(l));
         if (gn) continue;
         if (m == l + 1) {
           // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
@@ -332,8 +330,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     for (idx m = l + 1; m < L; ++m) {
       const idx dm = Da(m), Hm = Hd(m), om = net.off[m];
       const T* K = Ko[l][m].data();
-#pragma omp parallel for schedule(static) if (da * H * dm * Hm > kParallelMin)
-      for (idx i = 0; i < da; ++i)
+      parallel_for(da, da * H * dm * Hm, [&](idx i) {
         for (idx j = 0; j < H; ++j) {
           T* row = out + (ol + i * H + j) * P + om;
           for (idx i2 = 0; i2 < dm; ++i2)
@@ -349,15 +346,18 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
               row[i2 * Hm + j2] = v;
             }
         }
+      });
     }
   }
-#pragma omp parallel for schedule(dynamic, 16) if (P * P > kParallelMin)
-  for (idx r = 0; r < P; ++r) {
-    // lower triangle outside the diagonal blocks: out[r][q] = out[q][r]
-    idx l = 0;
-    while (net.off[l + 1] <= r) ++l;
-    for (idx q = 0; q < net.off[l]; ++q) out[r * P + q] = out[q * P + r];
-  }
+  parallel_for(
+      P, P * P,
+      [&](idx r) {
+        // lower triangle outside the diagonal blocks: out[r][q] = out[q][r]
+        idx l = 0;
+        while (net.off[l + 1] <= r) ++l;
+        for (idx q = 0; q < net.off[l]; ++q) out[r * P + q] = out[q * P + r];
+      },
+      true);
 }
 
 template <class T>
@@ -377,8 +377,8 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
     chunk_factors(net, theta, t, mean, gn, Need::blocks, n0, c, f);
     for (idx l = 0; l < L; ++l) {
       augmented(net, t, l, n0, c, A[l]);
-      diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf,
-                            n0 == 0 ? T(0) : T(1), Kd[l].data());
+      diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf, n0 == 0 ? T(0) : T(1),
+                            Kd[l].data());
     }
   }
   for (idx l = 0; l < L; ++l) {
@@ -387,13 +387,11 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   }
 }
 
-#define TK_INST(T)                                                                                          \
-  template void curvature_tape<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, Tape<T>&);   \
-  template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx,          \
-                                 Factors<T>&);                                                              \
-  template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*,          \
-                                  Workspace<T>&);                                                           \
-  template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,            \
+#define TK_INST(T)                                                                                                 \
+  template void curvature_tape<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, Tape<T>&);          \
+  template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
+  template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*, Workspace<T>&); \
+  template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,                   \
                                     const std::vector<T*>&, Workspace<T>&);
 TK_INST(float)
 TK_INST(double)

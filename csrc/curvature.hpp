@@ -27,8 +27,8 @@ void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T
                     Tape<T>& tape);
 
 template <class T>
-void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0,
-                   idx c, Factors<T>& f);
+void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0, idx c,
+                   Factors<T>& f);
 
 // Samples per chunk so that the per-chunk buffers stay near `budget` values.
 idx chunk_size(const Net& net, idx N, Need need);

@@ -37,8 +37,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
         Asq[n * Da + di] = T(1);
       }
       q.assign(c * H, T(0));
-#pragma omp parallel for schedule(static) if (c * H * k > kParallelMin)
-      for (idx n = 0; n < c; ++n) {
+      parallel_for(c, c * H * k, [&](idx n) {
         T* qn = q.data() + n * H;
         if (gn) {
           for (idx r = 0; r < k; ++r) {
@@ -48,7 +47,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
         } else {
           for (idx j = 0; j < H; ++j) qn[j] = f.Q[l][(n * H + j) * H + j];
         }
-      }
+      });
       gemm<T>(true, false, Da, H, c, T(1), Asq.data(), Da, q.data(), H, T(1), out + net.off[l], H);
     }
   }

@@ -41,9 +41,8 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& t, bool
       T* d1 = t.d1[l].data();
       T* d2 = second ? t.d2[l].data() : nullptr;
       const Act f = net.act[l];
-#pragma omp parallel for schedule(static) if (N * dn > kParallelMin)
-      for (idx n = 0; n < N; ++n)
-        activate<T>(f, dn, z + n * dn, z + n * dn, d1 + n * dn, d2 ? d2 + n * dn : nullptr);
+      parallel_for(N, N * dn,
+                   [&](idx n) { activate<T>(f, dn, z + n * dn, z + n * dn, d1 + n * dn, d2 ? d2 + n * dn : nullptr); });
     }
   }
 }
@@ -58,8 +57,7 @@ double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want
   const T* F = t.F.data();
   if (net.loss == Loss::mse) {
     const T c = 2 * s / T(k);
-#pragma omp parallel for schedule(static) if (N * k > kParallelMin)
-    for (idx n = 0; n < N; ++n) {
+    parallel_for(N, N * k, [&](idx n) {
       T acc = 0;
       for (idx j = 0; j < k; ++j) {
         const T r = F[n * k + j] - tg.y[n * k + j];
@@ -67,17 +65,19 @@ double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want
         if (G) G[n * k + j] = c * r;
       }
       t.rowloss[n] = acc;
-    }
+    });
   } else {
     t.p.resize(N * k);
     T* p = t.p.data();
-#pragma omp parallel for schedule(static) if (N * k > kParallelMin)
-    for (idx n = 0; n < N; ++n) {
+    parallel_for(N, N * k, [&](idx n) {
       const T* f = F + n * k;
       T* pn = p + n * k;
       const T mx = *std::max_element(f, f + k);
       T sum = 0;
-      for (idx j = 0; j < k; ++j) { pn[j] = std::exp(f[j] - mx); sum += pn[j]; }
+      for (idx j = 0; j < k; ++j) {
+        pn[j] = std::exp(f[j] - mx);
+        sum += pn[j];
+      }
       const T inv = 1 / sum;
       for (idx j = 0; j < k; ++j) pn[j] *= inv;
       const idx y = (idx)tg.labels[n];
@@ -86,7 +86,7 @@ double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want
         for (idx j = 0; j < k; ++j) G[n * k + j] = s * pn[j];
         G[n * k + y] -= s;
       }
-    }
+    });
   }
   double total = 0;  // serial, in double: deterministic and accurate in float32 too
   for (idx n = 0; n < N; ++n) total += (double)t.rowloss[n];
@@ -104,8 +104,7 @@ void backward(const Net& net, const T* theta, Tape<T>& t) {
     gemm<T>(false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0), e, di);
     const T* d1 = t.d1[l - 1].data();
     T* g = t.g[l - 1].data();
-#pragma omp parallel for schedule(static) if (N * di > kParallelMin)
-    for (idx i = 0; i < N * di; ++i) g[i] = e[i] * d1[i];
+    parallel_for(N * di, N * di, [&](idx i) { g[i] = e[i] * d1[i]; });
   }
 }
 
@@ -150,8 +149,7 @@ double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<
 }
 
 template <class T>
-void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx N, idx r,
-                   std::vector<vec<T>>& U) {
+void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx N, idx r, std::vector<vec<T>>& U) {
   U.resize(net.L());
   for (idx l = net.L() - 1; l >= 1; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
@@ -159,24 +157,22 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
     T* u = U[l - 1].data();
     gemm<T>(false, true, N * r, di, dn, T(1), U[l].data(), dn, weights(net, theta, l), dn, T(0), u, di);
     const T* d1 = t.d1[l - 1].data() + n0 * di;
-#pragma omp parallel for schedule(static) if (N * r * di > kParallelMin)
-    for (idx n = 0; n < N; ++n)
+    parallel_for(N, N * r * di, [&](idx n) {
       for (idx q = 0; q < r; ++q)
         for (idx i = 0; i < di; ++i) u[(n * r + q) * di + i] *= d1[n * di + i];
+    });
   }
 }
 
-#define TK_INST(T)                                                                              \
-  template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);               \
-  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                  \
-  template void backward<T>(const Net&, const T*, Tape<T>&);                             \
-  template void param_grad<T>(const Net&, const Tape<T>&, T*);                                 \
-  template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);            \
-  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);  \
-  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*,     \
-                                   Workspace<T>&);                                              \
-  template void backward_rows<T>(const Net&, const T*, const Tape<T>&, idx, idx, idx,          \
-                                 std::vector<vec<T>>&);
+#define TK_INST(T)                                                                                            \
+  template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
+  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
+  template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \
+  template void param_grad<T>(const Net&, const Tape<T>&, T*);                                                \
+  template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                           \
+  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);              \
+  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&); \
+  template void backward_rows<T>(const Net&, const T*, const Tape<T>&, idx, idx, idx, std::vector<vec<T>>&);
 TK_INST(float)
 TK_INST(double)
 #undef TK_INST

@@ -28,8 +28,12 @@ struct Tape {
   const T* in(idx l) const { return l == 0 ? X : a[l].data(); }
 };
 
-template <class T> inline const T* weights(const Net& net, const T* theta, idx l) { return theta + net.off[l]; }
-template <class T> inline const T* bias(const Net& net, const T* theta, idx l) {
+template <class T>
+inline const T* weights(const Net& net, const T* theta, idx l) {
+  return theta + net.off[l];
+}
+template <class T>
+inline const T* bias(const Net& net, const T* theta, idx l) {
   return theta + net.off[l] + net.d[l] * net.d[l + 1];
 }
 
@@ -64,6 +68,5 @@ namespace tk {
 // U[L-1] (N, r, k) given; U[l-1] = (U[l] W_l^T) * act'(z_{l-1}) for l = L-1..1, each (N, r, d[l]).
 // Samples [n0, n0+N) of the tape.  With U[L-1] = identity rows this is d f / d z_l.
 template <class T>
-void backward_rows(const Net& net, const T* theta, const Tape<T>& tape, idx n0, idx N, idx r,
-                   std::vector<vec<T>>& U);
+void backward_rows(const Net& net, const T* theta, const Tape<T>& tape, idx n0, idx N, idx r, std::vector<vec<T>>& U);
 }  // namespace tk

@@ -22,8 +22,7 @@ void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J, Workspace
   for (idx n = 0; n < N; ++n)
     for (idx c = 0; c < k; ++c) U[L - 1][(n * k + c) * k + c] = T(1);
   backward_rows(net, theta, t, 0, N, k, U);
-#pragma omp parallel for schedule(static) if (N * k * P > kParallelMin)
-  for (idx n = 0; n < N; ++n)
+  parallel_for(N, N * k * P, [&](idx n) {
     for (idx c = 0; c < k; ++c) {
       T* row = J + (n * k + c) * P;
       for (idx l = 0; l < L; ++l) {
@@ -36,6 +35,7 @@ void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J, Workspace
         std::copy(u, u + dn, r + di * dn);
       }
     }
+  });
 }
 
 template void jacobian<float>(const Net&, const float*, const float*, idx, float*, Workspace<float>&);

@@ -22,8 +22,8 @@
 namespace tk {
 
 template <class T>
-void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V,
-         idx m, T* out, bool gn, Workspace<T>& ws) {
+void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, idx m, T* out,
+         bool gn, Workspace<T>& ws) {
   const idx L = net.L(), k = net.k();
   Tape<T>& t = ws.tape;
   forward(net, theta, X, N, t, !gn);
@@ -57,16 +57,15 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     const T* vb = Vt[l].data() + di * m * dn;
     for (idx n = 0; n < N; ++n) std::copy(vb, vb + m * dn, rz + n * m * dn);
     gemm<T>(false, false, N, m * dn, di, T(1), t.in(l), di, Vt[l].data(), m * dn, T(1), rz, m * dn);
-    if (l > 0)
-      gemm<T>(false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
+    if (l > 0) gemm<T>(false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
     if (l + 1 < L) {
       Ra[l + 1].resize(N * m * dn);
       T* ra = Ra[l + 1].data();
       const T* d1 = t.d1[l].data();
-#pragma omp parallel for schedule(static) if (N * m * dn > kParallelMin)
-      for (idx n = 0; n < N; ++n)
+      parallel_for(N, N * m * dn, [&](idx n) {
         for (idx c = 0; c < m; ++c)
           for (idx j = 0; j < dn; ++j) ra[(n * m + c) * dn + j] = d1[n * dn + j] * rz[(n * m + c) * dn + j];
+      });
     }
   }
 
@@ -81,8 +80,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
       for (idx i = 0; i < N * m * k; ++i) rg[i] = c2 * rf[i];
     } else {
       const T* p = t.p.data();
-#pragma omp parallel for schedule(static) if (N * m * k > kParallelMin)
-      for (idx n = 0; n < N; ++n)
+      parallel_for(N, N * m * k, [&](idx n) {
         for (idx c = 0; c < m; ++c) {
           const T* r = rf + (n * m + c) * k;
           const T* pn = p + n * k;
@@ -90,6 +88,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
           for (idx j = 0; j < k; ++j) dot += pn[j] * r[j];
           for (idx j = 0; j < k; ++j) rg[(n * m + c) * k + j] = s * pn[j] * (r[j] - dot);
         }
+      });
     }
   }
 
@@ -124,28 +123,28 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     const T* re = Re.data();
     T* rg = Rg.data();
     if (gn) {
-#pragma omp parallel for schedule(static) if (N * m * di > kParallelMin)
-      for (idx n = 0; n < N; ++n)
+      parallel_for(N, N * m * di, [&](idx n) {
         for (idx c = 0; c < m; ++c)
           for (idx i = 0; i < di; ++i) rg[(n * m + c) * di + i] = re[(n * m + c) * di + i] * d1[n * di + i];
+      });
     } else {
       const T* d2 = t.d2[l - 1].data();
       const T* e = t.e[l - 1].data();
       const T* rz = Rz[l - 1].data();
-#pragma omp parallel for schedule(static) if (N * m * di > kParallelMin)
-      for (idx n = 0; n < N; ++n)
+      parallel_for(N, N * m * di, [&](idx n) {
         for (idx c = 0; c < m; ++c)
           for (idx i = 0; i < di; ++i) {
             const idx q = (n * m + c) * di + i;
             rg[q] = re[q] * d1[n * di + i] + e[n * di + i] * d2[n * di + i] * rz[q];
           }
+      });
     }
   }
 }
 
-template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx,
-                         float*, bool, Workspace<float>&);
-template void rop<double>(const Net&, const double*, const double*, idx, Targets<double>, bool, const double*,
-                          idx, double*, bool, Workspace<double>&);
+template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx, float*,
+                         bool, Workspace<float>&);
+template void rop<double>(const Net&, const double*, const double*, idx, Targets<double>, bool, const double*, idx,
+                          double*, bool, Workspace<double>&);
 
 }  // namespace tk

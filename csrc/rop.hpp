@@ -5,6 +5,6 @@
 namespace tk {
 // out (P, m) = H V (gauss_newton = false) or G V (true), data term only; V (P, m).
 template <class T>
-void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V,
-         idx m, T* out, bool gauss_newton, Workspace<T>& ws);
+void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, idx m, T* out,
+         bool gauss_newton, Workspace<T>& ws);
 }  // namespace tk

@@ -10,11 +10,11 @@ namespace tk {
 
 template <class T>
 struct Workspace {
-  Tape<T> tape;                          // forward/backward quantities of all samples
-  std::vector<vec<T>> Vt, Vtt, Rz, Ra;   // rop: transposed slices of V, tangents
-  std::vector<vec<T>> U, A;              // rows backpropagated per sample; augmented inputs
+  Tape<T> tape;                         // forward/backward quantities of all samples
+  std::vector<vec<T>> Vt, Vtt, Rz, Ra;  // rop: transposed slices of V, tangents
+  std::vector<vec<T>> U, A;             // rows backpropagated per sample; augmented inputs
   vec<T> Rg, Re, tmp, acc, Lf, Rf, Asq, q;
-  Factors<T> f;                          // per-chunk curvature factors
+  Factors<T> f;  // per-chunk curvature factors
   // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
   // Newton-type loop asks for the same sizes every iteration and fresh pages cost ~20%.
   std::vector<vec<T>> Kd, E3a;
