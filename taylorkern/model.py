@@ -306,12 +306,15 @@ class MLP:
         return float(value), grad
 
     def _product(self, kind, theta, X, Y, V, reduction):
+        # sizes first (shapes only), so that an oversized request is refused before any copy
+        n, shape = np.shape(X)[0] if np.ndim(X) == 2 else 0, np.shape(V)
+        m = shape[1] if len(shape) == 2 else 1
+        # tangents of every layer's activations for all m directions, plus the result
+        self._check_memory(f"{kind} with V of shape {shape}",
+                           3.0 * n * m * sum(self.sizes) + 2.0 * self.num_params * m)
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
         V = self._check_V(V)
         V2 = V.reshape(self.num_params, -1)
-        # tangents of every layer's activations for all m directions, plus the result
-        self._check_memory(f"{kind} with V of shape {V.shape}",
-                           3.0 * X.shape[0] * V2.shape[1] * sum(self.sizes) + 2.0 * V2.size)
         out = getattr(self._impl(), kind)(self, theta, X, Y, V2, reduction)
         if self._l2_active(reduction):
             out += self.l2 * V2
@@ -327,8 +330,9 @@ class MLP:
 
     def jacobian(self, theta, X):
         """d f / d theta, shape (N*dL, P); row n*dL + c is output c of sample n."""
+        n = np.shape(X)[0] if np.ndim(X) == 2 else 0
+        self._check_memory("jacobian", float(n) * self.num_outputs * self.num_params)
         theta, X = self._check_theta(theta), self._check_X(X)
-        self._check_memory("jacobian", float(X.shape[0]) * self.num_outputs * self.num_params)
         return self._impl().jacobian(self, theta, X)
 
     def _full(self, kind, theta, X, Y, reduction):

@@ -260,6 +260,32 @@ def test_product_with_huge_workspace_is_refused_without_allocating(backend, meth
     _refuses(lambda: getattr(net, method)(theta, X, Y, V), 8.0 * 10 ** 6 * 100_000)
 
 
+@pytest.mark.parametrize("method", METHODS_V)
+def test_huge_zero_stride_directions_are_refused_before_any_copy(backend, method):
+    """A broadcast V of shape (P, 10^7) is 8 bytes of memory until something copies it."""
+    net = tk.MLP([3, 50, 2])
+    P = net.num_params
+    theta, X, Y = np.zeros(P), np.zeros((4, 3)), np.zeros((4, 2))
+    V = np.broadcast_to(np.float32(1.0), (P, 10 ** 7))  # float32: the check must come before conversion
+    _refuses(lambda: getattr(net, method)(theta, X, Y, V), 8.0 * P * 10 ** 7)
+
+
+def test_huge_zero_stride_inputs_to_jacobian_are_refused_before_any_copy(backend):
+    net = tk.MLP([3, 300, 300, 2])
+    X = np.broadcast_to(np.float32(1.0), (10 ** 7, 3))
+    _refuses(lambda: net.jacobian(np.zeros(net.num_params), X), 8.0 * 10 ** 7 * 2 * net.num_params)
+
+
+@pytest.mark.parametrize("method", ["hessian_diag", "ggn_diag"])
+def test_reference_diagonal_of_a_huge_net_is_refused(method):
+    """The reference forms the full matrix to take its diagonal: it must refuse, not try."""
+    net = tk.MLP([1000, 1000, 1000])
+    P = net.num_params
+    with tk.use_backend("reference"):
+        _refuses(lambda: getattr(net, method)(np.zeros(P), np.zeros((2, 1000)), np.zeros((2, 1000))),
+                 8.0 * P * P)
+
+
 # ----------------------------------------------------------------------------- constructor
 BAD_CONSTRUCTOR = [
     ("sizes", dict(sizes=[]), ValueError),

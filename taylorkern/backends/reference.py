@@ -240,23 +240,33 @@ def hessian(net, theta, X, Y, reduction):
     return H
 
 
+def _refuse_full_matrix(net, what):
+    """The reference forms the whole P x P matrix even for blocks and diagonals."""
+    P = net.num_params
+    net._check_memory(f"{what} (the reference backend forms the full {P} x {P} matrix)", 3.0 * P * P)
+
+
 def _block_slices(net):
     return [slice(net.offsets[l], net.offsets[l + 1]) for l in range(net.num_layers)]
 
 
 def hessian_blocks(net, theta, X, Y, reduction):
+    _refuse_full_matrix(net, "hessian_blocks")
     H = hessian(net, theta, X, Y, reduction)
     return [H[s, s].copy() for s in _block_slices(net)]
 
 
 def ggn_blocks(net, theta, X, Y, reduction):
+    _refuse_full_matrix(net, "ggn_blocks")
     G = ggn(net, theta, X, Y, reduction)
     return [G[s, s].copy() for s in _block_slices(net)]
 
 
 def hessian_diag(net, theta, X, Y, reduction):
+    _refuse_full_matrix(net, "hessian_diag")
     return np.diagonal(hessian(net, theta, X, Y, reduction)).copy()
 
 
 def ggn_diag(net, theta, X, Y, reduction):
+    _refuse_full_matrix(net, "ggn_diag")
     return np.diagonal(ggn(net, theta, X, Y, reduction)).copy()
