@@ -1,0 +1,212 @@
+"""``minimize``: one entry point, every method, options checked up front."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+
+import numpy as np
+
+from ..model import MLP
+from . import first_order, quasi_newton, second_order
+from ._result import Status
+from ._run import SERIAL_BLAS_MAX_ORDER, Run, Stop, serial_blas
+
+COMMON = dict(max_iter=1000, max_time=None, gtol=1e-10, ftol=1e-12, xtol=1e-12, target=None,
+              callback=None, mask=None, progress=False)
+
+_BATCH = dict(batch_size=None, seed=None)
+METHOD_OPTIONS = {
+    "gd": dict(lr=0.01, **_BATCH),
+    "momentum": dict(lr=0.01, momentum=0.9, nesterov=False, **_BATCH),
+    "adam": dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, **_BATCH),
+    "taylor-step": dict(curvature="hessian", c1=1e-4),
+    "newton": dict(curvature="hessian", radius=None, max_radius=1e3, eta=0.1),
+    "gauss-newton": dict(shift=None, c1=1e-4),
+    "lm": dict(damping=1e-3, update="nielsen", scaling="identity", eta=1e-4),
+    "newton-cg": dict(curvature="hessian", radius=1.0, max_radius=1e3, eta=0.1, max_cg=None,
+                      cg_tol=None),
+    "lbfgs": dict(memory=10, c1=1e-4, c2=0.9, max_ls=25),
+}
+METHODS = tuple(METHOD_OPTIONS)
+
+
+# ----------------------------------------------------------------------------- checks
+def _real(name, v, *, lo=None, hi=None, lo_open=False, hi_open=False, none=False):
+    if v is None and none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    v = float(v)
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo:g}, got {v!r}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ValueError(f"{name}: expected a number {'<' if hi_open else '<='} {hi:g}, got {v!r}")
+    return v
+
+
+def _int(name, v, *, lo, none=False):
+    if v is None and none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _choice(name, v, choices):
+    if v not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {v!r}")
+    return v
+
+
+def _bool(name, v):
+    if not isinstance(v, bool):
+        raise ValueError(f"{name}: expected True or False, got {v!r}")
+    return v
+
+
+def _check_method_options(method, o):
+    """Validated keyword arguments for the method's function."""
+    if method in ("gd", "momentum", "adam"):
+        out = dict(kind=method, lr=_real("lr", o["lr"], lo=0, lo_open=True),
+                   batch_size=_int("batch_size", o["batch_size"], lo=1, none=True), seed=o["seed"])
+        if method == "momentum":
+            out.update(momentum=_real("momentum", o["momentum"], lo=0, hi=1, hi_open=True),
+                       nesterov=_bool("nesterov", o["nesterov"]))
+        if method == "adam":
+            out.update(beta1=_real("beta1", o["beta1"], lo=0, hi=1, hi_open=True),
+                       beta2=_real("beta2", o["beta2"], lo=0, hi=1, hi_open=True),
+                       eps=_real("eps", o["eps"], lo=0, lo_open=True))
+        return first_order.first_order, out
+    if method == "taylor-step":
+        return second_order.taylor_step, dict(
+            curvature=_choice("curvature", o["curvature"], ("hessian", "ggn")),
+            c1=_real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True))
+    if method in ("newton", "newton-cg"):
+        radius = _real("radius", o["radius"], lo=0, lo_open=True, none=method == "newton")
+        max_radius = _real("max_radius", o["max_radius"], lo=0, lo_open=True)
+        if radius is not None and max_radius < radius:
+            raise ValueError(f"max_radius: expected >= radius ({radius:g}), got {max_radius:g}")
+        out = dict(curvature=_choice("curvature", o["curvature"], ("hessian", "ggn")), radius=radius,
+                   max_radius=max_radius, eta=_real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
+        if method == "newton":
+            return second_order.newton, out
+        out.update(max_cg=_int("max_cg", o["max_cg"], lo=1, none=True),
+                   cg_tol=_real("cg_tol", o["cg_tol"], lo=0, hi=1, hi_open=True, none=True))
+        return second_order.newton_cg, out
+    if method == "gauss-newton":
+        return second_order.gauss_newton, dict(
+            shift=_real("shift", o["shift"], lo=0, hi=1, none=True),
+            c1=_real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True))
+    if method == "lm":
+        return second_order.lm, dict(
+            damping=_real("damping", o["damping"], lo=0, lo_open=True),
+            update=_choice("update", o["update"], ("nielsen", "classic")),
+            scaling=_choice("scaling", o["scaling"], ("identity", "marquardt")),
+            eta=_real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
+    if method == "lbfgs":
+        c1 = _real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True)
+        c2 = _real("c2", o["c2"], lo=0, hi=1, lo_open=True, hi_open=True)
+        if c2 <= c1:
+            raise ValueError(f"c2: expected c1 < c2 < 1 (c1 = {c1:g}), got {c2:g}")
+        return quasi_newton.lbfgs, dict(memory=_int("memory", o["memory"], lo=1), c1=c1, c2=c2,
+                                        max_ls=_int("max_ls", o["max_ls"], lo=1))
+    raise AssertionError(method)  # pragma: no cover
+
+
+def minimize(net, theta0, X, Y, method="lm", **options):
+    """Train ``net`` from ``theta0`` on (X, Y); returns an :class:`OptimizeResult`.
+
+    Methods (``taylorkern.optim.METHODS``), with their own options and defaults:
+
+    - ``gd`` (lr=0.01), ``momentum`` (lr=0.01, momentum=0.9, nesterov=False),
+      ``adam`` (lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8): baselines; each takes
+      ``batch_size`` (None = full batch; otherwise one iteration is one epoch) and ``seed``.
+    - ``taylor-step`` (curvature="hessian"|"ggn", c1=1e-4): steepest descent with the step
+      length g.g / g.B g from the quadratic model; an Armijo backtracking safeguard and,
+      where g.B g <= 0, a doubled previous step.
+    - ``newton`` (curvature="hessian"|"ggn", radius=None, max_radius=1e3, eta=0.1): the exact
+      trust-region step from an eigendecomposition of B; escapes saddle points; converged
+      only where |g| <= gtol and H has no clearly negative eigenvalue.  The initial radius
+      (None) is the full Newton step's length where B is positive definite at theta0 (so a
+      quadratic loss is minimised in one step), 1.0 otherwise.
+    - ``gauss-newton`` (shift=None, c1=1e-4): p = -G^+ g, the inverse filtered as
+      lam / (lam^2 + mu^2) with mu = shift * max eig(G) (default: the square root of the
+      dtype's epsilon): exact where G is well conditioned (a quadratic in one step), bounded
+      where G is singular; Armijo backtracking from the full step.
+    - ``lm`` (damping=1e-3, update="nielsen"|"classic", scaling="identity"|"marquardt",
+      eta=1e-4): Levenberg-Marquardt on the GGN, (G + lambda D) p = -g by Cholesky with an
+      eigen-solve fallback; lambda starts at damping * max diag(G).  ``nielsen`` updates
+      lambda from the gain ratio (accepts rho > eta), ``classic`` multiplies it by 0.1 after a
+      decrease and by 10 otherwise.  For mse this is the classical least-squares algorithm;
+      for ce, the same damping of the softmax GGN.
+    - ``newton-cg`` (curvature="hessian"|"ggn", radius=1.0, max_radius=1e3, eta=0.1,
+      max_cg=None (= F), cg_tol=None (= min(0.5, sqrt|g|))): Steihaug truncated CG on
+      Hessian- or GGN-vector products inside a trust region; no P x P matrix is formed.
+    - ``lbfgs`` (memory=10, c1=1e-4, c2=0.9, max_ls=25): L-BFGS with a strong-Wolfe line
+      search.
+
+    Options for every method:
+
+    - ``max_iter`` (1000), ``max_time`` (seconds, None), ``target`` (stop once the loss is
+      <= target, None);
+    - ``gtol`` (1e-10): stop when |g|_2 <= gtol; ``ftol`` (1e-12): stop when an accepted
+      step changes the loss by <= ftol relative (or a Newton step's predicted decrease is
+      that small); ``xtol`` (1e-12): stop when a step is <= xtol (|theta| + xtol).  ftol and
+      xtol never go below the dtype's machine epsilon (0 switches them off);
+    - ``callback(info)``: called after every iteration with an :class:`Iterate` (nit, theta,
+      loss, grad_norm, step_norm, damping, accepted, time); returning True stops the run;
+    - ``mask``: boolean (P,) array, True = trainable; the other parameters keep theta0's
+      values exactly (zero them in theta0 for a pruned network);
+    - ``progress``: show a tqdm bar (a line per second on stderr without tqdm).
+
+    A NaN/Inf loss or gradient at an accepted point stops the run (status NONFINITE); the
+    damped, trust-region and line-search methods first back off from a non-finite trial
+    point.  ``theta`` in the result is always the best iterate found.  theta0 is not modified.
+
+    newton, gauss-newton and lm factorize an F x F matrix (F trainable parameters) every
+    iteration; up to F = 512 they run with BLAS held to one thread (restored afterwards),
+    which is faster at these sizes.  Use newton-cg or lbfgs when P x P does not fit.
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"net: expected a taylorkern.MLP, got {type(net).__name__}")
+    if not isinstance(method, str):
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    name = method.strip().lower().replace("_", "-")
+    if name not in METHOD_OPTIONS:
+        raise ValueError(f"method: unknown {method!r}; expected one of {METHODS}")
+    allowed = {**COMMON, **METHOD_OPTIONS[name]}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"minimize: unknown option{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))} for method {name!r}; "
+                         f"its options are: {', '.join(sorted(allowed))}")
+    o = {**allowed, **options}
+
+    common = dict(
+        max_iter=_int("max_iter", o["max_iter"], lo=0),
+        max_time=_real("max_time", o["max_time"], lo=0, none=True),
+        gtol=_real("gtol", o["gtol"], lo=0), ftol=_real("ftol", o["ftol"], lo=0),
+        xtol=_real("xtol", o["xtol"], lo=0),
+        target=_real("target", o["target"], none=True),
+        mask=o["mask"], progress=_bool("progress", o["progress"]))
+    if o["callback"] is not None and not callable(o["callback"]):
+        raise ValueError(f"callback: expected a callable or None, got {o['callback']!r}")
+    fn, kwargs = _check_method_options(name, o)
+
+    run = Run(net, theta0, X, Y, name, callback=o["callback"], **common)
+    dense = name in ("newton", "gauss-newton", "lm") and run.F <= SERIAL_BLAS_MAX_ORDER
+    try:
+        # Overflow on the way to a NaN/Inf is detected and reported as a status, not a warning.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                serial_blas() if dense else contextlib.nullcontext():
+            if run.target is not None and run.f0 <= run.target:
+                raise Stop(Status.TARGET, f"the initial loss {run.f0:.6g} is already <= target "
+                                          f"{run.target:.6g}")
+            fn(run, **kwargs)
+    except Stop as stop:
+        return run.finish(stop.status, stop.message)
+    finally:
+        run.close()
+    raise AssertionError("a method returned without a status")  # pragma: no cover

@@ -1,0 +1,266 @@
+"""Methods on the quadratic model  m(p) = L + g.p + 1/2 p.B p,  B the Hessian H or the GGN G.
+
+taylor-step   p = -alpha g with alpha = g.g / g.B g (one product), Armijo safeguard.
+newton        exact trust-region step from an eigendecomposition of B (default H): a descent
+              method on indefinite curvature that leaves saddle points along the lowest
+              eigenvector; converged only where g is small AND H has no negative eigenvalue.
+gauss-newton  p = -G^+ g with a Tikhonov filter (a singular G is fine), Armijo backtracking
+              from the full step.
+lm            Levenberg-Marquardt on the GGN: (G + lambda D) p = -g by Cholesky (eigen-solve
+              fallback), lambda adapted by the gain ratio (Nielsen) or x0.1 / x10 (classic).
+              For mse, G = 2 J_r^T J_r and g = 2 J_r^T r with the residuals r, so this is the
+              classical algorithm; for ce it is the same damping on the GGN of the softmax.
+newton-cg     Steihaug truncated CG on H or G products inside a trust region; no P x P matrix.
+
+All linear algebra is float64 whatever the network's dtype.  The gain ratio
+rho = (actual decrease) / (model decrease) drives the trust radius / damping; a trial point
+with a NaN/Inf loss is a rejected step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg
+
+from ._linesearch import backtracking
+from ._result import Status
+from ._run import Stop
+from ._subproblem import steihaug_cg, trust_region_eig
+
+
+def _gnorm(g):
+    return float(np.linalg.norm(g))
+
+
+def _start(run):
+    z, f, g = run.z0, run.f0, run.g0
+    run.check_finite("the initial loss or gradient", f, g)
+    return z, f, g
+
+
+def _trial(run, z, p):
+    """Evaluate z + p: (z_new, snorm, f_new, g_new, finite)."""
+    z_new, snorm = run.step(z, p)
+    f_new, g_new = run.loss_and_grad(z_new)
+    finite = math.isfinite(f_new) and g_new is not None and bool(np.isfinite(g_new).all())
+    if finite:
+        run.finite_trial()
+    else:
+        run.nonfinite_trial()
+    return z_new, snorm, f_new, g_new, finite
+
+
+# ------------------------------------------------------------------------ taylor-step
+def taylor_step(run, *, curvature, c1):
+    z, f, g = _start(run)
+    alpha_prev = None
+    while True:
+        gnorm = _gnorm(g)
+        run.check_gtol(gnorm)
+        run.check_budget()
+        gg = gnorm * gnorm
+        Bg = run.curvature_vp(curvature, z, g)
+        gBg = float(g @ Bg)
+        if gBg > 0 and math.isfinite(gBg):
+            alpha = gg / gBg                      # minimiser of the model along -g
+        elif alpha_prev is not None:
+            alpha = 2.0 * alpha_prev              # no positive curvature: model unbounded
+        else:
+            alpha = 1.0 / gnorm                   # ... a unit step to start from
+        d = -g
+        t = backtracking(run, z, f, -gg, d, alpha=alpha, c1=c1)
+        if t is None:
+            run.line_search_failed(z, f, alpha * gg)
+        alpha_prev = t.alpha
+        run.record(t.z, t.f, _gnorm(t.g), t.snorm, t.alpha)
+        run.check_ftol(f, t.f)
+        run.check_xtol(z, t.snorm)
+        z, f, g = t.z, t.f, t.g
+
+
+# ------------------------------------------------------------------------ newton
+def newton(run, *, curvature, radius, max_radius, eta):
+    z, f, g = _start(run)
+    delta = radius
+    lam = Q = None
+    while True:
+        if lam is None:
+            B = run.curvature(curvature, z)
+            run.check_finite(f"the {curvature}", B)
+            lam, Q = np.linalg.eigh(B)
+        gnorm = _gnorm(g)
+        neg_tol = math.sqrt(run.eps) * max(abs(lam[0]), abs(lam[-1]))
+        if gnorm <= run.gtol and lam[0] >= -neg_tol:
+            raise Stop(Status.GTOL, f"gradient norm {gnorm:.3g} <= gtol = {run.gtol:g} and no negative "
+                                    f"curvature (lowest eigenvalue {lam[0]:.3g})")
+        # (a small gradient with a clearly negative eigenvalue is a saddle: keep going)
+        run.check_budget()
+        if delta is None:  # first step: the full Newton step where the model has a minimum
+            delta = 1.0
+            if lam[0] > 0:
+                delta = max(float(np.linalg.norm((Q.T @ g) / lam)) * (1 + 1e-9), np.finfo(np.float64).tiny)
+        p, pred, boundary = trust_region_eig(lam, Q, g, delta, eps=run.eps)
+        if not boundary and pred <= run.ftol * abs(f):
+            raise Stop(Status.FTOL, f"the Newton step's predicted decrease {pred:.3g} is below "
+                                    f"ftol = {run.ftol:g} times the loss")
+        z_old = z
+        z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
+        rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
+        pnorm = float(np.linalg.norm(p))
+        if rho < 0.25:
+            delta = 0.25 * pnorm
+        elif rho > 0.75 and boundary:
+            delta = min(2.0 * delta, max_radius)
+        accepted = rho > eta
+        if accepted:
+            run.record(z_new, f_new, _gnorm(g_new), snorm, delta)
+            f_old = f
+            z, f, g = z_new, f_new, g_new
+            lam = None
+            if rho > 0.25:
+                run.check_ftol(f_old, f)
+        else:
+            run.record(z, f, gnorm, 0.0, delta, accepted=False)
+            run.check_xtol(z, delta, accepted=False)
+        run.check_xtol(z_old, snorm, accepted=rho > eta)
+
+
+# ------------------------------------------------------------------------ gauss-newton
+def gauss_newton(run, *, shift, c1):
+    z, f, g = _start(run)
+    while True:
+        gnorm = _gnorm(g)
+        run.check_gtol(gnorm)
+        run.check_budget()
+        G = run.curvature("ggn", z)
+        run.check_finite("the GGN", G)
+        lam, Q = np.linalg.eigh(G)
+        # Tikhonov-filtered inverse: 1/lam becomes lam / (lam^2 + mu^2), mu = shift * max lam.
+        # Where lam >> mu that is 1/lam to a relative (mu/lam)^2 (a well-conditioned G is
+        # solved exactly, a quadratic in one step); directions G barely sees (lam <~ mu)
+        # move by at most |g_i| / (2 mu), so a near-singular G cannot fling theta away.
+        mu = (math.sqrt(run.eps) if shift is None else shift) * max(float(lam[-1]), 0.0)
+        lam_p = np.maximum(lam, 0.0)
+        denom = lam_p * lam_p + mu * mu
+        filt = np.divide(lam_p, denom, out=np.zeros_like(lam_p), where=denom > 0)
+        p = -(Q @ ((Q.T @ g) * filt))
+        slope = float(g @ p)
+        if not slope < -1e-3 * run.eps * gnorm * float(np.linalg.norm(p)) or not math.isfinite(slope):
+            # g (numerically) outside the range of G: fall back to a scaled gradient step
+            p = -g / max(lam[-1], run.eps)
+            slope = float(g @ p)
+        t = backtracking(run, z, f, slope, p, alpha=1.0, c1=c1)
+        if t is None:
+            run.line_search_failed(z, f, slope)
+        run.record(t.z, t.f, _gnorm(t.g), t.snorm, t.alpha)
+        run.check_ftol(f, t.f)
+        run.check_xtol(z, t.snorm)
+        z, f, g = t.z, t.f, t.g
+
+
+# ------------------------------------------------------------------------ lm
+def _damped_solve(G, lam, D, g):
+    """p = -(G + lam diag(D))^{-1} g: Cholesky, or an eigen-solve when that fails."""
+    A = G + np.diag(lam * D)
+    try:
+        c = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+        p = -scipy.linalg.cho_solve(c, g, check_finite=False)
+        if np.isfinite(p).all():
+            return p
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+        pass
+    # G is PSD and lam D > 0, so A is positive definite in exact arithmetic: only rounding
+    # (a tiny lam on a singular G) gets here.  Solve on the well-determined eigenspace.
+    w, V = np.linalg.eigh(A)
+    keep = w > np.finfo(np.float64).eps * max(w[-1], 0.0) * len(w)
+    return -(V[:, keep] @ ((V[:, keep].T @ g) / w[keep]))
+
+
+def lm(run, *, damping, update, scaling, eta):
+    z, f, g = _start(run)
+    G = run.curvature("ggn", z)
+    run.check_finite("the GGN", G)
+    scale = float(np.max(np.diag(G))) if G.size else 1.0
+    scale = scale if scale > 0 and math.isfinite(scale) else 1.0
+    lam_min, lam_max = 1e-15 * scale, 1e16 * scale
+    lam = max(damping * scale, lam_min)
+    nu = 2.0
+    while True:
+        gnorm = _gnorm(g)
+        run.check_gtol(gnorm)
+        run.check_budget()
+        if scaling == "marquardt":
+            dg = np.diag(G)
+            D = np.maximum(dg, 1e-12 * max(float(dg.max()), np.finfo(np.float64).tiny))
+        else:
+            D = np.ones(run.F)
+        p = _damped_solve(G, lam, D, g)
+        pred = -(float(g @ p) + 0.5 * float(p @ (G @ p)))
+        z_old = z
+        z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
+        rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
+        if update == "classic":
+            accepted = finite and f_new < f
+            lam = lam * 0.1 if accepted else lam * 10.0
+        else:  # Nielsen's gain-ratio update
+            accepted = rho > eta
+            if accepted:
+                lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+                nu = 2.0
+            else:
+                lam *= nu
+                nu *= 2.0
+        lam = max(lam, lam_min)
+        if accepted:
+            f_old = f
+            z, f, g = z_new, f_new, g_new
+            run.record(z, f, _gnorm(g), snorm, lam)
+            run.check_ftol(f_old, f)
+            run.check_xtol(z_old, snorm)
+            G = run.curvature("ggn", z)
+            run.check_finite("the GGN", G)
+        else:
+            run.record(z, f, gnorm, 0.0, lam, accepted=False)
+            run.check_xtol(z, snorm, accepted=False)
+            if lam > lam_max:
+                raise Stop(Status.NO_PROGRESS, f"damping grew past {lam_max:.3g} without a decrease")
+
+
+# ------------------------------------------------------------------------ newton-cg
+def newton_cg(run, *, curvature, radius, max_radius, eta, max_cg, cg_tol):
+    z, f, g = _start(run)
+    delta = radius
+    max_cg = run.F if max_cg is None else max_cg
+    while True:
+        gnorm = _gnorm(g)
+        run.check_gtol(gnorm)
+        run.check_budget()
+        # forcing term: |r| <= min(0.5, sqrt|g|) |g| gives superlinear convergence
+        tol = (min(0.5, math.sqrt(gnorm)) if cg_tol is None else cg_tol) * gnorm
+        p, pred, boundary, _ = steihaug_cg(lambda v: run.curvature_vp(curvature, z, v), g, delta, tol,
+                                           max_cg)
+        if not math.isfinite(pred):
+            run.check_finite(f"the {curvature}-vector product", np.nan)
+        if not boundary and pred <= run.ftol * abs(f):
+            raise Stop(Status.FTOL, f"the CG step's predicted decrease {pred:.3g} is below "
+                                    f"ftol = {run.ftol:g} times the loss")
+        z_old = z
+        z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
+        rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
+        pnorm = float(np.linalg.norm(p))
+        if rho < 0.25:
+            delta = 0.25 * pnorm
+        elif rho > 0.75 and boundary:
+            delta = min(2.0 * delta, max_radius)
+        if rho > eta:
+            f_old = f
+            z, f, g = z_new, f_new, g_new
+            run.record(z, f, _gnorm(g), snorm, delta)
+            if rho > 0.25:
+                run.check_ftol(f_old, f)
+        else:
+            run.record(z, f, gnorm, 0.0, delta, accepted=False)
+            run.check_xtol(z, delta, accepted=False)
+        run.check_xtol(z_old, snorm, accepted=rho > eta)

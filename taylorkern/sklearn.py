@@ -1,0 +1,260 @@
+"""scikit-learn estimators trained with taylorkern's second-order methods.
+
+:class:`MLPRegressor` (mean squared error) and :class:`MLPClassifier` (softmax
+cross-entropy) follow scikit-learn's estimator conventions — ``fit`` / ``predict`` /
+``score``, ``get_params`` / ``set_params``, fitted attributes ending in ``_``, input
+validation, ``n_features_in_`` — and pass its estimator checks.  They need scikit-learn,
+an optional extra: ``pip install "taylorkern[sklearn]"``.  ``import taylorkern`` never
+imports scikit-learn; only importing this module does.
+
+The regressor's default solver is ``"lm"``, Levenberg-Marquardt, the classical
+least-squares algorithm on the residuals.  Cross-entropy is not a sum of squares, so the
+classifier's default is ``"newton-cg"``: a trust-region Newton method on exact
+Hessian-vector products, truncated CG (Steihaug) inside, no P x P matrix formed.  It was
+chosen over the alternatives on the GGN by measurement (iris, wine, breast cancer, moons,
+two initialisations each; 10 tanh units, alpha 1e-4): it converged in 18-75 iterations,
+where Levenberg-Marquardt on the softmax GGN (``solver="lm"``, available) and Gauss-Newton
+had mostly not converged after 200 — they crawl along the loss's flat directions, while
+Newton-CG uses the negative curvature those directions have on the way.  Every method of :func:`taylorkern.minimize` can be selected with ``solver``, and its
+options passed in ``solver_options``.
+
+Differences from ``sklearn.neural_network``: ``alpha`` is the network's ``l2``: it adds
+``alpha/2 * |theta|^2`` (all parameters, biases included) to the mean loss; the defaults
+(one hidden layer of 10 tanh units, ``tol=1e-8``) suit second-order training of small
+networks.  Inputs are not rescaled: standardize them as for any MLP.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted
+except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
+    raise ImportError("taylorkern.sklearn needs scikit-learn: pip install 'taylorkern[sklearn]' "
+                      "(or pip install scikit-learn)") from exc
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    def _validate_data(estimator, X="no_validation", y="no_validation", **kwargs):
+        return estimator._validate_data(X, y, **kwargs)
+
+from .model import MLP
+from .optim import METHODS, Status, minimize
+
+__all__ = ["MLPRegressor", "MLPClassifier"]
+
+_ACTIVATION_ALIASES = {"logistic": "sigmoid"}  # scikit-learn's name for the sigmoid
+
+
+class _TaylorMLP(BaseEstimator):
+    """Shared parameters, fitting and prediction."""
+
+    _loss = "mse"
+
+    def __init__(self, hidden_layer_sizes=(10,), activation="tanh", solver="lm", alpha=1e-5,
+                 max_iter=200, tol=1e-8, random_state=None, solver_options=None, dtype="float64",
+                 verbose=False):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.solver_options = solver_options
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # -------------------------------------------------------------- parameter checks
+    def _hidden_sizes(self):
+        h = self.hidden_layer_sizes
+        if isinstance(h, numbers.Integral) and not isinstance(h, bool):
+            h = (h,)
+        try:
+            h = tuple(h)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes: expected a tuple of positive integers, got {h!r}") from None
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in h):
+            raise ValueError(f"hidden_layer_sizes: expected positive integers, got {self.hidden_layer_sizes!r}")
+        return tuple(int(s) for s in h)
+
+    def _check_params(self):
+        if self.solver not in METHODS:
+            raise ValueError(f"solver: expected one of {METHODS}, got {self.solver!r}")
+        if (isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral)
+                or self.max_iter < 1):
+            raise ValueError(f"max_iter: expected a positive integer, got {self.max_iter!r}")
+        if (isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not self.tol >= 0):
+            raise ValueError(f"tol: expected a number >= 0, got {self.tol!r}")
+        if self.solver_options is not None and not isinstance(self.solver_options, dict):
+            raise ValueError(f"solver_options: expected a dict or None, got {self.solver_options!r}")
+        options = dict(self.solver_options or {})
+        reserved = {"max_iter", "ftol", "progress"} & set(options)
+        if reserved:
+            raise ValueError(f"solver_options: {sorted(reserved)} are set by the estimator's own "
+                             "parameters (max_iter, tol, verbose)")
+        return options
+
+    def _make_net(self, n_in, n_out):
+        activation = self.activation
+        if isinstance(activation, str):
+            activation = _ACTIVATION_ALIASES.get(activation, activation)
+        return MLP([n_in, *self._hidden_sizes(), n_out], activation=activation, loss=self._loss,
+                   l2=self.alpha, dtype=self.dtype)
+
+    # -------------------------------------------------------------- fit / predict
+    def _fit(self, X, Y):
+        options = self._check_params()
+        net = self._make_net(X.shape[1], Y.shape[1] if Y.ndim == 2 else len(self.classes_))
+        rng = check_random_state(self.random_state)
+        theta0 = net.init(seed=int(rng.randint(np.iinfo(np.int32).max)))
+        result = minimize(net, theta0, X, Y, method=self.solver, max_iter=self.max_iter,
+                          ftol=self.tol, progress=bool(self.verbose), **options)
+        if not result.success:
+            if result.status == Status.MAX_ITER:
+                warnings.warn(f"{type(self).__name__}: solver {self.solver!r} reached max_iter = "
+                              f"{self.max_iter} before converging; increase max_iter", ConvergenceWarning,
+                              stacklevel=3)
+            elif result.status in (Status.NONFINITE, Status.NO_PROGRESS):
+                warnings.warn(f"{type(self).__name__}: solver {self.solver!r} stopped early: "
+                              f"{result.message}", ConvergenceWarning, stacklevel=3)
+        self.net_ = net
+        self.theta_ = result.theta
+        params = net.unflatten(result.theta)
+        self.coefs_ = [W.copy() for W, _ in params]
+        self.intercepts_ = [b.copy() for _, b in params]
+        self.loss_ = result.loss
+        self.loss_curve_ = list(result.history["loss"])
+        self.n_iter_ = result.nit
+        self.result_ = result
+        return self
+
+    def _outputs(self, X):
+        check_is_fitted(self, "theta_")
+        X = _validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        return np.asarray(self.net_.predict(self.theta_, X), dtype=np.float64)
+
+    def __getstate__(self):
+        # The network holds compiled per-backend handles that cannot be pickled; a fresh
+        # network of the same configuration can (and rebuilds them on first use).
+        state = super().__getstate__()
+        net = state.get("net_")
+        if net is not None:
+            state["net_"] = MLP(net.sizes, activation=net.activation, loss=net.loss_name, l2=net.l2,
+                                dtype=net.dtype)
+        return state
+
+
+class MLPRegressor(RegressorMixin, _TaylorMLP):
+    """A multi-layer perceptron regressor (mean squared error), trained by Levenberg-Marquardt
+    by default.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default (10,)
+        Widths of the hidden layers; ``()`` gives a linear model.
+    activation : str, default "tanh"
+        Hidden activation: identity, relu, tanh, sigmoid (or "logistic"), softplus, gelu, sin.
+    solver : str, default "lm"
+        A :func:`taylorkern.minimize` method: lm, newton, newton-cg, gauss-newton, lbfgs,
+        taylor-step, gd, momentum, adam.
+    alpha : float, default 1e-5
+        L2 penalty: adds ``alpha/2 * |theta|^2`` to the mean squared error.
+    max_iter : int, default 200
+        Iterations of the solver (epochs for mini-batched first-order solvers).
+    tol : float, default 1e-8
+        Stop when an accepted step changes the loss by less than ``tol`` relative (the
+        solver's ``ftol``); the solver's other stopping rules apply too.
+    random_state : int, RandomState or None
+        Seeds the initial weights.
+    solver_options : dict or None
+        More options for the solver, e.g. ``{"lr": 1e-2, "batch_size": 32}`` for adam.
+    dtype : "float64" (default) or "float32".
+    verbose : bool
+        Show the solver's progress bar.
+
+    Attributes
+    ----------
+    coefs_, intercepts_ : lists of arrays, one per layer (``coefs_[l]`` of shape
+        (d_l, d_{l+1})).
+    theta_ : the flat parameter vector; ``net_`` : the :class:`taylorkern.MLP`.
+    loss_, loss_curve_, n_iter_ : final training loss (with the l2 term), its history and
+        the solver's iterations; ``result_`` : the full :class:`taylorkern.OptimizeResult`.
+    n_features_in_, n_outputs_.
+    """
+
+    _loss = "mse"
+
+    def fit(self, X, y):
+        X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True,
+                              dtype=(np.float64, np.float32))
+        y = np.asarray(y, dtype=np.float64)
+        self._y_ndim = y.ndim
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        self.n_outputs_ = Y.shape[1]
+        return self._fit(X, Y)
+
+    def predict(self, X):
+        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs)."""
+        F = self._outputs(X)
+        return F.ravel() if self._y_ndim == 1 else F
+
+    def __sklearn_tags__(self):  # scikit-learn >= 1.6
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"multioutput": True}
+
+
+class MLPClassifier(ClassifierMixin, _TaylorMLP):
+    """A multi-layer perceptron classifier (softmax cross-entropy, one output per class,
+    two for a binary problem), trained by trust-region Newton-CG on exact Hessian-vector
+    products by default (see the module docstring for why not "lm").  Parameters and
+    attributes as :class:`MLPRegressor`, plus ``classes_``; ``predict_proba`` and
+    ``predict_log_proba`` give the softmax of the outputs."""
+
+    _loss = "ce"
+
+    def __init__(self, hidden_layer_sizes=(10,), activation="tanh", solver="newton-cg", alpha=1e-5,
+                 max_iter=200, tol=1e-8, random_state=None, solver_options=None, dtype="float64",
+                 verbose=False):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+                         alpha=alpha, max_iter=max_iter, tol=tol, random_state=random_state,
+                         solver_options=solver_options, dtype=dtype, verbose=verbose)
+
+    def fit(self, X, y):
+        X, y = _validate_data(self, X, y, dtype=(np.float64, np.float32))
+        check_classification_targets(y)
+        self.classes_, labels = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} can't train when only one class is present "
+                             f"(got only {self.classes_[0]!r}); it needs at least 2 classes")
+        self.n_outputs_ = len(self.classes_)
+        return self._fit(X, labels.reshape(-1).astype(np.int64))
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        F = self._outputs(X)
+        F = F - F.max(axis=1, keepdims=True)
+        E = np.exp(F)
+        return E / E.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X):
+        F = self._outputs(X)
+        F = F - F.max(axis=1, keepdims=True)
+        return F - np.log(np.exp(F).sum(axis=1, keepdims=True))
+
+    def predict(self, X):
+        F = self._outputs(X)
+        return self.classes_[np.argmax(F, axis=1)]
