@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <mutex>
 
 namespace tk {
 
@@ -35,20 +36,21 @@ bool blas_threads_controllable() {
   return g_set_local != nullptr;
 }
 
+// Process-wide: the first kernel call in flight holds BLAS to one thread, the last one out
+// restores what was there.
+static std::mutex g_serial_mu;
+static int g_serial_depth = 0;
+static int g_serial_saved = -1;
+
 SerialBlas::SerialBlas() {
-  if (g_set_local) prev_ = g_set_local(1);
+  if (!g_set_local) return;
+  std::lock_guard<std::mutex> lock(g_serial_mu);
+  if (g_serial_depth++ == 0) g_serial_saved = g_set_local(1);
 }
 SerialBlas::~SerialBlas() {
-  if (g_set_local && prev_ > 0) g_set_local(prev_);
-}
-
-// OpenMP worker threads only ever run kernels: hold their BLAS to one thread once.
-static void serial_blas_in_worker() {
-  static thread_local bool done = false;
-  if (!done && g_set_local) {
-    g_set_local(1);
-    done = true;
-  }
+  if (!g_set_local) return;
+  std::lock_guard<std::mutex> lock(g_serial_mu);
+  if (--g_serial_depth == 0 && g_serial_saved > 0) g_set_local(g_serial_saved);
 }
 
 // Below this many multiply-adds a plain loop beats the cost of a BLAS call.
@@ -105,7 +107,9 @@ static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
 }
 
 // Above this many multiply-adds a product is split across the OpenMP threads.
-constexpr idx kGemmParallelMin = idx(1) << 17;
+// (2^20 multiply-adds: ~20 us on one core; below that a team's wake-up, and far worse a
+// busy second core, costs more than the split gains.)
+constexpr idx kGemmParallelMin = idx(1) << 20;
 
 template <class T>
 void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
@@ -122,7 +126,6 @@ void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, c
   const idx per = ((extent + nt - 1) / nt + align - 1) / align * align;
 #pragma omp parallel num_threads(nt)
   {
-    serial_blas_in_worker();
     const idx lo = std::min(extent, per * omp_get_thread_num()), hi = std::min(extent, lo + per);
     if (hi > lo) {
       if (by_rows)

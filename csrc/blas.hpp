@@ -6,11 +6,15 @@
 // as plain loops.
 //
 // Threads: ONE pool, OpenMP's.  A large product is split into row (or column) slices,
-// one per OpenMP thread, each a single-threaded BLAS call; while a kernel runs, BLAS is
-// held to one thread in the calling thread (SerialBlas, via OpenBLAS's thread-local
-// setting, restored afterwards).  Two pools spinning on two cores starve each other:
-// measured here, a loss_and_grad went from 1.5 ms to 30 ms when OpenBLAS's and OpenMP's
-// threads competed.
+// one per OpenMP thread, each a single-threaded BLAS call; while kernels run, BLAS is held
+// to one thread (SerialBlas) and restored afterwards.  Two pools spinning on two cores
+// starve each other: measured here, a loss_and_grad went from 1.5 ms to 30 ms when
+// OpenBLAS's and OpenMP's threads competed.
+// OpenBLAS's openblas_set_num_threads_local is NOT thread-local in the pthreads builds
+// that scipy ships (it sets the global count: checked), and changing the count while
+// another thread is inside a BLAS call can crash OpenBLAS.  So it is only ever changed from
+// the calling thread, outside any parallel region, once for all concurrent kernel calls
+// (reference-counted), never from an OpenMP worker.
 #pragma once
 #include "common.hpp"
 
@@ -24,8 +28,8 @@ using sgemm_t = void(const char*, const char*, const int*, const int*, const int
 void set_blas(void* dgemm, void* sgemm);
 bool have_blas();
 
-// While alive, BLAS calls from this thread run single-threaded (no-op if the BLAS in use
-// has no per-thread setting).
+// While any is alive, BLAS runs single-threaded (no-op if the BLAS has no such setting).
+// Construct outside parallel regions only.
 class SerialBlas {
  public:
   SerialBlas();
@@ -34,7 +38,6 @@ class SerialBlas {
   SerialBlas& operator=(const SerialBlas&) = delete;
 
  private:
-  int prev_ = -1;
 };
 bool blas_threads_controllable();
 

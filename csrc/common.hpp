@@ -77,8 +77,10 @@ inline T sample_weight(idx N, bool mean) {
 template <class T>
 struct Workspace;
 
-// Run a loop over rows in parallel only when it is worth waking the threads.
-constexpr idx kParallelMin = 1 << 14;
+// Run a loop over rows in parallel only when it is worth waking the threads (values
+// touched; a parallel region costs microseconds when the machine is quiet and up to a
+// scheduler tick when another process holds the second core).
+constexpr idx kParallelMin = 1 << 16;
 
 // f(i) for i in [0, n): across the OpenMP threads when `work` (values touched) is worth it,
 // else inline, without entering libgomp at all (an `if(false)` parallel region still sets

@@ -141,6 +141,15 @@ class MLP:
     def num_outputs(self) -> int:
         return self.sizes[-1]
 
+    def __getstate__(self):
+        # backend handles (compiled network descriptions, workspaces) are rebuilt on demand
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def __repr__(self):
         return (f"MLP(sizes={list(self.sizes)}, activation={self.activation!r}, "
                 f"loss={self.loss_name!r}, l2={self.l2}, dtype={self.dtype.name})")

@@ -349,6 +349,17 @@ def test_constructor_messages_name_the_argument(arg, kwargs, exc):
     assert re.search(rf"\b{arg}\b", str(info.value)), str(info.value)
 
 
+def test_used_network_pickles_and_deep_copies(backend):
+    """A network that has run kernels holds backend handles; copies must rebuild them."""
+    import copy
+    import pickle
+    p = make_problem([3, 4, 2], "tanh", "ce", N=5)
+    want = p.net.hessian(p.theta, p.X, p.Y)
+    for clone in (pickle.loads(pickle.dumps(p.net)), copy.deepcopy(p.net)):
+        assert repr(clone) == repr(p.net)
+        compare(clone.hessian(p.theta, p.X, p.Y), want)
+
+
 def test_constructor_accepts_valid_forms():
     net = tk.MLP((np.int64(3), 4, np.int32(2)), activation=["sin"], loss="ce", l2=np.float32(0.5),
                  dtype="float32")
