@@ -36,13 +36,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 import warnings
 
 import numpy as np
 import scipy.linalg
 
-from .model import MLP, TooLargeError
+from .model import MLP, TooLargeError, _available_memory_bytes, _fmt_bytes
 
 CURVATURES = ("hessian", "ggn")
 WHICH = ("largest", "smallest", "both")
@@ -53,19 +52,8 @@ EXACT_MAX_ORDER = 1500
 
 
 # ----------------------------------------------------------------------------- helpers
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"  # pragma: no cover
-
-
 def _available_memory() -> float:
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return float(1 << 34)
+    return float(_available_memory_bytes())
 
 
 def _check_memory(what: str, n_float64: float, hint: str = "") -> None:
