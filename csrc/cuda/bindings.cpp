@@ -1,0 +1,732 @@
+// taylorkern._cuda: thin forwarding to the CUDA kernels (mirrors ../bindings.cpp).  The
+// Python layer (taylorkern.model, taylorkern.backends.cuda) validates every input once; here
+// we only refuse arrays of the wrong dtype, shape or layout, stage host arrays on the device
+// (copied once per call into the network's pooled workspace), take device arrays as raw
+// pointers (from __cuda_array_interface__, no copy), allocate the results (numpy arrays, or
+// DeviceArray objects that stay on the GPU), and release the GIL while the kernels run.
+//
+// Importing this module needs neither a GPU nor cuBLAS: init() finds out whether both are
+// there (cuBLAS is dlopen'ed from the candidates the Python layer passes) and says why not.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "blas.hpp"
+#include "checks.cuh"
+#include "curvature.cuh"
+#include "diagonal.cuh"
+#include "forward_backward.cuh"
+#include "jacobian.cuh"
+#include "rop.cuh"
+#include "workspace.cuh"
+
+namespace py = pybind11;
+namespace tc = tk::cuda;
+using tc::idx;
+
+namespace {
+
+// ----------------------------------------------------------------------------- state
+std::mutex g_init_mu;
+bool g_ready = false;
+std::string g_reason = "taylorkern._cuda.init() has not been called";
+int g_device = 0;
+std::atomic<bool> g_tf32{false};
+
+void require() {
+  if (!g_ready) throw std::runtime_error("the CUDA backend is unavailable: " + g_reason);
+}
+
+// Makes the backend's device current for the scope (restoring the caller's).
+class DeviceGuard {
+ public:
+  DeviceGuard() {
+    TK_CUDA(cudaGetDevice(&prev_));
+    if (prev_ != g_device) TK_CUDA(cudaSetDevice(g_device));
+  }
+  ~DeviceGuard() {
+    if (prev_ >= 0 && prev_ != g_device) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
+std::string cuda_message(cudaError_t err) {
+  return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+}
+
+std::string init(const std::vector<std::string>& candidates) {
+  std::lock_guard<std::mutex> lock(g_init_mu);
+  if (g_ready) return "";
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear
+    int drv = 0;
+    cudaDriverGetVersion(&drv);
+    g_reason = drv == 0 ? "no NVIDIA driver on this machine (libcuda.so.1 is not loadable): no GPU to run on"
+                        : "no usable GPU (driver " + std::to_string(drv / 1000) + "." + std::to_string(drv % 1000 / 10) +
+                              ", cudaGetDeviceCount: " + cuda_message(err) + ")";
+    return g_reason;
+  }
+  if (count < 1) {
+    g_reason = "no CUDA GPU visible (cudaGetDeviceCount returned 0)";
+    return g_reason;
+  }
+  if (cudaGetDevice(&g_device) != cudaSuccess) g_device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, g_device) != cudaSuccess) {
+    cudaGetLastError();
+    g_reason = "cudaGetDeviceProperties failed for device " + std::to_string(g_device);
+    return g_reason;
+  }
+  const std::string gpu = std::string(prop.name) + " (compute capability " + std::to_string(prop.major) + "." +
+                          std::to_string(prop.minor) + ")";
+  try {
+    DeviceGuard guard;
+    tc::probe();
+  } catch (const std::exception& e) {
+    g_reason = "taylorkern's CUDA kernels cannot run on " + gpu + ": " + e.what();
+    return g_reason;
+  }
+  const std::string why = tc::load_cublas(candidates);
+  if (!why.empty()) {
+    g_reason = why;
+    return g_reason;
+  }
+  try {
+    DeviceGuard guard;
+    tc::Stream s;
+    tc::BlasHandle h(s.s);
+  } catch (const std::exception& e) {
+    g_reason = std::string("cuBLAS does not start on ") + gpu + ": " + e.what();
+    return g_reason;
+  }
+  g_ready = true;
+  g_reason.clear();
+  return "";
+}
+
+py::dict device_info() {
+  py::dict d;
+  d["ready"] = g_ready;
+  d["reason"] = g_reason;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    count = 0;
+  }
+  d["device_count"] = count;
+  int rt = 0, drv = 0;
+  cudaRuntimeGetVersion(&rt);
+  cudaDriverGetVersion(&drv);
+  d["runtime_version"] = rt;
+  d["driver_version"] = drv;
+  if (count > 0) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, g_device) == cudaSuccess) {
+      d["device"] = g_device;
+      d["name"] = std::string(prop.name);
+      d["compute_capability"] = py::make_tuple(prop.major, prop.minor);
+      d["total_memory"] = (std::uint64_t)prop.totalGlobalMem;
+      d["multiprocessors"] = prop.multiProcessorCount;
+    }
+  }
+  if (const tc::Cublas* c = tc::cublas()) {
+    d["cublas_path"] = c->path;
+    if (g_ready) {
+      try {
+        DeviceGuard guard;
+        tc::Stream s;
+        tc::BlasHandle h(s.s);
+        int v = 0;
+        if (c->get_version(h.get(), &v) == tc::CUBLAS_STATUS_SUCCESS) d["cublas_version"] = v;
+      } catch (const std::exception&) {
+      }
+    }
+  }
+  return d;
+}
+
+// ----------------------------------------------------------------------------- networks
+// A network description plus a pool of device workspaces: one per call in flight.
+struct Net : tc::Net {
+  using tc::Net::Net;
+  std::mutex mu;
+  std::vector<std::unique_ptr<tc::Workspace<float>>> pool32;
+  std::vector<std::unique_ptr<tc::Workspace<double>>> pool64;
+  template <class T>
+  auto& pool() {
+    if constexpr (sizeof(T) == 4)
+      return pool32;
+    else
+      return pool64;
+  }
+};
+
+// Borrows a workspace for one call (GIL released, device current).
+template <class T>
+class Lease {
+ public:
+  explicit Lease(Net& net) : net_(net) {
+    {
+      std::lock_guard<std::mutex> lock(net_.mu);
+      auto& pool = net_.pool<T>();
+      if (!pool.empty()) {
+        ws_ = std::move(pool.back());
+        pool.pop_back();
+      }
+    }
+    if (!ws_) ws_ = std::make_unique<tc::Workspace<T>>();
+    const bool tf32 = sizeof(T) == 4 && g_tf32.load();
+    if (ws_->tf32 != tf32) {
+      ws_->blas_.set_tf32(tf32);
+      ws_->tf32 = tf32;
+    }
+  }
+  ~Lease() {
+    std::lock_guard<std::mutex> lock(net_.mu);
+    net_.pool<T>().push_back(std::move(ws_));
+  }
+  tc::Workspace<T>& ws() { return *ws_; }
+
+ private:
+  Net& net_;
+  std::unique_ptr<tc::Workspace<T>> ws_;
+};
+
+// ----------------------------------------------------------------------------- device arrays
+// Device memory owned by Python: a result left on the GPU, or data put there once.  Exposes
+// __cuda_array_interface__ (CuPy, PyTorch, Numba take it without a copy) and get() -> numpy.
+struct DeviceArray {
+  void* ptr = nullptr;
+  std::vector<idx> shape;
+  std::string typestr;  // "<f8", "<f4", "<i8"
+  size_t itemsize = 0;
+
+  DeviceArray(std::vector<idx> s, std::string ts) : shape(std::move(s)), typestr(std::move(ts)) {
+    itemsize = typestr == "<f4" ? 4 : 8;
+    DeviceGuard guard;
+    TK_CUDA(cudaMalloc(&ptr, std::max<size_t>(nbytes(), 1)));
+  }
+  ~DeviceArray() {
+    if (ptr) cudaFree(ptr);
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  idx size() const {
+    idx n = 1;
+    for (idx s : shape) n *= s;
+    return n;
+  }
+  size_t nbytes() const { return (size_t)size() * itemsize; }
+
+  py::tuple py_shape() const {
+    py::tuple t(shape.size());
+    for (size_t i = 0; i < shape.size(); ++i) t[i] = py::int_(shape[i]);
+    return t;
+  }
+  py::dict cai() const {
+    py::dict d;
+    d["shape"] = py_shape();
+    d["typestr"] = typestr;
+    d["data"] = py::make_tuple((std::uintptr_t)ptr, false);
+    d["version"] = 3;
+    d["strides"] = py::none();
+    d["stream"] = py::none();  // complete when handed out: no synchronisation needed
+    return d;
+  }
+  py::array get() const {
+    py::array out(py::dtype(typestr), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    void* dst = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      TK_CUDA(cudaMemcpy(dst, ptr, nbytes(), cudaMemcpyDeviceToHost));
+    }
+    return out;
+  }
+};
+
+std::unique_ptr<DeviceArray> to_device(py::array a) {
+  require();
+  std::string ts;
+  if (py::isinstance<py::array_t<double>>(a))
+    ts = "<f8";
+  else if (py::isinstance<py::array_t<float>>(a))
+    ts = "<f4";
+  else if (py::isinstance<py::array_t<std::int64_t>>(a))
+    ts = "<i8";
+  else
+    throw py::type_error("to_device: expected a float64, float32 or int64 array");
+  if (!(a.flags() & py::array::c_style)) throw py::type_error("to_device: expected a C-contiguous array");
+  std::vector<idx> shape(a.shape(), a.shape() + a.ndim());
+  auto d = std::make_unique<DeviceArray>(shape, ts);
+  const void* src = a.data();
+  {
+    py::gil_scoped_release nogil;
+    DeviceGuard guard;
+    TK_CUDA(cudaMemcpy(d->ptr, src, d->nbytes(), cudaMemcpyHostToDevice));
+  }
+  return d;
+}
+
+// A copy of device memory (any pointer of this device) into a new numpy array.
+py::array to_host(std::uintptr_t ptr, std::vector<py::ssize_t> shape, const std::string& typestr) {
+  require();
+  py::array out(py::dtype(typestr), shape);
+  void* dst = out.mutable_data();
+  const size_t n = (size_t)out.nbytes();
+  {
+    py::gil_scoped_release nogil;
+    DeviceGuard guard;
+    TK_CUDA(cudaMemcpy(dst, reinterpret_cast<const void*>(ptr), n, cudaMemcpyDeviceToHost));
+  }
+  return out;
+}
+
+// (memory type, device) of a pointer: type 2 = device memory, 3 = managed, 1 = pinned host,
+// 0 = not known to CUDA.
+py::tuple pointer_info(std::uintptr_t ptr) {
+  require();
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return py::make_tuple(0, -1);
+  }
+  return py::make_tuple((int)attr.type, attr.device);
+}
+
+// ----------------------------------------------------------------------------- arguments
+// An input: host memory (a checked numpy array, staged per call) or a device pointer.
+struct Arg {
+  const void* host = nullptr;
+  const void* dev = nullptr;
+  idx count = 0;
+};
+
+idx product(const std::vector<idx>& shape) {
+  idx n = 1;
+  for (idx s : shape) n *= s;
+  return n;
+}
+
+template <class U>
+Arg make_arg(const py::object& o, const std::string& name, const std::vector<idx>& shape, const char* dtype_name) {
+  Arg a;
+  a.count = product(shape);
+  if (py::isinstance<py::int_>(o)) {  // a device pointer, checked by the Python layer
+    a.dev = reinterpret_cast<const void*>(o.cast<std::uintptr_t>());
+    if (!a.dev) throw py::value_error(name + ": null device pointer");
+    return a;
+  }
+  if (!py::isinstance<py::array_t<U>>(o))
+    throw py::type_error(name + ": expected a C-contiguous array of " + dtype_name + " or a device pointer");
+  py::array arr = py::reinterpret_borrow<py::array>(o);
+  if (!(arr.flags() & py::array::c_style))
+    throw py::type_error(name + ": expected a C-contiguous array of " + dtype_name);
+  if ((size_t)arr.ndim() != shape.size()) throw py::value_error(name + ": wrong number of dimensions");
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (arr.shape(i) != shape[i]) throw py::value_error(name + ": wrong shape");
+  a.host = arr.data();
+  return a;
+}
+
+template <class T>
+Arg arg(const py::object& o, const std::string& name, const std::vector<idx>& shape) {
+  return make_arg<T>(o, name, shape, sizeof(T) == 8 ? "float64" : "float32");
+}
+
+// The device copy of an input (staged into buf when it is in host memory).
+template <class U>
+const U* place(const Arg& a, tc::DevBuf<U>& buf, cudaStream_t s) {
+  if (a.dev) return static_cast<const U*>(a.dev);
+  buf.resize(a.count);
+  TK_CUDA(cudaMemcpyAsync(buf.data(), a.host, sizeof(U) * a.count, cudaMemcpyHostToDevice, s));
+  return buf.data();
+}
+
+struct TargetsArg {
+  Arg a;
+  bool labels = false;
+};
+
+template <class T>
+TargetsArg targets_arg(const tc::Net& net, const py::object& Y, idx N) {
+  TargetsArg t;
+  t.labels = net.loss == tc::Loss::ce;
+  t.a = t.labels ? make_arg<std::int64_t>(Y, "Y", {N}, "int64 labels") : arg<T>(Y, "Y", {N, net.k()});
+  return t;
+}
+
+template <class T>
+tc::Targets<T> place_targets(const TargetsArg& t, tc::Workspace<T>& ws) {
+  tc::Targets<T> tg;
+  if (t.labels)
+    tg.labels = place<std::int64_t>(t.a, ws.labels, ws.stream());
+  else
+    tg.y = place<T>(t.a, ws.Y, ws.stream());
+  return tg;
+}
+
+// A result: a numpy array (computed in the workspace, then copied back) or a DeviceArray.
+template <class T>
+struct Result {
+  py::object obj;
+  T* host = nullptr;
+  T* dev = nullptr;
+  idx count = 0;
+
+  Result(const std::vector<idx>& shape, bool device_out) : count(product(shape)) {
+    if (device_out) {
+      auto d = std::make_unique<DeviceArray>(shape, sizeof(T) == 8 ? "<f8" : "<f4");
+      dev = static_cast<T*>(d->ptr);
+      obj = py::cast(std::move(d));
+    } else {
+      py::array_t<T> a(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+      host = a.mutable_data();
+      obj = std::move(a);
+    }
+  }
+  T* target(tc::Workspace<T>& ws) {
+    if (dev) return dev;
+    ws.out.resize(count);
+    return ws.out.data();
+  }
+  // Copies a host result back and waits for the call's work.
+  void finish(tc::Workspace<T>& ws) {
+    if (!dev) TK_CUDA(cudaMemcpyAsync(host, ws.out.data(), sizeof(T) * count, cudaMemcpyDeviceToHost, ws.stream()));
+    TK_CUDA(cudaStreamSynchronize(ws.stream()));
+  }
+};
+
+void check_N(idx N) {
+  if (N < 1) throw py::value_error("X: needs at least one sample (N >= 1)");
+}
+
+// Runs the body (the variadic part, so that it may hold commas) with T = float or double by the network dtype flag.
+#define TK_DISPATCH(f32, ...) \
+  if (f32) {                  \
+    using T = float;          \
+    __VA_ARGS__               \
+  } else {                    \
+    using T = double;         \
+    __VA_ARGS__               \
+  }
+
+// ----------------------------------------------------------------------------- calls
+py::object predict(Net& net, bool f32, idx N, py::object theta, py::object X, bool device_out) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    Result<T> r({N, net.k()}, device_out);
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      tc::predict<T>(net, tp, xp, N, r.target(ws), ws);
+      r.finish(ws);
+    }
+    return r.obj;
+  })
+}
+
+double loss(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    const TargetsArg y = targets_arg<T>(net, Y, N);
+    py::gil_scoped_release nogil;
+    DeviceGuard guard;
+    Lease<T> lease(net);
+    auto& ws = lease.ws();
+    const T* tp = place(th, ws.theta, ws.stream());
+    const T* xp = place(x, ws.X, ws.stream());
+    return tc::loss<T>(net, tp, xp, N, place_targets(y, ws), mean, ws);
+  })
+}
+
+py::tuple loss_and_grad(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean,
+                        bool device_out) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    const TargetsArg y = targets_arg<T>(net, Y, N);
+    Result<T> r({net.P()}, device_out);
+    double value;
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      value = tc::loss_and_grad<T>(net, tp, xp, N, place_targets(y, ws), mean, r.target(ws), ws);
+      r.finish(ws);
+    }
+    return py::make_tuple(value, r.obj);
+  })
+}
+
+py::object vector_product(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, py::object V,
+                          idx m, bool mean, bool gn, bool device_out) {
+  require();
+  check_N(N);
+  if (m < 1) throw py::value_error("V: needs at least one column (m >= 1)");
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    const TargetsArg y = targets_arg<T>(net, Y, N);
+    const Arg v = arg<T>(V, "V", {net.P(), m});
+    Result<T> r({net.P(), m}, device_out);
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      const tc::Targets<T> tg = place_targets(y, ws);
+      const T* vp = place(v, ws.V, ws.stream());
+      tc::rop<T>(net, tp, xp, N, tg, mean, vp, m, r.target(ws), gn, ws);
+      r.finish(ws);
+    }
+    return r.obj;
+  })
+}
+
+py::object jacobian(Net& net, bool f32, idx N, py::object theta, py::object X, bool device_out) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    Result<T> r({N * net.k(), net.P()}, device_out);
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      tc::jacobian<T>(net, tp, xp, N, r.target(ws), ws);
+      r.finish(ws);
+    }
+    return r.obj;
+  })
+}
+
+py::object full(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean, bool gn,
+                bool device_out) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    const TargetsArg y = targets_arg<T>(net, Y, N);
+    Result<T> r({net.P(), net.P()}, device_out);
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      tc::curvature_full<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, r.target(ws), ws);
+      r.finish(ws);
+    }
+    return r.obj;
+  })
+}
+
+py::list blocks(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean, bool gn,
+                bool device_out) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    const TargetsArg y = targets_arg<T>(net, Y, N);
+    py::list result;
+    std::vector<T*> host, dev;
+    std::vector<idx> sizes;
+    for (idx l = 0; l < net.L(); ++l) {
+      const idx Pl = net.off[l + 1] - net.off[l];
+      sizes.push_back(Pl * Pl);
+      if (device_out) {
+        auto d = std::make_unique<DeviceArray>(std::vector<idx>{Pl, Pl}, sizeof(T) == 8 ? "<f8" : "<f4");
+        dev.push_back(static_cast<T*>(d->ptr));
+        result.append(py::cast(std::move(d)));
+      } else {
+        py::array_t<T> b({Pl, Pl});
+        host.push_back(b.mutable_data());
+        result.append(b);
+      }
+    }
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      std::vector<T*> outs = dev;
+      if (!device_out) {  // one staging buffer for all blocks, copied back block by block
+        idx total = 0;
+        for (idx s : sizes) total += s;
+        ws.out.resize(total);
+        idx o = 0;
+        for (idx s : sizes) {
+          outs.push_back(ws.out.data() + o);
+          o += s;
+        }
+      }
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      tc::curvature_blocks<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, outs, ws);
+      if (!device_out)
+        for (size_t l = 0; l < sizes.size(); ++l)
+          TK_CUDA(cudaMemcpyAsync(host[l], outs[l], sizeof(T) * sizes[l], cudaMemcpyDeviceToHost, ws.stream()));
+      TK_CUDA(cudaStreamSynchronize(ws.stream()));
+    }
+    return result;
+  })
+}
+
+py::object diag(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean, bool gn,
+                bool device_out) {
+  require();
+  check_N(N);
+  TK_DISPATCH(f32, {
+    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
+    const TargetsArg y = targets_arg<T>(net, Y, N);
+    Result<T> r({net.P()}, device_out);
+    {
+      py::gil_scoped_release nogil;
+      DeviceGuard guard;
+      Lease<T> lease(net);
+      auto& ws = lease.ws();
+      const T* tp = place(th, ws.theta, ws.stream());
+      const T* xp = place(x, ws.X, ws.stream());
+      tc::curvature_diag<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, r.target(ws), ws);
+      r.finish(ws);
+    }
+    return r.obj;
+  })
+}
+
+// ----------------------------------------------------------------------------- helpers
+bool device_all_finite(std::uintptr_t ptr, idx n, bool f32) {
+  require();
+  py::gil_scoped_release nogil;
+  DeviceGuard guard;
+  if (n <= 0) return true;
+  return f32 ? tc::all_finite<float>(reinterpret_cast<const float*>(ptr), n)
+             : tc::all_finite<double>(reinterpret_cast<const double*>(ptr), n);
+}
+
+bool device_labels_in_range(std::uintptr_t ptr, idx n, idx k) {
+  require();
+  py::gil_scoped_release nogil;
+  DeviceGuard guard;
+  if (n <= 0) return true;
+  return tc::labels_in_range(reinterpret_cast<const std::int64_t*>(ptr), n, k);
+}
+
+void add_diagonal(DeviceArray& a, double v) {
+  require();
+  if (a.shape.size() != 2 || a.shape[0] != a.shape[1] || a.typestr == "<i8")
+    throw py::value_error("add_diagonal: expected a square float matrix");
+  py::gil_scoped_release nogil;
+  DeviceGuard guard;
+  if (a.typestr == "<f8")
+    tc::add_diagonal<double>(static_cast<double*>(a.ptr), a.shape[0], a.shape[1], v);
+  else
+    tc::add_diagonal<float>(static_cast<float*>(a.ptr), a.shape[0], a.shape[1], (float)v);
+}
+
+// y += alpha x, x a device pointer with as many elements of y's dtype.
+void axpy(double alpha, std::uintptr_t x, DeviceArray& y) {
+  require();
+  if (y.typestr == "<i8") throw py::value_error("axpy: expected a float array");
+  py::gil_scoped_release nogil;
+  DeviceGuard guard;
+  if (y.typestr == "<f8")
+    tc::axpy<double>(y.size(), alpha, reinterpret_cast<const double*>(x), static_cast<double*>(y.ptr));
+  else
+    tc::axpy<float>(y.size(), (float)alpha, reinterpret_cast<const float*>(x), static_cast<float*>(y.ptr));
+}
+
+void sync_stream(std::uintptr_t stream) {
+  require();
+  py::gil_scoped_release nogil;
+  TK_CUDA(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "taylorkern CUDA kernels (cuBLAS loaded at run time); see taylorkern.backends.cuda";
+  m.def("init", &init, py::arg("cublas_candidates"),
+        "Find the GPU and load cuBLAS from the first candidate that loads; returns '' when ready, else why not");
+  m.def("ready", []() { return g_ready; });
+  m.def("reason", []() { return g_reason; });
+  m.def("device_info", &device_info);
+  m.def("set_tf32", [](bool on) { g_tf32 = on; }, "float32 products on TF32 tensor cores (opt-in; off by default)");
+  m.def("get_tf32", []() { return g_tf32.load(); });
+  m.def("set_chunk_budget", &tc::set_chunk_budget,
+        "values of per-chunk scratch for the curvature kernels (0: from the free memory); for tests");
+
+  py::class_<Net>(m, "Net")
+      .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
+           py::arg("loss"))
+      .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
+
+  py::class_<DeviceArray>(m, "DeviceArray")
+      .def_property_readonly("shape", &DeviceArray::py_shape)
+      .def_property_readonly("dtype", [](const DeviceArray& a) { return py::dtype(a.typestr); })
+      .def_property_readonly("nbytes", &DeviceArray::nbytes)
+      .def_property_readonly("ptr", [](const DeviceArray& a) { return (std::uintptr_t)a.ptr; })
+      .def_property_readonly("__cuda_array_interface__", &DeviceArray::cai)
+      .def("get", &DeviceArray::get, "a numpy copy")
+      .def(
+          "__array__",
+          [](const DeviceArray& a, py::object dtype, py::object /*copy*/) {
+            py::array out = a.get();
+            return dtype.is_none() ? py::object(out) : out.attr("astype")(dtype);
+          },
+          py::arg("dtype") = py::none(), py::arg("copy") = py::none())
+      .def("__repr__", [](const DeviceArray& a) {
+        return "DeviceArray(shape=" + py::str(a.py_shape()).cast<std::string>() + ", dtype=" + a.typestr + ")";
+      });
+
+  m.def("to_device", &to_device, "copy a C-contiguous numpy array to the GPU");
+  m.def("to_host", &to_host, py::arg("ptr"), py::arg("shape"), py::arg("typestr"));
+  m.def("pointer_info", &pointer_info);
+  m.def("sync_stream", &sync_stream);
+  m.def("all_finite", &device_all_finite);
+  m.def("labels_in_range", &device_labels_in_range);
+  m.def("add_diagonal", &add_diagonal);
+  m.def("axpy", &axpy);
+
+  // (net, f32, N, theta, X, [Y, [V, m,]] [mean, [gn,]] device_out): inputs are numpy arrays
+  // of the network's dtype or device pointers (int).
+  m.def("predict", &predict);
+  m.def("loss", &loss);
+  m.def("loss_and_grad", &loss_and_grad);
+  m.def("vector_product", &vector_product);
+  m.def("jacobian", &jacobian);
+  m.def("full", &full);
+  m.def("blocks", &blocks);
+  m.def("diag", &diag);
+}

@@ -1,0 +1,135 @@
+// Shared definitions of the CUDA kernels (taylorkern._cuda).  Mirrors ../common.hpp: the same
+// index letters, layout and network description, with device buffers in place of vectors.
+//
+// Index letters: N samples, L layers (0-based l = 0..L-1), layer l maps a_l (width d[l]) to
+// z_l (width d[l+1]); k = d[L] outputs; P parameters; m directions.  Layer l's parameters are
+// the augmented matrix [W_l; b_l] of shape (d[l]+1, d[l+1]) raveled row-major at
+// theta[off[l]:off[l+1]] (DESIGN §1).  All arrays are row-major and contiguous, on the device.
+//
+// Every CUDA runtime call goes through TK_CUDA, every launch is followed by TK_LAUNCHED: a
+// failure throws tk::cuda::Error (a std::runtime_error naming the call and CUDA's message),
+// which the bindings turn into a Python RuntimeError.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tk {
+namespace cuda {
+
+using idx = std::int64_t;
+
+enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
+enum class Loss : int { mse = 0, ce };
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void fail(const char* call, cudaError_t err, const char* file, int line);
+
+#define TK_CUDA(call)                                                   \
+  do {                                                                  \
+    const cudaError_t tk_err_ = (call);                                 \
+    if (tk_err_ != cudaSuccess) ::tk::cuda::fail(#call, tk_err_, __FILE__, __LINE__); \
+  } while (0)
+// After a kernel launch: configuration errors show here, faults at the next synchronisation.
+#define TK_CHECK_LAUNCH() TK_CUDA(cudaGetLastError())
+
+// The network description: built once per MLP (host side), shared by every call.
+struct Net {
+  std::vector<idx> d;    // widths d[0..L]
+  std::vector<Act> act;  // activation of hidden layer outputs z_0..z_{L-2}
+  Loss loss = Loss::mse;
+  std::vector<idx> off;  // off[l] = start of layer l in theta, off[L] = P
+
+  Net(std::vector<idx> widths, std::vector<int> acts, int loss_code);
+  idx L() const { return (idx)d.size() - 1; }
+  idx P() const { return off.back(); }
+  idx k() const { return d.back(); }
+};
+
+// The loss targets on the device: T Y (N, k) for mse, int64 labels (N,) for ce.
+template <class T>
+struct Targets {
+  const T* y = nullptr;
+  const std::int64_t* labels = nullptr;
+};
+
+// Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
+template <class T>
+inline T sample_weight(idx N, bool mean) {
+  return mean ? T(1) / T(N) : T(1);
+}
+
+// A device buffer that only grows (contents are not kept across a growth; every kernel
+// writes, or explicitly zeroes, what it reads — as the CPU workspaces).
+template <class T>
+class DevBuf {
+ public:
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf(DevBuf&& o) noexcept : p_(std::exchange(o.p_, nullptr)), cap_(std::exchange(o.cap_, 0)), n_(o.n_) {}
+  DevBuf& operator=(DevBuf&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      cap_ = std::exchange(o.cap_, 0);
+      n_ = o.n_;
+    }
+    return *this;
+  }
+  ~DevBuf() { release(); }
+
+  // Size n (elements); reallocates only to grow.  The old block may still be read by work
+  // queued on a stream, so the device is synchronised before it is freed (growths are rare:
+  // a workspace reaches its size on the first calls and keeps it).
+  void resize(idx n) {
+    if (n > cap_) {
+      if (p_) {
+        TK_CUDA(cudaDeviceSynchronize());
+        cudaFree(p_);
+        p_ = nullptr;
+        cap_ = 0;
+      }
+      void* q = nullptr;
+      TK_CUDA(cudaMalloc(&q, (size_t)std::max<idx>(n, 1) * sizeof(T)));
+      p_ = static_cast<T*>(q);
+      cap_ = n;
+    }
+    n_ = n;
+  }
+  T* data() const { return p_; }
+  idx size() const { return n_; }
+
+ private:
+  void release() noexcept {
+    if (p_) cudaFree(p_);  // no throw from a destructor; at interpreter exit CUDA may be gone
+    p_ = nullptr;
+    cap_ = 0;
+  }
+  T* p_ = nullptr;
+  idx cap_ = 0, n_ = 0;
+};
+
+// Launch geometry of the grid-stride loops: 256 threads, at most 2^16 blocks.
+constexpr int kThreads = 256;
+inline unsigned grid_for(idx n) {
+  const idx b = (n + kThreads - 1) / kThreads;
+  return (unsigned)std::max<idx>(1, std::min<idx>(b, idx(1) << 16));
+}
+#define TK_GRID_STRIDE(i, n) \
+  for (idx i = (idx)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (idx)gridDim.x * blockDim.x)
+
+// Per-call scratch of every kernel family, pooled per network (workspace.cuh).
+template <class T>
+struct Workspace;
+
+}  // namespace cuda
+}  // namespace tk

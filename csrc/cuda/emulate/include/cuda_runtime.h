@@ -1,0 +1,254 @@
+// HOST EMULATION of the small part of the CUDA runtime that csrc/cuda uses (see README.md
+// beside this folder).  Device memory is host memory, streams are no-ops, a kernel launch
+// runs ONE block of blockDim.x*y*z real threads (a persistent pool, with a barrier for
+// __syncthreads): every kernel of csrc/cuda is a grid-stride loop, so one block covers the
+// whole grid.  New allocations are filled with NaN bytes, so that reading what no kernel
+// wrote shows up in the results.  Never used for a real build.
+#pragma once
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+using std::cos;
+using std::exp;
+using std::expm1;
+using std::isfinite;
+using std::log;
+using std::log1p;
+using std::sin;
+using std::sqrt;
+using std::tanh;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local uint3 threadIdx, blockIdx;
+inline thread_local dim3 blockDim, gridDim;
+
+typedef enum cudaError {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInsufficientDriver = 35,
+  cudaErrorNoDevice = 100
+} cudaError_t;
+typedef struct CUstream_st* cudaStream_t;
+#define cudaStreamPerThread ((cudaStream_t)0x2)
+#define cudaStreamDefault 0x00
+#define cudaStreamNonBlocking 0x01
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4
+};
+enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2 };
+struct cudaPointerAttributes {
+  cudaMemoryType type;
+  int device;
+  void* devicePointer;
+  void* hostPointer;
+};
+struct cudaDeviceProp {
+  char name[256];
+  size_t totalGlobalMem;
+  int major, minor, multiProcessorCount;
+};
+
+inline cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = std::malloc(n);
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::memset(*p, 0xFF, n);  // NaN in every float type
+  return cudaSuccess;
+}
+template <class T>
+inline cudaError_t cudaMalloc(T** p, size_t n) {
+  return cudaMalloc(reinterpret_cast<void**>(p), n);
+}
+inline cudaError_t cudaFree(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
+template <class T>
+inline cudaError_t cudaMallocHost(T** p, size_t n) {
+  return cudaMalloc(reinterpret_cast<void**>(p), n);
+}
+inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+  std::memmove(d, s, n);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t) {
+  return cudaMemcpy(d, s, n, k);
+}
+inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) {
+  std::memset(d, v, n);
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = reinterpret_cast<cudaStream_t>(new int(0));
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete reinterpret_cast<int*>(s);
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
+inline const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
+inline cudaError_t cudaMemGetInfo(size_t* f, size_t* t) {
+  *f = size_t(1) << 30;
+  *t = size_t(1) << 31;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+  std::memset(p, 0, sizeof *p);
+  std::strcpy(p->name, "host emulation");
+  p->totalGlobalMem = size_t(1) << 31;
+  p->major = 9;
+  p->multiProcessorCount = 1;
+  return cudaSuccess;
+}
+inline cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
+  a->type = cudaMemoryTypeDevice;
+  a->device = 0;
+  a->devicePointer = const_cast<void*>(p);
+  a->hostPointer = nullptr;
+  return cudaSuccess;
+}
+
+namespace tk_emu {
+// A barrier for the threads of the one emulated block.
+struct Barrier {
+  std::mutex mu;
+  std::condition_variable cv;
+  unsigned n = 0, waiting = 0, generation = 0;
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu);
+    const unsigned gen = generation;
+    if (++waiting == n) {
+      waiting = 0;
+      ++generation;
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return gen != generation; });
+    }
+  }
+};
+inline thread_local Barrier* tl_barrier = nullptr;
+
+// Persistent workers, one per thread of the largest block launched so far.
+class Pool {
+ public:
+  void run(dim3 block, const std::function<void()>& f) {
+    std::lock_guard<std::mutex> one_launch(launch_mu_);  // their __shared__ are statics
+    const unsigned n = block.x * block.y * block.z;
+    while (workers_.size() < n) {
+      const unsigned id = (unsigned)workers_.size();
+      workers_.emplace_back([this, id] { loop(id); });
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    job_ = &f;
+    block_ = block;
+    active_ = n;
+    left_ = n;
+    bar_.n = n;
+    ++epoch_;
+    cv_.notify_all();
+    done_cv_.wait(lock, [&] { return left_ == 0; });
+    job_ = nullptr;
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      ++epoch_;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+ private:
+  void loop(unsigned id) {
+    unsigned seen = 0;
+    for (;;) {
+      const std::function<void()>* job;
+      dim3 block;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || epoch_ != seen; });
+        if (stop_) return;
+        seen = epoch_;
+        if (id >= active_) continue;
+        job = job_;
+        block = block_;
+      }
+      threadIdx.x = id % block.x;
+      threadIdx.y = id / block.x % block.y;
+      threadIdx.z = id / (block.x * block.y);
+      blockIdx = uint3{};
+      blockDim = block;
+      gridDim = dim3(1, 1, 1);
+      tl_barrier = &bar_;
+      (*job)();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--left_ == 0) done_cv_.notify_all();
+    }
+  }
+  std::mutex launch_mu_, mu_;
+  std::condition_variable cv_, done_cv_;
+  std::vector<std::thread> workers_;
+  const std::function<void()>* job_ = nullptr;
+  dim3 block_;
+  unsigned active_ = 0, left_ = 0, epoch_ = 0;
+  bool stop_ = false;
+  Barrier bar_;
+};
+
+// Runs f as ONE block of `block` threads (the grid-stride loops cover any grid).
+inline void launch(dim3 /*grid*/, dim3 block, const std::function<void()>& f) {
+  static Pool pool;
+  pool.run(block, f);
+}
+}  // namespace tk_emu
+inline void __syncthreads() { tk_emu::tl_barrier->wait(); }
+#define TK_EMU_LAUNCH(grid, block, stream, ...) \
+  ((void)(stream), tk_emu::launch(dim3(grid), dim3(block), [&] { __VA_ARGS__; }))

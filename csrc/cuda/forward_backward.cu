@@ -1,0 +1,279 @@
+// See forward_backward.cuh (and ../forward_backward.hpp for the math).
+#include "activations.cuh"
+#include "forward_backward.cuh"
+#include "workspace.cuh"
+
+namespace tk {
+namespace cuda {
+
+// Working-precision exp/log on the device (float stays float, as std::exp on the CPU).
+__device__ __forceinline__ float t_exp(float x) { return expf(x); }
+__device__ __forceinline__ double t_exp(double x) { return exp(x); }
+__device__ __forceinline__ float t_log(float x) { return logf(x); }
+__device__ __forceinline__ double t_log(double x) { return log(x); }
+
+// z (N, dn) += b; then, for a hidden layer, z = act(z) in place with d1, d2.
+template <class T>
+__global__ void k_bias_act(idx N, idx dn, const T* __restrict__ b, T* __restrict__ z, T* __restrict__ d1,
+                           T* __restrict__ d2, Act f, bool hidden) {
+  TK_GRID_STRIDE(i, N * dn) {
+    const T v = z[i] + b[i % dn];
+    if (!hidden) {
+      z[i] = v;
+      continue;
+    }
+    T a, g1, g2;
+    activate1<T>(f, v, a, g1, g2, d2 != nullptr);
+    z[i] = a;
+    d1[i] = g1;
+    if (d2) d2[i] = g2;
+  }
+}
+
+template <class T>
+__global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Targets<T> tg, T s, T c,
+                            T* __restrict__ G, T* __restrict__ p, T* __restrict__ rowloss) {
+  TK_GRID_STRIDE(n, N) {
+    const T* f = F + n * k;
+    if (loss == Loss::mse) {
+      T acc = 0;
+      for (idx j = 0; j < k; ++j) {
+        const T r = f[j] - tg.y[n * k + j];
+        acc += r * r;
+        if (G) G[n * k + j] = c * r;
+      }
+      rowloss[n] = acc;
+    } else {
+      T* pn = p + n * k;
+      T mx = f[0];
+      for (idx j = 1; j < k; ++j) mx = f[j] > mx ? f[j] : mx;
+      T sum = 0;
+      for (idx j = 0; j < k; ++j) {
+        pn[j] = t_exp(f[j] - mx);
+        sum += pn[j];
+      }
+      const T inv = T(1) / sum;
+      for (idx j = 0; j < k; ++j) pn[j] *= inv;
+      const idx y = (idx)tg.labels[n];
+      if (y < 0 || y >= k) {  // checked before any kernel runs; never read out of bounds
+        rowloss[n] = T(NAN);
+        if (G)
+          for (idx j = 0; j < k; ++j) G[n * k + j] = T(NAN);
+        continue;
+      }
+      rowloss[n] = mx + t_log(sum) - f[y];
+      if (G) {
+        for (idx j = 0; j < k; ++j) G[n * k + j] = s * pn[j];
+        G[n * k + y] -= s;
+      }
+    }
+  }
+}
+
+// total = sum of x in double, by ONE block in a fixed order (deterministic).
+template <class T>
+__global__ void k_sum(idx n, const T* __restrict__ x, double* __restrict__ total) {
+  __shared__ double part[kThreads];
+  double acc = 0;
+  for (idx i = threadIdx.x; i < n; i += blockDim.x) acc += (double)x[i];
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w /= 2) {
+    if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *total = part[0];
+}
+
+template <class T>
+__global__ void k_mul(idx n, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out) {
+  TK_GRID_STRIDE(i, n) out[i] = a[i] * b[i];
+}
+
+// u (c, r, di) rows of sample n scaled by d1[n, :] (d1 already offset to the chunk).
+template <class T>
+__global__ void k_scale_rows_per_sample(idx c, idx r, idx di, const T* __restrict__ d1, T* __restrict__ u) {
+  TK_GRID_STRIDE(q, c * r * di) {
+    const idx i = q % di, n = q / (r * di);
+    u[q] *= d1[n * di + i];
+  }
+}
+
+template <class T>
+__global__ void k_fill(idx n, T v, T* __restrict__ x) {
+  TK_GRID_STRIDE(i, n) x[i] = v;
+}
+
+template <class T>
+const T* ones(Workspace<T>& ws, idx n) {
+  if (ws.ones_filled < n) {
+    ws.ones.resize(n);
+    k_fill<T><<<grid_for(n), kThreads, 0, ws.stream()>>>(n, T(1), ws.ones.data());
+    TK_CHECK_LAUNCH();
+    ws.ones_filled = n;
+  }
+  return ws.ones.data();
+}
+
+template <class T>
+static void resize_tape(const Net& net, Tape<T>& t, idx N, bool second) {
+  const idx L = net.L();
+  t.a.resize(L);
+  t.d1.resize(L);
+  t.d2.resize(L);
+  t.g.resize(L);
+  t.e.resize(L);
+  for (idx l = 1; l < L; ++l) t.a[l].resize(N * net.d[l]);
+  for (idx l = 0; l + 1 < L; ++l) {
+    t.d1[l].resize(N * net.d[l + 1]);
+    if (second) t.d2[l].resize(N * net.d[l + 1]);
+  }
+  t.F.resize(N * net.k());
+  t.N = N;
+}
+
+template <class T>
+void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second) {
+  Tape<T>& t = ws.tape;
+  resize_tape(net, t, N, second);
+  t.X = X;
+  const idx L = net.L();
+  for (idx l = 0; l < L; ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    const bool hidden = l + 1 < L;
+    T* z = hidden ? t.a[l + 1].data() : t.F.data();
+    gemm<T>(ws.blas(), false, false, N, dn, di, T(1), t.in(l), di, weights(net, theta, l), dn, T(0), z, dn);
+    k_bias_act<T><<<grid_for(N * dn), kThreads, 0, ws.stream()>>>(
+        N, dn, bias(net, theta, l), z, hidden ? t.d1[l].data() : nullptr,
+        hidden && second ? t.d2[l].data() : nullptr, hidden ? net.act[l] : Act::identity, hidden);
+    TK_CHECK_LAUNCH();
+  }
+}
+
+template <class T>
+void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool want_grad, bool want_value) {
+  Tape<T>& t = ws.tape;
+  const idx N = t.N, k = net.k(), L = net.L();
+  const T s = sample_weight<T>(N, mean);
+  t.rowloss.resize(N);
+  if (want_grad) t.g[L - 1].resize(N * k);
+  if (net.loss == Loss::ce) t.p.resize(N * k);
+  k_loss_head<T><<<grid_for(N), kThreads, 0, ws.stream()>>>(N, k, net.loss, t.F.data(), tg, s, 2 * s / T(k),
+                                                             want_grad ? t.g[L - 1].data() : nullptr, t.p.data(),
+                                                             t.rowloss.data());
+  TK_CHECK_LAUNCH();
+  if (!want_value) return;
+  t.total.resize(1);
+  k_sum<T><<<1, kThreads, 0, ws.stream()>>>(N, t.rowloss.data(), t.total.data());
+  TK_CHECK_LAUNCH();
+  // into page-locked memory: asynchronous, the call goes on queuing its work
+  TK_CUDA(cudaMemcpyAsync(ws.host.p, t.total.data(), sizeof(double), cudaMemcpyDeviceToHost, ws.stream()));
+}
+
+template <class T>
+double read_loss(const Net& net, Workspace<T>& ws, bool mean) {
+  TK_CUDA(cudaStreamSynchronize(ws.stream()));
+  const T s = sample_weight<T>(ws.tape.N, mean);
+  return ws.host.p[0] * (double)s / (net.loss == Loss::mse ? (double)net.k() : 1.0);
+}
+
+template <class T>
+void backward(const Net& net, const T* theta, Workspace<T>& ws) {
+  Tape<T>& t = ws.tape;
+  const idx N = t.N, L = net.L();
+  for (idx l = L - 1; l >= 1; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    t.e[l - 1].resize(N * di);
+    t.g[l - 1].resize(N * di);
+    gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0),
+            t.e[l - 1].data(), di);
+    k_mul<T><<<grid_for(N * di), kThreads, 0, ws.stream()>>>(N * di, t.e[l - 1].data(), t.d1[l - 1].data(),
+                                                              t.g[l - 1].data());
+    TK_CHECK_LAUNCH();
+  }
+}
+
+template <class T>
+void param_grad(const Net& net, Workspace<T>& ws, T* grad) {
+  Tape<T>& t = ws.tape;
+  const idx N = t.N;
+  const T* one = ones(ws, N);
+  for (idx l = 0; l < net.L(); ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    T* gW = grad + net.off[l];
+    gemm<T>(ws.blas(), true, false, di, dn, N, T(1), t.in(l), di, t.g[l].data(), dn, T(0), gW, dn);
+    // bias row: the column sums of g, as the product 1^T g
+    gemm<T>(ws.blas(), false, false, 1, dn, N, T(1), one, N, t.g[l].data(), dn, T(0), gW + di * dn, dn);
+  }
+}
+
+template <class T>
+void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws) {
+  forward(net, theta, X, N, ws, false);
+  TK_CUDA(cudaMemcpyAsync(out, ws.tape.F.data(), sizeof(T) * N * net.k(), cudaMemcpyDeviceToDevice, ws.stream()));
+}
+
+template <class T>
+double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, Workspace<T>& ws) {
+  forward(net, theta, X, N, ws, false);
+  loss_head(net, ws, tg, mean, false, true);
+  return read_loss(net, ws, mean);
+}
+
+template <class T>
+double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
+                     Workspace<T>& ws) {
+  forward(net, theta, X, N, ws, false);
+  loss_head(net, ws, tg, mean, true, true);
+  backward(net, theta, ws);
+  param_grad(net, ws, grad);
+  return read_loss(net, ws, mean);
+}
+
+template <class T>
+void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r,
+                   std::vector<DevBuf<T>>& U) {
+  U.resize(net.L());
+  for (idx l = net.L() - 1; l >= 1; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    U[l - 1].resize(c * r * di);
+    gemm<T>(ws.blas(), false, true, c * r, di, dn, T(1), U[l].data(), dn, weights(net, theta, l), dn, T(0),
+            U[l - 1].data(), di);
+    k_scale_rows_per_sample<T><<<grid_for(c * r * di), kThreads, 0, ws.stream()>>>(
+        c, r, di, ws.tape.d1[l - 1].data() + n0 * di, U[l - 1].data());
+    TK_CHECK_LAUNCH();
+  }
+}
+
+#define TK_INST(T)                                                                                                 \
+  template void forward<T>(const Net&, const T*, const T*, idx, Workspace<T>&, bool);                              \
+  template void loss_head<T>(const Net&, Workspace<T>&, Targets<T>, bool, bool, bool);                             \
+  template double read_loss<T>(const Net&, Workspace<T>&, bool);                                                   \
+  template void backward<T>(const Net&, const T*, Workspace<T>&);                                                  \
+  template void param_grad<T>(const Net&, Workspace<T>&, T*);                                                      \
+  template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                                \
+  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);                   \
+  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&);      \
+  template void backward_rows<T>(const Net&, const T*, Workspace<T>&, idx, idx, idx, std::vector<DevBuf<T>>&);     \
+  template const T* ones<T>(Workspace<T>&, idx);
+TK_INST(float)
+TK_INST(double)
+#undef TK_INST
+
+Net::Net(std::vector<idx> widths, std::vector<int> acts, int loss_code) : d(std::move(widths)) {
+  if (d.size() < 2) throw std::invalid_argument("sizes: need at least two widths");
+  for (idx w : d)
+    if (w < 1) throw std::invalid_argument("sizes: every width must be >= 1");
+  if ((idx)acts.size() != L() - 1) throw std::invalid_argument("activation: one per hidden layer");
+  for (int a : acts) {
+    if (a < 0 || a > (int)Act::sin) throw std::invalid_argument("activation: unknown code");
+    act.push_back((Act)a);
+  }
+  if (loss_code < 0 || loss_code > 1) throw std::invalid_argument("loss: unknown code");
+  loss = (Loss)loss_code;
+  off.assign(1, 0);
+  for (idx l = 0; l < L(); ++l) off.push_back(off.back() + (d[l] + 1) * d[l + 1]);
+}
+
+}  // namespace cuda
+}  // namespace tk

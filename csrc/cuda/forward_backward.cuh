@@ -1,0 +1,82 @@
+// Forward pass fused with the activations, the loss head, and backpropagation, on the GPU
+// (mirrors ../forward_backward.hpp; the math is written there).
+//
+// Products through cuBLAS (N rows at once); the bias, the activation and its derivatives are
+// one fused elementwise kernel after each product; the loss head is one thread per sample;
+// the loss total is summed in double by one block (deterministic), as the CPU sums serially.
+#pragma once
+#include "blas.hpp"
+#include "common.cuh"
+
+namespace tk {
+namespace cuda {
+
+template <class T>
+struct Tape {
+  idx N = 0;
+  const T* X = nullptr;
+  std::vector<DevBuf<T>> a;       // a[l], l = 1..L-1: (N, d[l]); a[0] is X
+  std::vector<DevBuf<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])
+  DevBuf<T> F;                    // outputs (N, k)
+  DevBuf<T> p;                    // ce: softmax(F) (N, k)
+  DevBuf<T> rowloss;              // per-sample losses (N,)
+  std::vector<DevBuf<T>> g;       // g[l] = dloss/dz_l: (N, d[l+1])
+  std::vector<DevBuf<T>> e;       // e[l] = dloss/da_{l+1} for l = 0..L-2: (N, d[l+1])
+  DevBuf<double> total;           // the loss sum (1,)
+
+  const T* in(idx l) const { return l == 0 ? X : a[l].data(); }
+};
+
+template <class T>
+inline const T* weights(const Net& net, const T* theta, idx l) {
+  return theta + net.off[l];
+}
+template <class T>
+inline const T* bias(const Net& net, const T* theta, idx l) {
+  return theta + net.off[l] + net.d[l] * net.d[l + 1];
+}
+
+// All functions below queue work on ws.stream (through ws.blas) and do not synchronise,
+// except those returning a host value.
+
+// Fills tape.a, tape.d1 (and tape.d2 when `second`), tape.F.  theta, X on the device.
+template <class T>
+void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second);
+
+// g[L-1] and the per-sample losses (tape.p for ce); with want_value, their sum in double is
+// queued too, for read_loss.
+template <class T>
+void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool want_grad, bool want_value);
+
+// The loss value of the last loss_head(want_value): waits for all the work queued so far.
+template <class T>
+double read_loss(const Net& net, Workspace<T>& ws, bool mean);
+
+// g[l] for l < L-1 and e[l].
+template <class T>
+void backward(const Net& net, const T* theta, Workspace<T>& ws);
+
+// grad (P,) on the device, from tape.g.
+template <class T>
+void param_grad(const Net& net, Workspace<T>& ws, T* grad);
+
+template <class T>
+void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws);
+template <class T>
+double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, Workspace<T>& ws);
+template <class T>
+double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
+                     Workspace<T>& ws);
+
+// Backpropagates r rows per sample through the network's Jacobian:
+// U[L-1] (c, r, k) given; U[l-1] = (U[l] W_l^T) * act'(z_{l-1}) for l = L-1..1, each (c, r, d[l]).
+// Samples [n0, n0+c) of the tape.
+template <class T>
+void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r, std::vector<DevBuf<T>>& U);
+
+// A device vector of at least n ones (for column sums as products).
+template <class T>
+const T* ones(Workspace<T>& ws, idx n);
+
+}  // namespace cuda
+}  // namespace tk

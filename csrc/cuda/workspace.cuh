@@ -1,0 +1,62 @@
+// The reusable device scratch of every kernel (mirrors ../workspace.hpp): one per concurrent
+// call on a network, pooled by the bindings, so that an optimizer's iterations allocate
+// nothing.  Each workspace owns a stream and a cuBLAS handle bound to it; all its work is
+// queued there.  Buffers only grow.
+#pragma once
+#include "blas.hpp"
+#include "common.cuh"
+#include "curvature.cuh"
+#include "forward_backward.cuh"
+
+namespace tk {
+namespace cuda {
+
+// A blocking stream: ordered after work on the legacy default stream (where CuPy and PyTorch
+// put theirs by default), so device inputs written there are complete before we read them.
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { TK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamDefault)); }
+  ~Stream() {
+    if (s) cudaStreamDestroy(s);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+// A few values of page-locked host memory: device-to-host copies into it are asynchronous.
+struct PinnedDoubles {
+  double* p = nullptr;
+  PinnedDoubles() { TK_CUDA(cudaMallocHost(&p, 4 * sizeof(double))); }
+  ~PinnedDoubles() {
+    if (p) cudaFreeHost(p);
+  }
+  PinnedDoubles(const PinnedDoubles&) = delete;
+  PinnedDoubles& operator=(const PinnedDoubles&) = delete;
+};
+
+template <class T>
+struct Workspace {
+  Stream stream_;               // first: destroyed last
+  BlasHandle blas_{stream_.s};  // cuBLAS bound to the stream
+  cudaStream_t stream() const { return stream_.s; }
+  cublasHandle_t blas() const { return blas_.get(); }
+  bool tf32 = false;  // the handle's math mode (TF32 for float32 products: an explicit opt-in)
+
+  // Inputs staged from host memory, and results before they go back.
+  DevBuf<T> theta, X, Y, V, out;
+  DevBuf<std::int64_t> labels;
+  DevBuf<T> ones;
+  idx ones_filled = 0;
+  PinnedDoubles host;  // the loss sum, read back at the end of a call
+
+  Tape<T> tape;                                   // forward/backward quantities of all samples
+  std::vector<DevBuf<T>> Vt, Vtt, Rz, Ra;         // rop: transposed slices of V, tangents
+  std::vector<DevBuf<T>> U, A;                    // rows backpropagated per sample; augmented inputs
+  DevBuf<T> Rg, Re, tmp, acc, Lf, Rf, Asq, q;
+  Factors<T> f;                                   // per-chunk curvature factors
+  std::vector<DevBuf<T>> Kd, E3a;                 // Kronecker sums over samples, per block
+  std::vector<std::vector<DevBuf<T>>> Ko, E3;
+};
+
+}  // namespace cuda
+}  // namespace tk

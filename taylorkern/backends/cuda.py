@@ -1,0 +1,518 @@
+"""The CUDA backend (taylorkern._cuda): every quantity of the ``cpp`` backend on an NVIDIA GPU.
+
+The kernels (csrc/cuda/) mirror the C++ ones family by family; the large products run in
+cuBLAS, which is not linked but loaded at import from, in order:
+
+1. the path in ``TAYLORKERN_CUBLAS`` (a file, or a folder holding libcublas.so*);
+2. the ``nvidia-cublas`` wheel (``nvidia/cu13/lib`` for CUDA 13 wheels, ``nvidia/cublas/lib``
+   before), found from this Python's installed packages;
+3. the CUDA toolkit (``$CUDA_HOME``/``$CUDA_PATH``, /usr/local/cuda) and the plain sonames
+   ``libcublas.so.13`` / ``libcublas.so``.
+
+Importing this module raises ImportError, with the reason, when the extension was not built,
+no GPU is visible, or cuBLAS cannot be loaded; the dispatcher records that reason.
+
+Inputs: numpy arrays are copied to the GPU once per call (into the network's pooled device
+workspace); objects with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba,
+:class:`DeviceArray`) are used in place.  :class:`DeviceData` keeps X and Y resident on the
+GPU for an optimizer's repeated calls.  Results come back as numpy arrays, or stay on the GPU
+as :class:`DeviceArray` with ``out="device"`` (DeviceData methods).
+
+float32 products are plain IEEE float32 (no TF32) unless :func:`set_tf32` opts in.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+try:
+    from .. import _cuda
+except ImportError as exc:  # not built (no nvcc at install time) or not loadable
+    raise ImportError(f"taylorkern._cuda is not available ({exc}); it is built when nvcc is found at install "
+                      "time") from exc
+
+name = "cuda"
+
+
+# ----------------------------------------------------------------------------- cuBLAS
+def cublas_candidates():
+    """Where cuBLAS is looked for, in order (paths and sonames)."""
+    out = []
+    env = os.environ.get("TAYLORKERN_CUBLAS", "").strip()
+    if env:
+        if os.path.isdir(env):
+            out += sorted(glob.glob(os.path.join(env, "libcublas.so*")), key=_soname_rank)
+        else:
+            out.append(env)
+    out += _wheel_cublas()
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+                out += sorted(glob.glob(os.path.join(root, sub, "libcublas.so.*[0-9]")), key=_soname_rank)
+    out += ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
+    seen, unique = set(), []
+    for c in out:
+        if c not in seen:
+            seen.add(c)
+            unique.append(c)
+    return unique
+
+
+def _soname_rank(path):
+    """libcublas.so.13 first, then .so.12, then anything else."""
+    base = os.path.basename(path)
+    for rank, major in enumerate(("13", "12")):
+        if base.startswith(f"libcublas.so.{major}"):
+            return (rank, len(base), base)
+    return (9, len(base), base)
+
+
+def _wheel_cublas():
+    """libcublas from the nvidia-cublas wheel(s) of this Python, best first."""
+    found = []
+    for dist_name in ("nvidia-cublas", "nvidia-cublas-cu13", "nvidia-cublas-cu12"):
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for f in dist.files or ():
+            base = os.path.basename(str(f))
+            if base.startswith("libcublas.so") and not base.startswith("libcublasLt"):
+                found.append(str(dist.locate_file(f)))
+    try:  # the namespace package, for installs without a RECORD file
+        spec = importlib.util.find_spec("nvidia")
+        roots = list(spec.submodule_search_locations or []) if spec else []
+    except (ImportError, ValueError):
+        roots = []
+    for root in roots:
+        for sub in ("cu13/lib", "cublas/lib"):
+            found += glob.glob(os.path.join(root, sub, "libcublas.so*"))
+    found = [p for p in found if os.path.exists(p)]
+    return sorted(set(found), key=_soname_rank)
+
+
+_reason = _cuda.init(cublas_candidates())
+if _reason:
+    raise ImportError(f"the cuda backend is unavailable: {_reason}")
+
+DeviceArray = _cuda.DeviceArray
+_DEVICE = int(_cuda.device_info().get("device", 0))  # the GPU the backend runs on
+
+
+def info():
+    """The GPU, driver, runtime and cuBLAS in use."""
+    return _cuda.device_info()
+
+
+def set_tf32(on: bool):
+    """Opt in (or out) of TF32 tensor cores for float32 products: faster, ~1e-3 relative."""
+    _cuda.set_tf32(bool(on))
+
+
+# ----------------------------------------------------------------------------- inputs
+_ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
+_LOSS_CODE = {"mse": 0, "ce": 1}
+
+
+def _net(net):
+    h = net._handles.get(name)
+    if h is None:
+        h = net._handles[name] = _cuda.Net(list(net.sizes), [_ACT_CODE[a] for a in net.activations],
+                                           _LOSS_CODE[net.loss_name])
+    return h
+
+
+def _f32(net):
+    return net.dtype == np.float32
+
+
+def is_device_array(x) -> bool:
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def _device_pointer(x, name, dtype, shape):
+    """The device pointer of a __cuda_array_interface__ object after checking it: dtype,
+    shape (None entries free), C-contiguous, memory of this GPU; waits for its stream."""
+    cai = x.__cuda_array_interface__
+    got_dtype = np.dtype(cai["typestr"])
+    if got_dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected a device array of {np.dtype(dtype).name}, got {got_dtype.name}")
+    got_shape = tuple(int(s) for s in cai["shape"])
+    if len(got_shape) != len(shape) or any(w is not None and w != g for w, g in zip(shape, got_shape)):
+        want = tuple("N" if w is None else w for w in shape)
+        raise ValueError(f"{name}: expected a device array of shape {want}, got {got_shape}")
+    strides = cai.get("strides")
+    if strides is not None:
+        expect, step = [], got_dtype.itemsize
+        for s in reversed(got_shape):
+            expect.append(step)
+            step *= s
+        if tuple(int(s) for s in strides) != tuple(reversed(expect)) and int(np.prod(got_shape)) > 1:
+            raise TypeError(f"{name}: the device array must be C-contiguous")
+    if cai.get("mask") is not None:
+        raise TypeError(f"{name}: masked device arrays are not supported")
+    ptr = int(cai["data"][0])
+    stream = cai.get("stream")
+    if stream:  # the producer's work on it may still be queued
+        _cuda.sync_stream(int(stream))
+    kind, device = _cuda.pointer_info(ptr)
+    if kind not in (2, 3) or (kind == 2 and device != _DEVICE):
+        raise ValueError(f"{name}: the array is not memory of the GPU in use (device {_DEVICE})")
+    return ptr
+
+
+def _input(x, name, dtype, shape):
+    """A numpy array of dtype (as the kernels take it) or a checked device pointer."""
+    if is_device_array(x):
+        return _device_pointer(x, name, dtype, shape)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _rows(x):
+    return int(x.__cuda_array_interface__["shape"][0]) if is_device_array(x) else int(np.shape(x)[0])
+
+
+def _targets(net, Y, N):
+    if net.loss_name == "ce":
+        return _input(Y, "Y", np.int64, (N,))
+    if is_device_array(Y) and len(Y.__cuda_array_interface__["shape"]) == 1 and net.num_outputs == 1:
+        return _input(Y, "Y", net.dtype, (N,))  # (N,) and (N, 1) are the same memory
+    return _input(Y, "Y", net.dtype, (N, net.num_outputs))
+
+
+# ----------------------------------------------------------------------------- protocol
+# (net, theta, X[, Y][, V], reduction) -> numpy results, data term only (taylorkern.backends).
+def predict(net, theta, X, out="numpy"):
+    N = _rows(X)
+    return _cuda.predict(_net(net), _f32(net), N, _input(theta, "theta", net.dtype, (net.num_params,)),
+                         _input(X, "X", net.dtype, (N, net.sizes[0])), out == "device")
+
+
+def _common(net, theta, X, Y):
+    N = _rows(X)
+    return (_net(net), _f32(net), N, _input(theta, "theta", net.dtype, (net.num_params,)),
+            _input(X, "X", net.dtype, (N, net.sizes[0])), _targets(net, Y, N))
+
+
+def loss(net, theta, X, Y, reduction):
+    return _cuda.loss(*_common(net, theta, X, Y), reduction == "mean")
+
+
+def loss_and_grad(net, theta, X, Y, reduction, out="numpy"):
+    return _cuda.loss_and_grad(*_common(net, theta, X, Y), reduction == "mean", out == "device")
+
+
+def _vector_product(gn):
+    def call(net, theta, X, Y, V, reduction, out="numpy"):
+        args = _common(net, theta, X, Y)
+        shape = V.__cuda_array_interface__["shape"] if is_device_array(V) else np.shape(V)
+        m = int(shape[1]) if len(shape) == 2 else 1
+        Vin = _input(V, "V", net.dtype, (net.num_params, m) if len(shape) == 2 else (net.num_params,))
+        if isinstance(Vin, np.ndarray):
+            Vin = Vin.reshape(net.num_params, m)
+        return _cuda.vector_product(*args, Vin, m, reduction == "mean", gn, out == "device")
+
+    call.__name__ = "ggn_vp" if gn else "hvp"
+    return call
+
+
+hvp = _vector_product(False)
+ggn_vp = _vector_product(True)
+
+
+def jacobian(net, theta, X, out="numpy"):
+    N = _rows(X)
+    return _cuda.jacobian(_net(net), _f32(net), N, _input(theta, "theta", net.dtype, (net.num_params,)),
+                          _input(X, "X", net.dtype, (N, net.sizes[0])), out == "device")
+
+
+def _with_data(fn, gn, fn_name):
+    def call(net, theta, X, Y, reduction, out="numpy"):
+        return fn(*_common(net, theta, X, Y), reduction == "mean", gn, out == "device")
+
+    call.__name__ = fn_name
+    return call
+
+
+hessian = _with_data(_cuda.full, False, "hessian")
+ggn = _with_data(_cuda.full, True, "ggn")
+hessian_blocks = _with_data(_cuda.blocks, False, "hessian_blocks")
+ggn_blocks = _with_data(_cuda.blocks, True, "ggn_blocks")
+hessian_diag = _with_data(_cuda.diag, False, "hessian_diag")
+ggn_diag = _with_data(_cuda.diag, True, "ggn_diag")
+
+QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "hessian", "ggn",
+              "hessian_blocks", "ggn_blocks", "hessian_diag", "ggn_diag")
+
+
+# ----------------------------------------------------------------------------- crossover
+# When the dispatcher picks "cuda" by itself (not forced), each call goes to the GPU only when
+# the estimate below says it is faster there, else to the next backend (cpp).  The model:
+#   t_cpu = work / CPU_MADDS_PER_S
+#   t_gpu = GPU_CALL_S + work / GPU_MADDS_PER_S + bytes moved over PCIe / PCIE_BYTES_PER_S
+# with work the call's multiply-adds and the bytes its host inputs plus its result.  The
+# constants are first guesses (CPU: the 2-core machine's ~95 G multiply-adds/s peak at half;
+# GPU: an H100's ~30 T float64 multiply-adds/s at two thirds; pageable copies ~10 GB/s);
+# bench/gpu_check.sh measures the real crossover.  set_crossover() overrides them.
+CROSSOVER = {"CPU_MADDS_PER_S": 5e10, "GPU_MADDS_PER_S": 2e13, "GPU_CALL_S": 1e-4, "PCIE_BYTES_PER_S": 1e10}
+
+
+def set_crossover(**constants):
+    for key, value in constants.items():
+        if key not in CROSSOVER:
+            raise ValueError(f"set_crossover: unknown {key!r}; known: {sorted(CROSSOVER)}")
+        CROSSOVER[key] = float(value)
+
+
+def estimate(net, quantity, N, m=1):
+    """(multiply-adds, bytes moved host<->device) of one call."""
+    P, k, d = net.num_params, net.num_outputs, net.sizes
+    layers = list(zip(d[:-1], d[1:]))
+    item = net.dtype.itemsize
+    inputs = (N * (d[0] + k) + P) * item
+    if quantity in ("predict", "loss"):
+        return N * P, inputs + N * k * item
+    if quantity == "loss_and_grad":
+        return 3 * N * P, inputs + P * item
+    if quantity in ("hvp", "ggn_vp"):
+        return 8 * N * P * m, inputs + 2 * P * m * item
+    if quantity == "jacobian":
+        return N * k * P, inputs + N * k * P * item
+    factors = N * sum(h * h * (a + h) for a, h in layers)  # per-sample Q / M recursions
+    if quantity in ("hessian", "ggn"):
+        return N * P * P // 2 + factors, inputs + P * P * item
+    if quantity in ("hessian_blocks", "ggn_blocks"):
+        sq = sum(((a + 1) * h) ** 2 for a, h in layers)
+        return N * sq // 2 + factors, inputs + sq * item
+    if quantity == "ggn_diag":
+        return N * k * P, inputs + P * item
+    if quantity == "hessian_diag":
+        return factors + N * P, inputs + P * item
+    raise ValueError(f"unknown quantity {quantity!r}")
+
+
+def worth_it(net, quantity, N, m=1) -> bool:
+    """Whether the GPU is estimated to beat the CPU on this call (see CROSSOVER)."""
+    work, moved = estimate(net, quantity, N, m)
+    c = CROSSOVER
+    t_cpu = work / c["CPU_MADDS_PER_S"]
+    t_gpu = c["GPU_CALL_S"] + work / c["GPU_MADDS_PER_S"] + moved / c["PCIE_BYTES_PER_S"]
+    return t_gpu < t_cpu
+
+
+class Auto:
+    """The backend the dispatcher installs when it chooses "cuda" itself: each call runs on
+    the GPU when :func:`worth_it`, else on ``fallback`` (a backend module, e.g. cpp).
+    Forcing "cuda" (TAYLORKERN_BACKEND, set_backend, use_backend) runs everything on the GPU."""
+
+    name = name
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+        this = sys.modules[__name__]
+        for q in QUANTITIES:
+            setattr(self, q, self._router(q, getattr(this, q), getattr(fallback, q)))
+
+    @staticmethod
+    def _router(quantity, gpu, cpu):
+        def call(net, theta, X, *rest):
+            m = 1
+            if quantity in ("hvp", "ggn_vp"):
+                shape = np.shape(rest[1]) if not is_device_array(rest[1]) else \
+                    rest[1].__cuda_array_interface__["shape"]
+                m = int(shape[1]) if len(shape) == 2 else 1
+            return (gpu if worth_it(net, quantity, _rows(X), m) else cpu)(net, theta, X, *rest)
+
+        call.__name__ = quantity
+        return call
+
+    def __repr__(self):
+        return f"<cuda backend, small problems on {getattr(self.fallback, 'name', self.fallback)!r}>"
+
+
+def auto(fallback):
+    return Auto(fallback)
+
+
+# ----------------------------------------------------------------------------- resident data
+class DeviceData:
+    """X and Y of one network kept on the GPU, for repeated calls without re-copying them.
+
+    ``X`` and ``Y`` may be numpy arrays (checked as the MLP checks them, then copied once) or
+    device arrays (``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors; used in place,
+    checked once on the GPU for NaN/Inf and label range, and kept referenced).  Methods take
+    ``theta`` (and ``V``) as numpy or device arrays and mirror the MLP's, l2 included; those
+    with ``out="device"`` return a :class:`DeviceArray` that stays on the GPU.
+
+        data = DeviceData(net, X, Y)
+        for it in range(100):
+            value, grad = data.loss_and_grad(theta)
+    """
+
+    def __init__(self, net, X, Y=None):
+        self.net = net
+        if is_device_array(X):
+            shape = tuple(X.__cuda_array_interface__["shape"])
+            if len(shape) != 2 or shape[1] != net.sizes[0] or shape[0] < 1:
+                raise ValueError(f"X: expected shape (N, {net.sizes[0]}) with N >= 1, got {shape}")
+            self.N = int(shape[0])
+            ptr = _device_pointer(X, "X", net.dtype, (self.N, net.sizes[0]))
+            if not _cuda.all_finite(ptr, self.N * net.sizes[0], _f32(net)):
+                raise ValueError("X: contains NaN or Inf")
+            self._X = X
+        else:
+            Xh = net._check_X(X)
+            self.N = Xh.shape[0]
+            self._X = _cuda.to_device(Xh)
+        self._Y = None
+        if Y is not None:
+            if is_device_array(Y):
+                if net.loss_name == "ce":
+                    ptr = _device_pointer(Y, "Y", np.int64, (self.N,))
+                    if not _cuda.labels_in_range(ptr, self.N, net.num_outputs):
+                        raise ValueError(f"Y: labels must lie in [0, {net.num_outputs})")
+                else:
+                    ptr = _targets(net, Y, self.N)
+                    if not _cuda.all_finite(ptr, self.N * net.num_outputs, _f32(net)):
+                        raise ValueError("Y: contains NaN or Inf")
+                self._Y = Y
+            else:
+                self._Y = _cuda.to_device(net._check_Y(Y, self.N))
+
+    def __repr__(self):
+        return f"DeviceData({self.net!r}, N={self.N})"
+
+    # -- helpers
+    def _need_y(self):
+        if self._Y is None:
+            raise ValueError("Y: this DeviceData was made without targets")
+        return self._Y
+
+    def _theta(self, theta):
+        if is_device_array(theta):
+            _device_pointer(theta, "theta", self.net.dtype, (self.net.num_params,))
+            return theta
+        return self.net._check_theta(theta)
+
+    def _theta_host(self, theta):
+        if is_device_array(theta):
+            ptr = _device_pointer(theta, "theta", self.net.dtype, (self.net.num_params,))
+            return _cuda.to_host(ptr, [self.net.num_params], self.net.dtype.str)
+        return theta
+
+    def _l2(self, reduction):
+        return self.net.l2 > 0.0 and reduction == "mean"
+
+    @staticmethod
+    def _check_reduction(reduction):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        return reduction
+
+    @staticmethod
+    def _check_out(out):
+        if out not in ("numpy", "device"):
+            raise ValueError(f"out: expected 'numpy' or 'device', got {out!r}")
+        return out
+
+    # -- calls
+    def predict(self, theta, out="numpy"):
+        return predict(self.net, self._theta(theta), self._X, self._check_out(out))
+
+    def loss(self, theta, reduction="mean"):
+        reduction = self._check_reduction(reduction)
+        theta = self._theta(theta)
+        value = loss(self.net, theta, self._X, self._need_y(), reduction)
+        if self._l2(reduction):
+            th = self._theta_host(theta)
+            value += 0.5 * self.net.l2 * float(np.dot(th, th))
+        return float(value)
+
+    def loss_and_grad(self, theta, reduction="mean", out="numpy"):
+        reduction, out = self._check_reduction(reduction), self._check_out(out)
+        theta = self._theta(theta)
+        value, grad = loss_and_grad(self.net, theta, self._X, self._need_y(), reduction, out)
+        if self._l2(reduction):
+            th = self._theta_host(theta)
+            value += 0.5 * self.net.l2 * float(np.dot(th, th))
+            self._add_scaled(grad, theta)
+        return float(value), grad
+
+    def _add_scaled(self, result, src):
+        """result += l2 * src (src of result's size), on the device or in numpy."""
+        if isinstance(result, np.ndarray):
+            if is_device_array(src):
+                cai = src.__cuda_array_interface__
+                src = _cuda.to_host(int(cai["data"][0]), [int(s) for s in cai["shape"]], self.net.dtype.str)
+            result += self.net.l2 * np.asarray(src).reshape(result.shape)
+        else:
+            dev = src if is_device_array(src) else _cuda.to_device(np.ascontiguousarray(src, self.net.dtype))
+            _cuda.axpy(self.net.l2, int(dev.__cuda_array_interface__["data"][0]), result)
+
+    def _product(self, fn, theta, V, reduction, out):
+        reduction, out = self._check_reduction(reduction), self._check_out(out)
+        theta = self._theta(theta)
+        if not is_device_array(V):
+            V = self.net._check_V(V)
+        result = fn(self.net, theta, self._X, self._need_y(), V, reduction, out)
+        shape = V.__cuda_array_interface__["shape"] if is_device_array(V) else V.shape
+        if self._l2(reduction):
+            self._add_scaled(result, V)
+        if isinstance(result, np.ndarray):
+            return result.reshape(shape)
+        return result  # (P, m) on the device
+
+    def hvp(self, theta, V, reduction="mean", out="numpy"):
+        return self._product(hvp, theta, V, reduction, out)
+
+    def ggn_vp(self, theta, V, reduction="mean", out="numpy"):
+        return self._product(ggn_vp, theta, V, reduction, out)
+
+    def jacobian(self, theta, out="numpy"):
+        return jacobian(self.net, self._theta(theta), self._X, self._check_out(out))
+
+    def _matrix(self, fn, theta, reduction, out):
+        reduction, out = self._check_reduction(reduction), self._check_out(out)
+        result = fn(self.net, self._theta(theta), self._X, self._need_y(), reduction, out)
+        if self._l2(reduction):
+            for B in (result if isinstance(result, list) else [result]):
+                if isinstance(B, np.ndarray):
+                    B.flat[::B.shape[0] + 1] += self.net.l2
+                else:
+                    _cuda.add_diagonal(B, self.net.l2)
+        return result
+
+    def hessian(self, theta, reduction="mean", out="numpy"):
+        return self._matrix(hessian, theta, reduction, out)
+
+    def ggn(self, theta, reduction="mean", out="numpy"):
+        return self._matrix(ggn, theta, reduction, out)
+
+    def hessian_blocks(self, theta, reduction="mean", out="numpy"):
+        return self._matrix(hessian_blocks, theta, reduction, out)
+
+    def ggn_blocks(self, theta, reduction="mean", out="numpy"):
+        return self._matrix(ggn_blocks, theta, reduction, out)
+
+    def _diag(self, fn, theta, reduction, out):
+        reduction, out = self._check_reduction(reduction), self._check_out(out)
+        result = fn(self.net, self._theta(theta), self._X, self._need_y(), reduction, out)
+        if self._l2(reduction):
+            if isinstance(result, np.ndarray):
+                result += self.net.l2
+            else:
+                ones = _cuda.to_device(np.ones(self.net.num_params, self.net.dtype))
+                _cuda.axpy(self.net.l2, ones.ptr, result)
+        return result
+
+    def hessian_diag(self, theta, reduction="mean", out="numpy"):
+        return self._diag(hessian_diag, theta, reduction, out)
+
+    def ggn_diag(self, theta, reduction="mean", out="numpy"):
+        return self._diag(ggn_diag, theta, reduction, out)

@@ -1,0 +1,350 @@
+"""The CUDA backend (taylorkern._cuda, taylorkern.backends.cuda).
+
+Everywhere: the extension is built wherever nvcc was found at install time and imports
+without a GPU or cuBLAS; the backend then reports, with a reason, that it is unavailable,
+and its calls refuse cleanly.  With a GPU: every quantity against the float64 reference
+(float64 rel <= 1e-10, float32 <= 1e-4) on shapes, activations, losses and reductions, the
+curvature kernels over several sample chunks, device-array inputs (DeviceArray always, CuPy
+and PyTorch when importable), the resident-data handle DeviceData, and the input checks.
+The GPU tests skip with the reason (visible with ``pytest -rs``) where there is none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import taylorkern as tk
+from taylorkern import _dispatch
+from conftest import DATA_QUANTITIES, QUANTITIES, cases, compare, compute, make_problem, reference
+
+try:
+    from taylorkern import _cuda
+    BUILD_REASON = None
+except ImportError as exc:  # not built: no nvcc at install time, or TAYLORKERN_CUDA=OFF
+    _cuda = None
+    BUILD_REASON = f"taylorkern._cuda is not built ({exc})"
+
+try:
+    from taylorkern.backends import cuda
+    GPU_REASON = None
+except ImportError as exc:
+    cuda = None
+    GPU_REASON = str(exc)
+
+needs_module = pytest.mark.skipif(_cuda is None, reason=str(BUILD_REASON))
+needs_gpu = pytest.mark.skipif(cuda is None, reason=str(GPU_REASON))
+no_gpu_only = pytest.mark.skipif(cuda is not None, reason="a GPU is present: the unavailable path is not taken")
+
+PACKAGE_ROOT = str(Path(tk.__file__).resolve().parent.parent)
+
+
+# ============================================================================ everywhere
+def test_extension_is_built_where_nvcc_is():
+    """CI has nvcc but no GPU: the CUDA module must still compile there and import, so that
+    a build error is caught.  TAYLORKERN_ALLOW_NO_CUDA=1 runs deliberately without it."""
+    if os.environ.get("TAYLORKERN_ALLOW_NO_CUDA") == "1":
+        pytest.skip("TAYLORKERN_ALLOW_NO_CUDA=1: running without the CUDA module by request")
+    if shutil.which("nvcc") is None and _cuda is None:
+        pytest.skip("no nvcc on this machine: the CUDA module is not built here")
+    assert _cuda is not None, BUILD_REASON
+    assert hasattr(_cuda, "init") and hasattr(_cuda, "full") and hasattr(_cuda, "DeviceArray")
+
+
+@needs_module
+def test_module_reports_readiness_with_a_reason():
+    info = _cuda.device_info()
+    assert info["ready"] == _cuda.ready() == (cuda is not None)
+    assert info["runtime_version"] >= 12000  # built against CUDA >= 12
+    if cuda is None:
+        assert _cuda.reason() and info["reason"] == _cuda.reason()
+        assert _cuda.reason() in GPU_REASON
+    else:
+        assert _cuda.reason() == ""
+        assert info["device_count"] >= 1 and info["name"]
+
+
+@needs_module
+@no_gpu_only
+def test_without_gpu_the_backend_is_unavailable_with_the_reason():
+    assert "unavailable" in GPU_REASON and len(GPU_REASON) > len("the cuda backend is unavailable: ")
+    assert "cuda" not in tk.available_backends()
+    with pytest.raises(ValueError, match="cuda"):
+        tk.set_backend("cuda")
+    if "cuda" in _dispatch.ORDER:  # once dispatch lists it: the reason is recorded there
+        assert _dispatch._why_not.get("cuda")
+
+
+@needs_module
+@no_gpu_only
+def test_without_gpu_calls_refuse_cleanly():
+    net = _cuda.Net([3, 4, 2], [2], 0)
+    assert net.num_params == (3 + 1) * 4 + (4 + 1) * 2
+    theta = np.zeros(net.num_params)
+    X = np.zeros((5, 3))
+    with pytest.raises(RuntimeError, match="unavailable"):
+        _cuda.predict(net, False, 5, theta, X, False)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        _cuda.full(net, False, 5, theta, X, np.zeros((5, 2)), True, False, False)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        _cuda.to_device(X)
+    # init again, with a bogus cuBLAS: still a reason, never a crash
+    assert _cuda.init(["/nonexistent/libcublas.so.13"]) != ""
+
+
+@needs_module
+def test_net_description_is_checked():
+    with pytest.raises(ValueError):
+        _cuda.Net([3], [], 0)
+    with pytest.raises(ValueError):
+        _cuda.Net([3, 4, 2], [], 0)
+    with pytest.raises(ValueError):
+        _cuda.Net([3, 4, 2], [9], 0)
+    with pytest.raises(ValueError):
+        _cuda.Net([3, 4, 2], [1], 7)
+
+
+FAKE_CUDA = """
+import sys, types
+calls = []
+fake = types.ModuleType("taylorkern._cuda")
+fake.init = lambda candidates: (calls.append(list(candidates)), REASON)[1]
+fake.device_info = lambda: {"device": 0}
+fake.DeviceArray = object
+fake.__getattr__ = lambda attr: (lambda *args, **kwargs: None)  # any other entry point
+sys.modules["taylorkern._cuda"] = fake
+"""
+
+
+def run_with_fake_module(code, reason="", env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("TAYLORKERN_BACKEND", "TAYLORKERN_CUBLAS")}
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.update(env_extra or {})
+    src = f"REASON = {reason!r}\n" + FAKE_CUDA + code
+    return subprocess.run([sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE_ROOT)
+
+
+def test_cublas_search_order(tmp_path):
+    """TAYLORKERN_CUBLAS (file or folder) first, then the wheel, the toolkit, the sonames."""
+    lib = tmp_path / "libcublas.so.13"
+    lib.write_bytes(b"")
+    code = ("import taylorkern.backends.cuda as c\n"
+            "print('\\n'.join(calls[0]))\n")
+    for value in (str(lib), str(tmp_path)):
+        r = run_with_fake_module(code, env_extra={"TAYLORKERN_CUBLAS": value})
+        assert r.returncode == 0, r.stderr
+        found = r.stdout.split()
+        assert found[0] == str(lib)
+        assert found[-3:] == ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
+        assert len(set(found)) == len(found)
+
+
+def test_unavailable_reason_reaches_the_import_error():
+    r = run_with_fake_module("import taylorkern.backends.cuda\n", reason="no GPU here (test)")
+    assert r.returncode != 0
+    assert "ImportError" in r.stderr and "no GPU here (test)" in r.stderr
+
+
+# ============================================================================ on a GPU
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """The cuda backend forced for the test, all calls on the GPU (no crossover), through the
+    dispatcher itself (listed there for the test if dispatch does not list it yet), so that
+    ``reference()`` still switches to the reference inside."""
+    if "cuda" not in _dispatch.ORDER:
+        monkeypatch.setattr(_dispatch, "ORDER", ("cuda",) + tuple(_dispatch.ORDER))
+    monkeypatch.setitem(_dispatch._modules, "cuda", cuda)
+    with tk.use_backend("cuda") as mod:
+        assert mod is cuda
+        yield cuda
+
+
+def test_reference_is_not_the_backend_under_test():
+    """Guard against a fixture that would send the oracle's calls to the backend under test."""
+    p = make_problem([3, 4, 2], "tanh", "mse", N=3)
+    with tk.use_backend("reference"):
+        assert _dispatch.current().name == "reference"
+    assert reference(p, "loss") == pytest.approx(compute(p, "loss"))
+
+
+@pytest.fixture
+def several_chunks():
+    """Small per-chunk budgets, so that the curvature kernels run over several chunks."""
+    _cuda.set_chunk_budget(1 << 12)
+    yield
+    _cuda.set_chunk_budget(0)
+
+
+def check_all(p, dtype, reductions=("mean", "sum"), quantities=QUANTITIES):
+    q32 = p if np.dtype(dtype) == np.float64 else p.astype(dtype)
+    for q in quantities:
+        for red in (reductions if q in DATA_QUANTITIES else ("mean",)):
+            got = compute(q32, q, red)
+            compare(got, reference(p, q, red), dtype, what=f"{p.name} {np.dtype(dtype).name} {q} {red}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", cases(per_combo=1))
+def test_every_quantity_matches_the_reference(on_cuda, case, dtype):
+    sizes, act, loss, N = case
+    check_all(make_problem(list(sizes), act, loss, N=N), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("sizes,act,loss,N", [
+    ([6, 9, 7, 5, 3], "tanh", "ce", 40),              # four layers: term 3 across two layers
+    ([5, 8, 1], ["softplus"], "mse", 33),
+    ([4, 6, 5, 4, 3, 2], ["gelu", "sin", "sigmoid", "relu"], "mse", 21),
+    ([7, 40, 3], "sigmoid", "ce", 70),                # wider than a 32-wide permutation tile
+])
+def test_several_sample_chunks(on_cuda, several_chunks, sizes, act, loss, N, dtype):
+    check_all(make_problem(sizes, act, loss, N=N), dtype, reductions=("mean",))
+
+
+@needs_gpu
+def test_l2_and_a_medium_problem(on_cuda):
+    p = make_problem([12, 48, 40, 4], "tanh", "ce", N=257, l2=0.03)
+    check_all(p, np.float64, reductions=("mean",))
+
+
+@needs_gpu
+def test_workspace_reuse_across_sizes(on_cuda):
+    """One network, calls with growing and shrinking N and m: buffers regrow, nothing stale."""
+    for N, m in ((3, 1), (50, 4), (7, 2), (120, 1), (5, 6)):
+        p = make_problem([5, 7, 6, 3], "gelu", "ce", N=N, m=m, seed=N)
+        check_all(p, np.float64, reductions=("mean",),
+                  quantities=("loss_and_grad", "hvp_multi", "ggn_vp_multi", "hessian", "ggn_diag"))
+
+
+@needs_gpu
+def test_float32_is_plain_float32_by_default():
+    assert _cuda.get_tf32() is False
+
+
+@needs_gpu
+def test_crossover_routes_small_problems_to_the_cpu():
+    small = tk.MLP([5, 8, 6, 3], "tanh", "ce")
+    big = tk.MLP([32, 128, 128, 1], "tanh", "mse")
+    assert not cuda.worth_it(small, "hessian", 9)
+    assert not cuda.worth_it(small, "loss_and_grad", 9)
+    assert cuda.worth_it(big, "hessian", 8192) and cuda.worth_it(big, "ggn", 8192)
+    calls = []
+
+    class Fallback:
+        name = "fake-cpu"
+
+    for q in cuda.QUANTITIES:
+        setattr(Fallback, q, staticmethod(lambda *a, _q=q: calls.append(_q) or "cpu"))
+    auto = cuda.auto(Fallback)
+    p = make_problem([5, 8, 6, 3], "tanh", "ce", N=9)
+    assert auto.name == "cuda"
+    assert auto.hessian(p.net, p.theta, p.X, p.Y, "mean") == "cpu" and calls == ["hessian"]
+
+
+# ----------------------------------------------------------------------------- device inputs
+def _devices(arrays, kind):
+    if kind == "DeviceArray":
+        return [_cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
+    if kind == "cupy":
+        cp = pytest.importorskip("cupy")
+        return [cp.asarray(a) for a in arrays]
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    return [torch.as_tensor(np.ascontiguousarray(a), device="cuda") for a in arrays]
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind", ["DeviceArray", "cupy", "torch"])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_device_array_inputs_are_used_in_place(kind, loss):
+    p = make_problem([6, 10, 7, 3], "tanh", loss, N=31)
+    th, X, Y, V = _devices([p.theta, p.X, p.Y if loss == "ce" else p.Y, p.V], kind)
+    net = p.net
+    compare(cuda.predict(net, th, X), reference(p, "predict"))
+    compare(cuda.loss_and_grad(net, th, X, Y, "mean"), reference(p, "loss_and_grad"))
+    compare(cuda.hvp(net, th, X, Y, V, "mean"), reference(p, "hvp_multi"))
+    compare(cuda.ggn_vp(net, th, X, Y, V, "sum"), reference(p, "ggn_vp_multi", "sum"))
+    compare(cuda.jacobian(net, th, X), reference(p, "jacobian"))
+    for q in ("hessian", "ggn", "hessian_blocks", "ggn_blocks", "hessian_diag", "ggn_diag"):
+        compare(getattr(cuda, q)(net, th, X, Y, "mean"), reference(p, q), what=q)
+
+
+@needs_gpu
+def test_device_inputs_are_checked():
+    p = make_problem([4, 5, 3], "tanh", "ce", N=8)
+    th, X, Y = (_cuda.to_device(a) for a in (p.theta, p.X, p.Y))
+    X32 = _cuda.to_device(p.X.astype(np.float32))
+    with pytest.raises(TypeError, match="X"):
+        cuda.predict(p.net, th, X32)
+    with pytest.raises(ValueError, match="theta"):
+        cuda.predict(p.net, _cuda.to_device(p.theta[:-1].copy()), X)
+    with pytest.raises(TypeError, match="Y"):
+        cuda.loss(p.net, th, X, _cuda.to_device(p.Y.astype(np.float64)), "mean")
+    bad = p.X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cuda.DeviceData(p.net, _cuda.to_device(bad), Y)
+    labels = p.Y.copy()
+    labels[2] = 7
+    with pytest.raises(ValueError, match="labels"):
+        cuda.DeviceData(p.net, X, _cuda.to_device(labels))
+
+
+@needs_gpu
+@pytest.mark.parametrize("source", ["numpy", "DeviceArray", "cupy"])
+def test_device_data_matches_the_model(source):
+    p = make_problem([8, 16, 12, 4], "softplus", "ce", N=45, l2=0.02)
+    net = p.net
+    if source == "numpy":
+        data = cuda.DeviceData(net, p.X, p.Y)
+    else:
+        X, Y = _devices([p.X, p.Y], source)
+        data = cuda.DeviceData(net, X, Y)
+    assert data.N == 45
+    with tk.use_backend("reference"):
+        want = {q: getattr(net, q)(p.theta, p.X, p.Y) for q in
+                ("loss", "loss_and_grad", "hessian", "ggn", "hessian_blocks", "ggn_blocks", "hessian_diag",
+                 "ggn_diag")}
+        want["hvp"] = net.hvp(p.theta, p.X, p.Y, p.V)
+        want["ggn_vp"] = net.ggn_vp(p.theta, p.X, p.Y, p.V[:, 0])
+        want["predict"] = net.predict(p.theta, p.X)
+        want["jacobian"] = net.jacobian(p.theta, p.X)
+    for theta in (p.theta, _cuda.to_device(p.theta)):
+        for q in ("loss", "loss_and_grad", "hessian", "ggn", "hessian_blocks", "ggn_blocks", "hessian_diag",
+                  "ggn_diag", "predict", "jacobian"):
+            compare(getattr(data, q)(theta), want[q], what=f"DeviceData.{q}")
+        compare(data.hvp(theta, p.V), want["hvp"], what="DeviceData.hvp")
+        compare(data.ggn_vp(theta, p.V[:, 0]), want["ggn_vp"], what="DeviceData.ggn_vp")
+    # results left on the GPU: same numbers, l2 added there
+    for q in ("hessian", "ggn", "predict", "jacobian", "hessian_diag", "ggn_diag"):
+        got = getattr(data, q)(p.theta, out="device")
+        assert hasattr(got, "__cuda_array_interface__")
+        compare(got.get(), want[q], what=f"DeviceData.{q}(out='device')")
+    compare([b.get() for b in data.ggn_blocks(p.theta, out="device")], want["ggn_blocks"])
+    value, grad = data.loss_and_grad(p.theta, out="device")
+    compare((value, grad.get()), want["loss_and_grad"])
+    compare(data.hvp(p.theta, _cuda.to_device(p.V), out="device").get(), want["hvp"])
+    compare(np.asarray(data.ggn_vp(p.theta, p.V[:, 0], out="device")).ravel(), want["ggn_vp"])
+    with pytest.raises(ValueError, match="out"):
+        data.hessian(p.theta, out="gpu")
+
+
+@needs_gpu
+def test_device_array_interface_round_trips():
+    a = np.arange(12.0).reshape(3, 4)
+    d = _cuda.to_device(a)
+    cai = d.__cuda_array_interface__
+    assert cai["shape"] == (3, 4) and cai["typestr"] == "<f8" and cai["version"] == 3
+    assert np.array_equal(d.get(), a) and np.array_equal(np.asarray(d), a)
+    cp = pytest.importorskip("cupy")
+    assert np.array_equal(cp.asnumpy(cp.asarray(d)), a)
