@@ -5,8 +5,28 @@ that loads becomes the active backend, and the reason for each one passed over i
 recorded.  ``TAYLORKERN_BACKEND`` (read at import) and :func:`set_backend` override
 the choice; :func:`use_backend` overrides it for a ``with`` block.
 
-Order: ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products) before
-``reference`` (plain numpy, the oracle; slow, always present).
+Order: ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products), then ``numba``
+(the same algorithms compiled by numba on first use and cached on disk; BLAS for the large
+products), then ``reference`` (plain numpy, the oracle; slow, always present).
+
+Why numba sits between them (bench/test_backends_numba.py: [20,64,64,1] tanh mse N=2000,
+float64, medians of alternating blocks in one process, 2-core machine, scipy's OpenBLAS):
+
+    quantity        cpp       numba     numba/cpp, 2 threads (1 thread)
+    loss_and_grad   1.82 ms   1.38 ms   0.76 (1.02)
+    hvp             4.12 ms   3.60 ms   0.87 (1.09)
+    ggn_vp          2.77 ms   2.48 ms   0.90 (1.12)
+    ggn             682 ms    660 ms    0.97 (0.93)
+    hessian         669 ms    692 ms    1.03 (1.09)
+
+numba's kernels run these as fast as cpp's (same algorithms, same BLAS), so the order
+between the two comes from what the table leaves out: numba compiles every kernel on its
+first use on a machine (~40 s per dtype for all of them), pays ~0.2 s in each new process
+(importing numba, starting its threads, loading the cached code), and has twice cpp's fixed
+cost per call (18 vs 9 us on a tiny network).  Both are far ahead of the reference on the
+curvature (its hvp: 16-19 ms; its Hessian is P Hessian-vector products, which
+bench/test_core.py estimates at ~140 s here); for loss_and_grad alone the reference (numpy
+and BLAS) is within 1-4x of them.
 """
 
 from __future__ import annotations
@@ -16,7 +36,7 @@ import importlib
 import os
 import warnings
 
-ORDER = ("cpp", "reference")
+ORDER = ("cpp", "numba", "reference")
 
 _modules = {}  # name -> loaded backend module
 _why_not = {}  # name -> reason it could not be loaded

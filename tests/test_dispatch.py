@@ -118,13 +118,71 @@ def test_default_choice_is_the_fastest_available():
 # Simulates a machine where the compiled module did not build or does not load.
 WITHOUT_CPP = ("import sys; sys.modules['taylorkern._core'] = None; "
                "sys.modules['taylorkern.backends.cpp'] = None; ")
+# ... and where numba is not installed either.
+WITHOUT_NUMBA = "import sys; sys.modules['numba'] = None; "
+
+# A meta-path hook that makes ``import taylorkern._core`` fail the way a broken build does
+# (the extension is found but cannot be loaded), before anything of taylorkern is imported.
+BROKEN_CORE = """
+import sys
+class _BrokenCore:
+    def find_spec(self, name, path=None, target=None):
+        if name == "taylorkern._core":
+            raise ImportError("libgomp.so.1: cannot open shared object file (simulated)")
+        return None
+sys.meta_path.insert(0, _BrokenCore())
+"""
 
 
-def test_fallback_to_reference_warns_naming_the_missing_backend():
-    r = run_python(WITHOUT_CPP + PRINT_CHOICE)
+def test_fallback_to_reference_warns_naming_the_missing_backends():
+    r = run_python(WITHOUT_CPP + WITHOUT_NUMBA + PRINT_CHOICE)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["reference", "reference"]
-    assert "RuntimeWarning" in r.stderr and "cpp" in r.stderr
+    assert "RuntimeWarning" in r.stderr and "cpp" in r.stderr and "numba" in r.stderr
+
+
+@pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")
+def test_missing_core_falls_back_to_numba_with_one_warning_naming_the_error():
+    code = BROKEN_CORE + """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import taylorkern as tk
+    import taylorkern  # a second import warns no more
+from taylorkern import _dispatch
+print(tk.backend(), ",".join(tk.available_backends()))
+print(len(caught), caught[0].category.__name__, str(caught[0].message))
+print(_dispatch.why())
+import numpy as np
+net = tk.MLP([2, 3, 1]); theta = net.init(seed=0)
+print(net.predict(theta, np.ones((4, 2))).shape)
+"""
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["numba", "numba,reference"]
+    count, category, message = lines[1].split(" ", 2)
+    assert count == "1" and category == "RuntimeWarning"
+    assert "'numba'" in message and "cpp" in message and "libgomp.so.1" in message
+    assert lines[2].startswith("numba: fastest available") and "libgomp.so.1" in lines[2]
+    assert lines[3] == "(4, 1)"  # and the numba backend computes
+
+
+def test_import_compiles_nothing_and_loads_numba_only_when_chosen():
+    """numba is imported at ``import taylorkern`` only when it is the backend chosen (then
+    without any kernel module: those are imported, and compiled, on the first call)."""
+    probe = ("import sys, taylorkern as tk; "
+             "print(tk.backend(), 'numba' in sys.modules, "
+             "any(m.startswith('taylorkern.backends._numba') for m in sys.modules))")
+    r = run_python(probe)
+    assert r.returncode == 0, r.stderr
+    chosen, numba_loaded, kernels_loaded = r.stdout.split()
+    assert kernels_loaded == "False"
+    assert numba_loaded == str(chosen == "numba")
+    if "numba" in tk.available_backends():
+        r = run_python(BROKEN_CORE + probe)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["numba", "True", "False"]
 
 
 def test_forcing_a_backend_that_does_not_load_is_an_error_not_a_fallback():

@@ -1,0 +1,273 @@
+"""The numba backend: the C++ kernels' algorithms as numba-compiled functions.
+
+Used when the compiled module ``taylorkern._core`` is missing (no compiler, a failed build, a
+source tree installed without building): no longer plain numpy, still BLAS for every large
+product.  The kernels live in ``taylorkern.backends._numba`` (one module per csrc/ file stem)
+and follow the same algorithms; this module is the thin adaptor to the backend protocol.
+
+Import and compile cost
+    Importing this module imports numba (the probe: the backend is available exactly when
+    numba imports) but none of the kernels: ``import taylorkern`` compiles nothing, and when
+    the cpp backend is present it does not import numba at all.  The kernels are imported on
+    the first call and each compiles on its first call with ``cache=True``: the compiled code
+    is written next to the sources (or to numba's user cache directory when that is not
+    writable), so a later process loads it instead of compiling.  Each kernel takes the
+    network as int64 arrays (widths, activation codes, offsets) and the loss as an integer
+    code, and every buffer as a flat 1-D array, so each has exactly one specialisation per
+    float dtype; inputs are passed as read-only views so that read-only and writable caller
+    arrays share it.
+
+Workspaces
+    As the C++ kernels, the numba kernels allocate no per-call scratch: each network keeps a
+    pool of flat arenas (one per call in flight), and a kernel carves its tapes and factors
+    out of one (_numba/workspace.py).  Freshly allocated multi-megabyte tapes cost more in
+    page faults than the whole forward pass.
+
+Threads
+    Large products are BLAS calls (scipy's OpenBLAS, the one the cpp backend uses, with its
+    own threads) made between the parallel loops, never inside them; the loops over samples
+    run on numba's threading layer, so the two pools take turns.  The number of numba threads
+    follows ``taylorkern.set_num_threads`` (capped at numba.config.NUMBA_NUM_THREADS).
+    Threading layer: unless the user picked one (NUMBA_THREADING_LAYER or
+    NUMBA_THREADING_LAYER_PRIORITY, or numba's threads already run), the backend asks for
+    TBB, else workqueue, and OpenMP last.  Why not OpenMP (numba's default when TBB is
+    absent): (1) its OpenMP layer is the same libgomp as the cpp backend's and, when it
+    starts, calls omp_set_num_threads(NUMBA_NUM_THREADS) in the calling thread, which
+    silently undoes ``tk.set_num_threads(1)`` for the cpp backend (checked: 1 -> 2); when
+    OpenMP is in use anyway, the backend restores the count.  (2) Its idle threads spin in
+    libgomp while OpenBLAS's threads want the same cores: profiling numba's loss_and_grad on
+    this (then loaded) 2-core machine, 57% of the time was libgomp spinning, and a call took
+    ~35 ms on OpenMP against ~6 ms on workqueue, same code (since then ~1.5 ms, after the
+    workspace pool, the vectorized tanh and fewer views).  workqueue threads sleep when idle;
+    with them, and BLAS kept out of the parallel regions, the kernels run as fast as cpp's
+    (see taylorkern._dispatch for the numbers) and no thread-count setting is shared.
+    The workqueue layer aborts the process on concurrent use from two threads, so on it calls
+    are serialised with a lock; on TBB or OpenMP they run concurrently (the kernels release
+    the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from types import SimpleNamespace
+
+import numba as _numba  # noqa: F401  (the availability probe: ImportError -> not available)
+import numpy as np
+
+name = "numba"
+
+_ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
+_LOSS_CODE = {"mse": 0, "ce": 1}
+
+_k = None  # the kernel modules, imported on first use
+_lock = threading.Lock()
+_serialize = True  # calls hold _lock unless the threading layer is thread-safe
+
+
+def _choose_threading_layer():
+    """Prefer numba threading layers that leave OpenMP alone (see the module docstring):
+    TBB, then workqueue, then OpenMP, unless the user chose a layer or an order
+    (NUMBA_THREADING_LAYER / NUMBA_THREADING_LAYER_PRIORITY, or numba.config) or numba's
+    threads already run."""
+    from numba.np.ufunc import parallel
+    cfg = _numba.config
+    if (parallel._is_initialized or cfg.THREADING_LAYER != "default"
+            or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ):
+        return
+    cfg.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
+
+
+def _launch_threads():
+    """Start numba's threads now, and undo what its OpenMP layer does to the OpenMP thread
+    count of this thread (omp_set_num_threads(NUMBA_NUM_THREADS) at launch), which the cpp
+    backend shares when both are loaded."""
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized:
+        return
+    try:
+        from .. import _core
+    except ImportError:
+        _core = None
+    before = _core.get_num_threads() if _core is not None else None
+    parallel._launch_threads()
+    if _core is not None and _core.get_num_threads() != before:
+        _core.set_num_threads(before)
+
+
+_init_lock = threading.Lock()
+
+
+def _kernels():
+    global _k, _serialize
+    if _k is not None:
+        return _k
+    with _init_lock:
+        if _k is None:
+            _choose_threading_layer()
+            _launch_threads()
+            _serialize = _numba.threading_layer() not in ("omp", "tbb")
+            from ._numba import curvature, diagonal, forward_backward, jacobian, rop
+
+            _k = SimpleNamespace(fb=forward_backward, rop=rop, jac=jacobian, curv=curvature,
+                                 diag=diagonal)
+    return _k
+
+
+def _sync_threads():
+    from .. import _threads
+    n = max(1, min(int(_threads.get_num_threads()), _numba.config.NUMBA_NUM_THREADS))
+    if _numba.get_num_threads() != n:
+        _numba.set_num_threads(n)
+
+
+class _Pool:
+    """Workspaces (arena, top) of one network and dtype: one per call in flight, reused
+    after it (csrc/bindings.cpp's Lease).  An arena grows to what its last call needed."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.free = []
+        self.mu = threading.Lock()
+
+    def take(self):
+        with self.mu:
+            if self.free:
+                return self.free.pop()
+        return np.empty(0, self.dtype), np.zeros(1, np.int64)
+
+    def give(self, ws, top):
+        if top[0] > ws.size:
+            ws = np.empty(int(top[0]), self.dtype)
+        with self.mu:
+            self.free.append((ws, top))
+
+
+def _run(pool, fn, *args):
+    """fn(*args, ws, top) with a workspace from the pool (fn from _kernels(), which has set
+    _serialize)."""
+    _sync_threads()
+    ws, top = pool.take()
+    try:
+        if not _serialize:
+            return fn(*args, ws, top)
+        with _lock:
+            return fn(*args, ws, top)
+    finally:
+        pool.give(ws, top)
+
+
+def _ro(a):
+    """A flat read-only view (no copy) of a C-contiguous array."""
+    v = a.reshape(-1)
+    if v.flags.writeable:
+        v = v.view()
+        v.flags.writeable = False
+    return v
+
+
+_EMPTY = {}
+
+
+def _empty(dtype):
+    e = _EMPTY.get(dtype)
+    if e is None:
+        e = _EMPTY[dtype] = _ro(np.empty(0, dtype))
+    return e
+
+
+def _net(net):
+    """(d, acts, off, loss code, workspace pool) of a network, built once."""
+    h = net._handles.get(name)
+    if h is None:
+        d = np.array(net.sizes, np.int64)
+        acts = np.array([_ACT_CODE[a] for a in net.activations], np.int64)
+        off = np.array(net.offsets, np.int64)
+        h = net._handles[name] = (d, acts, off, _LOSS_CODE[net.loss_name], _Pool(net.dtype))
+    return h
+
+
+def _data(net, theta, X, Y):
+    """(d, acts, off, loss, theta, X, N, Y, labels) for a kernel call."""
+    d, acts, off, loss, _ = _net(net)
+    if loss == 1:
+        Yf, labels = _empty(theta.dtype), _ro(Y)
+    else:
+        Yf, labels = _ro(Y), _empty(np.dtype(np.int64))
+    return d, acts, off, loss, _ro(theta), _ro(X), X.shape[0], Yf, labels
+
+
+def _pool(net):
+    return _net(net)[4]
+
+
+def predict(net, theta, X):
+    d, acts, off, _, pool = _net(net)
+    return _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+
+
+def loss(net, theta, X, Y, reduction):
+    return float(_run(_pool(net), _kernels().fb.loss, *_data(net, theta, X, Y), reduction == "mean"))
+
+
+def loss_and_grad(net, theta, X, Y, reduction):
+    value, grad = _run(_pool(net), _kernels().fb.loss_and_grad, *_data(net, theta, X, Y),
+                       reduction == "mean")
+    return float(value), grad
+
+
+def _product(gn):
+    def call(net, theta, X, Y, V, reduction):
+        m = V.shape[1]
+        out = _run(_pool(net), _kernels().rop.rop, *_data(net, theta, X, Y), reduction == "mean",
+                   _ro(V), m, gn)
+        return out.reshape(net.num_params, m)
+
+    call.__name__ = "ggn_vp" if gn else "hvp"
+    return call
+
+
+hvp = _product(False)
+ggn_vp = _product(True)
+
+
+def jacobian(net, theta, X):
+    d, acts, off, _, pool = _net(net)
+    return _run(pool, _kernels().jac.jacobian, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+
+
+def _full(gn):
+    def call(net, theta, X, Y, reduction):
+        return _run(_pool(net), _kernels().curv.curvature_full, *_data(net, theta, X, Y),
+                    reduction == "mean", gn)
+
+    call.__name__ = "ggn" if gn else "hessian"
+    return call
+
+
+def _blocks(gn):
+    def call(net, theta, X, Y, reduction):
+        flat = _run(_pool(net), _kernels().curv.curvature_blocks, *_data(net, theta, X, Y),
+                    reduction == "mean", gn)
+        out, o = [], 0
+        for p in net.layer_sizes:
+            out.append(flat[o:o + p * p].reshape(p, p))
+            o += p * p
+        return out
+
+    call.__name__ = "ggn_blocks" if gn else "hessian_blocks"
+    return call
+
+
+def _diag(gn):
+    def call(net, theta, X, Y, reduction):
+        return _run(_pool(net), _kernels().diag.curvature_diag, *_data(net, theta, X, Y),
+                    reduction == "mean", gn)
+
+    call.__name__ = "ggn_diag" if gn else "hessian_diag"
+    return call
+
+
+hessian, ggn = _full(False), _full(True)
+hessian_blocks, ggn_blocks = _blocks(False), _blocks(True)
+hessian_diag, ggn_diag = _diag(False), _diag(True)
