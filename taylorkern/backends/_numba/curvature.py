@@ -35,7 +35,7 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
-from .forward_backward import backward, backward_rows, forward, loss_head
+from .forward_backward import backward, backward_rows, forward, loss_head, scale_rows
 from .workspace import carve, carve_zeros
 
 NEED_DIAG, NEED_BLOCKS, NEED_FULL = 0, 1, 2
@@ -71,23 +71,6 @@ def _batched_AtB(c, r, p, q, A, ao, B, bo, C, co):
             _AtB_ones(np.int64(ch) * c // nch, (np.int64(ch) + 1) * c // nch, r, p, q, A, ao, B, bo, C, co)
     else:
         _AtB_ones(np.int64(0), c, r, p, q, A, ao, B, bo, C, co)
-
-
-@parallel_kernel
-def _scale_cols(c, rows, cols, S, so, X, xo):
-    """Per sample: X (c, rows, cols) columns scaled by S[so + n cols + col]."""
-    if threaded(c * rows * cols):
-        for n in prange(c):
-            for r in range(rows):
-                x = xo + (n * rows + r) * cols
-                for j in range(cols):
-                    X[x + j] *= S[so + n * cols + j]
-    else:
-        for n in range(c):
-            for r in range(rows):
-                x = xo + (n * rows + r) * cols
-                for j in range(cols):
-                    X[x + j] *= S[so + n * cols + j]
 
 
 @parallel_kernel
@@ -302,15 +285,15 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
             for m in range(l + 1, L):  # Tm[l-1][m] = Tm[l][m] W_l^T D_{l-1}
                 gemm(False, True, c * d[m + 1], Hp, Hl, 1.0, Tm, tmo[l, m], Hl, theta, wo, Hl, 0.0,
                      Tm, tmo[l - 1, m], Hp)
-                _scale_cols(c, d[m + 1], Hp, D1, do, Tm, tmo[l - 1, m])
+                scale_rows(c, d[m + 1], Hp, Tm, tmo[l - 1, m], D1, do)
             t = tmo[l - 1, l]
             for i in range(c * Hl * Hp):
                 Tm[t + i] = y[i]
-            _scale_cols(c, Hl, Hp, D1, do, Tm, t)
+            scale_rows(c, Hl, Hp, Tm, t, D1, do)
         # yt_n = D W_l Q_l = (y_n)^T with rows scaled; Q_{l-1} = yt_n W_l^T D + diag(e * act'').
         _transpose_scale(c, Hp, Hl, D1, do, y, yt)
         gemm(False, True, c * Hp, Hp, Hl, 1.0, yt, 0, Hl, theta, wo, Hl, 0.0, Q, qo[l - 1], Hp)
-        _scale_cols(c, Hp, Hp, D1, do, Q, qo[l - 1])
+        scale_rows(c, Hp, Hp, Q, qo[l - 1], D1, do)
         for n in range(c):
             for i in range(Hp):
                 Q[qo[l - 1] + (n * Hp + i) * Hp + i] += E[do + n * Hp + i] * D2[do + n * Hp + i]
@@ -331,7 +314,7 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
             sm = so[l, m]
             for i in range(c * H * Hm):
                 S[sm + i] = B[i]
-            _scale_cols(c, H, Hm, D1, o[m] + n0 * Hm, S, sm)
+            scale_rows(c, H, Hm, S, sm, D1, o[m] + n0 * Hm)
             if m + 1 < L:
                 gemm(False, False, c * H, d[m + 1], Hm, 1.0, S, sm, Hm, theta, off[m], d[m + 1], 0.0,
                      B, 0, d[m + 1])

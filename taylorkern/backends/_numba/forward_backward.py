@@ -197,20 +197,21 @@ def param_grad(d, off, X, A, o, N, G, grad):
 
 
 @parallel_kernel
-def _scale_rows(N, r, di, U, uo, D1, do):
-    """U[uo + (n r + q) di + i] *= D1[do + n di + i]."""
-    if threaded(N * r * di):
-        for n in prange(N):
-            for q in range(r):
-                u = uo + (n * r + q) * di
-                for i in range(di):
-                    U[u + i] *= D1[do + n * di + i]
+def scale_rows(c, rows, cols, X, xo, S, so):
+    """Per sample n < c: each of its `rows` rows of X (c, rows, cols) scaled elementwise by
+    S[so + n cols : so + (n+1) cols] (e.g. act'(z) of that sample)."""
+    if threaded(c * rows * cols):
+        for n in prange(c):
+            for r in range(rows):
+                x = xo + (n * rows + r) * cols
+                for j in range(cols):
+                    X[x + j] *= S[so + n * cols + j]
     else:
-        for n in range(N):
-            for q in range(r):
-                u = uo + (n * r + q) * di
-                for i in range(di):
-                    U[u + i] *= D1[do + n * di + i]
+        for n in range(c):
+            for r in range(rows):
+                x = xo + (n * rows + r) * cols
+                for j in range(cols):
+                    X[x + j] *= S[so + n * cols + j]
 
 
 @kernel
@@ -222,7 +223,7 @@ def backward_rows(d, off, theta, o, D1, n0, N, r, U, uo):
     for l in range(L - 1, 0, -1):
         di, dn = d[l], d[l + 1]
         gemm(False, True, N * r, di, dn, 1.0, U, uo[l], dn, theta, off[l], dn, 0.0, U, uo[l - 1], di)
-        _scale_rows(N, r, di, U, uo[l - 1], D1, o[l] + n0 * di)
+        scale_rows(N, r, di, U, uo[l - 1], D1, o[l] + n0 * di)
 
 
 # ---------------------------------------------------------------- entry points
