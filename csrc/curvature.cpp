@@ -134,6 +134,31 @@ void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T
 }
 
 template <class T>
+void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0, idx c, std::vector<vec<T>>& U) {
+  // U_{L-1} rows: a square root R of H_out (R^T R = H_out), then backpropagated.
+  //   mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T), row r = sqrt(s p_r) (e_r - p).
+  const idx L = net.L(), k = net.k();
+  const T s = sample_weight<T>(t.N, mean);
+  const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
+  U.resize(L);
+  auto& R = U[L - 1];
+  R.assign(c * k * k, T(0));
+  for (idx n = 0; n < c; ++n)
+    for (idx r = 0; r < k; ++r) {
+      T* u = R.data() + (n * k + r) * k;
+      if (!P) {
+        u[r] = std::sqrt(2 * s / T(k));
+      } else {
+        const T* p = P + n * k;
+        const T w = std::sqrt(s * p[r]);
+        for (idx j = 0; j < k; ++j) u[j] = -w * p[j];
+        u[r] += w;
+      }
+    }
+  backward_rows(net, theta, t, n0, c, k, U);
+}
+
+template <class T>
 void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, Need need, idx n0, idx c,
                    Factors<T>& f) {
   const idx L = net.L(), k = net.k();
@@ -147,24 +172,7 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
   const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
 
   if (gn) {
-    // U_{L-1} rows: a square root R of H_out (R^T R = H_out), then backpropagated.
-    //   mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T), row r = sqrt(s p_r) (e_r - p).
-    f.U.resize(L);
-    auto& U = f.U[L - 1];
-    U.assign(c * k * k, T(0));
-    for (idx n = 0; n < c; ++n)
-      for (idx r = 0; r < k; ++r) {
-        T* u = U.data() + (n * k + r) * k;
-        if (!P) {
-          u[r] = std::sqrt(2 * s / T(k));
-        } else {
-          const T* p = P + n * k;
-          const T w = std::sqrt(s * p[r]);
-          for (idx j = 0; j < k; ++j) u[j] = -w * p[j];
-          u[r] += w;
-        }
-      }
-    backward_rows(net, theta, t, n0, c, k, f.U);
+    gn_rows(net, theta, t, mean, n0, c, f.U);
     if (need == Need::diag) return;
     for (idx l = 0; l < L; ++l) {
       const idx H = net.d[l + 1];
@@ -390,6 +398,7 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
 #define TK_INST(T)                                                                                                 \
   template void curvature_tape<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, Tape<T>&);          \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
+  template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&);            \
   template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*, Workspace<T>&); \
   template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,                   \
                                     const std::vector<T*>&, Workspace<T>&);

@@ -26,6 +26,11 @@ template <class T>
 void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
                     Tape<T>& tape);
 
+// U[l] (c, k, d[l+1]) for samples [n0, n0+c): the rows of a square root of H_out backpropagated
+// to z_l, so that the GGN's per-sample Q_l = U_l^T U_l.
+template <class T>
+void gn_rows(const Net& net, const T* theta, const Tape<T>& tape, bool mean, idx n0, idx c, std::vector<vec<T>>& U);
+
 template <class T>
 void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0, idx c,
                    Factors<T>& f);

@@ -1,9 +1,19 @@
 // Diagonals of H and G (shared/MATH.md): only the diagonal blocks touch the diagonal, and
 // there the Kronecker structure gives
 //   diag[(l, i, j)] = sum_n a~_l[n, i]^2 Q_l[n, j, j]
-// i.e. ONE matrix product (a~_l^2)^T q_l per layer, with q_l[n, j] = Q_l[n, j, j].  For the
-// GGN, Q_l = U_l^T U_l, so q_l = column sums of U_l^2 (no d x d matrix at all); for the
-// Hessian the Q_l come from the backward recursion of curvature.cpp.
+// i.e. ONE matrix product (a~_l^2)^T q_l per layer, with q_l[n, j] = Q_l[n, j, j].
+//
+// Only the diagonals of the per-sample Q_l are needed, never the d x d matrices where they
+// can be avoided.  Split Q_l = U_l^T U_l + S_l: the GGN part from the k backpropagated rows
+// of a square root of H_out (q_l gets the column sums of U_l^2: N k d work), and the
+// activation-curvature part (Hessian only)
+//   S_{L-1} = 0,   S_{l-1} = D_{l-1} W_l S_l W_l^T D_{l-1} + diag(c_{l-1}),  c = e * act''.
+// While S_l is diagonal (vector s_l) the diagonal of the next one is one stacked product:
+//   diag S_{l-1} = act'(z_{l-1})^2 * (s_l (W_l * W_l)^T) + c_{l-1},
+// so for networks with up to two hidden layers (and for relu/identity, where c = 0, at any
+// depth) the Hessian's diagonal costs about what the GGN's does: O(N (k + 1) P).  Deeper
+// layers of deeper tanh-like networks need S_l as a matrix (the recursion of curvature.cpp,
+// O(N d^3)), formed only from the third layer from the top down.
 // Chunked over samples like the full matrices; products in BLAS, the rest OpenMP over samples.
 #include "diagonal.hpp"
 
@@ -15,6 +25,25 @@
 
 namespace tk {
 
+namespace {
+
+inline bool curved(Act f) {
+  return f != Act::relu && f != Act::identity;
+}
+
+// Per sample (c of them): S (c, H, H) <- S scaled on both sides by d1 (c, H).
+template <class T>
+void scale_both(idx c, idx H, const T* d1, T* S) {
+  parallel_for(c, c * H * H, [&](idx n) {
+    const T* d = d1 + n * H;
+    T* s = S + n * H * H;
+    for (idx i = 0; i < H; ++i)
+      for (idx j = 0; j < H; ++j) s[i * H + j] *= d[i] * d[j];
+  });
+}
+
+}  // namespace
+
 template <class T>
 void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
                     Workspace<T>& ws) {
@@ -22,30 +51,87 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
   Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);
   std::fill(out, out + net.P(), T(0));
-  const idx C = chunk_size(net, N, gn ? Need::diag : Need::blocks);
-  Factors<T>& f = ws.f;
-  auto &Asq = ws.Asq, &q = ws.q;
+  // Hessian only: the deepest hidden layer whose S is still diagonal is L-2; S turns into a
+  // matrix at the first curved layer l <= L-3 that has another layer below it.
+  bool any_curved = false;
+  for (idx l = 0; l + 1 < L; ++l) any_curved |= curved(net.act[l]);
+  const bool with_s = !gn && any_curved;
+  const bool matrices = with_s && L >= 4;
+  const idx C = chunk_size(net, N, matrices ? Need::blocks : Need::diag);
+  auto &U = ws.f.U, &S = ws.f.Q;  // U_l rows; S_l (diagonal (c, H) or matrix (c, H, H))
+  auto &Asq = ws.Asq, &q = ws.q, &y = ws.f.y, &yt = ws.f.yt, &Wsq = ws.tmp;
+  std::vector<char> full(L, 0);  // whether S[l] holds matrices
+  S.resize(L);
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
-    chunk_factors(net, theta, t, mean, gn, gn ? Need::diag : Need::blocks, n0, c, f);
+    gn_rows(net, theta, t, mean, n0, c, U);
+    // S recursion, top down: S[L-1] = 0 (kept as an empty vector).
+    if (with_s) {
+      S[L - 1].clear();
+      for (idx l = L - 1; l >= 1; --l) {
+        const idx Hl = net.d[l + 1], Hp = net.d[l];
+        const T* W = weights(net, theta, l);  // (Hp, Hl)
+        const T* d1 = t.d1[l - 1].data() + n0 * Hp;
+        const T* e = t.e[l - 1].data() + n0 * Hp;
+        const T* d2 = t.d2[l - 1].data() + n0 * Hp;
+        auto& Sp = S[l - 1];
+        const bool cur = curved(net.act[l - 1]);
+        if (S[l].empty()) {  // S_{l-1} = diag(c_{l-1})
+          full[l - 1] = 0;
+          if (!cur) {
+            Sp.clear();
+            continue;
+          }
+          Sp.resize(c * Hp);
+          for (idx i = 0; i < c * Hp; ++i) Sp[i] = e[i] * d2[i];
+        } else if (!full[l] && l - 1 == 0) {  // diagonal of S_0 from a diagonal S_1
+          Wsq.resize(Hp * Hl);
+          for (idx i = 0; i < Hp * Hl; ++i) Wsq[i] = W[i] * W[i];
+          Sp.resize(c * Hp);
+          gemm<T>(false, true, c, Hp, Hl, T(1), S[l].data(), Hl, Wsq.data(), Hl, T(0), Sp.data(), Hp);
+          for (idx i = 0; i < c * Hp; ++i) Sp[i] = d1[i] * d1[i] * Sp[i] + (cur ? e[i] * d2[i] : T(0));
+          full[0] = 0;
+        } else {  // matrices: S_{l-1} = D W S_l W^T D + diag(c)
+          if (!full[l]) {  // a diagonal S_l as matrices
+            vec<T>& dg = yt;
+            dg.assign(S[l].begin(), S[l].end());
+            S[l].assign(c * Hl * Hl, T(0));
+            for (idx n = 0; n < c; ++n)
+              for (idx j = 0; j < Hl; ++j) S[l][(n * Hl + j) * Hl + j] = dg[n * Hl + j];
+            full[l] = 1;
+          }
+          y.resize(c * Hl * Hp);  // y_n = S_n W^T (Hl x Hp); S_{l-1} = y_n^T W^T, as S_n is symmetric
+          gemm<T>(false, true, c * Hl, Hp, Hl, T(1), S[l].data(), Hl, W, Hl, T(0), y.data(), Hp);
+          yt.resize(c * Hp * Hl);
+          parallel_for(c, c * Hl * Hp, [&](idx n) {
+            for (idx i = 0; i < Hp; ++i)
+              for (idx j = 0; j < Hl; ++j) yt[(n * Hp + i) * Hl + j] = y[(n * Hl + j) * Hp + i];
+          });
+          Sp.resize(c * Hp * Hp);
+          gemm<T>(false, true, c * Hp, Hp, Hl, T(1), yt.data(), Hl, W, Hl, T(0), Sp.data(), Hp);
+          scale_both<T>(c, Hp, d1, Sp.data());
+          if (cur)
+            for (idx n = 0; n < c; ++n)
+              for (idx i = 0; i < Hp; ++i) Sp[(n * Hp + i) * Hp + i] += e[n * Hp + i] * d2[n * Hp + i];
+          full[l - 1] = 1;
+        }
+      }
+    }
     for (idx l = 0; l < L; ++l) {
       const idx di = net.d[l], Da = di + 1, H = net.d[l + 1];
       Asq.resize(c * Da);
+      q.resize(c * H);
       const T* a = t.in(l) + n0 * di;
-      for (idx n = 0; n < c; ++n) {
+      const bool has_s = with_s && !S[l].empty(), mat = has_s && full[l];
+      const T* s = has_s ? S[l].data() : nullptr;
+      parallel_for(c, c * (H * (k + 1) + Da), [&](idx n) {
         for (idx i = 0; i < di; ++i) Asq[n * Da + i] = a[n * di + i] * a[n * di + i];
         Asq[n * Da + di] = T(1);
-      }
-      q.assign(c * H, T(0));
-      parallel_for(c, c * H * k, [&](idx n) {
         T* qn = q.data() + n * H;
-        if (gn) {
-          for (idx r = 0; r < k; ++r) {
-            const T* u = f.U[l].data() + (n * k + r) * H;
-            for (idx j = 0; j < H; ++j) qn[j] += u[j] * u[j];
-          }
-        } else {
-          for (idx j = 0; j < H; ++j) qn[j] = f.Q[l][(n * H + j) * H + j];
+        for (idx j = 0; j < H; ++j) qn[j] = s ? (mat ? s[(n * H + j) * H + j] : s[n * H + j]) : T(0);
+        for (idx r = 0; r < k; ++r) {
+          const T* u = U[l].data() + (n * k + r) * H;
+          for (idx j = 0; j < H; ++j) qn[j] += u[j] * u[j];
         }
       });
       gemm<T>(true, false, Da, H, c, T(1), Asq.data(), Da, q.data(), H, T(1), out + net.off[l], H);
