@@ -8,6 +8,7 @@
 #pragma once
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -56,6 +57,11 @@ struct Net {
   idx L() const { return (idx)d.size() - 1; }
   idx P() const { return off.back(); }
   idx k() const { return d.back(); }
+  idx macs() const {  // multiply-adds of one sample's forward pass
+    idx s = 0;
+    for (idx l = 0; l < L(); ++l) s += d[l] * d[l + 1];
+    return s;
+  }
   idx din(idx l) const { return d[l]; }
   idx dout(idx l) const { return d[l + 1]; }
 };
@@ -98,6 +104,47 @@ inline void parallel_for(idx n, idx work, F&& f, bool dynamic = false) {
     }
   } else {
     for (idx i = 0; i < n; ++i) f(i);
+  }
+}
+
+// Whole calls (forward, backward and the reductions into parameter-sized results) split
+// over samples: one contiguous slice per thread, ONE parallel region per call, and every
+// product and elementwise loop inside runs serially on its slice.  For the widths of small
+// and medium networks this beats splitting each product (a wake-up per product, and
+// products too thin to split well).  Below kSampleParallelMin multiply-adds the whole call
+// stays on the calling thread.
+constexpr idx kSampleParallelMin = idx(1) << 17;
+
+// Threads to split N samples over for `work` multiply-adds.
+inline int sample_threads(idx N, idx work) {
+  if (work < kSampleParallelMin || omp_in_parallel()) return 1;
+  return (int)std::max<idx>(1, std::min<idx>(omp_get_max_threads(), N / 16));
+}
+
+// body(tid, n0, n1) for the slice of [0, N) of each of `nt` threads (inline when nt == 1).
+// body may synchronise the team with `#pragma omp barrier` (a no-op when inline).
+template <class F>
+inline void over_samples(idx N, int nt, F&& body) {
+  if (nt <= 1) {
+    body(0, idx(0), N);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const idx t = omp_get_thread_num(), T = omp_get_num_threads();
+    body((int)t, N * t / T, N * (t + 1) / T);
+  }
+}
+
+// Inside over_samples, after a barrier: out[i] += part(t)[i] for the team's other threads
+// t = 1..T-1 (thread 0 wrote into out itself), each thread summing its share of [0, len).
+template <class T, class Part>
+inline void sum_parts(T* out, idx len, Part&& part) {
+  const idx t = omp_get_thread_num(), nt = omp_get_num_threads();
+  const idx i0 = len * t / nt, i1 = len * (t + 1) / nt;
+  for (idx p = 1; p < nt; ++p) {
+    const T* src = part(p);
+    for (idx i = i0; i < i1; ++i) out[i] += src[i];
   }
 }
 

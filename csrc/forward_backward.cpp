@@ -10,66 +10,72 @@
 namespace tk {
 
 template <class T>
-static void resize_tape(const Net& net, Tape<T>& t, idx N, bool second) {
-  const idx L = net.L();
+void prepare_tape(const Net& net, const T* X, idx N, Tape<T>& t, bool second) {
+  const idx L = net.L(), k = net.k();
   t.a.resize(L);
   t.d1.resize(L);
   t.d2.resize(L);
   t.g.resize(L);
   t.e.resize(L);
-  for (idx l = 1; l < L; ++l) t.a[l].resize(N * net.d[l]);
-  for (idx l = 0; l + 1 < L; ++l) {
-    t.d1[l].resize(N * net.d[l + 1]);
-    if (second) t.d2[l].resize(N * net.d[l + 1]);
+  for (idx l = 0; l < L; ++l) {
+    if (l > 0) t.a[l].resize(N * net.d[l]);
+    t.g[l].resize(N * net.d[l + 1]);
+    if (l + 1 < L) {
+      t.d1[l].resize(N * net.d[l + 1]);
+      t.e[l].resize(N * net.d[l + 1]);
+      if (second) t.d2[l].resize(N * net.d[l + 1]);
+    }
   }
-  t.F.resize(N * net.k());
+  t.F.resize(N * k);
+  t.rowloss.resize(N);
+  if (net.loss == Loss::ce) t.p.resize(N * k);
   t.N = N;
+  t.X = X;
 }
 
 template <class T>
-void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& t, bool second) {
-  resize_tape(net, t, N, second);
-  t.X = X;
-  const idx L = net.L();
+void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bool second) {
+  const idx L = net.L(), n = n1 - n0;
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
-    T* z = (l + 1 < L) ? t.a[l + 1].data() : t.F.data();
+    T* z = ((l + 1 < L) ? t.a[l + 1].data() : t.F.data()) + n0 * dn;
     const T* b = bias(net, theta, l);
-    for (idx n = 0; n < N; ++n) std::copy(b, b + dn, z + n * dn);
-    gemm<T>(false, false, N, dn, di, T(1), t.in(l), di, weights(net, theta, l), dn, T(1), z, dn);
-    if (l + 1 < L) {
-      T* d1 = t.d1[l].data();
-      T* d2 = second ? t.d2[l].data() : nullptr;
-      const Act f = net.act[l];
-      parallel_for(N, N * dn,
-                   [&](idx n) { activate<T>(f, dn, z + n * dn, z + n * dn, d1 + n * dn, d2 ? d2 + n * dn : nullptr); });
+    for (idx r = 0; r < n; ++r) std::copy(b, b + dn, z + r * dn);
+    gemm<T>(false, false, n, dn, di, T(1), t.in(l) + n0 * di, di, weights(net, theta, l), dn, T(1), z, dn);
+    if (l + 1 < L) {  // elementwise over the slice's contiguous block, in blocks of rows
+      T* d1 = t.d1[l].data() + n0 * dn;
+      T* d2 = second ? t.d2[l].data() + n0 * dn : nullptr;
+      const idx rows = std::max<idx>(1, 4096 / dn), blocks = (n + rows - 1) / rows;
+      parallel_for(blocks, n * dn, [&](idx b) {
+        const idx r0 = b * rows, cnt = (std::min(n, r0 + rows) - r0) * dn, o = r0 * dn;
+        activate<T>(net.act[l], cnt, z + o, z + o, d1 + o, d2 ? d2 + o : nullptr);
+      });
     }
   }
 }
 
 template <class T>
-double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want_grad) {
-  const idx N = t.N, k = net.k(), L = net.L();
-  const T s = sample_weight<T>(N, mean);
-  t.rowloss.resize(N);
-  if (want_grad) t.g[L - 1].resize(N * k);
+void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx n1, bool want_grad) {
+  const idx k = net.k(), L = net.L();
+  const T s = sample_weight<T>(t.N, mean);
   T* G = want_grad ? t.g[L - 1].data() : nullptr;
   const T* F = t.F.data();
   if (net.loss == Loss::mse) {
     const T c = 2 * s / T(k);
-    parallel_for(N, N * k, [&](idx n) {
+    parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
+      const idx n = n0 + r;
       T acc = 0;
       for (idx j = 0; j < k; ++j) {
-        const T r = F[n * k + j] - tg.y[n * k + j];
-        acc += r * r;
-        if (G) G[n * k + j] = c * r;
+        const T d = F[n * k + j] - tg.y[n * k + j];
+        acc += d * d;
+        if (G) G[n * k + j] = c * d;
       }
       t.rowloss[n] = acc;
     });
   } else {
-    t.p.resize(N * k);
     T* p = t.p.data();
-    parallel_for(N, N * k, [&](idx n) {
+    parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
+      const idx n = n0 + r;
       const T* f = F + n * k;
       T* pn = p + n * k;
       const T mx = *std::max_element(f, f + k);
@@ -88,64 +94,99 @@ double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want
       }
     });
   }
+}
+
+template <class T>
+double total_loss(const Net& net, const Tape<T>& t, bool mean) {
   double total = 0;  // serial, in double: deterministic and accurate in float32 too
-  for (idx n = 0; n < N; ++n) total += (double)t.rowloss[n];
-  return total * (double)s / (net.loss == Loss::mse ? (double)k : 1.0);
+  for (idx n = 0; n < t.N; ++n) total += (double)t.rowloss[n];
+  const double s = mean ? 1.0 / (double)t.N : 1.0;
+  return total * s / (net.loss == Loss::mse ? (double)net.k() : 1.0);
+}
+
+template <class T>
+void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1) {
+  const idx n = n1 - n0;
+  for (idx l = net.L() - 1; l >= 1; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    T* e = t.e[l - 1].data() + n0 * di;
+    gemm<T>(false, true, n, di, dn, T(1), t.g[l].data() + n0 * dn, dn, weights(net, theta, l), dn, T(0), e, di);
+    const T* d1 = t.d1[l - 1].data() + n0 * di;
+    T* g = t.g[l - 1].data() + n0 * di;
+    parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
+  }
+}
+
+template <class T>
+void param_grad(const Net& net, const Tape<T>& t, idx n0, idx n1, T* grad) {
+  const idx n = n1 - n0;
+  for (idx l = 0; l < net.L(); ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    T* gW = grad + net.off[l];
+    const T* g = t.g[l].data() + n0 * dn;
+    gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, g, dn, T(0), gW, dn);
+    T* gb = gW + di * dn;
+    std::fill(gb, gb + dn, T(0));
+    for (idx r = 0; r < n; ++r)
+      for (idx j = 0; j < dn; ++j) gb[j] += g[r * dn + j];
+  }
+}
+
+template <class T>
+void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& t, bool second) {
+  prepare_tape(net, X, N, t, second);
+  forward_rows(net, theta, t, 0, N, second);
+}
+
+template <class T>
+double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want_grad) {
+  head_rows(net, t, tg, mean, 0, t.N, want_grad);
+  return total_loss(net, t, mean);
 }
 
 template <class T>
 void backward(const Net& net, const T* theta, Tape<T>& t) {
-  const idx N = t.N, L = net.L();
-  for (idx l = L - 1; l >= 1; --l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    t.e[l - 1].resize(N * di);
-    t.g[l - 1].resize(N * di);
-    T* e = t.e[l - 1].data();
-    gemm<T>(false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0), e, di);
-    const T* d1 = t.d1[l - 1].data();
-    T* g = t.g[l - 1].data();
-    parallel_for(N * di, N * di, [&](idx i) { g[i] = e[i] * d1[i]; });
-  }
-}
-
-template <class T>
-void param_grad(const Net& net, const Tape<T>& t, T* grad) {
-  const idx N = t.N;
-  for (idx l = 0; l < net.L(); ++l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    T* gW = grad + net.off[l];
-    gemm<T>(true, false, di, dn, N, T(1), t.in(l), di, t.g[l].data(), dn, T(0), gW, dn);
-    T* gb = gW + di * dn;
-    std::fill(gb, gb + dn, T(0));
-    const T* g = t.g[l].data();
-    for (idx n = 0; n < N; ++n)
-      for (idx j = 0; j < dn; ++j) gb[j] += g[n * dn + j];
-  }
+  backprop_rows(net, theta, t, 0, t.N);
 }
 
 template <class T>
 void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws) {
   Tape<T>& t = ws.tape;
-  forward(net, theta, X, N, t, false);
-  std::copy(t.F.begin(), t.F.end(), out);
+  prepare_tape(net, X, N, t, false);
+  over_samples(N, sample_threads(N, N * net.macs()), [&](int, idx n0, idx n1) {
+    forward_rows(net, theta, t, n0, n1, false);
+    std::copy(t.F.begin() + n0 * net.k(), t.F.begin() + n1 * net.k(), out + n0 * net.k());
+  });
 }
 
 template <class T>
 double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, Workspace<T>& ws) {
   Tape<T>& t = ws.tape;
-  forward(net, theta, X, N, t, false);
-  return loss_head(net, t, tg, mean, false);
+  prepare_tape(net, X, N, t, false);
+  over_samples(N, sample_threads(N, N * net.macs()), [&](int, idx n0, idx n1) {
+    forward_rows(net, theta, t, n0, n1, false);
+    head_rows(net, t, tg, mean, n0, n1, false);
+  });
+  return total_loss(net, t, mean);
 }
 
 template <class T>
 double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
                      Workspace<T>& ws) {
   Tape<T>& t = ws.tape;
-  forward(net, theta, X, N, t, false);
-  const double value = loss_head(net, t, tg, mean, true);
-  backward(net, theta, t);
-  param_grad(net, t, grad);
-  return value;
+  prepare_tape(net, X, N, t, false);
+  const idx P = net.P();
+  const int nt = sample_threads(N, 3 * N * net.macs());
+  ws.parts.resize((nt - 1) * P);
+  over_samples(N, nt, [&](int tid, idx n0, idx n1) {
+    forward_rows(net, theta, t, n0, n1, false);
+    head_rows(net, t, tg, mean, n0, n1, true);
+    backprop_rows(net, theta, t, n0, n1);
+    param_grad(net, t, n0, n1, tid == 0 ? grad : ws.parts.data() + (tid - 1) * P);
+#pragma omp barrier
+    sum_parts(grad, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });
+  });
+  return total_loss(net, t, mean);
 }
 
 template <class T>
@@ -165,10 +206,15 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
 }
 
 #define TK_INST(T)                                                                                            \
+  template void prepare_tape<T>(const Net&, const T*, idx, Tape<T>&, bool);                                   \
+  template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool);                              \
+  template void head_rows<T>(const Net&, Tape<T>&, Targets<T>, bool, idx, idx, bool);                         \
+  template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
+  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx);                                   \
+  template void param_grad<T>(const Net&, const Tape<T>&, idx, idx, T*);                                      \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
-  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
+  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                \
   template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \
-  template void param_grad<T>(const Net&, const Tape<T>&, T*);                                                \
   template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                           \
   template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);              \
   template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&); \

@@ -37,22 +37,40 @@ inline const T* bias(const Net& net, const T* theta, idx l) {
   return theta + net.off[l] + net.d[l] * net.d[l + 1];
 }
 
-// Fills tape.a, tape.d1 (and tape.d2 when `second`), tape.F.
+// Sizes every array of the tape for N samples of X (d2 only when `second`).  The *_rows
+// functions then fill rows [n0, n1); slices of different threads never overlap.
+template <class T>
+void prepare_tape(const Net& net, const T* X, idx N, Tape<T>& tape, bool second);
+
+// Rows of a, d1 (and d2 when `second`), F.
+template <class T>
+void forward_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1, bool second);
+
+// Rows of rowloss, g[L-1] (when want_grad) and p (ce).
+template <class T>
+void head_rows(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, idx n0, idx n1, bool want_grad);
+
+// Rows of g[l] for l < L-1 and of e[l].
+template <class T>
+void backprop_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1);
+
+// grad (P,) = the gradient's sum over rows [n0, n1) only (overwritten).
+template <class T>
+void param_grad(const Net& net, const Tape<T>& tape, idx n0, idx n1, T* grad);
+
+// The loss from the rows' losses (double accumulation, in sample order: deterministic).
+template <class T>
+double total_loss(const Net& net, const Tape<T>& tape, bool mean);
+
+// Whole-batch forms (each product and loop parallel by itself) for the curvature kernels.
 template <class T>
 void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& tape, bool second);
-
-// Loss value (double accumulation) and g[L-1]; tape.p for ce.
 template <class T>
 double loss_head(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, bool want_grad);
-
-// g[l] for l < L-1 and e[l].
 template <class T>
 void backward(const Net& net, const T* theta, Tape<T>& tape);
 
-// grad (P,) from tape.g.
-template <class T>
-void param_grad(const Net& net, const Tape<T>& tape, T* grad);
-
+// Whole calls, split over samples (common.hpp: over_samples).
 template <class T>
 void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws);
 template <class T>

@@ -21,15 +21,121 @@
 
 namespace tk {
 
+namespace {
+
+// The R-op for samples [n0, n1) (tape rows already filled); the slice's share of the result,
+// in out's layout [(off_l + i dn + j) m + c], is written (not added) to dst.
+template <class T>
+void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool gn, Workspace<T>& ws, idx n0,
+              idx n1, typename Workspace<T>::Slice& sc, T* dst) {
+  const idx L = net.L(), k = net.k(), n = n1 - n0;
+  const T s = sample_weight<T>(t.N, mean);
+  auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
+  auto &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc;
+
+  // Forward tangents.
+  for (idx l = 0; l < L; ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    T* rz = Rz[l].data() + n0 * m * dn;
+    const T* vb = Vt[l].data() + di * m * dn;
+    for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
+    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, Vt[l].data(), m * dn, T(1), rz, m * dn);
+    if (l > 0)
+      gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data() + n0 * m * di, di, weights(net, theta, l), dn, T(1), rz,
+              dn);
+    if (l + 1 < L) {
+      T* ra = Ra[l + 1].data() + n0 * m * dn;
+      const T* d1 = t.d1[l].data() + n0 * dn;
+      parallel_for(n, n * m * dn, [&](idx r) {
+        for (idx c = 0; c < m; ++c)
+          for (idx j = 0; j < dn; ++j) ra[(r * m + c) * dn + j] = d1[r * dn + j] * rz[(r * m + c) * dn + j];
+      });
+    }
+  }
+
+  // Output curvature applied to the output tangent.
+  Rg.resize(n * m * k);
+  {
+    const T* rf = Rz[L - 1].data() + n0 * m * k;
+    T* rg = Rg.data();
+    if (net.loss == Loss::mse) {
+      const T c2 = 2 * s / T(k);
+      for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
+    } else {
+      const T* p = t.p.data() + n0 * k;
+      parallel_for(n, n * m * k, [&](idx r) {
+        for (idx c = 0; c < m; ++c) {
+          const T* x = rf + (r * m + c) * k;
+          const T* pn = p + r * k;
+          T dot = 0;
+          for (idx j = 0; j < k; ++j) dot += pn[j] * x[j];
+          for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = s * pn[j] * (x[j] - dot);
+        }
+      });
+    }
+  }
+
+  // Backward.
+  for (idx l = L - 1; l >= 0; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    // acc[i][c][j] = R{grad}, then scattered into dst[(off + i dn + j) m + c].
+    acc.resize((di + 1) * m * dn);
+    gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, T(0), acc.data(), m * dn);
+    T* accb = acc.data() + di * m * dn;
+    std::fill(accb, accb + m * dn, T(0));
+    for (idx r = 0; r < n; ++r)
+      for (idx q = 0; q < m * dn; ++q) accb[q] += Rg[r * m * dn + q];
+    if (!gn && l > 0) {
+      tmp.resize(m * di * dn);  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
+      gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data() + n0 * m * di, m * di, t.g[l].data() + n0 * dn, dn, T(0),
+              tmp.data(), dn);
+      for (idx c = 0; c < m; ++c)
+        for (idx i = 0; i < di; ++i)
+          for (idx j = 0; j < dn; ++j) acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j];
+    }
+    T* o = dst + net.off[l] * m;
+    for (idx i = 0; i <= di; ++i)
+      for (idx j = 0; j < dn; ++j)
+        for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = acc[(i * m + c) * dn + j];
+    if (l == 0) break;
+
+    Re.resize(n * m * di);
+    gemm<T>(false, true, n * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(), di);
+    if (!gn)
+      gemm<T>(false, false, n, m * di, dn, T(1), t.g[l].data() + n0 * dn, dn, Vtt[l].data(), m * di, T(1), Re.data(),
+              m * di);
+    Rg.resize(n * m * di);
+    const T* d1 = t.d1[l - 1].data() + n0 * di;
+    const T* re = Re.data();
+    T* rg = Rg.data();
+    if (gn) {
+      parallel_for(n, n * m * di, [&](idx r) {
+        for (idx c = 0; c < m; ++c)
+          for (idx i = 0; i < di; ++i) rg[(r * m + c) * di + i] = re[(r * m + c) * di + i] * d1[r * di + i];
+      });
+    } else {
+      const T* d2 = t.d2[l - 1].data() + n0 * di;
+      const T* e = t.e[l - 1].data() + n0 * di;
+      const T* rz = Rz[l - 1].data() + n0 * m * di;
+      parallel_for(n, n * m * di, [&](idx r) {
+        for (idx c = 0; c < m; ++c)
+          for (idx i = 0; i < di; ++i) {
+            const idx q = (r * m + c) * di + i;
+            rg[q] = re[q] * d1[r * di + i] + e[r * di + i] * d2[r * di + i] * rz[q];
+          }
+      });
+    }
+  }
+}
+
+}  // namespace
+
 template <class T>
 void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, idx m, T* out,
          bool gn, Workspace<T>& ws) {
-  const idx L = net.L(), k = net.k();
+  const idx L = net.L(), P = net.P();
   Tape<T>& t = ws.tape;
-  forward(net, theta, X, N, t, !gn);
-  loss_head(net, t, tg, mean, !gn);
-  if (!gn) backward(net, theta, t);
-  const T s = sample_weight<T>(N, mean);
+  prepare_tape(net, X, N, t, !gn);
 
   // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
   auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
@@ -47,99 +153,22 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
         for (idx j = 0; j < dn; ++j)
           for (idx c = 0; c < m; ++c) Vtt[l][(j * m + c) * di + i] = v[(i * dn + j) * m + c];
     }
-  }
-
-  // Forward tangents.
-  for (idx l = 0; l < L; ++l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
     Rz[l].resize(N * m * dn);
-    T* rz = Rz[l].data();
-    const T* vb = Vt[l].data() + di * m * dn;
-    for (idx n = 0; n < N; ++n) std::copy(vb, vb + m * dn, rz + n * m * dn);
-    gemm<T>(false, false, N, m * dn, di, T(1), t.in(l), di, Vt[l].data(), m * dn, T(1), rz, m * dn);
-    if (l > 0) gemm<T>(false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
-    if (l + 1 < L) {
-      Ra[l + 1].resize(N * m * dn);
-      T* ra = Ra[l + 1].data();
-      const T* d1 = t.d1[l].data();
-      parallel_for(N, N * m * dn, [&](idx n) {
-        for (idx c = 0; c < m; ++c)
-          for (idx j = 0; j < dn; ++j) ra[(n * m + c) * dn + j] = d1[n * dn + j] * rz[(n * m + c) * dn + j];
-      });
-    }
+    if (l + 1 < L) Ra[l + 1].resize(N * m * dn);
   }
 
-  // Output curvature applied to the output tangent.
-  auto &Rg = ws.Rg, &Re = ws.Re, &tmp = ws.tmp, &acc = ws.acc;
-  Rg.resize(N * m * k);
-  {
-    const T* rf = Rz[L - 1].data();
-    T* rg = Rg.data();
-    if (net.loss == Loss::mse) {
-      const T c2 = 2 * s / T(k);
-      for (idx i = 0; i < N * m * k; ++i) rg[i] = c2 * rf[i];
-    } else {
-      const T* p = t.p.data();
-      parallel_for(N, N * m * k, [&](idx n) {
-        for (idx c = 0; c < m; ++c) {
-          const T* r = rf + (n * m + c) * k;
-          const T* pn = p + n * k;
-          T dot = 0;
-          for (idx j = 0; j < k; ++j) dot += pn[j] * r[j];
-          for (idx j = 0; j < k; ++j) rg[(n * m + c) * k + j] = s * pn[j] * (r[j] - dot);
-        }
-      });
-    }
-  }
-
-  // Backward.
-  for (idx l = L - 1; l >= 0; --l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    // acc[i][c][j] = R{grad}, then scattered into out[(off + i dn + j) m + c].
-    acc.assign((di + 1) * m * dn, T(0));
-    gemm<T>(true, false, di, m * dn, N, T(1), t.in(l), di, Rg.data(), m * dn, T(0), acc.data(), m * dn);
-    T* accb = acc.data() + di * m * dn;
-    for (idx n = 0; n < N; ++n)
-      for (idx q = 0; q < m * dn; ++q) accb[q] += Rg[n * m * dn + q];
-    if (!gn && l > 0) {
-      tmp.resize(m * di * dn);  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
-      gemm<T>(true, false, m * di, dn, N, T(1), Ra[l].data(), m * di, t.g[l].data(), dn, T(0), tmp.data(), dn);
-      for (idx c = 0; c < m; ++c)
-        for (idx i = 0; i < di; ++i)
-          for (idx j = 0; j < dn; ++j) acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j];
-    }
-    T* o = out + net.off[l] * m;
-    for (idx i = 0; i <= di; ++i)
-      for (idx j = 0; j < dn; ++j)
-        for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = acc[(i * m + c) * dn + j];
-    if (l == 0) break;
-
-    Re.resize(N * m * di);
-    gemm<T>(false, true, N * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(), di);
-    if (!gn)
-      gemm<T>(false, false, N, m * di, dn, T(1), t.g[l].data(), dn, Vtt[l].data(), m * di, T(1), Re.data(), m * di);
-    Rg.resize(N * m * di);
-    const T* d1 = t.d1[l - 1].data();
-    const T* re = Re.data();
-    T* rg = Rg.data();
-    if (gn) {
-      parallel_for(N, N * m * di, [&](idx n) {
-        for (idx c = 0; c < m; ++c)
-          for (idx i = 0; i < di; ++i) rg[(n * m + c) * di + i] = re[(n * m + c) * di + i] * d1[n * di + i];
-      });
-    } else {
-      const T* d2 = t.d2[l - 1].data();
-      const T* e = t.e[l - 1].data();
-      const T* rz = Rz[l - 1].data();
-      parallel_for(N, N * m * di, [&](idx n) {
-        for (idx c = 0; c < m; ++c)
-          for (idx i = 0; i < di; ++i) {
-            const idx q = (n * m + c) * di + i;
-            rg[q] = re[q] * d1[n * di + i] + e[n * di + i] * d2[n * di + i] * rz[q];
-          }
-      });
-    }
-  }
+  // Forward, loss head, backward and the R-op per slice of samples; slices' results summed.
+  const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
+  ws.slices.resize(nt);
+  ws.parts.resize((nt - 1) * P * m);
+  over_samples(N, nt, [&](int tid, idx n0, idx n1) {
+    forward_rows(net, theta, t, n0, n1, !gn);
+    head_rows(net, t, tg, mean, n0, n1, !gn);
+    if (!gn) backprop_rows(net, theta, t, n0, n1);
+    rop_rows(net, theta, t, mean, m, gn, ws, n0, n1, ws.slices[tid], tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
+#pragma omp barrier
+    sum_parts(out, P * m, [&](idx p) { return ws.parts.data() + (p - 1) * P * m; });
+  });
 }
 
 template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx, float*,

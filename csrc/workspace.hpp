@@ -12,8 +12,13 @@ template <class T>
 struct Workspace {
   Tape<T> tape;                         // forward/backward quantities of all samples
   std::vector<vec<T>> Vt, Vtt, Rz, Ra;  // rop: transposed slices of V, tangents
+  struct Slice {                        // rop: one thread's scratch for its slice of samples
+    vec<T> Rg, Re, acc, tmp;
+  };
+  std::vector<Slice> slices;
+  vec<T> parts;                         // per-thread partial results, threads 1.. (common.hpp)
   std::vector<vec<T>> U, A;             // rows backpropagated per sample; augmented inputs
-  vec<T> Rg, Re, tmp, acc, Lf, Rf, Asq, q;
+  vec<T> tmp, Lf, Rf, Asq, q;
   Factors<T> f;  // per-chunk curvature factors
   // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
   // Newton-type loop asks for the same sizes every iteration and fresh pages cost ~20%.

@@ -241,6 +241,25 @@ def test_one_and_two_threads_agree(backend, case, restore_threads):
         compare(two[key], one[key], np.float64, what=f"{key}: 2 threads vs 1")
 
 
+@pytest.mark.parametrize("sizes, act, loss, N", [
+    ([20, 32, 16, 2], "tanh", "mse", 601),   # odd N: uneven slices
+    ([16, 40, 5], "sigmoid", "ce", 350),
+    ([30, 24, 24, 1], "relu", "mse", 257),
+])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, dtype, restore_threads):
+    """Problems large enough that a whole call is split into one slice of samples per thread
+    (and partial gradients / products summed): every row-wise quantity against the reference,
+    with 1 and 2 threads."""
+    p = make_problem(sizes, act, loss, N=N, l2=0.1, dtype=dtype, seed=7)
+    quantities = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hvp_multi", "ggn_vp_multi")
+    want = {(q, r): reference(p, q, r) for q in quantities for r in REDUCTIONS}
+    for threads in (1, 2):
+        tk.set_num_threads(threads)
+        for (q, r), w in want.items():
+            compare(compute(p, q, r), w, dtype, what=f"{q} ({r}, {threads} threads)")
+
+
 def test_set_num_threads_validates(restore_threads):
     for bad in (0, -1, 1.5, True, "2", None):
         with pytest.raises(ValueError, match=r"\bn\b"):
