@@ -54,6 +54,14 @@ def _available_memory_bytes() -> int:
         return 1 << 34
 
 
+_MEMORY_CHECK_MIN = 64 << 20  # bytes
+
+
+def _shape(x):
+    s = getattr(x, "shape", None)
+    return s if s is not None else np.shape(x)
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
@@ -278,8 +286,14 @@ class MLP:
         return theta, X, Y, self._check_reduction(reduction)
 
     def _check_memory(self, what, n_elements):
+        """Refuse a request of n_elements values that cannot fit; `what` names it (a callable
+        returning the name is called only then, so that hot calls format nothing)."""
         need = float(n_elements) * self.dtype.itemsize
+        if need < _MEMORY_CHECK_MIN:  # asking the OS costs a microsecond: only for large requests
+            return
         have = _available_memory_bytes()
+        if need > have and callable(what):
+            what = what()
         if need > have:
             raise TooLargeError(
                 f"{what} would need {_fmt_bytes(need)} ({n_elements:.3g} {self.dtype.name} values) "
@@ -316,10 +330,11 @@ class MLP:
 
     def _product(self, kind, theta, X, Y, V, reduction):
         # sizes first (shapes only), so that an oversized request is refused before any copy
-        n, shape = np.shape(X)[0] if np.ndim(X) == 2 else 0, np.shape(V)
+        xs, shape = _shape(X), _shape(V)
+        n = xs[0] if len(xs) == 2 else 0
         m = shape[1] if len(shape) == 2 else 1
         # tangents of every layer's activations for all m directions, plus the result
-        self._check_memory(f"{kind} with V of shape {shape}",
+        self._check_memory(lambda: f"{kind} with V of shape {shape}",
                            3.0 * n * m * sum(self.sizes) + 2.0 * self.num_params * m)
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
         V = self._check_V(V)
@@ -339,7 +354,8 @@ class MLP:
 
     def jacobian(self, theta, X):
         """d f / d theta, shape (N*dL, P); row n*dL + c is output c of sample n."""
-        n = np.shape(X)[0] if np.ndim(X) == 2 else 0
+        xs = _shape(X)
+        n = xs[0] if len(xs) == 2 else 0
         self._check_memory("jacobian", float(n) * self.num_outputs * self.num_params)
         theta, X = self._check_theta(theta), self._check_X(X)
         return self._impl().jacobian(self, theta, X)
