@@ -226,6 +226,33 @@ def alloc_factors(d, C, gn, need, ws, top):
 
 
 @kernel
+def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo):
+    """U (c, k, d[l+1]) at uo[l], every layer l, for samples [n0, n0+c): the rows of a square
+    root R of H_out (R^T R = H_out) backpropagated to z_l, so that the GGN's per-sample
+    Q_l = U_l^T U_l (the same rows serve the Hessian's diagonal, csrc gn_rows).
+      mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T),
+      row r = sqrt(s p_r) (e_r - p)."""
+    L = d.size - 1
+    k = d[L]
+    s = 1.0 / N if mean else 1.0
+    b = uo[L - 1]
+    for q in range(c * k * k):
+        U[b + q] = 0
+    for n in range(c):
+        for r in range(k):
+            u = b + (n * k + r) * k
+            if lossc == 0:
+                U[u + r] = math.sqrt(2 * s / k)
+            else:
+                p = (n0 + n) * k
+                w = math.sqrt(s * Pm[p + r])
+                for j in range(k):
+                    U[u + j] = -w * Pm[p + j]
+                U[u + r] += w
+    backward_rows(d, off, theta, o, D1, n0, c, k, U, uo)
+
+
+@kernel
 def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0, c,
                   Q, qo, U, uo, Tm, tmo, S, so, y, yt, B):
     L = d.size - 1
@@ -233,24 +260,7 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
     s = 1.0 / N if mean else 1.0
 
     if gn:
-        # U_{L-1} rows: a square root R of H_out (R^T R = H_out), then backpropagated.
-        #   mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T),
-        #   row r = sqrt(s p_r) (e_r - p).
-        b = uo[L - 1]
-        for q in range(c * k * k):
-            U[b + q] = 0
-        for n in range(c):
-            for r in range(k):
-                u = b + (n * k + r) * k
-                if lossc == 0:
-                    U[u + r] = math.sqrt(2 * s / k)
-                else:
-                    p = (n0 + n) * k
-                    w = math.sqrt(s * Pm[p + r])
-                    for j in range(k):
-                        U[u + j] = -w * Pm[p + j]
-                    U[u + r] += w
-        backward_rows(d, off, theta, o, D1, n0, c, k, U, uo)
+        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo)
         if need == NEED_DIAG:
             return
         for l in range(L):
