@@ -13,6 +13,7 @@
 #include "curvature.hpp"
 #include "diagonal.hpp"
 #include "forward_backward.hpp"
+#include "gemm_avx512.hpp"
 #include "jacobian.hpp"
 #include "rop.hpp"
 #include "workspace.hpp"
@@ -304,4 +305,37 @@ PYBIND11_MODULE(_core, m) {
         "whether BLAS can be held to one thread per calling thread (OpenBLAS >= 0.3.27)");
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
   m.def("get_num_threads", []() { return omp_get_max_threads(); });
+  // Test-only (tests/test_gemm.py): one row-major product C = alpha op(A) op(B) + beta C on flat
+  // buffers, A at a_off with row stride lda, etc., so that sub-matrix views can be tested.
+  // which: 0 tk::gemm (the dispatch, threads included), 1 the AVX-512 kernel alone,
+  // 2 the BLAS alone, 3 the single-threaded dispatch.  False if that path is unavailable.
+  m.def(
+      "_gemm",
+      [](int which, bool ta, bool tb, idx M, idx N, idx K, double alpha, py::array A, idx a_off, idx lda, py::array B,
+         idx b_off, idx ldb, double beta, py::array C, idx c_off, idx ldc) {
+        const bool f32 = py::isinstance<py::array_t<float>>(C);
+        auto check = [&](const py::array& x, const char* name, idx off, idx rows, idx cols, idx ld, bool out) {
+          if (!(f32 ? py::isinstance<py::array_t<float>>(x) : py::isinstance<py::array_t<double>>(x)) ||
+              !(x.flags() & py::array::c_style) || (out && !x.writeable()))
+            throw py::type_error(std::string(name) +
+                                 ": expected a C-contiguous (writeable) float32/float64 array of C's dtype");
+          if (off < 0 || ld < std::max<idx>(cols, 1) ||
+              (rows > 0 && cols > 0 && off + (rows - 1) * ld + cols > (idx)x.size()))
+            throw py::value_error(std::string(name) + ": offset / leading dimension out of range");
+        };
+        if (M < 0 || N < 0 || K < 0) throw py::value_error("negative size");
+        check(A, "A", a_off, ta ? K : M, ta ? M : K, lda, false);
+        check(B, "B", b_off, tb ? N : K, tb ? K : N, ldb, false);
+        check(C, "C", c_off, M, N, ldc, true);
+        py::gil_scoped_release nogil;
+        tk::SerialBlas serial;
+        if (f32)
+          return tk::gemm_test<float>(which, ta, tb, M, N, K, (float)alpha, (const float*)A.data() + a_off, lda,
+                                      (const float*)B.data() + b_off, ldb, (float)beta,
+                                      (float*)C.mutable_data() + c_off, ldc);
+        return tk::gemm_test<double>(which, ta, tb, M, N, K, alpha, (const double*)A.data() + a_off, lda,
+                                     (const double*)B.data() + b_off, ldb, beta, (double*)C.mutable_data() + c_off,
+                                     ldc);
+      },
+      "TEST-ONLY: one GEMM through a chosen path (see tests/test_gemm.py); not part of the API");
 }
