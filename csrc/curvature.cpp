@@ -110,6 +110,12 @@ void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
 
 idx chunk_size(const Net& net, idx N, Need need) {
   const idx L = net.L(), k = net.k();
+  const idx budget = idx(1) << 23;  // values (64 MiB in float64)
+  if (need == Need::diag) {  // diagonals from vectors per sample: U rows, S, q, a~^2
+    idx foot = k * k;
+    for (idx l = 0; l < L; ++l) foot += (k + 3) * net.d[l + 1] + net.d[l] + 1;
+    return std::max<idx>(1, std::min<idx>({N, 512, budget / foot}));
+  }
   idx foot = k * k, widest = 0;
   for (idx l = 0; l < L; ++l) {
     const idx H = net.d[l + 1], Da = net.d[l] + 1;
@@ -122,7 +128,6 @@ idx chunk_size(const Net& net, idx N, Need need) {
       }
   }
   foot += widest;
-  const idx budget = idx(1) << 23;  // values (64 MiB in float64)
   return std::max<idx>(1, std::min<idx>({N, 512, budget / std::max<idx>(foot, 1)}));
 }
 

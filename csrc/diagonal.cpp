@@ -42,38 +42,29 @@ void scale_both(idx c, idx H, const T* d1, T* S) {
   });
 }
 
-}  // namespace
-
+// diag(H) or diag(G) summed over samples [n0, n1) (tape rows filled) into dst (overwritten).
 template <class T>
-void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
-                    Workspace<T>& ws) {
+void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool with_s, const vec<T>& Wsq, idx C,
+               idx n0, idx n1, DiagScratch<T>& sc, T* dst) {
   const idx L = net.L(), k = net.k();
-  Tape<T>& t = ws.tape;
-  curvature_tape(net, theta, X, N, tg, mean, gn, t);
-  std::fill(out, out + net.P(), T(0));
-  // Hessian only: the deepest hidden layer whose S is still diagonal is L-2; S turns into a
-  // matrix at the first curved layer l <= L-3 that has another layer below it.
-  bool any_curved = false;
-  for (idx l = 0; l + 1 < L; ++l) any_curved |= curved(net.act[l]);
-  const bool with_s = !gn && any_curved;
-  const bool matrices = with_s && L >= 4;
-  const idx C = chunk_size(net, N, matrices ? Need::blocks : Need::diag);
-  auto &U = ws.f.U, &S = ws.f.Q;  // U_l rows; S_l (diagonal (c, H) or matrix (c, H, H))
-  auto &Asq = ws.Asq, &q = ws.q, &y = ws.f.y, &yt = ws.f.yt, &Wsq = ws.tmp;
-  std::vector<char> full(L, 0);  // whether S[l] holds matrices
+  auto &U = sc.U, &S = sc.S;
+  auto &Asq = sc.Asq, &q = sc.q, &y = sc.y, &yt = sc.yt;
+  auto& full = sc.full;
+  std::fill(dst, dst + net.P(), T(0));
   S.resize(L);
-  for (idx n0 = 0; n0 < N; n0 += C) {
-    const idx c = std::min(C, N - n0);
-    gn_rows(net, theta, t, mean, n0, c, U);
+  full.assign(L, 0);
+  for (idx c0 = n0; c0 < n1; c0 += C) {
+    const idx c = std::min(C, n1 - c0);
+    gn_rows(net, theta, t, mean, c0, c, U);
     // S recursion, top down: S[L-1] = 0 (kept as an empty vector).
     if (with_s) {
       S[L - 1].clear();
       for (idx l = L - 1; l >= 1; --l) {
         const idx Hl = net.d[l + 1], Hp = net.d[l];
         const T* W = weights(net, theta, l);  // (Hp, Hl)
-        const T* d1 = t.d1[l - 1].data() + n0 * Hp;
-        const T* e = t.e[l - 1].data() + n0 * Hp;
-        const T* d2 = t.d2[l - 1].data() + n0 * Hp;
+        const T* d1 = t.d1[l - 1].data() + c0 * Hp;
+        const T* e = t.e[l - 1].data() + c0 * Hp;
+        const T* d2 = t.d2[l - 1].data() + c0 * Hp;
         auto& Sp = S[l - 1];
         const bool cur = curved(net.act[l - 1]);
         if (S[l].empty()) {  // S_{l-1} = diag(c_{l-1})
@@ -85,19 +76,16 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
           Sp.resize(c * Hp);
           for (idx i = 0; i < c * Hp; ++i) Sp[i] = e[i] * d2[i];
         } else if (!full[l] && l - 1 == 0) {  // diagonal of S_0 from a diagonal S_1
-          Wsq.resize(Hp * Hl);
-          for (idx i = 0; i < Hp * Hl; ++i) Wsq[i] = W[i] * W[i];
           Sp.resize(c * Hp);
           gemm<T>(false, true, c, Hp, Hl, T(1), S[l].data(), Hl, Wsq.data(), Hl, T(0), Sp.data(), Hp);
           for (idx i = 0; i < c * Hp; ++i) Sp[i] = d1[i] * d1[i] * Sp[i] + (cur ? e[i] * d2[i] : T(0));
           full[0] = 0;
         } else {  // matrices: S_{l-1} = D W S_l W^T D + diag(c)
           if (!full[l]) {  // a diagonal S_l as matrices
-            vec<T>& dg = yt;
-            dg.assign(S[l].begin(), S[l].end());
+            sc.dg.assign(S[l].begin(), S[l].end());
             S[l].assign(c * Hl * Hl, T(0));
             for (idx n = 0; n < c; ++n)
-              for (idx j = 0; j < Hl; ++j) S[l][(n * Hl + j) * Hl + j] = dg[n * Hl + j];
+              for (idx j = 0; j < Hl; ++j) S[l][(n * Hl + j) * Hl + j] = sc.dg[n * Hl + j];
             full[l] = 1;
           }
           y.resize(c * Hl * Hp);  // y_n = S_n W^T (Hl x Hp); S_{l-1} = y_n^T W^T, as S_n is symmetric
@@ -121,7 +109,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
       const idx di = net.d[l], Da = di + 1, H = net.d[l + 1];
       Asq.resize(c * Da);
       q.resize(c * H);
-      const T* a = t.in(l) + n0 * di;
+      const T* a = t.in(l) + c0 * di;
       const bool has_s = with_s && !S[l].empty(), mat = has_s && full[l];
       const T* s = has_s ? S[l].data() : nullptr;
       parallel_for(c, c * (H * (k + 1) + Da), [&](idx n) {
@@ -134,9 +122,45 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
           for (idx j = 0; j < H; ++j) qn[j] += u[j] * u[j];
         }
       });
-      gemm<T>(true, false, Da, H, c, T(1), Asq.data(), Da, q.data(), H, T(1), out + net.off[l], H);
+      gemm<T>(true, false, Da, H, c, T(1), Asq.data(), Da, q.data(), H, T(1), dst + net.off[l], H);
     }
   }
+}
+
+}  // namespace
+
+template <class T>
+void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                    Workspace<T>& ws) {
+  const idx L = net.L(), k = net.k(), P = net.P();
+  Tape<T>& t = ws.tape;
+  prepare_tape(net, X, N, t, !gn);
+  // Hessian only: the deepest hidden layer whose S is still diagonal is L-2; S turns into a
+  // matrix at the first curved layer l <= L-3 that has another layer below it.
+  bool any_curved = false;
+  for (idx l = 0; l + 1 < L; ++l) any_curved |= curved(net.act[l]);
+  const bool with_s = !gn && any_curved;
+  const bool matrices = with_s && L >= 4;
+  vec<T>& Wsq = ws.tmp;  // W_1 * W_1, for the diagonal of S_0
+  if (with_s && L >= 2) {
+    const T* W = weights(net, theta, 1);
+    Wsq.resize(net.d[1] * net.d[2]);
+    for (idx i = 0; i < net.d[1] * net.d[2]; ++i) Wsq[i] = W[i] * W[i];
+  }
+  // Tape, factors and products per slice of samples (one per thread), slices' sums added.
+  const int nt = sample_threads(N, N * (net.macs() * (gn ? 2 + k : 4 + k) + P));
+  const idx C = chunk_size(net, (N + nt - 1) / nt, matrices ? Need::blocks : Need::diag);
+  auto& slices = ws.diag_slices;
+  slices.resize(nt);
+  ws.parts.resize((nt - 1) * P);
+  over_samples(N, nt, [&](int tid, idx n0, idx n1) {
+    forward_rows(net, theta, t, n0, n1, !gn);
+    head_rows(net, t, tg, mean, n0, n1, !gn);
+    if (!gn) backprop_rows(net, theta, t, n0, n1);
+    diag_rows(net, theta, t, mean, with_s, Wsq, C, n0, n1, slices[tid], tid == 0 ? out : ws.parts.data() + (tid - 1) * P);
+#pragma omp barrier
+    sum_parts(out, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });
+  });
 }
 
 template void curvature_diag<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, bool, float*,

@@ -4,6 +4,7 @@
 #pragma once
 #include "common.hpp"
 #include "curvature.hpp"
+#include "diagonal.hpp"
 #include "forward_backward.hpp"
 
 namespace tk {
@@ -16,6 +17,7 @@ struct Workspace {
     vec<T> Rg, Re, acc, tmp;
   };
   std::vector<Slice> slices;
+  std::vector<DiagScratch<T>> diag_slices;  // diagonal.cpp: one thread's scratch
   vec<T> parts;                         // per-thread partial results, threads 1.. (common.hpp)
   std::vector<vec<T>> U, A;             // rows backpropagated per sample; augmented inputs
   vec<T> tmp, Lf, Rf, Asq, q;

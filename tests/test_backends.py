@@ -245,14 +245,16 @@ def test_one_and_two_threads_agree(backend, case, restore_threads):
     ([20, 32, 16, 2], "tanh", "mse", 601),   # odd N: uneven slices
     ([16, 40, 5], "sigmoid", "ce", 350),
     ([30, 24, 24, 1], "relu", "mse", 257),
+    ([12, 16, 12, 10, 3], "tanh", "ce", 450),  # deep: the diagonal's matrix recursion
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, dtype, restore_threads):
     """Problems large enough that a whole call is split into one slice of samples per thread
-    (and partial gradients / products summed): every row-wise quantity against the reference,
-    with 1 and 2 threads."""
+    (and partial gradients / products / diagonals summed): every such quantity against the
+    reference, with 1 and 2 threads."""
     p = make_problem(sizes, act, loss, N=N, l2=0.1, dtype=dtype, seed=7)
-    quantities = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hvp_multi", "ggn_vp_multi")
+    quantities = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hvp_multi", "ggn_vp_multi",
+                  "hessian_diag", "ggn_diag")
     want = {(q, r): reference(p, q, r) for q in quantities for r in REDUCTIONS}
     for threads in (1, 2):
         tk.set_num_threads(threads)

@@ -171,6 +171,12 @@ def chunk_size(d, N, need):
     """Samples per chunk so that the per-chunk buffers stay near 2^23 values."""
     L = d.size - 1
     k = d[L]
+    budget = 1 << 23
+    if need == NEED_DIAG:  # diagonals from vectors per sample: U rows, S, q, a~^2
+        foot = k * k
+        for l in range(L):
+            foot += (k + 3) * d[l + 1] + d[l] + 1
+        return max(1, min(min(N, 4096), budget // foot))
     foot, widest = k * k, 0
     for l in range(L):
         H, Da = d[l + 1], d[l] + 1
@@ -181,7 +187,6 @@ def chunk_size(d, N, need):
                 foot += 2 * d[m + 1] * H + H * d[m]
                 widest = max(widest, Da * (d[m] + 1) + Da * d[m + 1] + H * d[m])
     foot += widest
-    budget = 1 << 23
     return max(1, min(min(N, 512), budget // max(foot, 1)))
 
 
