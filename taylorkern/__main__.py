@@ -1,4 +1,4 @@
-"""Command line: ``python -m taylorkern demo|info``."""
+"""Command line: ``python -m taylorkern demo|info|init-report|bench``."""
 
 from __future__ import annotations
 
@@ -114,6 +114,12 @@ def init_report(sub):
     add_parser(sub)
 
 
+def bench(sub):
+    """Register ``bench``: the quick benchmark table (taylorkern.benchmarks.cli)."""
+    from taylorkern.benchmarks.cli import add_parser
+    add_parser(sub)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m taylorkern", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -126,6 +132,7 @@ def main(argv=None):
     p.set_defaults(fn=demo)
     sub.add_parser("info", help="version, backends, threads, BLAS").set_defaults(fn=info)
     init_report(sub)
+    bench(sub)
     args = parser.parse_args(argv)
     args.fn(args)
     return 0
