@@ -101,6 +101,7 @@ def bench(benchmark, cases, request):
                 rounds, iterations = 1, 1
                 benchmark.pedantic(lambda: None)
             else:  # calibrate on a warm call
+                harness.settle()
                 t0 = time.perf_counter()
                 c.fn()
                 rounds, iterations = harness.plan(time.perf_counter() - t0, budget)

@@ -9,8 +9,10 @@ Order: ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products), then 
 (the same algorithms compiled by numba on first use and cached on disk; BLAS for the large
 products), then ``reference`` (plain numpy, the oracle; slow, always present).
 
-Why numba sits between them (bench/test_backends_numba.py: [20,64,64,1] tanh mse N=2000,
-float64, medians of alternating blocks in one process, 2-core machine, scipy's OpenBLAS):
+Why numba sits between them (measured when the numba backend landed: [20,64,64,1] tanh mse
+N=2000, float64, medians of alternating blocks in one process, 2-core machine, both on
+scipy's OpenBLAS; the cpp kernels have since gained their own AVX-512 GEMM, and
+``pytest bench --benchmark-only -k medium`` compares them again):
 
     quantity        cpp       numba     numba/cpp, 2 threads (1 thread)
     loss_and_grad   1.82 ms   1.38 ms   0.76 (1.02)
@@ -25,7 +27,7 @@ first use on a machine (~40 s per dtype for all of them), pays ~0.2 s in each ne
 (importing numba, starting its threads, loading the cached code), and has twice cpp's fixed
 cost per call (18 vs 9 us on a tiny network).  Both are far ahead of the reference on the
 curvature (its hvp: 16-19 ms; its Hessian is P Hessian-vector products, which
-bench/test_core.py estimates at ~140 s here); for loss_and_grad alone the reference (numpy
+bench/test_full.py estimates at ~140 s here); for loss_and_grad alone the reference (numpy
 and BLAS) is within 1-4x of them.
 """
 

@@ -312,6 +312,18 @@ def first_call(case):
     return seconds, err
 
 
+# Idle worker threads of other libraries keep spinning after their last call (OpenBLAS's for
+# 2^28 cycles, about 0.1 s here; libgomp's and XLA's for less) and take the cores from whatever
+# runs next: after the reference's check (numpy's OpenBLAS), taylorkern's medium
+# loss_and_grad measured 0.92 ms instead of 0.53 ms.  Every measurement waits them out first.
+SETTLE_S = 0.25
+
+
+def settle():
+    """Let other libraries' spinning idle threads go to sleep before a measurement."""
+    time.sleep(SETTLE_S)
+
+
 def timed_once(case, first, budget):
     """Whether a case's checked first call (``first`` seconds) stands as its only timing: the
     reference's estimates, and calls longer than ``budget`` except taylorkern's compiled ones
@@ -334,6 +346,7 @@ def measure(case, budget):
     """Time ``case`` (already warmed up by :func:`first_call`) within about ``budget`` seconds:
     returns per-call seconds of each round, times ``case.scale``."""
     with case.context():
+        settle()
         t0 = time.perf_counter()
         case.fn()
         one = time.perf_counter() - t0
@@ -389,7 +402,7 @@ def machine(with_peers=True):
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "TAYLORKERN_BENCH_THREADS", "OMP_NUM_THREADS",
                                           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
-                                          "XLA_FLAGS", "OMP_WAIT_POLICY")}
+                                          "XLA_FLAGS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "cores_allowed": affinity,
         "platform": platform.platform(), "python": platform.python_version(),

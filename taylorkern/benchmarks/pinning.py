@@ -31,7 +31,20 @@ def thread_env(n, environ=None):
         flags.append(_XLA_SERIAL)  # honoured by older jaxlib; jax 0.10 follows the affinity instead
     env["XLA_FLAGS"] = " ".join(flags)
     env["TAYLORKERN_BENCH_THREADS"] = str(n)
+    _omp_defaults(env)  # libgomp is shared with PyTorch's: one wait policy for everyone
     return env
+
+
+def _omp_defaults(env):
+    """taylorkern's OpenMP wait default (taylorkern/_omp.py), loaded by path: importing the
+    package would load numpy before the pins."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "_omp.py")
+    spec = importlib.util.spec_from_file_location("_taylorkern_omp", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.apply_defaults(env)
 
 
 def limit_affinity(n):
