@@ -192,6 +192,22 @@ static void gemm_loops(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* 
     for (idx j = 0; j < N; ++j) C[i * ldc + j] = (beta == T(0) ? T(0) : beta * C[i * ldc + j]) + cbuf[j * M + i];
 }
 
+// The Fortran BLAS (column-major: C^T = op(B)^T op(A)^T); false where it cannot take the call.
+template <class T>
+static bool gemm_blas(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta,
+                      T* C, idx ldc) {
+  if (K <= 0 || !have_blas() || M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
+      ldc > INT_MAX)
+    return false;
+  const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
+  const int m = (int)N, n = (int)M, kk = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+  if constexpr (sizeof(T) == 8)
+    g_dgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
+  else
+    g_sgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
+  return true;
+}
+
 template <class T>
 static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
                         T beta, T* C, idx ldc) {
@@ -208,16 +224,8 @@ static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
   // the BLAS.  Measured single-threaded on Zen 5: about 2x scipy's OpenBLAS held to its AVX2
   // kernel (OPENBLAS_CORETYPE=Haswell), and 0.85-2x OpenBLAS's own AVX-512 kernel.
   if (K > 0 && have_avx512() && gemm_avx512<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
-  if (K <= 0 || !have_blas() || M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX) {
+  if (!gemm_blas<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
     gemm_plain<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
-  const int m = (int)N, n = (int)M, kk = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
-  if constexpr (sizeof(T) == 8)
-    g_dgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
-  else
-    g_sgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
 }
 
 bool have_avx512() {
@@ -273,18 +281,8 @@ bool gemm_test(int which, bool ta, bool tb, idx M, idx N, idx K, T alpha, const 
       return true;
     case 1:
       return have_avx512() && gemm_avx512<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    case 2: {
-      if (!have_blas() || M <= 0 || N <= 0 || K <= 0 || M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX ||
-          ldb > INT_MAX || ldc > INT_MAX)
-        return false;
-      const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
-      const int m = (int)N, n = (int)M, kk = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
-      if constexpr (sizeof(T) == 8)
-        g_dgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
-      else
-        g_sgemm(&opb, &opa, &m, &n, &kk, &alpha, B, &lb, A, &la, &beta, C, &lc);
-      return true;
-    }
+    case 2:
+      return M > 0 && N > 0 && gemm_blas<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     case 3:
       gemm_serial<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
       return true;
