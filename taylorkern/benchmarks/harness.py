@@ -225,10 +225,11 @@ class Cases:
     """Builds :class:`Case` objects, caching problems, oracles and prepared peers per session.
 
     ``slab``: identity columns the reference's full matrices are timed on past
-    :data:`DIRECT_MAX_P` parameters."""
+    :data:`DIRECT_MAX_P` parameters; ``quantities``: the only ones peers are prepared for
+    (default all)."""
 
-    def __init__(self, slab=SLAB):
-        self.slab = slab
+    def __init__(self, slab=SLAB, quantities=None):
+        self.slab, self.quantities = slab, quantities
         self._problems, self._refs, self._prepared = {}, {}, {}
 
     def problem(self, config, dtype):
@@ -248,7 +249,7 @@ class Cases:
         key = (peer, problem.name, problem.dtype.name)
         if key not in self._prepared:
             try:
-                self._prepared[key] = peers.prepare(peer, problem)
+                self._prepared[key] = peers.prepare(peer, problem, self.quantities)
             except Exception as exc:
                 self._prepared[key] = exc
         if isinstance(self._prepared[key], Exception):

@@ -108,8 +108,9 @@ class Prepared:
         return f"Prepared({self.peer}: {list(self.calls)})"
 
 
-def prepare(name, problem) -> Prepared:
-    """Set ``name`` up on ``problem`` (a :class:`~taylorkern.benchmarks.problems.Problem`).
+def prepare(name, problem, quantities=None) -> Prepared:
+    """Set ``name`` up on ``problem`` (a :class:`~taylorkern.benchmarks.problems.Problem`),
+    for ``quantities`` (default: all it offers).
 
     Converts the data once, compiles what compiles, and runs each callable once so that timing
     excludes first-call costs -- except the dense quantities of problems with more than
@@ -125,6 +126,8 @@ def prepare(name, problem) -> Prepared:
     entries, convert = _BUILDERS[name](problem, sz)
     calls, notes, skipped = {}, {}, {}
     for q, (make, note, peak_elems) in entries.items():
+        if quantities is not None and q not in quantities:
+            continue
         need = peak_elems * sz.item + sz.tangent
         if need > MEMORY_BUDGET:
             skipped[q] = f"needs ~{need / 2**30:.1f} GiB > MEMORY_BUDGET ({MEMORY_BUDGET / 2**30:.1f} GiB)"
