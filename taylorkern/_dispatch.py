@@ -108,6 +108,19 @@ def use_backend(name):
         _active, _reason = saved
 
 
+def _source_tree_hint():
+    """A hint when the package was imported from a source checkout in the working directory
+    (``python -m ...`` or ``python -c`` there put it first on sys.path) that has no compiled
+    module, while the compiled one was most likely installed elsewhere."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.dirname(here) != os.path.abspath(os.getcwd()):
+        return ""
+    if any(f.startswith("_core") for f in os.listdir(here)):
+        return ""
+    return (f" -- Python imported the uncompiled source tree {here}: run from another directory, "
+            "or with `python -P` (Python >= 3.11) to use the installed package")
+
+
 def _choose():
     global _active, _reason
     forced = os.environ.get("TAYLORKERN_BACKEND", "").strip()
@@ -121,8 +134,8 @@ def _choose():
             skipped = [f"{n} unavailable ({_why_not[n]})" for n in ORDER[:ORDER.index(name)]]
             _reason = f"{name}: fastest available" + ("; " + "; ".join(skipped) if skipped else "")
             if skipped:
-                warnings.warn(f"taylorkern: using the {name!r} backend because " + "; ".join(skipped),
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(f"taylorkern: using the {name!r} backend because " + "; ".join(skipped)
+                              + _source_tree_hint(), RuntimeWarning, stacklevel=3)
             return
     raise ImportError("taylorkern: no backend could be loaded")  # pragma: no cover
 
