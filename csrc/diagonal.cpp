@@ -141,7 +141,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
   for (idx l = 0; l + 1 < L; ++l) any_curved |= curved(net.act[l]);
   const bool with_s = !gn && any_curved;
   const bool matrices = with_s && L >= 4;
-  vec<T>& Wsq = ws.tmp;  // W_1 * W_1, for the diagonal of S_0
+  vec<T>& Wsq = ws.Wsq;  // W_1 * W_1, for the diagonal of S_0
   if (with_s && L >= 2) {
     const T* W = weights(net, theta, 1);
     Wsq.resize(net.d[1] * net.d[2]);

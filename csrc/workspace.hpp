@@ -20,7 +20,7 @@ struct Workspace {
   std::vector<DiagScratch<T>> diag_slices;  // diagonal.cpp: one thread's scratch
   vec<T> parts;                         // per-thread partial results, threads 1.. (common.hpp)
   std::vector<vec<T>> U, A;             // rows backpropagated per sample; augmented inputs
-  vec<T> tmp, Lf, Rf, Asq, q;
+  vec<T> Wsq, Lf, Rf;                   // W_1 * W_1 (diagonal.cpp); Kronecker factors (curvature.cpp)
   Factors<T> f;  // per-chunk curvature factors
   // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
   // Newton-type loop asks for the same sizes every iteration and fresh pages cost ~20%.
