@@ -1,4 +1,4 @@
-"""Command line: ``python -m taylorkern demo|info|init-report|bench``."""
+"""Command line: ``taylorkern demo|info|init-report|bench`` (or ``python -m taylorkern ...``)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def bench(sub):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m taylorkern", description=__doc__)
+    parser = argparse.ArgumentParser(prog="taylorkern", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="train the seed's 2-8-1 ReLU network on y = x1 + x2: "
                                     "gradient descent against newton, lm, newton-cg")

@@ -200,3 +200,18 @@ def test_compiled_backend_is_present():
         pytest.skip("TAYLORKERN_ALLOW_NO_CPP=1: running without the compiled module by request")
     from taylorkern import _dispatch
     assert "cpp" in tk.available_backends(), _dispatch._why_not.get("cpp")
+
+
+def test_console_command_runs_the_imported_package():
+    """The README's main job is ``taylorkern demo``: the console command must run this same
+    (installed) package from any directory, a source checkout's root included, where
+    ``python -m taylorkern`` would import the uncompiled sources first."""
+    exe = os.path.join(os.path.dirname(sys.executable), "taylorkern")
+    if not os.path.exists(exe):
+        assert "site-packages" not in tk.__file__, f"taylorkern is installed but {exe} is missing"
+        pytest.skip("taylorkern is imported from a development tree, not installed: no console script")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([exe, "info"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"active backend:     {tk.backend()}" in r.stdout, r.stdout + r.stderr
+    assert "RuntimeWarning" not in r.stderr, r.stderr

@@ -97,9 +97,13 @@ def run(args, error):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     argv = ["--config", ",".join(opts.configs), "--quantity", ",".join(opts.quantities),
             "--dtype", ",".join(opts.dtypes), "--threads", str(opts.threads),
-            "--peers" if opts.peers else "--no-peers", "--json", opts.json, "--budget", str(opts.budget)]
+            "--peers" if opts.peers else "--no-peers", "--json", os.path.abspath(opts.json),
+            "--budget", str(opts.budget)]
     sys.stdout.flush()
-    return subprocess.run([sys.executable, "-m", "taylorkern.benchmarks.cli", *argv], env=env).returncode
+    # Started in the directory that holds this very package: `-m` puts its working directory
+    # first on sys.path, and a source checkout there would shadow the installed package.
+    return subprocess.run([sys.executable, "-m", "taylorkern.benchmarks.cli", *argv], env=env,
+                          cwd=root).returncode
 
 
 # ------------------------------------------------------------------------------ the benchmark
