@@ -40,6 +40,31 @@ def _start(run):
     return z, f, g
 
 
+def _trust_step(run, z, f, g, gnorm, p, pred, boundary, delta, max_radius, eta):
+    """One trust-region step p whose model predicted decrease ``pred``: try it, update the
+    radius (quartered to the step on a poor model, doubled on a good one that hit the
+    boundary), accept it when rho = actual / predicted decrease > eta, record the iteration
+    and check the stopping rules.  Returns (z, f, g, delta, accepted)."""
+    z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
+    rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
+    if rho < 0.25:
+        delta = 0.25 * float(np.linalg.norm(p))
+    elif rho > 0.75 and boundary:
+        delta = min(2.0 * delta, max_radius)
+    z_old, accepted = z, rho > eta
+    if accepted:
+        f_old = f
+        z, f, g = z_new, f_new, g_new
+        run.record(z, f, _gnorm(g), snorm, delta)
+        if rho > 0.25:
+            run.check_ftol(f_old, f)
+    else:
+        run.record(z, f, gnorm, 0.0, delta, accepted=False)
+        run.check_xtol(z, delta, accepted=False)
+    run.check_xtol(z_old, snorm, accepted=accepted)
+    return z, f, g, delta, accepted
+
+
 def _trial(run, z, p):
     """Evaluate z + p: (z_new, snorm, f_new, g_new, finite)."""
     z_new, snorm = run.step(z, p)
@@ -105,26 +130,9 @@ def newton(run, *, curvature, radius, max_radius, eta):
         if not boundary and pred <= run.ftol * abs(f):
             raise Stop(Status.FTOL, f"the Newton step's predicted decrease {pred:.3g} is below "
                                     f"ftol = {run.ftol:g} times the loss")
-        z_old = z
-        z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
-        rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
-        pnorm = float(np.linalg.norm(p))
-        if rho < 0.25:
-            delta = 0.25 * pnorm
-        elif rho > 0.75 and boundary:
-            delta = min(2.0 * delta, max_radius)
-        accepted = rho > eta
+        z, f, g, delta, accepted = _trust_step(run, z, f, g, gnorm, p, pred, boundary, delta, max_radius, eta)
         if accepted:
-            run.record(z_new, f_new, _gnorm(g_new), snorm, delta)
-            f_old = f
-            z, f, g = z_new, f_new, g_new
             lam = None
-            if rho > 0.25:
-                run.check_ftol(f_old, f)
-        else:
-            run.record(z, f, gnorm, 0.0, delta, accepted=False)
-            run.check_xtol(z, delta, accepted=False)
-        run.check_xtol(z_old, snorm, accepted=rho > eta)
 
 
 # ------------------------------------------------------------------------ gauss-newton
@@ -246,21 +254,4 @@ def newton_cg(run, *, curvature, radius, max_radius, eta, max_cg, cg_tol):
         if not boundary and pred <= run.ftol * abs(f):
             raise Stop(Status.FTOL, f"the CG step's predicted decrease {pred:.3g} is below "
                                     f"ftol = {run.ftol:g} times the loss")
-        z_old = z
-        z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
-        rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
-        pnorm = float(np.linalg.norm(p))
-        if rho < 0.25:
-            delta = 0.25 * pnorm
-        elif rho > 0.75 and boundary:
-            delta = min(2.0 * delta, max_radius)
-        if rho > eta:
-            f_old = f
-            z, f, g = z_new, f_new, g_new
-            run.record(z, f, _gnorm(g), snorm, delta)
-            if rho > 0.25:
-                run.check_ftol(f_old, f)
-        else:
-            run.record(z, f, gnorm, 0.0, delta, accepted=False)
-            run.check_xtol(z, delta, accepted=False)
-        run.check_xtol(z_old, snorm, accepted=rho > eta)
+        z, f, g, delta, _ = _trust_step(run, z, f, g, gnorm, p, pred, boundary, delta, max_radius, eta)
