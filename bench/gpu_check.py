@@ -135,6 +135,50 @@ def torch_peers(sizes, act, loss, theta, X, Y, V, quantities):
     return out
 
 
+# ----------------------------------------------------------------------------- kernel profile
+def profile(calls):
+    """Per-kernel GPU time of each call (torch.profiler sees every kernel of the process through
+    CUPTI, ours and cuBLAS's), and the card's float64 GEMM rate on the shapes of the
+    [784,1024,1024,10] problem, to place the remaining time."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile as tprofile
+    except Exception as exc:
+        print(f"(no kernel profile: {exc})")
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    out = {}
+    for q, call in calls.items():
+        call()
+        torch.cuda.synchronize()
+        with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                call()
+            torch.cuda.synchronize()
+        rows = []
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t:
+                rows.append((t / 5.0, e.count // 5, e.key))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        print(f"\n# kernels of one {q} call (us of GPU time; total {total:.0f} us)")
+        for t, n, key in rows[:14]:
+            print(f"  {t:9.1f} us  x{n:<3d} {key[:110]}")
+        out[q] = [{"us": t, "count": n, "kernel": key} for t, n, key in rows]
+    dev = torch.device("cuda")
+    print("\n# cuBLAS float64 GEMM rate on this problem's shapes (torch.matmul)")
+    for m, n, k in ((8192, 1024, 784), (8192, 1024, 1024), (8192, 10, 1024), (8192, 1024, 10),
+                    (784, 1024, 8192), (1024, 1024, 8192)):
+        a = torch.randn(m, k, dtype=torch.float64, device=dev)
+        b = torch.randn(k, n, dtype=torch.float64, device=dev)
+        t = timeit(lambda: (a @ b, torch.cuda.synchronize()), repeat=20, warmup=3)
+        print(f"  {m:5d} x {n:5d} x {k:5d}: {t * 1e6:8.1f} us  {2 * m * n * k / t / 1e12:6.1f} TFLOP/s")
+        out[f"gemm {m}x{n}x{k}"] = t
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser()
@@ -194,6 +238,13 @@ def main():
         add(name, q, "cuda, result to numpy", timeit(lambda: call("numpy"), repeat=rep))
     add(name, "loss_and_grad", "cuda, numpy in and out", timeit(lambda: cuda.loss_and_grad(net, theta, X, Y, "mean"),
                                                                  repeat=rep))
+    if not args.smoke:
+        try:  # a diagnostic: its failure must not cost the rest of the run
+            record["profile"] = profile({"loss_and_grad": lambda: data.loss_and_grad(th, out="device"),
+                                         "hvp": lambda: data.hvp(th, Vd, out="device"),
+                                         "ggn_vp": lambda: data.ggn_vp(th, Vd, out="device")})
+        except Exception as exc:
+            print(f"(kernel profile failed: {type(exc).__name__}: {exc})")
     if not args.no_peers:
         for q, (what, t) in torch_peers(net.sizes, "relu", "ce", theta, X, Y, V,
                                         ("loss_and_grad", "hvp", "ggn_vp")).items():

@@ -6,6 +6,7 @@
 #   bash bench/gpu_check.sh            # build + tests/test_cuda.py + benchmarks
 #   bash bench/gpu_check.sh --full     # ... and the whole test suite (every backend)
 #   bash bench/gpu_check.sh --quick    # shorter benchmarks
+#   bash bench/gpu_check.sh --no-bench # build + tests only
 #
 # Uses `python3` as found (on the GPU machines: the PyTorch venv, which has scikit-build-core,
 # pybind11, cmake, ninja, numpy, scipy, pytest, hypothesis, CuPy and the nvidia-cublas wheel
@@ -18,12 +19,14 @@ PY="${PYTHON:-python3}"
 OUTDIR="${OUT:-$REPO/build/gpu_check}"
 mkdir -p "$OUTDIR"
 FULL=0
+BENCH=1
 BENCH_ARGS=()
 for a in "$@"; do
   case "$a" in
     --full) FULL=1 ;;
     --quick) BENCH_ARGS+=(--quick) ;;
     --no-peers) BENCH_ARGS+=(--no-peers) ;;
+    --no-bench) BENCH=0 ;;
     *) echo "unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -59,18 +62,27 @@ except ImportError as exc:
     raise SystemExit(1)
 PYEOF
 
-echo "== tests/test_cuda.py"
-PYTEST=("$PY" -m pytest -p no:cacheprovider --rootdir "$REPO" -c "$REPO/pyproject.toml" -q -rs)
+echo "== tests: tests/test_cuda.py, test_dispatch.py, and the correctness suite on cuda"
+PYTEST=("$PY" -m pytest -p no:cacheprovider --rootdir "$REPO" -c "$REPO/pyproject.toml" -q -rfs --tb=short)
+# the reference's numpy work dominates: one thread per worker, as many workers as cores
+# (pytest-benchmark refuses xdist with a warning, an error under the project's settings)
+if "$PY" -c "import xdist" 2>/dev/null; then PYTEST+=(-n "$(nproc)" -p no:benchmark); fi
 set +e
-"${PYTEST[@]}" "$REPO/tests/test_cuda.py" 2>&1 | tee "$OUTDIR/test_cuda.log" | tail -40
+start=$(date +%s)
+OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "${PYTEST[@]}" "$REPO/tests/test_cuda.py" \
+  "$REPO/tests/test_dispatch.py" "$REPO/tests/test_backends.py" "$REPO/tests/test_errors.py" \
+  -k "cuda or test_cuda.py or test_dispatch.py" 2>&1 | tee "$OUTDIR/test_cuda.log" | tail -40
 tests_rc=${PIPESTATUS[0]}
+echo "tests: $(( $(date +%s) - start )) s"
 if [ "$FULL" = 1 ]; then
   echo "== full suite"
   "${PYTEST[@]}" "$REPO/tests" 2>&1 | tee "$OUTDIR/tests_full.log" | tail -30
 fi
 set -e
 
-echo "== benchmarks"
-"$PY" "$REPO/bench/gpu_check.py" --json "$OUTDIR/gpu_check.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} 2>&1 | tee "$OUTDIR/bench.log"
+if [ "$BENCH" = 1 ]; then
+  echo "== benchmarks"
+  "$PY" "$REPO/bench/gpu_check.py" --json "$OUTDIR/gpu_check.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} 2>&1 | tee "$OUTDIR/bench.log"
+fi
 echo "== done: tests exit code $tests_rc; logs in $OUTDIR"
 exit "$tests_rc"

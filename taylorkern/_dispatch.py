@@ -5,7 +5,9 @@ that loads becomes the active backend, and the reason for each one passed over i
 recorded.  ``TAYLORKERN_BACKEND`` (read at import) and :func:`set_backend` override
 the choice; :func:`use_backend` overrides it for a ``with`` block.
 
-Order: ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products), then ``numba``
+Order: ``cuda`` where a GPU is present (taylorkern.backends.cuda; chosen by itself it routes
+each call: to the GPU when the problem is large enough to win there, see ``cuda.worth_it``, else
+to the CPU backend below; forced, every call runs on the GPU), then ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products), then ``numba``
 (the same algorithms compiled by numba on first use and cached on disk; BLAS for the large
 products), then ``reference`` (plain numpy, the oracle; slow, always present).
 
@@ -38,7 +40,10 @@ import importlib
 import os
 import warnings
 
-ORDER = ("cpp", "numba", "reference")
+CPU_ORDER = ("cpp", "numba", "reference")
+# "cuda" (taylorkern.backends.cuda) loads only where its module was built and a GPU and
+# cuBLAS are found; most machines have none, so its absence is never warned about.
+ORDER = ("cuda",) + CPU_ORDER
 
 _modules = {}  # name -> loaded backend module
 _why_not = {}  # name -> reason it could not be loaded
@@ -128,16 +133,19 @@ def _choose():
         _active = _resolve(forced)  # an unknown or missing name is an error, never a silent fallback
         _reason = f"{forced}: forced by TAYLORKERN_BACKEND"
         return
-    for name in ORDER:
-        if _load(name) is not None:
-            _active = _modules[name]
-            skipped = [f"{n} unavailable ({_why_not[n]})" for n in ORDER[:ORDER.index(name)]]
-            _reason = f"{name}: fastest available" + ("; " + "; ".join(skipped) if skipped else "")
-            if skipped:
-                warnings.warn(f"taylorkern: using the {name!r} backend because " + "; ".join(skipped)
-                              + _source_tree_hint(), RuntimeWarning, stacklevel=3)
-            return
-    raise ImportError("taylorkern: no backend could be loaded")  # pragma: no cover
+    cpu = next((n for n in CPU_ORDER if _load(n) is not None), None)
+    if cpu is None:  # pragma: no cover - the reference is plain numpy
+        raise ImportError("taylorkern: no backend could be loaded")
+    skipped = [f"{n} unavailable ({_why_not[n]})" for n in CPU_ORDER[:CPU_ORDER.index(cpu)]]
+    _active = _modules[cpu]
+    _reason = f"{cpu}: fastest available" + ("; " + "; ".join(skipped) if skipped else "")
+    if skipped:
+        warnings.warn(f"taylorkern: using the {cpu!r} backend because " + "; ".join(skipped)
+                      + _source_tree_hint(), RuntimeWarning, stacklevel=3)
+    if _load("cuda") is not None:
+        _active = _modules["cuda"].auto(_active)
+        _reason = (f"cuda: a GPU is present; each call runs there when cuda.worth_it() estimates it "
+                   f"faster, else on {cpu} ({_reason})")
 
 
 _choose()

@@ -154,13 +154,9 @@ def test_unavailable_reason_reaches_the_import_error():
 
 # ============================================================================ on a GPU
 @pytest.fixture
-def on_cuda(monkeypatch):
+def on_cuda():
     """The cuda backend forced for the test, all calls on the GPU (no crossover), through the
-    dispatcher itself (listed there for the test if dispatch does not list it yet), so that
-    ``reference()`` still switches to the reference inside."""
-    if "cuda" not in _dispatch.ORDER:
-        monkeypatch.setattr(_dispatch, "ORDER", ("cuda",) + tuple(_dispatch.ORDER))
-    monkeypatch.setitem(_dispatch._modules, "cuda", cuda)
+    dispatcher itself, so that ``reference()`` still switches to the reference inside."""
     with tk.use_backend("cuda") as mod:
         assert mod is cuda
         yield cuda
@@ -248,6 +244,29 @@ def test_crossover_routes_small_problems_to_the_cpu():
     p = make_problem([5, 8, 6, 3], "tanh", "ce", N=9)
     assert auto.name == "cuda"
     assert auto.hessian(p.net, p.theta, p.X, p.Y, "mean") == "cpu" and calls == ["hessian"]
+
+
+def run_python(code, warnings_as_errors=False, env=None):
+    full = {k: v for k, v in os.environ.items() if k != "TAYLORKERN_BACKEND"}
+    full["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in [full.get("PYTHONPATH")] if p])
+    full.update(env or {})
+    args = [sys.executable] + (["-W", "error"] if warnings_as_errors else []) + ["-c", code]
+    return subprocess.run(args, env=full, capture_output=True, text=True, timeout=120, cwd=PACKAGE_ROOT)
+
+
+@needs_gpu
+def test_dispatch_chooses_cuda_routing_small_calls_to_the_cpu():
+    """Chosen by itself, "cuda" is the crossover router over the fastest CPU backend; forced,
+    it is the module itself (every call on the GPU)."""
+    code = ("import taylorkern as tk; from taylorkern import _dispatch as d; a = d.current(); "
+            "print(tk.backend(), type(a).__name__, a.fallback.name, tk.available_backends()[0])")
+    r = run_python(code, warnings_as_errors=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["cuda", "Auto", tk.available_backends()[1], "cuda"]
+    r = run_python("import taylorkern as tk; from taylorkern import _dispatch as d; print(d.current().__name__)",
+                   env={"TAYLORKERN_BACKEND": "cuda"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["taylorkern.backends.cuda"]
 
 
 # ----------------------------------------------------------------------------- device inputs
@@ -348,3 +367,49 @@ def test_device_array_interface_round_trips():
     assert np.array_equal(d.get(), a) and np.array_equal(np.asarray(d), a)
     cp = pytest.importorskip("cupy")
     assert np.array_equal(cp.asnumpy(cp.asarray(d)), a)
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", [(5_000_001,), (3001, 4099)], ids=["40MB", "98MB"])
+def test_large_results_come_back_whole(shape):
+    """Copies to numpy past the staging threshold go in page-locked chunks (the last one
+    partial): every element arrives, none from a stale chunk."""
+    rng = np.random.default_rng(shape[0])
+    a = rng.standard_normal(shape)
+    d = _cuda.to_device(a)
+    assert np.array_equal(d.get(), a)
+    assert np.array_equal(_cuda.to_host(d.__cuda_array_interface__["data"][0], list(shape), "<f8"), a)
+
+
+@needs_gpu
+def test_large_matrix_to_numpy_matches_the_device_result(on_cuda):
+    """A result over the staging threshold (P = 3301: 87 MB) through the numpy path."""
+    p = make_problem([30, 80, 10, 1], "tanh", "mse", N=40)
+    host = cuda.ggn(p.net, p.theta, p.X, p.Y, "mean")
+    assert host.shape == (p.net.num_params,) * 2 and host.nbytes > (64 << 20)
+    assert np.array_equal(host, cuda.DeviceData(p.net, p.X, p.Y).ggn(p.theta, out="device").get())
+    compare(host, reference(p, "ggn"), np.float64, what="ggn to numpy")
+
+
+@needs_gpu
+def test_many_networks_share_a_few_lanes(on_cuda):
+    """Streams and cuBLAS handles (tens of MiB of device memory each) are pooled per process,
+    not made per network: a program with thousands of networks must not run out of memory."""
+    p = make_problem([3, 4, 2], "tanh", "mse", N=2)
+    cuda.loss(p.net, p.theta, p.X, p.Y, "mean")  # at least one lane exists
+    before = _cuda.lanes_made()
+    for i in range(40):
+        p = make_problem([3, 4 + i % 5, 2], "tanh", "ce", N=3, seed=i)
+        compare(cuda.hessian(p.net, p.theta, p.X, p.Y, "mean"), reference(p, "hessian"), np.float64)
+    assert _cuda.lanes_made() == before
+
+
+@needs_gpu
+def test_gpu_out_of_memory_is_a_memory_error_and_later_calls_work(on_cuda):
+    net = tk.MLP([200, 1000, 1], "tanh", "mse")  # P = 202,001: the GGN is 326 GB
+    rng = np.random.default_rng(0)
+    theta, X, Y = net.init(seed=0), rng.standard_normal((2, 200)), rng.standard_normal((2, 1))
+    with pytest.raises(MemoryError, match="GPU out of memory: this call needs a further 30[0-9.]+ GiB block"):
+        cuda.DeviceData(net, X, Y).ggn(theta, out="device")
+    p = make_problem([5, 7, 3], "tanh", "ce", N=6)  # no error left behind for the next call
+    compare(cuda.loss_and_grad(p.net, p.theta, p.X, p.Y, "mean")[1], reference(p, "loss_and_grad")[1], np.float64)

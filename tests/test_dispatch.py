@@ -108,7 +108,8 @@ def test_env_var_with_unknown_name_fails_the_import():
 
 
 def test_default_choice_is_the_fastest_available():
-    r = run_python(PRINT_CHOICE)
+    """... without a warning: a machine without a GPU (no "cuda") is the usual case."""
+    r = run_python(PRINT_CHOICE, warnings_as_errors=True)
     assert r.returncode == 0, r.stderr
     chosen, available = r.stdout.split()
     assert available.split(",") == tk.available_backends()

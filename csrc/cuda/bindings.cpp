@@ -23,6 +23,7 @@
 #include "forward_backward.cuh"
 #include "jacobian.cuh"
 #include "rop.cuh"
+#include "transfer.hpp"
 #include "workspace.cuh"
 
 namespace py = pybind11;
@@ -172,7 +173,16 @@ struct Net : tc::Net {
   }
 };
 
-// Borrows a workspace for one call (GIL released, device current).
+// The lanes (workspace.cuh) of all calls: as many as calls have ever been in flight at once.
+// Never destroyed: at interpreter exit the CUDA runtime may already be gone.
+std::mutex g_lanes_mu;
+std::atomic<int> g_lanes_made{0};
+std::vector<tc::Lane*>& free_lanes() {
+  static auto* lanes = new std::vector<tc::Lane*>();
+  return *lanes;
+}
+
+// Borrows a workspace of the network and a lane for one call (GIL released, device current).
 template <class T>
 class Lease {
  public:
@@ -186,13 +196,36 @@ class Lease {
       }
     }
     if (!ws_) ws_ = std::make_unique<tc::Workspace<T>>();
-    const bool tf32 = sizeof(T) == 4 && g_tf32.load();
-    if (ws_->tf32 != tf32) {
-      ws_->blas_.set_tf32(tf32);
-      ws_->tf32 = tf32;
+    {
+      std::lock_guard<std::mutex> lock(g_lanes_mu);
+      auto& lanes = free_lanes();
+      if (!lanes.empty()) {
+        ws_->lane = lanes.back();
+        lanes.pop_back();
+      }
     }
+    if (!ws_->lane) {
+      ws_->lane = new tc::Lane();
+      ++g_lanes_made;
+    }
+    const bool tf32 = sizeof(T) == 4 && g_tf32.load();
+    if (ws_->lane->tf32 != tf32) {
+      ws_->lane->blas_.set_tf32(tf32);
+      ws_->lane->tf32 = tf32;
+    }
+    // An error left by an earlier failed call (a refused allocation, say) would be reported by
+    // this call's first launch check: clear it.
+    (void)cudaGetLastError();
   }
   ~Lease() {
+    if (ws_->lane) {
+      // Normally done already (every call waits for its work); after an error, the lane and the
+      // workspace's buffers are reused only once what was queued has finished.
+      (void)cudaStreamSynchronize(ws_->lane->stream_.s);
+      std::lock_guard<std::mutex> lock(g_lanes_mu);
+      free_lanes().push_back(ws_->lane);
+      ws_->lane = nullptr;
+    }
     std::lock_guard<std::mutex> lock(net_.mu);
     net_.pool<T>().push_back(std::move(ws_));
   }
@@ -215,7 +248,7 @@ struct DeviceArray {
   DeviceArray(std::vector<idx> s, std::string ts) : shape(std::move(s)), typestr(std::move(ts)) {
     itemsize = typestr == "<f4" ? 4 : 8;
     DeviceGuard guard;
-    TK_CUDA(cudaMalloc(&ptr, std::max<size_t>(nbytes(), 1)));
+    ptr = tc::device_malloc(nbytes());
   }
   ~DeviceArray() {
     if (ptr) cudaFree(ptr);
@@ -251,7 +284,7 @@ struct DeviceArray {
     {
       py::gil_scoped_release nogil;
       DeviceGuard guard;
-      TK_CUDA(cudaMemcpy(dst, ptr, nbytes(), cudaMemcpyDeviceToHost));
+      tc::copy_to_host(dst, ptr, nbytes(), nullptr);  // the legacy stream: after every blocking stream's work
     }
     return out;
   }
@@ -289,7 +322,7 @@ py::array to_host(std::uintptr_t ptr, std::vector<py::ssize_t> shape, const std:
   {
     py::gil_scoped_release nogil;
     DeviceGuard guard;
-    TK_CUDA(cudaMemcpy(dst, reinterpret_cast<const void*>(ptr), n, cudaMemcpyDeviceToHost));
+    tc::copy_to_host(dst, reinterpret_cast<const void*>(ptr), n, nullptr);
   }
   return out;
 }
@@ -405,8 +438,10 @@ struct Result {
   }
   // Copies a host result back and waits for the call's work.
   void finish(tc::Workspace<T>& ws) {
-    if (!dev) TK_CUDA(cudaMemcpyAsync(host, ws.out.data(), sizeof(T) * count, cudaMemcpyDeviceToHost, ws.stream()));
-    TK_CUDA(cudaStreamSynchronize(ws.stream()));
+    if (dev)
+      TK_CUDA(cudaStreamSynchronize(ws.stream()));
+    else
+      tc::copy_to_host(host, ws.out.data(), sizeof(T) * count, ws.stream());
   }
 };
 
@@ -595,8 +630,7 @@ py::list blocks(Net& net, bool f32, idx N, py::object theta, py::object X, py::o
       const T* xp = place(x, ws.X, ws.stream());
       tc::curvature_blocks<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, outs, ws);
       if (!device_out)
-        for (size_t l = 0; l < sizes.size(); ++l)
-          TK_CUDA(cudaMemcpyAsync(host[l], outs[l], sizeof(T) * sizes[l], cudaMemcpyDeviceToHost, ws.stream()));
+        for (size_t l = 0; l < sizes.size(); ++l) tc::copy_to_host(host[l], outs[l], sizeof(T) * sizes[l], ws.stream());
       TK_CUDA(cudaStreamSynchronize(ws.stream()));
     }
     return result;
@@ -677,6 +711,7 @@ void sync_stream(std::uintptr_t stream) {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "taylorkern CUDA kernels (cuBLAS loaded at run time); see taylorkern.backends.cuda";
+  py::register_exception<tc::OutOfDeviceMemory>(m, "OutOfDeviceMemory", PyExc_MemoryError);
   m.def("init", &init, py::arg("cublas_candidates"),
         "Find the GPU and load cuBLAS from the first candidate that loads; returns '' when ready, else why not");
   m.def("ready", []() { return g_ready; });
@@ -684,6 +719,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_info", &device_info);
   m.def("set_tf32", [](bool on) { g_tf32 = on; }, "float32 products on TF32 tensor cores (opt-in; off by default)");
   m.def("get_tf32", []() { return g_tf32.load(); });
+  m.def("lanes_made", []() { return g_lanes_made.load(); }, "streams with a cuBLAS handle made so far");
   m.def("set_chunk_budget", &tc::set_chunk_budget,
         "values of per-chunk scratch for the curvature kernels (0: from the free memory); for tests");
 

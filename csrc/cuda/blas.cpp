@@ -5,6 +5,7 @@
 
 #include <climits>
 #include <mutex>
+#include <cstdio>
 #include <type_traits>
 
 namespace tk {
@@ -14,8 +15,29 @@ void fail(const char* call, cudaError_t err, const char* file, int line) {
   const char* base = file;
   for (const char* p = file; *p; ++p)
     if (*p == '/') base = p + 1;
+  (void)cudaGetLastError();  // reported here: not again by the next, unrelated launch check
   throw Error(std::string("CUDA error in ") + call + " (" + base + ":" + std::to_string(line) +
               "): " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+}
+
+void* device_malloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+  if (err == cudaSuccess) return p;
+  (void)cudaGetLastError();
+  if (err != cudaErrorMemoryAllocation) fail("cudaMalloc", err, __FILE__, __LINE__);
+  size_t free_b = 0, total_b = 0;
+  (void)cudaMemGetInfo(&free_b, &total_b);
+  (void)cudaGetLastError();
+  auto gib = [](size_t b) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1 << 30));
+    return std::string(buf);
+  };
+  throw OutOfDeviceMemory("GPU out of memory: this call needs a further " + gib(bytes) + " block but the GPU has " +
+                          gib(free_b) + " free of " + gib(total_b) +
+                          "; use products (hvp/ggn_vp), blocks or diagonals, fewer samples per call, or a CPU "
+                          "backend");
 }
 
 static Cublas g_cublas;

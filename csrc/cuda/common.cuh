@@ -31,7 +31,16 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A device allocation that does not fit: Python's MemoryError (taylorkern._cuda.OutOfDeviceMemory).
+struct OutOfDeviceMemory : Error {
+  using Error::Error;
+};
+
 [[noreturn]] void fail(const char* call, cudaError_t err, const char* file, int line);
+
+// cudaMalloc of `bytes` (at least 1); a refusal throws OutOfDeviceMemory naming the size and
+// what the device has free, any other error Error.
+void* device_malloc(size_t bytes);
 
 #define TK_CUDA(call)                                                   \
   do {                                                                  \
@@ -98,9 +107,7 @@ class DevBuf {
         p_ = nullptr;
         cap_ = 0;
       }
-      void* q = nullptr;
-      TK_CUDA(cudaMalloc(&q, (size_t)std::max<idx>(n, 1) * sizeof(T)));
-      p_ = static_cast<T*>(q);
+      p_ = static_cast<T*>(device_malloc((size_t)n * sizeof(T)));
       cap_ = n;
     }
     n_ = n;

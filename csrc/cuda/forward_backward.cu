@@ -167,14 +167,14 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
   k_sum<T><<<1, kThreads, 0, ws.stream()>>>(N, t.rowloss.data(), t.total.data());
   TK_CHECK_LAUNCH();
   // into page-locked memory: asynchronous, the call goes on queuing its work
-  TK_CUDA(cudaMemcpyAsync(ws.host.p, t.total.data(), sizeof(double), cudaMemcpyDeviceToHost, ws.stream()));
+  TK_CUDA(cudaMemcpyAsync(ws.lane->host.p, t.total.data(), sizeof(double), cudaMemcpyDeviceToHost, ws.stream()));
 }
 
 template <class T>
 double read_loss(const Net& net, Workspace<T>& ws, bool mean) {
   TK_CUDA(cudaStreamSynchronize(ws.stream()));
   const T s = sample_weight<T>(ws.tape.N, mean);
-  return ws.host.p[0] * (double)s / (net.loss == Loss::mse ? (double)net.k() : 1.0);
+  return ws.lane->host.p[0] * (double)s / (net.loss == Loss::mse ? (double)net.k() : 1.0);
 }
 
 template <class T>

@@ -1,7 +1,6 @@
 // The reusable device scratch of every kernel (mirrors ../workspace.hpp): one per concurrent
 // call on a network, pooled by the bindings, so that an optimizer's iterations allocate
-// nothing.  Each workspace owns a stream and a cuBLAS handle bound to it; all its work is
-// queued there.  Buffers only grow.
+// nothing.  A call's work is queued on the Lane it leases.  Buffers only grow.
 #pragma once
 #include "blas.hpp"
 #include "common.cuh"
@@ -34,20 +33,29 @@ struct PinnedDoubles {
   PinnedDoubles& operator=(const PinnedDoubles&) = delete;
 };
 
-template <class T>
-struct Workspace {
+// What a call queues its work on: a stream, a cuBLAS handle bound to it, a few page-locked
+// values.  Lanes are pooled process-wide and leased per call (bindings.cpp), apart from the
+// networks' workspaces: a cuBLAS handle holds tens of MiB of device memory, so a program with
+// thousands of networks must not own one per network.  Every call waits for its lane's work
+// before giving the lane back, so work of different calls never overlaps on a buffer.
+struct Lane {
   Stream stream_;               // first: destroyed last
   BlasHandle blas_{stream_.s};  // cuBLAS bound to the stream
-  cudaStream_t stream() const { return stream_.s; }
-  cublasHandle_t blas() const { return blas_.get(); }
-  bool tf32 = false;  // the handle's math mode (TF32 for float32 products: an explicit opt-in)
+  bool tf32 = false;            // the handle's math mode (TF32 for float32 products: an explicit opt-in)
+  PinnedDoubles host;           // the loss sum, read back at the end of a call
+};
+
+template <class T>
+struct Workspace {
+  Lane* lane = nullptr;  // set for the duration of a call
+  cudaStream_t stream() const { return lane->stream_.s; }
+  cublasHandle_t blas() const { return lane->blas_.get(); }
 
   // Inputs staged from host memory, and results before they go back.
   DevBuf<T> theta, X, Y, V, out;
   DevBuf<std::int64_t> labels;
   DevBuf<T> ones;
   idx ones_filled = 0;
-  PinnedDoubles host;  // the loss sum, read back at the end of a call
 
   Tape<T> tape;                                   // forward/backward quantities of all samples
   std::vector<DevBuf<T>> Vt, Vtt, Rz, Ra;         // rop: transposed slices of V, tangents

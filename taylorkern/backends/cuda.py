@@ -31,6 +31,8 @@ import sys
 
 import numpy as np
 
+from .._threads import get_num_threads
+
 try:
     from .. import _cuda
 except ImportError as exc:  # not built (no nvcc at install time) or not loadable
@@ -253,14 +255,19 @@ QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "
 
 # ----------------------------------------------------------------------------- crossover
 # When the dispatcher picks "cuda" by itself (not forced), each call goes to the GPU only when
-# the estimate below says it is faster there, else to the next backend (cpp).  The model:
-#   t_cpu = work / CPU_MADDS_PER_S
-#   t_gpu = GPU_CALL_S + work / GPU_MADDS_PER_S + bytes moved over PCIe / PCIE_BYTES_PER_S
-# with work the call's multiply-adds and the bytes its host inputs plus its result.  The
-# constants are first guesses (CPU: the 2-core machine's ~95 G multiply-adds/s peak at half;
-# GPU: an H100's ~30 T float64 multiply-adds/s at two thirds; pageable copies ~10 GB/s);
-# bench/gpu_check.sh measures the real crossover.  set_crossover() overrides them.
-CROSSOVER = {"CPU_MADDS_PER_S": 5e10, "GPU_MADDS_PER_S": 2e13, "GPU_CALL_S": 1e-4, "PCIE_BYTES_PER_S": 1e10}
+# the estimate below says it is faster there, else to the CPU backend (cpp).  The model:
+#   t_cpu = work / (CPU_MADDS_PER_THREAD_S * taylorkern threads)
+#   t_gpu = GPU_CALL_S + work / GPU_MADDS_PER_S + inputs / H2D_BYTES_PER_S + result / D2H_BYTES_PER_S
+# with work the call's multiply-adds, inputs the host arrays copied in and result the numpy
+# array copied back.  Constants from bench/gpu_check.sh's crossover ladder on an NVIDIA H200
+# with 16 CPU threads (bench/GPU_NOTES.md): cpp did 1.0-1.5e10 multiply-adds/s per thread on
+# the large calls (the Hessian's extra terms and small calls' fixed costs, left out of the model,
+# make the CPU slower than it says, so the rule errs towards the GPU near the crossover);
+# cuda's full Hessian/GGN 2.5e13/s; a call with tiny work 0.15-0.18 ms; copies into numpy
+# ~3 GB/s (a fresh array's pages are first touched by the copy), from numpy ~8 GB/s.
+# set_crossover() overrides them.
+CROSSOVER = {"CPU_MADDS_PER_THREAD_S": 1e10, "GPU_MADDS_PER_S": 2.5e13, "GPU_CALL_S": 1.5e-4,
+             "H2D_BYTES_PER_S": 8e9, "D2H_BYTES_PER_S": 3e9}
 
 
 def set_crossover(**constants):
@@ -271,38 +278,40 @@ def set_crossover(**constants):
 
 
 def estimate(net, quantity, N, m=1):
-    """(multiply-adds, bytes moved host<->device) of one call."""
+    """(multiply-adds, bytes of host inputs copied to the GPU, bytes of the result copied back)
+    of one call."""
     P, k, d = net.num_params, net.num_outputs, net.sizes
     layers = list(zip(d[:-1], d[1:]))
     item = net.dtype.itemsize
     inputs = (N * (d[0] + k) + P) * item
     if quantity in ("predict", "loss"):
-        return N * P, inputs + N * k * item
+        return N * P, inputs, N * k * item
     if quantity == "loss_and_grad":
-        return 3 * N * P, inputs + P * item
+        return 3 * N * P, inputs, P * item
     if quantity in ("hvp", "ggn_vp"):
-        return 8 * N * P * m, inputs + 2 * P * m * item
+        return 8 * N * P * m, inputs + P * m * item, P * m * item
     if quantity == "jacobian":
-        return N * k * P, inputs + N * k * P * item
+        return N * k * P, inputs, N * k * P * item
     factors = N * sum(h * h * (a + h) for a, h in layers)  # per-sample Q / M recursions
     if quantity in ("hessian", "ggn"):
-        return N * P * P // 2 + factors, inputs + P * P * item
+        return N * P * P // 2 + factors, inputs, P * P * item
     if quantity in ("hessian_blocks", "ggn_blocks"):
         sq = sum(((a + 1) * h) ** 2 for a, h in layers)
-        return N * sq // 2 + factors, inputs + sq * item
+        return N * sq // 2 + factors, inputs, sq * item
     if quantity == "ggn_diag":
-        return N * k * P, inputs + P * item
+        return N * k * P, inputs, P * item
     if quantity == "hessian_diag":
-        return factors + N * P, inputs + P * item
+        return factors + N * P, inputs, P * item
     raise ValueError(f"unknown quantity {quantity!r}")
 
 
 def worth_it(net, quantity, N, m=1) -> bool:
     """Whether the GPU is estimated to beat the CPU on this call (see CROSSOVER)."""
-    work, moved = estimate(net, quantity, N, m)
+    work, inputs, result = estimate(net, quantity, N, m)
     c = CROSSOVER
-    t_cpu = work / c["CPU_MADDS_PER_S"]
-    t_gpu = c["GPU_CALL_S"] + work / c["GPU_MADDS_PER_S"] + moved / c["PCIE_BYTES_PER_S"]
+    t_cpu = work / (c["CPU_MADDS_PER_THREAD_S"] * get_num_threads())
+    t_gpu = (c["GPU_CALL_S"] + work / c["GPU_MADDS_PER_S"] + inputs / c["H2D_BYTES_PER_S"]
+             + result / c["D2H_BYTES_PER_S"])
     return t_gpu < t_cpu
 
 

@@ -90,7 +90,7 @@ def main():
                     ignore=shutil.ignore_patterns("__pycache__", "_cuda*.so"))
     if not list((pkg / "taylorkern").glob("_core*.so")):
         sys.exit("build taylorkern._core first (the emulated tests compare with the installed package's backends)")
-    sources = sorted(gen.glob("*_cu.cpp")) + [SRC / "blas.cpp", SRC / "bindings.cpp"]
+    sources = sorted(gen.glob("*_cu.cpp")) + [SRC / "blas.cpp", SRC / "bindings.cpp", SRC / "transfer.cpp"]
     objs = []
     procs = []
     for s in sources:  # two at a time

@@ -1,0 +1,22 @@
+// Device-to-host copies of large results into pageable memory (numpy arrays).
+//
+// A plain cudaMemcpy into pageable memory is staged by the driver through its own page-locked
+// buffers and written to the destination by one thread; into a freshly allocated numpy array
+// that thread also takes every page fault, and a full Hessian of 20k parameters (3.5 GB)
+// came back at ~3 GB/s on an H200 machine (bench/GPU_NOTES.md).  copy_to_host stages large
+// copies itself: chunks into two page-locked buffers, the copy of chunk c+1 overlapping the
+// host-side copy of chunk c, which several threads share.
+#pragma once
+#include <cstddef>
+
+#include "common.cuh"
+
+namespace tk {
+namespace cuda {
+
+// Copies `bytes` from device memory `src` to host memory `dst` after the work queued on
+// `stream`, and returns when `dst` holds it (the stream's earlier work is then done too).
+void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace tk
