@@ -116,9 +116,11 @@ def test_default_choice_is_the_fastest_available():
     assert chosen == available.split(",")[0]
 
 
-# Simulates a machine where the compiled module did not build or does not load.
-WITHOUT_CPP = ("import sys; sys.modules['taylorkern._core'] = None; "
-               "sys.modules['taylorkern.backends.cpp'] = None; ")
+# Simulates a machine without a GPU backend (where one is present it would be chosen first).
+WITHOUT_GPU = "import sys; sys.modules['taylorkern._cuda'] = None; "
+# ... and where the compiled modules did not build or do not load.
+WITHOUT_CPP = WITHOUT_GPU + ("import sys; sys.modules['taylorkern._core'] = None; "
+                             "sys.modules['taylorkern.backends.cpp'] = None; ")
 # ... and where numba is not installed either.
 WITHOUT_NUMBA = "import sys; sys.modules['numba'] = None; "
 
@@ -144,7 +146,7 @@ def test_fallback_to_reference_warns_naming_the_missing_backends():
 
 @pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")
 def test_missing_core_falls_back_to_numba_with_one_warning_naming_the_error():
-    code = BROKEN_CORE + """
+    code = WITHOUT_GPU + BROKEN_CORE + """
 import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -181,7 +183,7 @@ def test_import_compiles_nothing_and_loads_numba_only_when_chosen():
     assert kernels_loaded == "False"
     assert numba_loaded == str(chosen == "numba")
     if "numba" in tk.available_backends():
-        r = run_python(BROKEN_CORE + probe)
+        r = run_python(WITHOUT_GPU + BROKEN_CORE + probe)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["numba", "True", "False"]
 

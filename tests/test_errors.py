@@ -262,12 +262,13 @@ def test_product_with_huge_workspace_is_refused_without_allocating(backend, meth
 
 @pytest.mark.parametrize("method", METHODS_V)
 def test_huge_zero_stride_directions_are_refused_before_any_copy(backend, method):
-    """A broadcast V of shape (P, 10^7) is 8 bytes of memory until something copies it."""
+    """A broadcast V of shape (P, 10^9) is 4 bytes of memory until something copies it (2.4 TB
+    as float64: more than any machine has; 10^7 columns fit the RAM of a large one)."""
     net = tk.MLP([3, 50, 2])
     P = net.num_params
     theta, X, Y = np.zeros(P), np.zeros((4, 3)), np.zeros((4, 2))
-    V = np.broadcast_to(np.float32(1.0), (P, 10 ** 7))  # float32: the check must come before conversion
-    _refuses(lambda: getattr(net, method)(theta, X, Y, V), 8.0 * P * 10 ** 7)
+    V = np.broadcast_to(np.float32(1.0), (P, 10 ** 9))  # float32: the check must come before conversion
+    _refuses(lambda: getattr(net, method)(theta, X, Y, V), 8.0 * P * 10 ** 9)
 
 
 def test_huge_zero_stride_inputs_to_jacobian_are_refused_before_any_copy(backend):
