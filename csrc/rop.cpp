@@ -15,6 +15,7 @@
 
 #include <algorithm>
 
+#include "activations.hpp"
 #include "blas.hpp"
 #include "forward_backward.hpp"
 #include "workspace.hpp"
@@ -128,12 +129,158 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// One direction on a tiny network (the seed's [2,8,1], N = 100: ~20k multiply-adds, where the
+// layered path above spends most of its time in per-layer passes and small-product set-up):
+// the whole R-op of a block of kLanes samples in one pass, every quantity held as
+// [unit][lane] so that each step is a loop over the lanes the compiler vectorises; per-lane
+// accumulators for the result, summed across lanes once at the end.  Lanes past N carry
+// zero weight.  Same algebra, term for term, as the header comment.
+constexpr idx kLanes = 8;
+constexpr idx kLanesMaxWidth = 32;  // widest layer taken this way
+constexpr idx kLanesMaxParams = 2048;
+
+template <class T>
+bool lanes_apply(const Net& net, idx m, int nt) {
+  if (m != 1 || nt != 1 || net.P() > kLanesMaxParams) return false;
+  for (idx w : net.d)
+    if (w > kLanesMaxWidth) return false;
+  return true;
+}
+
+template <class T>
+void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, T* out,
+               bool gn, vec<T>& scratch) {
+  constexpr idx B = kLanes;
+  // One value per lane; element alignment, so that scratch needs none beyond T's.
+  typedef T Lane __attribute__((vector_size(B * sizeof(T)), aligned(alignof(T))));
+  const idx L = net.L(), k = net.k(), P = net.P();
+  const T s = sample_weight<T>(N, mean);
+  // Scratch, in lanes: per layer l, inputs A_l and tangents RA_l (d_l each); per hidden
+  // layer act', act'' and RZ (d_{l+1}); output F, RF; gradients G, RG and their next values
+  // (widest layer each); per-lane accumulators (P).
+  idx width = 0, units = 0;
+  for (idx l = 0; l <= L; ++l) width = std::max(width, net.d[l]), units += net.d[l];
+  std::vector<idx> at(L + 1);  // first unit of layer l
+  for (idx l = 0, o = 0; l <= L; ++l) at[l] = o, o += net.d[l];
+  scratch.resize((5 * units + 4 * width + P) * B);
+  Lane* A = reinterpret_cast<Lane*>(scratch.data());  // A_L = F
+  Lane* RA = A + units;                              // RA_L unused; RF is RZ's last layer
+  Lane* D1 = RA + units;                             // act'(z) of layer l's outputs at at[l + 1]
+  Lane* D2 = D1 + units;
+  Lane* RZ = D2 + units;
+  Lane* G = RZ + units;
+  Lane* RG = G + width;
+  Lane* G2 = RG + width;
+  Lane* RG2 = G2 + width;
+  Lane* acc = RG2 + width;
+  const Lane zero = {};
+  std::fill(acc, acc + P, zero);
+
+  for (idx n0 = 0; n0 < N; n0 += B) {
+    const idx nb = std::min(B, N - n0);
+    Lane mask = zero;
+    for (idx b = 0; b < nb; ++b) mask[b] = 1;
+    for (idx i = 0; i < net.d[0]; ++i) {
+      A[i] = zero;
+      for (idx b = 0; b < nb; ++b) A[i][b] = X[(n0 + b) * net.d[0] + i];
+    }
+    // Forward and its tangent.
+    for (idx l = 0; l < L; ++l) {
+      const idx di = net.d[l], dn = net.d[l + 1];
+      const T *W = weights(net, theta, l), *bias = W + di * dn, *VW = V + net.off[l], *Vb = VW + di * dn;
+      const Lane *a = A + at[l], *ra = RA + at[l];
+      Lane *z = A + at[l + 1], *rz = RZ + at[l + 1];
+      for (idx j = 0; j < dn; ++j) {
+        Lane zz = zero + bias[j], rr = zero + Vb[j];
+        for (idx i = 0; i < di; ++i) {
+          zz += a[i] * W[i * dn + j];
+          rr += a[i] * VW[i * dn + j];
+          if (l > 0) rr += ra[i] * W[i * dn + j];
+        }
+        z[j] = zz;
+        rz[j] = rr;
+      }
+      if (l + 1 < L) {
+        Lane *d1 = D1 + at[l + 1], *ran = RA + at[l + 1];
+        activate<T>(net.act[l], dn * B, reinterpret_cast<T*>(z), reinterpret_cast<T*>(z), reinterpret_cast<T*>(d1),
+                    gn ? nullptr : reinterpret_cast<T*>(D2 + at[l + 1]));
+        for (idx j = 0; j < dn; ++j) ran[j] = d1[j] * rz[j];
+      }
+    }
+    // Output gradient and its tangent (H_out RF), zero in unused lanes.
+    const Lane *F = A + at[L], *RF = RZ + at[L];
+    if (net.loss == Loss::mse) {
+      const T c = 2 * s / T(k);
+      for (idx j = 0; j < k; ++j) {
+        Lane y = zero;
+        for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
+        G[j] = c * (F[j] - y) * mask;
+        RG[j] = c * RF[j] * mask;
+      }
+    } else {
+      for (idx b = 0; b < B; ++b) {
+        T mx = F[0][b];
+        for (idx j = 1; j < k; ++j) mx = std::max(mx, F[j][b]);
+        T sum = 0, dot = 0;
+        for (idx j = 0; j < k; ++j) sum += (G[j][b] = std::exp(F[j][b] - mx));
+        for (idx j = 0; j < k; ++j) dot += (G[j][b] /= sum) * RF[j][b];
+        const T w = b < nb ? s : T(0);
+        const idx y = b < nb ? (idx)tg.labels[n0 + b] : 0;
+        for (idx j = 0; j < k; ++j) {
+          RG[j][b] = w * G[j][b] * (RF[j][b] - dot);
+          G[j][b] = w * (G[j][b] - (j == y ? T(1) : T(0)));
+        }
+      }
+    }
+    // Backward: R{grad} of layer l, then the gradient and its tangent one layer down.
+    Lane *g = G, *rg = RG, *g2 = G2, *rg2 = RG2;
+    for (idx l = L - 1; l >= 0; --l) {
+      const idx di = net.d[l], dn = net.d[l + 1];
+      const Lane *a = A + at[l], *ra = RA + at[l];
+      Lane* o = acc + net.off[l];
+      const bool cross = !gn && l > 0;
+      for (idx i = 0; i < di; ++i)
+        for (idx j = 0; j < dn; ++j) {
+          Lane v = o[i * dn + j] + a[i] * rg[j];
+          if (cross) v += ra[i] * g[j];
+          o[i * dn + j] = v;
+        }
+      for (idx j = 0; j < dn; ++j) o[di * dn + j] += rg[j];
+      if (l == 0) break;
+      const T *W = weights(net, theta, l), *VW = V + net.off[l];
+      const Lane *d1 = D1 + at[l], *d2 = D2 + at[l], *rz = RZ + at[l];
+      for (idx i = 0; i < di; ++i) {
+        Lane e = zero, re = zero;
+        for (idx j = 0; j < dn; ++j) {
+          re += rg[j] * W[i * dn + j];
+          if (!gn) {
+            e += g[j] * W[i * dn + j];
+            re += g[j] * VW[i * dn + j];
+          }
+        }
+        rg2[i] = gn ? re * d1[i] : re * d1[i] + e * d2[i] * rz[i];
+        if (!gn) g2[i] = e * d1[i];
+      }
+      std::swap(g, g2);
+      std::swap(rg, rg2);
+    }
+  }
+  for (idx p = 0; p < P; ++p) {
+    T sum = 0;
+    for (idx b = 0; b < B; ++b) sum += acc[p][b];
+    out[p] = sum;
+  }
+}
+
 }  // namespace
 
 template <class T>
 void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, idx m, T* out,
          bool gn, Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
+  const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
+  if (lanes_apply<T>(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
   Tape<T>& t = ws.tape;
   prepare_tape(net, X, N, t, !gn);
 
@@ -158,7 +305,6 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   }
 
   // Forward, loss head, backward and the R-op per slice of samples; slices' results summed.
-  const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
   ws.slices.resize(nt);
   ws.parts.resize((nt - 1) * P * m);
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {

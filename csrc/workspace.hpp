@@ -17,6 +17,7 @@ struct Workspace {
     vec<T> Rg, Re, acc, tmp;
   };
   std::vector<Slice> slices;
+  vec<T> lanes;                         // rop.cpp: the one-direction path for tiny networks
   std::vector<DiagScratch<T>> diag_slices;  // diagonal.cpp: one thread's scratch
   vec<T> parts;                         // per-thread partial results, threads 1.. (common.hpp)
   std::vector<vec<T>> U, A;             // rows backpropagated per sample; augmented inputs

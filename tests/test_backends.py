@@ -262,6 +262,27 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
             compare(compute(p, q, r), w, dtype, what=f"{q} ({r}, {threads} threads)")
 
 
+@pytest.mark.parametrize("sizes, act, loss, N", [
+    ([2, 8, 1], "relu", "mse", 100),                                  # the seed problem
+    ([3, 5, 4, 2], ["sigmoid", "gelu"], "ce", 13),                    # N not a multiple of 8
+    ([4, 32, 3], "softplus", "ce", 7),                                # the widest layer taken
+    ([5, 6, 7, 6, 1], ["sin", "tanh", "identity"], "mse", 1),
+    ([3, 33, 2], "tanh", "mse", 9),                                   # one unit too wide
+])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_one_direction_equals_the_first_of_several(backend, sizes, act, loss, N, dtype):
+    """Products with one direction on tiny networks take a path of their own in cpp (all
+    samples' R-op in one fused pass); V with two columns takes the general one: the first
+    column must agree with the single product, and both with the reference."""
+    p = make_problem(sizes, act, loss, N=N, dtype=dtype, seed=11)
+    for q in ("hvp", "ggn_vp"):
+        for r in REDUCTIONS:
+            one = getattr(p.net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction=r)
+            two = getattr(p.net, q)(p.theta, p.X, p.Y, p.V[:, :2], reduction=r)
+            compare(one, two[:, 0], dtype, what=f"{q} ({r}): one direction vs the first of two")
+            compare(one, reference(p, q, r), dtype, what=f"{q} ({r})")
+
+
 def test_set_num_threads_validates(restore_threads):
     for bad in (0, -1, 1.5, True, "2", None):
         with pytest.raises(ValueError, match=r"\bn\b"):
