@@ -15,9 +15,9 @@
 
 #include <algorithm>
 
-#include "activations.hpp"
 #include "blas.hpp"
 #include "forward_backward.hpp"
+#include "lanes.hpp"
 #include "workspace.hpp"
 
 namespace tk {
@@ -132,41 +132,31 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
 // ---------------------------------------------------------------------------------------
 // One direction on a tiny network (the seed's [2,8,1], N = 100: ~20k multiply-adds, where the
 // layered path above spends most of its time in per-layer passes and small-product set-up):
-// the whole R-op of a block of kLanes samples in one pass, every quantity held as
-// [unit][lane] so that each step is a loop over the lanes the compiler vectorises; per-lane
-// accumulators for the result, summed across lanes once at the end.  Lanes past N carry
-// zero weight.  Same algebra, term for term, as the header comment.
-constexpr idx kLanes = 8;
-constexpr idx kLanesMaxWidth = 32;  // widest layer taken this way
+// the whole R-op of a block of kLanes samples in one pass (lanes.hpp); per-lane accumulators
+// for the result, summed across lanes once at the end.  Lanes past N carry zero weight.  Same
+// algebra, term for term, as the header comment.
 constexpr idx kLanesMaxParams = 2048;
 
-template <class T>
 bool lanes_apply(const Net& net, idx m, int nt) {
-  if (m != 1 || nt != 1 || net.P() > kLanesMaxParams) return false;
-  for (idx w : net.d)
-    if (w > kLanesMaxWidth) return false;
-  return true;
+  return m == 1 && nt == 1 && net.P() <= kLanesMaxParams && lanes_fit(net);
 }
 
 template <class T>
 void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, T* out,
                bool gn, vec<T>& scratch) {
+  using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
-  // One value per lane; element alignment, so that scratch needs none beyond T's.
-  typedef T Lane __attribute__((vector_size(B * sizeof(T)), aligned(alignof(T))));
   const idx L = net.L(), k = net.k(), P = net.P();
   const T s = sample_weight<T>(N, mean);
-  // Scratch, in lanes: per layer l, inputs A_l and tangents RA_l (d_l each); per hidden
-  // layer act', act'' and RZ (d_{l+1}); output F, RF; gradients G, RG and their next values
-  // (widest layer each); per-lane accumulators (P).
-  idx width = 0, units = 0;
-  for (idx l = 0; l <= L; ++l) width = std::max(width, net.d[l]), units += net.d[l];
-  std::vector<idx> at(L + 1);  // first unit of layer l
-  for (idx l = 0, o = 0; l <= L; ++l) at[l] = o, o += net.d[l];
+  // Scratch, in lanes: activations A, tangents RA, act', act'', RZ (per unit of every layer);
+  // gradients G, RG and their next values (widest layer each); per-lane accumulators (P).
+  const LaneLayout lay(net);
+  const idx units = lay.units, width = lay.width;
+  const std::vector<idx>& at = lay.at;
   scratch.resize((5 * units + 4 * width + P) * B);
-  Lane* A = reinterpret_cast<Lane*>(scratch.data());  // A_L = F
-  Lane* RA = A + units;                              // RA_L unused; RF is RZ's last layer
-  Lane* D1 = RA + units;                             // act'(z) of layer l's outputs at at[l + 1]
+  Lane* A = reinterpret_cast<Lane*>(scratch.data());
+  Lane* RA = A + units;
+  Lane* D1 = RA + units;
   Lane* D2 = D1 + units;
   Lane* RZ = D2 + units;
   Lane* G = RZ + units;
@@ -178,36 +168,9 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
   std::fill(acc, acc + P, zero);
 
   for (idx n0 = 0; n0 < N; n0 += B) {
-    const idx nb = std::min(B, N - n0);
-    Lane mask = zero;
-    for (idx b = 0; b < nb; ++b) mask[b] = 1;
-    for (idx i = 0; i < net.d[0]; ++i) {
-      A[i] = zero;
-      for (idx b = 0; b < nb; ++b) A[i][b] = X[(n0 + b) * net.d[0] + i];
-    }
-    // Forward and its tangent.
-    for (idx l = 0; l < L; ++l) {
-      const idx di = net.d[l], dn = net.d[l + 1];
-      const T *W = weights(net, theta, l), *bias = W + di * dn, *VW = V + net.off[l], *Vb = VW + di * dn;
-      const Lane *a = A + at[l], *ra = RA + at[l];
-      Lane *z = A + at[l + 1], *rz = RZ + at[l + 1];
-      for (idx j = 0; j < dn; ++j) {
-        Lane zz = zero + bias[j], rr = zero + Vb[j];
-        for (idx i = 0; i < di; ++i) {
-          zz += a[i] * W[i * dn + j];
-          rr += a[i] * VW[i * dn + j];
-          if (l > 0) rr += ra[i] * W[i * dn + j];
-        }
-        z[j] = zz;
-        rz[j] = rr;
-      }
-      if (l + 1 < L) {
-        Lane *d1 = D1 + at[l + 1], *ran = RA + at[l + 1];
-        activate<T>(net.act[l], dn * B, reinterpret_cast<T*>(z), reinterpret_cast<T*>(z), reinterpret_cast<T*>(d1),
-                    gn ? nullptr : reinterpret_cast<T*>(D2 + at[l + 1]));
-        for (idx j = 0; j < dn; ++j) ran[j] = d1[j] * rz[j];
-      }
-    }
+    Lane mask;
+    const idx nb = lanes_load(net, X, N, n0, A, mask);
+    lanes_forward(net, theta, lay, A, D1, gn ? nullptr : D2, V, RA, RZ);
     // Output gradient and its tangent (H_out RF), zero in unused lanes.
     const Lane *F = A + at[L], *RF = RZ + at[L];
     if (net.loss == Loss::mse) {
@@ -280,7 +243,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
          bool gn, Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
   const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
-  if (lanes_apply<T>(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
+  if (lanes_apply(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
   Tape<T>& t = ws.tape;
   prepare_tape(net, X, N, t, !gn);
 

@@ -270,17 +270,20 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
     ([3, 33, 2], "tanh", "mse", 9),                                   # one unit too wide
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_one_direction_equals_the_first_of_several(backend, sizes, act, loss, N, dtype):
-    """Products with one direction on tiny networks take a path of their own in cpp (all
-    samples' R-op in one fused pass); V with two columns takes the general one: the first
-    column must agree with the single product, and both with the reference."""
+def test_tiny_network_paths(backend, sizes, act, loss, N, dtype):
+    """On tiny networks cpp takes paths of their own (eight samples per SIMD vector, lanes.hpp)
+    for products with one direction and for the GGN; V with two columns takes the general
+    one: the first column must agree with the single product, and all with the reference."""
     p = make_problem(sizes, act, loss, N=N, dtype=dtype, seed=11)
-    for q in ("hvp", "ggn_vp"):
-        for r in REDUCTIONS:
+    for r in REDUCTIONS:
+        for q in ("hvp", "ggn_vp"):
             one = getattr(p.net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction=r)
             two = getattr(p.net, q)(p.theta, p.X, p.Y, p.V[:, :2], reduction=r)
             compare(one, two[:, 0], dtype, what=f"{q} ({r}): one direction vs the first of two")
             compare(one, reference(p, q, r), dtype, what=f"{q} ({r})")
+        G = p.net.ggn(p.theta, p.X, p.Y, reduction=r)
+        assert np.array_equal(G, G.T)
+        compare(G, reference(p, "ggn", r), dtype, what=f"ggn ({r})")
 
 
 def test_set_num_threads_validates(restore_threads):

@@ -1,0 +1,101 @@
+// Tiny networks, eight samples at a time: the forward pass of a block of kLanes samples with
+// every quantity held as one SIMD vector per unit ([unit][lane]), so that each step is a
+// whole-vector operation.  For networks whose layers are all narrow (the seed's [2,8,1]),
+// where the layered kernels spend their time setting up products of a few hundred
+// multiply-adds; used by rop.cpp (one-direction products) and curvature.cpp (the GGN).
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "activations.hpp"
+#include "common.hpp"
+#include "forward_backward.hpp"
+
+namespace tk {
+
+constexpr idx kLanes = 8;
+constexpr idx kLanesMaxWidth = 32;  // widest layer taken this way
+
+template <class T>
+struct Lanes {
+  // One value per lane; element alignment, so that buffers need none beyond T's.
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T)), aligned(alignof(T))));
+};
+
+inline bool lanes_fit(const Net& net) {
+  for (idx w : net.d)
+    if (w > kLanesMaxWidth) return false;
+  return true;
+}
+
+// Unit offsets of the layers in [unit][lane] buffers: layer l's units start at at[l] (layer 0
+// the inputs, layer L the outputs); `units` is their total.
+struct LaneLayout {
+  std::vector<idx> at;
+  idx units = 0, width = 0;
+  explicit LaneLayout(const Net& net) : at(net.L() + 1) {
+    for (idx l = 0; l <= net.L(); ++l) at[l] = units, units += net.d[l], width = std::max(width, net.d[l]);
+  }
+};
+
+// Loads samples [n0, n0 + nb) of X into A's layer 0 (zero in the other lanes); returns nb and
+// sets mask to 1 in the lanes in use.
+template <class T>
+idx lanes_load(const Net& net, const T* X, idx N, idx n0, typename Lanes<T>::type* A, typename Lanes<T>::type& mask) {
+  const idx nb = std::min(kLanes, N - n0), d0 = net.d[0];
+  mask = typename Lanes<T>::type{};
+  for (idx b = 0; b < nb; ++b) mask[b] = 1;
+  for (idx i = 0; i < d0; ++i) {
+    A[i] = typename Lanes<T>::type{};
+    for (idx b = 0; b < nb; ++b) A[i][b] = X[(n0 + b) * d0 + i];
+  }
+  return nb;
+}
+
+// Forward pass of the block: A's later layers (activations; the outputs at at[L]), D1 (and D2
+// unless null) the derivatives of the hidden layers' outputs.  With V (one direction, theta's
+// layout), also the tangents: RZ of every layer's outputs (RF at at[L]) and RA = act' * RZ of
+// the hidden ones.
+template <class T>
+void lanes_forward(const Net& net, const T* theta, const LaneLayout& lay, typename Lanes<T>::type* A,
+                   typename Lanes<T>::type* D1, typename Lanes<T>::type* D2, const T* V = nullptr,
+                   typename Lanes<T>::type* RA = nullptr, typename Lanes<T>::type* RZ = nullptr) {
+  using Lane = typename Lanes<T>::type;
+  const Lane zero = {};
+  const idx L = net.L();
+  for (idx l = 0; l < L; ++l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    const T *W = weights(net, theta, l), *bias = W + di * dn;
+    const Lane* a = A + lay.at[l];
+    Lane* z = A + lay.at[l + 1];
+    if (V) {
+      const T *VW = V + net.off[l], *Vb = VW + di * dn;
+      const Lane* ra = RA + lay.at[l];
+      Lane* rz = RZ + lay.at[l + 1];
+      for (idx j = 0; j < dn; ++j) {
+        Lane zz = zero + bias[j], rr = zero + Vb[j];
+        for (idx i = 0; i < di; ++i) {
+          zz += a[i] * W[i * dn + j];
+          rr += a[i] * VW[i * dn + j];
+          if (l > 0) rr += ra[i] * W[i * dn + j];
+        }
+        z[j] = zz;
+        rz[j] = rr;
+      }
+    } else {
+      for (idx j = 0; j < dn; ++j) {
+        Lane zz = zero + bias[j];
+        for (idx i = 0; i < di; ++i) zz += a[i] * W[i * dn + j];
+        z[j] = zz;
+      }
+    }
+    if (l + 1 == L) break;
+    Lane* d1 = D1 + lay.at[l + 1];
+    activate<T>(net.act[l], dn * kLanes, reinterpret_cast<T*>(z), reinterpret_cast<T*>(z), reinterpret_cast<T*>(d1),
+                D2 ? reinterpret_cast<T*>(D2 + lay.at[l + 1]) : nullptr);
+    if (V)
+      for (idx j = 0; j < dn; ++j) RA[lay.at[l + 1] + j] = d1[j] * RZ[lay.at[l + 1] + j];
+  }
+}
+
+}  // namespace tk
