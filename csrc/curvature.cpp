@@ -268,20 +268,79 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
 
 namespace {
 
-// The GGN of a tiny network, eight samples per SIMD vector (lanes.hpp): per sample the rows
-// u_r = J_n^T s_r, where s_r are the rows of a square root of H_out (mse: sqrt(2s/k) e_r; ce:
-// sqrt(s p_c) (e_c - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T), so that
-// J_n^T H_out J_n = sum_r u_r u_r^T; u_r is s_r backpropagated, [a_i delta_j; delta_j] per
-// layer.  The lower triangle is accumulated per lane, then summed over lanes and mirrored.
-// For the seed's [2,8,1] (P = 33, N = 100) this is 7k vector multiply-adds where the
-// Kronecker path below sets up ~10 small products per chunk.
-constexpr idx kLanesMaxGgnParams = 128;
+// ---------------------------------------------------------------------------------------
+// Full matrices of tiny networks, eight samples per SIMD vector (lanes.hpp), for networks of
+// at most 128 parameters on calls small enough to stay on one thread.  The seed's [2,8,1]
+// (P = 33, N = 100) costs ~10k vector multiply-adds this way, where the Kronecker path below
+// sets up ~10 small products per chunk.  Both accumulate the lower triangle per lane, summed
+// over lanes and mirrored at the end.
+constexpr idx kLanesMaxFullParams = 128;
 
-bool ggn_lanes_apply(const Net& net, idx N) {
-  const idx P = net.P();
-  return P <= kLanesMaxGgnParams && lanes_fit(net) && sample_threads(N, N * net.k() * P * P / 2) == 1;
+// Rows s_r of a square root of H_out, S[r * k + j], zero in unused lanes: mse sqrt(2s/k) e_r;
+// ce sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T.  `p` is k
+// lanes of scratch (the softmax).
+template <class T>
+void out_sqrt_rows(const Net& net, const typename Lanes<T>::type* F, T s, const typename Lanes<T>::type& mask,
+                   typename Lanes<T>::type* p, typename Lanes<T>::type* S) {
+  using Lane = typename Lanes<T>::type;
+  const idx k = net.k();
+  const Lane zero = {};
+  if (net.loss == Loss::mse) {
+    const T c = std::sqrt(2 * s / T(k));
+    for (idx r = 0; r < k; ++r)
+      for (idx j = 0; j < k; ++j) S[r * k + j] = r == j ? c * mask : zero;
+    return;
+  }
+  Lane mx = F[0], sum = zero;
+  for (idx j = 1; j < k; ++j) mx = F[j] > mx ? F[j] : mx;  // lane-wise
+  for (idx j = 0; j < k; ++j) {
+    for (idx b = 0; b < kLanes; ++b) p[j][b] = std::exp(F[j][b] - mx[b]);
+    sum += p[j];
+  }
+  for (idx j = 0; j < k; ++j) p[j] /= sum;
+  for (idx r = 0; r < k; ++r) {
+    Lane w;
+    for (idx b = 0; b < kLanes; ++b) w[b] = std::sqrt(s * p[r][b]) * mask[b];
+    for (idx j = 0; j < k; ++j) S[r * k + j] = w * ((r == j ? T(1) : T(0)) - p[j]);
+  }
 }
 
+// acc (lower triangle, row-major, per lane) += c * u u^T over the first n entries of u.
+template <class T>
+inline void lanes_outer(typename Lanes<T>::type* acc, const typename Lanes<T>::type* u, idx n) {
+  for (idx p = 0; p < n; ++p) {
+    typename Lanes<T>::type* row = acc + p * (p + 1) / 2;
+    const typename Lanes<T>::type up = u[p];
+    for (idx q = 0; q <= p; ++q) row[q] += up * u[q];
+  }
+}
+
+// out (P, P) from the per-lane lower triangle.
+template <class T>
+void lanes_mirror(const typename Lanes<T>::type* acc, idx P, T* out) {
+  for (idx p = 0, t = 0; p < P; ++p)
+    for (idx q = 0; q <= p; ++q, ++t) {
+      T v = 0;
+      for (idx b = 0; b < kLanes; ++b) v += acc[t][b];
+      out[p * P + q] = out[q * P + p] = v;
+    }
+}
+
+// Work (vector multiply-adds per sample, roughly) of the lanes path: the outer products.
+idx full_lanes_work(const Net& net, bool gn) {
+  idx rank1 = net.k();
+  if (!gn)
+    for (idx l = 0; l + 1 < net.L(); ++l)
+      if (net.act[l] != Act::relu && net.act[l] != Act::identity) rank1 += net.d[l + 1];  // act'' terms
+  return rank1 * net.P() * net.P() / 2;
+}
+
+bool full_lanes_apply(const Net& net, idx N, bool gn) {
+  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && sample_threads(N, N * full_lanes_work(net, gn)) == 1;
+}
+
+// The GGN: per sample the rows u_r = J^T s_r (s_r backpropagated: [a_i delta_j; delta_j] per
+// layer), J^T H_out J = sum_r u_r u_r^T.
 template <class T>
 void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* out, vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
@@ -289,12 +348,11 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
   const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2;
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  scratch.resize((2 * lay.units + 2 * lay.width + k * k + P + tri) * B);
-  Lane* A = reinterpret_cast<Lane*>(scratch.data());
+  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + P + tri);
   Lane* D1 = A + lay.units;
   Lane* delta = D1 + lay.units;
   Lane* next = delta + lay.width;
-  Lane* S = next + lay.width;  // S[r * k + j]: row r of the square root of H_out
+  Lane* S = next + lay.width;
   Lane* U = S + k * k;
   Lane* acc = U + P;
   const Lane zero = {};
@@ -303,26 +361,7 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
     Lane mask;
     lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
-    const Lane* F = A + lay.at[L];
-    if (net.loss == Loss::mse) {
-      const T c = std::sqrt(2 * s / T(k));
-      for (idx r = 0; r < k; ++r)
-        for (idx j = 0; j < k; ++j) S[r * k + j] = r == j ? c * mask : zero;
-    } else {
-      Lane mx = F[0], sum = zero;
-      for (idx j = 1; j < k; ++j) mx = F[j] > mx ? F[j] : mx;  // lane-wise
-      Lane* p = next;  // softmax, one lane per sample
-      for (idx j = 0; j < k; ++j) {
-        for (idx b = 0; b < B; ++b) p[j][b] = std::exp(F[j][b] - mx[b]);
-        sum += p[j];
-      }
-      for (idx j = 0; j < k; ++j) p[j] /= sum;
-      for (idx r = 0; r < k; ++r) {
-        Lane w;
-        for (idx b = 0; b < B; ++b) w[b] = std::sqrt(s * p[r][b]) * mask[b];
-        for (idx j = 0; j < k; ++j) S[r * k + j] = w * ((r == j ? T(1) : T(0)) - p[j]);
-      }
-    }
+    out_sqrt_rows<T>(net, A + lay.at[L], s, mask, next, S);
     for (idx r = 0; r < k; ++r) {
       std::copy(S + r * k, S + (r + 1) * k, delta);
       for (idx l = L - 1; l >= 0; --l) {
@@ -342,18 +381,148 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
         }
         std::copy(next, next + di, delta);
       }
-      for (idx p = 0, t = 0; p < P; ++p) {
-        const Lane up = U[p];
-        for (idx q = 0; q <= p; ++q, ++t) acc[t] += up * U[q];
-      }
+      lanes_outer<T>(acc, U, P);
     }
   }
-  for (idx p = 0, t = 0; p < P; ++p)
-    for (idx q = 0; q <= p; ++q, ++t) {
-      T v = 0;
-      for (idx b = 0; b < B; ++b) v += acc[t][b];
-      out[p * P + q] = out[q * P + p] = v;
+  lanes_mirror<T>(acc, P, out);
+}
+
+// The Hessian, per sample, from the computational graph (adjoint times each node's second
+// derivative, on the Jacobians of its inputs):
+//   J_f^T H_out J_f                                     (the GGN: rows u_r = J_f^T s_r)
+// + sum over hidden units j of layer l: e_l[j] act''(z_l[j]) grad z_l[j] grad z_l[j]^T
+// + sum over l >= 1, i, j: g_l[j] (E_{W_l[i,j]} grad a_l[i]^T + transposed)    (z = a W is bilinear)
+// with g_l = dloss/dz_l, e_l = dloss/da_{l+1}, and the Jacobians grad z, grad a carried forward
+// (entries of the layers below only).  relu and identity have act'' = 0: no term of that kind.
+// grad z_0[i] has d0 + 1 entries (x_m at W_0[m, i], 1 at b_0[i]): layer 0's Jacobians are not
+// stored but used in that form (for the seed, 8x fewer operations than dense rows).
+template <class T>
+void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* out,
+                   vec<T>& scratch) {
+  using Lane = typename Lanes<T>::type;
+  constexpr idx B = kLanes;
+  const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2, d0 = net.d[0], d1w = net.d[1];
+  const T s = sample_weight<T>(N, mean);
+  const LaneLayout lay(net);
+  const idx out_units = lay.units - d0;  // z of every layer, in lay order less the inputs
+  auto zu = [&](idx l) { return lay.at[l + 1] - d0; };  // first z unit of layer l
+  auto idx0 = [&](idx m, idx i) { return m < d0 ? m * d1w + i : d0 * d1w + i; };  // W_0[m, i], m = d0: b_0[i]
+  Lane* A = lanes_scratch(scratch, 4 * lay.units + 2 * out_units * P + k * k + k + P + tri);
+  Lane* D1 = A + lay.units;
+  Lane* D2 = D1 + lay.units;
+  Lane* G = D2 + lay.units;       // g_l at zu(l)
+  Lane* JZ = G + lay.units;       // grad z: out_units x P (layer 0 only when it is the output)
+  Lane* JA = JZ + out_units * P;  // grad a_{l+1} = act' grad z_l, for l >= 1: same layout
+  Lane* S = JA + out_units * P;
+  Lane* p = S + k * k;
+  Lane* U = p + k;
+  Lane* acc = U + P;
+  const Lane zero = {}, one = zero + T(1);
+  std::fill(acc, acc + tri, zero);
+  for (idx n0 = 0; n0 < N; n0 += B) {
+    Lane mask;
+    const idx nb = lanes_load(net, X, N, n0, A, mask);
+    lanes_forward(net, theta, lay, A, D1, D2);
+    const Lane* x = A;
+    auto v0 = [&](idx m) { return m < d0 ? x[m] : one; };  // entry of grad z_0[i] at idx0(m, i)
+    // Jacobians of z_l (and hidden a_{l+1}), forward, for l >= 1 (and l = 0 if it is the output).
+    for (idx l = (L == 1 ? 0 : 1); l < L; ++l) {
+      const idx di = net.d[l], dn = net.d[l + 1], below = net.off[l], upto = net.off[l + 1];
+      const T* W = weights(net, theta, l);
+      const Lane* a = A + lay.at[l];
+      for (idx j = 0; j < dn; ++j) {
+        Lane* jz = JZ + (zu(l) + j) * P;
+        if (l == 1) {
+          for (idx i = 0; i < di; ++i) {
+            const Lane w = D1[lay.at[1] + i] * W[i * dn + j];
+            for (idx m = 0; m <= d0; ++m) jz[idx0(m, i)] = w * v0(m);
+          }
+        } else {
+          for (idx q = 0; q < below; ++q) {
+            Lane v = zero;
+            for (idx i = 0; i < di; ++i) v += JA[(zu(l - 1) + i) * P + q] * W[i * dn + j];
+            jz[q] = v;
+          }
+        }
+        std::fill(jz + below, jz + P, zero);
+        for (idx i = 0; i < di; ++i) jz[below + i * dn + j] = a[i];
+        jz[below + di * dn + j] = one;
+        if (l + 1 < L) {
+          Lane* ja = JA + (zu(l) + j) * P;
+          const Lane d1 = D1[lay.at[l + 1] + j];
+          for (idx q = 0; q < upto; ++q) ja[q] = d1 * jz[q];
+        }
+      }
     }
+    // Output gradient (zero in unused lanes), then backward: g_l, the act'' terms of e_l, and
+    // the bilinear terms of g_l.
+    const Lane* F = A + lay.at[L];
+    Lane* g = G + zu(L - 1);
+    if (net.loss == Loss::mse) {
+      const T c = 2 * s / T(k);
+      for (idx j = 0; j < k; ++j) {
+        Lane y = zero;
+        for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
+        g[j] = c * (F[j] - y) * mask;
+      }
+    }
+    out_sqrt_rows<T>(net, F, s, mask, p, S);
+    if (net.loss == Loss::ce)
+      for (idx j = 0; j < k; ++j)
+        for (idx b = 0; b < B; ++b) {
+          const T w = b < nb ? s : T(0);
+          g[j][b] = w * (p[j][b] - (b < nb && (idx)tg.labels[n0 + b] == j ? T(1) : T(0)));
+        }
+    auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
+    for (idx l = L - 1; l >= 1; --l) {
+      const idx di = net.d[l], dn = net.d[l + 1];
+      const T* W = weights(net, theta, l);
+      const Lane* gl = G + zu(l);
+      const bool curved = net.act[l - 1] != Act::relu && net.act[l - 1] != Act::identity;
+      for (idx i = 0; i < di; ++i) {
+        Lane e = zero;
+        for (idx j = 0; j < dn; ++j) e += gl[j] * W[i * dn + j];
+        G[zu(l - 1) + i] = e * D1[lay.at[l] + i];
+        if (!curved) continue;
+        const Lane c = e * D2[lay.at[l] + i];  // e act'' grad z_{l-1}[i] grad z_{l-1}[i]^T
+        if (l == 1) {
+          for (idx m = 0; m <= d0; ++m)
+            for (idx m2 = 0; m2 <= m; ++m2) at_acc(idx0(m, i), idx0(m2, i)) += c * v0(m) * v0(m2);
+        } else {
+          const Lane* jz = JZ + (zu(l - 1) + i) * P;
+          for (idx q = 0; q < net.off[l]; ++q) U[q] = c * jz[q];
+          for (idx r = 0; r < net.off[l]; ++r) {
+            Lane* row = acc + r * (r + 1) / 2;
+            for (idx q = 0; q <= r; ++q) row[q] += U[r] * jz[q];
+          }
+        }
+      }
+      // g_l[j] grad a_l[i] in the rows of W_l[i, j] (columns of the layers below: lower triangle).
+      for (idx i = 0; i < di; ++i)
+        for (idx j = 0; j < dn; ++j) {
+          const idx row = net.off[l] + i * dn + j;
+          Lane* r = acc + row * (row + 1) / 2;
+          if (l == 1) {
+            const Lane w = gl[j] * D1[lay.at[1] + i];
+            for (idx m = 0; m <= d0; ++m) r[idx0(m, i)] += w * v0(m);
+          } else {
+            const Lane* ja = JA + (zu(l - 1) + i) * P;
+            for (idx q = 0; q < net.off[l]; ++q) r[q] += gl[j] * ja[q];
+          }
+        }
+    }
+    // J_f^T H_out J_f.
+    const Lane* jf = JZ + zu(L - 1) * P;
+    for (idx r = 0; r < k; ++r) {
+      for (idx q = 0; q < P; ++q) {
+        Lane v = zero;
+        for (idx j = 0; j < k; ++j) v += S[r * k + j] * jf[j * P + q];
+        U[q] = v;
+      }
+      lanes_outer<T>(acc, U, P);
+    }
+  }
+  lanes_mirror<T>(acc, P, out);
 }
 
 }  // namespace
@@ -361,7 +530,8 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
 template <class T>
 void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
                     Workspace<T>& ws) {
-  if (gn && ggn_lanes_apply(net, N)) return ggn_lanes(net, theta, X, N, mean, out, ws.lanes);
+  if (full_lanes_apply(net, N, gn))
+    return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes) : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
   const idx L = net.L(), P = net.P();
   Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);

@@ -153,8 +153,7 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
   const LaneLayout lay(net);
   const idx units = lay.units, width = lay.width;
   const std::vector<idx>& at = lay.at;
-  scratch.resize((5 * units + 4 * width + P) * B);
-  Lane* A = reinterpret_cast<Lane*>(scratch.data());
+  Lane* A = lanes_scratch(scratch, 5 * units + 4 * width + P);
   Lane* RA = A + units;
   Lane* D1 = RA + units;
   Lane* D2 = D1 + units;

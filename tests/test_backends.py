@@ -272,8 +272,9 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_tiny_network_paths(backend, sizes, act, loss, N, dtype):
     """On tiny networks cpp takes paths of their own (eight samples per SIMD vector, lanes.hpp)
-    for products with one direction and for the GGN; V with two columns takes the general
-    one: the first column must agree with the single product, and all with the reference."""
+    for products with one direction and for the GGN and the Hessian; V with two columns takes
+    the general one: the first column must agree with the single product, and all with the
+    reference."""
     p = make_problem(sizes, act, loss, N=N, dtype=dtype, seed=11)
     for r in REDUCTIONS:
         for q in ("hvp", "ggn_vp"):
@@ -281,7 +282,8 @@ def test_tiny_network_paths(backend, sizes, act, loss, N, dtype):
             two = getattr(p.net, q)(p.theta, p.X, p.Y, p.V[:, :2], reduction=r)
             compare(one, two[:, 0], dtype, what=f"{q} ({r}): one direction vs the first of two")
             compare(one, reference(p, q, r), dtype, what=f"{q} ({r})")
-        compare(p.net.ggn(p.theta, p.X, p.Y, reduction=r), reference(p, "ggn", r), dtype, what=f"ggn ({r})")
+        for q in ("ggn", "hessian"):
+            compare(getattr(p.net, q)(p.theta, p.X, p.Y, reduction=r), reference(p, q, r), dtype, what=f"{q} ({r})")
 
 
 def test_set_num_threads_validates(restore_threads):
