@@ -2,7 +2,8 @@
 // every quantity held as one SIMD vector per unit ([unit][lane]), so that each step is a
 // whole-vector operation.  For networks whose layers are all narrow (the seed's [2,8,1]),
 // where the layered kernels spend their time setting up products of a few hundred
-// multiply-adds; used by rop.cpp (one-direction products) and curvature.cpp (the GGN).
+// multiply-adds; used by rop.cpp (one-direction products) and curvature.cpp (the full GGN
+// and Hessian).
 #pragma once
 #include <algorithm>
 #include <cstdint>
