@@ -74,6 +74,24 @@ struct Simd {
   static constexpr idx W = 64 / sizeof(T);
 };
 
+// Sum of a register's lanes, halving (log2 W adds instead of W).
+template <class T>
+inline T hsum(typename Simd<T>::type v) {
+  typedef T H __attribute__((vector_size(32)));
+  typedef T Q __attribute__((vector_size(16)));
+  H lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  lo += hi;
+  Q l2, h2;
+  std::memcpy(&l2, &lo, sizeof l2);
+  std::memcpy(&h2, reinterpret_cast<const char*>(&lo) + sizeof l2, sizeof h2);
+  l2 += h2;
+  T sum = 0;
+  for (idx q = 0; q < (idx)(16 / sizeof(T)); ++q) sum += l2[q];
+  return sum;
+}
+
 template <class T>
 static void row_updates(idx M, idx N, idx K, T alpha, const T* __restrict A, idx sai, idx sap, const T* __restrict B,
                         idx ldb, T beta, T* __restrict C, idx ldc) {
@@ -84,11 +102,24 @@ static void row_updates(idx M, idx N, idx K, T alpha, const T* __restrict A, idx
     const T* a = A + i * sai;
     idx j0 = 0;
     for (; j0 + W <= N; j0 += W) {
-      V acc = {}, b, ci;
-      for (idx p = 0; p < K; ++p) {
+      // four partial sums: one chain of dependent multiply-adds over a long K is latency-bound
+      V acc = {}, acc1 = {}, acc2 = {}, acc3 = {}, b, b1, b2, b3, ci;
+      idx p = 0;
+      for (; p + 4 <= K; p += 4) {
+        std::memcpy(&b, B + p * ldb + j0, sizeof b);
+        std::memcpy(&b1, B + (p + 1) * ldb + j0, sizeof b1);
+        std::memcpy(&b2, B + (p + 2) * ldb + j0, sizeof b2);
+        std::memcpy(&b3, B + (p + 3) * ldb + j0, sizeof b3);
+        acc += a[p * sap] * b;
+        acc1 += a[(p + 1) * sap] * b1;
+        acc2 += a[(p + 2) * sap] * b2;
+        acc3 += a[(p + 3) * sap] * b3;
+      }
+      for (; p < K; ++p) {
         std::memcpy(&b, B + p * ldb + j0, sizeof b);
         acc += a[p * sap] * b;
       }
+      acc += (acc1 + acc2) + acc3;
       if (beta == T(0)) {
         ci = alpha * acc;
       } else {
@@ -146,7 +177,33 @@ static void gemm_narrow(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
   }
   using V = typename Simd<T>::type;  // dot products along A's rows, in SIMD partial sums
   constexpr idx W = Simd<T>::W;
-  for (idx i = 0; i < M; ++i) {
+  idx i0 = 0;
+  if (N == 1 && (tb || ldb == 1)) {  // y = A b: four rows at a time share b's loads
+    const T* __restrict bc = B;
+    for (; i0 + 4 <= M; i0 += 4) {
+      const T* __restrict a0 = A + i0 * lda;
+      V s0 = {}, s1 = {}, s2 = {}, s3 = {}, x, y;
+      idx p = 0;
+      for (; p + W <= K; p += W) {
+        std::memcpy(&y, bc + p, sizeof y);
+        std::memcpy(&x, a0 + p, sizeof x);
+        s0 += x * y;
+        std::memcpy(&x, a0 + lda + p, sizeof x);
+        s1 += x * y;
+        std::memcpy(&x, a0 + 2 * lda + p, sizeof x);
+        s2 += x * y;
+        std::memcpy(&x, a0 + 3 * lda + p, sizeof x);
+        s3 += x * y;
+      }
+      T r[4] = {hsum<T>(s0), hsum<T>(s1), hsum<T>(s2), hsum<T>(s3)};
+      for (idx q = 0; q < 4; ++q) {
+        for (idx pp = p; pp < K; ++pp) r[q] += a0[q * lda + pp] * bc[pp];
+        T* cq = C + (i0 + q) * ldc;
+        *cq = (beta == T(0) ? T(0) : beta * *cq) + alpha * r[q];
+      }
+    }
+  }
+  for (idx i = i0; i < M; ++i) {
     const T* __restrict a = A + i * lda;
     for (idx j = 0; j < N; ++j) {
       V acc = {}, x, y;
@@ -214,6 +271,10 @@ static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
   if (M <= 0 || N <= 0) return;
   if (K > 0 && N < kNarrow) {
     gemm_narrow<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (K == 1 && (!tb || ldb == 1)) {  // an outer product (op(B) one contiguous row): no packing
+    row_updates<T>(M, N, 1, alpha, A, ta ? 1 : lda, 1, B, 0, beta, C, ldc);
     return;
   }
   if (K > 0 && M * N * K < kBlasMin) {

@@ -166,7 +166,11 @@ def test_random(dtype, trans, M, N, K, ab, pads):
 @pytest.mark.parametrize("ta,tb", TRANS, ids=["NN", "NT", "TN", "TT"])
 def test_dispatch(which, dtype, ta, tb):
     for i, (M, N, K) in enumerate([(1000, 32, 10), (2, 1, 7), (100, 8, 2), (50, 3, 200), (31, 47, 64),
-                                   (2000, 64, 20), (20, 64, 600), (515, 130, 300)]):
+                                   (2000, 64, 20), (20, 64, 600), (515, 130, 300),
+                                   # one output column, four rows at a time (M % 4, K % 8 remainders)
+                                   (513, 1, 37), (300, 1, 5), (32, 1, 500),
+                                   # outer products (K = 1), and long K in the loops' four partial sums
+                                   (500, 32, 1), (7, 40, 1), (2, 5, 400), (3, 9, 150)]):
         check_gemm(which, dtype, ta, tb, M, N, K, 1.0, [0.0, 1.0, 0.3][i % 3], pads=(i % 3, 0, 1), seed=i)
 
 
