@@ -152,6 +152,56 @@ def test_unavailable_reason_reaches_the_import_error():
     assert "ImportError" in r.stderr and "no GPU here (test)" in r.stderr
 
 
+def test_dlpack_capsules_are_read_in_place():
+    """DLPack exports are read as array interfaces without a copy (numpy's CPU capsules here:
+    the same structure as a GPU's): pointer, shape, dtype, byte strides."""
+    from taylorkern.backends import _device_arrays as da
+    base = np.arange(60.0).reshape(5, 12)
+    cases = [(base, None), (base[1:, ::3], (96, 24)), (np.arange(7, dtype=np.float32), None),
+             (np.arange(4, dtype=np.int64), None)]
+    for arr, strides in cases:
+        cai = da.read_capsule(arr.__dlpack__())
+        assert cai["data"] == (arr.ctypes.data, False) and cai["shape"] == arr.shape
+        assert np.dtype(cai["typestr"]) == arr.dtype and cai["device"] == (da.KDL_CPU, 0)
+        assert cai["strides"] in ((None, arr.strides) if strides is None else (strides,))
+    for bad in (np.zeros(3, bool), np.zeros(3, complex), object()):
+        with pytest.raises(TypeError):
+            da.read_capsule(bad.__dlpack__() if isinstance(bad, np.ndarray) else bad)
+
+
+def test_device_arrays_are_told_apart_by_protocol():
+    from taylorkern.backends import _device_arrays as da
+
+    class Exporter:  # stands for a GPU array that speaks DLPack only (as JAX's do)
+        def __init__(self, arr, device, stream_arg=True):
+            self.arr, self.device, self.stream_arg, self.streams = arr, device, stream_arg, []
+
+        def __dlpack_device__(self):
+            if self.device is None:
+                raise RuntimeError("no device")
+            return self.device
+
+        def __dlpack__(self, **kwargs):
+            if kwargs and not self.stream_arg:
+                raise TypeError("unexpected keyword 'stream'")
+            self.streams.append(kwargs.get("stream"))
+            return self.arr.__dlpack__()
+
+    class Interface:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f8", "data": (1234, False), "version": 3}
+
+    a = np.arange(6.0)
+    assert not da.is_device_array(a) and not da.is_device_array([1.0]) and da.is_device_array(Interface())
+    assert da.is_device_array(Exporter(a, (da.KDL_CUDA, 0))) and da.is_device_array(Exporter(a, (13, 0)))
+    assert not da.is_device_array(Exporter(a, (da.KDL_CPU, 0))) and not da.is_device_array(Exporter(a, None))
+    assert da.interface(Interface()) is Interface.__cuda_array_interface__
+    for stream_arg in (True, False):
+        e = Exporter(a, (da.KDL_CUDA, 0), stream_arg)
+        cai = da.interface(e)
+        assert cai["data"][0] == a.ctypes.data and cai["shape"] == (6,) and "capsule" in cai
+        assert e.streams == ([1] if stream_arg else [None])  # the legacy default stream, where taken
+
+
 # ============================================================================ on a GPU
 @pytest.fixture
 def on_cuda():
@@ -276,14 +326,34 @@ def _devices(arrays, kind):
     if kind == "cupy":
         cp = pytest.importorskip("cupy")
         return [cp.asarray(a) for a in arrays]
+    if kind == "jax":
+        jax = pytest.importorskip("jax")
+        if not any(d.platform == "gpu" for d in jax.devices()):
+            pytest.skip("JAX has no GPU here")
+        jax.config.update("jax_enable_x64", True)
+        return [jax.device_put(a, jax.devices("gpu")[0]) for a in arrays]
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("PyTorch has no CUDA here")
-    return [torch.as_tensor(np.ascontiguousarray(a), device="cuda") for a in arrays]
+    tensors = [torch.as_tensor(np.ascontiguousarray(a), device="cuda") for a in arrays]
+    if kind == "dlpack":  # the same tensors through DLPack alone
+
+        class DLPackOnly:
+            def __init__(self, t):
+                self.t = t
+
+            def __dlpack__(self, **kwargs):
+                return self.t.__dlpack__(**kwargs)
+
+            def __dlpack_device__(self):
+                return self.t.__dlpack_device__()
+
+        return [DLPackOnly(t) for t in tensors]
+    return tensors
 
 
 @needs_gpu
-@pytest.mark.parametrize("kind", ["DeviceArray", "cupy", "torch"])
+@pytest.mark.parametrize("kind", ["DeviceArray", "cupy", "torch", "dlpack", "jax"])
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_device_array_inputs_are_used_in_place(kind, loss):
     p = make_problem([6, 10, 7, 3], "tanh", loss, N=31)

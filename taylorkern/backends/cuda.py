@@ -14,9 +14,10 @@ no GPU is visible, or cuBLAS cannot be loaded; the dispatcher records that reaso
 
 Inputs: numpy arrays are copied to the GPU once per call (into the network's pooled device
 workspace); objects with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba,
-:class:`DeviceArray`) are used in place.  :class:`DeviceData` keeps X and Y resident on the
-GPU for an optimizer's repeated calls.  Results come back as numpy arrays, or stay on the GPU
-as :class:`DeviceArray` with ``out="device"`` (DeviceData methods).
+:class:`DeviceArray`) or a CUDA DLPack export (JAX; ``_device_arrays.py``) are used in
+place.  :class:`DeviceData` keeps X and Y resident on the GPU for an optimizer's repeated
+calls.  Results come back as numpy arrays, or stay on the GPU as :class:`DeviceArray` with
+``out="device"`` (DeviceData methods).
 
 float32 products are plain IEEE float32 (no TF32) unless :func:`set_tf32` opts in.
 """
@@ -32,6 +33,7 @@ import sys
 import numpy as np
 
 from .._threads import get_num_threads
+from ._device_arrays import interface, is_device_array
 
 try:
     from .. import _cuda
@@ -134,14 +136,11 @@ def _f32(net):
     return net.dtype == np.float32
 
 
-def is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__")
-
-
 def _device_pointer(x, name, dtype, shape):
-    """The device pointer of a __cuda_array_interface__ object after checking it: dtype,
-    shape (None entries free), C-contiguous, memory of this GPU; waits for its stream."""
-    cai = x.__cuda_array_interface__
+    """The device pointer of a device array (``__cuda_array_interface__`` or DLPack) after
+    checking it: dtype, shape (None entries free), C-contiguous, memory of this GPU; waits for
+    its stream."""
+    cai = interface(x)
     got_dtype = np.dtype(cai["typestr"])
     if got_dtype != np.dtype(dtype):
         raise TypeError(f"{name}: expected a device array of {np.dtype(dtype).name}, got {got_dtype.name}")
@@ -177,13 +176,13 @@ def _input(x, name, dtype, shape):
 
 
 def _rows(x):
-    return int(x.__cuda_array_interface__["shape"][0]) if is_device_array(x) else int(np.shape(x)[0])
+    return int(interface(x)["shape"][0]) if is_device_array(x) else int(np.shape(x)[0])
 
 
 def _targets(net, Y, N):
     if net.loss_name == "ce":
         return _input(Y, "Y", np.int64, (N,))
-    if is_device_array(Y) and len(Y.__cuda_array_interface__["shape"]) == 1 and net.num_outputs == 1:
+    if is_device_array(Y) and len(interface(Y)["shape"]) == 1 and net.num_outputs == 1:
         return _input(Y, "Y", net.dtype, (N,))  # (N,) and (N, 1) are the same memory
     return _input(Y, "Y", net.dtype, (N, net.num_outputs))
 
@@ -213,7 +212,7 @@ def loss_and_grad(net, theta, X, Y, reduction, out="numpy"):
 def _vector_product(gn):
     def call(net, theta, X, Y, V, reduction, out="numpy"):
         args = _common(net, theta, X, Y)
-        shape = V.__cuda_array_interface__["shape"] if is_device_array(V) else np.shape(V)
+        shape = interface(V)["shape"] if is_device_array(V) else np.shape(V)
         m = int(shape[1]) if len(shape) == 2 else 1
         Vin = _input(V, "V", net.dtype, (net.num_params, m) if len(shape) == 2 else (net.num_params,))
         if isinstance(Vin, np.ndarray):
@@ -334,7 +333,7 @@ class Auto:
             m = 1
             if quantity in ("hvp", "ggn_vp"):
                 shape = np.shape(rest[1]) if not is_device_array(rest[1]) else \
-                    rest[1].__cuda_array_interface__["shape"]
+                    interface(rest[1])["shape"]
                 m = int(shape[1]) if len(shape) == 2 else 1
             return (gpu if worth_it(net, quantity, _rows(X), m) else cpu)(net, theta, X, *rest)
 
@@ -354,7 +353,7 @@ class DeviceData:
     """X and Y of one network kept on the GPU, for repeated calls without re-copying them.
 
     ``X`` and ``Y`` may be numpy arrays (checked as the MLP checks them, then copied once) or
-    device arrays (``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors; used in place,
+    device arrays (``__cuda_array_interface__`` or DLPack: CuPy, PyTorch, JAX; used in place,
     checked once on the GPU for NaN/Inf and label range, and kept referenced).  Methods take
     ``theta`` (and ``V``) as numpy or device arrays and mirror the MLP's, l2 included; those
     with ``out="device"`` return a :class:`DeviceArray` that stays on the GPU.
@@ -367,7 +366,7 @@ class DeviceData:
     def __init__(self, net, X, Y=None):
         self.net = net
         if is_device_array(X):
-            shape = tuple(X.__cuda_array_interface__["shape"])
+            shape = tuple(interface(X)["shape"])
             if len(shape) != 2 or shape[1] != net.sizes[0] or shape[0] < 1:
                 raise ValueError(f"X: expected shape (N, {net.sizes[0]}) with N >= 1, got {shape}")
             self.N = int(shape[0])
@@ -457,12 +456,12 @@ class DeviceData:
         """result += l2 * src (src of result's size), on the device or in numpy."""
         if isinstance(result, np.ndarray):
             if is_device_array(src):
-                cai = src.__cuda_array_interface__
+                cai = interface(src)
                 src = _cuda.to_host(int(cai["data"][0]), [int(s) for s in cai["shape"]], self.net.dtype.str)
             result += self.net.l2 * np.asarray(src).reshape(result.shape)
         else:
             dev = src if is_device_array(src) else _cuda.to_device(np.ascontiguousarray(src, self.net.dtype))
-            _cuda.axpy(self.net.l2, int(dev.__cuda_array_interface__["data"][0]), result)
+            _cuda.axpy(self.net.l2, int(interface(dev)["data"][0]), result)
 
     def _product(self, fn, theta, V, reduction, out):
         reduction, out = self._check_reduction(reduction), self._check_out(out)
@@ -470,7 +469,7 @@ class DeviceData:
         if not is_device_array(V):
             V = self.net._check_V(V)
         result = fn(self.net, theta, self._X, self._need_y(), V, reduction, out)
-        shape = V.__cuda_array_interface__["shape"] if is_device_array(V) else V.shape
+        shape = interface(V)["shape"] if is_device_array(V) else V.shape
         if self._l2(reduction):
             self._add_scaled(result, V)
         if isinstance(result, np.ndarray):
