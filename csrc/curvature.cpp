@@ -457,22 +457,8 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
     // Output gradient (zero in unused lanes), then backward: g_l, the act'' terms of e_l, and
     // the bilinear terms of g_l.
     const Lane* F = A + lay.at[L];
-    Lane* g = G + zu(L - 1);
-    if (net.loss == Loss::mse) {
-      const T c = 2 * s / T(k);
-      for (idx j = 0; j < k; ++j) {
-        Lane y = zero;
-        for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
-        g[j] = c * (F[j] - y) * mask;
-      }
-    }
+    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G + zu(L - 1));
     out_sqrt_rows<T>(net, F, s, mask, p, S);
-    if (net.loss == Loss::ce)
-      for (idx j = 0; j < k; ++j)
-        for (idx b = 0; b < B; ++b) {
-          const T w = b < nb ? s : T(0);
-          g[j][b] = w * (p[j][b] - (b < nb && (idx)tg.labels[n0 + b] == j ? T(1) : T(0)));
-        }
     auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
     for (idx l = L - 1; l >= 1; --l) {
       const idx di = net.d[l], dn = net.d[l + 1];

@@ -6,6 +6,7 @@
 // and Hessian).
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -108,6 +109,36 @@ void lanes_forward(const Net& net, const T* theta, const LaneLayout& lay, typena
                 D2 ? reinterpret_cast<T*>(D2 + lay.at[l + 1]) : nullptr);
     if (V)
       for (idx j = 0; j < dn; ++j) RA[lay.at[l + 1] + j] = d1[j] * RZ[lay.at[l + 1] + j];
+  }
+}
+
+// g = dloss/df for the block's outputs F (k lanes; s the sample weight, zero in unused lanes);
+// for ce, p receives the softmax (k lanes).
+template <class T>
+void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb, T s,
+                           const typename Lanes<T>::type& mask, typename Lanes<T>::type* p,
+                           typename Lanes<T>::type* g) {
+  using Lane = typename Lanes<T>::type;
+  const idx k = net.k();
+  if (net.loss == Loss::mse) {
+    const T c = 2 * s / T(k);
+    for (idx j = 0; j < k; ++j) {
+      Lane y = {};
+      for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
+      g[j] = c * (F[j] - y) * mask;
+    }
+    return;
+  }
+  for (idx b = 0; b < kLanes; ++b) {
+    T mx = F[0][b], sum = 0;
+    for (idx j = 1; j < k; ++j) mx = std::max(mx, F[j][b]);
+    for (idx j = 0; j < k; ++j) sum += (p[j][b] = std::exp(F[j][b] - mx));
+    const T w = b < nb ? s : T(0);
+    const idx y = b < nb ? (idx)tg.labels[n0 + b] : -1;
+    for (idx j = 0; j < k; ++j) {
+      p[j][b] /= sum;
+      g[j][b] = w * (p[j][b] - (j == y ? T(1) : T(0)));
+    }
   }
 }
 

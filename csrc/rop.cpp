@@ -172,28 +172,15 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
     lanes_forward(net, theta, lay, A, D1, gn ? nullptr : D2, V, RA, RZ);
     // Output gradient and its tangent (H_out RF), zero in unused lanes.
     const Lane *F = A + at[L], *RF = RZ + at[L];
+    Lane* p = G2;  // the softmax (ce): G2 is free until the backward pass
+    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);
     if (net.loss == Loss::mse) {
       const T c = 2 * s / T(k);
-      for (idx j = 0; j < k; ++j) {
-        Lane y = zero;
-        for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
-        G[j] = c * (F[j] - y) * mask;
-        RG[j] = c * RF[j] * mask;
-      }
+      for (idx j = 0; j < k; ++j) RG[j] = c * RF[j] * mask;
     } else {
-      for (idx b = 0; b < B; ++b) {
-        T mx = F[0][b];
-        for (idx j = 1; j < k; ++j) mx = std::max(mx, F[j][b]);
-        T sum = 0, dot = 0;
-        for (idx j = 0; j < k; ++j) sum += (G[j][b] = std::exp(F[j][b] - mx));
-        for (idx j = 0; j < k; ++j) dot += (G[j][b] /= sum) * RF[j][b];
-        const T w = b < nb ? s : T(0);
-        const idx y = b < nb ? (idx)tg.labels[n0 + b] : 0;
-        for (idx j = 0; j < k; ++j) {
-          RG[j][b] = w * G[j][b] * (RF[j][b] - dot);
-          G[j][b] = w * (G[j][b] - (j == y ? T(1) : T(0)));
-        }
-      }
+      Lane dot = zero;
+      for (idx j = 0; j < k; ++j) dot += p[j] * RF[j];
+      for (idx j = 0; j < k; ++j) RG[j] = s * mask * p[j] * (RF[j] - dot);
     }
     // Backward: R{grad} of layer l, then the gradient and its tangent one layer down.
     Lane *g = G, *rg = RG, *g2 = G2, *rg2 = RG2;
