@@ -277,11 +277,11 @@ namespace {
 constexpr idx kLanesMaxFullParams = 128;
 
 // Rows s_r of a square root of H_out, S[r * k + j], zero in unused lanes: mse sqrt(2s/k) e_r;
-// ce sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T.  `p` is k
-// lanes of scratch (the softmax).
+// ce sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T, with p the
+// block's softmax (lanes_softmax; not read for mse).
 template <class T>
-void out_sqrt_rows(const Net& net, const typename Lanes<T>::type* F, T s, const typename Lanes<T>::type& mask,
-                   typename Lanes<T>::type* p, typename Lanes<T>::type* S) {
+void out_sqrt_rows(const Net& net, T s, const typename Lanes<T>::type& mask, const typename Lanes<T>::type* p,
+                   typename Lanes<T>::type* S) {
   using Lane = typename Lanes<T>::type;
   const idx k = net.k();
   const Lane zero = {};
@@ -291,13 +291,6 @@ void out_sqrt_rows(const Net& net, const typename Lanes<T>::type* F, T s, const 
       for (idx j = 0; j < k; ++j) S[r * k + j] = r == j ? c * mask : zero;
     return;
   }
-  Lane mx = F[0], sum = zero;
-  for (idx j = 1; j < k; ++j) mx = F[j] > mx ? F[j] : mx;  // lane-wise
-  for (idx j = 0; j < k; ++j) {
-    for (idx b = 0; b < kLanes; ++b) p[j][b] = std::exp(F[j][b] - mx[b]);
-    sum += p[j];
-  }
-  for (idx j = 0; j < k; ++j) p[j] /= sum;
   for (idx r = 0; r < k; ++r) {
     Lane w;
     for (idx b = 0; b < kLanes; ++b) w[b] = std::sqrt(s * p[r][b]) * mask[b];
@@ -305,7 +298,7 @@ void out_sqrt_rows(const Net& net, const typename Lanes<T>::type* F, T s, const 
   }
 }
 
-// acc (lower triangle, row-major, per lane) += c * u u^T over the first n entries of u.
+// acc (lower triangle, row-major, per lane) += u u^T over the first n entries of u.
 template <class T>
 inline void lanes_outer(typename Lanes<T>::type* acc, const typename Lanes<T>::type* u, idx n) {
   for (idx p = 0; p < n; ++p) {
@@ -361,7 +354,8 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
     Lane mask;
     lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
-    out_sqrt_rows<T>(net, A + lay.at[L], s, mask, next, S);
+    if (net.loss == Loss::ce) lanes_softmax<T>(k, A + lay.at[L], next);
+    out_sqrt_rows<T>(net, s, mask, next, S);
     for (idx r = 0; r < k; ++r) {
       std::copy(S + r * k, S + (r + 1) * k, delta);
       for (idx l = L - 1; l >= 0; --l) {
@@ -457,8 +451,8 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
     // Output gradient (zero in unused lanes), then backward: g_l, the act'' terms of e_l, and
     // the bilinear terms of g_l.
     const Lane* F = A + lay.at[L];
-    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G + zu(L - 1));
-    out_sqrt_rows<T>(net, F, s, mask, p, S);
+    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G + zu(L - 1));  // p: the softmax (ce)
+    out_sqrt_rows<T>(net, s, mask, p, S);
     auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
     for (idx l = L - 1; l >= 1; --l) {
       const idx di = net.d[l], dn = net.d[l + 1];

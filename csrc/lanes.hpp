@@ -112,6 +112,19 @@ void lanes_forward(const Net& net, const T* theta, const LaneLayout& lay, typena
   }
 }
 
+// p = softmax of the block's outputs F (k lanes), lane by lane.
+template <class T>
+void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::type* p) {
+  using Lane = typename Lanes<T>::type;
+  Lane mx = F[0], sum = {};
+  for (idx j = 1; j < k; ++j) mx = F[j] > mx ? F[j] : mx;  // lane-wise
+  for (idx j = 0; j < k; ++j) {
+    for (idx b = 0; b < kLanes; ++b) p[j][b] = std::exp(F[j][b] - mx[b]);
+    sum += p[j];
+  }
+  for (idx j = 0; j < k; ++j) p[j] /= sum;
+}
+
 // g = dloss/df for the block's outputs F (k lanes; s the sample weight, zero in unused lanes);
 // for ce, p receives the softmax (k lanes).
 template <class T>
@@ -129,16 +142,11 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
     }
     return;
   }
-  for (idx b = 0; b < kLanes; ++b) {
-    T mx = F[0][b], sum = 0;
-    for (idx j = 1; j < k; ++j) mx = std::max(mx, F[j][b]);
-    for (idx j = 0; j < k; ++j) sum += (p[j][b] = std::exp(F[j][b] - mx));
-    const T w = b < nb ? s : T(0);
-    const idx y = b < nb ? (idx)tg.labels[n0 + b] : -1;
-    for (idx j = 0; j < k; ++j) {
-      p[j][b] /= sum;
-      g[j][b] = w * (p[j][b] - (j == y ? T(1) : T(0)));
-    }
+  lanes_softmax<T>(k, F, p);
+  for (idx j = 0; j < k; ++j) {
+    Lane onehot = {};
+    for (idx b = 0; b < nb; ++b) onehot[b] = (idx)tg.labels[n0 + b] == j ? T(1) : T(0);
+    g[j] = s * mask * (p[j] - onehot);
   }
 }
 
