@@ -5,12 +5,14 @@
 //   tanh      t = tanh z           1 - t^2                -2 t (1 - t^2)
 //   sigmoid   s = 1/(1+e^-z)       s (1 - s)              s (1 - s)(1 - 2s)
 //   softplus  log(1 + e^z)         s                      s (1 - s)
-// sigmoid and softplus go through em = expm1(-|z|), so that neither tail loses digits:
-//   s = 1/(2 + em) (z >= 0) or (1 + em)/(2 + em) (z < 0);  s(1-s) = (1+em)/(2+em)^2;
-//   1 - 2s = -sign(z) (-em)/(2 + em);  softplus = max(z, 0) + log1p(1 + em).
-// The loops are branch-free so that they vectorise (vmath.hpp); sin keeps libm.
 //   gelu      z/2 (1 + tanh u),  u = c (z + 0.044715 z^3),  c = sqrt(2/pi)   (tanh form)
 //   sin       sin z                cos z                  -sin z
+// Every exponential goes through tanh x and h = (1 - tanh x)/2 = 1/(e^2x + 1), x >= 0
+// (vmath.hpp), so that no tail loses digits: 1 - t^2 = 4 h (1 - h); with x = |z|/2,
+// sigmoid's small tail is h itself (the other 1 - h), s (1 - s) = h (1 - h), 1 - 2s =
+// -sign(z) tanh x, e^-|z| = h/(1 - h) and softplus = max(z, 0) + log1p(e^-|z|) =
+// max(z, 0) + 2 atanh(h/(2 - h)); gelu's 1 + tanh u is 2 (1 - h) or 2 h by the sign of u.
+// The loops are branch-free so that they vectorise; sin keeps libm.
 #pragma once
 #include <cmath>
 
@@ -43,7 +45,8 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
       break;
     case Act::tanh:
       for (idx i = 0; i < n; ++i) {
-        const double t = v_tanh((double)z[i]), s = 1 - t * t;
+        double s;
+        const double t = v_tanh((double)z[i], s);
         a[i] = (T)t;
         d1[i] = (T)s;
         if (d2) d2[i] = (T)(-2 * t * s);
@@ -52,15 +55,16 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
     case Act::sigmoid:
     case Act::softplus:
       for (idx i = 0; i < n; ++i) {
-        const double v = (double)z[i], av = v < 0 ? -v : v;
-        const double em = v_expm1(-av), den = 1.0 / (2.0 + em), e = 1.0 + em;
-        const double s = v >= 0 ? den : e * den, ds = e * den * den;
+        const double v = (double)z[i];
+        double h;
+        const double t = v_tanh_pos(0.5 * std::fabs(v), h);
+        const double s = v >= 0 ? 1.0 - h : h, ds = h - h * h;
         if (f == Act::sigmoid) {
           a[i] = (T)s;
           d1[i] = (T)ds;
-          if (d2) d2[i] = (T)(ds * (v >= 0 ? em : -em) * den);
+          if (d2) d2[i] = (T)(-ds * std::copysign(t, v));
         } else {
-          a[i] = (T)((v > 0 ? v : 0.0) + v_log1p_unit(e));
+          a[i] = (T)((v > 0 ? v : 0.0) + v_2atanh(h / (2.0 - h)));
           d1[i] = (T)s;
           if (d2) d2[i] = (T)ds;
         }
@@ -70,9 +74,12 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
       const double c = 0.7978845608028654, k3 = 0.044715;
       for (idx i = 0; i < n; ++i) {
         const double v = (double)z[i], u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
-        const double t = v_tanh(u), s = 1 - t * t;
-        a[i] = (T)(0.5 * v * (1 + t));
-        d1[i] = (T)(0.5 * (1 + t) + 0.5 * v * s * du);
+        double h;
+        const double t = std::copysign(v_tanh_pos(std::fabs(u), h), u);
+        h = std::fabs(u) > 350.0 ? 0.0 : h;  // 1e-304 there, times du^2 ~ z^4: not negligible
+        const double s = 4.0 * (h - h * h), onep = 2.0 * (u >= 0 ? 1.0 - h : h);  // 1 - t^2, 1 + t
+        a[i] = (T)(0.5 * v * onep);
+        d1[i] = (T)(0.5 * onep + 0.5 * v * s * du);
         if (d2) d2[i] = (T)(s * du - v * t * s * du * du + 0.5 * v * s * (c * 6 * k3 * v));
       }
       break;

@@ -9,6 +9,7 @@
 
 #include <mutex>
 
+#include "activations.hpp"
 #include "blas.hpp"
 #include "curvature.hpp"
 #include "diagonal.hpp"
@@ -338,4 +339,14 @@ PYBIND11_MODULE(_core, m) {
                                      ldc);
       },
       "TEST-ONLY: one GEMM through a chosen path (see tests/test_gemm.py); not part of the API");
+  m.def(
+      "_activate",
+      [](int code, py::array_t<double, py::array::c_style | py::array::forcecast> z) {
+        if (code < 0 || code > (int)tk::Act::sin) throw py::value_error("code: unknown activation");
+        const idx n = (idx)z.size();
+        py::array_t<double> a(n), d1(n), d2(n);
+        tk::activate<double>((tk::Act)code, n, z.data(), a.mutable_data(), d1.mutable_data(), d2.mutable_data());
+        return py::make_tuple(a, d1, d2);
+      },
+      "TEST-ONLY: (act(z), act'(z), act''(z)) of a flat float64 array (tests/test_activations.py)");
 }

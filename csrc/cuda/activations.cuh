@@ -1,7 +1,10 @@
 // Hidden activations with their first and second derivatives, on the device.  The same
 // formulas as ../activations.hpp (see its table), evaluated in double precision for both
-// dtypes (float converts in and out, as on the CPU), with CUDA's tanh/expm1/log1p in place
+// dtypes (float converts in and out, as on the CPU), with CUDA's tanh/exp/log1p in place
 // of the vectorised ones of ../vmath.hpp; sin keeps the working precision, as on the CPU.
+// h(x) = (1 - tanh x)/2 = 1/(e^2x + 1), x >= 0, carries every tail (underflowing to 0 exactly).
+
+__device__ __forceinline__ double tanh_h(double x) { return 1.0 / (1.0 + ::exp(2.0 * x)); }
 #pragma once
 #include "common.cuh"
 
@@ -23,7 +26,7 @@ __device__ __forceinline__ void activate1(Act f, T zin, T& a, T& d1, T& d2, bool
       d2 = T(0);
       break;
     case Act::tanh: {
-      const double t = ::tanh((double)zin), s = 1.0 - t * t;
+      const double t = ::tanh((double)zin), h = tanh_h(::fabs((double)zin)), s = 4.0 * (h - h * h);
       a = (T)t;
       d1 = (T)s;
       if (want_d2) d2 = (T)(-2.0 * t * s);
@@ -31,15 +34,14 @@ __device__ __forceinline__ void activate1(Act f, T zin, T& a, T& d1, T& d2, bool
     }
     case Act::sigmoid:
     case Act::softplus: {
-      const double v = (double)zin, av = v < 0 ? -v : v;
-      const double em = ::expm1(-av), den = 1.0 / (2.0 + em), e = 1.0 + em;
-      const double s = v >= 0 ? den : e * den, ds = e * den * den;
+      const double v = (double)zin, x = 0.5 * ::fabs(v), h = tanh_h(x);
+      const double s = v >= 0 ? 1.0 - h : h, ds = h - h * h;
       if (f == Act::sigmoid) {
         a = (T)s;
         d1 = (T)ds;
-        if (want_d2) d2 = (T)(ds * (v >= 0 ? em : -em) * den);
+        if (want_d2) d2 = (T)(-ds * ::copysign(::tanh(x), v));
       } else {
-        a = (T)((v > 0 ? v : 0.0) + ::log1p(e));
+        a = (T)((v > 0 ? v : 0.0) + ::log1p(::exp(-2.0 * x)));
         d1 = (T)s;
         if (want_d2) d2 = (T)ds;
       }
@@ -48,9 +50,10 @@ __device__ __forceinline__ void activate1(Act f, T zin, T& a, T& d1, T& d2, bool
     case Act::gelu: {
       const double c = 0.7978845608028654, k3 = 0.044715;
       const double v = (double)zin, u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
-      const double t = ::tanh(u), s = 1 - t * t;
-      a = (T)(0.5 * v * (1 + t));
-      d1 = (T)(0.5 * (1 + t) + 0.5 * v * s * du);
+      const double t = ::tanh(u), h = tanh_h(::fabs(u)), s = 4.0 * (h - h * h);
+      const double onep = 2.0 * (u >= 0 ? 1.0 - h : h);  // 1 + t
+      a = (T)(0.5 * v * onep);
+      d1 = (T)(0.5 * onep + 0.5 * v * s * du);
       if (want_d2) d2 = (T)(s * du - v * t * s * du * du + 0.5 * v * s * (c * 6 * k3 * v));
       break;
     }

@@ -27,6 +27,12 @@ _GELU_C = float(np.sqrt(2.0 / np.pi))  # python floats: keep float32 arrays floa
 _GELU_A = 0.044715
 
 
+def _tail(x):
+    """1 / (exp(x) + 1) for x >= 0, through exp(-x) (underflows to 0, no overflow)."""
+    e = np.exp(-x)
+    return e / (1 + e)
+
+
 def act(name, z):
     """(sigma(z), sigma'(z), sigma''(z)) elementwise."""
     if name == "identity":
@@ -34,13 +40,17 @@ def act(name, z):
     if name == "relu":
         return np.maximum(z, 0), (z > 0).astype(z.dtype), np.zeros_like(z)
     if name == "tanh":
+        # 1 - t^2 = 4 h (1 - h), h = (1 - tanh|z|)/2 = e/(1 + e), e = exp(-2|z|): no tail
+        # loses digits (1 - t*t is 0 past |z| ~ 19, and inexact well before)
         t = np.tanh(z)
-        return t, 1 - t * t, -2 * t * (1 - t * t)
+        h = _tail(2 * np.abs(z))
+        s = 4 * (h - h * h)
+        return t, s, -2 * t * s
     if name in ("sigmoid", "softplus"):
         # through e = exp(-|z|) so that neither tail cancels: s(1-s) = e / (1+e)^2 and
         # 1 - 2s = -sign(z) (1-e)/(1+e), with 1 - e = -expm1(-|z|)
+        e = np.exp(-np.abs(z))
         em = np.expm1(-np.abs(z))
-        e = 1 + em
         s = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
         ds = e / (1 + e) ** 2
         if name == "sigmoid":
@@ -51,8 +61,10 @@ def act(name, z):
         du = _GELU_C * (1 + 3 * _GELU_A * z ** 2)
         ddu = _GELU_C * 6 * _GELU_A * z
         t = np.tanh(u)
-        s = 1 - t * t
-        return 0.5 * z * (1 + t), 0.5 * (1 + t) + 0.5 * z * s * du, s * du - z * t * s * du ** 2 + 0.5 * z * s * ddu
+        h = _tail(2 * np.abs(u))
+        s = 4 * (h - h * h)
+        onep = 2 * np.where(u >= 0, 1 - h, h)  # 1 + t, exact in the left tail too
+        return 0.5 * z * onep, 0.5 * onep + 0.5 * z * s * du, s * du - z * t * s * du ** 2 + 0.5 * z * s * ddu
     if name == "sin":
         return np.sin(z), np.cos(z), -np.sin(z)
     raise ValueError(name)  # pragma: no cover - MLP validates names
