@@ -21,41 +21,50 @@
 
 namespace tk {
 
-// For n values of z: a = act(z); d1 = act'(z); d2 = act''(z) (d2 may be null).
-// a may alias z.
+// body(i, v) for every value v = z[i] (+ b[i % cols] when b is given) of a rows x cols
+// block: the forward pass adds the bias here instead of in a pass of its own.
+template <class T, class Body>
+inline void over_values(idx rows, idx cols, const T* z, const T* b, Body&& body) {
+  if (b) {
+    for (idx r = 0; r < rows; ++r)
+      for (idx j = 0; j < cols; ++j) body(r * cols + j, z[r * cols + j] + b[j]);
+  } else {
+    for (idx i = 0; i < rows * cols; ++i) body(i, z[i]);
+  }
+}
+
+// For the rows x cols values v of z (+ the row b, which may be null): a = act(v),
+// d1 = act'(v), d2 = act''(v) (d2 may be null).  a may alias z.
 template <class T>
-inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
+inline void activate(Act f, idx rows, idx cols, const T* z, const T* b, T* a, T* d1, T* d2) {
   switch (f) {
     case Act::identity:
-      for (idx i = 0; i < n; ++i) {
-        a[i] = z[i];
+      over_values(rows, cols, z, b, [&](idx i, T v) {
+        a[i] = v;
         d1[i] = 1;
-      }
-      if (d2)
-        for (idx i = 0; i < n; ++i) d2[i] = 0;
+        if (d2) d2[i] = 0;
+      });
       break;
     case Act::relu:
-      for (idx i = 0; i < n; ++i) {
-        const T v = z[i];
+      over_values(rows, cols, z, b, [&](idx i, T v) {
         a[i] = v > 0 ? v : T(0);
         d1[i] = v > 0 ? T(1) : T(0);
-      }
-      if (d2)
-        for (idx i = 0; i < n; ++i) d2[i] = 0;
+        if (d2) d2[i] = 0;
+      });
       break;
     case Act::tanh:
-      for (idx i = 0; i < n; ++i) {
+      over_values(rows, cols, z, b, [&](idx i, T v) {
         double s;
-        const double t = v_tanh((double)z[i], s);
+        const double t = v_tanh((double)v, s);
         a[i] = (T)t;
         d1[i] = (T)s;
         if (d2) d2[i] = (T)(-2 * t * s);
-      }
+      });
       break;
     case Act::sigmoid:
     case Act::softplus:
-      for (idx i = 0; i < n; ++i) {
-        const double v = (double)z[i];
+      over_values(rows, cols, z, b, [&](idx i, T vt) {
+        const double v = (double)vt;
         double h;
         const double t = v_tanh_pos(0.5 * std::fabs(v), h);
         const double s = v >= 0 ? 1.0 - h : h, ds = h - h * h;
@@ -68,12 +77,12 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
           d1[i] = (T)s;
           if (d2) d2[i] = (T)ds;
         }
-      }
+      });
       break;
     case Act::gelu: {
       const double c = 0.7978845608028654, k3 = 0.044715;
-      for (idx i = 0; i < n; ++i) {
-        const double v = (double)z[i], u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
+      over_values(rows, cols, z, b, [&](idx i, T vt) {
+        const double v = (double)vt, u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
         double h;
         const double t = std::copysign(v_tanh_pos(std::fabs(u), h), u);
         h = std::fabs(u) > 350.0 ? 0.0 : h;  // 1e-304 there, times du^2 ~ z^4: not negligible
@@ -81,16 +90,16 @@ inline void activate(Act f, idx n, const T* z, T* a, T* d1, T* d2) {
         a[i] = (T)(0.5 * v * onep);
         d1[i] = (T)(0.5 * onep + 0.5 * v * s * du);
         if (d2) d2[i] = (T)(s * du - v * t * s * du * du + 0.5 * v * s * (c * 6 * k3 * v));
-      }
+      });
       break;
     }
     case Act::sin:
-      for (idx i = 0; i < n; ++i) {
-        const T v = z[i], sv = std::sin(v);  // read z first: a may alias z
+      over_values(rows, cols, z, b, [&](idx i, T v) {
+        const T sv = std::sin(v);
         a[i] = sv;
         d1[i] = std::cos(v);
         if (d2) d2[i] = -sv;
-      }
+      });
       break;
   }
 }

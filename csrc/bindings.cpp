@@ -345,7 +345,7 @@ PYBIND11_MODULE(_core, m) {
         if (code < 0 || code > (int)tk::Act::sin) throw py::value_error("code: unknown activation");
         const idx n = (idx)z.size();
         py::array_t<double> a(n), d1(n), d2(n);
-        tk::activate<double>((tk::Act)code, n, z.data(), a.mutable_data(), d1.mutable_data(), d2.mutable_data());
+        tk::activate<double>((tk::Act)code, 1, n, z.data(), nullptr, a.mutable_data(), d1.mutable_data(), d2.mutable_data());
         return py::make_tuple(a, d1, d2);
       },
       "TEST-ONLY: (act(z), act'(z), act''(z)) of a flat float64 array (tests/test_activations.py)");

@@ -40,15 +40,18 @@ void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bo
     const idx di = net.d[l], dn = net.d[l + 1];
     T* z = ((l + 1 < L) ? t.a[l + 1].data() : t.F.data()) + n0 * dn;
     const T* b = bias(net, theta, l);
-    for (idx r = 0; r < n; ++r) std::copy(b, b + dn, z + r * dn);
-    gemm<T>(false, false, n, dn, di, T(1), t.in(l) + n0 * di, di, weights(net, theta, l), dn, T(1), z, dn);
-    if (l + 1 < L) {  // elementwise over the slice's contiguous block, in blocks of rows
+    const bool hidden = l + 1 < L;  // hidden layers add the bias in the activation pass
+    if (!hidden)
+      for (idx r = 0; r < n; ++r) std::copy(b, b + dn, z + r * dn);
+    gemm<T>(false, false, n, dn, di, T(1), t.in(l) + n0 * di, di, weights(net, theta, l), dn, T(hidden ? 0 : 1), z,
+            dn);
+    if (hidden) {  // elementwise over the slice's contiguous block, in blocks of rows
       T* d1 = t.d1[l].data() + n0 * dn;
       T* d2 = second ? t.d2[l].data() + n0 * dn : nullptr;
       const idx rows = std::max<idx>(1, 4096 / dn), blocks = (n + rows - 1) / rows;
-      parallel_for(blocks, n * dn, [&](idx b) {
-        const idx r0 = b * rows, cnt = (std::min(n, r0 + rows) - r0) * dn, o = r0 * dn;
-        activate<T>(net.act[l], cnt, z + o, z + o, d1 + o, d2 ? d2 + o : nullptr);
+      parallel_for(blocks, n * dn, [&](idx blk) {
+        const idx r0 = blk * rows, o = r0 * dn;
+        activate<T>(net.act[l], std::min(n, r0 + rows) - r0, dn, z + o, b, z + o, d1 + o, d2 ? d2 + o : nullptr);
       });
     }
   }
@@ -105,31 +108,69 @@ double total_loss(const Net& net, const Tape<T>& t, bool mean) {
 }
 
 template <class T>
-void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1) {
-  const idx n = n1 - n0;
-  for (idx l = net.L() - 1; l >= 1; --l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    T* e = t.e[l - 1].data() + n0 * di;
-    gemm<T>(false, true, n, di, dn, T(1), t.g[l].data() + n0 * dn, dn, weights(net, theta, l), dn, T(0), e, di);
-    const T* d1 = t.d1[l - 1].data() + n0 * di;
-    T* g = t.g[l - 1].data() + n0 * di;
-    parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
-  }
-}
-
-template <class T>
-void param_grad(const Net& net, const Tape<T>& t, idx n0, idx n1, T* grad) {
-  const idx n = n1 - n0;
-  for (idx l = 0; l < net.L(); ++l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    T* gW = grad + net.off[l];
-    const T* g = t.g[l].data() + n0 * dn;
-    gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, g, dn, T(0), gW, dn);
-    T* gb = gW + di * dn;
-    std::fill(gb, gb + dn, T(0));
+void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad) {
+  const idx n = n1 - n0, L = net.L(), k = net.k();
+  const bool narrow = k == 1 && L >= 2;  // the output layer's backward without products
+  if (grad) {  // the output layer's bias gradient (and its weights' when narrow: summed below)
+    T* __restrict gb = grad + net.off[L - 1] + net.d[L - 1] * k;
+    const T* gk = t.g[L - 1].data() + n0 * k;
+    std::fill(gb, gb + k, T(0));
     for (idx r = 0; r < n; ++r)
-      for (idx j = 0; j < dn; ++j) gb[j] += g[r * dn + j];
+      for (idx c = 0; c < k; ++c) gb[c] += gk[r * k + c];
+    if (narrow) std::fill(grad + net.off[L - 1], gb, T(0));
   }
+  for (idx l = L - 1; l >= 1; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    const T* gl = t.g[l].data() + n0 * dn;
+    const T* __restrict d1 = t.d1[l - 1].data() + n0 * di;
+    T* __restrict e = t.e[l - 1].data() + n0 * di;
+    T* __restrict g = t.g[l - 1].data() + n0 * di;
+    T* __restrict gb = grad ? grad + net.off[l - 1] + net.d[l - 1] * di : nullptr;  // bias of layer l-1
+    if (gb) std::fill(gb, gb + di, T(0));
+    if (l == L - 1 && narrow) {  // e = g_out w^T, g = e * act', and the output weights' gradient
+      const T* __restrict w = weights(net, theta, l);
+      const T* __restrict a = t.a[l].data() + n0 * di;
+      T* __restrict gW = grad ? grad + net.off[l] : nullptr;
+      for (idx r = 0; r < n; ++r) {
+        const T go = gl[r];
+        T* __restrict er = e + r * di;
+        T* __restrict gr = g + r * di;
+        const T* __restrict dr = d1 + r * di;
+        if (gW) {
+          for (idx j = 0; j < di; ++j) gr[j] = go * w[j] * dr[j];
+        } else {
+          for (idx j = 0; j < di; ++j) {
+            er[j] = go * w[j];
+            gr[j] = er[j] * dr[j];
+          }
+        }
+        if (gW)
+          for (idx j = 0; j < di; ++j) {
+            gb[j] += gr[j];
+            gW[j] += a[r * di + j] * go;
+          }
+      }
+      continue;
+    }
+    if (gb) {  // inside a slice of samples: serial, with the bias sums; e is not kept
+      gemm<T>(false, true, n, di, dn, T(1), gl, dn, weights(net, theta, l), dn, T(0), g, di);
+      for (idx r = 0; r < n; ++r)
+        for (idx j = 0; j < di; ++j) {
+          const T v = g[r * di + j] * d1[r * di + j];
+          g[r * di + j] = v;
+          gb[j] += v;
+        }
+    } else {
+      gemm<T>(false, true, n, di, dn, T(1), gl, dn, weights(net, theta, l), dn, T(0), e, di);
+      parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
+    }
+  }
+  if (grad)
+    for (idx l = 0; l < L - (narrow ? 1 : 0); ++l) {
+      const idx di = net.d[l], dn = net.d[l + 1];
+      gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, t.g[l].data() + n0 * dn, dn, T(0),
+              grad + net.off[l], dn);
+    }
 }
 
 template <class T>
@@ -181,8 +222,7 @@ double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
     forward_rows(net, theta, t, n0, n1, false);
     head_rows(net, t, tg, mean, n0, n1, true);
-    backprop_rows(net, theta, t, n0, n1);
-    param_grad(net, t, n0, n1, tid == 0 ? grad : ws.parts.data() + (tid - 1) * P);
+    backprop_rows(net, theta, t, n0, n1, tid == 0 ? grad : ws.parts.data() + (tid - 1) * P);
 #pragma omp barrier
     sum_parts(grad, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });
   });
@@ -210,8 +250,7 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
   template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool);                              \
   template void head_rows<T>(const Net&, Tape<T>&, Targets<T>, bool, idx, idx, bool);                         \
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
-  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx);                                   \
-  template void param_grad<T>(const Net&, const Tape<T>&, idx, idx, T*);                                      \
+  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*);                               \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
   template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                \
   template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \

@@ -50,13 +50,12 @@ void forward_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1,
 template <class T>
 void head_rows(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, idx n0, idx n1, bool want_grad);
 
-// Rows of g[l] for l < L-1 and of e[l].
+// Rows of g[l] for l < L-1 and of e[l]; with `grad` (P,) instead, the gradient's sum over
+// rows [n0, n1) only (overwritten), the bias sums taken in the passes that write g, and no e.  A one-unit
+// output layer is backpropagated by one fused pass (e, g, and the output weights' gradient)
+// instead of two products that are all memory traffic.
 template <class T>
-void backprop_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1);
-
-// grad (P,) = the gradient's sum over rows [n0, n1) only (overwritten).
-template <class T>
-void param_grad(const Net& net, const Tape<T>& tape, idx n0, idx n1, T* grad);
+void backprop_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1, T* grad = nullptr);
 
 // The loss from the rows' losses (double accumulation, in sample order: deterministic).
 template <class T>
