@@ -241,13 +241,20 @@ py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
   })
 }
 
-// True when every element is finite: sum of x * 0 is 0, or NaN as soon as one x is +-inf
-// or NaN (vectorises; no early exit needed at the sizes inputs have).
+// True when every element is finite: sums of x * 0 are 0, or NaN as soon as one x is +-inf
+// or NaN.  Four registers' worth of independent sums, so that the loop vectorises without
+// reassociating (one running sum was a serial chain of adds: 20 us for 40,000 values).
 template <class T>
 bool all_finite_impl(const T* x, idx n) {
-  T acc = 0;
-  for (idx i = 0; i < n; ++i) acc += x[i] * T(0);
-  return acc == T(0);
+  constexpr idx W = 4 * 64 / sizeof(T);
+  T acc[W] = {};
+  idx i = 0;
+  for (; i + W <= n; i += W)
+    for (idx j = 0; j < W; ++j) acc[j] += x[i + j] * T(0);
+  for (; i < n; ++i) acc[0] += x[i] * T(0);
+  T sum = 0;
+  for (idx j = 0; j < W; ++j) sum += acc[j];
+  return sum == T(0);
 }
 
 py::object all_finite(const py::array& a) {

@@ -127,6 +127,23 @@ def test_bad_input_is_refused_before_any_kernel(loss, method, arg, make_bad, exc
         call(p, method, **{arg: make_bad(p)})
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [1, 10, 11, 43, 700])
+def test_non_finite_found_anywhere(dtype, rows):
+    """The finiteness check (blocks of 32 or 64 values, then a tail) sees one bad value at
+    any position: first, last, inside a block, in the tail."""
+    net = tk.MLP([3, 2], dtype=dtype)
+    theta = np.zeros(net.num_params, dtype)
+    X = np.ones((rows, 3), dtype)
+    net.predict(theta, X)
+    for pos in sorted({0, 1, X.size // 2, X.size - 2, X.size - 1} - {-1}):
+        for bad in (np.nan, np.inf, -np.inf):
+            Z = X.copy()
+            Z.flat[pos] = bad
+            with pytest.raises(ValueError, match="X: contains NaN or Inf"):
+                net.predict(theta, Z)
+
+
 @pytest.mark.parametrize("method", METHODS_XY)
 def test_labels_as_integral_floats_or_unsigned_accepted(backend, method):
     p = make_problem([3, 4, 3], "tanh", "ce", N=6)
