@@ -34,22 +34,29 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
   auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
   auto &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc;
 
-  // Forward tangents.
+  // Forward tangents (a hidden layer's Vb added in the pass that forms Ra).
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
+    const bool hidden = l + 1 < L;
     T* rz = Rz[l].data() + n0 * m * dn;
     const T* vb = Vt[l].data() + di * m * dn;
-    for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
-    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, Vt[l].data(), m * dn, T(1), rz, m * dn);
+    if (!hidden)
+      for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
+    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, Vt[l].data(), m * dn, T(hidden ? 0 : 1), rz,
+            m * dn);
     if (l > 0)
       gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data() + n0 * m * di, di, weights(net, theta, l), dn, T(1), rz,
               dn);
-    if (l + 1 < L) {
+    if (hidden) {
       T* ra = Ra[l + 1].data() + n0 * m * dn;
       const T* d1 = t.d1[l].data() + n0 * dn;
       parallel_for(n, n * m * dn, [&](idx r) {
         for (idx c = 0; c < m; ++c)
-          for (idx j = 0; j < dn; ++j) ra[(r * m + c) * dn + j] = d1[r * dn + j] * rz[(r * m + c) * dn + j];
+          for (idx j = 0; j < dn; ++j) {
+            const idx q = (r * m + c) * dn + j;
+            rz[q] += vb[c * dn + j];
+            ra[q] = d1[r * dn + j] * rz[q];
+          }
       });
     }
   }
@@ -79,25 +86,32 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
   // Backward.
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
-    // acc[i][c][j] = R{grad}, then scattered into dst[(off + i dn + j) m + c].
-    acc.resize((di + 1) * m * dn);
-    gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, T(0), acc.data(), m * dn);
-    T* accb = acc.data() + di * m * dn;
+    // acc[i][c][j] = R{grad}, then scattered into dst[(off + i dn + j) m + c]; with one
+    // direction both layouts are [i][j]: the products write dst directly.
+    T* o = dst + net.off[l] * m;
+    T* ac = o;
+    if (m > 1) {
+      acc.resize((di + 1) * m * dn);
+      ac = acc.data();
+    }
+    gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, T(0), ac, m * dn);
+    T* accb = ac + di * m * dn;
     std::fill(accb, accb + m * dn, T(0));
     for (idx r = 0; r < n; ++r)
       for (idx q = 0; q < m * dn; ++q) accb[q] += Rg[r * m * dn + q];
-    if (!gn && l > 0) {
-      tmp.resize(m * di * dn);  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
-      gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data() + n0 * m * di, m * di, t.g[l].data() + n0 * dn, dn, T(0),
-              tmp.data(), dn);
-      for (idx c = 0; c < m; ++c)
-        for (idx i = 0; i < di; ++i)
-          for (idx j = 0; j < dn; ++j) acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j];
+    if (!gn && l > 0) {  // + sum_n Ra_l[n][c][i] g_l[n][j], computed as [c][i][j]
+      if (m > 1) tmp.resize(m * di * dn);
+      gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data() + n0 * m * di, m * di, t.g[l].data() + n0 * dn, dn,
+              T(m == 1 ? 1 : 0), m == 1 ? o : tmp.data(), dn);
+      if (m > 1)
+        for (idx c = 0; c < m; ++c)
+          for (idx i = 0; i < di; ++i)
+            for (idx j = 0; j < dn; ++j) acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j];
     }
-    T* o = dst + net.off[l] * m;
-    for (idx i = 0; i <= di; ++i)
-      for (idx j = 0; j < dn; ++j)
-        for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = acc[(i * m + c) * dn + j];
+    if (m > 1)
+      for (idx i = 0; i <= di; ++i)
+        for (idx j = 0; j < dn; ++j)
+          for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = acc[(i * m + c) * dn + j];
     if (l == 0) break;
 
     Re.resize(n * m * di);

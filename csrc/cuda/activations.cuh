@@ -3,13 +3,15 @@
 // dtypes (float converts in and out, as on the CPU), with CUDA's tanh/exp/log1p in place
 // of the vectorised ones of ../vmath.hpp; sin keeps the working precision, as on the CPU.
 // h(x) = (1 - tanh x)/2 = 1/(e^2x + 1), x >= 0, carries every tail (underflowing to 0 exactly).
-
-__device__ __forceinline__ double tanh_h(double x) { return 1.0 / (1.0 + ::exp(2.0 * x)); }
 #pragma once
 #include "common.cuh"
 
 namespace tk {
 namespace cuda {
+
+__device__ __forceinline__ double tanh_h(double x) {
+  return 1.0 / (1.0 + ::exp(2.0 * x));
+}
 
 // a = act(z), d1 = act'(z), d2 = act''(z) (d2 skipped when want_d2 is false).
 template <class T>
