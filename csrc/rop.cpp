@@ -14,6 +14,7 @@
 #include "rop.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "blas.hpp"
 #include "forward_backward.hpp"
@@ -23,6 +24,46 @@
 namespace tk {
 
 namespace {
+
+// The backward step of the R-op below through layer l = L-1 when it has one unit and there is
+// one direction: Rg (n,) is a scalar per sample, so R{grad} (the layer's slice of dst) and the
+// next Rg (written to rg_next, (n, di)) come out of one pass over the rows, where the general
+// path issues four products with a dimension of 1 (all memory traffic) and a pass.
+template <class T>
+void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool gn, idx l, idx n0, idx n, const T* vw,
+                          const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* o) {
+  const idx di = net.d[l];
+  rg_next.resize(n * di);
+  const T *__restrict a = t.in(l) + n0 * di, *__restrict w = weights(net, theta, l);
+  const T *__restrict d1 = t.d1[l - 1].data() + n0 * di, *__restrict gl = t.g[l].data() + n0;
+  T* __restrict next = rg_next.data();
+  T* __restrict ow = o;
+  std::fill(ow, ow + di + 1, T(0));
+  T ob = 0;
+  auto rows = [&](auto hessian) {  // the Hessian's terms compiled in or out
+    constexpr bool H = decltype(hessian)::value;
+    const T *__restrict d2 = H ? t.d2[l - 1].data() + n0 * di : nullptr, *__restrict e = H ? t.e[l - 1].data() + n0 * di : nullptr;
+    for (idx r = 0; r < n; ++r) {
+      const T q = rg[r], g = H ? gl[r] : T(0);
+      ob += q;
+      const idx x = r * di;
+      for (idx i = 0; i < di; ++i) {
+        T v = ow[i] + a[x + i] * q, re = q * w[i];
+        if (H) {
+          v += ra[x + i] * g;
+          re += g * vw[i];
+        }
+        ow[i] = v;
+        next[x + i] = H ? re * d1[x + i] + e[x + i] * d2[x + i] * rz[x + i] : re * d1[x + i];
+      }
+    }
+  };
+  if (gn)
+    rows(std::false_type{});
+  else
+    rows(std::true_type{});
+  ow[di] = ob;
+}
 
 // The R-op for samples [n0, n1) (tape rows already filled); the slice's share of the result,
 // in out's layout [(off_l + i dn + j) m + c], is written (not added) to dst.
@@ -86,6 +127,12 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
   // Backward.
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
+    if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
+      output_unit_backward(net, theta, t, gn, l, n0, n, Vtt[l].data(), Ra[l].data() + n0 * di,
+                           Rz[l - 1].data() + n0 * di, Rg.data(), Re, dst + net.off[l]);
+      std::swap(Rg, Re);
+      continue;
+    }
     // acc[i][c][j] = R{grad}, then scattered into dst[(off + i dn + j) m + c]; with one
     // direction both layouts are [i][j]: the products write dst directly.
     T* o = dst + net.off[l] * m;
