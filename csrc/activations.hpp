@@ -54,42 +54,42 @@ inline void activate(Act f, idx rows, idx cols, const T* z, const T* b, T* a, T*
       break;
     case Act::tanh:
       over_values(rows, cols, z, b, [&](idx i, T v) {
-        double s;
-        const double t = v_tanh((double)v, s);
-        a[i] = (T)t;
-        d1[i] = (T)s;
-        if (d2) d2[i] = (T)(-2 * t * s);
+        T s;
+        const T t = v_tanh(v, s);
+        a[i] = t;
+        d1[i] = s;
+        if (d2) d2[i] = -2 * t * s;
       });
       break;
     case Act::sigmoid:
     case Act::softplus:
-      over_values(rows, cols, z, b, [&](idx i, T vt) {
-        const double v = (double)vt;
-        double h;
-        const double t = v_tanh_pos(0.5 * std::fabs(v), h);
-        const double s = v >= 0 ? 1.0 - h : h, ds = h - h * h;
+      over_values(rows, cols, z, b, [&](idx i, T v) {
+        T h;
+        const T t = v_tanh_pos(T(0.5) * std::fabs(v), h);
+        const T s = v >= 0 ? 1 - h : h, ds = h - h * h;
         if (f == Act::sigmoid) {
-          a[i] = (T)s;
-          d1[i] = (T)ds;
-          if (d2) d2[i] = (T)(-ds * std::copysign(t, v));
+          a[i] = s;
+          d1[i] = ds;
+          if (d2) d2[i] = -ds * std::copysign(t, v);
         } else {
-          a[i] = (T)((v > 0 ? v : 0.0) + v_2atanh(h / (2.0 - h)));
-          d1[i] = (T)s;
-          if (d2) d2[i] = (T)ds;
+          a[i] = (v > 0 ? v : T(0)) + v_2atanh(h / (2 - h));
+          d1[i] = s;
+          if (d2) d2[i] = ds;
         }
       });
       break;
     case Act::gelu: {
-      const double c = 0.7978845608028654, k3 = 0.044715;
-      over_values(rows, cols, z, b, [&](idx i, T vt) {
-        const double v = (double)vt, u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
-        double h;
-        const double t = std::copysign(v_tanh_pos(std::fabs(u), h), u);
-        h = std::fabs(u) > 350.0 ? 0.0 : h;  // 1e-304 there, times du^2 ~ z^4: not negligible
-        const double s = 4.0 * (h - h * h), onep = 2.0 * (u >= 0 ? 1.0 - h : h);  // 1 - t^2, 1 + t
-        a[i] = (T)(0.5 * v * onep);
-        d1[i] = (T)(0.5 * onep + 0.5 * v * s * du);
-        if (d2) d2[i] = (T)(s * du - v * t * s * du * du + 0.5 * v * s * (c * 6 * k3 * v));
+      const T c = T(0.7978845608028654), k3 = T(0.044715);
+      const T edge = sizeof(T) == 4 ? T(40) : T(350);  // where v_tanh_pos stops: h is 0 past it
+      over_values(rows, cols, z, b, [&](idx i, T v) {
+        const T u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
+        T h;
+        const T t = std::copysign(v_tanh_pos(std::fabs(u), h), u);
+        h = std::fabs(u) > edge ? T(0) : h;  // its last value, times du^2 ~ z^4: not negligible
+        const T s = 4 * (h - h * h), onep = 2 * (u >= 0 ? 1 - h : h);  // 1 - t^2, 1 + t
+        a[i] = T(0.5) * v * onep;
+        d1[i] = T(0.5) * onep + T(0.5) * v * s * du;
+        if (d2) d2[i] = s * du - v * t * s * du * du + T(0.5) * v * s * (c * 6 * k3 * v);
       });
       break;
     }

@@ -348,12 +348,19 @@ PYBIND11_MODULE(_core, m) {
       "TEST-ONLY: one GEMM through a chosen path (see tests/test_gemm.py); not part of the API");
   m.def(
       "_activate",
-      [](int code, py::array_t<double, py::array::c_style | py::array::forcecast> z) {
+      [](int code, py::array z) -> py::tuple {
         if (code < 0 || code > (int)tk::Act::sin) throw py::value_error("code: unknown activation");
-        const idx n = (idx)z.size();
-        py::array_t<double> a(n), d1(n), d2(n);
-        tk::activate<double>((tk::Act)code, 1, n, z.data(), nullptr, a.mutable_data(), d1.mutable_data(), d2.mutable_data());
-        return py::make_tuple(a, d1, d2);
+        auto run = [&](auto zero) -> py::tuple {
+          using T = decltype(zero);
+          auto x = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(z);
+          const idx n = (idx)x.size();
+          py::array_t<T> a(n), d1(n), d2(n);
+          tk::activate<T>((tk::Act)code, 1, n, x.data(), nullptr, a.mutable_data(), d1.mutable_data(),
+                          d2.mutable_data());
+          return py::make_tuple(a, d1, d2);
+        };
+        if (py::isinstance<py::array_t<float>>(z)) return run(0.0f);
+        return run(0.0);
       },
-      "TEST-ONLY: (act(z), act'(z), act''(z)) of a flat float64 array (tests/test_activations.py)");
+      "TEST-ONLY: (act(z), act'(z), act''(z)) of a flat float32 or float64 array (tests/test_activations.py)");
 }

@@ -8,7 +8,7 @@ Per value: |got - want| <= ULPS ulp of the magnitude of the formula's terms (whi
 except for gelu, whose derivatives cross zero and whose u = c (z + 0.044715 z^3) is itself
 rounded), or <= FLOOR absolutely: past |x| = 350 in tanh(x) the kernels hold 1 - tanh at
 ~1e-304 (gelu: at 0) instead of its true, smaller value, which gelu's act'' multiplies by
-du^2 ~ z^4.
+du^2 ~ z^4.  float32 the same, in float32 ulps, past |x| = 40 and with FLOOR32.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import pytest
 import taylorkern as tk
 
 L = np.longdouble
-ULPS = 8       # measured: at most 5 on the C++ kernels, 4 on numba
+ULPS = 8       # measured: at most 5 on the C++ kernels (either dtype), 4 on numba
 FLOOR = 1e-280
+FLOOR32 = 1e-30  # float32: the clamp is at x = 40, h ~ 1e-35 there
 
 pytestmark = pytest.mark.skipif(np.finfo(L).eps > 1e-18,
                                 reason="np.longdouble is no wider than float64 on this platform")
@@ -98,18 +99,24 @@ def _reference(name, z):
 KERNELS = {"cpp": _cpp, "numba": _numba, "reference": _reference}
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", tk.ACTIVATIONS)
 @pytest.mark.parametrize("backend", sorted(KERNELS))
-def test_activations_keep_their_digits(backend, name):
+def test_activations_keep_their_digits(backend, name, dtype):
     if backend not in tk.available_backends():
         pytest.skip(f"{backend} is not available here")
     z = _points()
-    if name == "gelu":  # its z^3 overflows float64 past |z| ~ 1e102 (act' = 0 * inf there)
-        z = z[np.abs(z) < 1e100]
+    if dtype == np.float32:  # float32 is computed in float32 by cpp: its own ulps and tails
+        z = z[np.abs(z) < 1e30].astype(np.float32)
+    # gelu's z^3 overflows past |z| ~ 1e102 (float32: 1e12), where act' = 0 * inf
+    if name == "gelu":
+        z = z[np.abs(z) < (1e100 if dtype == np.float64 else 1e10)]
     got = KERNELS[backend](name, z)
     want, scale = expected(name, z)
+    floor = FLOOR if dtype == np.float64 else FLOOR32
     for g, w, sc, what in zip(got, want, scale, ("act", "act'", "act''")):
-        tol = np.maximum(ULPS * np.spacing(sc.astype(np.float64)), FLOOR)
+        assert g.dtype == dtype
+        tol = np.maximum(ULPS * np.spacing(sc.astype(dtype)).astype(np.float64), floor)
         err = np.abs(g.astype(L) - w).astype(np.float64)
         worst = np.argmax(err / tol)
         assert err[worst] <= tol[worst], (

@@ -1,6 +1,6 @@
 // Hidden activations with their first and second derivatives, on the device.  The same
 // formulas as ../activations.hpp (see its table), evaluated in double precision for both
-// dtypes (float converts in and out, as on the CPU), with CUDA's tanh/exp/log1p in place
+// dtypes (float converts in and out; the CPU has float versions), with CUDA's tanh/exp/log1p in place
 // of the vectorised ones of ../vmath.hpp; sin keeps the working precision, as on the CPU.
 // h(x) = (1 - tanh x)/2 = 1/(e^2x + 1), x >= 0, carries every tail (underflowing to 0 exactly).
 #pragma once
