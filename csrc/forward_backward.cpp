@@ -43,8 +43,7 @@ void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bo
     const bool hidden = l + 1 < L;  // hidden layers add the bias in the activation pass
     if (!hidden)
       for (idx r = 0; r < n; ++r) std::copy(b, b + dn, z + r * dn);
-    gemm<T>(false, false, n, dn, di, T(1), t.in(l) + n0 * di, di, weights(net, theta, l), dn, T(hidden ? 0 : 1), z,
-            dn);
+    gemm<T>(false, false, n, dn, di, T(1), t.in(l) + n0 * di, di, weights(net, theta, l), dn, T(hidden ? 0 : 1), z, dn);
     if (hidden) {  // elementwise over the slice's contiguous block, in blocks of rows
       T* d1 = t.d1[l].data() + n0 * dn;
       T* d2 = second ? t.d2[l].data() + n0 * dn : nullptr;
@@ -168,8 +167,8 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T
   if (grad)
     for (idx l = 0; l < L - (narrow ? 1 : 0); ++l) {
       const idx di = net.d[l], dn = net.d[l + 1];
-      gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, t.g[l].data() + n0 * dn, dn, T(0),
-              grad + net.off[l], dn);
+      gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, t.g[l].data() + n0 * dn, dn, T(0), grad + net.off[l],
+              dn);
     }
 }
 
@@ -252,7 +251,7 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
   template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*);                               \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
-  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                \
+  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
   template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \
   template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                           \
   template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);              \

@@ -105,8 +105,8 @@ void lanes_forward(const Net& net, const T* theta, const LaneLayout& lay, typena
     }
     if (l + 1 == L) break;
     Lane* d1 = D1 + lay.at[l + 1];
-    activate<T>(net.act[l], 1, dn * kLanes, reinterpret_cast<T*>(z), nullptr, reinterpret_cast<T*>(z), reinterpret_cast<T*>(d1),
-                D2 ? reinterpret_cast<T*>(D2 + lay.at[l + 1]) : nullptr);
+    activate<T>(net.act[l], 1, dn * kLanes, reinterpret_cast<T*>(z), nullptr, reinterpret_cast<T*>(z),
+                reinterpret_cast<T*>(d1), D2 ? reinterpret_cast<T*>(D2 + lay.at[l + 1]) : nullptr);
     if (V)
       for (idx j = 0; j < dn; ++j) RA[lay.at[l + 1] + j] = d1[j] * RZ[lay.at[l + 1] + j];
   }

@@ -34,15 +34,18 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
                           const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* o) {
   const idx di = net.d[l];
   rg_next.resize(n * di);
-  const T *__restrict a = t.in(l) + n0 * di, *__restrict w = weights(net, theta, l);
-  const T *__restrict d1 = t.d1[l - 1].data() + n0 * di, *__restrict gl = t.g[l].data() + n0;
+  const T* __restrict a = t.in(l) + n0 * di;
+  const T* __restrict w = weights(net, theta, l);
+  const T* __restrict d1 = t.d1[l - 1].data() + n0 * di;
+  const T* __restrict gl = t.g[l].data() + n0;
   T* __restrict next = rg_next.data();
   T* __restrict ow = o;
   std::fill(ow, ow + di + 1, T(0));
   T ob = 0;
   auto rows = [&](auto hessian) {  // the Hessian's terms compiled in or out
     constexpr bool H = decltype(hessian)::value;
-    const T *__restrict d2 = H ? t.d2[l - 1].data() + n0 * di : nullptr, *__restrict e = H ? t.e[l - 1].data() + n0 * di : nullptr;
+    const T* __restrict d2 = H ? t.d2[l - 1].data() + n0 * di : nullptr;
+    const T* __restrict e = H ? t.e[l - 1].data() + n0 * di : nullptr;
     for (idx r = 0; r < n; ++r) {
       const T q = rg[r], g = H ? gl[r] : T(0);
       ob += q;
@@ -68,8 +71,8 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
 // The R-op for samples [n0, n1) (tape rows already filled); the slice's share of the result,
 // in out's layout [(off_l + i dn + j) m + c], is written (not added) to dst.
 template <class T>
-void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool gn, Workspace<T>& ws, idx n0,
-              idx n1, typename Workspace<T>::Slice& sc, T* dst) {
+void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool gn, Workspace<T>& ws, idx n0, idx n1,
+              typename Workspace<T>::Slice& sc, T* dst) {
   const idx L = net.L(), k = net.k(), n = n1 - n0;
   const T s = sample_weight<T>(t.N, mean);
   auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
@@ -206,8 +209,8 @@ bool lanes_apply(const Net& net, idx m, int nt) {
 }
 
 template <class T>
-void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, T* out,
-               bool gn, vec<T>& scratch) {
+void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, T* out, bool gn,
+               vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
   const idx L = net.L(), k = net.k(), P = net.P();
@@ -324,7 +327,8 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     forward_rows(net, theta, t, n0, n1, !gn);
     head_rows(net, t, tg, mean, n0, n1, !gn);
     if (!gn) backprop_rows(net, theta, t, n0, n1);
-    rop_rows(net, theta, t, mean, m, gn, ws, n0, n1, ws.slices[tid], tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
+    rop_rows(net, theta, t, mean, m, gn, ws, n0, n1, ws.slices[tid],
+             tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
 #pragma omp barrier
     sum_parts(out, P * m, [&](idx p) { return ws.parts.data() + (p - 1) * P * m; });
   });

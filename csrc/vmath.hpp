@@ -56,7 +56,7 @@ inline double v_2atanh(double s) {
 // stays NaN.
 inline double v_tanh_pos(double x, double& h) {
   x = x > 350.0 ? 350.0 : x;
-  const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  const double shifter = 6755399441055744.0;           // 1.5 * 2^52: adding it rounds to an integer
   const double kd = x * 2.8853900817779268 + shifter;  // 2 / ln2
   const double n = kd - shifter;
   // ln2/2 in two parts, the first with trailing zero bits so that n * it is exact
