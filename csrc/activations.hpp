@@ -80,12 +80,11 @@ inline void activate(Act f, idx rows, idx cols, const T* z, const T* b, T* a, T*
       break;
     case Act::gelu: {
       const T c = T(0.7978845608028654), k3 = T(0.044715);
-      const T edge = sizeof(T) == 4 ? T(40) : T(350);  // where v_tanh_pos stops: h is 0 past it
       over_values(rows, cols, z, b, [&](idx i, T v) {
         const T u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
         T h;
         const T t = std::copysign(v_tanh_pos(std::fabs(u), h), u);
-        h = std::fabs(u) > edge ? T(0) : h;  // its last value, times du^2 ~ z^4: not negligible
+        h = std::fabs(u) > TanhForm<T>::clamp ? T(0) : h;  // h at the clamp times du^2 ~ z^4: not negligible
         const T s = 4 * (h - h * h), onep = 2 * (u >= 0 ? 1 - h : h);  // 1 - t^2, 1 + t
         a[i] = T(0.5) * v * onep;
         d1[i] = T(0.5) * onep + T(0.5) * v * s * du;

@@ -47,53 +47,54 @@ inline double v_2atanh(double s) {
 
 // tanh x and h = (1 - tanh x)/2 = 1/(e^2x + 1) for x >= 0, both to a few ulp (h too: 1 - t
 // would lose every digit once x > ~10; tanh' = 4 h (1 - h), sigmoid's small tail h, gelu's
-// 1 + t all come from h).  2x = n ln2 + r, |r| <= ln2/2, and e^r = (E + Q)/(E - Q), the
-// [6/6] Pade form of e^r (E even, Q odd; error ~1.7e-13 r^13 < 2e-19), so with s = 2^n:
+// 1 + t all come from h).  2x = n ln2 + r, |r| <= ln2/2, and e^r = (E + Q)/(E - Q), a Pade
+// form of e^r (E even, Q odd), so with s = 2^n:
 //   tanh x = ((s-1) E + (s+1) Q) / den,  h = (E - Q) / den,  den = (s+1) E + (s-1) Q,
 // with no cancellation anywhere (n = 0 gives Q/E).  One division; a third fewer operations
-// than expm1 + division.  x is clamped at 350, where 2^n and den would soon overflow: past it
-// t = 1 and h stays at 1e-304, above its true value (zeroing it cost 8% more time).  NaN
-// stays NaN.
-inline double v_tanh_pos(double x, double& h) {
-  x = x > 350.0 ? 350.0 : x;
-  const double shifter = 6755399441055744.0;           // 1.5 * 2^52: adding it rounds to an integer
-  const double kd = x * 2.8853900817779268 + shifter;  // 2 / ln2
-  const double n = kd - shifter;
-  // ln2/2 in two parts, the first with trailing zero bits so that n * it is exact
-  const double r = 2.0 * ((x - n * 0x1.62e42feep-2) - n * 0x1.a39ef35793c76p-34);
-  const double r2 = r * r;
-  const double E = 2.0 + r2 * (5.0 / 22 + r2 * (1.0 / 396 + r2 * (1.0 / 332640)));
-  const double Q = r * (1.0 + r2 * (1.0 / 33 + r2 * (1.0 / 7920)));
-  std::uint64_t bits;
-  std::memcpy(&bits, &kd, sizeof bits);
-  bits = (bits << 52) + 0x3ff0000000000000ULL;  // 2^n
-  double s;
-  std::memcpy(&s, &bits, sizeof s);
-  const double inv = 1.0 / ((s + 1.0) * E + (s - 1.0) * Q);
-  h = (E - Q) * inv;
-  return ((s - 1.0) * E + (s + 1.0) * Q) * inv;
-}
+// than expm1 + division.  x is clamped where 2^n and den would soon overflow: past it t = 1
+// and h stays at its value there, above its true one (zeroing it cost 8% more time).  NaN
+// stays NaN.  The forms and constants per type:
+template <class T>
+struct TanhForm;
+template <>
+struct TanhForm<double> {  // [6/6]: error ~1.7e-13 r^13 < 2e-19; h >= 1e-304 at the clamp
+  using Bits = std::uint64_t;
+  static constexpr double clamp = 350, shifter = 6755399441055744.0, two_over_ln2 = 2.8853900817779268;
+  static constexpr double ln2_hi = 0x1.62e42feep-2, ln2_lo = 0x1.a39ef35793c76p-34;  // ln2/2
+  static constexpr int mantissa = 52;
+  static constexpr Bits one = 0x3ff0000000000000ULL;
+  static double E(double r2) { return 2.0 + r2 * (5.0 / 22 + r2 * (1.0 / 396 + r2 * (1.0 / 332640))); }
+  static double Q(double r, double r2) { return r * (1.0 + r2 * (1.0 / 33 + r2 * (1.0 / 7920))); }
+};
+template <>
+struct TanhForm<float> {  // [3/3]: error ~9.9e-6 r^7 < 6e-9, a tenth of a float ulp; h ~1e-35 at the clamp
+  using Bits = std::uint32_t;
+  static constexpr float clamp = 40, shifter = 12582912.0f, two_over_ln2 = 2.88539004f;
+  static constexpr float ln2_hi = 0x1.62e4p-2f, ln2_lo = 0x1.7f7d1cp-21f;
+  static constexpr int mantissa = 23;
+  static constexpr Bits one = 0x3f800000u;
+  static float E(float r2) { return 2.0f + r2 * (1.0f / 5); }
+  static float Q(float r, float r2) { return r * (1.0f + r2 * (1.0f / 60)); }
+};
 
-// The same in float, for float networks: twice the values per vector.  The [3/3] Pade form
-// (error ~9.9e-6 r^7 < 6e-9, a tenth of a float ulp), x clamped at 40 (2^n < 2^116; past it
-// h stays at ~1e-35).
-inline float v_tanh_pos(float x, float& h) {
-  x = x > 40.0f ? 40.0f : x;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23
-  const float kd = x * 2.88539004f + shifter;
-  const float n = kd - shifter;
-  const float r = 2.0f * ((x - n * 0x1.62e4p-2f) - n * 0x1.7f7d1cp-21f);  // n * the first part is exact
-  const float r2 = r * r;
-  const float E = 2.0f + r2 * (1.0f / 5);
-  const float Q = r * (1.0f + r2 * (1.0f / 60));
-  std::uint32_t bits;
+template <class T>
+inline T v_tanh_pos(T x, T& h) {
+  using F = TanhForm<T>;
+  x = x > F::clamp ? F::clamp : x;
+  const T kd = x * F::two_over_ln2 + F::shifter;  // adding 1.5 * 2^mantissa rounds to an integer
+  const T n = kd - F::shifter;
+  // ln2/2 in two parts, the first with trailing zero bits so that n * it is exact
+  const T r = 2 * ((x - n * F::ln2_hi) - n * F::ln2_lo);
+  const T r2 = r * r;
+  const T E = F::E(r2), Q = F::Q(r, r2);
+  typename F::Bits bits;
   std::memcpy(&bits, &kd, sizeof bits);
-  bits = (bits << 23) + 0x3f800000u;  // 2^n
-  float s;
+  bits = (bits << F::mantissa) + F::one;  // 2^n
+  T s;
   std::memcpy(&s, &bits, sizeof s);
-  const float inv = 1.0f / ((s + 1.0f) * E + (s - 1.0f) * Q);
+  const T inv = 1 / ((s + 1) * E + (s - 1) * Q);
   h = (E - Q) * inv;
-  return ((s - 1.0f) * E + (s + 1.0f) * Q) * inv;
+  return ((s - 1) * E + (s + 1) * Q) * inv;
 }
 
 // tanh z, and d1 = 1 - tanh^2 z; -0 stays -0.
