@@ -116,11 +116,11 @@ thread_local Scratch t_apack, t_bpack;
 
 // ----------------------------------------------------------------------------- microkernel
 // acc (MR x NR) = sum_p a(:, p) b(p, :) over p < kc; then C[:mr, :nr] = alpha acc + beta C.
-// b: packed, NR per p.  a(r, p) = a[p * sa + r] (packed: sa = MR; op(A) = A^T in place:
+// b(p, :) = b[p * sb + :NR] (packed: sb = NR; op(B) = B in place: sb = ldb).  a(r, p) = a[p * sa + r] (packed: sa = MR; op(A) = A^T in place:
 // sa = lda) or, with RowA, a[r * sa + p] (op(A) = A in place: sa = lda).
 template <class T, bool RowA, int MR = Tile<T>::MR>
-[[gnu::noinline]] void micro(idx kc, const T* __restrict a, idx sa, const T* __restrict b, T* __restrict c, idx ldc,
-                             T alpha, T beta, idx mr, idx nr) {
+[[gnu::noinline]] void micro(idx kc, const T* __restrict a, idx sa, const T* __restrict b, idx sb, T* __restrict c,
+                             idx ldc, T alpha, T beta, idx mr, idx nr) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int NV = Tile<T>::NV, NR = Tile<T>::NR, L = V::L;
@@ -150,7 +150,7 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(x, bv[v], acc[r][v]);
       }
-      b += NR;
+      b += sb;
     }
   } else {
 #pragma GCC unroll 4
@@ -165,7 +165,7 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
         for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(x, bv[v], acc[r][v]);
       }
       a += sa;
-      b += NR;
+      b += sb;
     }
   }
 
@@ -310,6 +310,18 @@ bool pack_a(idx N) {
   return N > 8 * Tile<T>::NR;
 }
 
+// Whether op(B) is read in place instead of packed: only when it is not transposed (its
+// rows are then NR-wide runs, read at stride ldb) and N is whole panels (no panel needs
+// zero padding), and the product has at most 10 row panels, so that packing's copy of
+// op(B) would serve few microkernel calls: a weight gradient a^T g (M, N = layer widths,
+// K = the samples) packed all of g to use it ceil(M / MR) times.  Measured (ta, doubles,
+// M x N x K): 10x32x500 6.2 -> 4.5 us, 32x32x500 11.3 -> 10.2, 20x64x1000 31.7 -> 22.7,
+// 128x128x1000 287 -> 267; with no limit on M, 1000x1024x1000 slowed from 17.8 to 22.5 ms.
+template <class T>
+bool b_in_place(bool tb, idx M, idx N) {
+  return !tb && N % Tile<T>::NR == 0 && M <= 10 * Tile<T>::MR;
+}
+
 }  // namespace
 
 template <class T>
@@ -325,38 +337,39 @@ bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx
   const idx KC = block_size(K, Tl::KC, 1);
   const idx NC = block_size(N, Tl::NC, NR);
   const idx MC = block_size(M, Tl::MC, MR);
-  const bool packA = pack_a<T>(N);
-  T* bp = t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR));
+  const bool packA = pack_a<T>(N), packB = !b_in_place<T>(tb, M, N);
+  T* bp = packB ? t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR)) : nullptr;
   T* ap = t_apack.get<T>((std::size_t)KC * (packA ? (MC + MR - 1) / MR * MR : MR));
-  if (!bp || !ap) return false;
+  if ((packB && !bp) || !ap) return false;
 
   for (idx jc = 0; jc < N; jc += NC) {
     const idx nc = imin(NC, N - jc);
     for (idx pc = 0; pc < K; pc += KC) {
       const idx kc = imin(KC, K - pc);
       const T beta_p = pc == 0 ? beta : T(1);
-      pack_b_block<T>(tb, kc, nc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, bp);
+      if (packB) pack_b_block<T>(tb, kc, nc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, bp);
+      const idx sb = packB ? NR : ldb;
       for (idx ic = 0; ic < M; ic += MC) {
         const idx mc = imin(MC, M - ic);
         const idx full = packA ? 0 : mc / MR * MR;  // rows read in place
         pack_a_block<T>(ta, full, mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, ap);
         for (idx jr = 0; jr < nc; jr += NR) {
           const idx nr = imin(NR, nc - jr);
-          const T* b = bp + jr * kc;
+          const T* b = packB ? bp + jr * kc : B + pc * ldb + jc + jr;
           T* c = C + ic * ldc + jc + jr;
           idx ir = 0;
           if (ta)
             for (; ir < full; ir += MR)
-              micro<T, false>(kc, A + pc * lda + ic + ir, lda, b, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
+              micro<T, false>(kc, A + pc * lda + ic + ir, lda, b, sb, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
           else
             for (; ir < full; ir += MR)
-              micro<T, true>(kc, A + (ic + ir) * lda + pc, lda, b, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
+              micro<T, true>(kc, A + (ic + ir) * lda + pc, lda, b, sb, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
           for (; ir < mc; ir += MR) {
             const idx mr = imin(MR, mc - ir);
             if (mr > MR / 2)
-              micro<T, false>(kc, ap + (ir - full) * kc, MR, b, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
+              micro<T, false>(kc, ap + (ir - full) * kc, MR, b, sb, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
             else  // a short last panel: half the rows, half the work
-              micro<T, false, MR / 2>(kc, ap + (ir - full) * kc, MR, b, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
+              micro<T, false, MR / 2>(kc, ap + (ir - full) * kc, MR, b, sb, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
           }
         }
       }

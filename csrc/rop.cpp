@@ -50,6 +50,7 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
       const T q = rg[r], g = H ? gl[r] : T(0);
       ob += q;
       const idx x = r * di;
+#pragma omp simd  // the captured pointers' __restrict is lost in the lambda: without this, scalar code
       for (idx i = 0; i < di; ++i) {
         T v = ow[i] + a[x + i] * q, re = q * w[i];
         if (H) {
