@@ -31,7 +31,7 @@ namespace {
 // path issues four products with a dimension of 1 (all memory traffic) and a pass.
 template <class T>
 void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool gn, idx l, idx n0, idx n, const T* vw,
-                          const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* o) {
+                          const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* rs, T* o) {
   const idx di = net.d[l];
   rg_next.resize(n * di);
   const T* __restrict a = t.in(l) + n0 * di;
@@ -40,15 +40,16 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
   const T* __restrict gl = t.g[l].data() + n0;
   T* __restrict next = rg_next.data();
   T* __restrict ow = o;
-  std::fill(ow, ow + di + 1, T(0));
-  T ob = 0;
+  ow[di] = rs[0];  // the bias: rg's sum (rs is overwritten below)
+  T* __restrict sum = rs;  // column sums of rg_next: the next layer's bias term
+  std::fill(ow, ow + di, T(0));
+  std::fill(sum, sum + di, T(0));
   auto rows = [&](auto hessian) {  // the Hessian's terms compiled in or out
     constexpr bool H = decltype(hessian)::value;
     const T* __restrict d2 = H ? t.d2[l - 1].data() + n0 * di : nullptr;
     const T* __restrict e = H ? t.e[l - 1].data() + n0 * di : nullptr;
     for (idx r = 0; r < n; ++r) {
       const T q = rg[r], g = H ? gl[r] : T(0);
-      ob += q;
       const idx x = r * di;
 #pragma omp simd  // the captured pointers' __restrict is lost in the lambda: without this, scalar code
       for (idx i = 0; i < di; ++i) {
@@ -58,7 +59,9 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
           re += g * vw[i];
         }
         ow[i] = v;
-        next[x + i] = H ? re * d1[x + i] + e[x + i] * d2[x + i] * rz[x + i] : re * d1[x + i];
+        const T y = H ? re * d1[x + i] + e[x + i] * d2[x + i] * rz[x + i] : re * d1[x + i];
+        next[x + i] = y;
+        sum[i] += y;
       }
     }
   };
@@ -66,7 +69,35 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
     rows(std::false_type{});
   else
     rows(std::true_type{});
-  ow[di] = ob;
+}
+
+// Rg of the layer below, rows [r][c][i] of n samples and m directions:
+//   rg = re * d1 (+ e * d2 * rz for the Hessian: e, d2 non-null),
+// and rg's column sums (the next bias term, [c][i]) into rs, in the same pass.
+template <class T>
+void next_rg(idx n, idx m, idx di, const T* __restrict re, const T* __restrict d1, const T* __restrict e,
+             const T* __restrict d2, const T* __restrict rz, T* __restrict rg, T* __restrict rs) {
+  std::fill(rs, rs + m * di, T(0));
+  for (idx r = 0; r < n; ++r)
+    for (idx c = 0; c < m; ++c) {
+      const idx x = (r * m + c) * di, y = r * di;
+      T* __restrict sum = rs + c * di;
+      if (e) {
+#pragma omp simd
+        for (idx i = 0; i < di; ++i) {
+          const T v = re[x + i] * d1[y + i] + e[y + i] * d2[y + i] * rz[x + i];
+          rg[x + i] = v;
+          sum[i] += v;
+        }
+      } else {
+#pragma omp simd
+        for (idx i = 0; i < di; ++i) {
+          const T v = re[x + i] * d1[y + i];
+          rg[x + i] = v;
+          sum[i] += v;
+        }
+      }
+    }
 }
 
 // The R-op for samples [n0, n1) (tape rows already filled); the slice's share of the result,
@@ -77,7 +108,8 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
   const idx L = net.L(), k = net.k(), n = n1 - n0;
   const T s = sample_weight<T>(t.N, mean);
   auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
-  auto &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc;
+  auto &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc, &rs = sc.rs;
+  rs.resize(m * *std::max_element(net.d.begin(), net.d.end()));  // Rg's column sums ([c][j]): bias terms
 
   // Forward tangents (a hidden layer's Vb added in the pass that forms Ra).
   for (idx l = 0; l < L; ++l) {
@@ -106,7 +138,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
     }
   }
 
-  // Output curvature applied to the output tangent.
+  // Output curvature applied to the output tangent, and Rg's column sums.
   Rg.resize(n * m * k);
   {
     const T* rf = Rz[L - 1].data() + n0 * m * k;
@@ -116,7 +148,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
       for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
     } else {
       const T* p = t.p.data() + n0 * k;
-      parallel_for(n, n * m * k, [&](idx r) {
+      for (idx r = 0; r < n; ++r)
         for (idx c = 0; c < m; ++c) {
           const T* x = rf + (r * m + c) * k;
           const T* pn = p + r * k;
@@ -124,8 +156,10 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
           for (idx j = 0; j < k; ++j) dot += pn[j] * x[j];
           for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = s * pn[j] * (x[j] - dot);
         }
-      });
     }
+    std::fill(rs.begin(), rs.begin() + m * k, T(0));
+    for (idx r = 0; r < n; ++r)
+      for (idx q = 0; q < m * k; ++q) rs[q] += rg[r * m * k + q];
   }
 
   // Backward.
@@ -133,7 +167,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
     const idx di = net.d[l], dn = net.d[l + 1];
     if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
       output_unit_backward(net, theta, t, gn, l, n0, n, Vtt[l].data(), Ra[l].data() + n0 * di,
-                           Rz[l - 1].data() + n0 * di, Rg.data(), Re, dst + net.off[l]);
+                           Rz[l - 1].data() + n0 * di, Rg.data(), Re, rs.data(), dst + net.off[l]);
       std::swap(Rg, Re);
       continue;
     }
@@ -146,10 +180,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
       ac = acc.data();
     }
     gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, T(0), ac, m * dn);
-    T* accb = ac + di * m * dn;
-    std::fill(accb, accb + m * dn, T(0));
-    for (idx r = 0; r < n; ++r)
-      for (idx q = 0; q < m * dn; ++q) accb[q] += Rg[r * m * dn + q];
+    std::copy(rs.begin(), rs.begin() + m * dn, ac + di * m * dn);
     if (!gn && l > 0) {  // + sum_n Ra_l[n][c][i] g_l[n][j], computed as [c][i][j]
       if (m > 1) tmp.resize(m * di * dn);
       gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data() + n0 * m * di, m * di, t.g[l].data() + n0 * dn, dn,
@@ -171,26 +202,9 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
       gemm<T>(false, false, n, m * di, dn, T(1), t.g[l].data() + n0 * dn, dn, Vtt[l].data(), m * di, T(1), Re.data(),
               m * di);
     Rg.resize(n * m * di);
-    const T* d1 = t.d1[l - 1].data() + n0 * di;
-    const T* re = Re.data();
-    T* rg = Rg.data();
-    if (gn) {
-      parallel_for(n, n * m * di, [&](idx r) {
-        for (idx c = 0; c < m; ++c)
-          for (idx i = 0; i < di; ++i) rg[(r * m + c) * di + i] = re[(r * m + c) * di + i] * d1[r * di + i];
-      });
-    } else {
-      const T* d2 = t.d2[l - 1].data() + n0 * di;
-      const T* e = t.e[l - 1].data() + n0 * di;
-      const T* rz = Rz[l - 1].data() + n0 * m * di;
-      parallel_for(n, n * m * di, [&](idx r) {
-        for (idx c = 0; c < m; ++c)
-          for (idx i = 0; i < di; ++i) {
-            const idx q = (r * m + c) * di + i;
-            rg[q] = re[q] * d1[r * di + i] + e[r * di + i] * d2[r * di + i] * rz[q];
-          }
-      });
-    }
+    const idx h = n0 * di;  // the slice's first row of layer l-1's tape arrays
+    next_rg(n, m, di, Re.data(), t.d1[l - 1].data() + h, gn ? nullptr : t.e[l - 1].data() + h,
+            gn ? nullptr : t.d2[l - 1].data() + h, gn ? nullptr : Rz[l - 1].data() + n0 * m * di, Rg.data(), rs.data());
   }
 }
 

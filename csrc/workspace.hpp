@@ -14,7 +14,7 @@ struct Workspace {
   Tape<T> tape;                         // forward/backward quantities of all samples
   std::vector<vec<T>> Vt, Vtt, Rz, Ra;  // rop: transposed slices of V, tangents
   struct Slice {                        // rop: one thread's scratch for its slice of samples
-    vec<T> Rg, Re, acc, tmp;
+    vec<T> Rg, Re, acc, tmp, rs;
   };
   std::vector<Slice> slices;
   vec<T> lanes;                         // rop.cpp: the one-direction path for tiny networks
