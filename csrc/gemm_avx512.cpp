@@ -115,12 +115,12 @@ struct Scratch {
 thread_local Scratch t_apack, t_bpack;
 
 // ----------------------------------------------------------------------------- microkernel
-// acc (MR x NR) = sum_p a(:, p) b(p, :) over p < kc; then C[:mr, :nr] = alpha acc + beta C.
+// acc (MR x NR) = sum_p a(:, p) b(p, :) over p < kc; then C[r0:mr, :nr] = alpha acc + beta C.
 // b(p, :) = b[p * sb + :NR] (packed: sb = NR; op(B) = B in place: sb = ldb).  a(r, p) = a[p * sa + r] (packed: sa = MR; op(A) = A^T in place:
 // sa = lda) or, with RowA, a[r * sa + p] (op(A) = A in place: sa = lda).
 template <class T, bool RowA, int MR = Tile<T>::MR>
 [[gnu::noinline]] void micro(idx kc, const T* __restrict a, idx sa, const T* __restrict b, idx sb, T* __restrict c,
-                             idx ldc, T alpha, T beta, idx mr, idx nr) {
+                             idx ldc, T alpha, T beta, idx mr, idx nr, idx r0 = 0) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int NV = Tile<T>::NV, NR = Tile<T>::NR, L = V::L;
@@ -132,7 +132,7 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
 
 #pragma GCC unroll 32
   for (int r = 0; r < MR; ++r) {
-    if (r < mr) {  // the C tile, for the end
+    if (r >= r0 && r < mr) {  // the C tile, for the end
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + NR - 1), _MM_HINT_T0);
     }
@@ -182,7 +182,7 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
   if (beta == T(0)) {
 #pragma GCC unroll 32
     for (int r = 0; r < MR; ++r) {
-      if (r < mr) {
+      if (r >= r0 && r < mr) {
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) V::store(c + r * ldc + v * L, m[v], acc[r][v]);
       }
@@ -191,7 +191,7 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
     const R vb = V::set1(beta);
 #pragma GCC unroll 32
     for (int r = 0; r < MR; ++r) {
-      if (r < mr) {
+      if (r >= r0 && r < mr) {
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) {
           T* cp = c + r * ldc + v * L;
@@ -199,6 +199,35 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
         }
       }
     }
+  }
+}
+
+// The last mr < MR rows of a product whose op(A) is read in place (row r of op(A) starts at
+// a + r * rs; `above` rows before a may be read too): no packing, and little arithmetic on
+// rows that are not stored.  A full-height microkernel would read past A's end; instead,
+// 8 rows exactly, 4 exactly, or a 7-row kernel moved up over rows already computed that
+// stores only its last rows (a kernel of 1 or 2 rows is bound by its loads; these are not).
+// With M = 32 (a layer width: 14 + 14 + 4 rows), the last 4 rows were packed and run as 7.
+template <class T, bool RowA>
+void micro_rows(idx kc, const T* a, idx sa, idx rs, idx above, const T* b, idx sb, T* c, idx ldc, T alpha, T beta,
+                idx mr, idx nr) {
+  if (mr >= 8) {
+    micro<T, RowA, 8>(kc, a, sa, b, sb, c, ldc, alpha, beta, 8, nr);
+    a += 8 * rs, c += 8 * ldc, mr -= 8, above += 8;
+  }
+  if (mr == 4 || (mr > 0 && mr + above < 7)) {  // exactly (the second only when M < 7)
+    if (mr >= 4) {
+      micro<T, RowA, 4>(kc, a, sa, b, sb, c, ldc, alpha, beta, 4, nr);
+      a += 4 * rs, c += 4 * ldc, mr -= 4;
+    }
+    if (mr >= 2) {
+      micro<T, RowA, 2>(kc, a, sa, b, sb, c, ldc, alpha, beta, 2, nr);
+      a += 2 * rs, c += 2 * ldc, mr -= 2;
+    }
+    if (mr >= 1) micro<T, RowA, 1>(kc, a, sa, b, sb, c, ldc, alpha, beta, 1, nr);
+  } else if (mr > 0) {
+    const idx up = 7 - mr;  // rows of the kernel above the ones it stores
+    micro<T, RowA, 7>(kc, a - up * rs, sa, b, sb, c - up * ldc, ldc, alpha, beta, 7, nr, up);
   }
 }
 
@@ -339,8 +368,8 @@ bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx
   const idx MC = block_size(M, Tl::MC, MR);
   const bool packA = pack_a<T>(N), packB = !b_in_place<T>(tb, M, N);
   T* bp = packB ? t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR)) : nullptr;
-  T* ap = t_apack.get<T>((std::size_t)KC * (packA ? (MC + MR - 1) / MR * MR : MR));
-  if ((packB && !bp) || !ap) return false;
+  T* ap = packA ? t_apack.get<T>((std::size_t)KC * ((MC + MR - 1) / MR * MR)) : nullptr;
+  if ((packB && !bp) || (packA && !ap)) return false;
 
   for (idx jc = 0; jc < N; jc += NC) {
     const idx nc = imin(NC, N - jc);
@@ -351,25 +380,36 @@ bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx
       const idx sb = packB ? NR : ldb;
       for (idx ic = 0; ic < M; ic += MC) {
         const idx mc = imin(MC, M - ic);
-        const idx full = packA ? 0 : mc / MR * MR;  // rows read in place
-        pack_a_block<T>(ta, full, mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, ap);
+        if (packA) pack_a_block<T>(ta, 0, mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, ap);
+        // In place, row r of op(A)'s block starts at a0 + r * rs.
+        const T* a0 = ta ? A + pc * lda + ic : A + ic * lda + pc;
+        const idx rs = ta ? 1 : lda, full = mc / MR * MR;
         for (idx jr = 0; jr < nc; jr += NR) {
           const idx nr = imin(NR, nc - jr);
           const T* b = packB ? bp + jr * kc : B + pc * ldb + jc + jr;
           T* c = C + ic * ldc + jc + jr;
-          idx ir = 0;
-          if (ta)
-            for (; ir < full; ir += MR)
-              micro<T, false>(kc, A + pc * lda + ic + ir, lda, b, sb, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
-          else
-            for (; ir < full; ir += MR)
-              micro<T, true>(kc, A + (ic + ir) * lda + pc, lda, b, sb, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
-          for (; ir < mc; ir += MR) {
+          if (!packA) {
+            for (idx ir = 0; ir < full; ir += MR) {
+              if (ta)
+                micro<T, false>(kc, a0 + ir, lda, b, sb, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
+              else
+                micro<T, true>(kc, a0 + ir * lda, lda, b, sb, c + ir * ldc, ldc, alpha, beta_p, MR, nr);
+            }
+            if (full < mc) {
+              if (ta)
+                micro_rows<T, false>(kc, a0 + full, lda, rs, full, b, sb, c + full * ldc, ldc, alpha, beta_p, mc - full, nr);
+              else
+                micro_rows<T, true>(kc, a0 + full * lda, lda, rs, full, b, sb, c + full * ldc, ldc, alpha, beta_p, mc - full,
+                                    nr);
+            }
+            continue;
+          }
+          for (idx ir = 0; ir < mc; ir += MR) {
             const idx mr = imin(MR, mc - ir);
             if (mr > MR / 2)
-              micro<T, false>(kc, ap + (ir - full) * kc, MR, b, sb, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
+              micro<T, false>(kc, ap + ir * kc, MR, b, sb, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
             else  // a short last panel: half the rows, half the work
-              micro<T, false, MR / 2>(kc, ap + (ir - full) * kc, MR, b, sb, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
+              micro<T, false, MR / 2>(kc, ap + ir * kc, MR, b, sb, c + ir * ldc, ldc, alpha, beta_p, mr, nr);
           }
         }
       }

@@ -135,6 +135,20 @@ def test_large(dtype, ta, tb):
 
 @needs_avx512
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("ta,tb", TRANS, ids=["NN", "NT", "TN", "TT"])
+@pytest.mark.parametrize("M", [3, 4, 5, 10, 18, 20, 22, 32, 64, 140, 141])
+def test_in_place_rows(dtype, ta, tb, M):
+    # op(A) read in place (N <= 8 NR) with every way of covering the last M mod 14 rows
+    # (8, 4, 2, 1 rows exactly, or 7 rows moved up over computed ones); op(B) in place for
+    # N whole panels and M <= 140.  Reading a padding value (PAD) into a stored row would
+    # show as a non-finite or wrong result.
+    for j, N in enumerate([32, 64, 48]):
+        K = [500, 37, 1030][j]
+        check_gemm(AVX512, dtype, ta, tb, M, N, K, 1.0, 0.5 * j, pads=(2 * j, j, 0), seed=M + j)
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 def test_wide_nc_blocks(dtype):
     # N beyond NC (2048 doubles, 4096 floats): more than one column block
     check_gemm(AVX512, dtype, True, False, 5, 4099, 20, -0.5, 1.0)
