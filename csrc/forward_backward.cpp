@@ -107,7 +107,7 @@ double total_loss(const Net& net, const Tape<T>& t, bool mean) {
 }
 
 template <class T>
-void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad) {
+void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad, bool g0) {
   const idx n = n1 - n0, L = net.L(), k = net.k();
   const bool narrow = k == 1 && L >= 2;  // the output layer's backward without products
   if (grad) {  // the output layer's bias gradient (and its weights' when narrow: summed below)
@@ -161,7 +161,7 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T
         }
     } else {
       gemm<T>(false, true, n, di, dn, T(1), gl, dn, weights(net, theta, l), dn, T(0), e, di);
-      parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
+      if (g0 || l > 1) parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
     }
   }
   if (grad)
@@ -249,7 +249,7 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
   template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool);                              \
   template void head_rows<T>(const Net&, Tape<T>&, Targets<T>, bool, idx, idx, bool);                         \
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
-  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*);                               \
+  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool);                             \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
   template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
   template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \

@@ -157,9 +157,11 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
           for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = s * pn[j] * (x[j] - dot);
         }
     }
-    std::fill(rs.begin(), rs.begin() + m * k, T(0));
-    for (idx r = 0; r < n; ++r)
-      for (idx q = 0; q < m * k; ++q) rs[q] += rg[r * m * k + q];
+    for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
+      T sum = 0;
+      for (idx r = 0; r < n; ++r) sum += rg[r * m * k + q];
+      rs[q] = sum;
+    }
   }
 
   // Backward.
@@ -341,7 +343,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
     forward_rows(net, theta, t, n0, n1, !gn);
     head_rows(net, t, tg, mean, n0, n1, !gn);
-    if (!gn) backprop_rows(net, theta, t, n0, n1);
+    if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, false);
     rop_rows(net, theta, t, mean, m, gn, ws, n0, n1, ws.slices[tid],
              tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
 #pragma omp barrier
