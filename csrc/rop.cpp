@@ -101,13 +101,16 @@ void next_rg(idx n, idx m, idx di, const T* __restrict re, const T* __restrict d
 }
 
 // The R-op for samples [n0, n1) (tape rows already filled); the slice's share of the result,
-// in out's layout [(off_l + i dn + j) m + c], is written (not added) to dst.
+// in out's layout [(off_l + i dn + j) m + c], is written (not added) to dst.  With one
+// direction, V's slices are in the layout of Vt already, and VW_l^T is a transposed operand:
+// V is used where it is, and ws.Vt, ws.Vtt are not filled.
 template <class T>
-void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool gn, Workspace<T>& ws, idx n0, idx n1,
-              typename Workspace<T>::Slice& sc, T* dst) {
+void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V, idx m, bool gn, Workspace<T>& ws,
+              idx n0, idx n1, typename Workspace<T>::Slice& sc, T* dst) {
   const idx L = net.L(), k = net.k(), n = n1 - n0;
   const T s = sample_weight<T>(t.N, mean);
-  auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
+  auto &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
+  auto vt = [&](idx l) { return m == 1 ? V + net.off[l] : ws.Vt[l].data(); };
   auto &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc, &rs = sc.rs;
   rs.resize(m * *std::max_element(net.d.begin(), net.d.end()));  // Rg's column sums ([c][j]): bias terms
 
@@ -116,10 +119,10 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
     const idx di = net.d[l], dn = net.d[l + 1];
     const bool hidden = l + 1 < L;
     T* rz = Rz[l].data() + n0 * m * dn;
-    const T* vb = Vt[l].data() + di * m * dn;
+    const T* vb = vt(l) + di * m * dn;
     if (!hidden)
       for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
-    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, Vt[l].data(), m * dn, T(hidden ? 0 : 1), rz,
+    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz,
             m * dn);
     if (l > 0)
       gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data() + n0 * m * di, di, weights(net, theta, l), dn, T(1), rz,
@@ -168,7 +171,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
-      output_unit_backward(net, theta, t, gn, l, n0, n, Vtt[l].data(), Ra[l].data() + n0 * di,
+      output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data() + n0 * di,
                            Rz[l - 1].data() + n0 * di, Rg.data(), Re, rs.data(), dst + net.off[l]);
       std::swap(Rg, Re);
       continue;
@@ -200,7 +203,9 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, idx m, bool
 
     Re.resize(n * m * di);
     gemm<T>(false, true, n * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(), di);
-    if (!gn)
+    if (!gn && m == 1)
+      gemm<T>(false, true, n, di, dn, T(1), t.g[l].data() + n0 * dn, dn, vt(l), dn, T(1), Re.data(), di);
+    else if (!gn)
       gemm<T>(false, false, n, m * di, dn, T(1), t.g[l].data() + n0 * dn, dn, Vtt[l].data(), m * di, T(1), Re.data(),
               m * di);
     Rg.resize(n * m * di);
@@ -322,6 +327,9 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   for (auto* v : {&Vt, &Vtt, &Rz, &Ra}) v->resize(L);
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
+    Rz[l].resize(N * m * dn);
+    if (l + 1 < L) Ra[l + 1].resize(N * m * dn);
+    if (m == 1) continue;  // V is used in place (rop_rows)
     const T* v = V + net.off[l] * m;
     Vt[l].resize((di + 1) * m * dn);
     for (idx i = 0; i <= di; ++i)
@@ -333,8 +341,6 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
         for (idx j = 0; j < dn; ++j)
           for (idx c = 0; c < m; ++c) Vtt[l][(j * m + c) * di + i] = v[(i * dn + j) * m + c];
     }
-    Rz[l].resize(N * m * dn);
-    if (l + 1 < L) Ra[l + 1].resize(N * m * dn);
   }
 
   // Forward, loss head, backward and the R-op per slice of samples; slices' results summed.
@@ -344,7 +350,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     forward_rows(net, theta, t, n0, n1, !gn);
     head_rows(net, t, tg, mean, n0, n1, !gn);
     if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, false);
-    rop_rows(net, theta, t, mean, m, gn, ws, n0, n1, ws.slices[tid],
+    rop_rows(net, theta, t, mean, V, m, gn, ws, n0, n1, ws.slices[tid],
              tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
 #pragma omp barrier
     sum_parts(out, P * m, [&](idx p) { return ws.parts.data() + (p - 1) * P * m; });
