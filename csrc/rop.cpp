@@ -120,6 +120,19 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     const bool hidden = l + 1 < L;
     T* rz = Rz[l].data() + n0 * m * dn;
     const T* vb = vt(l) + di * m * dn;
+    if (!hidden && dn == 1 && m == 1 && l > 0) {  // one output unit: two dot products a row, one pass
+      const T* __restrict a = t.in(l) + n0 * di;
+      const T* __restrict ra = Ra[l].data() + n0 * di;
+      const T* __restrict vw = vt(l);
+      const T* __restrict w = weights(net, theta, l);
+      for (idx r = 0; r < n; ++r) {
+        T sum = vb[0];
+#pragma omp simd reduction(+ : sum)
+        for (idx i = 0; i < di; ++i) sum += a[r * di + i] * vw[i] + ra[r * di + i] * w[i];
+        rz[r] = sum;
+      }
+      continue;
+    }
     if (!hidden)
       for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
     gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz,
