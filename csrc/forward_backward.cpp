@@ -107,7 +107,7 @@ double total_loss(const Net& net, const Tape<T>& t, bool mean) {
 }
 
 template <class T>
-void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad, bool g0) {
+void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad, bool full) {
   const idx n = n1 - n0, L = net.L(), k = net.k();
   const bool narrow = k == 1 && L >= 2;  // the output layer's backward without products
   if (grad) {  // the output layer's bias gradient (and its weights' when narrow: summed below)
@@ -135,7 +135,7 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T
         T* __restrict er = e + r * di;
         T* __restrict gr = g + r * di;
         const T* __restrict dr = d1 + r * di;
-        if (gW) {
+        if (gW || !full) {
           for (idx j = 0; j < di; ++j) gr[j] = go * w[j] * dr[j];
         } else {
           for (idx j = 0; j < di; ++j) {
@@ -161,7 +161,7 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T
         }
     } else {
       gemm<T>(false, true, n, di, dn, T(1), gl, dn, weights(net, theta, l), dn, T(0), e, di);
-      if (g0 || l > 1) parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
+      if (full || l > 1) parallel_for(n * di, n * di, [&](idx i) { g[i] = e[i] * d1[i]; });
     }
   }
   if (grad)

@@ -47,7 +47,6 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
   auto rows = [&](auto hessian) {  // the Hessian's terms compiled in or out
     constexpr bool H = decltype(hessian)::value;
     const T* __restrict d2 = H ? t.d2[l - 1].data() + n0 * di : nullptr;
-    const T* __restrict e = H ? t.e[l - 1].data() + n0 * di : nullptr;
     for (idx r = 0; r < n; ++r) {
       const T q = rg[r], g = H ? gl[r] : T(0);
       const idx x = r * di;
@@ -59,7 +58,7 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
           re += g * vw[i];
         }
         ow[i] = v;
-        const T y = H ? re * d1[x + i] + e[x + i] * d2[x + i] * rz[x + i] : re * d1[x + i];
+        const T y = H ? re * d1[x + i] + g * w[i] * d2[x + i] * rz[x + i] : re * d1[x + i];  // e = g w^T
         next[x + i] = y;
         sum[i] += y;
       }
@@ -362,7 +361,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
     forward_rows(net, theta, t, n0, n1, !gn);
     head_rows(net, t, tg, mean, n0, n1, !gn);
-    if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, false);
+    if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, m > 1);  // one direction: output_unit_backward
     rop_rows(net, theta, t, mean, V, m, gn, ws, n0, n1, ws.slices[tid],
              tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
 #pragma omp barrier
