@@ -34,7 +34,7 @@ void prepare_tape(const Net& net, const T* X, idx N, Tape<T>& t, bool second) {
 }
 
 template <class T>
-void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bool second) {
+void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bool second, bool lean) {
   const idx L = net.L(), n = n1 - n0;
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
@@ -46,7 +46,7 @@ void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bo
     gemm<T>(false, false, n, dn, di, T(1), t.in(l) + n0 * di, di, weights(net, theta, l), dn, T(hidden ? 0 : 1), z, dn);
     if (hidden) {  // elementwise over the slice's contiguous block, in blocks of rows
       T* d1 = t.d1[l].data() + n0 * dn;
-      T* d2 = second ? t.d2[l].data() + n0 * dn : nullptr;
+      T* d2 = second && !(lean && d2_form(net.act[l]).linear) ? t.d2[l].data() + n0 * dn : nullptr;
       const idx rows = std::max<idx>(1, 4096 / dn), blocks = (n + rows - 1) / rows;
       parallel_for(blocks, n * dn, [&](idx blk) {
         const idx r0 = blk * rows, o = r0 * dn;
@@ -246,7 +246,7 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
 
 #define TK_INST(T)                                                                                            \
   template void prepare_tape<T>(const Net&, const T*, idx, Tape<T>&, bool);                                   \
-  template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool);                              \
+  template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool, bool);                        \
   template void head_rows<T>(const Net&, Tape<T>&, Targets<T>, bool, idx, idx, bool);                         \
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
   template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool);                             \

@@ -42,9 +42,10 @@ inline const T* bias(const Net& net, const T* theta, idx l) {
 template <class T>
 void prepare_tape(const Net& net, const T* X, idx N, Tape<T>& tape, bool second);
 
-// Rows of a, d1 (and d2 when `second`), F.
+// Rows of a, d1 (and d2 when `second`; with `lean` too, only where act'' is not linear in act:
+// activations.hpp, d2_form), F.
 template <class T>
-void forward_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1, bool second);
+void forward_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1, bool second, bool lean = false);
 
 // Rows of rowloss, g[L-1] (when want_grad) and p (ce).
 template <class T>

@@ -5,17 +5,21 @@
 // Backward, starting from Rg_{L-1} = H_out Rz_{L-1} (mse: 2s/k Rf; ce: s (p*r - p (p.r))):
 //   R{grad [W_l; b_l]} = [a_l^T Rg_l + Ra_l^T g_l ; 1^T Rg_l]
 //   Re_{l-1} = Rg_l W_l^T + g_l VW_l^T,   Rg_{l-1} = Re_{l-1} * act'(z_{l-1}) + e_{l-1} * act''(z_{l-1}) * Rz_{l-1}
-// The GGN product G V = J^T H_out J V keeps only the first term of each line.
+// The GGN product G V = J^T H_out J V keeps only the first term of each line.  Where act'' is
+// linear in act (tanh, sigmoid, relu, identity: activations.hpp, d2_form), act''(z) Rz is
+// formed as (k0 + k1 a) Ra, and neither act'' nor the hidden Rz is kept (d2_term).
 //
 // Layout: tangents are (N, m, d) so that every product above is ONE matrix product
 // with N*m rows; V's layer slices are transposed once to Vt_l[i][c][j] (and
-// Vtt_l[j][c][i]) so that a_l VW_l and g_l VW_l^T are single products too.  All the
+// Vtt_l[j][c][i]; with m = 1, V is used as it is) so that a_l VW_l and g_l VW_l^T are single
+// products too.  All the
 // reshuffling is O(P m) or O(N m d); the work is O(N m P) in BLAS.
 #include "rop.hpp"
 
 #include <algorithm>
 #include <type_traits>
 
+#include "activations.hpp"
 #include "blas.hpp"
 #include "forward_backward.hpp"
 #include "lanes.hpp"
@@ -25,10 +29,72 @@ namespace tk {
 
 namespace {
 
+// The Hessian's second-derivative term of Rg below layer l (rg = re * act' + e * T2):
+//   T2 = act''(z_{l-1}) Rz_{l-1}, from the stored act'' and Rz (kStored), or, where act'' is
+//   linear in act (activations.hpp, d2_form), (k0 + k1 a_l) Ra_l (kLinear), or none (kNone:
+//   the Gauss-Newton product, and act'' = 0).
+enum D2Term { kNone, kStored, kLinear };
+
+struct D2Source {
+  D2Term kind = kNone;
+  double k0 = 0, k1 = 0;
+};
+
+inline D2Source d2_source(const Net& net, idx l, bool gn) {  // for the output of layer l - 1
+  const D2Form f = d2_form(net.act[l - 1]);
+  if (gn || f.zero) return {};
+  return f.linear ? D2Source{kLinear, f.k0, f.k1} : D2Source{kStored};
+}
+
+// T2 at one value: p, q = (d2, rz) for kStored, (a, ra) for kLinear.
+template <int K, class T>
+inline T d2_term(T p, T q, T k0, T k1) {
+  if constexpr (K == kStored) return p * q;
+  if constexpr (K == kLinear) return (k0 + k1 * p) * q;
+  return T(0);
+}
+
+// Calls body(std::integral_constant<int, kind>) for src.kind: the loops compiled per kind.
+template <class Body>
+void with_d2_term(const D2Source& src, Body&& body) {
+  switch (src.kind) {
+    case kNone:
+      return body(std::integral_constant<int, kNone>{});
+    case kStored:
+      return body(std::integral_constant<int, kStored>{});
+    case kLinear:
+      return body(std::integral_constant<int, kLinear>{});
+  }
+}
+
+// Ra = act'(z) (Rz + Vb) for the rows [r][c][j] of a hidden layer's tangents; Rz + Vb written
+// back only when `keep` (a stored act'' term reads it again).
+template <class T>
+void next_ra(idx n, idx m, idx dn, const T* __restrict vb, const T* __restrict d1, T* __restrict rz, T* __restrict ra,
+             bool keep) {
+  for (idx r = 0; r < n; ++r)
+    for (idx c = 0; c < m; ++c) {
+      const idx x = (r * m + c) * dn, y = r * dn;
+      const T* __restrict b = vb + c * dn;
+      if (keep) {
+#pragma omp simd
+        for (idx j = 0; j < dn; ++j) {
+          const T v = rz[x + j] + b[j];
+          rz[x + j] = v;
+          ra[x + j] = d1[y + j] * v;
+        }
+      } else {
+#pragma omp simd
+        for (idx j = 0; j < dn; ++j) ra[x + j] = d1[y + j] * (rz[x + j] + b[j]);
+      }
+    }
+}
+
 // The backward step of the R-op below through layer l = L-1 when it has one unit and there is
 // one direction: Rg (n,) is a scalar per sample, so R{grad} (the layer's slice of dst) and the
 // next Rg (written to rg_next, (n, di)) come out of one pass over the rows, where the general
 // path issues four products with a dimension of 1 (all memory traffic) and a pass.
+// e = g_out w^T is rank one: formed here, not read.
 template <class T>
 void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool gn, idx l, idx n0, idx n, const T* vw,
                           const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* rs, T* o) {
@@ -44,57 +110,51 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
   T* __restrict sum = rs;  // column sums of rg_next: the next layer's bias term
   std::fill(ow, ow + di, T(0));
   std::fill(sum, sum + di, T(0));
-  auto rows = [&](auto hessian) {  // the Hessian's terms compiled in or out
-    constexpr bool H = decltype(hessian)::value;
-    const T* __restrict d2 = H ? t.d2[l - 1].data() + n0 * di : nullptr;
+  const D2Source src = d2_source(net, l, gn);
+  const T k0 = T(src.k0), k1 = T(src.k1);
+  const T* __restrict p = src.kind == kStored ? t.d2[l - 1].data() + n0 * di : a;  // see d2_term
+  const T* __restrict q = src.kind == kStored ? rz : ra;
+  auto rows = [&](auto kind) {
+    constexpr int K = decltype(kind)::value;
     for (idx r = 0; r < n; ++r) {
-      const T q = rg[r], g = H ? gl[r] : T(0);
+      const T c = rg[r], g = gn ? T(0) : gl[r];
       const idx x = r * di;
 #pragma omp simd  // the captured pointers' __restrict is lost in the lambda: without this, scalar code
       for (idx i = 0; i < di; ++i) {
-        T v = ow[i] + a[x + i] * q, re = q * w[i];
-        if (H) {
+        T v = ow[i] + a[x + i] * c, re = c * w[i];
+        if (!gn) {  // the Hessian's cross terms (with kNone too: relu's act'' = 0)
           v += ra[x + i] * g;
           re += g * vw[i];
         }
         ow[i] = v;
-        const T y = H ? re * d1[x + i] + g * w[i] * d2[x + i] * rz[x + i] : re * d1[x + i];  // e = g w^T
+        T y = re * d1[x + i];
+        if (K != kNone) y += g * w[i] * d2_term<K>(p[x + i], q[x + i], k0, k1);
         next[x + i] = y;
         sum[i] += y;
       }
     }
   };
-  if (gn)
-    rows(std::false_type{});
-  else
-    rows(std::true_type{});
+  with_d2_term(src, rows);
 }
 
 // Rg of the layer below, rows [r][c][i] of n samples and m directions:
-//   rg = re * d1 (+ e * d2 * rz for the Hessian: e, d2 non-null),
-// and rg's column sums (the next bias term, [c][i]) into rs, in the same pass.
-template <class T>
+//   rg = re * d1 (+ e * T2 for the Hessian, T2 from p, q: see d2_term),
+// and rg's column sums (the next bias term, [c][i]) into rs, in the same pass.  p is per
+// sample (d2 or a, [r][i]), q per direction (rz or ra, [r][c][i]).
+template <int K, class T>
 void next_rg(idx n, idx m, idx di, const T* __restrict re, const T* __restrict d1, const T* __restrict e,
-             const T* __restrict d2, const T* __restrict rz, T* __restrict rg, T* __restrict rs) {
+             const T* __restrict p, const T* __restrict q, T k0, T k1, T* __restrict rg, T* __restrict rs) {
   std::fill(rs, rs + m * di, T(0));
   for (idx r = 0; r < n; ++r)
     for (idx c = 0; c < m; ++c) {
       const idx x = (r * m + c) * di, y = r * di;
       T* __restrict sum = rs + c * di;
-      if (e) {
 #pragma omp simd
-        for (idx i = 0; i < di; ++i) {
-          const T v = re[x + i] * d1[y + i] + e[y + i] * d2[y + i] * rz[x + i];
-          rg[x + i] = v;
-          sum[i] += v;
-        }
-      } else {
-#pragma omp simd
-        for (idx i = 0; i < di; ++i) {
-          const T v = re[x + i] * d1[y + i];
-          rg[x + i] = v;
-          sum[i] += v;
-        }
+      for (idx i = 0; i < di; ++i) {
+        T v = re[x + i] * d1[y + i];
+        if (K != kNone) v += e[y + i] * d2_term<K>(p[y + i], q[x + i], k0, k1);
+        rg[x + i] = v;
+        sum[i] += v;
       }
     }
 }
@@ -139,18 +199,9 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     if (l > 0)
       gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data() + n0 * m * di, di, weights(net, theta, l), dn, T(1), rz,
               dn);
-    if (hidden) {
-      T* ra = Ra[l + 1].data() + n0 * m * dn;
-      const T* d1 = t.d1[l].data() + n0 * dn;
-      parallel_for(n, n * m * dn, [&](idx r) {
-        for (idx c = 0; c < m; ++c)
-          for (idx j = 0; j < dn; ++j) {
-            const idx q = (r * m + c) * dn + j;
-            rz[q] += vb[c * dn + j];
-            ra[q] = d1[r * dn + j] * rz[q];
-          }
-      });
-    }
+    if (hidden)
+      next_ra(n, m, dn, vb, t.d1[l].data() + n0 * dn, rz, Ra[l + 1].data() + n0 * m * dn,
+              d2_source(net, l + 1, gn).kind == kStored);
   }
 
   // Output curvature applied to the output tangent, and Rg's column sums.
@@ -222,8 +273,14 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
               m * di);
     Rg.resize(n * m * di);
     const idx h = n0 * di;  // the slice's first row of layer l-1's tape arrays
-    next_rg(n, m, di, Re.data(), t.d1[l - 1].data() + h, gn ? nullptr : t.e[l - 1].data() + h,
-            gn ? nullptr : t.d2[l - 1].data() + h, gn ? nullptr : Rz[l - 1].data() + n0 * m * di, Rg.data(), rs.data());
+    const D2Source src = d2_source(net, l, gn);
+    const bool stored = src.kind == kStored;
+    const T* p = stored ? t.d2[l - 1].data() + h : t.a[l].data() + h;
+    const T* q = stored ? Rz[l - 1].data() + n0 * m * di : Ra[l].data() + n0 * m * di;
+    with_d2_term(src, [&](auto kind) {
+      next_rg<decltype(kind)::value, T>(n, m, di, Re.data(), t.d1[l - 1].data() + h, t.e[l - 1].data() + h, p, q,
+                                        T(src.k0), T(src.k1), Rg.data(), rs.data());
+    });
   }
 }
 
@@ -359,7 +416,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   ws.slices.resize(nt);
   ws.parts.resize((nt - 1) * P * m);
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
-    forward_rows(net, theta, t, n0, n1, !gn);
+    forward_rows(net, theta, t, n0, n1, !gn, true);  // act'' only where d2_term reads it
     head_rows(net, t, tg, mean, n0, n1, !gn);
     if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, m > 1);  // one direction: output_unit_backward
     rop_rows(net, theta, t, mean, V, m, gn, ws, n0, n1, ws.slices[tid],

@@ -248,6 +248,9 @@ def test_one_and_two_threads_agree(backend, case, restore_threads):
     ([12, 16, 12, 10, 3], "tanh", "ce", 450),  # deep: the diagonal's matrix recursion
     ([6, 40, 20, 1], "tanh", "mse", 150),      # one output unit, act'' != 0: its fused passes
     ([25, 30, 1], "softplus", "mse", 97),      # ... straight onto the first hidden layer
+    # the R-op's act'' terms by kind (rop.cpp, d2_term): zero, stored, linear in act
+    ([12, 30, 20, 1], ["identity", "softplus"], "mse", 140),
+    ([9, 24, 16, 3], ["gelu", "sigmoid"], "ce", 130),
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, dtype, restore_threads):
