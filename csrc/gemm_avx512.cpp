@@ -116,8 +116,9 @@ thread_local Scratch t_apack, t_bpack;
 
 // ----------------------------------------------------------------------------- microkernel
 // acc (MR x NR) = sum_p a(:, p) b(p, :) over p < kc; then C[r0:mr, :nr] = alpha acc + beta C.
-// b(p, :) = b[p * sb + :NR] (packed: sb = NR; op(B) = B in place: sb = ldb).  a(r, p) = a[p * sa + r] (packed: sa = MR; op(A) = A^T in place:
-// sa = lda) or, with RowA, a[r * sa + p] (op(A) = A in place: sa = lda).
+// b(p, :) = b[p * sb + :NR] (packed: sb = NR; op(B) = B in place: sb = ldb).
+// a(r, p) = a[p * sa + r] (packed: sa = MR; op(A) = A^T in place: sa = lda) or, with RowA,
+// a[r * sa + p] (op(A) = A in place: sa = lda).
 template <class T, bool RowA, int MR = Tile<T>::MR>
 [[gnu::noinline]] void micro(idx kc, const T* __restrict a, idx sa, const T* __restrict b, idx sb, T* __restrict c,
                              idx ldc, T alpha, T beta, idx mr, idx nr, idx r0 = 0) {
@@ -397,10 +398,11 @@ bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx
             }
             if (full < mc) {
               if (ta)
-                micro_rows<T, false>(kc, a0 + full, lda, rs, full, b, sb, c + full * ldc, ldc, alpha, beta_p, mc - full, nr);
+                micro_rows<T, false>(kc, a0 + full, lda, rs, full, b, sb, c + full * ldc, ldc, alpha, beta_p, mc - full,
+                                     nr);
               else
-                micro_rows<T, true>(kc, a0 + full * lda, lda, rs, full, b, sb, c + full * ldc, ldc, alpha, beta_p, mc - full,
-                                    nr);
+                micro_rows<T, true>(kc, a0 + full * lda, lda, rs, full, b, sb, c + full * ldc, ldc, alpha, beta_p,
+                                    mc - full, nr);
             }
             continue;
           }

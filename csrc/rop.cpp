@@ -106,7 +106,7 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
   const T* __restrict gl = t.g[l].data() + n0;
   T* __restrict next = rg_next.data();
   T* __restrict ow = o;
-  ow[di] = rs[0];  // the bias: rg's sum (rs is overwritten below)
+  ow[di] = rs[0];          // the bias: rg's sum (rs is overwritten below)
   T* __restrict sum = rs;  // column sums of rg_next: the next layer's bias term
   std::fill(ow, ow + di, T(0));
   std::fill(sum, sum + di, T(0));
@@ -194,8 +194,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     }
     if (!hidden)
       for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
-    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz,
-            m * dn);
+    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz, m * dn);
     if (l > 0)
       gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data() + n0 * m * di, di, weights(net, theta, l), dn, T(1), rz,
               dn);
@@ -234,8 +233,8 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
-      output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data() + n0 * di,
-                           Rz[l - 1].data() + n0 * di, Rg.data(), Re, rs.data(), dst + net.off[l]);
+      output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data() + n0 * di, Rz[l - 1].data() + n0 * di,
+                           Rg.data(), Re, rs.data(), dst + net.off[l]);
       std::swap(Rg, Re);
       continue;
     }

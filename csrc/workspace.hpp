@@ -17,12 +17,12 @@ struct Workspace {
     vec<T> Rg, Re, acc, tmp, rs;
   };
   std::vector<Slice> slices;
-  vec<T> lanes;                         // rop.cpp: the one-direction path for tiny networks
+  vec<T> lanes;                             // rop.cpp: the one-direction path for tiny networks
   std::vector<DiagScratch<T>> diag_slices;  // diagonal.cpp: one thread's scratch
-  vec<T> parts;                         // per-thread partial results, threads 1.. (common.hpp)
-  std::vector<vec<T>> U, A;             // rows backpropagated per sample; augmented inputs
-  vec<T> Wsq, Lf, Rf;                   // W_1 * W_1 (diagonal.cpp); Kronecker factors (curvature.cpp)
-  Factors<T> f;  // per-chunk curvature factors
+  vec<T> parts;                             // per-thread partial results, threads 1.. (common.hpp)
+  std::vector<vec<T>> U, A;                 // rows backpropagated per sample; augmented inputs
+  vec<T> Wsq, Lf, Rf;                       // W_1 * W_1 (diagonal.cpp); Kronecker factors (curvature.cpp)
+  Factors<T> f;                             // per-chunk curvature factors
   // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
   // Newton-type loop asks for the same sizes every iteration and fresh pages cost ~20%.
   std::vector<vec<T>> Kd, E3a;
