@@ -9,10 +9,9 @@
 // linear in act (tanh, sigmoid, relu, identity: activations.hpp, d2_form), act''(z) Rz is
 // formed as (k0 + k1 a) Ra, and neither act'' nor the hidden Rz is kept (d2_term).
 //
-// Layout: tangents are (N, m, d) so that every product above is ONE matrix product
-// with N*m rows; V's layer slices are transposed once to Vt_l[i][c][j] (and
-// Vtt_l[j][c][i]; with m = 1, V is used as it is) so that a_l VW_l and g_l VW_l^T are single
-// products too.  All the
+// Layout: tangents are (N, m, d) so that every product above is ONE matrix product with N*m
+// rows; V's layer slices are transposed once to Vt_l[i][c][j] (and Vtt_l[j][c][i]; with m = 1,
+// V is used as it is) so that a_l VW_l and g_l VW_l^T are single products too.  All the
 // reshuffling is O(P m) or O(N m d); the work is O(N m P) in BLAS.
 #include "rop.hpp"
 
