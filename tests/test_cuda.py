@@ -257,6 +257,18 @@ def test_several_sample_chunks(on_cuda, several_chunks, sizes, act, loss, N, dty
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("sizes,act,loss,N", [
+    ([5, 300, 2], "relu", "ce", 75),           # 300 columns: two column tiles, three row chunks
+    ([3, 270, 4], "tanh", "mse", 40),          # one direction of width 270; m = 3: 810 columns
+])
+def test_layers_wider_than_one_column_tile(on_cuda, sizes, act, loss, N, dtype):
+    """The row passes (bias, activation, backpropagation, R-op) over several column tiles."""
+    check_all(make_problem(sizes, act, loss, N=N, m=3), dtype, reductions=("mean",),
+              quantities=("predict", "loss_and_grad", "hvp", "hvp_multi", "ggn_vp", "ggn_vp_multi"))
+
+
+@needs_gpu
 def test_l2_and_a_medium_problem(on_cuda):
     p = make_problem([12, 48, 40, 4], "tanh", "ce", N=257, l2=0.03)
     check_all(p, np.float64, reductions=("mean",))

@@ -13,6 +13,26 @@ __device__ __forceinline__ double tanh_h(double x) {
   return 1.0 / (1.0 + ::exp(2.0 * x));
 }
 
+// act'' = act' (k0 + k1 act) where `linear` (as ../activations.hpp, d2_form): the R-op then
+// forms act''(z) Rz as (k0 + k1 a) Ra, with neither act'' nor the hidden Rz stored.
+struct D2Form {
+  bool linear = false, zero = false;  // zero: act'' = 0 (identity, relu)
+  double k0 = 0, k1 = 0;
+};
+inline D2Form d2_form(Act f) {
+  switch (f) {
+    case Act::identity:
+    case Act::relu:
+      return {true, true, 0, 0};
+    case Act::tanh:
+      return {true, false, 0, -2};
+    case Act::sigmoid:
+      return {true, false, 1, -2};
+    default:
+      return {};
+  }
+}
+
 // a = act(z), d1 = act'(z), d2 = act''(z) (d2 skipped when want_d2 is false).
 template <class T>
 __device__ __forceinline__ void activate1(Act f, T zin, T& a, T& d1, T& d2, bool want_d2) {

@@ -42,9 +42,9 @@ struct OutOfDeviceMemory : Error {
 // what the device has free, any other error Error.
 void* device_malloc(size_t bytes);
 
-#define TK_CUDA(call)                                                   \
-  do {                                                                  \
-    const cudaError_t tk_err_ = (call);                                 \
+#define TK_CUDA(call)                                                                 \
+  do {                                                                                \
+    const cudaError_t tk_err_ = (call);                                               \
     if (tk_err_ != cudaSuccess) ::tk::cuda::fail(#call, tk_err_, __FILE__, __LINE__); \
   } while (0)
 // After a kernel launch: configuration errors show here, faults at the next synchronisation.
@@ -133,6 +133,36 @@ inline unsigned grid_for(idx n) {
 }
 #define TK_GRID_STRIDE(i, n) \
   for (idx i = (idx)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (idx)gridDim.x * blockDim.x)
+
+// Row passes over an (rows, cols) row-major array, with optional column sums (the bias terms
+// of gradients and products).  A block of (tx, ty) threads owns tx consecutive columns, one
+// per thread, and walks a chunk of rows in steps of ty: no index division per value, each
+// column's offset and its per-column constants loaded once per thread.  The column sums are
+// written per chunk (`partial`, chunks x cols) and added up in chunk order by colsum_finish:
+// deterministic.  The loops stride over column tiles and chunks, so any grid covers the array;
+// tile_grid() gives one block per (tile, chunk).  The device side is in tile.cuh.
+struct Tile {
+  idx rows = 0, cols = 0, chunk_rows = 0, chunks = 0, col_tiles = 0;
+  int tx = 0, ty = 0;
+};
+constexpr idx kTileRowsPerThread = 32;
+inline Tile make_tile(idx rows, idx cols) {
+  Tile t;
+  t.rows = rows;
+  t.cols = cols;
+  t.tx = (int)std::min<idx>(kThreads, (cols + 31) / 32 * 32);
+  t.ty = kThreads / t.tx;
+  t.chunk_rows = kTileRowsPerThread * t.ty;
+  t.chunks = std::max<idx>(1, (rows + t.chunk_rows - 1) / t.chunk_rows);
+  t.col_tiles = (cols + t.tx - 1) / t.tx;
+  return t;
+}
+inline dim3 tile_grid(const Tile& t) {
+  return dim3((unsigned)std::min<idx>(t.col_tiles, idx(1) << 16), (unsigned)std::min<idx>(t.chunks, 65535));
+}
+inline dim3 tile_block(const Tile& t) {
+  return dim3((unsigned)t.tx, (unsigned)t.ty);
+}
 
 // Per-call scratch of every kernel family, pooled per network (workspace.cuh).
 template <class T>

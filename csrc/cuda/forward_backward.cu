@@ -1,32 +1,46 @@
 // See forward_backward.cuh (and ../forward_backward.hpp for the math).
 #include "activations.cuh"
 #include "forward_backward.cuh"
+#include "tile.cuh"
 #include "workspace.cuh"
 
 namespace tk {
 namespace cuda {
 
 // Working-precision exp/log on the device (float stays float, as std::exp on the CPU).
-__device__ __forceinline__ float t_exp(float x) { return expf(x); }
-__device__ __forceinline__ double t_exp(double x) { return exp(x); }
-__device__ __forceinline__ float t_log(float x) { return logf(x); }
-__device__ __forceinline__ double t_log(double x) { return log(x); }
+__device__ __forceinline__ float t_exp(float x) {
+  return expf(x);
+}
+__device__ __forceinline__ double t_exp(double x) {
+  return exp(x);
+}
+__device__ __forceinline__ float t_log(float x) {
+  return logf(x);
+}
+__device__ __forceinline__ double t_log(double x) {
+  return log(x);
+}
 
-// z (N, dn) += b; then, for a hidden layer, z = act(z) in place with d1, d2.
+// z (N, dn) += b; then, for a hidden layer, z = act(z) in place with d1 (and d2 when given).
 template <class T>
-__global__ void k_bias_act(idx N, idx dn, const T* __restrict__ b, T* __restrict__ z, T* __restrict__ d1,
-                           T* __restrict__ d2, Act f, bool hidden) {
-  TK_GRID_STRIDE(i, N * dn) {
-    const T v = z[i] + b[i % dn];
-    if (!hidden) {
-      z[i] = v;
-      continue;
+__global__ void k_bias_act(Tile tl, const T* __restrict__ b, T* __restrict__ z, T* __restrict__ d1, T* __restrict__ d2,
+                           Act f, bool hidden) {
+  TK_TILES(tl, j, ch) {
+    if (j >= tl.cols) continue;
+    const T bj = b[j];
+    TK_TILE_ROWS(tl, ch, n) {
+      const idx i = n * tl.cols + j;
+      const T v = z[i] + bj;
+      if (!hidden) {
+        z[i] = v;
+        continue;
+      }
+      T a, g1, g2;
+      activate1<T>(f, v, a, g1, g2, d2 != nullptr);
+      z[i] = a;
+      d1[i] = g1;
+      if (d2) d2[i] = g2;
     }
-    T a, g1, g2;
-    activate1<T>(f, v, a, g1, g2, d2 != nullptr);
-    z[i] = a;
-    d1[i] = g1;
-    if (d2) d2[i] = g2;
   }
 }
 
@@ -85,9 +99,49 @@ __global__ void k_sum(idx n, const T* __restrict__ x, double* __restrict__ total
   if (threadIdx.x == 0) *total = part[0];
 }
 
+// g (rows, cols) = e * d1 (d1 null: g as it is), with g's column sums per chunk into partial
+// (when given).  e may be g itself.
 template <class T>
-__global__ void k_mul(idx n, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out) {
-  TK_GRID_STRIDE(i, n) out[i] = a[i] * b[i];
+__global__ void k_scale_colsum(Tile tl, const T* e, const T* __restrict__ d1, T* g, T* __restrict__ partial) {
+  TK_TILES(tl, j, ch) {
+    T acc = 0;
+    if (j < tl.cols) {
+      TK_TILE_ROWS(tl, ch, n) {
+        const idx i = n * tl.cols + j;
+        T v = e[i];
+        if (d1) {
+          v *= d1[i];
+          g[i] = v;
+        }
+        acc += v;
+      }
+    }
+    if (partial) tile_colsum_store(tl, ch, j, acc, partial);
+  }
+}
+
+template <class T>
+__global__ void k_colsum_finish(idx chunks, idx cols, const T* __restrict__ partial, T* __restrict__ out) {
+  TK_GRID_STRIDE(j, cols) {
+    T s = 0;
+    for (idx c = 0; c < chunks; ++c) s += partial[c * cols + j];
+    out[j] = s;
+  }
+}
+
+template <class T>
+void colsum_finish(Workspace<T>& ws, const Tile& tl, T* out) {
+  k_colsum_finish<T><<<grid_for(tl.cols), kThreads, 0, ws.stream()>>>(tl.chunks, tl.cols, ws.part.data(), out);
+  TK_CHECK_LAUNCH();
+}
+
+template <class T>
+void scale_colsum(Workspace<T>& ws, idx rows, idx cols, const T* e, const T* d1, T* g, T* sums) {
+  const Tile tl = make_tile(rows, cols);
+  if (sums) ws.part.resize(tl.chunks * tl.cols);
+  k_scale_colsum<T><<<tile_grid(tl), tile_block(tl), 0, ws.stream()>>>(tl, e, d1, g, sums ? ws.part.data() : nullptr);
+  TK_CHECK_LAUNCH();
+  if (sums) colsum_finish(ws, tl, sums);
 }
 
 // u (c, r, di) rows of sample n scaled by d1[n, :] (d1 already offset to the chunk).
@@ -97,22 +151,6 @@ __global__ void k_scale_rows_per_sample(idx c, idx r, idx di, const T* __restric
     const idx i = q % di, n = q / (r * di);
     u[q] *= d1[n * di + i];
   }
-}
-
-template <class T>
-__global__ void k_fill(idx n, T v, T* __restrict__ x) {
-  TK_GRID_STRIDE(i, n) x[i] = v;
-}
-
-template <class T>
-const T* ones(Workspace<T>& ws, idx n) {
-  if (ws.ones_filled < n) {
-    ws.ones.resize(n);
-    k_fill<T><<<grid_for(n), kThreads, 0, ws.stream()>>>(n, T(1), ws.ones.data());
-    TK_CHECK_LAUNCH();
-    ws.ones_filled = n;
-  }
-  return ws.ones.data();
 }
 
 template <class T>
@@ -133,7 +171,7 @@ static void resize_tape(const Net& net, Tape<T>& t, idx N, bool second) {
 }
 
 template <class T>
-void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second) {
+void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second, bool lean) {
   Tape<T>& t = ws.tape;
   resize_tape(net, t, N, second);
   t.X = X;
@@ -143,9 +181,11 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws
     const bool hidden = l + 1 < L;
     T* z = hidden ? t.a[l + 1].data() : t.F.data();
     gemm<T>(ws.blas(), false, false, N, dn, di, T(1), t.in(l), di, weights(net, theta, l), dn, T(0), z, dn);
-    k_bias_act<T><<<grid_for(N * dn), kThreads, 0, ws.stream()>>>(
-        N, dn, bias(net, theta, l), z, hidden ? t.d1[l].data() : nullptr,
-        hidden && second ? t.d2[l].data() : nullptr, hidden ? net.act[l] : Act::identity, hidden);
+    const bool want_d2 = hidden && second && !(lean && d2_form(net.act[l]).linear);
+    const Tile tl = make_tile(N, dn);
+    k_bias_act<T><<<tile_grid(tl), tile_block(tl), 0, ws.stream()>>>(
+        tl, bias(net, theta, l), z, hidden ? t.d1[l].data() : nullptr, want_d2 ? t.d2[l].data() : nullptr,
+        hidden ? net.act[l] : Act::identity, hidden);
     TK_CHECK_LAUNCH();
   }
 }
@@ -159,8 +199,8 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
   if (want_grad) t.g[L - 1].resize(N * k);
   if (net.loss == Loss::ce) t.p.resize(N * k);
   k_loss_head<T><<<grid_for(N), kThreads, 0, ws.stream()>>>(N, k, net.loss, t.F.data(), tg, s, 2 * s / T(k),
-                                                             want_grad ? t.g[L - 1].data() : nullptr, t.p.data(),
-                                                             t.rowloss.data());
+                                                            want_grad ? t.g[L - 1].data() : nullptr, t.p.data(),
+                                                            t.rowloss.data());
   TK_CHECK_LAUNCH();
   if (!want_value) return;
   t.total.resize(1);
@@ -178,32 +218,28 @@ double read_loss(const Net& net, Workspace<T>& ws, bool mean) {
 }
 
 template <class T>
-void backward(const Net& net, const T* theta, Workspace<T>& ws) {
+void backward(const Net& net, const T* theta, Workspace<T>& ws, T* grad, bool keep_e) {
   Tape<T>& t = ws.tape;
   const idx N = t.N, L = net.L();
-  for (idx l = L - 1; l >= 1; --l) {
+  if (grad)  // the output layer's bias row: the column sums of g
+    scale_colsum<T>(ws, N, net.k(), t.g[L - 1].data(), nullptr, nullptr,
+                    grad + net.off[L - 1] + net.d[L - 1] * net.k());
+  for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
-    t.e[l - 1].resize(N * di);
+    if (grad)  // the weight rows a_l^T g_l
+      gemm<T>(ws.blas(), true, false, di, dn, N, T(1), t.in(l), di, t.g[l].data(), dn, T(0), grad + net.off[l], dn);
+    if (l == 0) break;
+    // g_{l-1} = (g_l W_l^T) * act'(z_{l-1}), over e when e is not kept; its column sums are
+    // layer l-1's bias row.
     t.g[l - 1].resize(N * di);
-    gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0),
-            t.e[l - 1].data(), di);
-    k_mul<T><<<grid_for(N * di), kThreads, 0, ws.stream()>>>(N * di, t.e[l - 1].data(), t.d1[l - 1].data(),
-                                                              t.g[l - 1].data());
-    TK_CHECK_LAUNCH();
-  }
-}
-
-template <class T>
-void param_grad(const Net& net, Workspace<T>& ws, T* grad) {
-  Tape<T>& t = ws.tape;
-  const idx N = t.N;
-  const T* one = ones(ws, N);
-  for (idx l = 0; l < net.L(); ++l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    T* gW = grad + net.off[l];
-    gemm<T>(ws.blas(), true, false, di, dn, N, T(1), t.in(l), di, t.g[l].data(), dn, T(0), gW, dn);
-    // bias row: the column sums of g, as the product 1^T g
-    gemm<T>(ws.blas(), false, false, 1, dn, N, T(1), one, N, t.g[l].data(), dn, T(0), gW + di * dn, dn);
+    T* e = t.g[l - 1].data();
+    if (keep_e) {
+      t.e[l - 1].resize(N * di);
+      e = t.e[l - 1].data();
+    }
+    gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0), e, di);
+    scale_colsum<T>(ws, N, di, e, t.d1[l - 1].data(), t.g[l - 1].data(),
+                    grad ? grad + net.off[l - 1] + net.d[l - 1] * di : nullptr);
   }
 }
 
@@ -225,14 +261,12 @@ double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<
                      Workspace<T>& ws) {
   forward(net, theta, X, N, ws, false);
   loss_head(net, ws, tg, mean, true, true);
-  backward(net, theta, ws);
-  param_grad(net, ws, grad);
+  backward(net, theta, ws, grad, false);
   return read_loss(net, ws, mean);
 }
 
 template <class T>
-void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r,
-                   std::vector<DevBuf<T>>& U) {
+void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r, std::vector<DevBuf<T>>& U) {
   U.resize(net.L());
   for (idx l = net.L() - 1; l >= 1; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
@@ -245,17 +279,17 @@ void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx
   }
 }
 
-#define TK_INST(T)                                                                                                 \
-  template void forward<T>(const Net&, const T*, const T*, idx, Workspace<T>&, bool);                              \
-  template void loss_head<T>(const Net&, Workspace<T>&, Targets<T>, bool, bool, bool);                             \
-  template double read_loss<T>(const Net&, Workspace<T>&, bool);                                                   \
-  template void backward<T>(const Net&, const T*, Workspace<T>&);                                                  \
-  template void param_grad<T>(const Net&, Workspace<T>&, T*);                                                      \
-  template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                                \
-  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);                   \
-  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&);      \
-  template void backward_rows<T>(const Net&, const T*, Workspace<T>&, idx, idx, idx, std::vector<DevBuf<T>>&);     \
-  template const T* ones<T>(Workspace<T>&, idx);
+#define TK_INST(T)                                                                                             \
+  template void forward<T>(const Net&, const T*, const T*, idx, Workspace<T>&, bool, bool);                    \
+  template void loss_head<T>(const Net&, Workspace<T>&, Targets<T>, bool, bool, bool);                         \
+  template double read_loss<T>(const Net&, Workspace<T>&, bool);                                               \
+  template void backward<T>(const Net&, const T*, Workspace<T>&, T*, bool);                                    \
+  template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                            \
+  template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);               \
+  template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&);  \
+  template void backward_rows<T>(const Net&, const T*, Workspace<T>&, idx, idx, idx, std::vector<DevBuf<T>>&); \
+  template void colsum_finish<T>(Workspace<T>&, const Tile&, T*);                                              \
+  template void scale_colsum<T>(Workspace<T>&, idx, idx, const T*, const T*, T*, T*);
 TK_INST(float)
 TK_INST(double)
 #undef TK_INST

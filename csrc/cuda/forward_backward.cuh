@@ -2,8 +2,10 @@
 // (mirrors ../forward_backward.hpp; the math is written there).
 //
 // Products through cuBLAS (N rows at once); the bias, the activation and its derivatives are
-// one fused elementwise kernel after each product; the loss head is one thread per sample;
-// the loss total is summed in double by one block (deterministic), as the CPU sums serially.
+// one fused row pass after each product (common.cuh, Tile), as are backpropagation's product
+// with act' and the bias rows of the gradient (column sums, deterministic); the loss head is
+// one thread per sample; the loss total is summed in double by one block (deterministic), as
+// the CPU sums serially.
 #pragma once
 #include "blas.hpp"
 #include "common.cuh"
@@ -39,9 +41,10 @@ inline const T* bias(const Net& net, const T* theta, idx l) {
 // All functions below queue work on ws.stream (through ws.blas) and do not synchronise,
 // except those returning a host value.
 
-// Fills tape.a, tape.d1 (and tape.d2 when `second`), tape.F.  theta, X on the device.
+// Fills tape.a, tape.d1 (and tape.d2 when `second`), tape.F.  theta, X on the device.  `lean`
+// skips d2 where act'' is linear in act (d2_form: the R-op forms that term from a).
 template <class T>
-void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second);
+void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second, bool lean = false);
 
 // g[L-1] and the per-sample losses (tape.p for ce); with want_value, their sum in double is
 // queued too, for read_loss.
@@ -52,13 +55,9 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
 template <class T>
 double read_loss(const Net& net, Workspace<T>& ws, bool mean);
 
-// g[l] for l < L-1 and e[l].
+// g[l] for l < L-1, and e[l] when keep_e; with grad (P,) on the device, the gradient too.
 template <class T>
-void backward(const Net& net, const T* theta, Workspace<T>& ws);
-
-// grad (P,) on the device, from tape.g.
-template <class T>
-void param_grad(const Net& net, Workspace<T>& ws, T* grad);
+void backward(const Net& net, const T* theta, Workspace<T>& ws, T* grad = nullptr, bool keep_e = true);
 
 template <class T>
 void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws);
@@ -74,9 +73,14 @@ double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<
 template <class T>
 void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r, std::vector<DevBuf<T>>& U);
 
-// A device vector of at least n ones (for column sums as products).
+// g (rows, cols) = e * d1 (d1 null: g is e, not written), and with `sums` the column sums of g
+// into sums (cols,), through ws.part.  e may be g.
 template <class T>
-const T* ones(Workspace<T>& ws, idx n);
+void scale_colsum(Workspace<T>& ws, idx rows, idx cols, const T* e, const T* d1, T* g, T* sums);
+
+// The column sums of a tiled pass that stored its per-chunk sums in ws.part, into out (cols,).
+template <class T>
+void colsum_finish(Workspace<T>& ws, const Tile& tl, T* out);
 
 }  // namespace cuda
 }  // namespace tk

@@ -2,9 +2,16 @@
 // The algorithm, layouts and every product are those of ../rop.cpp (read its header):
 // tangents (N, m, d) so that each step is ONE cuBLAS product with N*m rows; V's layer slices
 // transposed once to Vt_l[i][c][j] and Vtt_l[j][c][i]; the elementwise steps (tangent of the
-// activation, output curvature, the R{g} update, the scatter into out) are one kernel each.
+// activation, output curvature, the R{g} update with the column sums that are the next bias
+// row, the scatter into out) are one kernel each.  With one direction (m = 1, a Newton-CG
+// step's product) V is read in place and R{grad} is written straight into out: no transposed
+// copies, no scatter.  The Hessian's act''(z) Rz term is formed as in ../rop.cpp (D2Term):
+// from the stored act'' and Rz, or, where act'' is linear in act (d2_form), as (k0 + k1 a) Ra,
+// with neither act'' nor the hidden Rz stored; relu and identity have none.
+#include "activations.cuh"
 #include "forward_backward.cuh"
 #include "rop.cuh"
+#include "tile.cuh"
 #include "workspace.cuh"
 
 namespace tk {
@@ -28,15 +35,21 @@ __global__ void k_vtt(idx di, idx dn, idx m, const T* __restrict__ v, T* __restr
   }
 }
 
-// rz (N, m*dn) += vb (m*dn) per row; then, for a hidden layer, ra = act'(z) * rz.
+// rz (N, m*dn) += vb (m*dn) per row, written back when `keep`; for a hidden layer,
+// ra = act'(z) * rz.
 template <class T>
-__global__ void k_rz_finish(idx N, idx m, idx dn, const T* __restrict__ vb, T* __restrict__ rz,
+__global__ void k_rz_finish(Tile tl, idx dn, const T* __restrict__ vb, T* __restrict__ rz, bool keep,
                             const T* __restrict__ d1, T* __restrict__ ra) {
-  TK_GRID_STRIDE(q, N * m * dn) {
-    const idx j = q % dn, n = q / (m * dn);
-    const T v = rz[q] + vb[q % (m * dn)];
-    rz[q] = v;
-    if (ra) ra[q] = d1[n * dn + j] * v;
+  TK_TILES(tl, j, ch) {
+    if (j >= tl.cols) continue;
+    const idx jj = j % dn;
+    const T bj = vb[j];
+    TK_TILE_ROWS(tl, ch, n) {
+      const idx x = n * tl.cols + j;
+      const T v = rz[x] + bj;
+      if (keep) rz[x] = v;
+      if (ra) ra[x] = d1[n * dn + jj] * v;
+    }
   }
 }
 
@@ -71,15 +84,32 @@ __global__ void k_scatter(idx di, idx dn, idx m, const T* __restrict__ acc, cons
   }
 }
 
-// rg = re * d1 (GGN) or re * d1 + e * d2 * rz (Hessian), over (N, m, di).
+// The Hessian's act''(z_{l-1}) Rz_{l-1} term: none (GGN, relu, identity), from the stored
+// act'' and Rz, or from (a_l, Ra_l) as (k0 + k1 a) Ra.
+enum class D2Term : int { none, stored, linear };
+
+// rg (N, m*di) = re * act'(z) + e * T2 (T2 = p * q stored, (k0 + k1 p) * q linear; p and e
+// per sample (N, di), q per direction like re), with rg's column sums per chunk into partial.
 template <class T>
-__global__ void k_rg(idx N, idx m, idx di, const T* __restrict__ re, const T* __restrict__ d1,
-                     const T* __restrict__ e, const T* __restrict__ d2, const T* __restrict__ rz, T* __restrict__ rg) {
-  TK_GRID_STRIDE(q, N * m * di) {
-    const idx i = q % di, n = q / (m * di), s = n * di + i;
-    T v = re[q] * d1[s];
-    if (e) v += e[s] * d2[s] * rz[q];
-    rg[q] = v;
+__global__ void k_rg(Tile tl, idx di, const T* __restrict__ re, const T* __restrict__ d1, const T* __restrict__ e,
+                     D2Term kind, const T* __restrict__ p, const T* __restrict__ q, T k0, T k1, T* __restrict__ rg,
+                     T* __restrict__ partial) {
+  TK_TILES(tl, j, ch) {
+    T acc = 0;
+    if (j < tl.cols) {
+      const idx jj = j % di;
+      TK_TILE_ROWS(tl, ch, n) {
+        const idx x = n * tl.cols + j, y = n * di + jj;
+        T v = re[x] * d1[y];
+        if (kind == D2Term::stored)
+          v += e[y] * p[y] * q[x];
+        else if (kind == D2Term::linear)
+          v += e[y] * (k0 + k1 * p[y]) * q[x];
+        rg[x] = v;
+        acc += v;
+      }
+    }
+    tile_colsum_store(tl, ch, j, acc, partial);
   }
 }
 
@@ -89,40 +119,50 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   const idx L = net.L(), k = net.k();
   Tape<T>& t = ws.tape;
   cudaStream_t st = ws.stream();
-  forward(net, theta, X, N, ws, !gn);
+  const bool one = m == 1;
+  auto term = [&](idx l) {  // of Rg_{l-1}, from the activation of z_{l-1}
+    const D2Form f = d2_form(net.act[l - 1]);
+    return gn || f.zero ? D2Term::none : f.linear ? D2Term::linear : D2Term::stored;
+  };
+  bool keep_e = false;  // e is read only by the act'' terms
+  for (idx l = 1; l < L; ++l) keep_e = keep_e || term(l) != D2Term::none;
+  forward(net, theta, X, N, ws, !gn, true);
   loss_head(net, ws, tg, mean, !gn, false);
-  if (!gn) backward(net, theta, ws);
+  if (!gn) backward<T>(net, theta, ws, nullptr, keep_e);
   const T s = sample_weight<T>(N, mean);
 
   auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
   for (auto* v : {&Vt, &Vtt, &Rz, &Ra}) v->resize(L);
-  for (idx l = 0; l < L; ++l) {
-    const idx di = net.d[l], dn = net.d[l + 1];
-    const T* v = V + net.off[l] * m;
-    Vt[l].resize((di + 1) * m * dn);
-    k_vt<T><<<grid_for((di + 1) * m * dn), kThreads, 0, st>>>(di, dn, m, v, Vt[l].data());
-    TK_CHECK_LAUNCH();
-    if (!gn && l > 0) {
-      Vtt[l].resize(dn * m * di);
-      k_vtt<T><<<grid_for(dn * m * di), kThreads, 0, st>>>(di, dn, m, v, Vtt[l].data());
+  if (!one) {
+    for (idx l = 0; l < L; ++l) {
+      const idx di = net.d[l], dn = net.d[l + 1];
+      const T* v = V + net.off[l] * m;
+      Vt[l].resize((di + 1) * m * dn);
+      k_vt<T><<<grid_for((di + 1) * m * dn), kThreads, 0, st>>>(di, dn, m, v, Vt[l].data());
       TK_CHECK_LAUNCH();
+      if (!gn && l > 0) {
+        Vtt[l].resize(dn * m * di);
+        k_vtt<T><<<grid_for(dn * m * di), kThreads, 0, st>>>(di, dn, m, v, Vtt[l].data());
+        TK_CHECK_LAUNCH();
+      }
     }
   }
+  auto vt = [&](idx l) -> const T* { return one ? V + net.off[l] : Vt[l].data(); };  // m = 1: the same layout
 
   // Forward tangents: Rz_l = Ra_l W_l + a_l VW_l + Vb_l; Ra_{l+1} = act'(z_l) * Rz_l.
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     Rz[l].resize(N * m * dn);
     T* rz = Rz[l].data();
-    gemm<T>(ws.blas(), false, false, N, m * dn, di, T(1), t.in(l), di, Vt[l].data(), m * dn, T(0), rz, m * dn);
+    gemm<T>(ws.blas(), false, false, N, m * dn, di, T(1), t.in(l), di, vt(l), m * dn, T(0), rz, m * dn);
     if (l > 0)
-      gemm<T>(ws.blas(), false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz,
-              dn);
+      gemm<T>(ws.blas(), false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
     const bool hidden = l + 1 < L;
     if (hidden) Ra[l + 1].resize(N * m * dn);
-    k_rz_finish<T><<<grid_for(N * m * dn), kThreads, 0, st>>>(N, m, dn, Vt[l].data() + di * m * dn, rz,
-                                                                hidden ? t.d1[l].data() : nullptr,
-                                                                hidden ? Ra[l + 1].data() : nullptr);
+    const bool keep = !hidden || term(l + 1) == D2Term::stored;
+    const Tile tl = make_tile(N, m * dn);
+    k_rz_finish<T><<<tile_grid(tl), tile_block(tl), 0, st>>>(
+        tl, dn, vt(l) + di * m * dn, rz, keep, hidden ? t.d1[l].data() : nullptr, hidden ? Ra[l + 1].data() : nullptr);
     TK_CHECK_LAUNCH();
   }
 
@@ -136,38 +176,55 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   }
   TK_CHECK_LAUNCH();
 
-  // Backward.
-  const T* one = ones(ws, N);
+  // Backward.  Rg_l's column sums (the bias row of R{grad}) come from the pass that formed Rg_l.
+  Tile rg_tile;
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
-    // acc[i][c][j] = R{grad}: a_l^T Rg_l, and the bias row 1^T Rg_l.
-    acc.resize((di + 1) * m * dn);
-    gemm<T>(ws.blas(), true, false, di, m * dn, N, T(1), t.in(l), di, Rg.data(), m * dn, T(0), acc.data(), m * dn);
-    gemm<T>(ws.blas(), false, false, 1, m * dn, N, T(1), one, N, Rg.data(), m * dn, T(0), acc.data() + di * m * dn,
-            m * dn);
+    // R{grad}[i][c][j]: a_l^T Rg_l, the bias row 1^T Rg_l; into out itself when m = 1.
+    T* r = out + net.off[l];
+    if (!one) {
+      acc.resize((di + 1) * m * dn);
+      r = acc.data();
+    }
+    gemm<T>(ws.blas(), true, false, di, m * dn, N, T(1), t.in(l), di, Rg.data(), m * dn, T(0), r, m * dn);
+    if (l == L - 1)
+      scale_colsum<T>(ws, N, m * k, Rg.data(), nullptr, nullptr, r + di * m * dn);
+    else
+      colsum_finish<T>(ws, rg_tile, r + di * m * dn);
     const bool cross = !gn && l > 0;
-    if (cross) {  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
+    if (cross && one) {  // += Ra_l^T g_l
+      gemm<T>(ws.blas(), true, false, di, dn, N, T(1), Ra[l].data(), di, t.g[l].data(), dn, T(1), r, dn);
+    } else if (cross) {  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
       tmp.resize(m * di * dn);
       gemm<T>(ws.blas(), true, false, m * di, dn, N, T(1), Ra[l].data(), m * di, t.g[l].data(), dn, T(0), tmp.data(),
               dn);
     }
-    k_scatter<T><<<grid_for((di + 1) * dn * m), kThreads, 0, st>>>(di, dn, m, acc.data(),
-                                                                    cross ? tmp.data() : nullptr, out + net.off[l] * m);
-    TK_CHECK_LAUNCH();
+    if (!one) {
+      k_scatter<T><<<grid_for((di + 1) * dn * m), kThreads, 0, st>>>(
+          di, dn, m, acc.data(), cross ? tmp.data() : nullptr, out + net.off[l] * m);
+      TK_CHECK_LAUNCH();
+    }
     if (l == 0) break;
 
     // Re_{l-1} = Rg_l W_l^T (+ g_l VW_l^T); Rg_{l-1} = Re * act' (+ e * act'' * Rz_{l-1}).
     Re.resize(N * m * di);
     gemm<T>(ws.blas(), false, true, N * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(),
             di);
-    if (!gn)
+    if (!gn && one)
+      gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, V + net.off[l], dn, T(1), Re.data(), di);
+    else if (!gn)
       gemm<T>(ws.blas(), false, false, N, m * di, dn, T(1), t.g[l].data(), dn, Vtt[l].data(), m * di, T(1), Re.data(),
               m * di);
     Rg.resize(N * m * di);
-    k_rg<T><<<grid_for(N * m * di), kThreads, 0, st>>>(N, m, di, Re.data(), t.d1[l - 1].data(),
-                                                        gn ? nullptr : t.e[l - 1].data(),
-                                                        gn ? nullptr : t.d2[l - 1].data(),
-                                                        gn ? nullptr : Rz[l - 1].data(), Rg.data());
+    const D2Term kind = term(l);
+    const D2Form f = d2_form(net.act[l - 1]);
+    const T* p = kind == D2Term::stored ? t.d2[l - 1].data() : kind == D2Term::linear ? t.a[l].data() : nullptr;
+    const T* q = kind == D2Term::stored ? Rz[l - 1].data() : kind == D2Term::linear ? Ra[l].data() : nullptr;
+    rg_tile = make_tile(N, m * di);
+    ws.part.resize(rg_tile.chunks * rg_tile.cols);
+    k_rg<T><<<tile_grid(rg_tile), tile_block(rg_tile), 0, st>>>(
+        rg_tile, di, Re.data(), t.d1[l - 1].data(), kind == D2Term::none ? nullptr : t.e[l - 1].data(), kind, p, q,
+        (T)f.k0, (T)f.k1, Rg.data(), ws.part.data());
     TK_CHECK_LAUNCH();
   }
 }

@@ -54,15 +54,14 @@ struct Workspace {
   // Inputs staged from host memory, and results before they go back.
   DevBuf<T> theta, X, Y, V, out;
   DevBuf<std::int64_t> labels;
-  DevBuf<T> ones;
-  idx ones_filled = 0;
+  DevBuf<T> part;  // per-chunk column sums of a tiled pass (common.cuh, Tile)
 
-  Tape<T> tape;                                   // forward/backward quantities of all samples
-  std::vector<DevBuf<T>> Vt, Vtt, Rz, Ra;         // rop: transposed slices of V, tangents
-  std::vector<DevBuf<T>> U, A;                    // rows backpropagated per sample; augmented inputs
+  Tape<T> tape;                            // forward/backward quantities of all samples
+  std::vector<DevBuf<T>> Vt, Vtt, Rz, Ra;  // rop: transposed slices of V, tangents
+  std::vector<DevBuf<T>> U, A;             // rows backpropagated per sample; augmented inputs
   DevBuf<T> Rg, Re, tmp, acc, Lf, Rf, Asq, q;
-  Factors<T> f;                                   // per-chunk curvature factors
-  std::vector<DevBuf<T>> Kd, E3a;                 // Kronecker sums over samples, per block
+  Factors<T> f;                    // per-chunk curvature factors
+  std::vector<DevBuf<T>> Kd, E3a;  // Kronecker sums over samples, per block
   std::vector<std::vector<DevBuf<T>>> Ko, E3;
 };
 
