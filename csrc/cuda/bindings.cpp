@@ -248,11 +248,9 @@ struct DeviceArray {
   DeviceArray(std::vector<idx> s, std::string ts) : shape(std::move(s)), typestr(std::move(ts)) {
     itemsize = typestr == "<f4" ? 4 : 8;
     DeviceGuard guard;
-    ptr = tc::device_malloc(nbytes());
+    ptr = tc::result_malloc(nbytes());
   }
-  ~DeviceArray() {
-    if (ptr) cudaFree(ptr);
-  }
+  ~DeviceArray() { tc::result_free(ptr); }
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
 

@@ -20,12 +20,38 @@ void fail(const char* call, cudaError_t err, const char* file, int line) {
               "): " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
 }
 
-void* device_malloc(size_t bytes) {
+// The device's stream-ordered pool, set (once) to keep what is freed into it: results handed
+// to Python are allocated and freed there, so that an optimizer's calls reuse the same blocks
+// instead of mapping and unmapping pages per call (cudaMalloc/cudaFree; the latter also
+// synchronises the device).
+static cudaMemPool_t result_pool() {
+  static cudaMemPool_t pool = [] {
+    int dev = 0;
+    cudaMemPool_t p = nullptr;
+    TK_CUDA(cudaGetDevice(&dev));
+    TK_CUDA(cudaDeviceGetDefaultMemPool(&p, dev));
+    unsigned long long keep = ~0ULL;
+    TK_CUDA(cudaMemPoolSetAttribute(p, cudaMemPoolAttrReleaseThreshold, &keep));
+    return p;
+  }();
+  return pool;
+}
+
+// Runs alloc(&p); when the device refuses, gives the pool's idle blocks back and tries once
+// more; a second refusal is OutOfDeviceMemory naming the size and the free memory.
+template <class Alloc>
+static void* allocate(size_t bytes, const char* call, Alloc&& alloc) {
   void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+  cudaError_t err = alloc(&p);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    (void)cudaDeviceSynchronize();
+    (void)cudaMemPoolTrimTo(result_pool(), 0);
+    err = alloc(&p);
+  }
   if (err == cudaSuccess) return p;
   (void)cudaGetLastError();
-  if (err != cudaErrorMemoryAllocation) fail("cudaMalloc", err, __FILE__, __LINE__);
+  if (err != cudaErrorMemoryAllocation) fail(call, err, __FILE__, __LINE__);
   size_t free_b = 0, total_b = 0;
   (void)cudaMemGetInfo(&free_b, &total_b);
   (void)cudaGetLastError();
@@ -38,6 +64,23 @@ void* device_malloc(size_t bytes) {
                           gib(free_b) + " free of " + gib(total_b) +
                           "; use products (hvp/ggn_vp), blocks or diagonals, fewer samples per call, or a CPU "
                           "backend");
+}
+
+void* device_malloc(size_t bytes) {
+  bytes = std::max<size_t>(bytes, 1);
+  return allocate(bytes, "cudaMalloc", [&](void** p) { return cudaMalloc(p, bytes); });
+}
+
+void* result_malloc(size_t bytes) {
+  bytes = std::max<size_t>(bytes, 1);
+  cudaMemPool_t pool = result_pool();
+  // on the legacy stream: ordered before the work of every blocking stream (the lanes') after it
+  return allocate(bytes, "cudaMallocFromPoolAsync",
+                  [&](void** p) { return cudaMallocFromPoolAsync(p, bytes, pool, cudaStream_t(0)); });
+}
+
+void result_free(void* p) noexcept {
+  if (p) (void)cudaFreeAsync(p, cudaStream_t(0));  // after the work of every blocking stream
 }
 
 static Cublas g_cublas;

@@ -42,6 +42,12 @@ struct OutOfDeviceMemory : Error {
 // what the device has free, any other error Error.
 void* device_malloc(size_t bytes);
 
+// The same from the device's stream-ordered pool, which keeps freed blocks for the next
+// allocations (cudaFreeAsync on the legacy stream): for results handed to Python, allocated
+// anew by every call.  A refusal first gives the pool's idle blocks back, as device_malloc does.
+void* result_malloc(size_t bytes);
+void result_free(void* p) noexcept;
+
 #define TK_CUDA(call)                                                                 \
   do {                                                                                \
     const cudaError_t tk_err_ = (call);                                               \
