@@ -236,6 +236,11 @@ def main():
             ("ggn_vp", 0.0020, lambda o: data.ggn_vp(th, Vd, out=o))):
         add(name, q, "cuda, result on GPU", timeit(lambda: call("device"), repeat=3 * rep), target)
         add(name, q, "cuda, result to numpy", timeit(lambda: call("numpy"), repeat=rep))
+        cuda._cuda.set_narrow_products(False)  # A/B: the product with the 10-output layer by cuBLAS
+        try:
+            add(name, q, "cuda, cuBLAS narrow layer", timeit(lambda: call("device"), repeat=3 * rep))
+        finally:
+            cuda._cuda.set_narrow_products(True)
     add(name, "loss_and_grad", "cuda, numpy in and out", timeit(lambda: cuda.loss_and_grad(net, theta, X, Y, "mean"),
                                                                  repeat=rep))
     if not args.smoke:

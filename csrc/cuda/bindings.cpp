@@ -74,8 +74,8 @@ std::string init(const std::vector<std::string>& candidates) {
     int drv = 0;
     cudaDriverGetVersion(&drv);
     g_reason = drv == 0 ? "no NVIDIA driver on this machine (libcuda.so.1 is not loadable): no GPU to run on"
-                        : "no usable GPU (driver " + std::to_string(drv / 1000) + "." + std::to_string(drv % 1000 / 10) +
-                              ", cudaGetDeviceCount: " + cuda_message(err) + ")";
+                        : "no usable GPU (driver " + std::to_string(drv / 1000) + "." +
+                              std::to_string(drv % 1000 / 10) + ", cudaGetDeviceCount: " + cuda_message(err) + ")";
     return g_reason;
   }
   if (count < 1) {
@@ -517,8 +517,8 @@ py::tuple loss_and_grad(Net& net, bool f32, idx N, py::object theta, py::object 
   })
 }
 
-py::object vector_product(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, py::object V,
-                          idx m, bool mean, bool gn, bool device_out) {
+py::object vector_product(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, py::object V, idx m,
+                          bool mean, bool gn, bool device_out) {
   require();
   check_N(N);
   if (m < 1) throw py::value_error("V: needs at least one column (m >= 1)");
@@ -718,6 +718,10 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("set_tf32", [](bool on) { g_tf32 = on; }, "float32 products on TF32 tensor cores (opt-in; off by default)");
   m.def("get_tf32", []() { return g_tf32.load(); });
   m.def("lanes_made", []() { return g_lanes_made.load(); }, "streams with a cuBLAS handle made so far");
+  m.def("set_narrow_products", &tc::set_narrow_products,
+        "products with a layer of <= 16 outputs inside the backward row passes (default) or through cuBLAS; "
+        "for tests and benchmarks");
+  m.def("get_narrow_products", &tc::narrow_products);
   m.def("set_chunk_budget", &tc::set_chunk_budget,
         "values of per-chunk scratch for the curvature kernels (0: from the free memory); for tests");
 

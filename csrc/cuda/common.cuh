@@ -151,14 +151,13 @@ struct Tile {
   idx rows = 0, cols = 0, chunk_rows = 0, chunks = 0, col_tiles = 0;
   int tx = 0, ty = 0;
 };
-constexpr idx kTileRowsPerThread = 32;
-inline Tile make_tile(idx rows, idx cols) {
+inline Tile make_tile(idx rows, idx cols, idx rows_per_thread = 32) {
   Tile t;
   t.rows = rows;
   t.cols = cols;
   t.tx = (int)std::min<idx>(kThreads, (cols + 31) / 32 * 32);
   t.ty = kThreads / t.tx;
-  t.chunk_rows = kTileRowsPerThread * t.ty;
+  t.chunk_rows = rows_per_thread * t.ty;
   t.chunks = std::max<idx>(1, (rows + t.chunk_rows - 1) / t.chunk_rows);
   t.col_tiles = (cols + t.tx - 1) / t.tx;
   return t;

@@ -277,7 +277,7 @@ idx chunk_budget(size_t value_bytes) {
 template <class T>
 void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
                     Workspace<T>& ws) {
-  forward(net, theta, X, N, ws, !gn);
+  forward(net, theta, X, N, ws, gn ? Derivs::first : Derivs::second);
   loss_head(net, ws, tg, mean, !gn, false);
   if (!gn) backward(net, theta, ws);
 }

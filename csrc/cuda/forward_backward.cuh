@@ -19,6 +19,7 @@ struct Tape {
   const T* X = nullptr;
   std::vector<DevBuf<T>> a;       // a[l], l = 1..L-1: (N, d[l]); a[0] is X
   std::vector<DevBuf<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])
+  bool lean = false;              // d1 not stored for relu layers (see deriv)
   DevBuf<T> F;                    // outputs (N, k)
   DevBuf<T> p;                    // ce: softmax(F) (N, k)
   DevBuf<T> rowloss;              // per-sample losses (N,)
@@ -28,6 +29,22 @@ struct Tape {
 
   const T* in(idx l) const { return l == 0 ? X : a[l].data(); }
 };
+
+// act'(z_l) of hidden layer l as the row passes read it: the stored d1, or, for relu after a
+// lean forward pass, 1 where a_{l+1} > 0 (exact: a > 0 exactly where z > 0), which saves the
+// forward pass a store stream.  Both null: no factor (the pass reads e as it is).
+template <class T>
+struct Deriv {
+  const T* d1 = nullptr;
+  const T* a = nullptr;
+  __host__ __device__ bool on() const { return d1 || a; }
+  __host__ __device__ T operator()(idx i) const { return d1 ? d1[i] : (a[i] > T(0) ? T(1) : T(0)); }
+};
+template <class T>
+inline Deriv<T> deriv(const Net& net, const Tape<T>& t, idx l) {
+  if (t.lean && net.act[l] == Act::relu) return {nullptr, t.a[l + 1].data()};
+  return {t.d1[l].data(), nullptr};
+}
 
 template <class T>
 inline const T* weights(const Net& net, const T* theta, idx l) {
@@ -41,10 +58,15 @@ inline const T* bias(const Net& net, const T* theta, idx l) {
 // All functions below queue work on ws.stream (through ws.blas) and do not synchronise,
 // except those returning a host value.
 
-// Fills tape.a, tape.d1 (and tape.d2 when `second`), tape.F.  theta, X on the device.  `lean`
-// skips d2 where act'' is linear in act (d2_form: the R-op forms that term from a).
+// Which derivatives of the activations a forward pass stores: none (predict, loss), act'
+// (tape.d1), act' and act'' (tape.d2).
+enum class Derivs { none, first, second };
+
+// Fills tape.a, tape.F and the derivatives asked for.  theta, X on the device.  `lean` skips
+// act'' where it is linear in act (d2_form: the R-op forms that term from a), and relu's act'
+// (deriv): for the calls whose passes read act' through deriv only.
 template <class T>
-void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, bool second, bool lean = false);
+void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, Derivs need, bool lean = false);
 
 // g[L-1] and the per-sample losses (tape.p for ce); with want_value, their sum in double is
 // queued too, for read_loss.
@@ -73,10 +95,28 @@ double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<
 template <class T>
 void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r, std::vector<DevBuf<T>>& U);
 
-// g (rows, cols) = e * d1 (d1 null: g is e, not written), and with `sums` the column sums of g
+// Products with a layer of at most kNarrow outputs folded into the backward row passes
+// (tile.cuh, Narrow) instead of cuBLAS products; on by default, off for comparisons.
+constexpr idx kNarrow = 16;
+void set_narrow_products(bool on);
+bool narrow_products();
+
+// C (rows, k) = A (rows, inner) B (inner, k) (+ C when accumulate), k <= kNarrow, A's rows
+// lda apart: the product into a narrow layer, split over the inner index across a warp's
+// threads (cuBLAS gives a product this narrow few blocks).
+template <class T>
+void narrow_gemm(Workspace<T>& ws, idx rows, idx inner, idx k, const T* A, idx lda, const T* B, bool accumulate, T* C);
+
+// out (cols, k) = a1^T g1 (+ a2^T g2) for a1, a2 (rows, cols) and g1, g2 (rows, k), k <= kNarrow:
+// the weight rows of a narrow layer as one pass over a (per-chunk sums through ws.part).
+template <class T>
+void narrow_weights(Workspace<T>& ws, idx rows, idx cols, idx k, const T* a1, const T* g1, const T* a2, const T* g2,
+                    T* out);
+
+// g (rows, cols) = e * d1 (d1 off: g is e, not written), and with `sums` the column sums of g
 // into sums (cols,), through ws.part.  e may be g.
 template <class T>
-void scale_colsum(Workspace<T>& ws, idx rows, idx cols, const T* e, const T* d1, T* g, T* sums);
+void scale_colsum(Workspace<T>& ws, idx rows, idx cols, const T* e, Deriv<T> d1, T* g, T* sums);
 
 // The column sums of a tiled pass that stored its per-chunk sums in ws.part, into out (cols,).
 template <class T>

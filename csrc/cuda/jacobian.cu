@@ -31,7 +31,7 @@ __global__ void k_jac_fill(idx N, idx k, idx di, idx dn, idx P, idx off, const T
 template <class T>
 void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J, Workspace<T>& ws) {
   const idx L = net.L(), k = net.k(), P = net.P();
-  forward(net, theta, X, N, ws, false);
+  forward(net, theta, X, N, ws, Derivs::first);
   auto& U = ws.U;
   U.resize(L);
   U[L - 1].resize(N * k * k);

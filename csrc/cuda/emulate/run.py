@@ -24,7 +24,7 @@ SRC = HERE.parent
 ROOT = SRC.parent.parent
 OUT = Path(os.environ.get("TK_EMU_OUT", "/tmp/taylorkern-cuda-emulation"))
 
-LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;()]*>)?)<<<")
+LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<")
 
 
 def rewrite_launches(text):
