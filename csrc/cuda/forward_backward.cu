@@ -145,11 +145,12 @@ __global__ void k_narrow_weights(Tile tl, idx k, const T* __restrict__ a1, const
   }
 }
 
-// C (rows, k) = A B (+ C): blocks of (32, 8) threads own 32 rows; thread (s, y) forms rows
-// 4y..4y+3 over the inner indices s, s + 32, ... (coalesced), with B's chunk in shared memory
+// C (rows, k) = A B (+ C): blocks of (32, 8) threads own 16 rows; thread (s, y) forms rows
+// 2y, 2y+1 over the inner indices s, s + 32, ... (coalesced), with B's chunk in shared memory
 // (transposed, so that the 32 slices read consecutive values); the 32 slices' sums are then
-// added in slice order, one output column at a time.
-constexpr int kNgSlices = 32, kNgRows = 4, kNgTile = kNgRows * kThreads / kNgSlices, kNgChunk = 256;
+// added in slice order, one output column at a time.  Two rows per thread: ~110 registers
+// at KW = 16 in double, two blocks per SM (four rows took 204, one block).
+constexpr int kNgSlices = 32, kNgRows = 2, kNgTile = kNgRows * kThreads / kNgSlices, kNgChunk = 256;
 template <class T, int KW>
 __global__ void k_narrow_gemm(idx rows, idx inner, idx k, const T* __restrict__ A, idx lda, const T* __restrict__ B,
                               bool accumulate, T* __restrict__ C) {
