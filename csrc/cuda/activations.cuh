@@ -4,6 +4,7 @@
 // of the vectorised ones of ../vmath.hpp; sin keeps the working precision, as on the CPU.
 // h(x) = (1 - tanh x)/2 = 1/(e^2x + 1), x >= 0, carries every tail (underflowing to 0 exactly).
 #pragma once
+#include "../d2_form.hpp"
 #include "common.cuh"
 
 namespace tk {
@@ -11,26 +12,6 @@ namespace cuda {
 
 __device__ __forceinline__ double tanh_h(double x) {
   return 1.0 / (1.0 + ::exp(2.0 * x));
-}
-
-// act'' = act' (k0 + k1 act) where `linear` (as ../activations.hpp, d2_form): the R-op then
-// forms act''(z) Rz as (k0 + k1 a) Ra, with neither act'' nor the hidden Rz stored.
-struct D2Form {
-  bool linear = false, zero = false;  // zero: act'' = 0 (identity, relu)
-  double k0 = 0, k1 = 0;
-};
-inline D2Form d2_form(Act f) {
-  switch (f) {
-    case Act::identity:
-    case Act::relu:
-      return {true, true, 0, 0};
-    case Act::tanh:
-      return {true, false, 0, -2};
-    case Act::sigmoid:
-      return {true, false, 1, -2};
-    default:
-      return {};
-  }
 }
 
 // a = act(z), d1 = act'(z), d2 = act''(z) (d2 skipped when want_d2 is false).

@@ -82,6 +82,8 @@ def main():
             shutil.copy(f, gen / f.name)
         elif f.suffix == ".cu":
             (gen / (f.stem + "_cu.cpp")).write_text(rewrite_launches(f.read_text()))
+    for f in SRC.parent.glob("*.hpp"):  # the headers shared with the CPU kernels ("../x.hpp")
+        shutil.copy(f, OUT / f.name)
     pyinc = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], capture_output=True, text=True,
                            check=True).stdout.split()
     ext = sysconfig.get_config_var("EXT_SUFFIX")
