@@ -97,7 +97,6 @@ void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx
 
 // Products with a layer of at most kNarrow outputs folded into the backward row passes
 // (tile.cuh, Narrow) instead of cuBLAS products; on by default, off for comparisons.
-constexpr idx kNarrow = 16;
 void set_narrow_products(bool on);
 bool narrow_products();
 
