@@ -305,7 +305,7 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws
     const idx di = net.d[l], dn = net.d[l + 1];
     const bool hidden = l + 1 < L;
     T* z = hidden ? t.a[l + 1].data() : t.F.data();
-    if (narrow_products() && dn <= kNarrow)
+    if (narrow_layer(dn))
       narrow_gemm<T>(ws, N, di, dn, t.in(l), di, weights(net, theta, l), false, z);
     else
       gemm<T>(ws.blas(), false, false, N, dn, di, T(1), t.in(l), di, weights(net, theta, l), dn, T(0), z, dn);
@@ -355,7 +355,7 @@ void backward(const Net& net, const T* theta, Workspace<T>& ws, T* grad, bool ke
                     grad + net.off[L - 1] + net.d[L - 1] * net.k());
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
-    const bool narrow = narrow_products() && dn <= kNarrow;
+    const bool narrow = narrow_layer(dn);
     if (grad && narrow)  // the weight rows a_l^T g_l
       narrow_weights<T>(ws, N, di, dn, t.in(l), t.g[l].data(), nullptr, nullptr, grad + net.off[l]);
     else if (grad)

@@ -99,6 +99,10 @@ void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx
 // (tile.cuh, Narrow) instead of cuBLAS products; on by default, off for comparisons.
 void set_narrow_products(bool on);
 bool narrow_products();
+// Whether a layer with this many outputs takes the narrow kernels (the one place that decides).
+inline bool narrow_layer(idx outputs) {
+  return outputs <= kNarrow && narrow_products();
+}
 
 // C (rows, k) = A (rows, inner) B (inner, k) (+ C when accumulate), k <= kNarrow, A's rows
 // lda apart: the product into a narrow layer, split over the inner index across a warp's

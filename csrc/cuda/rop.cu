@@ -125,8 +125,8 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   const idx L = net.L(), k = net.k();
   Tape<T>& t = ws.tape;
   cudaStream_t st = ws.stream();
-  const bool one = m == 1, narrow_on = one && narrow_products();
-  auto narrow = [&](idx l) { return narrow_on && net.d[l + 1] <= kNarrow; };  // forward_backward.cuh
+  const bool one = m == 1;
+  auto narrow = [&](idx l) { return one && narrow_layer(net.d[l + 1]); };  // forward_backward.cuh
   auto term = [&](idx l) {  // of Rg_{l-1}, from the activation of z_{l-1}
     const D2Form f = d2_form(net.act[l - 1]);
     return gn || f.zero ? D2Term::none : f.linear ? D2Term::linear : D2Term::stored;
