@@ -349,7 +349,7 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
   Lane* U = S + k * k;
   Lane* acc = U + P;
   const Lane zero = {};
-  std::fill(acc, acc + tri, zero);
+  lanes_fill<T>(acc, tri, zero);
   for (idx n0 = 0; n0 < N; n0 += B) {
     Lane mask;
     lanes_load(net, X, N, n0, A, mask);
@@ -412,7 +412,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
   Lane* U = p + k;
   Lane* acc = U + P;
   const Lane zero = {}, one = zero + T(1);
-  std::fill(acc, acc + tri, zero);
+  lanes_fill<T>(acc, tri, zero);
   for (idx n0 = 0; n0 < N; n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
@@ -438,7 +438,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
             jz[q] = v;
           }
         }
-        std::fill(jz + below, jz + P, zero);
+        lanes_fill<T>(jz + below, P - below, zero);
         for (idx i = 0; i < di; ++i) jz[below + i * dn + j] = a[i];
         jz[below + di * dn + j] = one;
         if (l + 1 < L) {

@@ -36,6 +36,14 @@ typename Lanes<T>::type* lanes_scratch(vec<T>& scratch, idx n) {
   return reinterpret_cast<typename Lanes<T>::type*>(scratch.data() + skip);
 }
 
+// Sets n lanes to v.  Not std::fill: a template argument loses Lanes<T>::type's element
+// alignment, and std::fill's `const value&` of the plain (64-byte aligned) vector type would
+// bind to a Lane on the stack, which need not be 64-byte aligned (undefined; UBSan saw it).
+template <class T>
+void lanes_fill(typename Lanes<T>::type* p, idx n, typename Lanes<T>::type v) {
+  for (idx i = 0; i < n; ++i) p[i] = v;
+}
+
 inline bool lanes_fit(const Net& net) {
   for (idx w : net.d)
     if (w > kLanesMaxWidth) return false;

@@ -320,7 +320,7 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
   Lane* RG2 = G2 + width;
   Lane* acc = RG2 + width;
   const Lane zero = {};
-  std::fill(acc, acc + P, zero);
+  lanes_fill<T>(acc, P, zero);
 
   for (idx n0 = 0; n0 < N; n0 += B) {
     Lane mask;
