@@ -8,6 +8,9 @@ determinism, threads) are checks of the reference too, and of any compiled backe
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -239,6 +242,39 @@ def test_one_and_two_threads_agree(backend, case, restore_threads):
     two = {q: compute(p, q, r) for q in QUANTITIES for r in REDUCTIONS}
     for key in one:
         compare(two[key], one[key], np.float64, what=f"{key}: 2 threads vs 1")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_concurrent_calls_share_one_network(backend, dtype):
+    """Python threads calling one network at once, each with its own sample count and
+    quantity, so that workspaces are leased and grown while others are in use: every result
+    as the reference's."""
+    sizes, act, loss = [6, 12, 9, 3], "tanh", "ce"
+    jobs = [(q, N, seed) for seed, (q, N) in enumerate(
+        [("hvp_multi", 7), ("hessian", 40), ("loss_and_grad", 300), ("ggn_diag", 19),
+         ("jacobian", 11), ("ggn_vp", 150), ("hessian_blocks", 1), ("ggn", 64)])]
+    problems = [make_problem(sizes, act, loss, N=N, dtype=dtype, seed=seed) for _, N, seed in jobs]
+    net = problems[0].net
+    problems = [dataclasses.replace(p, net=net) for p in problems]
+    want = [reference(p, q) for p, (q, _, _) in zip(problems, jobs)]
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            for r in range(3):
+                got[i, r] = compute(problems[i], jobs[i][0])
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(got) == 3 * len(jobs)
+    for (i, r), value in got.items():
+        compare(value, want[i], dtype, what=f"{jobs[i][0]} (N={jobs[i][1]}) from thread {i}, call {r}")
 
 
 @pytest.mark.parametrize("sizes, act, loss, N", [
