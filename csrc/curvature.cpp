@@ -194,17 +194,22 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
   }
 
   // Hessian: Q_{L-1} = H_out, then the backward recursion.
+  // ce: the diagonal as s p_i (1 - p_i), 1 - p_t of the most likely class t as the sum of the
+  // other p: where p_t is near 1, p_t - p_t^2 is lost to rounding (reference.py).
   f.Q[L - 1].assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n) {
     T* q = f.Q[L - 1].data() + n * k * k;
+    if (!P) {
+      for (idx i = 0; i < k; ++i) q[i * k + i] = 2 * s / T(k);
+      continue;
+    }
+    const T* p = P + n * k;
+    const idx top = idx(std::max_element(p, p + k) - p);
+    T rest = 0;
+    for (idx j = 0; j < k; ++j) rest += j == top ? T(0) : p[j];
     for (idx i = 0; i < k; ++i) {
-      if (!P) {
-        q[i * k + i] = 2 * s / T(k);
-      } else {
-        const T* p = P + n * k;
-        for (idx j = 0; j < k; ++j) q[i * k + j] = -s * p[i] * p[j];
-        q[i * k + i] += s * p[i];
-      }
+      for (idx j = 0; j < k; ++j) q[i * k + j] = -s * p[i] * p[j];
+      q[i * k + i] = s * p[i] * (i == top ? rest : 1 - p[i]);
     }
   }
   for (idx l = L - 1; l >= 1; --l) {

@@ -211,15 +211,20 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
       const T c2 = 2 * s / T(k);
       for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
     } else {
+      // s p_j (x_j - p.x), formed around the most likely class t as (x_j - x_t) - p.(x - x_t):
+      // where p_t is near 1 the plain form's difference is lost to rounding (reference.py).
       const T* p = t.p.data() + n0 * k;
-      for (idx r = 0; r < n; ++r)
+      for (idx r = 0; r < n; ++r) {
+        const T* pn = p + r * k;
+        const idx top = idx(std::max_element(pn, pn + k) - pn);
         for (idx c = 0; c < m; ++c) {
           const T* x = rf + (r * m + c) * k;
-          const T* pn = p + r * k;
+          const T xt = x[top];
           T dot = 0;
-          for (idx j = 0; j < k; ++j) dot += pn[j] * x[j];
-          for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = s * pn[j] * (x[j] - dot);
+          for (idx j = 0; j < k; ++j) dot += pn[j] * (x[j] - xt);
+          for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = s * pn[j] * ((x[j] - xt) - dot);
         }
+      }
     }
     for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
       T sum = 0;
@@ -334,9 +339,15 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
       const T c = 2 * s / T(k);
       for (idx j = 0; j < k; ++j) RG[j] = c * RF[j] * mask;
     } else {
+      Lane best = p[0], rt = RF[0];  // RF of each lane's most likely class (as above)
+      for (idx j = 1; j < k; ++j) {
+        const auto more = p[j] > best;
+        best = more ? p[j] : best;
+        rt = more ? RF[j] : rt;
+      }
       Lane dot = zero;
-      for (idx j = 0; j < k; ++j) dot += p[j] * RF[j];
-      for (idx j = 0; j < k; ++j) RG[j] = s * mask * p[j] * (RF[j] - dot);
+      for (idx j = 0; j < k; ++j) dot += p[j] * (RF[j] - rt);
+      for (idx j = 0; j < k; ++j) RG[j] = s * mask * p[j] * ((RF[j] - rt) - dot);
     }
     // Backward: R{grad} of layer l, then the gradient and its tangent one layer down.
     Lane *g = G, *rg = RG, *g2 = G2, *rg2 = RG2;

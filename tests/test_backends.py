@@ -384,3 +384,63 @@ def test_random_architectures(backend, p, reduction):
     C = output_hessians(p, got["predict"], reduction)
     want = np.einsum("ncp,ncd,ndq->pq", J, C, J, optimize=True) + _data_l2(p, reduction) * np.eye(net.num_params)
     compare(G, want, dtype, what="G vs J^T H_out J")
+
+
+# ----------------------------------------------------------------------------- saturated softmax
+def _confident_classifier(sizes, seed=3):
+    """A ce problem whose top class has logits 40-80 above the others for every sample (p_t
+    within 1e-17 of 1): H_out's entries are then far below p_t's rounding."""
+    rng = np.random.default_rng(seed)
+    net = tk.MLP(sizes, activation="tanh", loss="ce")
+    theta = net.init(seed=seed)
+    k = sizes[-1]
+    theta[net.offsets[-1] - k:] = 60.0 * (np.arange(k) == seed % k) + rng.standard_normal(k)  # b_{L-1}
+    X = rng.standard_normal((7, sizes[0]))
+    Y = rng.integers(0, k, 7)
+    F = np.sort(net.predict(theta, X), axis=1)
+    assert np.all((F[:, -1] - F[:, -2] > 40) & (F[:, -1] - F[:, 0] < 80)), F
+    return net, theta, X, Y
+
+
+def test_confident_single_layer_curvature_is_exact(backend):
+    """One layer: H = G = s sum_n x~ x~^T (x) H_out, with H_out's diagonal p_c sum_{j != c} p_j
+    (positive terms only, accurate to a few ulp).  The form diag(p) - p p^T loses the top
+    class's p_t (1 - p_t) entirely here (it was off by 50-70% before)."""
+    net, theta, X, Y = _confident_classifier([3, 4])
+    N, k = X.shape[0], 4
+    F = net.predict(theta, X)
+    E = np.exp(F - F.max(axis=1, keepdims=True))
+    p = E / E.sum(axis=1, keepdims=True)
+    Hout = -p[:, :, None] * p[:, None, :]
+    for c in range(k):
+        Hout[:, c, c] = p[:, c] * (p.sum(axis=1, where=np.arange(k) != c))
+    Xt = np.hstack([X, np.ones((N, 1))])
+    want = np.einsum("ni,nj,nab->iajb", Xt, Xt, Hout).reshape(net.num_params, net.num_params) / N
+    v = np.random.default_rng(0).standard_normal(net.num_params)
+    for name in ("hessian", "ggn"):
+        compare(getattr(net, name)(theta, X, Y), want, what=name)
+    for name in ("hessian_diag", "ggn_diag"):
+        compare(getattr(net, name)(theta, X, Y), np.diag(want), what=name)
+    for name in ("hvp", "ggn_vp"):
+        compare(getattr(net, name)(theta, X, Y, v), want @ v, what=name)
+
+
+@pytest.mark.parametrize("sizes", [[4, 6, 5], [3, 7, 6, 4]], ids=["2layers", "3layers"])
+def test_confident_classifier_matches_reference(backend, sizes):
+    """Deeper networks with the same logits: every curvature quantity as the reference's (whose
+    H_out the test above checks)."""
+    net, theta, X, Y = _confident_classifier(sizes)
+    V = np.random.default_rng(1).standard_normal((net.num_params, 2))
+    with tk.use_backend("reference"):
+        want = {q: compute_on(net, theta, X, Y, V, q) for q in CONFIDENT_QUANTITIES}
+    for q in CONFIDENT_QUANTITIES:
+        compare(compute_on(net, theta, X, Y, V, q), want[q], what=q)
+
+
+CONFIDENT_QUANTITIES = ("hessian", "ggn", "hessian_diag", "ggn_diag", "hessian_blocks", "ggn_blocks", "hvp", "ggn_vp")
+
+
+def compute_on(net, theta, X, Y, V, q):
+    if q in ("hvp", "ggn_vp"):
+        return getattr(net, q)(theta, X, Y, V)
+    return getattr(net, q)(theta, X, Y)

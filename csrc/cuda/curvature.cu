@@ -170,18 +170,25 @@ __global__ void k_ggn_u_init(idx c, idx k, T s, const T* __restrict__ p, T* __re
   }
 }
 
-// Hessian: Q_{L-1} (c, k, k) = H_out: mse 2s/k I;  ce s (diag p - p p^T).
+// Hessian: Q_{L-1} (c, k, k) = H_out: mse 2s/k I;  ce s (diag p - p p^T), the diagonal as
+// s p_i (1 - p_i) with 1 - p_t of the most likely class t the sum of the other p (where p_t is
+// near 1, p_t - p_t^2 is lost to rounding; as curvature.cpp).
 template <class T>
 __global__ void k_hess_q_init(idx c, idx k, T s, const T* __restrict__ p, T* __restrict__ Q) {
   TK_GRID_STRIDE(q, c * k * k) {
     const idx j = q % k, i = (q / k) % k, n = q / (k * k);
     if (!p) {
       Q[q] = i == j ? 2 * s / T(k) : T(0);
+    } else if (i != j) {
+      Q[q] = -s * p[n * k + i] * p[n * k + j];
     } else {
       const T* pn = p + n * k;
-      T v = -s * pn[i] * pn[j];
-      if (i == j) v += s * pn[i];
-      Q[q] = v;
+      idx top = 0;
+      for (idx r = 1; r < k; ++r)
+        if (pn[r] > pn[top]) top = r;
+      T rest = 0;
+      for (idx r = 0; r < k; ++r) rest += r == top ? T(0) : pn[r];
+      Q[q] = s * pn[i] * (i == top ? rest : 1 - pn[i]);
     }
   }
 }

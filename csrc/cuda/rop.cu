@@ -62,7 +62,9 @@ __global__ void k_scale(idx n, T c, const T* __restrict__ x, T* __restrict__ y) 
   TK_GRID_STRIDE(i, n) y[i] = c * x[i];
 }
 
-// ce: rg[n, c, :] = s p_n * (r - p_n . r) for each direction c.
+// ce: rg[n, c, :] = s p_n * (r - p_n . r) for each direction c, formed around the most likely
+// class t as (r - r_t) - p_n . (r - r_t): where p_t is near 1 the plain difference is lost to
+// rounding (as rop.cpp, reference.py).
 template <class T>
 __global__ void k_ce_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, const T* __restrict__ rf,
                           T* __restrict__ rg) {
@@ -70,9 +72,13 @@ __global__ void k_ce_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, con
     const idx n = row / m;
     const T* r = rf + row * k;
     const T* pn = p + n * k;
+    idx top = 0;
+    for (idx j = 1; j < k; ++j)
+      if (pn[j] > pn[top]) top = j;
+    const T rt = r[top];
     T dot = 0;
-    for (idx j = 0; j < k; ++j) dot += pn[j] * r[j];
-    for (idx j = 0; j < k; ++j) rg[row * k + j] = s * pn[j] * (r[j] - dot);
+    for (idx j = 0; j < k; ++j) dot += pn[j] * (r[j] - rt);
+    for (idx j = 0; j < k; ++j) rg[row * k + j] = s * pn[j] * ((r[j] - rt) - dot);
   }
 }
 

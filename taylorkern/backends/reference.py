@@ -120,6 +120,11 @@ def _loss_grad_out(net, F, Y, reduction):
     return value, s * G
 
 
+# ce's H_out = diag(p) - p p^T is formed around each sample's most likely class m: where p_m
+# is near 1, p_m (1 - p_m) and p_m (u_m - p.u) are tiny differences of numbers near p_m u_m,
+# which the plain forms lose to rounding entirely (a logit gap of 40 is enough).  Since the
+# p sum to 1, 1 - p_m = sum_{j != m} p_j and u_c - p.u = (u_c - u_m) - sum_j p_j (u_j - u_m),
+# exactly, without the cancellation.
 def _out_hess_apply(net, F, RF, reduction):
     """H_out @ RF per sample, for RF of shape (m, N, k): d2 loss / dF2 times tangent."""
     n, k = F.shape
@@ -127,7 +132,9 @@ def _out_hess_apply(net, F, RF, reduction):
     if net.loss_name == "mse":
         return s * 2.0 / k * RF
     p = _softmax(F)
-    return s * (p * RF - p * np.sum(p * RF, axis=-1, keepdims=True))
+    top = np.argmax(F, axis=1)
+    D = RF - RF[..., np.arange(n), top][..., None]  # u_c - u_m
+    return s * p * (D - np.sum(p * D, axis=-1, keepdims=True))
 
 
 def _out_hess(net, F, reduction):
@@ -137,7 +144,14 @@ def _out_hess(net, F, reduction):
     if net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k, dtype=F.dtype), (n, k, k)).copy()
     p = _softmax(F)
-    return s * (np.einsum("nc,cd->ncd", p, np.eye(k, dtype=F.dtype)) - np.einsum("nc,nd->ncd", p, p))
+    rows, top = np.arange(n), np.argmax(F, axis=1)
+    others = p.copy()
+    others[rows, top] = 0.0
+    q = 1.0 - p  # 1 - p_c, and for the most likely class the sum of the others
+    q[rows, top] = others.sum(axis=1)
+    H = -np.einsum("nc,nd->ncd", p, p)
+    H[:, np.arange(k), np.arange(k)] = p * q
+    return s * H
 
 
 # ---------------------------------------------------------------- quantities

@@ -35,7 +35,7 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
-from .forward_backward import backward, backward_rows, forward, loss_head, scale_rows
+from .forward_backward import backward, backward_rows, forward, loss_head, out_complement, scale_rows
 from .workspace import carve, carve_zeros
 
 NEED_DIAG, NEED_BLOCKS, NEED_FULL = 0, 1, 2
@@ -285,11 +285,11 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
         for i in range(k):
             if lossc == 0:
                 Q[q + i * k + i] = 2 * s / k
-            else:
+            else:  # s (diag(p) - p p^T), the diagonal as s p_i (1 - p_i) (out_complement)
                 p = (n0 + n) * k
                 for j in range(k):
                     Q[q + i * k + j] = -s * Pm[p + i] * Pm[p + j]
-                Q[q + i * k + i] += s * Pm[p + i]
+                Q[q + i * k + i] = s * Pm[p + i] * out_complement(Pm, p, k, i)
     for l in range(L - 1, 0, -1):
         Hl, Hp = d[l + 1], d[l]
         wo = off[l]  # W_l: (Hp, Hl)

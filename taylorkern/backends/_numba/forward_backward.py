@@ -118,6 +118,32 @@ def _loss_rows(loss, N, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad):
 
 
 @kernel
+def most_likely(Pm, p, k):
+    """The class of largest probability in Pm[p:p+k] (the first of ties).  ce's H_out =
+    diag(p) - p p^T is formed around it: where its p_t is near 1, 1 - p_t and u_t - p.u are
+    tiny differences that rounding erases (a logit gap of 40 is enough); around t they are
+    sums of small terms instead (reference.py has the identities)."""
+    t = 0
+    for j in range(1, k):
+        if Pm[p + j] > Pm[p + t]:
+            t = j
+    return t
+
+
+@kernel
+def out_complement(Pm, p, k, i):
+    """1 - p_i, for the most likely class as the sum of the other probabilities."""
+    t = most_likely(Pm, p, k)
+    if i != t:
+        return 1.0 - Pm[p + i]
+    rest = 0.0
+    for j in range(k):
+        if j != t:
+            rest += Pm[p + j]
+    return rest
+
+
+@kernel
 def loss_head(d, loss, A, o, N, Y, labels, mean, G, want_grad, ws, top):
     """Loss value (accumulated in float64) and, when ``want_grad``, G's block L; returns
     (value, Pm) with Pm = softmax(F) (N, k) for ce (empty for mse)."""

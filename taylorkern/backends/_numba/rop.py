@@ -22,7 +22,7 @@ from numba import prange
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
 from .workspace import carve
-from .forward_backward import backward, broadcast_rows, colsum, forward, loss_head
+from .forward_backward import backward, broadcast_rows, colsum, forward, loss_head, most_likely
 
 
 @parallel_kernel
@@ -44,14 +44,18 @@ def _tangent_act(N, m, dn, D1, do, Rz, zo, Ra, ao):
 
 @kernel
 def _out_rows(lo, hi, m, k, s, Pm, Rz, zo, Rg):
+    """s p_j (u_j - p.u), around the most likely class t: (u_j - u_t) - sum_i p_i (u_i - u_t)
+    (no cancellation where p_t is near 1: forward_backward.most_likely)."""
     for n in range(lo, hi):
+        t = most_likely(Pm, n * k, k)
         for c in range(m):
             r = zo + (n * m + c) * k
+            ut = Rz[r + t]
             dot = 0.0
             for j in range(k):
-                dot += Pm[n * k + j] * Rz[r + j]
+                dot += Pm[n * k + j] * (Rz[r + j] - ut)
             for j in range(k):
-                Rg[(n * m + c) * k + j] = s * Pm[n * k + j] * (Rz[r + j] - dot)
+                Rg[(n * m + c) * k + j] = s * Pm[n * k + j] * ((Rz[r + j] - ut) - dot)
 
 
 @parallel_kernel
