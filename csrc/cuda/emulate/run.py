@@ -3,13 +3,17 @@
 
 No GPU needed: the .cu files are compiled by g++ as C++ against include/cuda_runtime.h (a
 host stand-in for the runtime calls csrc/cuda makes), each kernel launch `k<<<g, b, s, st>>>(a)`
-rewritten to TK_EMU_LAUNCH(g, b, st, k(a)) (one block of real threads, barriers for
-__syncthreads), and cuBLAS replaced by fake_cublas.cpp (column-major reference GEMM with
+rewritten to TK_EMU_LAUNCH(g, b, st, k(a)) (up to 2 blocks per grid dimension, one after
+another, each of real threads with barriers for __syncthreads), and cuBLAS replaced by fake_cublas.cpp (column-major reference GEMM with
 cuBLAS's argument checks), loaded through the real dlopen path via TAYLORKERN_CUBLAS.
 It checks the device code's logic (indices, layouts, operand mapping, the algorithms) against
 the reference; not its speed, races between blocks, or anything about real hardware.
 
     python3 csrc/cuda/emulate/run.py [extra pytest args]      # from the repository root
+
+With TK_EMU_SANITIZE=1 the kernels and the fake cuBLAS are built with AddressSanitizer and
+UBSan (libasan preloaded into the test run): a kernel reading or writing past a buffer the
+emulated cudaMalloc gave stops the run with a report naming the kernel's line.
 """
 import os
 import re
@@ -23,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent
 ROOT = SRC.parent.parent
 OUT = Path(os.environ.get("TK_EMU_OUT", "/tmp/taylorkern-cuda-emulation"))
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer"] if os.environ.get("TK_EMU_SANITIZE") == "1" else []
 
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<")
 
@@ -99,7 +105,7 @@ def main():
         o = OUT / (s.stem + ".o")
         objs.append(o)
         procs.append(subprocess.Popen(["g++", "-std=c++17", "-O1", "-g", "-fPIC", "-Wall", "-Wextra",
-                                       "-Wno-unused-parameter", "-I", str(HERE / "include"), "-I", str(gen),
+                                       "-Wno-unused-parameter", *SANITIZE, "-I", str(HERE / "include"), "-I", str(gen),
                                        *pyinc, "-c", str(s), "-o", str(o)]))
         if len(procs) == 2:
             [p.wait() for p in procs]
@@ -109,13 +115,22 @@ def main():
     [p.wait() for p in procs]
     if any(p.returncode for p in procs):
         sys.exit("emulated build failed")
-    run(["g++", "-shared", "-o", str(pkg / "taylorkern" / ("_cuda" + ext)), *map(str, objs), "-lpthread", "-ldl"])
+    run(["g++", "-shared", *SANITIZE, "-o", str(pkg / "taylorkern" / ("_cuda" + ext)), *map(str, objs), "-lpthread", "-ldl"])
     fake = OUT / "libfakecublas.so.13"
-    run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", str(HERE / "fake_cublas.cpp"), "-o", str(fake)])
+    run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", *SANITIZE, str(HERE / "fake_cublas.cpp"), "-o", str(fake)])
     env = dict(os.environ, TAYLORKERN_CUBLAS=str(fake), PYTHONDONTWRITEBYTECODE="1")
     env.pop("TAYLORKERN_BACKEND", None)
+    if SANITIZE:
+        # python is not instrumented: the runtime comes first, with libstdc++ beside it (or ASan
+        # cannot intercept the first C++ throw); pytest captures only sys.stdout/stderr, since
+        # a dying process's report on file descriptor 2 would vanish with pytest's capture of
+        # it; a refused allocation returns null, as cudaMalloc does (tests of oversized requests)
+        lib = [subprocess.run(["g++", f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+               for n in ("libasan.so", "libstdc++.so.6")]
+        env.update(LD_PRELOAD=":".join(lib), ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1",
+                   UBSAN_OPTIONS="print_stacktrace=1")
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c",
-           str(ROOT / "pyproject.toml"), str(ROOT / "tests" / "test_cuda.py"), "-q", "-rs", *sys.argv[1:]]
+           str(ROOT / "pyproject.toml"), str(ROOT / "tests" / "test_cuda.py"), "-q", "-rs", *(["--capture=sys"] if SANITIZE else []), *sys.argv[1:]]
     print("+", " ".join(cmd), flush=True)
     sys.exit(subprocess.run(cmd, cwd=pkg, env=env).returncode)
 

@@ -1,10 +1,14 @@
 // HOST EMULATION of the small part of the CUDA runtime that csrc/cuda uses (see README.md
 // beside this folder).  Device memory is host memory, streams are no-ops, a kernel launch
-// runs ONE block of blockDim.x*y*z real threads (a persistent pool, with a barrier for
-// __syncthreads): every kernel of csrc/cuda is a grid-stride loop, so one block covers the
-// whole grid.  New allocations are filled with NaN bytes, so that reading what no kernel
-// wrote shows up in the results.  Never used for a real build.
+// runs its blocks one after another, each as blockDim.x*y*z real threads (a persistent pool,
+// with a barrier for __syncthreads).  Every kernel of csrc/cuda is a grid-stride loop, so any
+// grid covers the work: the launch runs a grid of at most 2 blocks per dimension, last block
+// first, so that each loop's use of blockIdx and gridDim is exercised with several blocks
+// and no block can rely on another having run before it.  A launch configuration CUDA would
+// refuse is refused here too (cudaGetLastError).  New allocations are filled with NaN bytes,
+// so that reading what no kernel wrote shows up in the results.  Never used for a real build.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <cstddef>
@@ -46,6 +50,7 @@ typedef enum cudaError {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
   cudaErrorInsufficientDriver = 35,
   cudaErrorNoDevice = 100
 } cudaError_t;
@@ -141,9 +146,20 @@ inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSucce
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
-inline const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
+namespace tk_emu {
+inline thread_local cudaError_t last_error = cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = tk_emu::last_error;
+  tk_emu::last_error = cudaSuccess;
+  return e;
+}
+inline const char* cudaGetErrorName(cudaError_t e) {
+  return e == cudaErrorInvalidConfiguration ? "cudaErrorInvalidConfiguration" : "cudaErrorEmulated";
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaErrorInvalidConfiguration ? "invalid configuration argument" : "emulated error";
+}
 inline cudaError_t cudaMemGetInfo(size_t* f, size_t* t) {
   *f = size_t(1) << 30;
   *t = size_t(1) << 31;
@@ -205,7 +221,7 @@ inline thread_local Barrier* tl_barrier = nullptr;
 // Persistent workers, one per thread of the largest block launched so far.
 class Pool {
  public:
-  void run(dim3 block, const std::function<void()>& f) {
+  void run(dim3 grid, uint3 at, dim3 block, const std::function<void()>& f) {
     std::lock_guard<std::mutex> one_launch(launch_mu_);  // their __shared__ are statics
     const unsigned n = block.x * block.y * block.z;
     while (workers_.size() < n) {
@@ -214,6 +230,8 @@ class Pool {
     }
     std::unique_lock<std::mutex> lock(mu_);
     job_ = &f;
+    grid_ = grid;
+    at_ = at;
     block_ = block;
     active_ = n;
     left_ = n;
@@ -238,7 +256,8 @@ class Pool {
     unsigned seen = 0;
     for (;;) {
       const std::function<void()>* job;
-      dim3 block;
+      dim3 grid, block;
+      uint3 at;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return stop_ || epoch_ != seen; });
@@ -246,14 +265,16 @@ class Pool {
         seen = epoch_;
         if (id >= active_) continue;
         job = job_;
+        grid = grid_;
+        at = at_;
         block = block_;
       }
       threadIdx.x = id % block.x;
       threadIdx.y = id / block.x % block.y;
       threadIdx.z = id / (block.x * block.y);
-      blockIdx = uint3{};
+      blockIdx = at;
       blockDim = block;
-      gridDim = dim3(1, 1, 1);
+      gridDim = grid;
       tl_barrier = &bar_;
       (*job)();
       std::lock_guard<std::mutex> lock(mu_);
@@ -264,16 +285,27 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
   const std::function<void()>* job_ = nullptr;
-  dim3 block_;
+  dim3 grid_, block_;
+  uint3 at_;
   unsigned active_ = 0, left_ = 0, epoch_ = 0;
   bool stop_ = false;
   Barrier bar_;
 };
 
-// Runs f as ONE block of `block` threads (the grid-stride loops cover any grid).
-inline void launch(dim3 /*grid*/, dim3 block, const std::function<void()>& f) {
+// Runs f over a grid of at most 2 x 2 x 2 blocks of `block` threads, the last block first
+// (the grid-stride loops cover the work with any grid), after CUDA's checks of the
+// configuration: a refused launch runs nothing and leaves the error for cudaGetLastError.
+inline void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
+  const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+  const bool ok = grid.x && grid.y && grid.z && grid.x <= 2147483647u && grid.y <= 65535 && grid.z <= 65535 &&
+                  threads && threads <= 1024 && block.z <= 64;
+  if (!ok) {
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
   static Pool pool;
-  pool.run(block, f);
+  const dim3 g(std::min(grid.x, 2u), std::min(grid.y, 2u), std::min(grid.z, 2u));
+  for (unsigned b = g.x * g.y * g.z; b-- > 0;) pool.run(g, uint3{b % g.x, b / g.x % g.y, b / (g.x * g.y)}, block, f);
 }
 }  // namespace tk_emu
 inline void __syncthreads() { tk_emu::tl_barrier->wait(); }
