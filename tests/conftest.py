@@ -228,7 +228,8 @@ def reference(p: Problem, q: str, reduction="mean"):
 
 def output_hessians(p: Problem, F: np.ndarray, reduction="mean") -> np.ndarray:
     """Per-sample d^2 loss / d f^2, shape (N, k, k), written from the loss definitions:
-    mse 2/(N*k) I; ce (diag(p) - p p^T) / N ("sum" drops the 1/N)."""
+    mse 2/(N*k) I; ce (diag(p) - p p^T) / N ("sum" drops the 1/N), its diagonal p_c (1 - p_c)
+    as p_c sum_{j != c} p_j: positive terms only, exact to a few ulp also where p_c is near 1."""
     N, k = F.shape
     s = 1.0 / N if reduction == "mean" else 1.0
     F = F.astype(np.float64)
@@ -236,7 +237,10 @@ def output_hessians(p: Problem, F: np.ndarray, reduction="mean") -> np.ndarray:
         return np.broadcast_to(s * 2.0 / k * np.eye(k), (N, k, k)).copy()
     E = np.exp(F - F.max(axis=1, keepdims=True))
     prob = E / E.sum(axis=1, keepdims=True)
-    return s * (prob[:, :, None] * np.eye(k) - prob[:, :, None] * prob[:, None, :])
+    H = -prob[:, :, None] * prob[:, None, :]
+    for c in range(k):
+        H[:, c, c] = prob[:, c] * prob.sum(axis=1, where=np.arange(k) != c)
+    return s * H
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -403,19 +403,13 @@ def _confident_classifier(sizes, seed=3):
 
 
 def test_confident_single_layer_curvature_is_exact(backend):
-    """One layer: H = G = s sum_n x~ x~^T (x) H_out, with H_out's diagonal p_c sum_{j != c} p_j
-    (positive terms only, accurate to a few ulp).  The form diag(p) - p p^T loses the top
-    class's p_t (1 - p_t) entirely here (it was off by 50-70% before)."""
+    """One layer: H = G = sum_n x~ x~^T (x) H_out, with conftest's H_out (its diagonal from
+    positive terms only).  The form diag(p) - p p^T loses the top class's p_t (1 - p_t)
+    entirely here (it was off by 50-70% before)."""
     net, theta, X, Y = _confident_classifier([3, 4])
-    N, k = X.shape[0], 4
-    F = net.predict(theta, X)
-    E = np.exp(F - F.max(axis=1, keepdims=True))
-    p = E / E.sum(axis=1, keepdims=True)
-    Hout = -p[:, :, None] * p[:, None, :]
-    for c in range(k):
-        Hout[:, c, c] = p[:, c] * (p.sum(axis=1, where=np.arange(k) != c))
-    Xt = np.hstack([X, np.ones((N, 1))])
-    want = np.einsum("ni,nj,nab->iajb", Xt, Xt, Hout).reshape(net.num_params, net.num_params) / N
+    Hout = output_hessians(Problem(net, theta, X, Y, None, "confident"), net.predict(theta, X))
+    Xt = np.hstack([X, np.ones((X.shape[0], 1))])
+    want = np.einsum("ni,nj,nab->iajb", Xt, Xt, Hout).reshape(net.num_params, net.num_params)
     v = np.random.default_rng(0).standard_normal(net.num_params)
     for name in ("hessian", "ggn"):
         compare(getattr(net, name)(theta, X, Y), want, what=name)
