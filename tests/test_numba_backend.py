@@ -159,3 +159,35 @@ print(sum(len(f.stats.cache_misses) for f in fns), sum(sum(f.stats.cache_hits.va
     assert r.returncode == 0, r.stderr
     misses, hits = map(int, r.stdout.split())
     assert misses == 0 and hits == 16
+
+
+def test_cached_caller_recompiles_when_a_callee_module_changes(tmp_path):
+    """numba keys a cached function on its own file only, yet its cached code includes what
+    it calls from other modules: an edit or an upgrade of a callee's module would leave the
+    caller running the old callee.  common.cache_by_directory keys it on every module of the
+    directory.  A two-module package built here: b.g calls a.f; a.f changes; a fresh process
+    must see it through b.g (and the first process must have written the cache)."""
+    pkg = tmp_path / "cachepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import os\n"
+        "from taylorkern.backends._numba.common import cache_by_directory\n"
+        "assert cache_by_directory(os.path.dirname(__file__))\n")
+    (pkg / "a.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1.0\n")
+    (pkg / "b.py").write_text("from numba import njit\nfrom .a import f\n\n"
+                              "@njit(cache=True)\ndef g(x):\n    return 2.0 * f(x)\n")
+    root = str(Path(tk.__file__).resolve().parent.parent)
+    code = ("from cachepkg.b import g\n"
+            "print(g(1.0), len(g.stats.cache_misses), sum(g.stats.cache_hits.values()))\n")
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root])})
+        assert r.returncode == 0, r.stderr
+        value, misses, hits = r.stdout.split()
+        return float(value), int(misses), int(hits)
+
+    assert run() == (4.0, 1, 0)  # compiled and written
+    assert run() == (4.0, 0, 1)  # loaded from the cache
+    (pkg / "a.py").write_text((pkg / "a.py").read_text().replace("x + 1.0", "x + 2.0"))
+    assert run() == (6.0, 1, 0)  # b.py unchanged, yet compiled again with the new f

@@ -26,7 +26,7 @@ Conventions shared by every kernel (they mirror csrc/common.hpp):
   BLAS calls (blas.gemm) made outside the parallel regions (see taylorkern.backends.numba
   for the threading).
 * Scratch comes from a reused arena (workspace.carve), never from per-call allocations.
-* numba's on-disk cache is keyed on each function's own source file: after editing a module
-  here, delete the *.nbi / *.nbc files under _numba/__pycache__, or functions of other
-  modules that inlined or linked the edited code keep running the old version.
+* numba's on-disk cache is keyed on the hash of every module here (common.cache_by_directory),
+  not numba's default of each function's own file: a function's cached code includes what it
+  calls from other modules, which an edit or an upgrade of those would otherwise leave stale.
 """

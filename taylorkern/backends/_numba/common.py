@@ -1,7 +1,8 @@
 """Shared definitions of the numba kernels (csrc/common.hpp).
 
 ``kernel`` and ``parallel_kernel`` are the decorators of every compiled function:
-cache=True (compiled once per machine), nogil=True (the GIL is released while a kernel
+cache=True (compiled once per machine; the cache keyed on all the kernel sources,
+cache_by_directory), nogil=True (the GIL is released while a kernel
 runs), and error_model="numpy" (a float division never raises, as in C++; without it numba
 guards every division with a ZeroDivisionError check, which also stops LLVM from
 vectorizing the loops).
@@ -9,6 +10,8 @@ vectorizing the loops).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from functools import partial
 
 from numba import njit, types
@@ -16,8 +19,63 @@ from numba.np.ufunc.parallel import _iget_num_threads
 from numba.core.extending import intrinsic
 from numba.core.imputils import impl_ret_borrowed
 
-kernel = partial(njit, cache=True, nogil=True, error_model="numpy")
-parallel_kernel = partial(njit, cache=True, nogil=True, error_model="numpy", parallel=True)
+
+def cache_by_directory(directory) -> bool:
+    """Key numba's on-disk cache of every function defined in ``directory`` on the hash of all
+    the .py files there, not only the function's own file (numba's rule).  A cached function
+    holds the compiled code of everything it calls, so under numba's rule an edit to one
+    module, or an upgrade that changes it, leaves callers in other modules running the old
+    code.  Returns False where that cannot be arranged: numba's cache internals not as
+    expected, or NUMBA_CACHE_LOCATOR_CLASSES replacing the locators (the caller then compiles
+    without a cache)."""
+    from numba.core import caching, config
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # its name now / before
+    base = getattr(caching, "_CacheLocator", None)
+    if impl is None or base is None or getattr(config, "CACHE_LOCATOR_CLASSES", None):
+        return False  # pragma: no cover - a numba without these internals, or locators overridden
+    numba_locators = list(impl._locator_classes)
+    directory = os.path.abspath(directory)
+    digest = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(directory) if f.endswith(".py")):
+        with open(os.path.join(directory, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    stamp = digest.hexdigest()
+
+    class DirectoryLocator(base):
+        """numba's own choice of cache location, with the directory's hash in the stamp."""
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def ensure_cache_path(self):
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self):
+            return self._inner.get_cache_path()
+
+        def get_source_stamp(self):
+            return self._inner.get_source_stamp(), stamp
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != directory:
+                return None
+            for locator in numba_locators:
+                inner = locator.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+            return None
+
+    impl._locator_classes.insert(0, DirectoryLocator)
+    return True
+
+
+CACHE = cache_by_directory(os.path.dirname(__file__))
+kernel = partial(njit, cache=CACHE, nogil=True, error_model="numpy")
+parallel_kernel = partial(njit, cache=CACHE, nogil=True, error_model="numpy", parallel=True)
 
 # A parallel loop over rows runs as CHUNKS blocks of consecutive rows, each one call of a
 # helper that loops over its rows (a call per row costs reference-count updates on every
