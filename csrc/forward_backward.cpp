@@ -80,19 +80,28 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       const idx n = n0 + r;
       const T* f = F + n * k;
       T* pn = p + n * k;
-      const T mx = *std::max_element(f, f + k);
-      T sum = 0;
+      // Around the most likely class top: sum_j e^(f_j - f_top) = 1 + rest, the loss is
+      // log1p(rest) + f_top - f_y and, where y = top, p_y - 1 = -rest p_top.  The plain
+      // log(sum) and p_top - 1 are 0 once rest is below 1's rounding (a logit gap of 37, 17 in
+      // float32), though the loss and gradient are not.
+      const idx top = idx(std::max_element(f, f + k) - f);
+      const T mx = f[top];
+      T rest = 0;
       for (idx j = 0; j < k; ++j) {
-        pn[j] = std::exp(f[j] - mx);
-        sum += pn[j];
+        pn[j] = j == top ? T(0) : std::exp(f[j] - mx);
+        rest += pn[j];
       }
-      const T inv = 1 / sum;
+      const T inv = 1 / (1 + rest);
       for (idx j = 0; j < k; ++j) pn[j] *= inv;
+      pn[top] = inv;
       const idx y = (idx)tg.labels[n];
-      t.rowloss[n] = mx + std::log(sum) - f[y];
+      t.rowloss[n] = std::log1p(rest) + (mx - f[y]);
       if (G) {
         for (idx j = 0; j < k; ++j) G[n * k + j] = s * pn[j];
-        G[n * k + y] -= s;
+        if (y == top)
+          G[n * k + y] = -s * (rest * inv);
+        else
+          G[n * k + y] -= s;
       }
     });
   }

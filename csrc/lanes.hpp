@@ -151,10 +151,12 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
     return;
   }
   lanes_softmax<T>(k, F, p);
-  for (idx j = 0; j < k; ++j) {
-    Lane onehot = {};
-    for (idx b = 0; b < nb; ++b) onehot[b] = (idx)tg.labels[n0 + b] == j ? T(1) : T(0);
-    g[j] = s * mask * (p[j] - onehot);
+  for (idx j = 0; j < k; ++j) g[j] = s * mask * p[j];
+  for (idx b = 0; b < nb; ++b) {  // p_y - 1 as minus the other p: exact where p_y is near 1
+    const idx y = (idx)tg.labels[n0 + b];
+    T rest = 0;
+    for (idx j = 0; j < k; ++j) rest += j == y ? T(0) : p[j][b];
+    g[y][b] = -s * rest;
   }
 }
 

@@ -251,9 +251,14 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
         return E / E.sum(axis=1, keepdims=True)
 
     def predict_log_proba(self, X):
+        """log predict_proba, as log1p of the other classes around the most likely one: its
+        log-probability stays nonzero (and exact) where it is within rounding of 0."""
         F = self._outputs(X)
-        F = F - F.max(axis=1, keepdims=True)
-        return F - np.log(np.exp(F).sum(axis=1, keepdims=True))
+        rows, top = np.arange(F.shape[0]), np.argmax(F, axis=1)
+        F = F - F[rows, top][:, None]
+        E = np.exp(F)
+        E[rows, top] = 0.0
+        return F - np.log1p(E.sum(axis=1, keepdims=True))
 
     def predict(self, X):
         F = self._outputs(X)

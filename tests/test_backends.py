@@ -387,19 +387,44 @@ def test_random_architectures(backend, p, reduction):
 
 
 # ----------------------------------------------------------------------------- saturated softmax
-def _confident_classifier(sizes, seed=3):
+def _confident_classifier(sizes, seed=3, labels="random"):
     """A ce problem whose top class has logits 40-80 above the others for every sample (p_t
-    within 1e-17 of 1): H_out's entries are then far below p_t's rounding."""
+    within 1e-17 of 1): H_out's entries are then far below p_t's rounding, and where the label
+    is that class ("correct"), so are the loss and dL/df."""
     rng = np.random.default_rng(seed)
     net = tk.MLP(sizes, activation="tanh", loss="ce")
     theta = net.init(seed=seed)
     k = sizes[-1]
     theta[net.offsets[-1] - k:] = 60.0 * (np.arange(k) == seed % k) + rng.standard_normal(k)  # b_{L-1}
     X = rng.standard_normal((7, sizes[0]))
-    Y = rng.integers(0, k, 7)
-    F = np.sort(net.predict(theta, X), axis=1)
+    F = net.predict(theta, X)
+    Y = np.argmax(F, axis=1) if labels == "correct" else rng.integers(0, k, 7)
+    F = np.sort(F, axis=1)
     assert np.all((F[:, -1] - F[:, -2] > 40) & (F[:, -1] - F[:, 0] < 80)), F
     return net, theta, X, Y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_confident_correct_loss_and_gradient_are_exact(backend, dtype):
+    """One layer, every sample classified right by a logit gap of 40-80: the loss is
+    mean log1p(sum_{j != y} q_j), q_j = e^(f_j - f_y) (~1e-18), and dL/df is p_j for j != y and
+    -sum_{j != y} p_j for y, written here relative to the label.  log(sum_j e^(f_j - max)) and
+    p_y - 1 give exactly 0 for both (as every backend did before)."""
+    net, theta, X, Y = _confident_classifier([3, 4], labels="correct")
+    theta, X = theta.astype(dtype), X.astype(dtype)
+    Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
+    F = Xt @ theta.astype(np.float64).reshape(Xt.shape[1], -1)  # [W; b], the layout's order
+    rows = np.arange(len(Y))
+    q = np.exp(F - F[rows, Y][:, None])
+    q[rows, Y] = 0.0
+    r = q.sum(axis=1)
+    dF = q / (1.0 + r)[:, None]
+    dF[rows, Y] = -r / (1.0 + r)
+    value, grad = net.loss_and_grad(theta, X, Y)
+    assert 1e-30 < np.mean(np.log1p(r)) < 1e-15  # the regime meant: far below 1's rounding
+    compare(value, np.mean(np.log1p(r)), dtype, what="loss")
+    compare(net.loss(theta, X, Y), np.mean(np.log1p(r)), dtype, what="loss alone")
+    compare(grad, (Xt.T @ dF).ravel() / len(Y), dtype, what="gradient")
 
 
 def test_confident_single_layer_curvature_is_exact(backend):
@@ -419,14 +444,17 @@ def test_confident_single_layer_curvature_is_exact(backend):
         compare(getattr(net, name)(theta, X, Y, v), want @ v, what=name)
 
 
+@pytest.mark.parametrize("labels", ["random", "correct"])
 @pytest.mark.parametrize("sizes", [[4, 6, 5], [3, 7, 6, 4], [4, 40, 5]], ids=["2layers", "3layers", "wide"])
-def test_confident_classifier_matches_reference(backend, sizes):
+def test_confident_classifier_matches_reference(backend, sizes, labels):
     """Deeper networks with the same logits (a layer wider than 32 takes the compiled
-    backends' layered kernels rather than the tiny-network ones): every curvature quantity as
-    the reference's (whose H_out the test above checks)."""
-    net, theta, X, Y = _confident_classifier(sizes)
+    backends' layered kernels rather than the tiny-network ones): the gradient and every
+    curvature quantity as the reference's (whose H_out and dL/df the tests above check).  With
+    every label right, dL/df is as tiny as H_out, so the Hessian's second-derivative term
+    depends on dL/df_y = -sum_{j != y} p_j too."""
+    net, theta, X, Y = _confident_classifier(sizes, labels=labels)
     V = np.random.default_rng(1).standard_normal((net.num_params, 2))
     p = Problem(net, theta, X, Y, V, "confident")
-    for q in ("hessian", "ggn", "hessian_diag", "ggn_diag", "hessian_blocks", "ggn_blocks", "hvp_multi",
-              "ggn_vp_multi"):
+    for q in ("loss_and_grad", "hessian", "ggn", "hessian_diag", "ggn_diag", "hessian_blocks", "ggn_blocks",
+              "hvp_multi", "ggn_vp_multi"):
         compare(compute(p, q), reference(p, q), what=q)

@@ -255,7 +255,11 @@ def test_classifier_on_iris_like_data(sk):
     P = clf.predict_proba(X)
     np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(clf.classes_[P.argmax(axis=1)], clf.predict(X))
-    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), P, rtol=1e-10)
+    logP = clf.predict_log_proba(X)
+    np.testing.assert_allclose(np.exp(logP), P, rtol=1e-10)
+    rows, top = np.arange(len(P)), P.argmax(axis=1)  # log p_top = log1p(-(sum of the others)):
+    others = P.sum(axis=1, where=np.arange(P.shape[1]) != top[:, None])  # nonzero where p_top
+    np.testing.assert_allclose(logP[rows, top], np.log1p(-others), rtol=1e-10)  # rounds to 1
     with warnings.catch_warnings():  # lm on the softmax GGN crawls along flat directions
         warnings.simplefilter("ignore", ConvergenceWarning)
         lm = sk.MLPClassifier(solver="lm", random_state=0, max_iter=100).fit(X, labels)

@@ -16,11 +16,11 @@ __device__ __forceinline__ float t_exp(float x) {
 __device__ __forceinline__ double t_exp(double x) {
   return exp(x);
 }
-__device__ __forceinline__ float t_log(float x) {
-  return logf(x);
+__device__ __forceinline__ float t_log1p(float x) {
+  return log1pf(x);
 }
-__device__ __forceinline__ double t_log(double x) {
-  return log(x);
+__device__ __forceinline__ double t_log1p(double x) {
+  return log1p(x);
 }
 
 // z (N, dn) += b; then, for a hidden layer, z = act(z) in place with d1 (and d2 when given).
@@ -60,16 +60,18 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Ta
       }
       rowloss[n] = acc;
     } else {
-      T* pn = p + n * k;
-      T mx = f[0];
-      for (idx j = 1; j < k; ++j) mx = f[j] > mx ? f[j] : mx;
-      T sum = 0;
+      T* pn = p + n * k;  // around the most likely class top, as the cpp backend's head_rows
+      idx top = 0;
+      for (idx j = 1; j < k; ++j) top = f[j] > f[top] ? j : top;
+      const T mx = f[top];
+      T rest = 0;
       for (idx j = 0; j < k; ++j) {
-        pn[j] = t_exp(f[j] - mx);
-        sum += pn[j];
+        pn[j] = j == top ? T(0) : t_exp(f[j] - mx);
+        rest += pn[j];
       }
-      const T inv = T(1) / sum;
+      const T inv = T(1) / (1 + rest);
       for (idx j = 0; j < k; ++j) pn[j] *= inv;
+      pn[top] = inv;
       const idx y = (idx)tg.labels[n];
       if (y < 0 || y >= k) {  // checked before any kernel runs; never read out of bounds
         rowloss[n] = T(NAN);
@@ -77,10 +79,13 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Ta
           for (idx j = 0; j < k; ++j) G[n * k + j] = T(NAN);
         continue;
       }
-      rowloss[n] = mx + t_log(sum) - f[y];
+      rowloss[n] = t_log1p(rest) + (mx - f[y]);
       if (G) {
         for (idx j = 0; j < k; ++j) G[n * k + j] = s * pn[j];
-        G[n * k + y] -= s;
+        if (y == top)
+          G[n * k + y] = -s * (rest * inv);
+        else
+          G[n * k + y] -= s;
       }
     }
   }

@@ -112,11 +112,21 @@ def _loss_grad_out(net, F, Y, reduction):
     if net.loss_name == "mse":
         R = F - Y
         return s / k * float(np.sum(R * R)), s * 2.0 / k * R
-    Fs = F - F.max(axis=1, keepdims=True)
-    logp = Fs - np.log(np.exp(Fs).sum(axis=1, keepdims=True))
-    value = -s * float(np.sum(logp[np.arange(n), Y]))
-    G = np.exp(logp)
-    G[np.arange(n), Y] -= 1.0
+    # Around the most likely class t: sum_j e^(F_j - F_t) = 1 + rest, the loss is
+    # log1p(rest) + F_t - F_y, and where y = t, p_y - 1 = -rest / (1 + rest).  The plain
+    # log(1 + rest) and p_t - 1 are 0 once rest is below 1's rounding (a logit gap of 37; 17 in
+    # float32), though the loss and gradient are not.
+    rows = np.arange(n)
+    top = np.argmax(F, axis=1)
+    E = np.exp(F - F[rows, top][:, None])
+    E[rows, top] = 0.0
+    rest = E.sum(axis=1)
+    value = s * float(np.sum(np.log1p(rest) + (F[rows, top] - F[rows, Y])))
+    G = E / (1.0 + rest)[:, None]
+    G[rows, top] = 1.0 / (1.0 + rest)
+    hit = Y == top
+    G[rows[~hit], Y[~hit]] -= 1.0
+    G[rows[hit], Y[hit]] = -rest[hit] / (1.0 + rest[hit])
     return value, s * G
 
 

@@ -88,23 +88,29 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
         else:
             f = fo + n * k
             p = n * k
-            mx = F[f]
+            t = 0  # the most likely class; loss and gradient around it (reference.py)
             for j in range(1, k):
-                mx = max(mx, F[f + j])
-            total = 0.0
+                if F[f + j] > F[f + t]:
+                    t = j
+            mx = F[f + t]
+            rest = 0.0
             for j in range(k):
-                e = math.exp(F[f + j] - mx)
+                e = math.exp(F[f + j] - mx) if j != t else 0.0
                 Pm[p + j] = e
-                total += e
-            inv = 1 / total
+                rest += e
+            inv = 1 / (1 + rest)
             for j in range(k):
                 Pm[p + j] *= inv
+            Pm[p + t] = inv
             y = labels[n]
-            rowloss[n] = mx + math.log(total) - F[f + y]
+            rowloss[n] = math.log1p(rest) + (mx - F[f + y])
             if want_grad:
                 for j in range(k):
                     G[f + j] = s * Pm[p + j]
-                G[f + y] -= s
+                if y == t:
+                    G[f + y] = -s * (rest * inv)
+                else:
+                    G[f + y] -= s
 
 
 @parallel_kernel
