@@ -127,7 +127,7 @@ void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::t
   Lane mx = F[0], sum = {};
   for (idx j = 1; j < k; ++j) mx = F[j] > mx ? F[j] : mx;  // lane-wise
   for (idx j = 0; j < k; ++j) {
-    for (idx b = 0; b < kLanes; ++b) p[j][b] = std::exp(F[j][b] - mx[b]);
+    for (idx b = 0; b < kLanes; ++b) p[j][b] = v_exp_neg(F[j][b] - mx[b]);
     sum += p[j];
   }
   for (idx j = 0; j < k; ++j) p[j] /= sum;

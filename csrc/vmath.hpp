@@ -1,7 +1,8 @@
 // Branch-free exp-family functions that the compiler vectorises (glibc's scalar tanh/exp
 // cost 10-20 ns per call and dominated the elementwise work of a forward pass).
 // In double and in float, accurate to a few ulp: tanh with 1 - tanh (from which every hidden
-// activation with an exponential is built, activations.hpp), and 2 atanh for log1p.
+// activation with an exponential is built, activations.hpp), 2 atanh for log1p, and the
+// softmax's e^x (x <= 0) and log1p (forward_backward.cpp's ce head).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -52,6 +53,19 @@ struct TanhForm<float> {  // [3/3]: error ~9.9e-6 r^7 < 6e-9, a tenth of a float
   static float Q(float r, float r2) { return r * (1.0f + r2 * (1.0f / 60)); }
 };
 
+// 2^n for an integer n within the normal exponents, from its bits.
+template <class T>
+inline T v_pow2(T n) {
+  using F = TanhForm<T>;
+  const T kd = n + F::shifter;  // adding 1.5 * 2^mantissa puts n in the low bits
+  typename F::Bits bits;
+  std::memcpy(&bits, &kd, sizeof bits);
+  bits = (bits << F::mantissa) + F::one;
+  T s;
+  std::memcpy(&s, &bits, sizeof s);
+  return s;
+}
+
 template <class T>
 inline T v_tanh_pos(T x, T& h) {
   using F = TanhForm<T>;
@@ -62,14 +76,50 @@ inline T v_tanh_pos(T x, T& h) {
   const T r = 2 * ((x - n * F::ln2_hi) - n * F::ln2_lo);
   const T r2 = r * r;
   const T E = F::E(r2), Q = F::Q(r, r2);
-  typename F::Bits bits;
-  std::memcpy(&bits, &kd, sizeof bits);
-  bits = (bits << F::mantissa) + F::one;  // 2^n
-  T s;
-  std::memcpy(&s, &bits, sizeof s);
+  const T s = v_pow2(n);
   const T inv = 1 / ((s + 1) * E + (s - 1) * Q);
   h = (E - Q) * inv;
   return ((s - 1) * E + (s + 1) * Q) * inv;
+}
+
+// e^x for x <= 0 (a softmax's e^(f_j - max f)), to a few ulp down to the last subnormal: the
+// reduction and Pade form of v_tanh_pos for 2 (x/2), x = n ln2 + r, e^r = (E + Q)/(E - Q),
+// and 2^n applied as two halves, each a normal number, so that results below the smallest
+// normal round once, as std::exp's do.  x is clamped where e^x rounds to 0; NaN stays NaN.
+template <class T>
+inline T v_exp_neg(T x) {
+  using F = TanhForm<T>;
+  constexpr T lo = sizeof(T) == 4 ? T(-104) : T(-746);
+  x = x < lo ? lo : x;
+  const T y = x * T(0.5);
+  const T kd = y * F::two_over_ln2 + F::shifter;
+  const T n = kd - F::shifter;
+  const T r = 2 * ((y - n * F::ln2_hi) - n * F::ln2_lo);
+  const T r2 = r * r;
+  const T E = F::E(r2), Q = F::Q(r, r2);
+  const T n1 = (n * T(0.5) + F::shifter) - F::shifter;  // n1, n - n1 >= -539 (float: -75)
+  return (E + Q) / (E - Q) * v_pow2(n1) * v_pow2(n - n1);
+}
+
+// log1p(u) for u >= 0 (a softmax's log of 1 + the other classes' e^(f_j - max f)), to a few
+// ulp: 2 atanh(t / (2 + t)) + e ln2 with t = u, e = 0 where u <= 1, else 1 + u = 2^e (1 + t),
+// t in [0, 1) exact (rounding 1 + u moves the result by at most half an ulp of 1 + u's log,
+// which is at least ln 2 there).  NaN stays NaN.
+template <class T>
+inline T v_log1p(T u) {
+  using F = TanhForm<T>;
+  using Bits = typename F::Bits;
+  const T w = 1 + u;
+  Bits bits;
+  std::memcpy(&bits, &w, sizeof bits);
+  const Bits mbits = (bits & ((Bits(1) << F::mantissa) - 1)) | F::one;  // w's mantissa in [1, 2)
+  T m;
+  std::memcpy(&m, &mbits, sizeof m);
+  const bool small = u <= 1;
+  const T t = small ? u : m - 1;
+  const T e2 = small ? T(0) : T(2) * T(std::int64_t(bits >> F::mantissa) - std::int64_t(F::one >> F::mantissa));
+  const T log_m = v_2atanh(t / (2 + t));
+  return e2 * F::ln2_hi + (e2 * F::ln2_lo + log_m) + (u - u);  // ln2 = 2 (ln2_hi + ln2_lo)
 }
 
 // tanh z, and d1 = 1 - tanh^2 z; -0 stays -0.

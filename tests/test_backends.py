@@ -444,6 +444,48 @@ def test_confident_single_layer_curvature_is_exact(backend):
         compare(getattr(net, name)(theta, X, Y, v), want @ v, what=name)
 
 
+@pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="np.longdouble is no wider than float64 here")
+@pytest.mark.parametrize("spread", ["close", "confident"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_softmax_head_value_by_value(backend, dtype, spread):
+    """The ce head's exp and log1p, value by value against long double: one sample, one
+    layer [1, k] with W = 0 and X = 0, so the logits are b and dL/db = p - e_y.  1000 logits
+    from the top down to where e^x underflows (~-745; float32 ~-103), subnormal p included;
+    "close": several within 1 of the top (rest > 1), "confident": the others 40 (float32: 17)
+    or more below it.  Per value within 8 ulp, or 8 of the smallest subnormals."""
+    k, lo = 1000, (-760.0 if dtype == np.float64 else -110.0)
+    gap = 0.0 if spread == "close" else (40.0 if dtype == np.float64 else 17.0)
+    rng = np.random.default_rng(11)
+    logits = np.concatenate([[0.0], -gap + (lo + gap) * rng.random(k - 1)]).astype(dtype)
+    if spread == "close":
+        logits[1:6] = -rng.random(5)
+    perm = rng.permutation(k)
+    logits = logits[perm]
+    top = int(np.argmax(logits))
+    L = np.longdouble
+    e = np.exp(logits.astype(L) - L(logits[top]))
+    e[top] = 0
+    rest = e.sum()
+    want_p = e / (1 + rest)
+    want_p[top] = 1 / (1 + rest)
+    net = tk.MLP([1, k], loss="ce", dtype=dtype)
+    theta = np.concatenate([np.zeros(k), logits]).astype(dtype)
+    X = np.zeros((1, 1), dtype)
+    for y in (top, int(perm[3])):  # the top class, and another
+        value, grad = net.loss_and_grad(theta, X, np.array([y]))
+        want_g = want_p.copy()
+        want_g[y] = -rest / (1 + rest) if y == top else want_p[y] - 1
+        want_v = np.log1p(rest) + (L(logits[top]) - L(logits[y]))
+        info = np.finfo(dtype)
+        ulp = np.spacing(np.abs(want_g).astype(dtype))
+        err = np.abs(grad[k:].astype(L) - want_g)
+        bad = err > np.maximum(8 * ulp.astype(L), 8 * L(info.smallest_subnormal))
+        assert not bad.any(), (y, logits[bad][:5], (err / ulp)[bad][:5])
+        assert np.all(grad[:k] == 0)
+        assert abs(L(value) - want_v) <= 8 * L(np.spacing(dtype(want_v))), (y, value, want_v)
+        assert spread == "close" or y != top or 0 < value < 1e-6  # the regime meant
+
+
 @pytest.mark.parametrize("labels", ["random", "correct"])
 @pytest.mark.parametrize("sizes", [[4, 6, 5], [3, 7, 6, 4], [4, 40, 5]], ids=["2layers", "3layers", "wide"])
 def test_confident_classifier_matches_reference(backend, sizes, labels):
