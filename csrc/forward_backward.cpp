@@ -79,7 +79,7 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
     // is log1p(rest) + (f_top - f_y) and, where y = top, p_y - 1 = -rest p_top.  The plain
     // log(sum) and p_top - 1 are 0 once rest is below 1's rounding (a logit gap of 37, 17 in
     // float32), though the loss and gradient are not.  In blocks of rows, so that e^x and
-    // log1p run as flat loops the compiler vectorises (vmath.hpp; std::exp was 80% of a small
+    // log1p run as flat loops the compiler vectorises (vmath.hpp; std::exp was 60% of a small
     // network's head).
     constexpr idx kBlock = 64;
     parallel_for((n1 - n0 + kBlock - 1) / kBlock, (n1 - n0) * k, [&](idx blk) {
