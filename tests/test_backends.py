@@ -486,17 +486,19 @@ def test_softmax_head_value_by_value(backend, dtype, spread):
         assert spread == "close" or y != top or 0 < value < 1e-6  # the regime meant
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("labels", ["random", "correct"])
 @pytest.mark.parametrize("sizes", [[4, 6, 5], [3, 7, 6, 4], [4, 40, 5]], ids=["2layers", "3layers", "wide"])
-def test_confident_classifier_matches_reference(backend, sizes, labels):
+def test_confident_classifier_matches_reference(backend, sizes, labels, dtype):
     """Deeper networks with the same logits (a layer wider than 32 takes the compiled
     backends' layered kernels rather than the tiny-network ones): the gradient and every
     curvature quantity as the reference's (whose H_out and dL/df the tests above check).  With
     every label right, dL/df is as tiny as H_out, so the Hessian's second-derivative term
-    depends on dL/df_y = -sum_{j != y} p_j too."""
+    depends on dL/df_y = -sum_{j != y} p_j too.  float32 as well: numba's GGN factor once
+    mixed a float64 weight into float32 rows and was off by 1e9 here."""
     net, theta, X, Y = _confident_classifier(sizes, labels=labels)
     V = np.random.default_rng(1).standard_normal((net.num_params, 2))
-    p = Problem(net, theta, X, Y, V, "confident")
+    p = Problem(net, theta, X, Y, V, "confident").astype(dtype)
     for q in ("loss_and_grad", "hessian", "ggn", "hessian_diag", "ggn_diag", "hessian_blocks", "ggn_blocks",
               "hvp_multi", "ggn_vp_multi"):
-        compare(compute(p, q), reference(p, q), what=q)
+        compare(compute(p, q), reference(p, q), dtype, what=q)

@@ -253,7 +253,10 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo):
                 w = math.sqrt(s * Pm[p + r])
                 for j in range(k):
                     U[u + j] = -w * Pm[p + j]
-                U[u + r] += w
+                # w (1 - p_r), not -w p_r + w: where p_r rounds to 1, U's float32 holds -w p_r
+                # as float32(-w), and adding the float64 w left w's rounding, ~1e-8 w, in place
+                # of ~0 (a confident float32 GGN was off by 1e9)
+                U[u + r] = w * out_complement(Pm, p, k, r)
     backward_rows(d, off, theta, o, D1, n0, c, k, U, uo)
 
 
