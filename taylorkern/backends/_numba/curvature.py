@@ -35,7 +35,7 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
-from .forward_backward import backward, backward_rows, forward, loss_head, out_complement, scale_rows
+from .forward_backward import backward, backward_rows, forward, loss_head, scale_rows, top_and_rest
 from .workspace import carve, carve_zeros
 
 NEED_DIAG, NEED_BLOCKS, NEED_FULL = 0, 1, 2
@@ -244,19 +244,20 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo):
     for q in range(c * k * k):
         U[b + q] = 0
     for n in range(c):
+        p = (n0 + n) * k
+        t, rest = top_and_rest(Pm, p, k) if lossc != 0 else (0, 0.0)
         for r in range(k):
             u = b + (n * k + r) * k
             if lossc == 0:
                 U[u + r] = math.sqrt(2 * s / k)
             else:
-                p = (n0 + n) * k
                 w = math.sqrt(s * Pm[p + r])
                 for j in range(k):
                     U[u + j] = -w * Pm[p + j]
                 # w (1 - p_r), not -w p_r + w: where p_r rounds to 1, U's float32 holds -w p_r
                 # as float32(-w), and adding the float64 w left w's rounding, ~1e-8 w, in place
                 # of ~0 (a confident float32 GGN was off by 1e9)
-                U[u + r] = w * out_complement(Pm, p, k, r)
+                U[u + r] = w * (rest if r == t else 1.0 - Pm[p + r])
     backward_rows(d, off, theta, o, D1, n0, c, k, U, uo)
 
 
@@ -283,16 +284,17 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
     b = qo[L - 1]
     for n in range(c):
         q = b + n * k * k
+        p = (n0 + n) * k
         for i in range(k * k):
             Q[q + i] = 0
+        t, rest = top_and_rest(Pm, p, k) if lossc != 0 else (0, 0.0)
         for i in range(k):
             if lossc == 0:
                 Q[q + i * k + i] = 2 * s / k
-            else:  # s (diag(p) - p p^T), the diagonal as s p_i (1 - p_i) (out_complement)
-                p = (n0 + n) * k
+            else:  # s (diag(p) - p p^T), the diagonal as s p_i (1 - p_i) (top_and_rest)
                 for j in range(k):
                     Q[q + i * k + j] = -s * Pm[p + i] * Pm[p + j]
-                Q[q + i * k + i] = s * Pm[p + i] * out_complement(Pm, p, k, i)
+                Q[q + i * k + i] = s * Pm[p + i] * (rest if i == t else 1.0 - Pm[p + i])
     for l in range(L - 1, 0, -1):
         Hl, Hp = d[l + 1], d[l]
         wo = off[l]  # W_l: (Hp, Hl)

@@ -137,16 +137,15 @@ def most_likely(Pm, p, k):
 
 
 @kernel
-def out_complement(Pm, p, k, i):
-    """1 - p_i, for the most likely class as the sum of the other probabilities."""
+def top_and_rest(Pm, p, k):
+    """(t, sum of the other p): the most likely class and 1 - p_t without cancellation, once
+    per sample; 1 - p_i of the others is exact as written."""
     t = most_likely(Pm, p, k)
-    if i != t:
-        return 1.0 - Pm[p + i]
     rest = 0.0
     for j in range(k):
         if j != t:
             rest += Pm[p + j]
-    return rest
+    return t, rest
 
 
 @kernel
