@@ -27,10 +27,21 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent
 ROOT = SRC.parent.parent
 OUT = Path(os.environ.get("TK_EMU_OUT", "/tmp/taylorkern-cuda-emulation"))
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-            "-fno-omit-frame-pointer"] if os.environ.get("TK_EMU_SANITIZE") == "1" else []
+MODE = os.environ.get("TK_EMU_SANITIZE", "")
+SANITIZE = {"": [],
+            "1": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
+            "thread": ["-fsanitize=thread", "-fno-omit-frame-pointer"]}.get(MODE)
+if SANITIZE is None:
+    sys.exit(f"TK_EMU_SANITIZE: expected 1 (AddressSanitizer and UBSan) or thread, got {MODE!r}")
 
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<")
+SHARED = re.compile(r"__shared__\s+([^;]+?)\s+(\w+)\s*((?:\[[^\]]+\])+)\s*;")
+
+
+def rewrite_shared(text):
+    """`__shared__ T a[n];` -> one static copy per block slot, `a` naming this block's.  The
+    runtime header leaves __shared__ undefined, so a declaration this misses fails to build."""
+    return SHARED.sub(r"static \1 \2_tk_emu[tk_emu::kMaxBlocks]\3; auto& \2 = \2_tk_emu[tk_emu::tl_slot];", text)
 
 
 def rewrite_launches(text):
@@ -84,10 +95,12 @@ def main():
     shutil.rmtree(OUT, ignore_errors=True)
     gen.mkdir(parents=True)
     for f in SRC.iterdir():
-        if f.suffix in (".cuh", ".hpp"):
+        if f.suffix == ".hpp":
             shutil.copy(f, gen / f.name)
+        elif f.suffix == ".cuh":
+            (gen / f.name).write_text(rewrite_shared(f.read_text()))
         elif f.suffix == ".cu":
-            (gen / (f.stem + "_cu.cpp")).write_text(rewrite_launches(f.read_text()))
+            (gen / (f.stem + "_cu.cpp")).write_text(rewrite_shared(rewrite_launches(f.read_text())))
     for f in SRC.parent.glob("*.hpp"):  # the headers shared with the CPU kernels ("../x.hpp")
         shutil.copy(f, OUT / f.name)
     pyinc = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], capture_output=True, text=True,
@@ -125,10 +138,13 @@ def main():
         # cannot intercept the first C++ throw); pytest captures only sys.stdout/stderr, since
         # a dying process's report on file descriptor 2 would vanish with pytest's capture of
         # it; a refused allocation returns null, as cudaMalloc does (tests of oversized requests)
+        # (a race report stops the run: halt_on_error)
+        runtime = "libtsan.so" if MODE == "thread" else "libasan.so"
         lib = [subprocess.run(["g++", f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
-               for n in ("libasan.so", "libstdc++.so.6")]
+               for n in (runtime, "libstdc++.so.6")]
         env.update(LD_PRELOAD=":".join(lib), ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1",
-                   UBSAN_OPTIONS="print_stacktrace=1")
+                   UBSAN_OPTIONS="print_stacktrace=1",
+                   TSAN_OPTIONS="halt_on_error=1:exitcode=66:allocator_may_return_null=1:report_signal_unsafe=0")
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c",
            str(ROOT / "pyproject.toml"), str(ROOT / "tests" / "test_cuda.py"), "-q", "-rs", *(["--capture=sys"] if SANITIZE else []), *sys.argv[1:]]
     print("+", " ".join(cmd), flush=True)

@@ -1,10 +1,10 @@
 // HOST EMULATION of the small part of the CUDA runtime that csrc/cuda uses (see README.md
 // beside this folder).  Device memory is host memory, streams are no-ops, a kernel launch
-// runs its blocks one after another, each as blockDim.x*y*z real threads (a persistent pool,
-// with a barrier for __syncthreads).  Every kernel of csrc/cuda is a grid-stride loop, so any
-// grid covers the work: the launch runs a grid of at most 2 blocks per dimension, last block
-// first, so that each loop's use of blockIdx and gridDim is exercised with several blocks
-// and no block can rely on another having run before it.  A launch configuration CUDA would
+// runs its blocks at the same time, each as blockDim.x*y*z real threads (persistent, with a
+// barrier for __syncthreads) and its own __shared__ arrays.  Every kernel of csrc/cuda is a
+// grid-stride loop, so any grid covers the work: the launch runs a grid of at most 2 blocks
+// per dimension, so that each loop's use of blockIdx and gridDim is exercised with several
+// blocks, and nothing orders one block before another.  A launch configuration CUDA would
 // refuse is refused here too (cudaGetLastError).  New allocations are filled with NaN bytes,
 // so that reading what no kernel wrote shows up in the results.  Never used for a real build.
 #pragma once
@@ -34,7 +34,6 @@ using std::tanh;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -199,7 +198,13 @@ inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void
 }
 
 namespace tk_emu {
-// A barrier for the threads of the one emulated block.
+// The blocks of one launch run at the same time, at most kMaxBlocks of them; each has its own
+// copy of every __shared__ array (run.py rewrites `__shared__ T a[n];` to a slot of
+// `static T a_tk_emu[kMaxBlocks][n]`) and this thread's block is slot tl_slot.
+constexpr unsigned kMaxBlocks = 8;
+inline thread_local unsigned tl_slot = 0;
+
+// A barrier for the threads of one emulated block.
 struct Barrier {
   std::mutex mu;
   std::condition_variable cv;
@@ -218,18 +223,22 @@ struct Barrier {
 };
 inline thread_local Barrier* tl_barrier = nullptr;
 
-// Persistent workers, one per thread of the largest block launched so far.
-class Pool {
+// The persistent workers of one block slot: one thread per thread of the largest block run in
+// it so far.  Its threads synchronise only with each other (its barrier) and with the launching
+// thread (its own mutex), never with another slot's: nothing orders one block's memory accesses
+// before another's, as on a GPU, so ThreadSanitizer (TK_EMU_SANITIZE=thread) reports two
+// blocks touching the same element, as well as a missing __syncthreads within a block.
+class Block {
  public:
-  void run(dim3 grid, uint3 at, dim3 block, const std::function<void()>& f) {
-    std::lock_guard<std::mutex> one_launch(launch_mu_);  // their __shared__ are statics
+  void start(unsigned slot, dim3 grid, uint3 at, dim3 block, const std::function<void()>* f) {
     const unsigned n = block.x * block.y * block.z;
     while (workers_.size() < n) {
       const unsigned id = (unsigned)workers_.size();
       workers_.emplace_back([this, id] { loop(id); });
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    job_ = &f;
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = f;
+    slot_ = slot;
     grid_ = grid;
     at_ = at;
     block_ = block;
@@ -238,10 +247,13 @@ class Pool {
     bar_.n = n;
     ++epoch_;
     cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [&] { return left_ == 0; });
     job_ = nullptr;
   }
-  ~Pool() {
+  ~Block() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
@@ -265,6 +277,7 @@ class Pool {
         seen = epoch_;
         if (id >= active_) continue;
         job = job_;
+        tl_slot = slot_;
         grid = grid_;
         at = at_;
         block = block_;
@@ -281,20 +294,21 @@ class Pool {
       if (--left_ == 0) done_cv_.notify_all();
     }
   }
-  std::mutex launch_mu_, mu_;
+  std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
   const std::function<void()>* job_ = nullptr;
   dim3 grid_, block_;
   uint3 at_;
-  unsigned active_ = 0, left_ = 0, epoch_ = 0;
+  unsigned slot_ = 0, active_ = 0, left_ = 0, epoch_ = 0;
   bool stop_ = false;
   Barrier bar_;
 };
 
-// Runs f over a grid of at most 2 x 2 x 2 blocks of `block` threads, the last block first
-// (the grid-stride loops cover the work with any grid), after CUDA's checks of the
-// configuration: a refused launch runs nothing and leaves the error for cudaGetLastError.
+// Runs f over a grid of at most 2 x 2 x 2 blocks of `block` threads, all at once (the
+// grid-stride loops cover the work with any grid), after CUDA's checks of the configuration:
+// a refused launch runs nothing and leaves the error for cudaGetLastError.  One launch at a
+// time; the launch returns when every block has finished (stream order).
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
   const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
   const bool ok = grid.x && grid.y && grid.z && grid.x <= 2147483647u && grid.y <= 65535 && grid.z <= 65535 &&
@@ -303,9 +317,13 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
-  static Pool pool;
+  static std::mutex one_launch;
+  static Block slots[kMaxBlocks];
+  std::lock_guard<std::mutex> lock(one_launch);
   const dim3 g(std::min(grid.x, 2u), std::min(grid.y, 2u), std::min(grid.z, 2u));
-  for (unsigned b = g.x * g.y * g.z; b-- > 0;) pool.run(g, uint3{b % g.x, b / g.x % g.y, b / (g.x * g.y)}, block, f);
+  const unsigned nb = g.x * g.y * g.z;
+  for (unsigned b = 0; b < nb; ++b) slots[b].start(b, g, uint3{b % g.x, b / g.x % g.y, b / (g.x * g.y)}, block, &f);
+  for (unsigned b = 0; b < nb; ++b) slots[b].wait();
 }
 }  // namespace tk_emu
 inline void __syncthreads() { tk_emu::tl_barrier->wait(); }
