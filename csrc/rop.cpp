@@ -96,7 +96,7 @@ void next_ra(idx n, idx m, idx dn, const T* __restrict vb, const T* __restrict d
 // e = g_out w^T is rank one: formed here, not read.
 template <class T>
 void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool gn, idx l, idx n0, idx n, const T* vw,
-                          const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* rs, T* o) {
+                          const T* ra, const T* rz, const T* rg, vec<T>& rg_next, T* rs, T* o, bool add) {
   const idx di = net.d[l];
   rg_next.resize(n * di);
   const T* __restrict a = t.in(l) + n0 * di;
@@ -105,9 +105,9 @@ void output_unit_backward(const Net& net, const T* theta, const Tape<T>& t, bool
   const T* __restrict gl = t.g[l].data() + n0;
   T* __restrict next = rg_next.data();
   T* __restrict ow = o;
-  ow[di] = rs[0];          // the bias: rg's sum (rs is overwritten below)
-  T* __restrict sum = rs;  // column sums of rg_next: the next layer's bias term
-  std::fill(ow, ow + di, T(0));
+  ow[di] = (add ? ow[di] : T(0)) + rs[0];  // the bias: rg's sum (rs is overwritten below)
+  T* __restrict sum = rs;                  // column sums of rg_next: the next layer's bias term
+  if (!add) std::fill(ow, ow + di, T(0));
   std::fill(sum, sum + di, T(0));
   const D2Source src = d2_source(net, l, gn);
   const T k0 = T(src.k0), k1 = T(src.k1);
@@ -158,29 +158,36 @@ void next_rg(idx n, idx m, idx di, const T* __restrict re, const T* __restrict d
     }
 }
 
-// The R-op for samples [n0, n1) (tape rows already filled); the slice's share of the result,
-// in out's layout [(off_l + i dn + j) m + c], is written (not added) to dst.  With one
+// The R-op for samples [n0, n1) (tape rows already filled), one chunk of a thread's slice of
+// samples: the slice's share of the result, in out's layout [(off_l + i dn + j) m + c], is
+// summed over its chunks (the `first` to the `last`) and written to dst.  With one
 // direction, V's slices are in the layout of Vt already, and VW_l^T is a transposed operand:
-// V is used where it is, and ws.Vt, ws.Vtt are not filled.
+// V is used where it is, and ws.Vt, ws.Vtt are not filled.  The tangents (sc.Rz, sc.Ra) hold
+// the chunk's rows only: row r of them is sample n0 + r.
 template <class T>
 void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V, idx m, bool gn, Workspace<T>& ws,
-              idx n0, idx n1, typename Workspace<T>::Slice& sc, T* dst) {
+              idx n0, idx n1, typename Workspace<T>::Slice& sc, T* dst, bool first, bool last) {
   const idx L = net.L(), k = net.k(), n = n1 - n0;
   const T s = sample_weight<T>(t.N, mean);
-  auto &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
+  auto& Vtt = ws.Vtt;
   auto vt = [&](idx l) { return m == 1 ? V + net.off[l] : ws.Vt[l].data(); };
-  auto &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc, &rs = sc.rs;
+  auto &Rz = sc.Rz, &Ra = sc.Ra, &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc, &rs = sc.rs;
   rs.resize(m * *std::max_element(net.d.begin(), net.d.end()));  // Rg's column sums ([c][j]): bias terms
+  for (auto* v : {&Rz, &Ra, &acc, &tmp}) v->resize(L);
+  for (idx l = 0; l < L; ++l) {
+    Rz[l].resize(n * m * net.d[l + 1]);
+    if (l + 1 < L) Ra[l + 1].resize(n * m * net.d[l + 1]);
+  }
 
   // Forward tangents (a hidden layer's Vb added in the pass that forms Ra).
   for (idx l = 0; l < L; ++l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     const bool hidden = l + 1 < L;
-    T* rz = Rz[l].data() + n0 * m * dn;
+    T* rz = Rz[l].data();
     const T* vb = vt(l) + di * m * dn;
     if (!hidden && dn == 1 && m == 1 && l > 0) {  // one output unit: two dot products a row, one pass
       const T* __restrict a = t.in(l) + n0 * di;
-      const T* __restrict ra = Ra[l].data() + n0 * di;
+      const T* __restrict ra = Ra[l].data();
       const T* __restrict vw = vt(l);
       const T* __restrict w = weights(net, theta, l);
       for (idx r = 0; r < n; ++r) {
@@ -195,17 +202,15 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
       for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
     gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz, m * dn);
     if (l > 0)
-      gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data() + n0 * m * di, di, weights(net, theta, l), dn, T(1), rz,
-              dn);
+      gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
     if (hidden)
-      next_ra(n, m, dn, vb, t.d1[l].data() + n0 * dn, rz, Ra[l + 1].data() + n0 * m * dn,
-              d2_source(net, l + 1, gn).kind == kStored);
+      next_ra(n, m, dn, vb, t.d1[l].data() + n0 * dn, rz, Ra[l + 1].data(), d2_source(net, l + 1, gn).kind == kStored);
   }
 
   // Output curvature applied to the output tangent, and Rg's column sums.
   Rg.resize(n * m * k);
   {
-    const T* rf = Rz[L - 1].data() + n0 * m * k;
+    const T* rf = Rz[L - 1].data();
     T* rg = Rg.data();
     if (net.loss == Loss::mse) {
       const T c2 = 2 * s / T(k);
@@ -237,34 +242,39 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
-      output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data() + n0 * di, Rz[l - 1].data() + n0 * di,
-                           Rg.data(), Re, rs.data(), dst + net.off[l]);
+      output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data(), Rz[l - 1].data(), Rg.data(), Re, rs.data(),
+                           dst + net.off[l], !first);
       std::swap(Rg, Re);
       continue;
     }
-    // acc[i][c][j] = R{grad}, then scattered into dst[(off + i dn + j) m + c]; with one
-    // direction both layouts are [i][j]: the products write dst directly.
+    // R{grad} = acc[l][i][c][j] (+ tmp[l][c][i][j], the cross term), summed over the slice's
+    // chunks, then scattered into dst[(off + i dn + j) m + c] after the last; with one
+    // direction both layouts are [i][j]: the products accumulate into dst directly.
     T* o = dst + net.off[l] * m;
+    const bool cross = !gn && l > 0;  // + sum_n Ra_l[n][c][i] g_l[n][j]
     T* ac = o;
+    T* tm = o;
     if (m > 1) {
-      acc.resize((di + 1) * m * dn);
-      ac = acc.data();
+      acc[l].resize((di + 1) * m * dn);
+      ac = acc[l].data();
+      if (cross) tmp[l].resize(m * di * dn);
+      tm = tmp[l].data();
     }
-    gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, T(0), ac, m * dn);
-    std::copy(rs.begin(), rs.begin() + m * dn, ac + di * m * dn);
-    if (!gn && l > 0) {  // + sum_n Ra_l[n][c][i] g_l[n][j], computed as [c][i][j]
-      if (m > 1) tmp.resize(m * di * dn);
-      gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data() + n0 * m * di, m * di, t.g[l].data() + n0 * dn, dn,
-              T(m == 1 ? 1 : 0), m == 1 ? o : tmp.data(), dn);
-      if (m > 1)
+    const T beta = first ? 0 : 1;
+    gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, beta, ac, m * dn);
+    for (idx q = 0; q < m * dn; ++q) ac[di * m * dn + q] = (first ? T(0) : ac[di * m * dn + q]) + rs[q];  // not 0 * stale
+    if (cross)
+      gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data(), m * di, t.g[l].data() + n0 * dn, dn, m == 1 ? T(1) : beta,
+              tm, dn);
+    if (m > 1 && last) {
+      if (cross)
         for (idx c = 0; c < m; ++c)
           for (idx i = 0; i < di; ++i)
-            for (idx j = 0; j < dn; ++j) acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j];
-    }
-    if (m > 1)
+            for (idx j = 0; j < dn; ++j) ac[(i * m + c) * dn + j] += tm[(c * di + i) * dn + j];
       for (idx i = 0; i <= di; ++i)
         for (idx j = 0; j < dn; ++j)
-          for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = acc[(i * m + c) * dn + j];
+          for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = ac[(i * m + c) * dn + j];
+    }
     if (l == 0) break;
 
     Re.resize(n * m * di);
@@ -279,7 +289,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     const D2Source src = d2_source(net, l, gn);
     const bool stored = src.kind == kStored;
     const T* p = stored ? t.d2[l - 1].data() + h : t.a[l].data() + h;
-    const T* q = stored ? Rz[l - 1].data() + n0 * m * di : Ra[l].data() + n0 * m * di;
+    const T* q = stored ? Rz[l - 1].data() : Ra[l].data();
     with_d2_term(src, [&](auto kind) {
       next_rg<decltype(kind)::value, T>(n, m, di, Re.data(), t.d1[l - 1].data() + h, t.e[l - 1].data() + h, p, q,
                                         T(src.k0), T(src.k1), Rg.data(), rs.data());
@@ -389,6 +399,27 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
   }
 }
 
+// Rows per chunk of the R-op: its tangents (Rz, Ra, Rg, Re: m values per sample and unit of
+// every layer) in about kRopChunkBytes, at least kRopChunkMin rows (products that thin lose
+// more to their set-up than the cache saves), and with at least twice the values of the
+// per-layer sums that every chunk reads and writes (P m each of acc and tmp): a wide first
+// layer makes those larger than a whole slice's tangents, and the slice is then one chunk.
+// Medians at one thread against one chunk per slice (the layout before chunks), in ms: hvp
+// with V (P, 32) [20,64,64,1] tanh mse N=2000 77-86 -> 52-76, [64,64,10] ce N=1000 17.5-19.7
+// -> 11.5-15, [10,32,32,1] N=1000 12.8-16.3 -> 7.4-8.0; V (P, 4) at N=20000 97-110 -> 62-72;
+// 256 KB to 2 MB alike; one direction and [784,128,10] (one chunk) unchanged.
+constexpr idx kRopChunkBytes = idx(1) << 19, kRopChunkMin = 32;
+
+idx rop_chunk_rows(const Net& net, idx m, idx bytes) {
+  idx units = 0, widest = 0;
+  for (idx l = 1; l <= net.L(); ++l) {
+    units += net.d[l];
+    widest = std::max(widest, net.d[l]);
+  }
+  const idx per_row = m * (2 * units + 2 * widest);  // values of tangents per sample
+  return std::max({kRopChunkMin, kRopChunkBytes / (per_row * bytes), 4 * net.P() * m / per_row});
+}
+
 }  // namespace
 
 template <class T>
@@ -401,13 +432,11 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   prepare_tape(net, X, N, t, !gn);
 
   // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
-  auto &Vt = ws.Vt, &Vtt = ws.Vtt, &Rz = ws.Rz, &Ra = ws.Ra;
-  for (auto* v : {&Vt, &Vtt, &Rz, &Ra}) v->resize(L);
-  for (idx l = 0; l < L; ++l) {
+  auto &Vt = ws.Vt, &Vtt = ws.Vtt;
+  Vt.resize(L);
+  Vtt.resize(L);
+  for (idx l = 0; l < L && m > 1; ++l) {  // one direction: V is used in place (rop_rows)
     const idx di = net.d[l], dn = net.d[l + 1];
-    Rz[l].resize(N * m * dn);
-    if (l + 1 < L) Ra[l + 1].resize(N * m * dn);
-    if (m == 1) continue;  // V is used in place (rop_rows)
     const T* v = V + net.off[l] * m;
     Vt[l].resize((di + 1) * m * dn);
     for (idx i = 0; i <= di; ++i)
@@ -421,15 +450,19 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     }
   }
 
-  // Forward, loss head, backward and the R-op per slice of samples; slices' results summed.
+  // Forward, loss head and backward per slice of samples, then the R-op over the slice in
+  // chunks of rows whose tangents (m per sample and unit) stay in cache; slices' results summed.
+  const idx chunk = rop_chunk_rows(net, m, sizeof(T));
   ws.slices.resize(nt);
   ws.parts.resize((nt - 1) * P * m);
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
     forward_rows(net, theta, t, n0, n1, !gn, true);  // act'' only where d2_term reads it
     head_rows(net, t, tg, mean, n0, n1, !gn);
     if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, m > 1);  // one direction: output_unit_backward
-    rop_rows(net, theta, t, mean, V, m, gn, ws, n0, n1, ws.slices[tid],
-             tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m);
+    T* dst = tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m;
+    for (idx c0 = n0; c0 < n1; c0 += chunk)
+      rop_rows(net, theta, t, mean, V, m, gn, ws, c0, std::min(n1, c0 + chunk), ws.slices[tid], dst, c0 == n0,
+               c0 + chunk >= n1);
 #pragma omp barrier
     sum_parts(out, P * m, [&](idx p) { return ws.parts.data() + (p - 1) * P * m; });
   });

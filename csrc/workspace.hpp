@@ -12,9 +12,10 @@ namespace tk {
 template <class T>
 struct Workspace {
   Tape<T> tape;                         // forward/backward quantities of all samples
-  std::vector<vec<T>> Vt, Vtt, Rz, Ra;  // rop: transposed slices of V, tangents
-  struct Slice {                        // rop: one thread's scratch for its slice of samples
-    vec<T> Rg, Re, acc, tmp, rs;
+  std::vector<vec<T>> Vt, Vtt;  // rop: transposed slices of V
+  struct Slice {                // rop: one thread's scratch for a chunk of its slice of samples
+    std::vector<vec<T>> Rz, Ra, acc, tmp;  // tangents; per-layer sums over the slice (m > 1)
+    vec<T> Rg, Re, rs;
   };
   std::vector<Slice> slices;
   vec<T> lanes;                             // rop.cpp: the one-direction path for tiny networks
