@@ -468,6 +468,18 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   });
 }
 
+double rop_memory_values(const Net& net, idx N, idx m, idx bytes) {
+  idx units = 0, widest = 0;
+  for (idx l = 1; l <= net.L(); ++l) {
+    units += net.d[l];
+    widest = std::max(widest, net.d[l]);
+  }
+  const double nt = std::max(1, omp_get_max_threads()), P = double(net.P()), k = double(net.k());
+  const double rows = double(std::min(N, rop_chunk_rows(net, m, bytes)));
+  const double tape = N * (5.0 * units + 2.0 * k), slices = nt * (rows * m * (2.0 * units + 2.0 * widest) + 2 * P * m);
+  return tape + 2 * P * m /* Vt, Vtt */ + slices + (nt - 1) * P * m /* parts */ + P * m /* result */;
+}
+
 template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx, float*,
                          bool, Workspace<float>&);
 template void rop<double>(const Net&, const double*, const double*, idx, Targets<double>, bool, const double*, idx,

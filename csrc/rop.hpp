@@ -7,4 +7,8 @@ namespace tk {
 template <class T>
 void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, idx m, T* out,
          bool gauss_newton, Workspace<T>& ws);
+
+// Values of memory rop() holds for N samples and m directions of `bytes`-wide values, the
+// result included (MLP.hvp / ggn_vp refuse what cannot fit).
+double rop_memory_values(const Net& net, idx N, idx m, idx bytes);
 }  // namespace tk

@@ -333,13 +333,17 @@ class MLP:
         xs, shape = _shape(X), _shape(V)
         n = xs[0] if len(xs) == 2 else 0
         m = shape[1] if len(shape) == 2 else 1
-        # tangents of every layer's activations for all m directions, plus the result
-        self._check_memory(lambda: f"{kind} with V of shape {shape}",
-                           3.0 * n * m * sum(self.sizes) + 2.0 * self.num_params * m)
+        # tangents of every layer's activations for all m directions, plus the result; a
+        # backend that holds less says how much (asked only for large requests: it costs a call)
+        need = 3.0 * n * m * sum(self.sizes) + 2.0 * self.num_params * m
+        impl = self._impl()
+        if need * self.dtype.itemsize >= _MEMORY_CHECK_MIN and hasattr(impl, "product_memory_values"):
+            need = impl.product_memory_values(self, n, m)
+        self._check_memory(lambda: f"{kind} with V of shape {shape}", need)
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
         V = self._check_V(V)
         V2 = V.reshape(self.num_params, -1)
-        out = getattr(self._impl(), kind)(self, theta, X, Y, V2, reduction)
+        out = getattr(impl, kind)(self, theta, X, Y, V2, reduction)
         if self._l2_active(reduction):
             out += self.l2 * V2
         return out.reshape(V.shape)

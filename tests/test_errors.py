@@ -278,6 +278,24 @@ def test_product_with_huge_workspace_is_refused_without_allocating(backend, meth
 
 
 @pytest.mark.parametrize("method", METHODS_V)
+def test_product_memory_check_counts_what_the_backend_holds(backend, method, monkeypatch):
+    """cpp's R-op keeps the tangents of a chunk of samples at a time (csrc/rop.cpp): a request
+    whose tangents for all samples (~74 MB here) would not fit in the memory available runs
+    there, and is refused, with that size, by a backend that holds them all."""
+    p = make_problem([3, 20, 1], "tanh", "mse", N=2000, seed=3, m=64)
+    P, N, m = p.net.num_params, 2000, 64
+    all_tangents = 8.0 * (3 * N * m * sum(p.net.sizes) + 2 * P * m)
+    want = getattr(p.net, method)(p.theta, p.X, p.Y, p.V)
+    impl = tk._dispatch.current()
+    monkeypatch.setattr(model_module, "_available_memory_bytes", lambda: 32 << 20)
+    if hasattr(impl, "product_memory_values"):
+        assert 8.0 * impl.product_memory_values(p.net, N, m) < 16 << 20
+        compare(getattr(p.net, method)(p.theta, p.X, p.Y, p.V), want, np.float64, what=method)
+    else:
+        _refuses(lambda: getattr(p.net, method)(p.theta, p.X, p.Y, p.V), all_tangents)
+
+
+@pytest.mark.parametrize("method", METHODS_V)
 def test_huge_zero_stride_directions_are_refused_before_any_copy(backend, method):
     """A broadcast V of shape (P, 10^9) is 4 bytes of memory until something copies it (2.4 TB
     as float64: more than any machine has; 10^7 columns fit the RAM of a large one)."""

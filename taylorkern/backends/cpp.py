@@ -54,6 +54,12 @@ def _with_vectors(fn_name):
     return call
 
 
+def product_memory_values(net, n, m):
+    """Values of memory hvp / ggn_vp hold for n samples and m directions, result included: the
+    R-op keeps the tangents of a chunk of samples at a time (csrc/rop.cpp)."""
+    return _core.product_memory_values(_net(net), n, m, net.dtype.itemsize)
+
+
 hvp = _with_vectors("hvp")
 ggn_vp = _with_vectors("ggn_vp")
 hessian = _with_data("hessian")
