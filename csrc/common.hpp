@@ -136,6 +136,25 @@ inline void over_samples(idx N, int nt, F&& body) {
   }
 }
 
+// Rows per chunk of a slice of samples, for calls that take a chunk's rows through every layer
+// (forward, loss head, backward, the call's own pass) while they are in cache, instead of
+// taking the whole slice through one layer at a time: per_row values of scratch per sample in
+// about kChunkBytes, at least kChunkMin rows (thinner products lose more to their set-up than
+// the cache saves), and at least 4 * sums / per_row rows, where `sums` values (a gradient, the
+// R-op's per-layer sums) are read and added to by every chunk: a chunk's own scratch is then
+// at least four times that traffic, and a slice too small for that is one chunk.
+constexpr idx kChunkBytes = idx(1) << 19, kChunkMin = 32;
+inline idx chunk_rows(idx per_row, idx sums, idx bytes) {
+  per_row = std::max<idx>(per_row, 1);
+  return std::max({kChunkMin, kChunkBytes / (per_row * bytes), 4 * sums / per_row});
+}
+
+// body(c0, c1, first) for consecutive chunks [c0, c1) of `rows` rows covering [n0, n1).
+template <class F>
+inline void over_chunks(idx n0, idx n1, idx rows, F&& body) {
+  for (idx c0 = n0; c0 < n1; c0 += rows) body(c0, std::min(n1, c0 + rows), c0 == n0);
+}
+
 // Inside over_samples, after a barrier: out[i] += part(t)[i] for the team's other threads
 // t = 1..T-1 (thread 0 wrote into out itself), each thread summing its share of [0, len).
 template <class T, class Part>

@@ -132,16 +132,16 @@ double total_loss(const Net& net, const Tape<T>& t, bool mean) {
 }
 
 template <class T>
-void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad, bool full) {
+void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T* grad, bool full, bool add) {
   const idx n = n1 - n0, L = net.L(), k = net.k();
   const bool narrow = k == 1 && L >= 2;  // the output layer's backward without products
   if (grad) {  // the output layer's bias gradient (and its weights' when narrow: summed below)
     T* __restrict gb = grad + net.off[L - 1] + net.d[L - 1] * k;
     const T* gk = t.g[L - 1].data() + n0 * k;
-    std::fill(gb, gb + k, T(0));
+    if (!add) std::fill(gb, gb + k, T(0));
     for (idx r = 0; r < n; ++r)
       for (idx c = 0; c < k; ++c) gb[c] += gk[r * k + c];
-    if (narrow) std::fill(grad + net.off[L - 1], gb, T(0));
+    if (narrow && !add) std::fill(grad + net.off[L - 1], gb, T(0));
   }
   for (idx l = L - 1; l >= 1; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
@@ -150,7 +150,7 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T
     T* __restrict e = t.e[l - 1].data() + n0 * di;
     T* __restrict g = t.g[l - 1].data() + n0 * di;
     T* __restrict gb = grad ? grad + net.off[l - 1] + net.d[l - 1] * di : nullptr;  // bias of layer l-1
-    if (gb) std::fill(gb, gb + di, T(0));
+    if (gb && !add) std::fill(gb, gb + di, T(0));
     if (l == L - 1 && narrow) {  // e = g_out w^T, g = e * act', and the output weights' gradient
       const T* __restrict w = weights(net, theta, l);
       const T* __restrict a = t.a[l].data() + n0 * di;
@@ -192,8 +192,8 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, T
   if (grad)
     for (idx l = 0; l < L - (narrow ? 1 : 0); ++l) {
       const idx di = net.d[l], dn = net.d[l + 1];
-      gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, t.g[l].data() + n0 * dn, dn, T(0), grad + net.off[l],
-              dn);
+      gemm<T>(true, false, di, dn, n, T(1), t.in(l) + n0 * di, di, t.g[l].data() + n0 * dn, dn, T(add ? 1 : 0),
+              grad + net.off[l], dn);
     }
 }
 
@@ -216,21 +216,41 @@ void backward(const Net& net, const T* theta, Tape<T>& t) {
 
 template <class T>
 void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws) {
-  Tape<T>& t = ws.tape;
-  prepare_tape(net, X, N, t, false);
-  over_samples(N, sample_threads(N, N * net.macs()), [&](int, idx n0, idx n1) {
-    forward_rows(net, theta, t, n0, n1, false);
-    std::copy(t.F.begin() + n0 * net.k(), t.F.begin() + n1 * net.k(), out + n0 * net.k());
+  const int nt = sample_threads(N, N * net.macs());
+  const idx rows = chunk_rows(tape_values(net, false), 0, sizeof(T)), k = net.k();
+  ws.chunk_tapes.resize(nt);
+  over_samples(N, nt, [&](int tid, idx n0, idx n1) {
+    Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(rows, n1 - n0), false);
+    over_chunks(n0, n1, rows, [&](idx c0, idx c1, bool) {
+      rows_at<T>(ct, net, X, {}, c0);
+      forward_rows(net, theta, ct, 0, c1 - c0, false);
+      std::copy(ct.F.begin(), ct.F.begin() + (c1 - c0) * k, out + c0 * k);
+    });
   });
+}
+
+// The per-sample losses of all N samples (for total_loss), from the thread's chunk tapes.
+template <class T>
+void rowloss_rows(Tape<T>& t, const Tape<T>& ct, idx c0, idx c) {
+  std::copy(ct.rowloss.begin(), ct.rowloss.begin() + c, t.rowloss.begin() + c0);
 }
 
 template <class T>
 double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, Workspace<T>& ws) {
-  Tape<T>& t = ws.tape;
-  prepare_tape(net, X, N, t, false);
-  over_samples(N, sample_threads(N, N * net.macs()), [&](int, idx n0, idx n1) {
-    forward_rows(net, theta, t, n0, n1, false);
-    head_rows(net, t, tg, mean, n0, n1, false);
+  Tape<T>& t = ws.tape;  // only its rowloss, for all N
+  t.N = N;
+  t.rowloss.resize(N);
+  const int nt = sample_threads(N, N * net.macs());
+  const idx rows = chunk_rows(tape_values(net, false), 0, sizeof(T));
+  ws.chunk_tapes.resize(nt);
+  over_samples(N, nt, [&](int tid, idx n0, idx n1) {
+    Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(rows, n1 - n0), false);
+    over_chunks(n0, n1, rows, [&](idx c0, idx c1, bool) {
+      const Targets<T> tc = rows_at(ct, net, X, tg, c0);
+      forward_rows(net, theta, ct, 0, c1 - c0, false);
+      head_rows(net, ct, tc, mean, 0, c1 - c0, false);
+      rowloss_rows(t, ct, c0, c1 - c0);
+    });
   });
   return total_loss(net, t, mean);
 }
@@ -238,15 +258,24 @@ double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
 template <class T>
 double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
                      Workspace<T>& ws) {
-  Tape<T>& t = ws.tape;
-  prepare_tape(net, X, N, t, false);
+  Tape<T>& t = ws.tape;  // only its rowloss, for all N
+  t.N = N;
+  t.rowloss.resize(N);
   const idx P = net.P();
   const int nt = sample_threads(N, 3 * N * net.macs());
+  const idx rows = chunk_rows(tape_values(net, false), P, sizeof(T));
   ws.parts.resize((nt - 1) * P);
+  ws.chunk_tapes.resize(nt);
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
-    forward_rows(net, theta, t, n0, n1, false);
-    head_rows(net, t, tg, mean, n0, n1, true);
-    backprop_rows(net, theta, t, n0, n1, tid == 0 ? grad : ws.parts.data() + (tid - 1) * P);
+    T* g = tid == 0 ? grad : ws.parts.data() + (tid - 1) * P;
+    Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(rows, n1 - n0), false);
+    over_chunks(n0, n1, rows, [&](idx c0, idx c1, bool first) {
+      const Targets<T> tc = rows_at(ct, net, X, tg, c0);
+      forward_rows(net, theta, ct, 0, c1 - c0, false);
+      head_rows(net, ct, tc, mean, 0, c1 - c0, true);
+      backprop_rows(net, theta, ct, 0, c1 - c0, g, true, !first);
+      rowloss_rows(t, ct, c0, c1 - c0);
+    });
 #pragma omp barrier
     sum_parts(grad, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });
   });
@@ -274,7 +303,7 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
   template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool, bool);                        \
   template void head_rows<T>(const Net&, Tape<T>&, Targets<T>, bool, idx, idx, bool);                         \
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
-  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool);                         \
+  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool, bool);                      \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
   template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
   template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \

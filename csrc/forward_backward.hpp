@@ -52,13 +52,15 @@ template <class T>
 void head_rows(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, idx n0, idx n1, bool want_grad);
 
 // Rows of g[l] for l < L-1 and of e[l]; with `grad` (P,) instead, the gradient's sum over
-// rows [n0, n1) only (overwritten), the bias sums taken in the passes that write g, and no e.  A one-unit
+// rows [n0, n1) (overwriting grad, or added to it with `add`), the bias sums taken in the
+// passes that write g, and no e.  A one-unit
 // output layer is backpropagated by one fused pass (e, g, and the output weights' gradient)
 // instead of two products that are all memory traffic.  Without `full`, only what the R-op
 // reads: not g[0] (unless a one-unit output layer sits on it), and under a one-unit output
 // layer not e[L-2] (g_out w^T, rank one: the R-op forms it where it needs it).
 template <class T>
-void backprop_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1, T* grad = nullptr, bool full = true);
+void backprop_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1, T* grad = nullptr, bool full = true,
+                   bool add = false);
 
 // The loss from the rows' losses (double accumulation, in sample order: deterministic).
 template <class T>

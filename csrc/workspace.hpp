@@ -12,6 +12,7 @@ namespace tk {
 template <class T>
 struct Workspace {
   Tape<T> tape;                         // forward/backward quantities of all samples
+  std::vector<Tape<T>> chunk_tapes;     // one thread's, for a chunk of its samples (common.hpp: chunk_rows)
   std::vector<vec<T>> Vt, Vtt;  // rop: transposed slices of V
   struct Slice {                // rop: one thread's scratch for a chunk of its slice of samples
     std::vector<vec<T>> Rz, Ra, acc, tmp;  // tangents; per-layer sums over the slice (m > 1)
@@ -29,5 +30,32 @@ struct Workspace {
   std::vector<vec<T>> Kd, E3a;
   std::vector<std::vector<vec<T>>> Ko, E3;
 };
+
+// Calls that take each thread's slice of samples through the network a chunk of rows at a
+// time (common.hpp, chunk_rows) keep those rows on a tape of the thread's own, the size of one
+// chunk, so that they stay in cache from the forward pass to the call's own work and no tape
+// of N rows is written.  chunk_tape sizes it (ws.chunk_tapes has a tape per thread) and keeps
+// N as the batch's size, which sets a sample's weight 1/N; rows_at points it at the batch's
+// samples from c0 on (its row r is sample c0 + r) and gives their targets.
+template <class T>
+Tape<T>& chunk_tape(Workspace<T>& ws, int tid, const Net& net, idx N, idx rows, bool second) {
+  Tape<T>& ct = ws.chunk_tapes[tid];
+  prepare_tape<T>(net, nullptr, rows, ct, second);
+  ct.N = N;
+  return ct;
+}
+
+template <class T>
+Targets<T> rows_at(Tape<T>& ct, const Net& net, const T* X, Targets<T> tg, idx c0) {
+  ct.X = X + c0 * net.d[0];
+  return {tg.y ? tg.y + c0 * net.k() : nullptr, tg.labels ? tg.labels + c0 : nullptr};
+}
+
+// Values per sample of a chunk tape: X's row, a, act' (and act'' with `second`), g, e, F, p.
+inline idx tape_values(const Net& net, bool second) {
+  idx units = 0;
+  for (idx l = 1; l <= net.L(); ++l) units += net.d[l];
+  return net.d[0] + (second ? 5 : 4) * units + 2 * net.k();
+}
 
 }  // namespace tk
