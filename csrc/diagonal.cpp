@@ -42,19 +42,18 @@ void scale_both(idx c, idx H, const T* d1, T* S) {
   });
 }
 
-// diag(H) or diag(G) summed over samples [n0, n1) (tape rows filled) into dst (overwritten).
+// diag(H) or diag(G) summed over samples [n0, n1) (tape rows filled), added to dst.
 template <class T>
-void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool with_s, const vec<T>& Wsq, idx C,
-               idx n0, idx n1, DiagScratch<T>& sc, T* dst) {
+void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool with_s, const vec<T>& Wsq, idx n0,
+               idx n1, DiagScratch<T>& sc, T* dst) {
   const idx L = net.L(), k = net.k();
   auto &U = sc.U, &S = sc.S;
   auto &Asq = sc.Asq, &q = sc.q, &y = sc.y, &yt = sc.yt;
   auto& full = sc.full;
-  std::fill(dst, dst + net.P(), T(0));
   S.resize(L);
   full.assign(L, 0);
-  for (idx c0 = n0; c0 < n1; c0 += C) {
-    const idx c = std::min(C, n1 - c0);
+  {
+    const idx c0 = n0, c = n1 - n0;
     gn_rows(net, theta, t, mean, c0, c, U);
     // S recursion, top down: S[L-1] = 0 (kept as an empty vector).
     if (with_s) {
@@ -133,8 +132,6 @@ template <class T>
 void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
                     Workspace<T>& ws) {
   const idx L = net.L(), k = net.k(), P = net.P();
-  Tape<T>& t = ws.tape;
-  prepare_tape(net, X, N, t, !gn);
   // Hessian only: the deepest hidden layer whose S is still diagonal is L-2; S turns into a
   // matrix at the first curved layer l <= L-3 that has another layer below it.
   bool any_curved = false;
@@ -147,17 +144,25 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
     Wsq.resize(net.d[1] * net.d[2]);
     for (idx i = 0; i < net.d[1] * net.d[2]; ++i) Wsq[i] = W[i] * W[i];
   }
-  // Tape, factors and products per slice of samples (one per thread), slices' sums added.
+  // Per slice of samples (one per thread), a chunk of C rows at a time on a chunk tape
+  // (workspace.hpp): tape, factors and products; slices' sums added.
   const int nt = sample_threads(N, N * (net.macs() * (gn ? 2 + k : 4 + k) + P));
   const idx C = chunk_size(net, (N + nt - 1) / nt, matrices ? Need::blocks : Need::diag);
   auto& slices = ws.diag_slices;
   slices.resize(nt);
   ws.parts.resize((nt - 1) * P);
+  ws.chunk_tapes.resize(nt);
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
-    forward_rows(net, theta, t, n0, n1, !gn);
-    head_rows(net, t, tg, mean, n0, n1, !gn);
-    if (!gn) backprop_rows(net, theta, t, n0, n1);
-    diag_rows(net, theta, t, mean, with_s, Wsq, C, n0, n1, slices[tid], tid == 0 ? out : ws.parts.data() + (tid - 1) * P);
+    T* dst = tid == 0 ? out : ws.parts.data() + (tid - 1) * P;
+    std::fill(dst, dst + P, T(0));
+    Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(C, n1 - n0), !gn);
+    over_chunks(n0, n1, C, [&](idx c0, idx c1, bool) {
+      const Targets<T> tc = rows_at(ct, net, X, tg, c0);
+      forward_rows(net, theta, ct, 0, c1 - c0, !gn);
+      head_rows(net, ct, tc, mean, 0, c1 - c0, !gn);
+      if (!gn) backprop_rows(net, theta, ct, 0, c1 - c0);
+      diag_rows(net, theta, ct, mean, with_s, Wsq, 0, c1 - c0, slices[tid], dst);
+    });
 #pragma omp barrier
     sum_parts(out, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });
   });

@@ -399,25 +399,19 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
   }
 }
 
-// Rows per chunk of the R-op: its tangents (Rz, Ra, Rg, Re: m values per sample and unit of
-// every layer) in about kRopChunkBytes, at least kRopChunkMin rows (products that thin lose
-// more to their set-up than the cache saves), and with at least twice the values of the
-// per-layer sums that every chunk reads and writes (P m each of acc and tmp): a wide first
-// layer makes those larger than a whole slice's tangents, and the slice is then one chunk.
-// Medians at one thread against one chunk per slice (the layout before chunks), in ms: hvp
-// with V (P, 32) [20,64,64,1] tanh mse N=2000 77-86 -> 52-76, [64,64,10] ce N=1000 17.5-19.7
-// -> 11.5-15, [10,32,32,1] N=1000 12.8-16.3 -> 7.4-8.0; V (P, 4) at N=20000 97-110 -> 62-72;
-// 256 KB to 2 MB alike; one direction and [784,128,10] (one chunk) unchanged.
-constexpr idx kRopChunkBytes = idx(1) << 19, kRopChunkMin = 32;
-
-idx rop_chunk_rows(const Net& net, idx m, idx bytes) {
+// Values per sample of a chunk of the R-op (common.hpp, chunk_rows): its chunk tape and its
+// tangents (Rz, Ra, Rg, Re: m values per sample and unit of every layer).  Every chunk adds
+// to the slice's per-layer sums (acc, tmp: P m values).  hvp with V (P, 32), medians at one
+// thread against one chunk per slice (the layout before chunks), in ms: [20,64,64,1] tanh mse
+// N=2000 77-86 -> 52-76, [64,64,10] ce N=1000 17.5-19.7 -> 11.5-15, [10,32,32,1] N=1000
+// 12.8-16.3 -> 7.4-8.0; V (P, 4) at N=20000 97-110 -> 62-72; chunks of 256 KB to 2 MB alike.
+idx rop_row_values(const Net& net, idx m, bool gn) {
   idx units = 0, widest = 0;
   for (idx l = 1; l <= net.L(); ++l) {
     units += net.d[l];
     widest = std::max(widest, net.d[l]);
   }
-  const idx per_row = m * (2 * units + 2 * widest);  // values of tangents per sample
-  return std::max({kRopChunkMin, kRopChunkBytes / (per_row * bytes), 4 * net.P() * m / per_row});
+  return tape_values(net, !gn) + m * (2 * units + 2 * widest);
 }
 
 }  // namespace
@@ -428,8 +422,6 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   const idx L = net.L(), P = net.P();
   const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
   if (lanes_apply(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
-  Tape<T>& t = ws.tape;
-  prepare_tape(net, X, N, t, !gn);
 
   // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
   auto &Vt = ws.Vt, &Vtt = ws.Vtt;
@@ -450,34 +442,34 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     }
   }
 
-  // Forward, loss head and backward per slice of samples, then the R-op over the slice in
-  // chunks of rows whose tangents (m per sample and unit) stay in cache; slices' results summed.
-  const idx chunk = rop_chunk_rows(net, m, sizeof(T));
+  // Each slice of samples through the network a chunk of rows at a time, on a per-thread chunk
+  // tape (workspace.hpp): forward, loss head, backward, then the R-op; slices' results summed.
+  const idx rows = chunk_rows(rop_row_values(net, m, gn), P * m, sizeof(T));
   ws.slices.resize(nt);
+  ws.chunk_tapes.resize(nt);
   ws.parts.resize((nt - 1) * P * m);
   over_samples(N, nt, [&](int tid, idx n0, idx n1) {
-    forward_rows(net, theta, t, n0, n1, !gn, true);  // act'' only where d2_term reads it
-    head_rows(net, t, tg, mean, n0, n1, !gn);
-    if (!gn) backprop_rows<T>(net, theta, t, n0, n1, nullptr, m > 1);  // one direction: output_unit_backward
     T* dst = tid == 0 ? out : ws.parts.data() + (tid - 1) * P * m;
-    for (idx c0 = n0; c0 < n1; c0 += chunk)
-      rop_rows(net, theta, t, mean, V, m, gn, ws, c0, std::min(n1, c0 + chunk), ws.slices[tid], dst, c0 == n0,
-               c0 + chunk >= n1);
+    Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(rows, n1 - n0), !gn);
+    over_chunks(n0, n1, rows, [&](idx c0, idx c1, bool first) {
+      const Targets<T> tc = rows_at(ct, net, X, tg, c0);
+      const idx c = c1 - c0;
+      forward_rows(net, theta, ct, 0, c, !gn, true);  // act'' only where d2_term reads it
+      head_rows(net, ct, tc, mean, 0, c, !gn);
+      if (!gn) backprop_rows<T>(net, theta, ct, 0, c, nullptr, m > 1);  // one direction: output_unit_backward
+      rop_rows(net, theta, ct, mean, V, m, gn, ws, 0, c, ws.slices[tid], dst, first, c1 == n1);
+    });
 #pragma omp barrier
     sum_parts(out, P * m, [&](idx p) { return ws.parts.data() + (p - 1) * P * m; });
   });
 }
 
 double rop_memory_values(const Net& net, idx N, idx m, idx bytes) {
-  idx units = 0, widest = 0;
-  for (idx l = 1; l <= net.L(); ++l) {
-    units += net.d[l];
-    widest = std::max(widest, net.d[l]);
-  }
-  const double nt = std::max(1, omp_get_max_threads()), P = double(net.P()), k = double(net.k());
-  const double rows = double(std::min(N, rop_chunk_rows(net, m, bytes)));
-  const double tape = N * (5.0 * units + 2.0 * k), slices = nt * (rows * m * (2.0 * units + 2.0 * widest) + 2 * P * m);
-  return tape + 2 * P * m /* Vt, Vtt */ + slices + (nt - 1) * P * m /* parts */ + P * m /* result */;
+  const double nt = std::max(1, omp_get_max_threads()), P = double(net.P());
+  const idx per_row = rop_row_values(net, m, false);
+  const double rows = double(std::min(N, chunk_rows(per_row, net.P() * m, bytes)));
+  const double slices = nt * (rows * per_row + 2 * P * m);  // chunk tape and tangents; acc, tmp
+  return slices + 2 * P * m /* Vt, Vtt */ + (nt - 1) * P * m /* parts */ + P * m /* result */ + N /* rowloss */;
 }
 
 template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx, float*,

@@ -304,22 +304,27 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
 
 
 @pytest.mark.parametrize("sizes, act, loss", [
-    ([6, 24, 20, 3], "tanh", "ce"),                   # act'' linear in act
-    ([5, 20, 16, 1], ["softplus", "gelu"], "mse"),    # act'' stored; one output unit
-    ([7, 30, 2], "relu", "mse"),                      # act'' = 0
+    ([4, 12, 10, 3], "tanh", "ce"),                   # act'' linear in act
+    ([5, 12, 10, 1], ["softplus", "gelu"], "mse"),    # act'' stored; one output unit
+    ([7, 16, 2], "relu", "mse"),                      # act'' = 0
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_products_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads):
-    """cpp runs the R-op of a thread's slice of samples in chunks of rows whose tangents stay
-    in cache (rop.cpp, rop_chunk_rows; 32 rows at the least): with 40 directions and 301
-    samples a slice has several chunks, the last one short, and the slice's share of H V is
-    summed over them.  Against the reference, with 1 and 2 threads."""
-    p = make_problem(sizes, act, loss, N=301, l2=0.1, dtype=dtype, seed=5, m=40)
-    want = {(q, r): reference(p, q, r) for q in ("hvp_multi", "ggn_vp_multi") for r in REDUCTIONS}
+def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads):
+    """cpp takes each thread's slice of samples through the network a chunk of rows at a time
+    (common.hpp, chunk_rows: ~512 KB of a chunk's tape and tangents, 32 rows at the least), on
+    a tape of one chunk, and sums the slice's gradient, products and diagonals over its chunks.
+    1501 samples make several chunks of every call, the last one short, and with 40 directions
+    so do 301.  Against the reference, with 1 and 2 threads."""
+    p = make_problem(sizes, act, loss, N=1501, l2=0.1, dtype=dtype, seed=5)
+    many = make_problem(sizes, act, loss, N=301, l2=0.1, dtype=dtype, seed=6, m=40)
+    cases = [(p, q) for q in ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hessian_diag", "ggn_diag")]
+    cases += [(many, q) for q in ("hvp_multi", "ggn_vp_multi")]
+    want = {(i, r): reference(pr, q, r) for i, (pr, q) in enumerate(cases) for r in REDUCTIONS}
     for threads in (1, 2):
         tk.set_num_threads(threads)
-        for (q, r), w in want.items():
-            compare(compute(p, q, r), w, dtype, what=f"{q} ({r}, {threads} threads)")
+        for (i, r), w in want.items():
+            pr, q = cases[i]
+            compare(compute(pr, q, r), w, dtype, what=f"{q}, N={pr.N} ({r}, {threads} threads)")
 
 
 @pytest.mark.parametrize("sizes, act, loss, N", [
