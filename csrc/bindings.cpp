@@ -295,7 +295,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("ggn_vp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
     return product(n, t, x, y, v, mean, true);
   });
-  m.def("product_memory_values", [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); });
+  m.def("product_memory_values",
+        [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); });
   m.def("jacobian", &jacobian);
   m.def("hessian",
         [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });

@@ -79,7 +79,7 @@ void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool
           gemm<T>(false, true, c, Hp, Hl, T(1), S[l].data(), Hl, Wsq.data(), Hl, T(0), Sp.data(), Hp);
           for (idx i = 0; i < c * Hp; ++i) Sp[i] = d1[i] * d1[i] * Sp[i] + (cur ? e[i] * d2[i] : T(0));
           full[0] = 0;
-        } else {  // matrices: S_{l-1} = D W S_l W^T D + diag(c)
+        } else {           // matrices: S_{l-1} = D W S_l W^T D + diag(c)
           if (!full[l]) {  // a diagonal S_l as matrices
             sc.dg.assign(S[l].begin(), S[l].end());
             S[l].assign(c * Hl * Hl, T(0));

@@ -303,7 +303,7 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
   template void forward_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, bool, bool);                        \
   template void head_rows<T>(const Net&, Tape<T>&, Targets<T>, bool, idx, idx, bool);                         \
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
-  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool, bool);                      \
+  template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool, bool);                   \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
   template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
   template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \

@@ -15,7 +15,7 @@ namespace tk {
 
 template <class T>
 struct Tape {
-  idx N = 0;
+  idx N = 0;  // the batch's samples (a sample's weight is 1/N); a chunk tape (workspace.hpp) holds fewer rows
   const T* X = nullptr;
   std::vector<vec<T>> a;       // a[l], l = 1..L-1: (N, d[l]); a[0] is X
   std::vector<vec<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])

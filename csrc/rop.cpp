@@ -201,8 +201,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     if (!hidden)
       for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
     gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz, m * dn);
-    if (l > 0)
-      gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
+    if (l > 0) gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
     if (hidden)
       next_ra(n, m, dn, vb, t.d1[l].data() + n0 * dn, rz, Ra[l + 1].data(), d2_source(net, l + 1, gn).kind == kStored);
   }
@@ -262,7 +261,8 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     }
     const T beta = first ? 0 : 1;
     gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, beta, ac, m * dn);
-    for (idx q = 0; q < m * dn; ++q) ac[di * m * dn + q] = (first ? T(0) : ac[di * m * dn + q]) + rs[q];  // not 0 * stale
+    for (idx q = 0; q < m * dn; ++q)
+      ac[di * m * dn + q] = (first ? T(0) : ac[di * m * dn + q]) + rs[q];  // not 0 * stale
     if (cross)
       gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data(), m * di, t.g[l].data() + n0 * dn, dn, m == 1 ? T(1) : beta,
               tm, dn);

@@ -11,10 +11,10 @@ namespace tk {
 
 template <class T>
 struct Workspace {
-  Tape<T> tape;                         // forward/backward quantities of all samples
-  std::vector<Tape<T>> chunk_tapes;     // one thread's, for a chunk of its samples (common.hpp: chunk_rows)
-  std::vector<vec<T>> Vt, Vtt;  // rop: transposed slices of V
-  struct Slice {                // rop: one thread's scratch for a chunk of its slice of samples
+  Tape<T> tape;                            // all samples' (curvature.cpp, jacobian.cpp); else only rowloss
+  std::vector<Tape<T>> chunk_tapes;        // per thread, a chunk of its samples (below)
+  std::vector<vec<T>> Vt, Vtt;             // rop: transposed slices of V
+  struct Slice {                           // rop: one thread's scratch for a chunk of its slice of samples
     std::vector<vec<T>> Rz, Ra, acc, tmp;  // tangents; per-layer sums over the slice (m > 1)
     vec<T> Rg, Re, rs;
   };
