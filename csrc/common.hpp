@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -139,14 +140,22 @@ inline void over_samples(idx N, int nt, F&& body) {
 // Rows per chunk of a slice of samples, for calls that take a chunk's rows through every layer
 // (forward, loss head, backward, the call's own pass) while they are in cache, instead of
 // taking the whole slice through one layer at a time: per_row values of scratch per sample in
-// about kChunkBytes, at least kChunkMin rows (thinner products lose more to their set-up than
+// about chunk_bytes(), at least kChunkMin rows (thinner products lose more to their set-up than
 // the cache saves), and at least 4 * sums / per_row rows, where `sums` values (a gradient, the
 // R-op's per-layer sums) are read and added to by every chunk: a chunk's own scratch is then
 // at least four times that traffic, and a slice too small for that is one chunk.
-constexpr idx kChunkBytes = idx(1) << 19, kChunkMin = 32;
+// 2 MB matched the layout before chunks at the benchmark sizes (N <= 2000), where 512 KB was
+// 2-4% slower on [20,64,64,1] and [64,64,10]; both keep the time per sample flat up to
+// N = 64000.  chunk_bytes() can be set (_core._set_chunk_bytes) so that tests see many chunks
+// on small problems.
+constexpr idx kChunkBytes = idx(1) << 21, kChunkMin = 32;
+inline std::atomic<idx>& chunk_bytes() {
+  static std::atomic<idx> bytes{kChunkBytes};
+  return bytes;
+}
 inline idx chunk_rows(idx per_row, idx sums, idx bytes) {
   per_row = std::max<idx>(per_row, 1);
-  return std::max({kChunkMin, kChunkBytes / (per_row * bytes), 4 * sums / per_row});
+  return std::max({kChunkMin, chunk_bytes().load() / (per_row * bytes), 4 * sums / per_row});
 }
 
 // body(c0, c1, first) for consecutive chunks [c0, c1) of `rows` rows covering [n0, n1).

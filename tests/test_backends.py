@@ -303,18 +303,34 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
             compare(compute(p, q, r), w, dtype, what=f"{q} ({r}, {threads} threads)")
 
 
+@pytest.fixture
+def small_chunks():
+    """cpp's chunks of samples cut to their least, 32 rows (csrc/common.hpp, chunk_rows), so
+    that small problems have many."""
+    try:
+        from taylorkern import _core
+    except ImportError:  # no cpp backend: nothing to set
+        yield
+        return
+    before = _core._set_chunk_bytes(16 << 10)
+    try:
+        yield
+    finally:
+        _core._set_chunk_bytes(before)
+
+
 @pytest.mark.parametrize("sizes, act, loss", [
     ([4, 12, 10, 3], "tanh", "ce"),                   # act'' linear in act
     ([5, 12, 10, 1], ["softplus", "gelu"], "mse"),    # act'' stored; one output unit
     ([7, 16, 2], "relu", "mse"),                      # act'' = 0
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads):
-    """cpp takes each thread's slice of samples through the network a chunk of rows at a time
-    (common.hpp, chunk_rows: ~512 KB of a chunk's tape and tangents, 32 rows at the least), on
-    a tape of one chunk, and sums the slice's gradient, products and diagonals over its chunks.
-    1501 samples make several chunks of every call, the last one short, and with 40 directions
-    so do 301.  Against the reference, with 1 and 2 threads."""
+def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads, small_chunks):
+    """cpp takes each thread's slice of samples through the network a chunk of rows at a time,
+    on a tape of one chunk, and sums the slice's gradient, products and diagonals over its
+    chunks: with chunks of 32 rows (small_chunks) and 1501 samples (the diagonals' chunks are
+    their own, of up to 512), every call has several, the last one short; so do the products
+    with 40 directions over 301.  Against the reference, with 1 and 2 threads."""
     p = make_problem(sizes, act, loss, N=1501, l2=0.1, dtype=dtype, seed=5)
     many = make_problem(sizes, act, loss, N=301, l2=0.1, dtype=dtype, seed=6, m=40)
     cases = [(p, q) for q in ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hessian_diag", "ggn_diag")]
