@@ -298,8 +298,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("product_memory_values",
         [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); });
   m.def(
-      "_set_chunk_bytes",
-      [](idx bytes) { return tk::chunk_bytes().exchange(bytes > 0 ? bytes : tk::kChunkBytes); },
+      "_set_chunk_bytes", [](idx bytes) { return tk::chunk_bytes().exchange(bytes > 0 ? bytes : tk::kChunkBytes); },
       "Scratch per chunk of samples (0: the default); returns the previous value.  For tests.");
   m.def("jacobian", &jacobian);
   m.def("hessian",
