@@ -469,7 +469,7 @@ double rop_memory_values(const Net& net, idx N, idx m, idx bytes) {
   const idx per_row = rop_row_values(net, m, false);
   const double rows = double(std::min(N, chunk_rows(per_row, net.P() * m, bytes)));
   const double slices = nt * (rows * per_row + 2 * P * m);  // chunk tape and tangents; acc, tmp
-  return slices + 2 * P * m /* Vt, Vtt */ + (nt - 1) * P * m /* parts */ + P * m /* result */ + N /* rowloss */;
+  return slices + 2 * P * m /* Vt, Vtt */ + (nt - 1) * P * m /* parts */ + P * m /* result */;
 }
 
 template void rop<float>(const Net&, const float*, const float*, idx, Targets<float>, bool, const float*, idx, float*,
