@@ -158,10 +158,12 @@ inline idx chunk_rows(idx per_row, idx sums, idx bytes) {
   return std::max({kChunkMin, chunk_bytes().load() / (per_row * bytes), 4 * sums / per_row});
 }
 
-// body(c0, c1, first) for consecutive chunks [c0, c1) of `rows` rows covering [n0, n1).
+// body(c0, c1, first) for consecutive chunks [c0, c1) covering [n0, n1): as few as hold at most
+// `rows` rows each, of equal size within one row (no short last chunk).
 template <class F>
 inline void over_chunks(idx n0, idx n1, idx rows, F&& body) {
-  for (idx c0 = n0; c0 < n1; c0 += rows) body(c0, std::min(n1, c0 + rows), c0 == n0);
+  const idx n = n1 - n0, chunks = (n + rows - 1) / rows;
+  for (idx i = 0; i < chunks; ++i) body(n0 + n * i / chunks, n0 + n * (i + 1) / chunks, i == 0);
 }
 
 // Inside over_samples, after a barrier: out[i] += part(t)[i] for the team's other threads

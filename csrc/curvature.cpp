@@ -112,11 +112,6 @@ void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
 idx chunk_size(const Net& net, idx N, Need need) {
   const idx L = net.L(), k = net.k();
   const idx budget = idx(1) << 23;  // values (64 MiB in float64)
-  if (need == Need::diag) {  // diagonals from vectors per sample: U rows, S, q, a~^2
-    idx foot = k * k;
-    for (idx l = 0; l < L; ++l) foot += (k + 3) * net.d[l + 1] + net.d[l] + 1;
-    return std::max<idx>(1, std::min<idx>({N, 512, budget / foot}));
-  }
   idx foot = k * k, widest = 0;
   for (idx l = 0; l < L; ++l) {
     const idx H = net.d[l + 1], Da = net.d[l] + 1;
@@ -403,7 +398,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
   const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2, d0 = net.d[0], d1w = net.d[1];
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  const idx out_units = lay.units - d0;  // z of every layer, in lay order less the inputs
+  const idx out_units = lay.units - d0;                 // z of every layer, in lay order less the inputs
   auto zu = [&](idx l) { return lay.at[l + 1] - d0; };  // first z unit of layer l
   auto idx0 = [&](idx m, idx i) { return m < d0 ? m * d1w + i : d0 * d1w + i; };  // W_0[m, i], m = d0: b_0[i]
   Lane* A = lanes_scratch(scratch, 4 * lay.units + 2 * out_units * P + k * k + k + P + tri);
@@ -516,7 +511,8 @@ template <class T>
 void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
                     Workspace<T>& ws) {
   if (full_lanes_apply(net, N, gn))
-    return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes) : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
+    return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes)
+              : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
   const idx L = net.L(), P = net.P();
   Tape<T>& t = ws.tape;
   curvature_tape(net, theta, X, N, tg, mean, gn, t);

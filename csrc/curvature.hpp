@@ -35,7 +35,8 @@ template <class T>
 void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0, idx c,
                    Factors<T>& f);
 
-// Samples per chunk so that the per-chunk buffers stay near `budget` values.
+// Samples per chunk of the full matrices and blocks (need: blocks or full), so that the per-chunk
+// buffers stay near 64 MiB (float64).
 idx chunk_size(const Net& net, idx N, Need need);
 
 // out (P, P): the data term of H (gn = false) or G (gn = true).
