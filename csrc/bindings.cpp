@@ -300,6 +300,11 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "_set_chunk_bytes", [](idx bytes) { return tk::chunk_bytes().exchange(bytes > 0 ? bytes : tk::kChunkBytes); },
       "Scratch per chunk of samples (0: the default); returns the previous value.  For tests.");
+  m.def(
+      "_set_curvature_chunk",
+      [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); },
+      "Most samples per chunk of the full matrices, blocks and diagonals (0: the default); returns the "
+      "previous value.  For tests.");
   m.def("jacobian", &jacobian);
   m.def("hessian",
         [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });

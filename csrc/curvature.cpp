@@ -109,9 +109,9 @@ void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
 
 }  // namespace
 
-idx chunk_size(const Net& net, idx N, Need need) {
+idx chunk_size(const Net& net, idx N, Need need, idx room) {
   const idx L = net.L(), k = net.k();
-  const idx budget = idx(1) << 23;  // values (64 MiB in float64)
+  const idx budget = std::max(idx(1) << 23, room);  // values (64 MiB in float64)
   idx foot = k * k, widest = 0;
   for (idx l = 0; l < L; ++l) {
     const idx H = net.d[l + 1], Da = net.d[l] + 1;
@@ -124,7 +124,7 @@ idx chunk_size(const Net& net, idx N, Need need) {
       }
   }
   foot += widest;
-  return std::max<idx>(1, std::min<idx>({N, 512, budget / std::max<idx>(foot, 1)}));
+  return std::max<idx>(1, std::min<idx>({N, max_chunk_rows().load(), budget / std::max<idx>(foot, 1)}));
 }
 
 template <class T>
@@ -533,7 +533,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     }
   }
 
-  const idx C = chunk_size(net, N, Need::full);
+  const idx C = chunk_size(net, N, Need::full, P * P / 2);
   Factors<T>& f = ws.f;
   auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf;
   A.resize(L);
@@ -628,7 +628,9 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   A.resize(L), Kd.resize(L);
   for (idx l = 0; l < L; ++l)
     Kd[l].resize((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2));
-  const idx C = chunk_size(net, N, Need::blocks);
+  idx result = 0;
+  for (idx l = 0; l < L; ++l) result += (net.off[l + 1] - net.off[l]) * (net.off[l + 1] - net.off[l]);
+  const idx C = chunk_size(net, N, Need::blocks, result / 2);
   Factors<T>& f = ws.f;
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);

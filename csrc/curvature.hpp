@@ -1,6 +1,8 @@
 // Exact Hessian and GGN from their Kronecker structure (shared/MATH.md): full matrices,
 // per-layer blocks, and the per-sample factors that the diagonals share.
 #pragma once
+#include <atomic>
+
 #include "common.hpp"
 #include "forward_backward.hpp"
 
@@ -35,9 +37,21 @@ template <class T>
 void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0, idx c,
                    Factors<T>& f);
 
-// Samples per chunk of the full matrices and blocks (need: blocks or full), so that the per-chunk
-// buffers stay near 64 MiB (float64).
-idx chunk_size(const Net& net, idx N, Need need);
+// Samples per chunk of the full matrices and blocks (need: blocks or full): at most
+// max_chunk_rows(), and as many as fit per-chunk buffers of max(64 MiB in float64, `room`)
+// values.  Each chunk reads and adds to the accumulators (about as many values as the result)
+// once, with as many multiply-adds per value as it has samples: the full matrices and blocks
+// pass half their result's size as room (their memory check counts twice the result), since at
+// the 64 MiB floor [32,128,128,1]'s GGN had 30-sample chunks and took 3x longer.
+idx chunk_size(const Net& net, idx N, Need need, idx room = 0);
+
+// The most samples in a chunk of the full matrices, blocks and diagonals: 512 (the GEMM's depth
+// block), or fewer where tests set it (_core._set_curvature_chunk) to see many chunks.
+constexpr idx kMaxChunkRows = 512;
+inline std::atomic<idx>& max_chunk_rows() {
+  static std::atomic<idx> rows{kMaxChunkRows};
+  return rows;
+}
 
 // out (P, P): the data term of H (gn = false) or G (gn = true).
 template <class T>

@@ -33,9 +33,9 @@ inline bool curved(Act f) {
 
 // Values per sample of a chunk of the vector-only diagonals (no S matrices): the chunk tape and
 // diag_rows' U rows, S, q and a~^2.  A chunk of ~2 MB of them (common.hpp, chunk_rows; at most
-// 512 rows) stays in the core's cache from the forward pass to the last layer's product.  With
-// 512-row chunks [784,128,10] relu ce takes 25% longer per sample from N = 1000 on: a thread's
-// 500 rows of U alone (k = 10 rows per sample) are 5 MB.
+// max_chunk_rows() samples) stays in the core's cache from the forward pass to the last layer's
+// product.  With 512-row chunks [784,128,10] relu ce takes 25% longer per sample from N = 1000
+// on: a thread's 500 rows of U alone (k = 10 rows per sample) are 5 MB.
 idx diag_row_values(const Net& net) {
   const idx k = net.k();
   idx v = tape_values(net, true) + k * k;
@@ -161,7 +161,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
   const int nt = sample_threads(N, N * (net.macs() * (gn ? 2 + k : 4 + k) + P));
   const idx slice = (N + nt - 1) / nt;
   const idx C = matrices ? chunk_size(net, slice, Need::blocks)
-                         : std::min({slice, idx(512), chunk_rows(diag_row_values(net), P, sizeof(T))});
+                         : std::min({slice, max_chunk_rows().load(), chunk_rows(diag_row_values(net), P, sizeof(T))});
   auto& slices = ws.diag_slices;
   slices.resize(nt);
   ws.parts.resize((nt - 1) * P);

@@ -305,36 +305,43 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
 
 @pytest.fixture
 def small_chunks():
-    """cpp's chunks of samples cut to their least, 32 rows (csrc/common.hpp, chunk_rows), so
-    that small problems have many."""
+    """cpp's chunks of samples cut to their least, so that small problems have many: 32 rows
+    for the calls that size them by bytes (csrc/common.hpp, chunk_rows), 7 samples for the full
+    matrices, blocks and diagonals (csrc/curvature.hpp, max_chunk_rows)."""
     try:
         from taylorkern import _core
     except ImportError:  # no cpp backend: nothing to set
         yield
         return
-    before = _core._set_chunk_bytes(16 << 10)
+    before = _core._set_chunk_bytes(16 << 10), _core._set_curvature_chunk(7)
     try:
         yield
     finally:
-        _core._set_chunk_bytes(before)
+        _core._set_chunk_bytes(before[0])
+        _core._set_curvature_chunk(before[1])
 
 
 @pytest.mark.parametrize("sizes, act, loss", [
     ([4, 12, 10, 3], "tanh", "ce"),                   # act'' linear in act
     ([5, 12, 10, 1], ["softplus", "gelu"], "mse"),    # act'' stored; one output unit
     ([7, 16, 2], "relu", "mse"),                      # act'' = 0
+    ([3, 6, 5, 4, 2], "tanh", "ce"),                  # deep: the diagonal's matrix recursion
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads, small_chunks):
     """cpp takes each thread's slice of samples through the network a chunk of rows at a time,
     on a tape of one chunk, and sums the slice's gradient, products and diagonals over its
-    chunks: with chunks of 32 rows (small_chunks) and 1501 samples (the diagonals' chunks are
-    their own, of up to 512), every call has several, the last one short; so do the products
-    with 40 directions over 301.  Against the reference, with 1 and 2 threads."""
+    chunks; the full matrices and blocks add each chunk's terms to their accumulators.  With
+    small chunks (small_chunks) and 1501 samples every call has several, of sizes that differ
+    (one slice splits into equal chunks, the other slice's differ by a row); so do the products
+    with 40 directions over 301 samples and the full matrices and blocks over 101 (15 chunks).
+    Against the reference, with 1 and 2 threads."""
     p = make_problem(sizes, act, loss, N=1501, l2=0.1, dtype=dtype, seed=5)
     many = make_problem(sizes, act, loss, N=301, l2=0.1, dtype=dtype, seed=6, m=40)
+    few = make_problem(sizes, act, loss, N=101, l2=0.1, dtype=dtype, seed=7)
     cases = [(p, q) for q in ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hessian_diag", "ggn_diag")]
     cases += [(many, q) for q in ("hvp_multi", "ggn_vp_multi")]
+    cases += [(few, q) for q in ("hessian", "ggn", "hessian_blocks", "ggn_blocks")]
     want = {(i, r): reference(pr, q, r) for i, (pr, q) in enumerate(cases) for r in REDUCTIONS}
     for threads in (1, 2):
         tk.set_num_threads(threads)
