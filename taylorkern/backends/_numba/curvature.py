@@ -167,11 +167,12 @@ def unpack_diag_block(Da, H, Kd, ko, out, ob, ld):
 
 
 @kernel
-def chunk_size(d, N, need):
-    """Samples per chunk so that the per-chunk buffers stay near 2^23 values."""
+def chunk_size(d, N, need, room):
+    """Samples per chunk so that the per-chunk buffers stay near max(2^23, room) values (the full
+    matrices and blocks pass half their result's size: csrc/curvature.hpp)."""
     L = d.size - 1
     k = d[L]
-    budget = 1 << 23
+    budget = max(1 << 23, room)
     if need == NEED_DIAG:  # diagonals from vectors per sample: U rows, S, q, a~^2
         foot = k * k
         for l in range(L):
@@ -443,7 +444,7 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, to
     E3a = carve_zeros(ws, top, e3ao[L])
     E3 = carve_zeros(ws, top, ne3)
 
-    C = chunk_size(d, N, np.int64(NEED_FULL))
+    C = chunk_size(d, N, np.int64(NEED_FULL), P * P // 2)
     need = np.int64(NEED_FULL)
     Q, qo, U, uo, Tm, tmo, S, so, y, yt, B = alloc_factors(d, C, gn, need, ws, top)
     ago = np.zeros(L + 1, np.int64)
@@ -519,7 +520,7 @@ def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, 
     dt = theta.dtype
     Kd = carve_zeros(ws, top, kdo[L])
     need = np.int64(NEED_BLOCKS)
-    C = chunk_size(d, N, need)
+    C = chunk_size(d, N, need, bo[L] // 2)
     Q, qo, U, uo, Tm, tmo, S, so, y, yt, B = alloc_factors(d, C, gn, need, ws, top)
     ago = np.zeros(L + 1, np.int64)
     for l in range(L):

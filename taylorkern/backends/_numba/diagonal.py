@@ -149,7 +149,7 @@ def curvature_diag(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, to
         any_curved = any_curved or curved(acts[l])
     with_s = not gn and any_curved
     matrices = with_s and L >= 4
-    C = chunk_size(d, N, np.int64(NEED_BLOCKS if matrices else NEED_DIAG))
+    C = chunk_size(d, N, np.int64(NEED_BLOCKS if matrices else NEED_DIAG), np.int64(0))
 
     uo = np.zeros(L + 1, np.int64)  # U_l rows (c, k, H_l)
     so = np.zeros(L + 1, np.int64)  # S_l: diagonal (c, H_l) or matrices (c, H_l, H_l)
