@@ -92,16 +92,23 @@ void diag_block_product(idx c, idx Da, idx H, const T* A, const T* Q, vec<T>& Lf
   gemm<T>(true, false, DP, HP, c, T(1), Lf.data(), DP, Rf.data(), HP, beta, Kd, HP);
 }
 
-// Block (P_l x P_l, leading dimension ld) from its packed Kronecker sum.
+// Block (P_l x P_l, leading dimension ld) from its packed Kronecker sum:
+// out[(i, j), (i2, j2)] = Kd[tri(i, i2)][tri(j, j2)] (each index pair taken in order).  One packed
+// row of Kd (H(H+1)/2 values) at a time, written into the H rows' segments it fills: the row
+// stays in cache, and within it j2 < j steps down column j (tri(j2 + 1, j) - tri(j2, j) =
+// H - j2 - 1) and j2 >= j is row j's contiguous run.
 template <class T>
 void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
   const idx HP = H * (H + 1) / 2;
   parallel_for(Da, Da * Da * H * H, [&](idx i) {
-    for (idx j = 0; j < H; ++j) {
-      T* row = out + (i * H + j) * ld;
-      for (idx i2 = 0; i2 < Da; ++i2) {
-        const T* k = Kd + tri(std::min(i, i2), std::max(i, i2), Da) * HP;
-        for (idx j2 = 0; j2 < H; ++j2) row[i2 * H + j2] = k[tri(std::min(j, j2), std::max(j, j2), H)];
+    for (idx i2 = 0; i2 < Da; ++i2) {
+      const T* k = Kd + tri(std::min(i, i2), std::max(i, i2), Da) * HP;
+      for (idx j = 0; j < H; ++j) {
+        T* seg = out + (i * H + j) * ld + i2 * H;
+        idx p = j;  // tri(0, j)
+        for (idx j2 = 0; j2 < j; p += H - j2 - 1, ++j2) seg[j2] = k[p];
+        const T* run = k + tri(j, j, H) - j;
+        for (idx j2 = j; j2 < H; ++j2) seg[j2] = run[j2];
       }
     }
   });
@@ -588,12 +595,14 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     for (idx m = l + 1; m < L; ++m) {
       const idx dm = Da(m), Hm = Hd(m), om = net.off[m];
       const T* K = Ko[l][m].data();
+      // One (Hm x H) sub-block of K, (i, i2), at a time (it stays in cache), into its H row segments.
       parallel_for(da, da * H * dm * Hm, [&](idx i) {
-        for (idx j = 0; j < H; ++j) {
-          T* row = out + (ol + i * H + j) * P + om;
-          for (idx i2 = 0; i2 < dm; ++i2)
+        for (idx i2 = 0; i2 < dm; ++i2) {
+          const T* Kb = K + (i * dm + i2) * (Hm * H);
+          for (idx j = 0; j < H; ++j) {
+            T* seg = out + (ol + i * H + j) * P + om + i2 * Hm;
             for (idx j2 = 0; j2 < Hm; ++j2) {
-              T v = K[(i * dm + i2) * (Hm * H) + j2 * H + j];
+              T v = Kb[j2 * H + j];
               if (!gn && i2 < dm - 1) {
                 if (m == l + 1) {
                   if (i2 == j) v += E3a[l][(i * H + j) * Hm + j2];
@@ -601,8 +610,9 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
                   v += E3[l][m][(i * Hm + j2) * (H * net.d[m]) + j * net.d[m] + i2];
                 }
               }
-              row[i2 * Hm + j2] = v;
+              seg[j2] = v;
             }
+          }
         }
       });
     }

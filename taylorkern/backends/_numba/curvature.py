@@ -145,14 +145,20 @@ def diag_block_product(c, Da, H, Aug, ao, Q, qo, Lf, Rf, Kd, ko):
 
 @kernel
 def _unpack_diag_rows(lo, hi, Da, H, Kd, ko, out, ob, ld):
+    # One packed row of Kd at a time into the row segments it fills (csrc/curvature.cpp).
+    HP = H * (H + 1) // 2
     for i in range(lo, hi):
-        HP = H * (H + 1) // 2
-        for j in range(H):
-            row = ob + (i * H + j) * ld
-            for i2 in range(Da):
-                kk = ko + tri(min(i, i2), max(i, i2), Da) * HP
-                for j2 in range(H):
-                    out[row + i2 * H + j2] = Kd[kk + tri(min(j, j2), max(j, j2), H)]
+        for i2 in range(Da):
+            kk = ko + tri(min(i, i2), max(i, i2), Da) * HP
+            for j in range(H):
+                seg = ob + (i * H + j) * ld + i2 * H
+                p = kk + j  # tri(0, j)
+                for j2 in range(j):
+                    out[seg + j2] = Kd[p]
+                    p += H - j2 - 1
+                run = kk + tri(j, j, H) - j
+                for j2 in range(j, H):
+                    out[seg + j2] = Kd[run + j2]
 
 
 @parallel_kernel
@@ -367,19 +373,21 @@ def augmented(d, l, X, A, o, n0, c, Aug, ao):
 
 @kernel
 def _unpack_off_rows(lo, hi, H, dm, Hm, adjacent, dlm, gn, Ko, ko, E3a, e3a, E3, e3, out, ob, P):
+    # One (Hm x H) sub-block of Ko at a time into its H row segments (csrc/curvature.cpp).
     for i in range(lo, hi):
-        for j in range(H):
-            row = ob + (i * H + j) * P
-            for i2 in range(dm):
+        for i2 in range(dm):
+            kb = ko + (i * dm + i2) * (Hm * H)
+            for j in range(H):
+                seg = ob + (i * H + j) * P + i2 * Hm
                 for j2 in range(Hm):
-                    v = Ko[ko + (i * dm + i2) * (Hm * H) + j2 * H + j]
+                    v = Ko[kb + j2 * H + j]
                     if not gn and i2 < dm - 1:
                         if adjacent:
                             if i2 == j:
                                 v += E3a[e3a + (i * H + j) * Hm + j2]
                         else:
                             v += E3[e3 + (i * Hm + j2) * (H * dlm) + j * dlm + i2]
-                    out[row + i2 * Hm + j2] = v
+                    out[seg + j2] = v
 
 
 @parallel_kernel
