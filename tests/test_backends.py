@@ -332,10 +332,10 @@ def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, res
     """cpp takes each thread's slice of samples through the network a chunk of rows at a time,
     on a tape of one chunk, and sums the slice's gradient, products and diagonals over its
     chunks; the full matrices and blocks add each chunk's terms to their accumulators.  With
-    small chunks (small_chunks) and 1501 samples every call has several, of sizes that differ
-    (one slice splits into equal chunks, the other slice's differ by a row); so do the products
-    with 40 directions over 301 samples and the full matrices and blocks over 101 (15 chunks).
-    Against the reference, with 1 and 2 threads."""
+    small chunks (small_chunks) and 1501 samples every call has several (a slice's chunks
+    differ in size by at most a row); so do the products with 40 directions over 301 samples
+    and the full matrices and blocks over 101 (15 chunks).  Against the reference, with 1 and 2
+    threads."""
     p = make_problem(sizes, act, loss, N=1501, l2=0.1, dtype=dtype, seed=5)
     many = make_problem(sizes, act, loss, N=301, l2=0.1, dtype=dtype, seed=6, m=40)
     few = make_problem(sizes, act, loss, N=101, l2=0.1, dtype=dtype, seed=7)
