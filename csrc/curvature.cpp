@@ -119,7 +119,7 @@ void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
 idx chunk_size(const Net& net, idx N, Need need, idx room) {
   const idx L = net.L(), k = net.k();
   const idx budget = std::max(idx(1) << 23, room);  // values (64 MiB in float64)
-  idx foot = k * k, widest = 0;
+  idx foot = tape_values(net, true) + k * k, widest = 0;
   for (idx l = 0; l < L; ++l) {
     const idx H = net.d[l + 1], Da = net.d[l] + 1;
     foot += 3 * H * H + k * H + 2 * H * net.d[l] + Da;
@@ -134,11 +134,19 @@ idx chunk_size(const Net& net, idx N, Need need, idx room) {
   return std::max<idx>(1, std::min<idx>({N, max_chunk_rows().load(), budget / std::max<idx>(foot, 1)}));
 }
 
+// Forward (and, for the Hessian, backward) pass over samples [n0, n0 + c) into ws's chunk tape
+// (workspace.hpp; its rows 0..c, sized for C, weighted 1/N): the full matrices and blocks take
+// the batch a chunk at a time, so that no tape of N rows is held.
 template <class T>
-void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, Tape<T>& t) {
-  forward(net, theta, X, N, t, !gn);
-  loss_head(net, t, tg, mean, !gn);
-  if (!gn) backward(net, theta, t);
+Tape<T>& curvature_chunk(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, idx n0,
+                         idx c, idx C, Workspace<T>& ws) {
+  if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
+  Tape<T>& ct = chunk_tape(ws, 0, net, N, C, !gn);
+  const Targets<T> tc = rows_at(ct, net, X, tg, n0);
+  forward_rows(net, theta, ct, 0, c, !gn);
+  head_rows(net, ct, tc, mean, 0, c, !gn);
+  if (!gn) backprop_rows(net, theta, ct, 0, c);
+  return ct;
 }
 
 template <class T>
@@ -521,8 +529,6 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes)
               : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
   const idx L = net.L(), P = net.P();
-  Tape<T>& t = ws.tape;
-  curvature_tape(net, theta, X, N, tg, mean, gn, t);
   auto Da = [&](idx l) { return net.d[l] + 1; };
   auto Hd = [&](idx l) { return net.d[l + 1]; };
 
@@ -547,8 +553,9 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
     const T beta = n0 == 0 ? T(0) : T(1);
-    chunk_factors(net, theta, t, mean, gn, Need::full, n0, c, f);
-    for (idx l = 0; l < L; ++l) augmented(net, t, l, n0, c, A[l]);
+    const Tape<T>& t = curvature_chunk(net, theta, X, N, tg, mean, gn, n0, c, std::min(C, N), ws);
+    chunk_factors(net, theta, t, mean, gn, Need::full, 0, c, f);
+    for (idx l = 0; l < L; ++l) augmented(net, t, l, 0, c, A[l]);
     for (idx l = 0; l < L; ++l) {
       diag_block_product<T>(c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), Lf, Rf, beta, Kd[l].data());
       for (idx m = l + 1; m < L; ++m) {
@@ -565,17 +572,17 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
         if (m == l + 1) {
           // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
           const idx H = Hd(l);
-          const T* d1 = t.d1[l].data() + n0 * H;
+          const T* d1 = t.d1[l].data();
           Lf.resize(c * da * H);
           for (idx n = 0; n < c; ++n)
             for (idx i = 0; i < da; ++i)
               for (idx j = 0; j < H; ++j) Lf[(n * da + i) * H + j] = A[l][n * da + i] * d1[n * H + j];
-          gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data() + n0 * Hd(m), Hd(m), beta,
-                  E3a[l].data(), Hd(m));
+          gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data(), Hd(m), beta, E3a[l].data(),
+                  Hd(m));
         } else {
           // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
           const idx Hm = Hd(m);
-          const T* g = t.g[m].data() + n0 * Hm;
+          const T* g = t.g[m].data();
           Lf.resize(c * da * Hm);
           for (idx n = 0; n < c; ++n)
             for (idx i = 0; i < da; ++i)
@@ -632,8 +639,6 @@ template <class T>
 void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
                       const std::vector<T*>& outs, Workspace<T>& ws) {
   const idx L = net.L();
-  Tape<T>& t = ws.tape;
-  curvature_tape(net, theta, X, N, tg, mean, gn, t);
   auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf, &Kd = ws.Kd;
   A.resize(L), Kd.resize(L);
   for (idx l = 0; l < L; ++l)
@@ -644,9 +649,10 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   Factors<T>& f = ws.f;
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
-    chunk_factors(net, theta, t, mean, gn, Need::blocks, n0, c, f);
+    const Tape<T>& t = curvature_chunk(net, theta, X, N, tg, mean, gn, n0, c, std::min(C, N), ws);
+    chunk_factors(net, theta, t, mean, gn, Need::blocks, 0, c, f);
     for (idx l = 0; l < L; ++l) {
-      augmented(net, t, l, n0, c, A[l]);
+      augmented(net, t, l, 0, c, A[l]);
       diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf, n0 == 0 ? T(0) : T(1),
                             Kd[l].data());
     }
@@ -658,7 +664,6 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
 }
 
 #define TK_INST(T)                                                                                                 \
-  template void curvature_tape<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, Tape<T>&);          \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
   template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&);            \
   template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*, Workspace<T>&); \

@@ -23,11 +23,6 @@ struct Factors {
   vec<T> y, yt;  // scratch
 };
 
-// Forward (and, for the Hessian, backward) pass over all N samples into `tape`.
-template <class T>
-void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn,
-                    Tape<T>& tape);
-
 // U[l] (c, k, d[l+1]) for samples [n0, n0+c): the rows of a square root of H_out backpropagated
 // to z_l, so that the GGN's per-sample Q_l = U_l^T U_l.
 template <class T>
