@@ -11,7 +11,7 @@ namespace tk {
 
 template <class T>
 struct Workspace {
-  Tape<T> tape;                            // all samples' (curvature.cpp, jacobian.cpp); else only rowloss
+  Tape<T> tape;                            // all samples' (jacobian.cpp); else only rowloss
   std::vector<Tape<T>> chunk_tapes;        // per thread, a chunk of its samples (below)
   std::vector<vec<T>> Vt, Vtt;             // rop: transposed slices of V
   struct Slice {                           // rop: one thread's scratch for a chunk of its slice of samples
@@ -34,7 +34,8 @@ struct Workspace {
 // Calls that take each thread's slice of samples through the network a chunk of rows at a
 // time (common.hpp, chunk_rows) keep those rows on a tape of the thread's own, the size of one
 // chunk, so that they stay in cache from the forward pass to the call's own work and no tape
-// of N rows is written.  chunk_tape sizes it (ws.chunk_tapes has a tape per thread) and keeps
+// of N rows is written; the full matrices and blocks (curvature.cpp) use tape 0 for their chunks
+// of samples the same way.  chunk_tape sizes it (ws.chunk_tapes has a tape per thread) and keeps
 // N as the batch's size, which sets a sample's weight 1/N; rows_at points it at the batch's
 // samples from c0 on (its row r is sample c0 + r) and gives their targets.
 template <class T>
