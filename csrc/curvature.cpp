@@ -134,19 +134,13 @@ idx chunk_size(const Net& net, idx N, Need need, idx room) {
   return std::max<idx>(1, std::min<idx>({N, max_chunk_rows().load(), budget / std::max<idx>(foot, 1)}));
 }
 
-// Forward (and, for the Hessian, backward) pass over samples [n0, n0 + c) into ws's chunk tape
-// (workspace.hpp; its rows 0..c, sized for C, weighted 1/N): the full matrices and blocks take
-// the batch a chunk at a time, so that no tape of N rows is held.
 template <class T>
-Tape<T>& curvature_chunk(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, idx n0,
-                         idx c, idx C, Workspace<T>& ws) {
-  if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
-  Tape<T>& ct = chunk_tape(ws, 0, net, N, C, !gn);
-  const Targets<T> tc = rows_at(ct, net, X, tg, n0);
+void curvature_rows(const Net& net, const T* theta, const T* X, Targets<T> tg, bool mean, bool gn, Tape<T>& ct, idx c0,
+                    idx c) {
+  const Targets<T> tc = rows_at(ct, net, X, tg, c0);
   forward_rows(net, theta, ct, 0, c, !gn);
   head_rows(net, ct, tc, mean, 0, c, !gn);
   if (!gn) backprop_rows(net, theta, ct, 0, c);
-  return ct;
 }
 
 template <class T>
@@ -550,10 +544,12 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   Factors<T>& f = ws.f;
   auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf;
   A.resize(L);
+  if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
+  Tape<T>& t = chunk_tape(ws, 0, net, N, std::min(C, N), !gn);
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
     const T beta = n0 == 0 ? T(0) : T(1);
-    const Tape<T>& t = curvature_chunk(net, theta, X, N, tg, mean, gn, n0, c, std::min(C, N), ws);
+    curvature_rows(net, theta, X, tg, mean, gn, t, n0, c);
     chunk_factors(net, theta, t, mean, gn, Need::full, 0, c, f);
     for (idx l = 0; l < L; ++l) augmented(net, t, l, 0, c, A[l]);
     for (idx l = 0; l < L; ++l) {
@@ -647,9 +643,11 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   for (idx l = 0; l < L; ++l) result += (net.off[l + 1] - net.off[l]) * (net.off[l + 1] - net.off[l]);
   const idx C = chunk_size(net, N, Need::blocks, result / 2);
   Factors<T>& f = ws.f;
+  if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
+  Tape<T>& t = chunk_tape(ws, 0, net, N, std::min(C, N), !gn);
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
-    const Tape<T>& t = curvature_chunk(net, theta, X, N, tg, mean, gn, n0, c, std::min(C, N), ws);
+    curvature_rows(net, theta, X, tg, mean, gn, t, n0, c);
     chunk_factors(net, theta, t, mean, gn, Need::blocks, 0, c, f);
     for (idx l = 0; l < L; ++l) {
       augmented(net, t, l, 0, c, A[l]);
@@ -666,6 +664,7 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
 #define TK_INST(T)                                                                                                 \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
   template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&);            \
+  template void curvature_rows<T>(const Net&, const T*, const T*, Targets<T>, bool, bool, Tape<T>&, idx, idx);     \
   template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*, Workspace<T>&); \
   template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,                   \
                                     const std::vector<T*>&, Workspace<T>&);

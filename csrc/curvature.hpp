@@ -23,6 +23,14 @@ struct Factors {
   vec<T> y, yt;  // scratch
 };
 
+// Rows 0..c of the chunk tape ct (workspace.hpp: chunk_tape) from samples [c0, c0 + c): the
+// forward pass, the loss head and, for the Hessian (gn false), the backward pass.  The full
+// matrices, blocks and diagonals take the batch a chunk of samples at a time this way, so that
+// no tape of N rows is held.
+template <class T>
+void curvature_rows(const Net& net, const T* theta, const T* X, Targets<T> tg, bool mean, bool gn, Tape<T>& ct, idx c0,
+                    idx c);
+
 // U[l] (c, k, d[l+1]) for samples [n0, n0+c): the rows of a square root of H_out backpropagated
 // to z_l, so that the GGN's per-sample Q_l = U_l^T U_l.
 template <class T>

@@ -171,10 +171,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
     std::fill(dst, dst + P, T(0));
     Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(C, n1 - n0), !gn);
     over_chunks(n0, n1, C, [&](idx c0, idx c1, bool) {
-      const Targets<T> tc = rows_at(ct, net, X, tg, c0);
-      forward_rows(net, theta, ct, 0, c1 - c0, !gn);
-      head_rows(net, ct, tc, mean, 0, c1 - c0, !gn);
-      if (!gn) backprop_rows(net, theta, ct, 0, c1 - c0);
+      curvature_rows(net, theta, X, tg, mean, gn, ct, c0, c1 - c0);
       diag_rows(net, theta, ct, mean, with_s, Wsq, 0, c1 - c0, slices[tid], dst);
     });
 #pragma omp barrier

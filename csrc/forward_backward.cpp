@@ -204,17 +204,6 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& t, bool
 }
 
 template <class T>
-double loss_head(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, bool want_grad) {
-  head_rows(net, t, tg, mean, 0, t.N, want_grad);
-  return total_loss(net, t, mean);
-}
-
-template <class T>
-void backward(const Net& net, const T* theta, Tape<T>& t) {
-  backprop_rows(net, theta, t, 0, t.N);
-}
-
-template <class T>
 void predict(const Net& net, const T* theta, const T* X, idx N, T* out, Workspace<T>& ws) {
   const int nt = sample_threads(N, N * net.macs());
   const idx rows = chunk_rows(tape_values(net, false), 0, sizeof(T)), k = net.k();
@@ -305,8 +294,6 @@ void backward_rows(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx
   template double total_loss<T>(const Net&, const Tape<T>&, bool);                                            \
   template void backprop_rows<T>(const Net&, const T*, Tape<T>&, idx, idx, T*, bool, bool);                   \
   template void forward<T>(const Net&, const T*, const T*, idx, Tape<T>&, bool);                              \
-  template double loss_head<T>(const Net&, Tape<T>&, Targets<T>, bool, bool);                                 \
-  template void backward<T>(const Net&, const T*, Tape<T>&);                                                  \
   template void predict<T>(const Net&, const T*, const T*, idx, T*, Workspace<T>&);                           \
   template double loss<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, Workspace<T>&);              \
   template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&); \

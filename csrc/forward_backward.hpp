@@ -66,13 +66,9 @@ void backprop_rows(const Net& net, const T* theta, Tape<T>& tape, idx n0, idx n1
 template <class T>
 double total_loss(const Net& net, const Tape<T>& tape, bool mean);
 
-// Whole-batch forms (each product and loop parallel by itself) for the curvature kernels.
+// The whole batch's forward pass (each product and loop parallel by itself), for the Jacobian.
 template <class T>
 void forward(const Net& net, const T* theta, const T* X, idx N, Tape<T>& tape, bool second);
-template <class T>
-double loss_head(const Net& net, Tape<T>& tape, Targets<T> tg, bool mean, bool want_grad);
-template <class T>
-void backward(const Net& net, const T* theta, Tape<T>& tape);
 
 // Whole calls, split over samples (common.hpp: over_samples).
 template <class T>
