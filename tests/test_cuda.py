@@ -256,25 +256,17 @@ def test_several_sample_chunks(on_cuda, several_chunks, sizes, act, loss, N, dty
     check_all(make_problem(sizes, act, loss, N=N), dtype, reductions=("mean",))
 
 
-@pytest.fixture(params=[True, False], ids=["narrow", "cublas"])
-def narrow_products(request):
-    """Products with a narrow layer formed in the backward row passes (default), or by cuBLAS."""
-    _cuda.set_narrow_products(request.param)
-    yield request.param
-    _cuda.set_narrow_products(True)
-
-
 @needs_gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("sizes,act,loss,N", [
     ([5, 300, 2], "relu", "ce", 75),              # 300 columns: two column tiles, three row chunks
     ([3, 270, 4], "tanh", "mse", 40),             # one direction of width 270; m = 3: 810 columns
-    ([4, 20, 17, 16, 1], "sigmoid", "mse", 50),   # 17 outputs: cuBLAS; 16 and 1: narrow
+    ([4, 20, 17, 16, 1], "sigmoid", "mse", 50),   # narrow layers: 16 and 1 outputs
     ([6, 9, 12, 3], ["softplus", "gelu"], "mse", 33),
 ])
-def test_row_passes_and_narrow_products(on_cuda, narrow_products, sizes, act, loss, N, dtype):
-    """The row passes (bias, activation, backpropagation, R-op) over several column tiles, and
-    the products with a narrow layer either way."""
+def test_row_passes(on_cuda, sizes, act, loss, N, dtype):
+    """The row passes (bias, activation, backpropagation, R-op) over several column tiles and
+    narrow layers, with one and with several directions."""
     check_all(make_problem(sizes, act, loss, N=N, m=3), dtype, reductions=("mean",),
               quantities=("predict", "loss_and_grad", "hvp", "hvp_multi", "ggn_vp", "ggn_vp_multi"))
 

@@ -718,10 +718,6 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("set_tf32", [](bool on) { g_tf32 = on; }, "float32 products on TF32 tensor cores (opt-in; off by default)");
   m.def("get_tf32", []() { return g_tf32.load(); });
   m.def("lanes_made", []() { return g_lanes_made.load(); }, "streams with a cuBLAS handle made so far");
-  m.def("set_narrow_products", &tc::set_narrow_products,
-        "products with a layer of <= 16 outputs inside the backward row passes (default) or through cuBLAS; "
-        "for tests and benchmarks");
-  m.def("get_narrow_products", &tc::narrow_products);
   m.def("set_chunk_budget", &tc::set_chunk_budget,
         "values of per-chunk scratch for the curvature kernels (0: from the free memory); for tests");
 

@@ -169,10 +169,6 @@ inline dim3 tile_block(const Tile& t) {
   return dim3((unsigned)t.tx, (unsigned)t.ty);
 }
 
-// A layer with at most kNarrow outputs has its products formed by the row passes and the
-// narrow kernels (forward_backward.cuh) rather than by cuBLAS.
-constexpr idx kNarrow = 16;
-
 // Per-call scratch of every kernel family, pooled per network (workspace.cuh).
 template <class T>
 struct Workspace;

@@ -1,6 +1,4 @@
 // See forward_backward.cuh (and ../forward_backward.hpp for the math).
-#include <atomic>
-
 #include "activations.cuh"
 #include "forward_backward.cuh"
 #include "tile.cuh"
@@ -106,18 +104,16 @@ __global__ void k_sum(idx n, const T* __restrict__ x, double* __restrict__ total
   if (threadIdx.x == 0) *total = part[0];
 }
 
-// g (rows, cols) = e * d1 with e from src (also stored to e_out when given); d1 null: g is e,
-// not written.  g's column sums per chunk into partial (when given).  src may read g itself.
-template <class T, class Src>
-__global__ void k_backprop(Tile tl, Src src, T* __restrict__ e_out, Deriv<T> d1, T* g, T* __restrict__ partial) {
+// g (rows, cols) = e * d1; d1 null: g is e, not written.  g's column sums per chunk into
+// partial (when given).  e may be g.
+template <class T>
+__global__ void k_backprop(Tile tl, const T* e, Deriv<T> d1, T* g, T* __restrict__ partial) {
   TK_TILES(tl, j, ch) {
     T acc = 0;
     if (j < tl.cols) {
-      src.at_column(j);
       TK_TILE_ROWS(tl, ch, n) {
         const idx i = n * tl.cols + j;
-        T v = src(n, j);
-        if (e_out) e_out[i] = v;
+        T v = e[i];
         if (d1.on()) {
           v *= d1(i);
           g[i] = v;
@@ -126,81 +122,6 @@ __global__ void k_backprop(Tile tl, Src src, T* __restrict__ e_out, Deriv<T> d1,
       }
     }
     if (partial) tile_colsum_store(tl, ch, j, acc, partial);
-  }
-}
-
-// The sums over the rows of a1[n, j] g1[n, c] (+ a2[n, j] g2[n, c]), c < k <= KW, per chunk
-// into partial (chunks, cols, k).
-template <class T, int KW>
-__global__ void k_narrow_weights(Tile tl, idx k, const T* __restrict__ a1, const T* __restrict__ g1,
-                                 const T* __restrict__ a2, const T* __restrict__ g2, T* __restrict__ partial) {
-  TK_TILES(tl, j, ch) {
-    T acc[KW];
-#pragma unroll
-    for (int c = 0; c < KW; ++c) acc[c] = 0;
-    if (j < tl.cols) {
-      TK_TILE_ROWS(tl, ch, n) {
-        const T x1 = a1[n * tl.cols + j], x2 = a2 ? a2[n * tl.cols + j] : T(0);
-#pragma unroll
-        for (int c = 0; c < KW; ++c)
-          if (c < k) acc[c] += x1 * g1[n * k + c] + (a2 ? x2 * g2[n * k + c] : T(0));
-      }
-    }
-    for (int c = 0; c < KW && c < k; ++c) tile_colsum_store(tl, ch, j, acc[c], partial, k, c);
-  }
-}
-
-// C (rows, k) = A B (+ C): blocks of (32, 8) threads own 16 rows; thread (s, y) forms rows
-// 2y, 2y+1 over the inner indices s, s + 32, ... (coalesced), with B's chunk in shared memory
-// (transposed, so that the 32 slices read consecutive values); the 32 slices' sums are then
-// added in slice order, one output column at a time.  Two rows per thread: ~110 registers
-// at KW = 16 in double, two blocks per SM (four rows took 204, one block).
-constexpr int kNgSlices = 32, kNgRows = 2, kNgTile = kNgRows * kThreads / kNgSlices, kNgChunk = 256;
-template <class T, int KW>
-__global__ void k_narrow_gemm(idx rows, idx inner, idx k, const T* __restrict__ A, idx lda, const T* __restrict__ B,
-                              bool accumulate, T* __restrict__ C) {
-  __shared__ T Bs[KW][kNgChunk];
-  __shared__ T red[kNgTile][kNgSlices + 1];
-  const int s = threadIdx.x, tid = threadIdx.y * blockDim.x + threadIdx.x;
-  for (idx r0 = (idx)blockIdx.x * kNgTile; r0 < rows; r0 += (idx)gridDim.x * kNgTile) {
-    const idx rb = r0 + threadIdx.y * kNgRows;
-    T acc[kNgRows][KW];
-#pragma unroll
-    for (int r = 0; r < kNgRows; ++r)
-#pragma unroll
-      for (int c = 0; c < KW; ++c) acc[r][c] = 0;
-    for (idx i0 = 0; i0 < inner; i0 += kNgChunk) {
-      const idx ni = inner - i0 < kNgChunk ? inner - i0 : kNgChunk;
-      __syncthreads();
-      for (int q = tid; q < KW * kNgChunk; q += kThreads) {
-        const int c = q / kNgChunk, i = q % kNgChunk;
-        Bs[c][i] = c < k && i < ni ? B[(i0 + i) * k + c] : T(0);
-      }
-      __syncthreads();
-      for (idx i = s; i < ni; i += kNgSlices) {
-        T x[kNgRows];
-#pragma unroll
-        for (int r = 0; r < kNgRows; ++r) x[r] = rb + r < rows ? A[(rb + r) * lda + i0 + i] : T(0);
-#pragma unroll
-        for (int c = 0; c < KW; ++c) {
-          const T b = Bs[c][i];
-#pragma unroll
-          for (int r = 0; r < kNgRows; ++r) acc[r][c] += x[r] * b;
-        }
-      }
-    }
-    for (int c = 0; c < KW && c < k; ++c) {
-      __syncthreads();
-#pragma unroll
-      for (int r = 0; r < kNgRows; ++r) red[threadIdx.y * kNgRows + r][s] = acc[r][c];
-      __syncthreads();
-      if (tid < kNgTile && r0 + tid < rows) {
-        T v = 0;
-        for (int q = 0; q < kNgSlices; ++q) v += red[tid][q];
-        T* out = C + (r0 + tid) * k + c;
-        *out = accumulate ? *out + v : v;
-      }
-    }
   }
 }
 
@@ -219,50 +140,13 @@ void colsum_finish(Workspace<T>& ws, const Tile& tl, T* out) {
   TK_CHECK_LAUNCH();
 }
 
-template <class T, class Src>
-static void backprop_pass(Workspace<T>& ws, idx rows, idx cols, Src src, T* e_out, Deriv<T> d1, T* g, T* sums) {
-  const Tile tl = make_tile(rows, cols);
-  if (sums) ws.part.resize(tl.chunks * tl.cols);
-  k_backprop<T, Src>
-      <<<tile_grid(tl), tile_block(tl), 0, ws.stream()>>>(tl, src, e_out, d1, g, sums ? ws.part.data() : nullptr);
-  TK_CHECK_LAUNCH();
-  if (sums) colsum_finish(ws, tl, sums);
-}
-
-template <class T>
-void narrow_gemm(Workspace<T>& ws, idx rows, idx inner, idx k, const T* A, idx lda, const T* B, bool accumulate, T* C) {
-  const dim3 grid((unsigned)std::min<idx>((rows + kNgTile - 1) / kNgTile, idx(1) << 20)),
-      block(kNgSlices, kThreads / kNgSlices);
-  if (k == 1)
-    k_narrow_gemm<T, 1><<<grid, block, 0, ws.stream()>>>(rows, inner, k, A, lda, B, accumulate, C);
-  else if (k <= 4)
-    k_narrow_gemm<T, 4><<<grid, block, 0, ws.stream()>>>(rows, inner, k, A, lda, B, accumulate, C);
-  else
-    k_narrow_gemm<T, kNarrow><<<grid, block, 0, ws.stream()>>>(rows, inner, k, A, lda, B, accumulate, C);
-  TK_CHECK_LAUNCH();
-}
-
-template <class T>
-void narrow_weights(Workspace<T>& ws, idx rows, idx cols, idx k, const T* a1, const T* g1, const T* a2, const T* g2,
-                    T* out) {
-  Tile tl = make_tile(rows, cols, 128);  // longer chunks: k sums per column and chunk
-  ws.part.resize(tl.chunks * cols * k);
-  const dim3 grid = tile_grid(tl), block = tile_block(tl);
-  T* part = ws.part.data();
-  if (k == 1)
-    k_narrow_weights<T, 1><<<grid, block, 0, ws.stream()>>>(tl, k, a1, g1, a2, g2, part);
-  else if (k <= 4)
-    k_narrow_weights<T, 4><<<grid, block, 0, ws.stream()>>>(tl, k, a1, g1, a2, g2, part);
-  else
-    k_narrow_weights<T, kNarrow><<<grid, block, 0, ws.stream()>>>(tl, k, a1, g1, a2, g2, part);
-  TK_CHECK_LAUNCH();
-  tl.cols = cols * k;  // the (chunks, cols * k) sums
-  colsum_finish(ws, tl, out);
-}
-
 template <class T>
 void scale_colsum(Workspace<T>& ws, idx rows, idx cols, const T* e, Deriv<T> d1, T* g, T* sums) {
-  backprop_pass<T>(ws, rows, cols, Stored<T>{e, cols}, nullptr, d1, g, sums);
+  const Tile tl = make_tile(rows, cols);
+  if (sums) ws.part.resize(tl.chunks * tl.cols);
+  k_backprop<T><<<tile_grid(tl), tile_block(tl), 0, ws.stream()>>>(tl, e, d1, g, sums ? ws.part.data() : nullptr);
+  TK_CHECK_LAUNCH();
+  if (sums) colsum_finish(ws, tl, sums);
 }
 
 // u (c, r, di) rows of sample n scaled by d1[n, :] (d1 already offset to the chunk).
@@ -272,14 +156,6 @@ __global__ void k_scale_rows_per_sample(idx c, idx r, idx di, const T* __restric
     const idx i = q % di, n = q / (r * di);
     u[q] *= d1[n * di + i];
   }
-}
-
-static std::atomic<bool> g_narrow{true};
-void set_narrow_products(bool on) {
-  g_narrow = on;
-}
-bool narrow_products() {
-  return g_narrow.load();
 }
 
 template <class T>
@@ -310,10 +186,7 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws
     const idx di = net.d[l], dn = net.d[l + 1];
     const bool hidden = l + 1 < L;
     T* z = hidden ? t.a[l + 1].data() : t.F.data();
-    if (narrow_layer(dn))
-      narrow_gemm<T>(ws, N, di, dn, t.in(l), di, weights(net, theta, l), false, z);
-    else
-      gemm<T>(ws.blas(), false, false, N, dn, di, T(1), t.in(l), di, weights(net, theta, l), dn, T(0), z, dn);
+    gemm<T>(ws.blas(), false, false, N, dn, di, T(1), t.in(l), di, weights(net, theta, l), dn, T(0), z, dn);
     const bool want_d1 = hidden && need != Derivs::none && deriv(net, t, l).d1;
     const bool want_d2 = hidden && need == Derivs::second && !(lean && d2_form(net.act[l]).linear);
     const Tile tl = make_tile(N, dn);
@@ -360,27 +233,20 @@ void backward(const Net& net, const T* theta, Workspace<T>& ws, T* grad, bool ke
                     grad + net.off[L - 1] + net.d[L - 1] * net.k());
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
-    const bool narrow = narrow_layer(dn);
-    if (grad && narrow)  // the weight rows a_l^T g_l
-      narrow_weights<T>(ws, N, di, dn, t.in(l), t.g[l].data(), nullptr, nullptr, grad + net.off[l]);
-    else if (grad)
+    if (grad)
       gemm<T>(ws.blas(), true, false, di, dn, N, T(1), t.in(l), di, t.g[l].data(), dn, T(0), grad + net.off[l], dn);
     if (l == 0) break;
-    // g_{l-1} = e * act'(z_{l-1}), e = g_l W_l^T (a cuBLAS product written over g_{l-1} unless
-    // e is kept, or formed in the pass from a narrow layer); its column sums are layer l-1's
-    // bias row.
+    // g_{l-1} = e * act'(z_{l-1}), e = g_l W_l^T (written over g_{l-1} unless e is kept); its
+    // column sums are layer l-1's bias row.
     t.g[l - 1].resize(N * di);
     T* e = t.g[l - 1].data();
     if (keep_e) {
       t.e[l - 1].resize(N * di);
       e = t.e[l - 1].data();
     }
-    if (!narrow)
-      gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0), e, di);
-    T* sums = grad ? grad + net.off[l - 1] + net.d[l - 1] * di : nullptr;
-    with_source<T>(narrow, e, di, t.g[l].data(), weights(net, theta, l), nullptr, nullptr, dn, [&](auto src) {
-      backprop_pass<T>(ws, N, di, src, narrow && keep_e ? e : nullptr, deriv(net, t, l - 1), t.g[l - 1].data(), sums);
-    });
+    gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0), e, di);
+    scale_colsum<T>(ws, N, di, e, deriv(net, t, l - 1), t.g[l - 1].data(),
+                    grad ? grad + net.off[l - 1] + net.d[l - 1] * di : nullptr);
   }
 }
 
@@ -431,8 +297,6 @@ void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx
   template double loss_and_grad<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, Workspace<T>&);  \
   template void backward_rows<T>(const Net&, const T*, Workspace<T>&, idx, idx, idx, std::vector<DevBuf<T>>&); \
   template void colsum_finish<T>(Workspace<T>&, const Tile&, T*);                                              \
-  template void narrow_gemm<T>(Workspace<T>&, idx, idx, idx, const T*, idx, const T*, bool, T*);               \
-  template void narrow_weights<T>(Workspace<T>&, idx, idx, idx, const T*, const T*, const T*, const T*, T*);   \
   template void scale_colsum<T>(Workspace<T>&, idx, idx, const T*, Deriv<T>, T*, T*);
 TK_INST(float)
 TK_INST(double)

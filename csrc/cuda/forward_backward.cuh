@@ -95,27 +95,6 @@ double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<
 template <class T>
 void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx c, idx r, std::vector<DevBuf<T>>& U);
 
-// Products with a layer of at most kNarrow outputs folded into the backward row passes
-// (tile.cuh, Narrow) instead of cuBLAS products; on by default, off for comparisons.
-void set_narrow_products(bool on);
-bool narrow_products();
-// Whether a layer with this many outputs takes the narrow kernels (the one place that decides).
-inline bool narrow_layer(idx outputs) {
-  return outputs <= kNarrow && narrow_products();
-}
-
-// C (rows, k) = A (rows, inner) B (inner, k) (+ C when accumulate), k <= kNarrow, A's rows
-// lda apart: the product into a narrow layer, split over the inner index across a warp's
-// threads (cuBLAS gives a product this narrow few blocks).
-template <class T>
-void narrow_gemm(Workspace<T>& ws, idx rows, idx inner, idx k, const T* A, idx lda, const T* B, bool accumulate, T* C);
-
-// out (cols, k) = a1^T g1 (+ a2^T g2) for a1, a2 (rows, cols) and g1, g2 (rows, k), k <= kNarrow:
-// the weight rows of a narrow layer as one pass over a (per-chunk sums through ws.part).
-template <class T>
-void narrow_weights(Workspace<T>& ws, idx rows, idx cols, idx k, const T* a1, const T* g1, const T* a2, const T* g2,
-                    T* out);
-
 // g (rows, cols) = e * d1 (d1 off: g is e, not written), and with `sums` the column sums of g
 // into sums (cols,), through ws.part.  e may be g.
 template <class T>

@@ -7,9 +7,7 @@
 // step's product) V is read in place and R{grad} is written straight into out: no transposed
 // copies, no scatter.  The Hessian's act''(z) Rz term is formed as in ../rop.cpp (D2Term):
 // from the stored act'' and Rz, or, where act'' is linear in act (d2_form), as (k0 + k1 a) Ra,
-// with neither act'' nor the hidden Rz stored; relu and identity have none.  A layer of at
-// most kNarrow outputs, with one direction, has no cuBLAS product: narrow_gemm forward, its
-// product back formed in the Rg pass (tile.cuh, Narrow), narrow_weights for R{grad}.
+// with neither act'' nor the hidden Rz stored; relu and identity have none.
 #include <utility>
 
 #include "activations.cuh"
@@ -99,20 +97,18 @@ __global__ void k_scatter(idx di, idx dn, idx m, const T* __restrict__ acc, cons
 enum class D2Term : int { none, stored, linear };
 
 // rg (N, m*di) = re * act'(z) + e * T2 (T2 = p * q stored, (k0 + k1 p) * q linear; p and e
-// per sample (N, di), q per direction like re), with rg's column sums per chunk into partial;
-// re from src (tile.cuh: the product Re, or formed here from a narrow layer when m = 1).
-template <class T, class Src>
-__global__ void k_rg(Tile tl, idx di, Src src, Deriv<T> d1, const T* __restrict__ e, D2Term kind,
+// per sample (N, di), q per direction like re), with rg's column sums per chunk into partial.
+template <class T>
+__global__ void k_rg(Tile tl, idx di, const T* __restrict__ re, Deriv<T> d1, const T* __restrict__ e, D2Term kind,
                      const T* __restrict__ p, const T* __restrict__ q, T k0, T k1, T* __restrict__ rg,
                      T* __restrict__ partial) {
   TK_TILES(tl, j, ch) {
     T acc = 0;
     if (j < tl.cols) {
       const idx jj = j % di;
-      src.at_column(j);
       TK_TILE_ROWS(tl, ch, n) {
         const idx x = n * tl.cols + j, y = n * di + jj;
-        T v = src(n, j) * d1(y);
+        T v = re[x] * d1(y);
         if (kind == D2Term::stored)
           v += e[y] * p[y] * q[x];
         else if (kind == D2Term::linear)
@@ -132,7 +128,6 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   Tape<T>& t = ws.tape;
   cudaStream_t st = ws.stream();
   const bool one = m == 1;
-  auto narrow = [&](idx l) { return one && narrow_layer(net.d[l + 1]); };  // forward_backward.cuh
   auto term = [&](idx l) {  // of Rg_{l-1}, from the activation of z_{l-1}
     const D2Form f = d2_form(net.act[l - 1]);
     return gn || f.zero ? D2Term::none : f.linear ? D2Term::linear : D2Term::stored;
@@ -167,15 +162,9 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     const idx di = net.d[l], dn = net.d[l + 1];
     Rz[l].resize(N * m * dn);
     T* rz = Rz[l].data();
-    if (narrow(l)) {
-      narrow_gemm<T>(ws, N, di, dn, t.in(l), di, vt(l), false, rz);
-      if (l > 0) narrow_gemm<T>(ws, N, di, dn, Ra[l].data(), di, weights(net, theta, l), true, rz);
-    } else {
-      gemm<T>(ws.blas(), false, false, N, m * dn, di, T(1), t.in(l), di, vt(l), m * dn, T(0), rz, m * dn);
-      if (l > 0)
-        gemm<T>(ws.blas(), false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz,
-                dn);
-    }
+    gemm<T>(ws.blas(), false, false, N, m * dn, di, T(1), t.in(l), di, vt(l), m * dn, T(0), rz, m * dn);
+    if (l > 0)
+      gemm<T>(ws.blas(), false, false, N * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
     const bool hidden = l + 1 < L;
     if (hidden) Ra[l + 1].resize(N * m * dn);
     const bool keep = !hidden || term(l + 1) == D2Term::stored;
@@ -201,23 +190,19 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   for (idx l = L - 1; l >= 0; --l) {
     const idx di = net.d[l], dn = net.d[l + 1];
     // R{grad}[i][c][j]: a_l^T Rg_l (+ Ra_l^T g_l), the bias row 1^T Rg_l; into out itself when
-    // m = 1.  A narrow layer with one direction: no product, a pass over a_l (and Ra_l).
+    // m = 1.
     const bool cross = !gn && l > 0;
     T* r = out + net.off[l];
     if (!one) {
       acc.resize((di + 1) * m * dn);
       r = acc.data();
     }
-    if (l == L - 1)  // first: the narrow pass below reuses ws.part
+    if (l == L - 1)
       scale_colsum<T>(ws, N, m * k, Rg.data(), Deriv<T>{}, nullptr, r + di * m * dn);
     else
       colsum_finish<T>(ws, rg_tile, r + di * m * dn);
-    if (narrow(l))
-      narrow_weights<T>(ws, N, di, dn, t.in(l), Rg.data(), cross ? Ra[l].data() : nullptr,
-                        cross ? t.g[l].data() : nullptr, r);
-    else
-      gemm<T>(ws.blas(), true, false, di, m * dn, N, T(1), t.in(l), di, Rg.data(), m * dn, T(0), r, m * dn);
-    if (cross && one && !narrow(l)) {  // += Ra_l^T g_l
+    gemm<T>(ws.blas(), true, false, di, m * dn, N, T(1), t.in(l), di, Rg.data(), m * dn, T(0), r, m * dn);
+    if (cross && one) {  // += Ra_l^T g_l
       gemm<T>(ws.blas(), true, false, di, dn, N, T(1), Ra[l].data(), di, t.g[l].data(), dn, T(1), r, dn);
     } else if (cross && !one) {  // tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
       tmp.resize(m * di * dn);
@@ -231,36 +216,26 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     }
     if (l == 0) break;
 
-    // Re_{l-1} = Rg_l W_l^T (+ g_l VW_l^T); Rg_{l-1} = Re * act' (+ e * act'' * Rz_{l-1}).  Re
-    // is two cuBLAS products, or, for a narrow layer and one direction, formed in the Rg pass
-    // (which then writes Rg_{l-1} beside Rg_l and the two swap).
+    // Re_{l-1} = Rg_l W_l^T (+ g_l VW_l^T); Rg_{l-1} = Re * act' (+ e * act'' * Rz_{l-1}).
     Re.resize(N * m * di);
-    if (!narrow(l)) {
-      gemm<T>(ws.blas(), false, true, N * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(),
-              di);
-      if (!gn && one)
-        gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, V + net.off[l], dn, T(1), Re.data(), di);
-      else if (!gn)
-        gemm<T>(ws.blas(), false, false, N, m * di, dn, T(1), t.g[l].data(), dn, Vtt[l].data(), m * di, T(1), Re.data(),
-                m * di);
-      Rg.resize(N * m * di);
-    }
+    gemm<T>(ws.blas(), false, true, N * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(),
+            di);
+    if (!gn && one)
+      gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, V + net.off[l], dn, T(1), Re.data(), di);
+    else if (!gn)
+      gemm<T>(ws.blas(), false, false, N, m * di, dn, T(1), t.g[l].data(), dn, Vtt[l].data(), m * di, T(1), Re.data(),
+              m * di);
+    Rg.resize(N * m * di);
     const D2Term kind = term(l);
     const D2Form f = d2_form(net.act[l - 1]);
     const T* p = kind == D2Term::stored ? t.d2[l - 1].data() : kind == D2Term::linear ? t.a[l].data() : nullptr;
     const T* q = kind == D2Term::stored ? Rz[l - 1].data() : kind == D2Term::linear ? Ra[l].data() : nullptr;
     rg_tile = make_tile(N, m * di);
     ws.part.resize(rg_tile.chunks * rg_tile.cols);
-    T* rg_out = narrow(l) ? Re.data() : Rg.data();
-    with_source<T>(narrow(l), Re.data(), m * di, Rg.data(), weights(net, theta, l), gn ? nullptr : t.g[l].data(),
-                   gn ? nullptr : V + net.off[l], dn, [&](auto src) {
-                     using Src = decltype(src);
-                     k_rg<T, Src><<<tile_grid(rg_tile), tile_block(rg_tile), 0, st>>>(
-                         rg_tile, di, src, deriv(net, t, l - 1), kind == D2Term::none ? nullptr : t.e[l - 1].data(),
-                         kind, p, q, (T)f.k0, (T)f.k1, rg_out, ws.part.data());
-                   });
+    k_rg<T><<<tile_grid(rg_tile), tile_block(rg_tile), 0, st>>>(
+        rg_tile, di, Re.data(), deriv(net, t, l - 1), kind == D2Term::none ? nullptr : t.e[l - 1].data(), kind, p, q,
+        (T)f.k0, (T)f.k1, Rg.data(), ws.part.data());
     TK_CHECK_LAUNCH();
-    if (narrow(l)) std::swap(Rg, Re);
   }
 }
 
