@@ -255,18 +255,18 @@ QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "
 # ----------------------------------------------------------------------------- crossover
 # When the dispatcher picks "cuda" by itself (not forced), each call goes to the GPU only when
 # the estimate below says it is faster there, else to the CPU backend (cpp).  The model:
-#   t_cpu = work / (CPU_MADDS_PER_THREAD_S * taylorkern threads)
+#   t_cpu = cpu work / (CPU_MADDS_PER_S * threads ** CPU_THREAD_EXPONENT)
 #   t_gpu = GPU_CALL_S + work / GPU_MADDS_PER_S + inputs / H2D_BYTES_PER_S + result / D2H_BYTES_PER_S
-# with work the call's multiply-adds, inputs the host arrays copied in and result the numpy
-# array copied back.  Constants from bench/gpu_check.sh's crossover ladder on an NVIDIA H200
-# with 16 CPU threads (bench/GPU_NOTES.md): cpp did 1.0-1.5e10 multiply-adds/s per thread on
-# the large calls (the Hessian's extra terms and small calls' fixed costs, left out of the model,
-# make the CPU slower than it says, so the rule errs towards the GPU near the crossover);
-# cuda's full Hessian/GGN 2.5e13/s; a call with tiny work 0.15-0.18 ms; copies into numpy
-# ~3 GB/s (a fresh array's pages are first touched by the copy), from numpy ~8 GB/s.
-# set_crossover() overrides them.
-CROSSOVER = {"CPU_MADDS_PER_THREAD_S": 1e10, "GPU_MADDS_PER_S": 2.5e13, "GPU_CALL_S": 1.5e-4,
-             "H2D_BYTES_PER_S": 8e9, "D2H_BYTES_PER_S": 3e9}
+# with work the call's multiply-adds (estimate(); the CPU's differs for hessian_diag, whose cpp
+# kernel needs no per-sample matrices in most networks), inputs the host arrays copied in and
+# result the numpy array copied back.  Constants from the crossover ladder of an NVIDIA H200
+# machine (bench/GPU_NOTES.md, 2026-11-27): cpp did 2.8-4e10 multiply-adds/s on one thread on
+# the large calls and 6.1-7.4 times that on 16 (16 ** 0.7 = 7.0; 8 threads 3.7-3.9 times, 4
+# threads 2.0-3.7); cuda's full Hessian/GGN ~2.9e13/s; a call with tiny work 0.15-0.2 ms;
+# copies from numpy ~8 GB/s, into a new numpy array 12-14 GB/s (staged, transfer.cpp).
+# Near the crossover both sides are within ~0.03 ms of each other.  set_crossover() overrides.
+CROSSOVER = {"CPU_MADDS_PER_S": 3e10, "CPU_THREAD_EXPONENT": 0.7, "GPU_MADDS_PER_S": 2.5e13,
+             "GPU_CALL_S": 1.5e-4, "H2D_BYTES_PER_S": 8e9, "D2H_BYTES_PER_S": 1.2e10}
 
 
 def set_crossover(**constants):
@@ -304,11 +304,24 @@ def estimate(net, quantity, N, m=1):
     raise ValueError(f"unknown quantity {quantity!r}")
 
 
+def cpu_work(net, quantity, N, m=1):
+    """The multiply-adds of the cpp backend's call: estimate()'s, except hessian_diag, which
+    costs cpp about the GGN diagonal's work plus, for networks of three or more hidden layers
+    with a curved activation, the per-sample matrices S_l below the top two (diagonal.cpp)."""
+    if quantity != "hessian_diag":
+        return estimate(net, quantity, N, m)[0]
+    d, k = net.sizes, net.num_outputs
+    curved = set(net.activations) - {"relu", "identity"}
+    deep = range(1, len(d) - 3) if curved else ()
+    return N * (k + 1) * net.num_params + N * sum(d[l + 1] ** 2 * (d[l] + d[l + 2]) for l in deep)
+
+
 def worth_it(net, quantity, N, m=1) -> bool:
     """Whether the GPU is estimated to beat the CPU on this call (see CROSSOVER)."""
     work, inputs, result = estimate(net, quantity, N, m)
     c = CROSSOVER
-    t_cpu = work / (c["CPU_MADDS_PER_THREAD_S"] * get_num_threads())
+    t_cpu = cpu_work(net, quantity, N, m) / (c["CPU_MADDS_PER_S"]
+                                             * get_num_threads() ** c["CPU_THREAD_EXPONENT"])
     t_gpu = (c["GPU_CALL_S"] + work / c["GPU_MADDS_PER_S"] + inputs / c["H2D_BYTES_PER_S"]
              + result / c["D2H_BYTES_PER_S"])
     return t_gpu < t_cpu
