@@ -118,8 +118,9 @@ def main():
         o = OUT / (s.stem + ".o")
         objs.append(o)
         procs.append(subprocess.Popen(["g++", "-std=c++17", "-O1", "-g", "-fPIC", "-Wall", "-Wextra",
-                                       "-Wno-unused-parameter", *SANITIZE, "-I", str(HERE / "include"), "-I", str(gen),
-                                       *pyinc, "-c", str(s), "-o", str(o)]))
+                                       "-Wno-unused-parameter", "-Wno-unknown-pragmas",  # #pragma unroll
+                                       *SANITIZE, "-I", str(HERE / "include"), "-I", str(gen), *pyinc, "-c",
+                                       str(s), "-o", str(o)]))
         if len(procs) == 2:
             [p.wait() for p in procs]
             if any(p.returncode for p in procs):
