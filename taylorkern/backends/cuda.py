@@ -258,8 +258,8 @@ QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "
 #   t_cpu = cpu work / (CPU_MADDS_PER_S * threads ** CPU_THREAD_EXPONENT)
 #   t_gpu = GPU_CALL_S + work / GPU_MADDS_PER_S + inputs / H2D_BYTES_PER_S + result / D2H_BYTES_PER_S
 # with work the call's multiply-adds (estimate(); the CPU's differs for hessian_diag, whose cpp
-# kernel needs no per-sample matrices in most networks), inputs the host arrays copied in and
-# result the numpy array copied back.  Constants from the crossover ladder of an NVIDIA H200
+# kernel needs no per-sample matrices in most networks: cpp_hessian_diag_work), inputs the host
+# arrays copied in and result the numpy array copied back.  Constants from the crossover ladder of an NVIDIA H200
 # machine (bench/GPU_NOTES.md, 2026-11-27): cpp did 2.8-4e10 multiply-adds/s on one thread on
 # the large calls and 6.1-7.4 times that on 16 (16 ** 0.7 = 7.0; 8 threads 3.7-3.9 times, 4
 # threads 2.0-3.7); cuda's full Hessian/GGN ~2.9e13/s; a call with tiny work 0.15-0.2 ms;
@@ -304,12 +304,10 @@ def estimate(net, quantity, N, m=1):
     raise ValueError(f"unknown quantity {quantity!r}")
 
 
-def cpu_work(net, quantity, N, m=1):
-    """The multiply-adds of the cpp backend's call: estimate()'s, except hessian_diag, which
-    costs cpp about the GGN diagonal's work plus, for networks of three or more hidden layers
-    with a curved activation, the per-sample matrices S_l below the top two (diagonal.cpp)."""
-    if quantity != "hessian_diag":
-        return estimate(net, quantity, N, m)[0]
+def cpp_hessian_diag_work(net, N):
+    """The multiply-adds of cpp's hessian_diag: about the GGN diagonal's, plus, for networks of
+    three or more hidden layers with a curved activation, the per-sample matrices S_l below the
+    top two (diagonal.cpp).  The GPU forms every layer's per-sample matrices (estimate())."""
     d, k = net.sizes, net.num_outputs
     curved = set(net.activations) - {"relu", "identity"}
     deep = range(1, len(d) - 3) if curved else ()
@@ -320,8 +318,8 @@ def worth_it(net, quantity, N, m=1) -> bool:
     """Whether the GPU is estimated to beat the CPU on this call (see CROSSOVER)."""
     work, inputs, result = estimate(net, quantity, N, m)
     c = CROSSOVER
-    t_cpu = cpu_work(net, quantity, N, m) / (c["CPU_MADDS_PER_S"]
-                                             * get_num_threads() ** c["CPU_THREAD_EXPONENT"])
+    cpu = cpp_hessian_diag_work(net, N) if quantity == "hessian_diag" else work
+    t_cpu = cpu / (c["CPU_MADDS_PER_S"] * get_num_threads() ** c["CPU_THREAD_EXPONENT"])
     t_gpu = (c["GPU_CALL_S"] + work / c["GPU_MADDS_PER_S"] + inputs / c["H2D_BYTES_PER_S"]
              + result / c["D2H_BYTES_PER_S"])
     return t_gpu < t_cpu
