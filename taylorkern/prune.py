@@ -41,8 +41,15 @@ import time
 import numpy as np
 import scipy.linalg
 
+from ._validate import (
+    available_memory,
+    check_curvature,
+    check_net,
+    choice,
+    format_bytes,
+    integer,
+)
 from .model import TooLargeError
-from .spectrum import _available_memory, _check_curvature, _check_net, _fmt_bytes, _int
 
 METHODS = ("obd", "obs", "taylor1", "magnitude")
 SCOPES = ("global", "layer")
@@ -56,12 +63,6 @@ _FLUSH = 64  # pending rank-1 downdates applied together in one matrix product
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_method(method):
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    return method
-
-
 def _check_mask(net, mask):
     """Boolean (P,) kept-mask (True = kept), or all True."""
     if mask is None:
@@ -104,11 +105,11 @@ def _diag(net, theta, X, Y, curvature):
 # ----------------------------------------------------------------------------- OBS core
 def _obs_memory_check(n, what="OBS"):
     need = 8.0 * 3.0 * n * n  # B, its factor/inverse (in place) and the kernels' workspace
-    have = _available_memory()
+    have = available_memory()
     if need > have:
         raise TooLargeError(
             f"{what} over n = {n} parameters needs the n x n inverse curvature, about "
-            f"{_fmt_bytes(need)} with workspace, but only {_fmt_bytes(have)} of memory is available; "
+            f"{format_bytes(need)} with workspace, but only {format_bytes(have)} of memory is available; "
             "use blockwise=True (per-layer blocks), method='obd', or prune fewer parameters at once")
 
 
@@ -266,9 +267,9 @@ def saliency(net, theta, X, Y, method="obd", curvature="ggn", damping=None, mask
     OBS with ``blockwise=False`` forms the P x P matrix and inverts it (refused with the
     memory it needs when that does not fit).
     """
-    _check_net(net)
-    method = _check_method(method)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    method = choice("method", method, METHODS)
+    curvature = check_curvature(curvature)
     damping = _check_damping(damping)
     kept = _check_mask(net, mask)
     net.unflatten(theta)  # validates theta's shape, dtype and values
@@ -415,17 +416,15 @@ def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", da
     obd/taylor1/magnitude remove the round's lowest saliencies at once.  Returns a
     :class:`PruneResult`; ``result.table()`` formats the per-round report.
     """
-    _check_net(net)
-    method = _check_method(method)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    method = choice("method", method, METHODS)
+    curvature = check_curvature(curvature)
     damping = _check_damping(damping)
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity <= 1:
         raise ValueError(f"sparsity: expected a number in [0, 1], got {sparsity!r}")
-    steps = _int("steps", steps, 1)
-    if scope not in SCOPES:
-        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
-    if params not in PARAMS:
-        raise ValueError(f"params: expected one of {PARAMS}, got {params!r}")
+    steps = integer("steps", steps, 1)
+    scope = choice("scope", scope, SCOPES)
+    params = choice("params", params, PARAMS)
     if retrain is not None and not callable(retrain) and not isinstance(retrain, str):
         raise ValueError(f"retrain: expected None, a minimize method name or a callable, got {retrain!r}")
     if retrain_options is not None and not isinstance(retrain_options, dict):
