@@ -386,6 +386,79 @@ def _quotas(target_counts, pruned_counts):
     return {g: max(int(t) - int(pruned_counts.get(g, 0)), 0) for g, t in target_counts.items()}
 
 
+def _schedule(prunable, kept, group, sparsity, steps):
+    """(prunable parameters per quota group, the sparsity to reach after each step): from the
+    mask's sparsity, rising linearly to ``sparsity`` over ``steps``."""
+    n_prunable = {g: int(np.sum(prunable & (group == g))) for g in np.unique(group[prunable])}
+    total_prunable = int(prunable.sum())
+    if total_prunable == 0:
+        raise ValueError("params: the network has no prunable parameters")
+    s0 = float(np.sum(prunable & ~kept)) / total_prunable
+    return n_prunable, [s0 + (sparsity - s0) * (t + 1) / steps for t in range(steps)]
+
+
+def _remove_obs(net, th, X, Y, kept, cand, group, quota, n_new, curvature, damping, blockwise):
+    """One step of sequential OBS: n_new removals among ``cand``, at most ``quota[g]`` from
+    group g, each the least salient under the inverse updated by the ones before, each
+    compensated in ``th`` (updated in place).  Returns (removed indices, the sum of their
+    saliencies, the damping used)."""
+    engines, d_used = _obs_blocks(net, th.astype(net.dtype), X, Y, kept, curvature, damping,
+                                  blockwise, cand, group, th)
+    rem, predicted = [], 0.0
+    left = np.zeros(int(group.max()) + 1, int)
+    for g, k in quota.items():
+        left[g] = k
+    for _ in range(n_new):
+        best, best_e, best_q = np.inf, None, -1
+        for e in engines:
+            sal = np.where(left[e.group] > 0, e.saliencies(), np.inf)
+            if sal.size:
+                q = int(np.argmin(sal))
+                if sal[q] < best:
+                    best, best_e, best_q = sal[q], e, q
+        if best_e is None:
+            break
+        g = int(best_e.group[best_q])
+        rem.append(int(best_e.idx[best_q]))
+        predicted += best_e.remove(best_q)
+        left[g] -= 1
+    return np.asarray(rem, int), predicted, d_used
+
+
+def _remove_ranked(net, th, X, Y, kept, cand, group, quota, method, curvature, damping):
+    """One step of obd / taylor1 / magnitude: the ``quota[g]`` least salient of ``cand`` in
+    each group g at once, zeroed in ``th``.  Returns (removed indices, the method's predicted
+    loss increase: NaN for magnitude)."""
+    sal = saliency(net, th.astype(net.dtype), X, Y, method, curvature, damping, kept)
+    rem = []
+    for g, k in quota.items():
+        if k == 0:
+            continue
+        idx = np.flatnonzero(cand & (group == g))
+        order = np.argsort(sal[idx], kind="stable")
+        rem.append(idx[order[:k]])
+    removed = np.concatenate(rem) if rem else np.zeros(0, int)
+    if method == "obd":
+        predicted = float(sal[removed].sum())
+    elif method == "taylor1":
+        _, g_ = net.loss_and_grad(th.astype(net.dtype), X, Y)
+        predicted = float(-(np.asarray(g_, dtype=np.float64)[removed] * th[removed]).sum())
+    else:
+        predicted = math.nan
+    th[removed] = 0.0
+    return removed, predicted
+
+
+def _model_increase(net, th_before, th, X, Y, curvature):
+    """The quadratic model ``g.delta + 1/2 delta.B delta`` of the step th_before -> th, with g
+    and the undamped B at th_before."""
+    delta = th - th_before
+    _, g0 = net.loss_and_grad(th_before.astype(net.dtype), X, Y)
+    prod = net.hvp if curvature == "hessian" else net.ggn_vp
+    Bd = np.asarray(prod(th_before.astype(net.dtype), X, Y, delta.astype(net.dtype)), dtype=np.float64)
+    return float(np.asarray(g0, dtype=np.float64) @ delta + 0.5 * delta @ Bd)
+
+
 def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", damping=None,
           retrain=None, retrain_options=None, scope="global", params="weights", mask=None,
           blockwise=False) -> PruneResult:
@@ -435,14 +508,9 @@ def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", da
     th[~kept] = 0.0
 
     prunable = weight_mask(net) if params == "weights" else np.ones(net.num_params, bool)
-    layer = _layer_of(net)
-    group = layer if scope == "layer" else np.zeros(net.num_params, int)
-    n_prunable = {g: int(np.sum(prunable & (group == g))) for g in np.unique(group[prunable])}
-    total_prunable = int(prunable.sum())
-    if total_prunable == 0:
-        raise ValueError("params: the network has no prunable parameters")
-    s0 = float(np.sum(prunable & ~kept)) / total_prunable
-    schedule = [s0 + (float(sparsity) - s0) * (t + 1) / steps for t in range(steps)]
+    group = _layer_of(net) if scope == "layer" else np.zeros(net.num_params, int)
+    n_prunable, schedule = _schedule(prunable, kept, group, float(sparsity), steps)
+    total_prunable = sum(n_prunable.values())
 
     report, used_damping = [], 0.0
     loss = net.loss(th.astype(net.dtype), X, Y)
@@ -454,71 +522,33 @@ def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", da
         n_new = sum(quota.values())
         loss_before = loss
         th_before = th.copy()
-        cand = prunable & kept
         predicted = 0.0
         removed = np.zeros(0, int)
         if n_new:
+            cand = prunable & kept
             if method == "obs":
-                engines, d_used = _obs_blocks(net, th.astype(net.dtype), X, Y, kept, curvature, damping,
-                                              blockwise, cand, group, th)
+                removed, predicted, d_used = _remove_obs(net, th, X, Y, kept, cand, group, quota, n_new,
+                                                         curvature, damping, blockwise)
                 used_damping = max(used_damping, d_used)
-                rem = []
-                left = np.zeros(int(group.max()) + 1, int)
-                for g, k in quota.items():
-                    left[g] = k
-                for _ in range(n_new):
-                    best, best_e, best_q = np.inf, None, -1
-                    for e in engines:
-                        sal = np.where(left[e.group] > 0, e.saliencies(), np.inf)
-                        if sal.size:
-                            q = int(np.argmin(sal))
-                            if sal[q] < best:
-                                best, best_e, best_q = sal[q], e, q
-                    if best_e is None:
-                        break
-                    g = int(best_e.group[best_q])
-                    rem.append(int(best_e.idx[best_q]))
-                    predicted += best_e.remove(best_q)
-                    left[g] -= 1
-                removed = np.asarray(rem, int)
             else:
-                sal = saliency(net, th.astype(net.dtype), X, Y, method, curvature, damping, kept)
+                removed, predicted = _remove_ranked(net, th, X, Y, kept, cand, group, quota, method,
+                                                    curvature, damping)
                 if method == "obd" and damping is not None:
                     used_damping = damping
-                rem = []
-                for g, k in quota.items():
-                    if k == 0:
-                        continue
-                    idx = np.flatnonzero(cand & (group == g))
-                    order = np.argsort(sal[idx], kind="stable")
-                    rem.append(idx[order[:k]])
-                removed = np.concatenate(rem) if rem else np.zeros(0, int)
-                if method == "obd":
-                    predicted = float(sal[removed].sum())
-                elif method == "taylor1":
-                    _, g_ = net.loss_and_grad(th.astype(net.dtype), X, Y)
-                    predicted = float(-(np.asarray(g_, dtype=np.float64)[removed] * th[removed]).sum())
-                else:
-                    predicted = math.nan
-                th[removed] = 0.0
             kept[removed] = False
             th[~kept] = 0.0
         loss_pruned = net.loss(th.astype(net.dtype), X, Y)
         model_inc = math.nan
         if n_new and not (method == "obs" and blockwise):
-            delta = th - th_before
-            _, g0 = net.loss_and_grad(th_before.astype(net.dtype), X, Y)
-            prod = net.hvp if curvature == "hessian" else net.ggn_vp
-            Bd = np.asarray(prod(th_before.astype(net.dtype), X, Y, delta.astype(net.dtype)), dtype=np.float64)
-            model_inc = float(np.asarray(g0, dtype=np.float64) @ delta + 0.5 * delta @ Bd)
+            model_inc = _model_increase(net, th_before, th, X, Y, curvature)
         loss_ret, nit, status = math.nan, 0, ""
         loss = loss_pruned
         if retrain is not None:
             th, nit, status = _retrain(net, th, X, Y, kept, retrain, retrain_options)
             loss_ret = net.loss(th.astype(net.dtype), X, Y)
             loss = loss_ret
-        achieved = float(np.sum(prunable & ~kept)) / total_prunable
-        report.append(PruneStep(step=t + 1, sparsity=achieved, n_pruned=int(np.sum(prunable & ~kept)),
+        n_pruned = int(np.sum(prunable & ~kept))
+        report.append(PruneStep(step=t + 1, sparsity=float(n_pruned) / total_prunable, n_pruned=n_pruned,
                                 n_removed=int(removed.size), loss_before=float(loss_before),
                                 loss_pruned=float(loss_pruned), predicted_increase=float(predicted),
                                 model_increase=model_inc, loss_retrained=float(loss_ret),

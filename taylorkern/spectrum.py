@@ -176,6 +176,39 @@ def _wanted(order, k, which):
     return np.unique(np.concatenate([lo, hi]))
 
 
+def _ritz_pairs(Q, AQ, T, k, which, tol):
+    """Rayleigh-Ritz on the basis Q (n, j) with AQ = A Q and T = Q^T A Q (j, j): the wanted
+    pairs as (values, vectors (n, w), residuals |A x - theta x|, converged)."""
+    theta, S = np.linalg.eigh(0.5 * (T + T.T))
+    idx = _wanted(theta, k, which)
+    Y_ = S[:, idx]
+    Xr = Q @ Y_
+    res = np.linalg.norm(AQ @ Y_ - Xr * theta[idx], axis=0)
+    scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
+    return theta[idx], Xr, res, res <= tol * scale
+
+
+def _next_block(W, Q, b_next, rng):
+    """The next b_next basis directions: the new part of A's Krylov space, A's last block W
+    (n, b) orthogonalised (twice) against the basis Q (n, j) and orthonormalised.  Where that
+    leaves (almost) nothing, the basis spans an invariant subspace and the dead directions
+    are replaced by random ones orthogonal to it (the restart that reaches the rest of the
+    spectrum)."""
+    R = W[:, :b_next] if b_next < W.shape[1] else W
+    R = R - Q @ (Q.T @ R)
+    R = R - Q @ (Q.T @ R)
+    norms0 = np.linalg.norm(W, axis=0)[:R.shape[1]]
+    Vn, Rr = np.linalg.qr(R)
+    small = np.abs(np.diag(Rr)) <= 1e-10 * max(float(norms0.max(initial=0.0)), 1e-300)
+    if R.shape[1] < b_next:  # pragma: no cover - W always has >= b_next columns
+        small = np.ones(b_next, bool)
+    if small.any():
+        keep = Vn[:, ~small]
+        fresh = _orthonormal_complement(np.hstack([Q, keep]), int(small.sum()), rng, Q.shape[0])
+        Vn = np.hstack([keep, fresh])
+    return Vn
+
+
 def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_size=1, seed=0,
             return_vectors=False) -> Eigen:
     """k extreme eigenpairs of a symmetric operator by block Lanczos.
@@ -226,7 +259,6 @@ def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_siz
     j = 0
     n_products = 0
     last_check = 0
-    result = None
     while True:
         W = np.asarray(matvec(V), dtype=np.float64).reshape(n, V.shape[1])
         n_products += V.shape[1]
@@ -240,37 +272,12 @@ def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_siz
         done = j >= m_cap
         if j >= n_want and (done or j - last_check >= max(V.shape[1], j // 8)):
             last_check = j
-            Tj = 0.5 * (T[:j, :j] + T[:j, :j].T)
-            theta, S = np.linalg.eigh(Tj)
-            idx = _wanted(theta, k, which)
-            Y_ = S[:, idx]
-            Xr = Q[:, :j] @ Y_
-            R = AQ[:, :j] @ Y_ - Xr * theta[idx]
-            res = np.linalg.norm(R, axis=0)
-            scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
-            conv = res <= tol * scale
-            result = (theta[idx], Xr, res, conv)
+            values, vecs, res, conv = _ritz_pairs(Q[:, :j], AQ[:, :j], T[:j, :j], k, which, tol)
             if conv.all() or done:
                 break
         if done:  # pragma: no cover - the check above always runs when done
             break
-        # Next block: the new directions of A's Krylov space, orthogonal to the basis.
-        b_next = min(b, m_cap - j)
-        R = W[:, :b_next] if b_next < W.shape[1] else W
-        R = R - Q[:, :j] @ (Q[:, :j].T @ R)
-        R = R - Q[:, :j] @ (Q[:, :j].T @ R)
-        norms0 = np.linalg.norm(W, axis=0)[:R.shape[1]]
-        Vn, Rr = np.linalg.qr(R)
-        small = np.abs(np.diag(Rr)) <= 1e-10 * max(float(norms0.max(initial=0.0)), 1e-300)
-        if R.shape[1] < b_next:  # pragma: no cover - W always has >= b_next columns
-            small = np.ones(b_next, bool)
-        if small.any():
-            # (Nearly) invariant subspace found: replace the dead directions with random ones.
-            keep = Vn[:, ~small]
-            fresh = _orthonormal_complement(np.hstack([Q[:, :j], keep]), int(small.sum()), rng, n)
-            Vn = np.hstack([keep, fresh])
-        V = Vn
-    values, vecs, res, conv = result
+        V = _next_block(W, Q[:, :j], min(b, m_cap - j), rng)
     if not conv.all():
         warnings.warn(f"lanczos: {int((~conv).sum())} of {len(conv)} wanted eigenpairs did not reach "
                       f"tol={tol:g} with a basis of {j} vectors (largest residual {res.max():.3g}); "
