@@ -64,7 +64,7 @@ def real(name, v, lo=None, hi=None, lo_open=False, hi_open=False, none=False):
 def boolean(name, v) -> bool:
     """``v`` when it is True or False (not merely truthy)."""
     if not isinstance(v, bool):
-        raise ValueError(f"{name}: expected True or False, got {v!r}")
+        raise ValueError(f"{name}: expected True or False, got {v!r}")  # noqa: TRY004 - as every option
     return v
 
 

@@ -46,7 +46,7 @@ def _check_signature(impl, spec, where):
 
 def test_protocol_lists_what_the_mlp_calls():
     """The protocol's functions are exactly the MLP's curvature calls, which dispatch to them."""
-    calls = {n for n in BACKEND_FUNCTIONS}
+    calls = set(BACKEND_FUNCTIONS)
     assert calls == {"predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "hessian", "ggn",
                      "hessian_blocks", "ggn_blocks", "hessian_diag", "ggn_diag"}
     for n in calls:

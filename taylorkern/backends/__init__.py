@@ -1,8 +1,9 @@
 """Backends: one protocol, several implementations (chosen in taylorkern._dispatch).
 
-A backend is a module (``cpp``, ``numba``, ``reference``, ``cuda``) whose functions compute
-the curvature quantities of an MLP's loss.  :class:`Backend` is the protocol they follow;
-:class:`ReportsProductMemory` an optional extra.  docs/design.md describes the data flow.
+A backend is a module (``cpp``, ``numba``, ``reference``, ``cuda``; or, for the routed CUDA
+backend, an object) whose functions compute the curvature quantities of an MLP's loss.
+:class:`Backend` is the protocol they follow, :class:`ReportsProductMemory` an optional
+extra; docs/design.md (section 3, the backend protocol) describes them with the data flow.
 
 The contract, for every function:
 
@@ -14,8 +15,11 @@ The contract, for every function:
   outputs, m directions, P_l the parameters of layer l, [Wl; bl]).
 - A backend returns the data term only: the MLP adds the l2 term itself.  "mean" divides
   by N (and mse also by k: its mean is over all N*k elements).
-- Results are new numpy arrays of ``net.dtype`` owned by the caller (the MLP adds l2 to
-  them in place); a loss is a real number (a Python float or a numpy scalar).
+- Results are new numpy arrays of ``net.dtype`` owned by the caller, never views of a
+  workspace (the MLP adds l2 to them in place); a loss is a real number (a Python float or
+  a numpy scalar).  Inputs are left untouched and may be read-only, and the same call gives
+  the same result (tests/test_backends.py checks these; tests/test_protocol.py the
+  signatures and shapes).
 - A backend may keep prepared state per network (a compiled description of the layers, a
   workspace pool) in ``net._handles[name]``; the MLP empties that dict when pickled.
 - Extra keyword parameters are allowed when they have defaults (the cuda backend's
