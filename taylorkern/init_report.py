@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from . import spectrum
-from .spectrum import _check_net
+from ._validate import check_net
 
 # label -> spec: a scheme name of MLP.init, ("normal", std), a callable (net, seed) -> theta,
 # or a (P,) array.
@@ -167,7 +167,7 @@ def init_report(net, X, Y, schemes=None, seed=0, train="adam", train_options=Non
         "auto" (exact when P <= EXACT_MAX_ORDER)
     n_probes, n_steps : SLQ options (method "lanczos")
     """
-    _check_net(net)
+    check_net(net)
     if schemes is None:
         schemes = DEFAULT_SCHEMES
     if not isinstance(schemes, dict) or not schemes:
@@ -202,11 +202,9 @@ def init_report(net, X, Y, schemes=None, seed=0, train="adam", train_options=Non
             h_max, g_max = float(eh[-1]), float(eg[-1])
             g_cond, g_rank, g_conv = cg.cond_nonzero, cg.rank, True
             h_neg = float(np.mean(eh < -ch.rtol * ch.abs_max))
-            nodes, weights = eh[None, :], np.full((1, eh.size), 1.0 / eh.size)
             sigma = max(0.01 * float(eh[-1] - eh[0]), 1e-12)
             grid = np.linspace(eh[0] - 3 * sigma, eh[-1] + 3 * sigma, 600)
-            spectra[label] = spectrum.Density(grid, spectrum._smooth(nodes, weights, grid, sigma), nodes,
-                                              weights, sigma, eh.size, "exact")
+            spectra[label] = spectrum.density_from_eigenvalues(eh, grid, sigma)
         else:
             h_max = float(spectrum.eigenvalues(net, theta, X, Y, k=1, curvature="hessian",
                                                method="lanczos", seed=seed).values[-1])

@@ -41,8 +41,15 @@ import time
 import numpy as np
 import scipy.linalg
 
+from ._validate import (
+    available_memory,
+    check_curvature,
+    check_net,
+    choice,
+    format_bytes,
+    integer,
+)
 from .model import TooLargeError
-from .spectrum import _available_memory, _check_curvature, _check_net, _fmt_bytes, _int
 
 METHODS = ("obd", "obs", "taylor1", "magnitude")
 SCOPES = ("global", "layer")
@@ -56,12 +63,6 @@ _FLUSH = 64  # pending rank-1 downdates applied together in one matrix product
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_method(method):
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    return method
-
-
 def _check_mask(net, mask):
     """Boolean (P,) kept-mask (True = kept), or all True."""
     if mask is None:
@@ -104,11 +105,11 @@ def _diag(net, theta, X, Y, curvature):
 # ----------------------------------------------------------------------------- OBS core
 def _obs_memory_check(n, what="OBS"):
     need = 8.0 * 3.0 * n * n  # B, its factor/inverse (in place) and the kernels' workspace
-    have = _available_memory()
+    have = available_memory()
     if need > have:
         raise TooLargeError(
             f"{what} over n = {n} parameters needs the n x n inverse curvature, about "
-            f"{_fmt_bytes(need)} with workspace, but only {_fmt_bytes(have)} of memory is available; "
+            f"{format_bytes(need)} with workspace, but only {format_bytes(have)} of memory is available; "
             "use blockwise=True (per-layer blocks), method='obd', or prune fewer parameters at once")
 
 
@@ -266,9 +267,9 @@ def saliency(net, theta, X, Y, method="obd", curvature="ggn", damping=None, mask
     OBS with ``blockwise=False`` forms the P x P matrix and inverts it (refused with the
     memory it needs when that does not fit).
     """
-    _check_net(net)
-    method = _check_method(method)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    method = choice("method", method, METHODS)
+    curvature = check_curvature(curvature)
     damping = _check_damping(damping)
     kept = _check_mask(net, mask)
     net.unflatten(theta)  # validates theta's shape, dtype and values
@@ -385,6 +386,79 @@ def _quotas(target_counts, pruned_counts):
     return {g: max(int(t) - int(pruned_counts.get(g, 0)), 0) for g, t in target_counts.items()}
 
 
+def _schedule(prunable, kept, group, sparsity, steps):
+    """(prunable parameters per quota group, the sparsity to reach after each step): from the
+    mask's sparsity, rising linearly to ``sparsity`` over ``steps``."""
+    n_prunable = {g: int(np.sum(prunable & (group == g))) for g in np.unique(group[prunable])}
+    total_prunable = int(prunable.sum())
+    if total_prunable == 0:
+        raise ValueError("params: the network has no prunable parameters")
+    s0 = float(np.sum(prunable & ~kept)) / total_prunable
+    return n_prunable, [s0 + (sparsity - s0) * (t + 1) / steps for t in range(steps)]
+
+
+def _remove_obs(net, th, X, Y, kept, cand, group, quota, n_new, curvature, damping, blockwise):
+    """One step of sequential OBS: n_new removals among ``cand``, at most ``quota[g]`` from
+    group g, each the least salient under the inverse updated by the ones before, each
+    compensated in ``th`` (updated in place).  Returns (removed indices, the sum of their
+    saliencies, the damping used)."""
+    engines, d_used = _obs_blocks(net, th.astype(net.dtype), X, Y, kept, curvature, damping,
+                                  blockwise, cand, group, th)
+    rem, predicted = [], 0.0
+    left = np.zeros(int(group.max()) + 1, int)
+    for g, k in quota.items():
+        left[g] = k
+    for _ in range(n_new):
+        best, best_e, best_q = np.inf, None, -1
+        for e in engines:
+            sal = np.where(left[e.group] > 0, e.saliencies(), np.inf)
+            if sal.size:
+                q = int(np.argmin(sal))
+                if sal[q] < best:
+                    best, best_e, best_q = sal[q], e, q
+        if best_e is None:
+            break
+        g = int(best_e.group[best_q])
+        rem.append(int(best_e.idx[best_q]))
+        predicted += best_e.remove(best_q)
+        left[g] -= 1
+    return np.asarray(rem, int), predicted, d_used
+
+
+def _remove_ranked(net, th, X, Y, kept, cand, group, quota, method, curvature, damping):
+    """One step of obd / taylor1 / magnitude: the ``quota[g]`` least salient of ``cand`` in
+    each group g at once, zeroed in ``th``.  Returns (removed indices, the method's predicted
+    loss increase: NaN for magnitude)."""
+    sal = saliency(net, th.astype(net.dtype), X, Y, method, curvature, damping, kept)
+    rem = []
+    for g, k in quota.items():
+        if k == 0:
+            continue
+        idx = np.flatnonzero(cand & (group == g))
+        order = np.argsort(sal[idx], kind="stable")
+        rem.append(idx[order[:k]])
+    removed = np.concatenate(rem) if rem else np.zeros(0, int)
+    if method == "obd":
+        predicted = float(sal[removed].sum())
+    elif method == "taylor1":
+        _, g_ = net.loss_and_grad(th.astype(net.dtype), X, Y)
+        predicted = float(-(np.asarray(g_, dtype=np.float64)[removed] * th[removed]).sum())
+    else:
+        predicted = math.nan
+    th[removed] = 0.0
+    return removed, predicted
+
+
+def _model_increase(net, th_before, th, X, Y, curvature):
+    """The quadratic model ``g.delta + 1/2 delta.B delta`` of the step th_before -> th, with g
+    and the undamped B at th_before."""
+    delta = th - th_before
+    _, g0 = net.loss_and_grad(th_before.astype(net.dtype), X, Y)
+    prod = net.hvp if curvature == "hessian" else net.ggn_vp
+    Bd = np.asarray(prod(th_before.astype(net.dtype), X, Y, delta.astype(net.dtype)), dtype=np.float64)
+    return float(np.asarray(g0, dtype=np.float64) @ delta + 0.5 * delta @ Bd)
+
+
 def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", damping=None,
           retrain=None, retrain_options=None, scope="global", params="weights", mask=None,
           blockwise=False) -> PruneResult:
@@ -415,17 +489,15 @@ def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", da
     obd/taylor1/magnitude remove the round's lowest saliencies at once.  Returns a
     :class:`PruneResult`; ``result.table()`` formats the per-round report.
     """
-    _check_net(net)
-    method = _check_method(method)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    method = choice("method", method, METHODS)
+    curvature = check_curvature(curvature)
     damping = _check_damping(damping)
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity <= 1:
         raise ValueError(f"sparsity: expected a number in [0, 1], got {sparsity!r}")
-    steps = _int("steps", steps, 1)
-    if scope not in SCOPES:
-        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
-    if params not in PARAMS:
-        raise ValueError(f"params: expected one of {PARAMS}, got {params!r}")
+    steps = integer("steps", steps, 1)
+    scope = choice("scope", scope, SCOPES)
+    params = choice("params", params, PARAMS)
     if retrain is not None and not callable(retrain) and not isinstance(retrain, str):
         raise ValueError(f"retrain: expected None, a minimize method name or a callable, got {retrain!r}")
     if retrain_options is not None and not isinstance(retrain_options, dict):
@@ -436,14 +508,9 @@ def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", da
     th[~kept] = 0.0
 
     prunable = weight_mask(net) if params == "weights" else np.ones(net.num_params, bool)
-    layer = _layer_of(net)
-    group = layer if scope == "layer" else np.zeros(net.num_params, int)
-    n_prunable = {g: int(np.sum(prunable & (group == g))) for g in np.unique(group[prunable])}
-    total_prunable = int(prunable.sum())
-    if total_prunable == 0:
-        raise ValueError("params: the network has no prunable parameters")
-    s0 = float(np.sum(prunable & ~kept)) / total_prunable
-    schedule = [s0 + (float(sparsity) - s0) * (t + 1) / steps for t in range(steps)]
+    group = _layer_of(net) if scope == "layer" else np.zeros(net.num_params, int)
+    n_prunable, schedule = _schedule(prunable, kept, group, float(sparsity), steps)
+    total_prunable = sum(n_prunable.values())
 
     report, used_damping = [], 0.0
     loss = net.loss(th.astype(net.dtype), X, Y)
@@ -455,71 +522,33 @@ def prune(net, theta, X, Y, sparsity, method="obs", steps=1, curvature="ggn", da
         n_new = sum(quota.values())
         loss_before = loss
         th_before = th.copy()
-        cand = prunable & kept
         predicted = 0.0
         removed = np.zeros(0, int)
         if n_new:
+            cand = prunable & kept
             if method == "obs":
-                engines, d_used = _obs_blocks(net, th.astype(net.dtype), X, Y, kept, curvature, damping,
-                                              blockwise, cand, group, th)
+                removed, predicted, d_used = _remove_obs(net, th, X, Y, kept, cand, group, quota, n_new,
+                                                         curvature, damping, blockwise)
                 used_damping = max(used_damping, d_used)
-                rem = []
-                left = np.zeros(int(group.max()) + 1, int)
-                for g, k in quota.items():
-                    left[g] = k
-                for _ in range(n_new):
-                    best, best_e, best_q = np.inf, None, -1
-                    for e in engines:
-                        sal = np.where(left[e.group] > 0, e.saliencies(), np.inf)
-                        if sal.size:
-                            q = int(np.argmin(sal))
-                            if sal[q] < best:
-                                best, best_e, best_q = sal[q], e, q
-                    if best_e is None:
-                        break
-                    g = int(best_e.group[best_q])
-                    rem.append(int(best_e.idx[best_q]))
-                    predicted += best_e.remove(best_q)
-                    left[g] -= 1
-                removed = np.asarray(rem, int)
             else:
-                sal = saliency(net, th.astype(net.dtype), X, Y, method, curvature, damping, kept)
+                removed, predicted = _remove_ranked(net, th, X, Y, kept, cand, group, quota, method,
+                                                    curvature, damping)
                 if method == "obd" and damping is not None:
                     used_damping = damping
-                rem = []
-                for g, k in quota.items():
-                    if k == 0:
-                        continue
-                    idx = np.flatnonzero(cand & (group == g))
-                    order = np.argsort(sal[idx], kind="stable")
-                    rem.append(idx[order[:k]])
-                removed = np.concatenate(rem) if rem else np.zeros(0, int)
-                if method == "obd":
-                    predicted = float(sal[removed].sum())
-                elif method == "taylor1":
-                    _, g_ = net.loss_and_grad(th.astype(net.dtype), X, Y)
-                    predicted = float(-(np.asarray(g_, dtype=np.float64)[removed] * th[removed]).sum())
-                else:
-                    predicted = math.nan
-                th[removed] = 0.0
             kept[removed] = False
             th[~kept] = 0.0
         loss_pruned = net.loss(th.astype(net.dtype), X, Y)
         model_inc = math.nan
         if n_new and not (method == "obs" and blockwise):
-            delta = th - th_before
-            _, g0 = net.loss_and_grad(th_before.astype(net.dtype), X, Y)
-            prod = net.hvp if curvature == "hessian" else net.ggn_vp
-            Bd = np.asarray(prod(th_before.astype(net.dtype), X, Y, delta.astype(net.dtype)), dtype=np.float64)
-            model_inc = float(np.asarray(g0, dtype=np.float64) @ delta + 0.5 * delta @ Bd)
+            model_inc = _model_increase(net, th_before, th, X, Y, curvature)
         loss_ret, nit, status = math.nan, 0, ""
         loss = loss_pruned
         if retrain is not None:
             th, nit, status = _retrain(net, th, X, Y, kept, retrain, retrain_options)
             loss_ret = net.loss(th.astype(net.dtype), X, Y)
             loss = loss_ret
-        achieved = float(np.sum(prunable & ~kept)) / total_prunable
-        report.append(PruneStep(step=t + 1, sparsity=achieved, n_pruned=int(np.sum(prunable & ~kept)),
+        n_pruned = int(np.sum(prunable & ~kept))
+        report.append(PruneStep(step=t + 1, sparsity=float(n_pruned) / total_prunable, n_pruned=n_pruned,
                                 n_removed=int(removed.size), loss_before=float(loss_before),
                                 loss_pruned=float(loss_pruned), predicted_increase=float(predicted),
                                 model_increase=model_inc, loss_retrained=float(loss_ret),

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse.linalg
 
-from .model import MLP
+from ._validate import check_curvature, check_net
 
 __all__ = ["Objective", "Residuals", "hessian_operator", "ggn_operator", "minimize", "least_squares"]
 
@@ -31,11 +31,6 @@ __all__ = ["Objective", "Residuals", "hessian_operator", "ggn_operator", "minimi
 _NEEDS_HESS = ("trust-exact", "dogleg")
 _TAKES_HESSP = ("newton-cg", "trust-ncg", "trust-krylov", "trust-constr")
 _NO_GRADIENT = ("nelder-mead", "powell", "cobyla", "cobyqa")
-
-
-def _check_net(net):
-    if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a taylorkern.MLP, got {type(net).__name__}")
 
 
 def _data(net, X, Y):
@@ -75,7 +70,7 @@ class _Operator(scipy.sparse.linalg.LinearOperator):
 
 
 def _operator(kind, net, theta, X, Y):
-    _check_net(net)
+    check_net(net)
     X, Y = _data(net, X, Y)
     theta = np.array(theta, dtype=net.dtype)
     net.loss(theta, X, Y)  # validates theta
@@ -106,7 +101,7 @@ class Objective:
     """
 
     def __init__(self, net, X, Y):
-        _check_net(net)
+        check_net(net)
         self.net = net
         self.X, self.Y = _data(net, X, Y)
         self.nfev = self.njev = self.nhev = 0
@@ -185,7 +180,7 @@ class Residuals:
     """
 
     def __init__(self, net, X, Y):
-        _check_net(net)
+        check_net(net)
         if net.loss_name != "mse":
             raise ValueError(f"net: least-squares residuals need loss='mse', got loss={net.loss_name!r} "
                              "(cross-entropy is not a sum of squares; use Objective with "
@@ -239,9 +234,8 @@ def minimize(net, theta0, X, Y, method="trust-ncg", curvature="hessian", **kwarg
     the derivative-free methods).
     ``curvature="ggn"`` passes the Gauss-Newton matrix instead of the Hessian (it is PSD,
     which dogleg requires).  Returns scipy's OptimizeResult (x float64)."""
-    _check_net(net)
-    if curvature not in ("hessian", "ggn"):
-        raise ValueError(f"curvature: expected 'hessian' or 'ggn', got {curvature!r}")
+    check_net(net)
+    curvature = check_curvature(curvature)
     obj = Objective(net, X, Y)
     m = method.lower() if isinstance(method, str) else method
     extra = {}

@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, X="no_validation", y="no_validation", **kwargs):
         return estimator._validate_data(X, y, **kwargs)
 
+from ._validate import choice
 from .model import MLP
 from .optim import METHODS, Status, minimize
 
@@ -88,8 +89,7 @@ class _TaylorMLP(BaseEstimator):
         return tuple(int(s) for s in h)
 
     def _check_params(self):
-        if self.solver not in METHODS:
-            raise ValueError(f"solver: expected one of {METHODS}, got {self.solver!r}")
+        choice("solver", self.solver, METHODS)
         if (isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral)
                 or self.max_iter < 1):
             raise ValueError(f"max_iter: expected a positive integer, got {self.max_iter!r}")

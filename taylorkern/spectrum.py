@@ -41,9 +41,8 @@ import warnings
 import numpy as np
 import scipy.linalg
 
-from .model import MLP, TooLargeError, _available_memory_bytes, _fmt_bytes
+from ._validate import check_curvature, check_memory, check_net, choice, integer, real
 
-CURVATURES = ("hessian", "ggn")
 WHICH = ("largest", "smallest", "both")
 
 # Below this order, method="auto" uses the full matrix (eigvalsh of 1500 x 1500 takes about a
@@ -52,31 +51,6 @@ EXACT_MAX_ORDER = 1500
 
 
 # ----------------------------------------------------------------------------- helpers
-def _available_memory() -> float:
-    return float(_available_memory_bytes())
-
-
-def _check_memory(what: str, n_float64: float, hint: str = "") -> None:
-    """Raise TooLargeError when n_float64 float64 values would not fit in free memory."""
-    need = 8.0 * float(n_float64)
-    have = _available_memory()
-    if need > have:
-        raise TooLargeError(f"{what} would need {_fmt_bytes(need)} but only {_fmt_bytes(have)} of "
-                            f"memory is available{'; ' + hint if hint else ''}")
-
-
-def _check_net(net) -> MLP:
-    if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a taylorkern.MLP, got {type(net).__name__}")
-    return net
-
-
-def _check_curvature(curvature) -> str:
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature: expected one of {CURVATURES}, got {curvature!r}")
-    return curvature
-
-
 def _check_layer(net, layer):
     """None, or a layer index in [0, L) (negative indices count from the end)."""
     if layer is None:
@@ -85,24 +59,6 @@ def _check_layer(net, layer):
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not -L <= layer < L:
         raise ValueError(f"layer: expected None or an integer in [{-L}, {L}), got {layer!r}")
     return int(layer) % L
-
-
-def _int(name, v, lo, none=False):
-    if v is None and none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _real(name, v, lo=None, lo_open=False, none=False):
-    if v is None and none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {v!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo:g}, got {v!r}")
-    return float(v)
 
 
 def _check_data(net, theta, X, Y):
@@ -124,8 +80,8 @@ def curvature_operator(net, theta, X, Y, curvature="hessian", layer=None):
     For a layer, V is embedded in a zero (P, b) direction and the product sliced back, so
     that the result is exactly the diagonal block's product.
     """
-    _check_net(net)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    curvature = check_curvature(curvature)
     layer = _check_layer(net, layer)
     _check_data(net, theta, X, Y)
     prod = net.hvp if curvature == "hessian" else net.ggn_vp
@@ -148,8 +104,8 @@ def curvature_operator(net, theta, X, Y, curvature="hessian", layer=None):
 
 def curvature_matrix(net, theta, X, Y, curvature="hessian", layer=None) -> np.ndarray:
     """The full (n, n) matrix: H or G (``layer=None``), or layer ``layer``'s block, float64."""
-    _check_net(net)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    curvature = check_curvature(curvature)
     layer = _check_layer(net, layer)
     if layer is None:
         B = net.hessian(theta, X, Y) if curvature == "hessian" else net.ggn(theta, X, Y)
@@ -164,7 +120,7 @@ def _as_matvec(A, n):
     if callable(A):
         if n is None:
             raise ValueError("n: the operator's order is needed when A is a callable")
-        return A, _int("n", n, 1)
+        return A, integer("n", n, 1)
     M = np.asarray(A, dtype=np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] < 1:
         raise ValueError(f"A: expected a callable or a square matrix, got shape {M.shape}")
@@ -220,6 +176,39 @@ def _wanted(order, k, which):
     return np.unique(np.concatenate([lo, hi]))
 
 
+def _ritz_pairs(Q, AQ, T, k, which, tol):
+    """Rayleigh-Ritz on the basis Q (n, j) with AQ = A Q and T = Q^T A Q (j, j): the wanted
+    pairs as (values, vectors (n, w), residuals |A x - theta x|, converged)."""
+    theta, S = np.linalg.eigh(0.5 * (T + T.T))
+    idx = _wanted(theta, k, which)
+    Y_ = S[:, idx]
+    Xr = Q @ Y_
+    res = np.linalg.norm(AQ @ Y_ - Xr * theta[idx], axis=0)
+    scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
+    return theta[idx], Xr, res, res <= tol * scale
+
+
+def _next_block(W, Q, b_next, rng):
+    """The next b_next basis directions: the new part of A's Krylov space, A's last block W
+    (n, b) orthogonalised (twice) against the basis Q (n, j) and orthonormalised.  Where that
+    leaves (almost) nothing, the basis spans an invariant subspace and the dead directions
+    are replaced by random ones orthogonal to it (the restart that reaches the rest of the
+    spectrum)."""
+    R = W[:, :b_next] if b_next < W.shape[1] else W
+    R = R - Q @ (Q.T @ R)
+    R = R - Q @ (Q.T @ R)
+    norms0 = np.linalg.norm(W, axis=0)[:R.shape[1]]
+    Vn, Rr = np.linalg.qr(R)
+    small = np.abs(np.diag(Rr)) <= 1e-10 * max(float(norms0.max(initial=0.0)), 1e-300)
+    if R.shape[1] < b_next:  # pragma: no cover - W always has >= b_next columns
+        small = np.ones(b_next, bool)
+    if small.any():
+        keep = Vn[:, ~small]
+        fresh = _orthonormal_complement(np.hstack([Q, keep]), int(small.sum()), rng, Q.shape[0])
+        Vn = np.hstack([keep, fresh])
+    return Vn
+
+
 def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_size=1, seed=0,
             return_vectors=False) -> Eigen:
     """k extreme eigenpairs of a symmetric operator by block Lanczos.
@@ -249,18 +238,17 @@ def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_siz
     Memory: two (n, m) float64 arrays.
     """
     matvec, n = _as_matvec(A, n)
-    k = _int("k", k, 1)
-    if which not in WHICH:
-        raise ValueError(f"which: expected one of {WHICH}, got {which!r}")
-    tol = _real("tol", tol, lo=0)
-    b = _int("block_size", block_size, 1)
+    k = integer("k", k, 1)
+    which = choice("which", which, WHICH)
+    tol = real("tol", tol, lo=0)
+    b = integer("block_size", block_size, 1)
     n_want = k if which != "both" else 2 * k
     if n_want > n:
         raise ValueError(f"k: asked for {n_want} eigenvalues of an operator of order {n}")
-    m_cap = min(n, max(200, 6 * k + 40)) if max_basis is None else _int("max_basis", max_basis, 1)
+    m_cap = min(n, max(200, 6 * k + 40)) if max_basis is None else integer("max_basis", max_basis, 1)
     m_cap = min(max(m_cap, n_want), n)
     b = min(b, m_cap)
-    _check_memory(f"Lanczos with a basis of {m_cap} vectors of length {n}", 2.0 * n * m_cap,
+    check_memory(f"Lanczos with a basis of {m_cap} vectors of length {n}", 2.0 * n * m_cap,
                   "lower max_basis")
     rng = np.random.default_rng(seed)
 
@@ -271,7 +259,6 @@ def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_siz
     j = 0
     n_products = 0
     last_check = 0
-    result = None
     while True:
         W = np.asarray(matvec(V), dtype=np.float64).reshape(n, V.shape[1])
         n_products += V.shape[1]
@@ -285,37 +272,12 @@ def lanczos(A, n=None, k=1, which="largest", tol=1e-8, max_basis=None, block_siz
         done = j >= m_cap
         if j >= n_want and (done or j - last_check >= max(V.shape[1], j // 8)):
             last_check = j
-            Tj = 0.5 * (T[:j, :j] + T[:j, :j].T)
-            theta, S = np.linalg.eigh(Tj)
-            idx = _wanted(theta, k, which)
-            Y_ = S[:, idx]
-            Xr = Q[:, :j] @ Y_
-            R = AQ[:, :j] @ Y_ - Xr * theta[idx]
-            res = np.linalg.norm(R, axis=0)
-            scale = max(float(np.max(np.abs(theta))), np.finfo(float).tiny)
-            conv = res <= tol * scale
-            result = (theta[idx], Xr, res, conv)
+            values, vecs, res, conv = _ritz_pairs(Q[:, :j], AQ[:, :j], T[:j, :j], k, which, tol)
             if conv.all() or done:
                 break
         if done:  # pragma: no cover - the check above always runs when done
             break
-        # Next block: the new directions of A's Krylov space, orthogonal to the basis.
-        b_next = min(b, m_cap - j)
-        R = W[:, :b_next] if b_next < W.shape[1] else W
-        R = R - Q[:, :j] @ (Q[:, :j].T @ R)
-        R = R - Q[:, :j] @ (Q[:, :j].T @ R)
-        norms0 = np.linalg.norm(W, axis=0)[:R.shape[1]]
-        Vn, Rr = np.linalg.qr(R)
-        small = np.abs(np.diag(Rr)) <= 1e-10 * max(float(norms0.max(initial=0.0)), 1e-300)
-        if R.shape[1] < b_next:  # pragma: no cover - W always has >= b_next columns
-            small = np.ones(b_next, bool)
-        if small.any():
-            # (Nearly) invariant subspace found: replace the dead directions with random ones.
-            keep = Vn[:, ~small]
-            fresh = _orthonormal_complement(np.hstack([Q[:, :j], keep]), int(small.sum()), rng, n)
-            Vn = np.hstack([keep, fresh])
-        V = Vn
-    values, vecs, res, conv = result
+        V = _next_block(W, Q[:, :j], min(b, m_cap - j), rng)
     if not conv.all():
         warnings.warn(f"lanczos: {int((~conv).sum())} of {len(conv)} wanted eigenpairs did not reach "
                       f"tol={tol:g} with a basis of {j} vectors (largest residual {res.max():.3g}); "
@@ -355,14 +317,13 @@ def eigenvalues(net, theta, X, Y, k=1, which="largest", curvature="hessian", lay
 
     Returns an :class:`Eigen`, values ascending.
     """
-    _check_net(net)
+    check_net(net)
     layer = _check_layer(net, layer)
     lo, hi = _span(net, layer)
     n = hi - lo
     method = _choose_method(method, n)
-    k = _int("k", k, 1)
-    if which not in WHICH:
-        raise ValueError(f"which: expected one of {WHICH}, got {which!r}")
+    k = integer("k", k, 1)
+    which = choice("which", which, WHICH)
     n_want = k if which != "both" else 2 * k
     if n_want > n:
         raise ValueError(f"k: asked for {n_want} eigenvalues of an operator of order {n}")
@@ -423,8 +384,8 @@ def hutchinson(A, n=None, n_probes=100, seed=0, batch=16, groups=None) -> Trace:
     product call.
     """
     matvec, n = _as_matvec(A, n)
-    n_probes = _int("n_probes", n_probes, 2)
-    batch = _int("batch", batch, 1)
+    n_probes = integer("n_probes", n_probes, 2)
+    batch = integer("batch", batch, 1)
     rng = np.random.default_rng(seed)
     G = [] if groups is None else [(int(a), int(b)) for a, b in groups]
     samples = np.empty(n_probes)
@@ -454,8 +415,8 @@ def trace(net, theta, X, Y, curvature="hessian", layer=None, method="exact", n_p
     and states the standard error.  ``per_layer`` holds every layer's block trace when
     ``layer`` is None.
     """
-    _check_net(net)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    curvature = check_curvature(curvature)
     layer = _check_layer(net, layer)
     L = net.num_layers
     offs = net.offsets
@@ -526,9 +487,9 @@ def slq(A, n=None, n_probes=10, n_steps=80, seed=0):
     stops there (its remaining entries are NaN).  Memory: p * m * n float64.
     """
     matvec, n = _as_matvec(A, n)
-    p = _int("n_probes", n_probes, 1)
-    m = min(_int("n_steps", n_steps, 1), n)
-    _check_memory(f"SLQ with {p} probes x {m} steps of length {n}", float(p) * m * n,
+    p = integer("n_probes", n_probes, 1)
+    m = min(integer("n_steps", n_steps, 1), n)
+    check_memory(f"SLQ with {p} probes x {m} steps of length {n}", float(p) * m * n,
                   "lower n_probes or n_steps")
     rng = np.random.default_rng(seed)
     Z = rng.integers(0, 2, size=(n, p)).astype(np.float64) * 2.0 - 1.0
@@ -589,6 +550,16 @@ def _smooth(nodes, weights, grid, sigma):
     return out / (p * sigma * math.sqrt(2 * math.pi))
 
 
+def density_from_eigenvalues(ev, grid, sigma) -> Density:
+    """The exact density of a spectrum ``ev`` (n,), smoothed with a Gaussian of standard
+    deviation ``sigma`` on ``grid``: what :func:`density` with method "exact" returns for
+    eigenvalues already at hand."""
+    ev = np.asarray(ev, dtype=np.float64)
+    nodes, weights = ev[None, :], np.full((1, ev.size), 1.0 / ev.size)
+    return Density(grid=grid, values=_smooth(nodes, weights, grid, sigma), nodes=nodes,
+                   weights=weights, sigma=float(sigma), n=ev.size, method="exact")
+
+
 def density(net, theta, X, Y, curvature="hessian", layer=None, method="slq", n_probes=10,
             n_steps=80, grid=None, n_grid=1000, sigma=None, seed=0) -> Density:
     """The spectral density of H or G (or of one layer's block).
@@ -599,10 +570,10 @@ def density(net, theta, X, Y, curvature="hessian", layer=None, method="slq", n_p
     ``n_grid`` points spanning the nodes +- 3 sigma) and integrates to 1 (approximately,
     over the grid).
     """
-    _check_net(net)
+    check_net(net)
     layer = _check_layer(net, layer)
-    n_grid = _int("n_grid", n_grid, 2)
-    sigma = _real("sigma", sigma, lo=0, lo_open=True, none=True)
+    n_grid = integer("n_grid", n_grid, 2)
+    sigma = real("sigma", sigma, lo=0, lo_open=True, none=True)
     if method == "exact":
         ev = exact_eigenvalues(net, theta, X, Y, curvature, layer)
         nodes, weights = ev[None, :], np.full((1, len(ev)), 1.0 / len(ev))
@@ -662,7 +633,7 @@ def condition_from_eigenvalues(ev, rtol=None) -> Condition:
     """:class:`Condition` from all n eigenvalues ``ev`` (rtol default n * eps)."""
     ev = np.asarray(ev, dtype=np.float64)
     n = ev.size
-    rtol = n * np.finfo(np.float64).eps if rtol is None else _real("rtol", rtol, lo=0)
+    rtol = n * np.finfo(np.float64).eps if rtol is None else real("rtol", rtol, lo=0)
     a = np.abs(ev)
     amax, amin = float(a.max()), float(a.min())
     nz = a[a > rtol * amax]
@@ -685,7 +656,7 @@ def condition_number(net, theta, X, Y, curvature="ggn", layer=None, method="auto
     matrix converges slowly: ``converged`` says whether it did (no warning is raised here;
     raise max_basis when it did not).
     """
-    _check_net(net)
+    check_net(net)
     layer = _check_layer(net, layer)
     lo, hi = _span(net, layer)
     method = _choose_method(method, hi - lo)
@@ -718,8 +689,8 @@ def layer_spectra(net, theta, X, Y, curvature="hessian", method="auto", seed=0) 
     ``hessian_blocks``/``ggn_blocks`` call; large blocks use Lanczos on block-restricted
     products and the exact trace from the diagonal.
     """
-    _check_net(net)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    curvature = check_curvature(curvature)
     L = net.num_layers
     methods = [_choose_method(method, net.layer_sizes[l]) for l in range(L)]
     blocks = None

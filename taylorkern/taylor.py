@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
+from ._validate import check_curvature, check_memory, check_net, integer, real
 from .model import MLP
-from .spectrum import _check_curvature, _check_memory, _check_net, _int, _real
 
 # Step scales of the default fidelity curve (|delta| for a unit direction).
 DEFAULT_SCALES = np.logspace(-4, 0, 17)
@@ -91,8 +91,8 @@ def predict_change(net, theta, X, Y, delta, order=2, curvature="hessian") -> Cha
     order : 1 (gradient term only) or 2 (plus 1/2 delta^T B delta, one product)
     curvature : "hessian" (the exact second-order model) or "ggn" (Gauss-Newton model)
     """
-    _check_net(net)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    curvature = check_curvature(curvature)
     if order not in (1, 2) or isinstance(order, bool):
         raise ValueError(f"order: expected 1 or 2, got {order!r}")
     delta = _check_vector(net, delta, "delta")
@@ -186,9 +186,9 @@ def fidelity_curve(net, theta, X, Y, direction=None, scales=None, curvature="hes
     (~1e-6 |L|) leaves only the larger scales, where the s^4 term still bends the curve: use
     a float64 copy of the network for a clean power law.
     """
-    _check_net(net)
-    curvature = _check_curvature(curvature)
-    fit_points = _int("fit_points", fit_points, 2)
+    check_net(net)
+    curvature = check_curvature(curvature)
+    fit_points = integer("fit_points", fit_points, 2)
     if direction is None:
         d = np.random.default_rng(seed).standard_normal(net.num_params)
         d /= np.linalg.norm(d)
@@ -241,8 +241,8 @@ class Step:
 
 def quadratic_step(net, theta, X, Y, direction=None, curvature="hessian") -> Step:
     """Step length from the quadratic model along ``direction`` (default -g)."""
-    _check_net(net)
-    curvature = _check_curvature(curvature)
+    check_net(net)
+    curvature = check_curvature(curvature)
     L0, g = net.loss_and_grad(theta, X, Y)
     d = -g.astype(np.float64) if direction is None else _check_vector(net, direction, "direction")
     gd = float(np.dot(g.astype(np.float64), d))
@@ -331,11 +331,11 @@ def regularization(net, theta_star, X, Y, lam, curvature="hessian", retrain="new
     single linear layer with mse) the model is exact and the prediction equals the
     retrained optimum up to rounding.
     """
-    _check_net(net)
-    curvature = _check_curvature(curvature)
-    lam = _real("lam", lam, lo=0, lo_open=True)
+    check_net(net)
+    curvature = check_curvature(curvature)
+    lam = real("lam", lam, lo=0, lo_open=True)
     P = net.num_params
-    _check_memory(f"the regularization analysis (P = {P}: B, its eigenvectors and workspace)",
+    check_memory(f"the regularization analysis (P = {P}: B, its eigenvectors and workspace)",
                   4.0 * P * P, "it needs the full P x P curvature")
     theta64 = np.asarray(theta_star, dtype=np.float64)
     _, g = net.loss_and_grad(theta_star, X, Y)

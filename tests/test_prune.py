@@ -207,7 +207,7 @@ def test_taylor1_and_float32():
 # ----------------------------------------------------------------------------- refusals
 def test_obs_refuses_when_the_inverse_does_not_fit(monkeypatch):
     net, theta, X, Y = _nonlinear_problem()
-    monkeypatch.setattr(pr, "_available_memory", lambda: 1000.0)
+    monkeypatch.setattr(pr, "available_memory", lambda: 1000.0)
     with pytest.raises(tk.TooLargeError, match=r"needs the n x n inverse curvature, about .*KiB"):
         pr.prune(net, theta, X, Y, 0.5, method="obs")
     # OBD needs no matrix

@@ -57,7 +57,7 @@ import time
 
 import numpy as np
 
-from .problems import CONFIGS, QUANTITIES
+from .problems import QUANTITIES
 
 
 def _tri(n):
@@ -118,12 +118,6 @@ def flops(quantity, sizes, N, loss, m=32, activation="tanh"):
         for l in range(L - 1, 1, -1):  # S_{l-1} from S_l, S_{L-1} = diag(c_{L-1})
             out += 2 * N * w[l - 1] * (1 if l == L - 1 == 2 else d[l - 1] + d[l])
     return out
-
-
-def config_flops(quantity, config, m=32):
-    """:func:`flops` for one of problems.CONFIGS."""
-    sizes, activation, loss, N = CONFIGS[config]
-    return flops(quantity, sizes, N, loss, m, activation)
 
 
 # ------------------------------------------------------------------------------ the ceiling

@@ -74,10 +74,3 @@ def pin_torch(n):
     except RuntimeError:  # already set, or inter-op work already ran in this process
         pass
 
-
-def pin_process(n):
-    """Everything that can still be pinned from inside a fresh process, before numeric imports:
-    the environment, the affinity, and torch's pools."""
-    os.environ.update(thread_env(n))
-    limit_affinity(n)
-    pin_torch(n)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 
 import numpy as np
 
-from ..model import MLP
+from .._validate import boolean, check_curvature, check_net, choice, integer, real
 from . import first_order, quasi_newton, second_order
 from ._result import Status
 from ._run import SERIAL_BLAS_MAX_ORDER, Run, Stop, serial_blas
@@ -33,85 +31,52 @@ METHODS = tuple(METHOD_OPTIONS)
 
 
 # ----------------------------------------------------------------------------- checks
-def _real(name, v, *, lo=None, hi=None, lo_open=False, hi_open=False, none=False):
-    if v is None and none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {v!r}")
-    v = float(v)
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo:g}, got {v!r}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{name}: expected a number {'<' if hi_open else '<='} {hi:g}, got {v!r}")
-    return v
-
-
-def _int(name, v, *, lo, none=False):
-    if v is None and none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _choice(name, v, choices):
-    if v not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {v!r}")
-    return v
-
-
-def _bool(name, v):
-    if not isinstance(v, bool):
-        raise ValueError(f"{name}: expected True or False, got {v!r}")
-    return v
-
-
 def _check_method_options(method, o):
     """Validated keyword arguments for the method's function."""
     if method in ("gd", "momentum", "adam"):
-        out = dict(kind=method, lr=_real("lr", o["lr"], lo=0, lo_open=True),
-                   batch_size=_int("batch_size", o["batch_size"], lo=1, none=True), seed=o["seed"])
+        out = dict(kind=method, lr=real("lr", o["lr"], lo=0, lo_open=True),
+                   batch_size=integer("batch_size", o["batch_size"], lo=1, none=True), seed=o["seed"])
         if method == "momentum":
-            out.update(momentum=_real("momentum", o["momentum"], lo=0, hi=1, hi_open=True),
-                       nesterov=_bool("nesterov", o["nesterov"]))
+            out.update(momentum=real("momentum", o["momentum"], lo=0, hi=1, hi_open=True),
+                       nesterov=boolean("nesterov", o["nesterov"]))
         if method == "adam":
-            out.update(beta1=_real("beta1", o["beta1"], lo=0, hi=1, hi_open=True),
-                       beta2=_real("beta2", o["beta2"], lo=0, hi=1, hi_open=True),
-                       eps=_real("eps", o["eps"], lo=0, lo_open=True))
+            out.update(beta1=real("beta1", o["beta1"], lo=0, hi=1, hi_open=True),
+                       beta2=real("beta2", o["beta2"], lo=0, hi=1, hi_open=True),
+                       eps=real("eps", o["eps"], lo=0, lo_open=True))
         return first_order.first_order, out
     if method == "taylor-step":
         return second_order.taylor_step, dict(
-            curvature=_choice("curvature", o["curvature"], ("hessian", "ggn")),
-            c1=_real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True))
+            curvature=check_curvature(o["curvature"]),
+            c1=real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True))
     if method in ("newton", "newton-cg"):
-        radius = _real("radius", o["radius"], lo=0, lo_open=True, none=method == "newton")
-        max_radius = _real("max_radius", o["max_radius"], lo=0, lo_open=True)
+        radius = real("radius", o["radius"], lo=0, lo_open=True, none=method == "newton")
+        max_radius = real("max_radius", o["max_radius"], lo=0, lo_open=True)
         if radius is not None and max_radius < radius:
             raise ValueError(f"max_radius: expected >= radius ({radius:g}), got {max_radius:g}")
-        out = dict(curvature=_choice("curvature", o["curvature"], ("hessian", "ggn")), radius=radius,
-                   max_radius=max_radius, eta=_real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
+        out = dict(curvature=check_curvature(o["curvature"]), radius=radius,
+                   max_radius=max_radius, eta=real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
         if method == "newton":
             return second_order.newton, out
-        out.update(max_cg=_int("max_cg", o["max_cg"], lo=1, none=True),
-                   cg_tol=_real("cg_tol", o["cg_tol"], lo=0, hi=1, hi_open=True, none=True))
+        out.update(max_cg=integer("max_cg", o["max_cg"], lo=1, none=True),
+                   cg_tol=real("cg_tol", o["cg_tol"], lo=0, hi=1, hi_open=True, none=True))
         return second_order.newton_cg, out
     if method == "gauss-newton":
         return second_order.gauss_newton, dict(
-            shift=_real("shift", o["shift"], lo=0, hi=1, none=True),
-            c1=_real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True))
+            shift=real("shift", o["shift"], lo=0, hi=1, none=True),
+            c1=real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True))
     if method == "lm":
         return second_order.lm, dict(
-            damping=_real("damping", o["damping"], lo=0, lo_open=True),
-            update=_choice("update", o["update"], ("nielsen", "classic")),
-            scaling=_choice("scaling", o["scaling"], ("identity", "marquardt")),
-            eta=_real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
+            damping=real("damping", o["damping"], lo=0, lo_open=True),
+            update=choice("update", o["update"], ("nielsen", "classic")),
+            scaling=choice("scaling", o["scaling"], ("identity", "marquardt")),
+            eta=real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
     if method == "lbfgs":
-        c1 = _real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True)
-        c2 = _real("c2", o["c2"], lo=0, hi=1, lo_open=True, hi_open=True)
+        c1 = real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True)
+        c2 = real("c2", o["c2"], lo=0, hi=1, lo_open=True, hi_open=True)
         if c2 <= c1:
             raise ValueError(f"c2: expected c1 < c2 < 1 (c1 = {c1:g}), got {c2:g}")
-        return quasi_newton.lbfgs, dict(memory=_int("memory", o["memory"], lo=1), c1=c1, c2=c2,
-                                        max_ls=_int("max_ls", o["max_ls"], lo=1))
+        return quasi_newton.lbfgs, dict(memory=integer("memory", o["memory"], lo=1), c1=c1, c2=c2,
+                                        max_ls=integer("max_ls", o["max_ls"], lo=1))
     raise AssertionError(method)  # pragma: no cover
 
 
@@ -169,8 +134,7 @@ def minimize(net, theta0, X, Y, method="lm", **options):
     iteration; up to F = 512 they run with BLAS held to one thread (restored afterwards),
     which is faster at these sizes.  Use newton-cg or lbfgs when P x P does not fit.
     """
-    if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a taylorkern.MLP, got {type(net).__name__}")
+    check_net(net)
     if not isinstance(method, str):
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     name = method.strip().lower().replace("_", "-")
@@ -185,12 +149,12 @@ def minimize(net, theta0, X, Y, method="lm", **options):
     o = {**allowed, **options}
 
     common = dict(
-        max_iter=_int("max_iter", o["max_iter"], lo=0),
-        max_time=_real("max_time", o["max_time"], lo=0, none=True),
-        gtol=_real("gtol", o["gtol"], lo=0), ftol=_real("ftol", o["ftol"], lo=0),
-        xtol=_real("xtol", o["xtol"], lo=0),
-        target=_real("target", o["target"], none=True),
-        mask=o["mask"], progress=_bool("progress", o["progress"]))
+        max_iter=integer("max_iter", o["max_iter"], lo=0),
+        max_time=real("max_time", o["max_time"], lo=0, none=True),
+        gtol=real("gtol", o["gtol"], lo=0), ftol=real("ftol", o["ftol"], lo=0),
+        xtol=real("xtol", o["xtol"], lo=0),
+        target=real("target", o["target"], none=True),
+        mask=o["mask"], progress=boolean("progress", o["progress"]))
     if o["callback"] is not None and not callable(o["callback"]):
         raise ValueError(f"callback: expected a callable or None, got {o['callback']!r}")
     fn, kwargs = _check_method_options(name, o)
