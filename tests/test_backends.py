@@ -350,15 +350,20 @@ def _split_reference(sizes, act, loss, N, dtype):
     return {(q, r): reference(p, q, r) for q in quantities for r in REDUCTIONS}
 
 
+# The reference's diagonals form the whole matrix from P products over all N samples: the
+# larger of these problems are the suite's most expensive, so only the two smallest (one per
+# loss) run in the dev loop.
 @pytest.mark.parametrize("sizes, act, loss, N", [
-    ([20, 32, 16, 2], "tanh", "mse", 601),   # odd N: uneven slices
-    ([16, 40, 5], "sigmoid", "ce", 350),
-    ([30, 24, 24, 1], "relu", "mse", 257),
-    ([12, 16, 12, 10, 3], "tanh", "ce", 450),  # deep: the diagonal's matrix recursion
-    ([6, 40, 20, 1], "tanh", "mse", 150),      # one output unit, act'' != 0: its fused passes
+    pytest.param([20, 32, 16, 2], "tanh", "mse", 601, marks=pytest.mark.exhaustive),  # odd N: uneven slices
+    pytest.param([16, 40, 5], "sigmoid", "ce", 350, marks=pytest.mark.exhaustive),
+    pytest.param([30, 24, 24, 1], "relu", "mse", 257, marks=pytest.mark.exhaustive),
+    # deep: the diagonal's matrix recursion
+    pytest.param([12, 16, 12, 10, 3], "tanh", "ce", 450, marks=pytest.mark.exhaustive),
+    # one output unit, act'' != 0: its fused passes
+    pytest.param([6, 40, 20, 1], "tanh", "mse", 150, marks=pytest.mark.exhaustive),
     ([25, 30, 1], "softplus", "mse", 97),      # ... straight onto the first hidden layer
     # the R-op's act'' terms by kind (rop.cpp, d2_term): zero, stored, linear in act
-    ([12, 30, 20, 1], ["identity", "softplus"], "mse", 140),
+    pytest.param([12, 30, 20, 1], ["identity", "softplus"], "mse", 140, marks=pytest.mark.exhaustive),
     ([9, 24, 16, 3], ["gelu", "sigmoid"], "ce", 130),
 ])
 @pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
@@ -392,10 +397,10 @@ def small_chunks():
         _core._set_curvature_chunk(before[1])
 
 
-@pytest.mark.parametrize("sizes, act, loss", [
-    ([4, 12, 10, 3], "tanh", "ce"),                   # act'' linear in act
-    ([5, 12, 10, 1], ["softplus", "gelu"], "mse"),    # act'' stored; one output unit
-    ([7, 16, 2], "relu", "mse"),                      # act'' = 0
+@pytest.mark.parametrize("sizes, act, loss", [  # N = 1501: the dev loop keeps the smallest
+    pytest.param([4, 12, 10, 3], "tanh", "ce", marks=pytest.mark.exhaustive),                 # act'' linear in act
+    pytest.param([5, 12, 10, 1], ["softplus", "gelu"], "mse", marks=pytest.mark.exhaustive),  # act'' stored; one output
+    pytest.param([7, 16, 2], "relu", "mse", marks=pytest.mark.exhaustive),                    # act'' = 0
     ([3, 6, 5, 4, 2], "tanh", "ce"),                  # deep: the diagonal's matrix recursion
 ])
 @pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
