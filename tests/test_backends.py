@@ -1,14 +1,18 @@
 """Every backend present, forced in turn, against the float64 reference and against the
 identities every correct implementation satisfies.
 
-The reference is compared with itself in the first test (trivially); the identity tests
-(symmetry, PSD, blocks/diagonals as slices, J^T H_out J, products, sum vs mean, dtypes,
-determinism, threads) are checks of the reference too, and of any compiled backend.
+test_matches_reference compares every quantity of every backend with the float64 reference:
+each compiled backend in both dtypes, the reference itself in float32 only (its float64 run
+is the very computation it would be compared with; test_reference.py checks the reference
+by finite differences and plain numpy instead).  The identity tests (symmetry, PSD,
+blocks/diagonals as slices, J^T H_out J, products, sum vs mean, dtypes, determinism,
+threads) are checks of the reference too, and of any compiled backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 
 import numpy as np
@@ -17,46 +21,107 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import taylorkern as tk
-from conftest import (DATA_QUANTITIES, QUANTITIES, Problem, bitwise_equal, cases, compare,
-                      compute, make_problem, output_hessians, reference, rtol_for)
+from conftest import (BACKENDS, DATA_QUANTITIES, QUANTITIES, Problem, bitwise_equal, cases, compare,
+                      compute, make_problem, output_hessians, reference, rel_err, rtol_for)
 
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
-L2S = [pytest.param(0.0, id="l2off"), pytest.param(0.25, id="l2on")]
 REDUCTIONS = ["mean", "sum"]
+L2_ON = 0.25
+# Tests of paths particular to the compiled backends run the reference in float32 only: in
+# float64 it would be compared with the very computation it is.
+BACKEND_DTYPES = [pytest.param(b, d, id=f"{b}-{i}") for b in BACKENDS for d, i in ((np.float64, "f64"), (np.float32, "f32"))
+                  if not (b == "reference" and d == np.float64)]
+COMPILED = [b for b in BACKENDS if b != "reference"]
+
+
+def _reductions(q):
+    return (None,) if q in ("predict", "jacobian") else REDUCTIONS
+
+
+def _compute(p, q, r):
+    return compute(p, q) if r is None else compute(p, q, r)
+
+
+@functools.cache
+def _reference_results(case, dtype, l2):
+    """Every quantity (both reductions) of a case from the float64 reference, computed once
+    and shared by the backends compared with it."""
+    sizes, act, loss, N = case
+    p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
+    with tk.use_backend("reference"):
+        p64 = p.astype(np.float64)
+        return {(q, r): _compute(p64, q, r) for q in QUANTITIES for r in _reductions(q)}
 
 
 def _matrix_params():
-    """case x dtype x l2 x reduction x quantity; predict and jacobian take neither l2 nor a
-    reduction, so they appear once per case and dtype."""
+    """backend x case x dtype (x l2 on a subset).
+
+    Backends receive the reduction and scale by 1/N themselves, in every kernel path
+    (csrc: sample_weight), so every case runs both reductions on every backend.  l2 never
+    reaches a backend: MLP adds it to the backend's data term (model.py, _l2_active), the same
+    code whatever the backend, so l2 > 0 runs on a subset: two cases per loss, every backend,
+    dtype and quantity.  The dev loop (``-m "not exhaustive"``) keeps one shape of each
+    activation x loss (rotating through the shapes: one layer, four layers, one output, N = 1,
+    the largest, the random ones) and the l2 subset; the other two shapes are ``exhaustive``."""
     out = []
-    for case in cases(per_combo=3):
-        for dt in DTYPES:
-            for l2 in L2S:
-                for red in REDUCTIONS:
-                    for q in QUANTITIES:
-                        if q in ("predict", "jacobian") and (l2.values[0] or red == "sum"):
-                            continue
-                        out.append(pytest.param(case.values[0], dt.values[0], l2.values[0], red, q,
-                                                id=f"{case.id}-{dt.id}-{l2.id}-{red}-{q}"))
+    all_cases = cases(per_combo=3)
+    for i, case in enumerate(all_cases):
+        combo, shape = divmod(i, 3)
+        dev = shape == combo % 3
+        act = case.values[0][1]
+        l2s = [0.0, L2_ON] if dev and act in ("tanh", "gelu") else [0.0]
+        for name in BACKENDS:
+            for dt in DTYPES:
+                if name == "reference" and dt.values[0] == np.float64:
+                    continue
+                for l2 in l2s:
+                    marks = () if dev else (pytest.mark.exhaustive,)
+                    out.append(pytest.param(name, case.values[0], dt.values[0], l2, marks=marks,
+                                            id=f"{name}-{case.id}-{dt.id}-{'l2on' if l2 else 'l2off'}"))
     return out
 
 
-@pytest.mark.parametrize("case, dtype, l2, reduction, quantity", _matrix_params())
-def test_matches_reference(backend, case, dtype, l2, reduction, quantity):
+@pytest.mark.parametrize("name, case, dtype, l2", _matrix_params())
+def test_matches_reference(name, case, dtype, l2):
+    """Every quantity, both reductions: all mismatches are reported, not just the first."""
     sizes, act, loss, N = case
     p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
-    got = compute(p, quantity, reduction)
-    want = reference(p, quantity, reduction)
-    compare(got, want, dtype, what=f"{quantity} on {backend}")
+    want = _reference_results(case, dtype, l2)
+    tol = rtol_for(dtype)
+    failures = []
+    with tk.use_backend(name):
+        for (q, r), w in want.items():
+            try:
+                err = rel_err(_compute(p, q, r), w)
+            except AssertionError as exc:  # shape mismatch or non-finite values
+                failures.append(f"{q} ({r}): {exc}")
+                continue
+            if not err <= tol:
+                failures.append(f"{q} ({r}): relative error {err:.3g} exceeds {tol:.1g}")
+    assert not failures, f"{name} against the reference:\n" + "\n".join(failures)
+
+
+def _cases_with_l2():
+    """cases(per_combo=1), l2 on for every other one (so for both losses and dtypes on every
+    backend).  Each identity below holds for the data term alone exactly when it holds with
+    model.py's l2 I added, and that addition is checked against the reference by
+    test_matches_reference and against its formula by test_sum_and_mean_reductions."""
+    out = []
+    for i, c in enumerate(cases(per_combo=1)):  # activation-major, losses alternating
+        on = (i + i // 2) % 2
+        out.append(pytest.param(c.values[0], L2_ON if on else 0.0, id=f"{c.id}-{'l2on' if on else 'l2off'}"))
+    return out
+
+
+CASES_L2 = _cases_with_l2()
 
 
 def _data_l2(p, reduction):
     return p.net.l2 if reduction == "mean" else 0.0
 
 
-@pytest.mark.parametrize("l2", L2S)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", cases(per_combo=1))
+@pytest.mark.parametrize("case, l2", CASES_L2)
 def test_symmetric_and_ggn_psd(backend, case, dtype, l2):
     sizes, act, loss, N = case
     p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
@@ -77,9 +142,8 @@ def test_symmetric_and_ggn_psd(backend, case, dtype, l2):
                 compare(B, B.T, dtype, what="block symmetric")
 
 
-@pytest.mark.parametrize("l2", L2S)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", cases(per_combo=1))
+@pytest.mark.parametrize("case, l2", CASES_L2)
 def test_blocks_and_diagonals_are_slices(backend, case, dtype, l2):
     sizes, act, loss, N = case
     p = make_problem(sizes, act, loss, N, l2=l2, dtype=dtype)
@@ -98,9 +162,8 @@ def test_blocks_and_diagonals_are_slices(backend, case, dtype, l2):
             compare(d, np.diagonal(M), dtype, what=f"{diag} ({red})")
 
 
-@pytest.mark.parametrize("l2", L2S)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", cases(per_combo=1))
+@pytest.mark.parametrize("case, l2", CASES_L2)
 def test_ggn_is_jacobian_outer_product(backend, case, dtype, l2):
     """G == J^T H_out J (+ l2 I) with H_out written here from the loss definitions."""
     sizes, act, loss, N = case
@@ -277,26 +340,39 @@ def test_concurrent_calls_share_one_network(backend, dtype):
         compare(value, want[i], dtype, what=f"{jobs[i][0]} (N={jobs[i][1]}) from thread {i}, call {r}")
 
 
+@functools.cache
+def _split_reference(sizes, act, loss, N, dtype):
+    """test_calls_split_over_samples_match_reference's expected values, computed once for all
+    the backends compared with them."""
+    p = make_problem(sizes, act, loss, N=N, l2=0.1, dtype=dtype, seed=7)
+    quantities = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hvp_multi", "ggn_vp_multi",
+                  "hessian_diag", "ggn_diag")
+    return {(q, r): reference(p, q, r) for q in quantities for r in REDUCTIONS}
+
+
+# The reference's diagonals form the whole matrix from P products over all N samples: the
+# larger of these problems are the suite's most expensive, so only the two smallest (one per
+# loss) run in the dev loop.
 @pytest.mark.parametrize("sizes, act, loss, N", [
-    ([20, 32, 16, 2], "tanh", "mse", 601),   # odd N: uneven slices
-    ([16, 40, 5], "sigmoid", "ce", 350),
-    ([30, 24, 24, 1], "relu", "mse", 257),
-    ([12, 16, 12, 10, 3], "tanh", "ce", 450),  # deep: the diagonal's matrix recursion
-    ([6, 40, 20, 1], "tanh", "mse", 150),      # one output unit, act'' != 0: its fused passes
+    pytest.param([20, 32, 16, 2], "tanh", "mse", 601, marks=pytest.mark.exhaustive),  # odd N: uneven slices
+    pytest.param([16, 40, 5], "sigmoid", "ce", 350, marks=pytest.mark.exhaustive),
+    pytest.param([30, 24, 24, 1], "relu", "mse", 257, marks=pytest.mark.exhaustive),
+    # deep: the diagonal's matrix recursion
+    pytest.param([12, 16, 12, 10, 3], "tanh", "ce", 450, marks=pytest.mark.exhaustive),
+    # one output unit, act'' != 0: its fused passes
+    pytest.param([6, 40, 20, 1], "tanh", "mse", 150, marks=pytest.mark.exhaustive),
     ([25, 30, 1], "softplus", "mse", 97),      # ... straight onto the first hidden layer
     # the R-op's act'' terms by kind (rop.cpp, d2_term): zero, stored, linear in act
-    ([12, 30, 20, 1], ["identity", "softplus"], "mse", 140),
+    pytest.param([12, 30, 20, 1], ["identity", "softplus"], "mse", 140, marks=pytest.mark.exhaustive),
     ([9, 24, 16, 3], ["gelu", "sigmoid"], "ce", 130),
 ])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
 def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, dtype, restore_threads):
     """Problems large enough that a whole call is split into one slice of samples per thread
     (and partial gradients / products / diagonals summed): every such quantity against the
     reference, with 1 and 2 threads."""
     p = make_problem(sizes, act, loss, N=N, l2=0.1, dtype=dtype, seed=7)
-    quantities = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "hvp_multi", "ggn_vp_multi",
-                  "hessian_diag", "ggn_diag")
-    want = {(q, r): reference(p, q, r) for q in quantities for r in REDUCTIONS}
+    want = _split_reference(tuple(sizes), act if isinstance(act, str) else tuple(act), loss, N, dtype)
     for threads in (1, 2):
         tk.set_num_threads(threads)
         for (q, r), w in want.items():
@@ -321,13 +397,13 @@ def small_chunks():
         _core._set_curvature_chunk(before[1])
 
 
-@pytest.mark.parametrize("sizes, act, loss", [
-    ([4, 12, 10, 3], "tanh", "ce"),                   # act'' linear in act
-    ([5, 12, 10, 1], ["softplus", "gelu"], "mse"),    # act'' stored; one output unit
-    ([7, 16, 2], "relu", "mse"),                      # act'' = 0
+@pytest.mark.parametrize("sizes, act, loss", [  # N = 1501: the dev loop keeps the smallest
+    pytest.param([4, 12, 10, 3], "tanh", "ce", marks=pytest.mark.exhaustive),                 # act'' linear in act
+    pytest.param([5, 12, 10, 1], ["softplus", "gelu"], "mse", marks=pytest.mark.exhaustive),  # act'' stored; one output
+    pytest.param([7, 16, 2], "relu", "mse", marks=pytest.mark.exhaustive),                    # act'' = 0
     ([3, 6, 5, 4, 2], "tanh", "ce"),                  # deep: the diagonal's matrix recursion
 ])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
 def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads, small_chunks):
     """cpp takes each thread's slice of samples through the network a chunk of rows at a time,
     on a tape of one chunk, and sums the slice's gradient, products and diagonals over its
@@ -357,7 +433,7 @@ def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, res
     ([5, 6, 7, 6, 1], ["sin", "tanh", "identity"], "mse", 1),
     ([3, 33, 2], "tanh", "mse", 9),                                   # one unit too wide
 ])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
 def test_tiny_network_paths(backend, sizes, act, loss, N, dtype):
     """On tiny networks cpp takes paths of their own (eight samples per SIMD vector, lanes.hpp)
     for products with one direction and for the GGN and the Hessian; V with two columns takes
@@ -388,6 +464,7 @@ def test_get_num_threads_reports_what_was_set(restore_threads, request):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", COMPILED, indirect=True)
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_larger_problem_matches_reference(backend, loss):
     """P ~ 500 and N = 64: beyond the tile sizes a compiled kernel might block by."""
@@ -533,7 +610,7 @@ def test_softmax_head_value_by_value(backend, dtype, spread):
         assert spread == "close" or y != top or 0 < value < 1e-6  # the regime meant
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
 @pytest.mark.parametrize("labels", ["random", "correct"])
 @pytest.mark.parametrize("sizes", [[4, 6, 5], [3, 7, 6, 4], [4, 40, 5]], ids=["2layers", "3layers", "wide"])
 def test_confident_classifier_matches_reference(backend, sizes, labels, dtype):
