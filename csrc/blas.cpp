@@ -3,7 +3,7 @@
 #include "blas.hpp"
 
 #include <dlfcn.h>
-#include <omp.h>
+#include "omp_compat.hpp"
 
 #include <algorithm>
 #include <climits>
