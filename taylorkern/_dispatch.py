@@ -45,8 +45,12 @@ def _load(name):
     try:
         mod = importlib.import_module(f"taylorkern.backends.{name}")
     except Exception as exc:  # an extension that fails to load for any reason
-        _why_not[name] = (_native.why_core_missing(exc) if name == "cpp"
-                          else f"{type(exc).__name__}: {exc}")
+        if name == "cpp":
+            _why_not[name] = _native.why_core_missing(exc)
+        elif name == "cuda" and _native.BUILD and not _native.BUILD.get("cuda_built"):
+            _why_not[name] = f"taylorkern._cuda was not built: {_native.BUILD.get('cuda')}"
+        else:
+            _why_not[name] = f"{type(exc).__name__}: {exc}"
         return None
     _modules[name] = mod
     _why_not.pop(name, None)
