@@ -2,7 +2,6 @@
 // validates every input once; here we only refuse arrays of the wrong dtype, shape or
 // layout (never copy silently), allocate the results, and release the GIL while the
 // kernels run.  BLAS comes from scipy's bundled OpenBLAS, looked up at import.
-#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -16,6 +15,7 @@
 #include "forward_backward.hpp"
 #include "gemm_avx512.hpp"
 #include "jacobian.hpp"
+#include "omp_compat.hpp"
 #include "rop.hpp"
 #include "workspace.hpp"
 

@@ -3,7 +3,6 @@
 #include "blas.hpp"
 
 #include <dlfcn.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <climits>
@@ -11,6 +10,7 @@
 #include <mutex>
 
 #include "gemm_avx512.hpp"
+#include "omp_compat.hpp"
 
 namespace tk {
 

@@ -6,7 +6,6 @@
 // (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (DESIGN §1).
 // All arrays are row-major and contiguous; sizes are 64-bit.
 #pragma once
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +15,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "omp_compat.hpp"
 
 namespace tk {
 

@@ -11,8 +11,7 @@ import time
 import numpy as np
 
 import taylorkern as tk
-from taylorkern import _dispatch
-
+from taylorkern import _dispatch, _native
 
 DEMO_METHODS = (  # (label, method, options)
     ("gd (lr 0.01)", "gd", dict(lr=0.01, max_iter=1000)),
@@ -97,6 +96,8 @@ def info(args):
     print(f"active backend:     {tk.backend()}  ({_dispatch.why()})")
     for name, why in _dispatch._why_not.items():
         print(f"  {name} unavailable: {why}")
+    for line in _native.describe():
+        print(line)
     print(f"kernel threads:     {tk.get_num_threads()}  (cores: {os.cpu_count()})")
     try:
         from threadpoolctl import threadpool_info
@@ -130,7 +131,8 @@ def main(argv=None):
                    help="where to write the PNG (needs matplotlib); default ./taylorkern-demo.png")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.set_defaults(fn=demo)
-    sub.add_parser("info", help="version, backends, threads, BLAS").set_defaults(fn=info)
+    sub.add_parser("info", help="version, backends, how the compiled modules were built, threads, "
+                                "BLAS").set_defaults(fn=info)
     init_report(sub)
     bench(sub)
     args = parser.parse_args(argv)

@@ -7,30 +7,16 @@ the choice; :func:`use_backend` overrides it for a ``with`` block.
 
 Order: ``cuda`` where a GPU is present (taylorkern.backends.cuda; chosen by itself it routes
 each call: to the GPU when the problem is large enough to win there, see ``cuda.worth_it``, else
-to the CPU backend below; forced, every call runs on the GPU), then ``cpp`` (compiled C++/OpenMP kernels, BLAS for the large products), then ``numba``
-(the same algorithms compiled by numba on first use and cached on disk; BLAS for the large
-products), then ``reference`` (plain numpy, the oracle; slow, always present).
+to the CPU backend below; forced, every call runs on the GPU), then ``cpp`` (compiled C++/OpenMP
+kernels, BLAS for the large products), then ``numba`` (the same algorithms compiled by numba on
+first use and cached on disk; BLAS for the large products), then ``reference`` (plain numpy, the
+oracle; slow, always present).
 
-Why numba sits between them (measured when the numba backend landed: [20,64,64,1] tanh mse
-N=2000, float64, medians of alternating blocks in one process, 2-core machine, both on
-scipy's OpenBLAS; the cpp kernels have since gained their own AVX-512 GEMM, and
-``pytest bench --benchmark-only -k medium`` compares them again):
-
-    quantity        cpp       numba     numba/cpp, 2 threads (1 thread)
-    loss_and_grad   1.82 ms   1.38 ms   0.76 (1.02)
-    hvp             4.12 ms   3.60 ms   0.87 (1.09)
-    ggn_vp          2.77 ms   2.48 ms   0.90 (1.12)
-    ggn             682 ms    660 ms    0.97 (0.93)
-    hessian         669 ms    692 ms    1.03 (1.09)
-
-numba's kernels run these as fast as cpp's (same algorithms, same BLAS), so the order
-between the two comes from what the table leaves out: numba compiles every kernel on its
-first use on a machine (~40 s per dtype for all of them), pays ~0.2 s in each new process
-(importing numba, starting its threads, loading the cached code), and has twice cpp's fixed
-cost per call (18 vs 9 us on a tiny network).  Both are far ahead of the reference on the
-curvature (its hvp: 16-19 ms; its Hessian is P Hessian-vector products, which
-bench/test_full.py estimates at ~140 s here); for loss_and_grad alone the reference (numpy
-and BLAS) is within 1-4x of them.
+numba sits between them: its kernels are the same algorithms on the same BLAS and run about as
+fast on large problems, but it compiles every kernel on its first use on a machine, pays for
+importing numba and loading its cached code in each new process, and has a larger fixed cost
+per call (bench/RESULTS.md has the measurements).  Where the compiled kernels are missing or do
+not load, the warning says why and how to get them (taylorkern._native reads how they were built).
 """
 
 from __future__ import annotations
@@ -39,6 +25,8 @@ import contextlib
 import importlib
 import os
 import warnings
+
+from . import _native
 
 CPU_ORDER = ("cpp", "numba", "reference")
 # "cuda" (taylorkern.backends.cuda) loads only where its module was built and a GPU and
@@ -57,7 +45,12 @@ def _load(name):
     try:
         mod = importlib.import_module(f"taylorkern.backends.{name}")
     except Exception as exc:  # an extension that fails to load for any reason
-        _why_not[name] = f"{type(exc).__name__}: {exc}"
+        if name == "cpp":
+            _why_not[name] = _native.why_core_missing(exc)
+        elif name == "cuda" and _native.BUILD and not _native.BUILD.get("cuda_built"):
+            _why_not[name] = f"taylorkern._cuda was not built: {_native.BUILD.get('cuda')}"
+        else:
+            _why_not[name] = f"{type(exc).__name__}: {exc}"
         return None
     _modules[name] = mod
     _why_not.pop(name, None)
@@ -128,6 +121,7 @@ def _source_tree_hint():
 
 def _choose():
     global _active, _reason
+    _native.install_core()  # the best build of the compiled kernels for this CPU
     forced = os.environ.get("TAYLORKERN_BACKEND", "").strip()
     if forced:
         _active = _resolve(forced)  # an unknown or missing name is an error, never a silent fallback
