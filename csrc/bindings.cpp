@@ -356,6 +356,7 @@ PYBIND11_MODULE(_core, m) {
                                      ldc);
       },
       "TEST-ONLY: one GEMM through a chosen path (see tests/test_gemm.py); not part of the API");
+  m.def("_set_blocked_gemm", &tk::set_blocked_gemm, "TEST-ONLY: allow the blocked AVX-512 GEMM; returns the previous");
   m.def(
       "_activate",
       [](int code, py::array z) -> py::tuple {

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
 #include <mutex>
@@ -265,6 +266,12 @@ static bool gemm_blas(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A
   return true;
 }
 
+// Test-only switch (gemm_avx512.hpp): off, every product above the loops goes to the BLAS.
+static std::atomic<bool> g_blocked_gemm{true};
+bool set_blocked_gemm(bool on) {
+  return g_blocked_gemm.exchange(on);
+}
+
 template <class T>
 static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
                         T beta, T* C, idx ldc) {
@@ -281,10 +288,14 @@ static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
     gemm_loops<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // Above the loops' range: the AVX-512 kernel (gemm_avx512.cpp) where the CPU has it, else
-  // the BLAS.  Measured single-threaded on Zen 5: about 2x scipy's OpenBLAS held to its AVX2
-  // kernel (OPENBLAS_CORETYPE=Haswell), and 0.85-2x OpenBLAS's own AVX-512 kernel.
-  if (K > 0 && have_avx512() && gemm_avx512<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
+  // Above the loops' range: the blocked AVX-512 kernel (gemm_avx512.cpp) where the CPU has it,
+  // else the BLAS.  End to end it beat OpenBLAS's own AVX-512 kernel on the passes over the
+  // samples (gradients, products, diagonals) by more than the margin that keeping a kernel of
+  // our own requires, and taking only the weight-gradient shapes lost part of that; see
+  // bench/RESULTS.md, "The blocked AVX-512 GEMM against OpenBLAS".
+  if (K > 0 && g_blocked_gemm.load(std::memory_order_relaxed) && have_avx512() &&
+      gemm_avx512<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    return;
   if (!gemm_blas<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
     gemm_plain<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

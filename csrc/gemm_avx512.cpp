@@ -76,13 +76,12 @@ struct Vec<float> {
 // Tile and block sizes.  MR x NV vectors = 28 accumulators of the 32 zmm registers; per p,
 // NV = 2 vector loads and MR broadcasts (folded into the FMAs as memory operands) feed 28
 // FMAs.  NR = 16 doubles / 32 floats divides the layer widths that matter (32, 64, 128).
-// (Tried on Zen 5 against 12 x 16, 6 x 32 and 8 x 24 tiles over the MLP products: 8 x 24 was
-// 10-30% slower, the others within the noise of a shared machine.)
-// KC = 512: a B micro-panel (KC x NR, 64 KiB) streams from L2 rather than sitting in the
-// 48 KiB L1d; Zen 5's L2 keeps up, and half as many passes over C as with KC = 256 made the
-// big curvature products (M, N in the thousands, K = 512) ~10% faster, the rest unchanged.
-// MC: the A block (MC x KC) takes 672 KiB of a 1 MiB L2.  NC: the packed B block (KC x NC)
-// 8 MiB, in L3 (also the most a thread's B buffer ever grows to).
+// (Against 12 x 16, 6 x 32 and 8 x 24 tiles over the MLP products: 8 x 24 was slower, the
+// others no different.)
+// KC = 512: a B micro-panel (KC x NR) streams from L2 rather than sitting in L1d; an L2 of
+// current x86 cores keeps up, and it halves the passes over C of a smaller KC.
+// MC: the A block (MC x KC) takes about two thirds of a 1 MiB L2.  NC: the packed B block
+// (KC x NC) sits in L3 (also the most a thread's B buffer ever grows to).
 template <class T>
 struct Tile {
   static constexpr int MR = 14;
@@ -208,7 +207,7 @@ template <class T, bool RowA, int MR = Tile<T>::MR>
 // rows that are not stored.  A full-height microkernel would read past A's end; instead,
 // 8 rows exactly, 4 exactly, or a 7-row kernel moved up over rows already computed that
 // stores only its last rows (a kernel of 1 or 2 rows is bound by its loads; these are not).
-// A layer width of 32 is 14 + 14 + 4 rows: packing the 4 and running them as 7 cost 10%.
+// A layer width of 32 is 14 + 14 + 4 rows: packing the 4 and running them as 7 was slower.
 template <class T, bool RowA>
 void micro_rows(idx kc, const T* a, idx sa, idx rs, idx above, const T* b, idx sb, T* c, idx ldc, T alpha, T beta,
                 idx mr, idx nr) {
@@ -289,7 +288,7 @@ void pack_a_panel(bool ta, idx mr, idx kc, const T* A, idx lda, T* __restrict ds
 // transposed: each p is a separate row of the source), the block is packed a few p's at a
 // time across all panels, so that the source is read row by row, contiguously: packing a
 // whole panel at once would touch kc rows a few cache lines each, in an order the hardware
-// prefetchers do not follow (measured: 2.5x slower products once A no longer fits in L3).
+// prefetchers do not follow (far slower products once A no longer fits in L3).
 constexpr idx kPackRows = 16;
 
 template <class T>
@@ -333,7 +332,7 @@ inline idx block_size(idx n, idx cap, idx unit) {
 // Whether op(A) is packed or read in place.  Packing costs about a load and a store per
 // element of op(A) (a transposition when A is not transposed); every element then serves
 // nc / NR microkernel calls.  In place, the microkernel reads MR rows of A (or MR-long
-// pieces of A's rows when ta) directly.  Measured: in place wins up to 8 column panels
+// pieces of A's rows when ta) directly.  In place was faster up to 8 column panels
 // (N = 128 doubles), packing beyond (and it keeps the A block in L2 whatever lda is).
 template <class T>
 bool pack_a(idx N) {
@@ -344,9 +343,8 @@ bool pack_a(idx N) {
 // rows are then NR-wide runs, read at stride ldb) and N is whole panels (no panel needs
 // zero padding), and the product has at most 10 row panels, so that packing's copy of
 // op(B) would serve few microkernel calls: a weight gradient a^T g (M, N = layer widths,
-// K = the samples) packed all of g to use it ceil(M / MR) times.  Measured (ta, doubles,
-// M x N x K): 10x32x500 6.2 -> 4.5 us, 32x32x500 11.3 -> 10.2, 20x64x1000 31.7 -> 22.7,
-// 128x128x1000 287 -> 267; with no limit on M, 1000x1024x1000 slowed from 17.8 to 22.5 ms.
+// K = the samples) packed all of g to use it ceil(M / MR) times.  Without the limit on M,
+// the large products (M, N, K in the thousands) were slower in place.
 template <class T>
 bool b_in_place(bool tb, idx M, idx N) {
   return !tb && N % Tile<T>::NR == 0 && M <= 10 * Tile<T>::MR;

@@ -1,12 +1,15 @@
 // A hand-written AVX-512 GEMM for the products the kernels make (blas.cpp dispatches to it).
 //
-// Why: the OpenBLAS that scipy ships picks its kernel at run time, and where the environment
-// holds it to an older one (OPENBLAS_CORETYPE=Haswell: 256-bit FMAs) it runs at about two
-// thirds of what the core can do.  This is the textbook GotoBLAS/BLIS design, written from
-// the description in the papers (Goto & van de Geijn 2008; Van Zee & van de Geijn 2015):
-// op(B) packed into column panels NR wide, op(A) into row panels MR high (or read in place
-// when that is cheaper), blocked by KC (one B panel stays in L1), MC (the A block stays in
-// L2) and NC, and an MR x NR register-blocked microkernel of broadcast FMAs.
+// Why: on the products of the passes over the samples (forward, backward, weight gradients)
+// it beat even OpenBLAS's own AVX-512 kernel end to end (the measurement is cited in blas.cpp,
+// gemm_serial), besides freeing the kernels from whatever older kernel the environment may
+// force OpenBLAS to (OPENBLAS_CORETYPE).
+//
+// This is the textbook GotoBLAS/BLIS design, written from the description in the papers
+// (Goto & van de Geijn 2008; Van Zee & van de Geijn 2015): op(B) packed into column panels
+// NR wide, op(A) into row panels MR high (or read in place when that is cheaper), blocked by
+// KC (one B panel stays in L1), MC (the A block stays in L2) and NC, and an MR x NR
+// register-blocked microkernel of broadcast FMAs.
 //
 // gemm_avx512.cpp is compiled with AVX-512 flags regardless of the build's -march, so it
 // must only be entered after have_avx512() said yes (blas.cpp does that); elsewhere than
@@ -30,6 +33,11 @@ bool have_avx512();
 template <class T>
 bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
                  idx ldc);
+
+// Test-only: whether the dispatch (tk::gemm) may use the blocked kernel; returns the previous
+// setting.  Off, products above the small-shape loops go to the BLAS (bench/gemm_ab.py A/Bs
+// the two in one process).
+bool set_blocked_gemm(bool on);
 
 // Test-only entry point (the _gemm binding): which = 0 the normal dispatch (tk::gemm),
 // 1 the AVX-512 kernel directly (any size; false if unavailable), 2 the BLAS (one call,

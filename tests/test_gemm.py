@@ -174,11 +174,20 @@ def test_random(dtype, trans, M, N, K, ab, pads):
 
 # ----------------------------------------------------------------------------- the dispatch
 # tk::gemm routes tiny products to plain loops, N < 4 to dot products / axpys, the rest to
-# the AVX-512 kernel (or the BLAS), and splits large products across OpenMP threads.
+# the AVX-512 kernel where the CPU has it, else the BLAS, and splits large products across
+# OpenMP threads.  Both with the AVX-512 kernel allowed and with it switched off (everything
+# above the loops to the BLAS, as on a CPU without AVX-512).
+@pytest.fixture(params=[True, False], ids=["blocked", "blas"])
+def blocked(request):
+    before = core._set_blocked_gemm(request.param)
+    yield request.param
+    core._set_blocked_gemm(before)
+
+
 @pytest.mark.parametrize("which", [DISPATCH, SERIAL], ids=["gemm", "serial"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("ta,tb", TRANS, ids=["NN", "NT", "TN", "TT"])
-def test_dispatch(which, dtype, ta, tb):
+def test_dispatch(blocked, which, dtype, ta, tb):
     for i, (M, N, K) in enumerate([(1000, 32, 10), (2, 1, 7), (100, 8, 2), (50, 3, 200), (31, 47, 64),
                                    (2000, 64, 20), (20, 64, 600), (515, 130, 300),
                                    # one output column, four rows at a time (M % 4, K % 8 remainders)
