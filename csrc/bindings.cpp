@@ -17,6 +17,7 @@
 #include "gemm_avx512.hpp"
 #include "jacobian.hpp"
 #include "rop.hpp"
+#include "with_dtype.hpp"
 #include "workspace.hpp"
 
 namespace py = pybind11;
@@ -96,149 +97,128 @@ bool is_f32(const py::array& theta) {
   throw py::type_error("theta: expected float64 or float32");
 }
 
-// Calls fn<float> or fn<double> by theta's dtype.
-#define TK_DISPATCH(theta, body) \
-  if (is_f32(theta)) {           \
-    using T = float;             \
-    body                         \
-  } else {                       \
-    using T = double;            \
-    body                         \
-  }
-
-py::object predict(Net& net, py::array theta, py::array X) {
-  TK_DISPATCH(theta, {
-    const idx N = X.ndim() == 2 ? X.shape(0) : -1;
-    const T* th = data<T>(theta, "theta", {net.P()});
-    const T* x = data<T>(X, "X", {N, net.d[0]});
-    py::array_t<T> out({N, net.k()});
-    T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::predict<T>(net, th, x, N, o, lease.ws());
-    }
-    return std::move(out);
-  })
-}
-
-// Checks the (theta, X, Y) triple; returns N.
+// The checked inputs of a call, as pointers: theta, X (N rows) and, when given, Y.
 template <class T>
-idx check_data(const tk::Net& net, const py::array& theta, const py::array& X) {
-  data<T>(theta, "theta", {net.P()});
-  const idx N = X.ndim() == 2 ? X.shape(0) : -1;
-  data<T>(X, "X", {N, net.d[0]});
-  return N;
+struct Inputs {
+  const T *theta, *X;
+  idx N;
+  tk::Targets<T> tg;
+  Inputs(const tk::Net& net, const py::array& th, const py::array& x, const py::array* y = nullptr)
+      : theta(data<T>(th, "theta", {net.P()})), X(nullptr), N(x.ndim() == 2 ? x.shape(0) : -1) {
+    X = data<T>(x, "X", {N, net.d[0]});
+    if (y) tg = targets<T>(net, *y, N);
+  }
+};
+
+// fn(workspace) with the GIL released and a workspace leased.
+template <class T, class F>
+decltype(auto) run(Net& net, F&& fn) {
+  py::gil_scoped_release nogil;
+  Lease<T> lease(net);
+  return fn(lease.ws());
 }
 
-#define TK_DATA                                      \
-  const idx N = check_data<T>(net, theta, X);        \
-  const T* th = static_cast<const T*>(theta.data()); \
-  const T* x = static_cast<const T*>(X.data());      \
-  const tk::Targets<T> tg = targets<T>(net, Y, N);
+// The calls, each for theta's dtype (float32 or float64).
+py::object predict(Net& net, py::array theta, py::array X) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X);
+    py::array_t<T> out({in.N, net.k()});
+    T* o = out.mutable_data();
+    run<T>(net, [&](auto& ws) { tk::predict<T>(net, in.theta, in.X, in.N, o, ws); });
+    return std::move(out);
+  });
+}
 
-double loss(Net& net, py::array theta, py::array X, py::array Y,
-            bool mean){TK_DISPATCH(theta,
-                                   {
-                                     TK_DATA
-                                     py::gil_scoped_release nogil;
-                                     Lease<T> lease(net);
-                                     return tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
-                                   })}
+double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    return run<T>(net, [&](auto& ws) { return tk::loss<T>(net, in.theta, in.X, in.N, in.tg, mean, ws); });
+  });
+}
 
-py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y,
-                        bool mean){TK_DISPATCH(theta,
-                                               {
-                                                 TK_DATA
-                                                 py::array_t<T> grad(net.P());
-                                                 T* g = grad.mutable_data();
-                                                 double value;
-                                                 {
-                                                   py::gil_scoped_release nogil;
-                                                   Lease<T> lease(net);
-                                                   value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g, lease.ws());
-                                                 }
-                                                 return py::make_tuple(value, grad);
-                                               })}
+py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::tuple {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    py::array_t<T> grad(net.P());
+    T* g = grad.mutable_data();
+    const double value =
+        run<T>(net, [&](auto& ws) { return tk::loss_and_grad<T>(net, in.theta, in.X, in.N, in.tg, mean, g, ws); });
+    return py::make_tuple(value, grad);
+  });
+}
 
-py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean,
-                   bool gn){TK_DISPATCH(theta,
-                                        {
-                                          TK_DATA
-                                          const idx m = V.ndim() == 2 ? V.shape(1) : -1;
-                                          const T* v = data<T>(V, "V", {net.P(), m});
-                                          py::array_t<T> out({net.P(), m});
-                                          T* o = out.mutable_data();
-                                          {
-                                            py::gil_scoped_release nogil;
-                                            Lease<T> lease(net);
-                                            tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn, lease.ws());
-                                          }
-                                          return std::move(out);
-                                        })}
+py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    const idx m = V.ndim() == 2 ? V.shape(1) : -1;
+    const T* v = data<T>(V, "V", {net.P(), m});
+    py::array_t<T> out({net.P(), m});
+    T* o = out.mutable_data();
+    run<T>(net, [&](auto& ws) { tk::rop<T>(net, in.theta, in.X, in.N, in.tg, mean, v, m, o, gn, ws); });
+    return std::move(out);
+  });
+}
 
-py::object
-    jacobian(Net& net, py::array theta, py::array X){TK_DISPATCH(theta,
-                                                                 {
-                                                                   const idx N = check_data<T>(net, theta, X);
-                                                                   py::array_t<T> out({N * net.k(), net.P()});
-                                                                   T* o = out.mutable_data();
-                                                                   const T* th = static_cast<const T*>(theta.data());
-                                                                   const T* x = static_cast<const T*>(X.data());
-                                                                   {
-                                                                     py::gil_scoped_release nogil;
-                                                                     Lease<T> lease(net);
-                                                                     tk::jacobian<T>(net, th, x, N, o, lease.ws());
-                                                                   }
-                                                                   return std::move(out);
-                                                                 })}
+py::object jacobian(Net& net, py::array theta, py::array X) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X);
+    py::array_t<T> out({in.N * net.k(), net.P()});
+    T* o = out.mutable_data();
+    run<T>(net, [&](auto& ws) { tk::jacobian<T>(net, in.theta, in.X, in.N, o, ws); });
+    return std::move(out);
+  });
+}
 
-py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean,
-                bool gn){TK_DISPATCH(theta,
-                                     {
-                                       TK_DATA
-                                       py::array_t<T> out({net.P(), net.P()});
-                                       T* o = out.mutable_data();
-                                       {
-                                         py::gil_scoped_release nogil;
-                                         Lease<T> lease(net);
-                                         tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
-                                       }
-                                       return std::move(out);
-                                     })}
+py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    py::array_t<T> out({net.P(), net.P()});
+    T* o = out.mutable_data();
+    run<T>(net, [&](auto& ws) { tk::curvature_full<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws); });
+    return std::move(out);
+  });
+}
 
-py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean,
-                bool gn){TK_DISPATCH(theta,
-                                     {
-                                       TK_DATA
-                                       py::list result;
-                                       std::vector<T*> outs;
-                                       for (idx l = 0; l < net.L(); ++l) {
-                                         const idx Pl = net.off[l + 1] - net.off[l];
-                                         py::array_t<T> b({Pl, Pl});
-                                         outs.push_back(b.mutable_data());
-                                         result.append(b);
-                                       }
-                                       {
-                                         py::gil_scoped_release nogil;
-                                         Lease<T> lease(net);
-                                         tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs, lease.ws());
-                                       }
-                                       return result;
-                                     })}
+py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    py::list result;
+    std::vector<T*> outs;
+    for (idx l = 0; l < net.L(); ++l) {
+      const idx Pl = net.off[l + 1] - net.off[l];
+      py::array_t<T> b({Pl, Pl});
+      outs.push_back(b.mutable_data());
+      result.append(b);
+    }
+    run<T>(net, [&](auto& ws) { tk::curvature_blocks<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, outs, ws); });
+    return result;
+  });
+}
 
 py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
-  TK_DISPATCH(theta, {
-    TK_DATA
+  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
     py::array_t<T> out(net.P());
     T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::curvature_diag<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
-    }
+    run<T>(net, [&](auto& ws) { tk::curvature_diag<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws); });
     return std::move(out);
-  })
+  });
+}
+
+// {name: code} of the activations and losses, as Net takes them (formulas.hpp).
+template <size_t n>
+py::dict code_table(const char* const (&names)[n]) {
+  py::dict d;
+  for (size_t i = 0; i < n; ++i) d[names[i]] = (int)i;
+  return d;
 }
 
 // True when every element is finite: sums of x * 0 are 0, or NaN as soon as one x is +-inf
@@ -286,15 +266,34 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
            py::arg("loss"))
       .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
-  m.def("predict", &predict);
-  m.def("loss", &loss);
-  m.def("loss_and_grad", &loss_and_grad);
-  m.def("hvp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
-    return product(n, t, x, y, v, mean, false);
-  });
-  m.def("ggn_vp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
-    return product(n, t, x, y, v, mean, true);
-  });
+  m.attr("ACTIVATION_CODES") = code_table(tk::kActNames);
+  m.attr("LOSS_CODES") = code_table(tk::kLossNames);
+  // (net, theta, X[, Y[, V]][, mean]): C-contiguous arrays of theta's dtype (labels int64).
+  const auto net = py::arg("net"), theta = py::arg("theta"), X = py::arg("X"), Y = py::arg("Y"), V = py::arg("V"),
+             mean = py::arg("mean");
+  m.def("predict", &predict, net, theta, X);
+  m.def("loss", &loss, net, theta, X, Y, mean);
+  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean);
+  m.def("jacobian", &jacobian, net, theta, X);
+  for (const bool gn : {false, true})
+    m.def(
+        gn ? "ggn_vp" : "hvp",
+        [gn](Net& nt, py::array t, py::array x, py::array y, py::array v, bool mn) {
+          return product(nt, t, x, y, v, mn, gn);
+        },
+        net, theta, X, Y, V, mean);
+  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean).
+  auto pair = [&](const char* h, const char* g, auto fn) {
+    m.def(
+        h, [fn](Net& n, py::array t, py::array x, py::array y, bool mean) { return fn(n, t, x, y, mean, false); }, net,
+        theta, X, Y, mean);
+    m.def(
+        g, [fn](Net& n, py::array t, py::array x, py::array y, bool mean) { return fn(n, t, x, y, mean, true); }, net,
+        theta, X, Y, mean);
+  };
+  pair("hessian", "ggn", &full);
+  pair("hessian_blocks", "ggn_blocks", &blocks);
+  pair("hessian_diag", "ggn_diag", &diag);
   m.def("product_memory_values",
         [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); });
   m.def(
@@ -305,18 +304,6 @@ PYBIND11_MODULE(_core, m) {
       [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); },
       "Most samples per chunk of the full matrices, blocks and diagonals (0: the default); returns the "
       "previous value.  For tests.");
-  m.def("jacobian", &jacobian);
-  m.def("hessian",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
-  m.def("ggn", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, true); });
-  m.def("hessian_blocks",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
-  m.def("ggn_blocks",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
-  m.def("hessian_diag",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
-  m.def("ggn_diag",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
   m.def("all_finite", &all_finite, "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
   m.def("blas_threads_controllable", &tk::blas_threads_controllable,

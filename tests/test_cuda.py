@@ -89,9 +89,9 @@ def test_without_gpu_calls_refuse_cleanly():
     theta = np.zeros(net.num_params)
     X = np.zeros((5, 3))
     with pytest.raises(RuntimeError, match="unavailable"):
-        _cuda.predict(net, False, 5, theta, X, False)
+        _cuda.predict(net, theta, X)
     with pytest.raises(RuntimeError, match="unavailable"):
-        _cuda.full(net, False, 5, theta, X, np.zeros((5, 2)), True, False, False)
+        _cuda.hessian(net, theta, X, np.zeros((5, 2)), True)
     with pytest.raises(RuntimeError, match="unavailable"):
         _cuda.to_device(X)
     # init again, with a bogus cuBLAS: still a reason, never a crash
