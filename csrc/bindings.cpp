@@ -118,15 +118,31 @@ decltype(auto) run(Net& net, F&& fn) {
   return fn(lease.ws());
 }
 
+// A call with one array result of `shape`: kernel(result, workspace) with the GIL released.
+template <class T, class K>
+py::object one_result(Net& net, std::vector<idx> shape, K&& kernel) {
+  py::array_t<T> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  T* o = out.mutable_data();
+  run<T>(net, [&](auto& ws) { kernel(o, ws); });
+  return std::move(out);
+}
+
 // The calls, each for theta's dtype (float32 or float64).
 py::object predict(Net& net, py::array theta, py::array X) {
-  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X);
-    py::array_t<T> out({in.N, net.k()});
-    T* o = out.mutable_data();
-    run<T>(net, [&](auto& ws) { tk::predict<T>(net, in.theta, in.X, in.N, o, ws); });
-    return std::move(out);
+    return one_result<T>(net, {in.N, net.k()},
+                         [&](T* o, auto& ws) { tk::predict<T>(net, in.theta, in.X, in.N, o, ws); });
+  });
+}
+
+py::object jacobian(Net& net, py::array theta, py::array X) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X);
+    return one_result<T>(net, {in.N * net.k(), net.P()},
+                         [&](T* o, auto& ws) { tk::jacobian<T>(net, in.theta, in.X, in.N, o, ws); });
   });
 }
 
@@ -139,49 +155,45 @@ double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
 }
 
 py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
-  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::tuple {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X, &Y);
-    py::array_t<T> grad(net.P());
-    T* g = grad.mutable_data();
-    const double value =
-        run<T>(net, [&](auto& ws) { return tk::loss_and_grad<T>(net, in.theta, in.X, in.N, in.tg, mean, g, ws); });
+    double value = 0;
+    py::object grad = one_result<T>(net, {net.P()}, [&](T* g, auto& ws) {
+      value = tk::loss_and_grad<T>(net, in.theta, in.X, in.N, in.tg, mean, g, ws);
+    });
     return py::make_tuple(value, grad);
   });
 }
 
 py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
-  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X, &Y);
     const idx m = V.ndim() == 2 ? V.shape(1) : -1;
     const T* v = data<T>(V, "V", {net.P(), m});
-    py::array_t<T> out({net.P(), m});
-    T* o = out.mutable_data();
-    run<T>(net, [&](auto& ws) { tk::rop<T>(net, in.theta, in.X, in.N, in.tg, mean, v, m, o, gn, ws); });
-    return std::move(out);
-  });
-}
-
-py::object jacobian(Net& net, py::array theta, py::array X) {
-  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
-    using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X);
-    py::array_t<T> out({in.N * net.k(), net.P()});
-    T* o = out.mutable_data();
-    run<T>(net, [&](auto& ws) { tk::jacobian<T>(net, in.theta, in.X, in.N, o, ws); });
-    return std::move(out);
+    return one_result<T>(net, {net.P(), m},
+                         [&](T* o, auto& ws) { tk::rop<T>(net, in.theta, in.X, in.N, in.tg, mean, v, m, o, gn, ws); });
   });
 }
 
 py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
-  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X, &Y);
-    py::array_t<T> out({net.P(), net.P()});
-    T* o = out.mutable_data();
-    run<T>(net, [&](auto& ws) { tk::curvature_full<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws); });
-    return std::move(out);
+    return one_result<T>(net, {net.P(), net.P()}, [&](T* o, auto& ws) {
+      tk::curvature_full<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws);
+    });
+  });
+}
+
+py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    return one_result<T>(net, {net.P()}, [&](T* o, auto& ws) {
+      tk::curvature_diag<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws);
+    });
   });
 }
 
@@ -199,17 +211,6 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
     }
     run<T>(net, [&](auto& ws) { tk::curvature_blocks<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, outs, ws); });
     return result;
-  });
-}
-
-py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
-  return tk::with_dtype(is_f32(theta), [&](auto dt) -> py::object {
-    using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
-    py::array_t<T> out(net.P());
-    T* o = out.mutable_data();
-    run<T>(net, [&](auto& ws) { tk::curvature_diag<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws); });
-    return std::move(out);
   });
 }
 
@@ -294,21 +295,24 @@ PYBIND11_MODULE(_core, m) {
   pair("hessian", "ggn", &full);
   pair("hessian_blocks", "ggn_blocks", &blocks);
   pair("hessian_diag", "ggn_diag", &diag);
-  m.def("product_memory_values",
-        [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); });
+  m.def(
+      "product_memory_values",
+      [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); }, net, py::arg("N"),
+      py::arg("m"), py::arg("itemsize"));
   m.def(
       "_set_chunk_bytes", [](idx bytes) { return tk::chunk_bytes().exchange(bytes > 0 ? bytes : tk::kChunkBytes); },
-      "Scratch per chunk of samples (0: the default); returns the previous value.  For tests.");
+      py::arg("bytes"), "Scratch per chunk of samples (0: the default); returns the previous value.  For tests.");
   m.def(
       "_set_curvature_chunk",
-      [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); },
+      [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); }, py::arg("rows"),
       "Most samples per chunk of the full matrices, blocks and diagonals (0: the default); returns the "
       "previous value.  For tests.");
-  m.def("all_finite", &all_finite, "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
+  m.def("all_finite", &all_finite, py::arg("a"),
+        "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
   m.def("blas_threads_controllable", &tk::blas_threads_controllable,
         "whether BLAS can be held to one thread per calling thread (OpenBLAS >= 0.3.27)");
-  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
+  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); }, py::arg("n"));
   m.def("get_num_threads", []() { return omp_get_max_threads(); });
   // Test-only (tests/test_gemm.py): one row-major product C = alpha op(A) op(B) + beta C on flat
   // buffers, A at a_off with row stride lda, etc., so that sub-matrix views can be tested.
@@ -359,5 +363,6 @@ PYBIND11_MODULE(_core, m) {
         if (py::isinstance<py::array_t<float>>(z)) return run(0.0f);
         return run(0.0);
       },
+      py::arg("code"), py::arg("z"),
       "TEST-ONLY: (act(z), act'(z), act''(z)) of a flat float32 or float64 array (tests/test_activations.py)");
 }

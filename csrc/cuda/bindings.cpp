@@ -397,7 +397,7 @@ struct TargetsArg {
 template <class T>
 TargetsArg targets_arg(const tc::Net& net, const py::object& Y, idx N) {
   TargetsArg t;
-  t.labels = net.loss == tc::Loss::ce;
+  t.labels = net.loss == tk::Loss::ce;
   t.a = t.labels ? make_arg<std::int64_t>(Y, "Y", {N}, "int64 labels") : arg<T>(Y, "Y", {N, net.k()});
   return t;
 }
@@ -508,18 +508,33 @@ decltype(auto) run(Net& net, F&& fn) {
 using OptF32 = std::optional<bool>;
 using OptIdx = std::optional<idx>;
 
+// A call with one result of `shape`: kernel(inputs placed on the device, result, workspace)
+// with the GIL released.
+template <class T, class K>
+py::object one_result(Net& net, const Inputs<T>& in, std::vector<idx> shape, bool device_out, K&& kernel) {
+  Result<T> r(shape, device_out);
+  run<T>(net, [&](auto& ws) {
+    kernel(in.place(ws), r.target(ws), ws);
+    r.finish(ws);
+  });
+  return r.obj;
+}
+
 py::object predict(Net& net, py::object theta, py::object X, OptF32 f32, OptIdx n, bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X);
-    Result<T> r({c.N, net.k()}, device_out);
-    run<T>(net, [&](auto& ws) {
-      const auto p = in.place(ws);
-      tc::predict<T>(net, p.theta, p.X, c.N, r.target(ws), ws);
-      r.finish(ws);
-    });
-    return r.obj;
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X), {c.N, net.k()}, device_out,
+                         [&](auto p, T* o, auto& ws) { tc::predict<T>(net, p.theta, p.X, c.N, o, ws); });
+  });
+}
+
+py::object jacobian(Net& net, py::object theta, py::object X, OptF32 f32, OptIdx n, bool device_out) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X), {c.N * net.k(), net.P()}, device_out,
+                         [&](auto p, T* o, auto& ws) { tc::jacobian<T>(net, p.theta, p.X, c.N, o, ws); });
   });
 }
 
@@ -538,17 +553,13 @@ double loss(Net& net, py::object theta, py::object X, py::object Y, bool mean, O
 py::tuple loss_and_grad(Net& net, py::object theta, py::object X, py::object Y, bool mean, OptF32 f32, OptIdx n,
                         bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
-  return tk::with_dtype(c.f32, [&](auto dt) -> py::tuple {
+  return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X, &Y);
-    Result<T> r({net.P()}, device_out);
-    const double value = run<T>(net, [&](auto& ws) {
-      const auto p = in.place(ws);
-      const double v = tc::loss_and_grad<T>(net, p.theta, p.X, c.N, p.tg, mean, r.target(ws), ws);
-      r.finish(ws);
-      return v;
-    });
-    return py::make_tuple(value, r.obj);
+    double value = 0;
+    py::object grad = one_result<T>(
+        net, Inputs<T>(net, c.N, theta, X, &Y), {net.P()}, device_out,
+        [&](auto p, T* g, auto& ws) { value = tc::loss_and_grad<T>(net, p.theta, p.X, c.N, p.tg, mean, g, ws); });
+    return py::make_tuple(value, grad);
   });
 }
 
@@ -568,29 +579,9 @@ py::object product(Net& net, py::object theta, py::object X, py::object Y, py::o
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, c.N, theta, X, &Y);
     const Arg v = arg<T>(V, "V", {net.P(), m});
-    Result<T> r({net.P(), m}, device_out);
-    run<T>(net, [&](auto& ws) {
-      const auto p = in.place(ws);
-      const T* vp = place(v, ws.V, ws.stream());
-      tc::rop<T>(net, p.theta, p.X, c.N, p.tg, mean, vp, m, r.target(ws), gn, ws);
-      r.finish(ws);
+    return one_result<T>(net, in, {net.P(), m}, device_out, [&](auto p, T* o, auto& ws) {
+      tc::rop<T>(net, p.theta, p.X, c.N, p.tg, mean, place(v, ws.V, ws.stream()), m, o, gn, ws);
     });
-    return r.obj;
-  });
-}
-
-py::object jacobian(Net& net, py::object theta, py::object X, OptF32 f32, OptIdx n, bool device_out) {
-  const CallShape c = call_shape(theta, X, f32, n);
-  return tk::with_dtype(c.f32, [&](auto dt) {
-    using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X);
-    Result<T> r({c.N * net.k(), net.P()}, device_out);
-    run<T>(net, [&](auto& ws) {
-      const auto p = in.place(ws);
-      tc::jacobian<T>(net, p.theta, p.X, c.N, r.target(ws), ws);
-      r.finish(ws);
-    });
-    return r.obj;
   });
 }
 
@@ -599,14 +590,20 @@ py::object full(Net& net, py::object theta, py::object X, py::object Y, bool mea
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X, &Y);
-    Result<T> r({net.P(), net.P()}, device_out);
-    run<T>(net, [&](auto& ws) {
-      const auto p = in.place(ws);
-      tc::curvature_full<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, r.target(ws), ws);
-      r.finish(ws);
+    return one_result<T>(
+        net, Inputs<T>(net, c.N, theta, X, &Y), {net.P(), net.P()}, device_out,
+        [&](auto p, T* o, auto& ws) { tc::curvature_full<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, o, ws); });
+  });
+}
+
+py::object diag(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
+                bool device_out) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X, &Y), {net.P()}, device_out, [&](auto p, T* o, auto& ws) {
+      tc::curvature_diag<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, o, ws);
     });
-    return r.obj;
   });
 }
 
@@ -651,22 +648,6 @@ py::object blocks(Net& net, py::object theta, py::object X, py::object Y, bool m
       TK_CUDA(cudaStreamSynchronize(ws.stream()));
     });
     return std::move(result);
-  });
-}
-
-py::object diag(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
-                bool device_out) {
-  const CallShape c = call_shape(theta, X, f32, n);
-  return tk::with_dtype(c.f32, [&](auto dt) {
-    using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X, &Y);
-    Result<T> r({net.P()}, device_out);
-    run<T>(net, [&](auto& ws) {
-      const auto p = in.place(ws);
-      tc::curvature_diag<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, r.target(ws), ws);
-      r.finish(ws);
-    });
-    return r.obj;
   });
 }
 

@@ -35,7 +35,7 @@ __global__ void k_bias_act(Tile tl, const T* __restrict__ b, T* __restrict__ z, 
         z[i] = v;
         continue;
       }
-      T a, g1, g2;
+      T a = 0, g1 = 0, g2 = 0;
       activate1<T>(f, v, a, g1, g2, d2 != nullptr);
       z[i] = a;
       if (d1) d1[i] = g1;
