@@ -7,7 +7,8 @@
 //   M::gelu_h(x, h)     h from tanh_pos(x, h) as gelu's second derivative needs it: 0 where the
 //                       target clamps x (there h times du^2 ~ z^4 is not negligible)
 //   M::log_over_1mh(h)  -log(1 - h) for 0 <= h <= 1/2
-// TK_HD marks each function __host__ __device__ under nvcc and is empty elsewhere.
+// TK_HD marks each function __host__ __device__ under nvcc, and always inlined: the C++ loops
+// over values vectorise only when the formula is inlined into them.
 //
 //   identity  z                    1                      0
 //   relu      max(z, 0)            [z > 0]                0
@@ -26,9 +27,9 @@
 #include <cstdint>
 
 #if defined(__CUDACC__)
-#define TK_HD __host__ __device__
+#define TK_HD __host__ __device__ __forceinline__
 #else
-#define TK_HD
+#define TK_HD inline __attribute__((always_inline))
 #endif
 
 namespace tk {
@@ -47,7 +48,7 @@ struct ActTag {
 // body(ActTag<f>()): the run-time code made a compile-time one, so that a loop over values
 // inside body is compiled once per activation, with no switch inside it.
 template <class Body>
-TK_HD inline void with_act(Act f, Body&& body) {
+TK_HD void with_act(Act f, Body&& body) {
   switch (f) {
     case Act::identity:
       return body(ActTag<Act::identity>());
@@ -68,7 +69,7 @@ TK_HD inline void with_act(Act f, Body&& body) {
 
 // a = act(v), d1 = act'(v), d2 = act''(v), branch-free (the C++ loops vectorise).
 template <Act F, class M, class T>
-TK_HD inline void activation(T v, T& a, T& d1, T& d2) {
+TK_HD void activation(T v, T& a, T& d1, T& d2) {
   using std::copysign;
   using std::fabs;
   if constexpr (F == Act::identity) {
@@ -110,13 +111,13 @@ TK_HD inline void activation(T v, T& a, T& d1, T& d2) {
 
 // mse's output curvature H_out = 2s/k I.
 template <class T>
-TK_HD inline T mse_curvature(std::int64_t k, T s) {
+TK_HD T mse_curvature(std::int64_t k, T s) {
   return 2 * s / T(k);
 }
 
 // mse: returns sum_j (f_j - y_j)^2; g_j = 2s/k (f_j - y_j) when g is given.
 template <class T>
-TK_HD inline T mse_row(std::int64_t k, const T* f, const T* y, T s, T* g) {
+TK_HD T mse_row(std::int64_t k, const T* f, const T* y, T s, T* g) {
   const T c = mse_curvature(k, s);
   T acc = 0;
   for (std::int64_t j = 0; j < k; ++j) {
@@ -134,7 +135,7 @@ TK_HD inline T mse_row(std::int64_t k, const T* f, const T* y, T s, T* g) {
 
 // The first index of the largest of x[0..k): the most likely class of f or of p.
 template <class T>
-TK_HD inline std::int64_t ce_top(std::int64_t k, const T* x) {
+TK_HD std::int64_t ce_top(std::int64_t k, const T* x) {
   std::int64_t top = 0;
   for (std::int64_t j = 1; j < k; ++j) top = x[j] > x[top] ? j : top;
   return top;
@@ -142,7 +143,7 @@ TK_HD inline std::int64_t ce_top(std::int64_t k, const T* x) {
 
 // p holds e^(f_j - f_top) (any value at top): p becomes the softmax; returns rest.
 template <class T>
-TK_HD inline T ce_softmax(std::int64_t k, std::int64_t top, T* p) {
+TK_HD T ce_softmax(std::int64_t k, std::int64_t top, T* p) {
   p[top] = 0;
   T rest = 0;
   for (std::int64_t j = 0; j < k; ++j) rest += p[j];
@@ -154,7 +155,7 @@ TK_HD inline T ce_softmax(std::int64_t k, std::int64_t top, T* p) {
 
 // The loss at label y, from log1p(rest) (ce_softmax's rest).
 template <class T>
-TK_HD inline T ce_loss(T log1p_rest, const T* f, std::int64_t top, std::int64_t y) {
+TK_HD T ce_loss(T log1p_rest, const T* f, std::int64_t top, std::int64_t y) {
   return log1p_rest + (f[top] - f[y]);
 }
 
@@ -166,7 +167,7 @@ inline double data_term(Loss loss, std::int64_t k, double total, double s) {
 
 // The gradient g = s (p - e_y) of the loss at label y, from the softmax p and ce_softmax's rest.
 template <class T>
-TK_HD inline void ce_gradient(std::int64_t k, const T* p, std::int64_t y, std::int64_t top, T rest, T s, T* g) {
+TK_HD void ce_gradient(std::int64_t k, const T* p, std::int64_t y, std::int64_t top, T rest, T s, T* g) {
   for (std::int64_t j = 0; j < k; ++j) g[j] = s * p[j];
   if (y == top)
     g[y] = -s * (rest * p[top]);
@@ -178,7 +179,7 @@ TK_HD inline void ce_gradient(std::int64_t k, const T* p, std::int64_t y, std::i
 // of the most likely class the sum of the other p (where p_top is near 1, p_top - p_top^2 is
 // lost to rounding).
 template <class T>
-TK_HD inline T ce_curvature(std::int64_t k, const T* p, std::int64_t i, std::int64_t j, T s) {
+TK_HD T ce_curvature(std::int64_t k, const T* p, std::int64_t i, std::int64_t j, T s) {
   if (i != j) return -s * p[i] * p[j];
   const std::int64_t top = ce_top(k, p);
   if (i != top) return s * p[i] * (1 - p[i]);
@@ -190,7 +191,7 @@ TK_HD inline T ce_curvature(std::int64_t k, const T* p, std::int64_t i, std::int
 // o = H_out x = s p_j (x_j - p.x), formed around the most likely class top as
 // (x_j - x_top) - p.(x - x_top): where p_top is near 1 the plain difference is lost to rounding.
 template <class T>
-TK_HD inline void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, const T* x, T s, T* o) {
+TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, const T* x, T s, T* o) {
   const T xt = x[top];
   T dot = 0;
   for (std::int64_t j = 0; j < k; ++j) dot += p[j] * (x[j] - xt);
@@ -200,7 +201,7 @@ TK_HD inline void ce_curvature_times(std::int64_t k, const T* p, std::int64_t to
 // Row r of a square root R of H_out (R^T R = H_out): mse sqrt(2s/k) e_r; ce sqrt(s p_r) (e_r - p)
 // (p null for mse), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T.
 template <class T>
-TK_HD inline T curvature_root(std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s) {
+TK_HD T curvature_root(std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s) {
   using std::sqrt;
   if (!p) return j == r ? sqrt(mse_curvature(k, s)) : T(0);
   const T w = sqrt(s * p[r]);
