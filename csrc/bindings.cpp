@@ -17,6 +17,7 @@
 #include "jacobian.hpp"
 #include "omp_compat.hpp"
 #include "rop.hpp"
+#include "with_dtype.hpp"
 #include "workspace.hpp"
 
 namespace py = pybind11;
@@ -96,149 +97,129 @@ bool is_f32(const py::array& theta) {
   throw py::type_error("theta: expected float64 or float32");
 }
 
-// Calls fn<float> or fn<double> by theta's dtype.
-#define TK_DISPATCH(theta, body) \
-  if (is_f32(theta)) {           \
-    using T = float;             \
-    body                         \
-  } else {                       \
-    using T = double;            \
-    body                         \
-  }
-
-py::object predict(Net& net, py::array theta, py::array X) {
-  TK_DISPATCH(theta, {
-    const idx N = X.ndim() == 2 ? X.shape(0) : -1;
-    const T* th = data<T>(theta, "theta", {net.P()});
-    const T* x = data<T>(X, "X", {N, net.d[0]});
-    py::array_t<T> out({N, net.k()});
-    T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::predict<T>(net, th, x, N, o, lease.ws());
-    }
-    return std::move(out);
-  })
-}
-
-// Checks the (theta, X, Y) triple; returns N.
+// The checked inputs of a call, as pointers: theta, X (N rows) and, when given, Y.
 template <class T>
-idx check_data(const tk::Net& net, const py::array& theta, const py::array& X) {
-  data<T>(theta, "theta", {net.P()});
-  const idx N = X.ndim() == 2 ? X.shape(0) : -1;
-  data<T>(X, "X", {N, net.d[0]});
-  return N;
+struct Inputs {
+  const T *theta, *X;
+  idx N;
+  tk::Targets<T> tg;
+  Inputs(const tk::Net& net, const py::array& th, const py::array& x, const py::array* y = nullptr)
+      : theta(data<T>(th, "theta", {net.P()})), X(nullptr), N(x.ndim() == 2 ? x.shape(0) : -1) {
+    X = data<T>(x, "X", {N, net.d[0]});
+    if (y) tg = targets<T>(net, *y, N);
+  }
+};
+
+// fn(workspace) with the GIL released and a workspace leased.
+template <class T, class F>
+decltype(auto) run(Net& net, F&& fn) {
+  py::gil_scoped_release nogil;
+  Lease<T> lease(net);
+  return fn(lease.ws());
 }
 
-#define TK_DATA                                      \
-  const idx N = check_data<T>(net, theta, X);        \
-  const T* th = static_cast<const T*>(theta.data()); \
-  const T* x = static_cast<const T*>(X.data());      \
-  const tk::Targets<T> tg = targets<T>(net, Y, N);
+// A call with one array result of `shape`: kernel(result, workspace) with the GIL released.
+template <class T, class K>
+py::object one_result(Net& net, std::vector<idx> shape, K&& kernel) {
+  py::array_t<T> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  T* o = out.mutable_data();
+  run<T>(net, [&](auto& ws) { kernel(o, ws); });
+  return std::move(out);
+}
 
-double loss(Net& net, py::array theta, py::array X, py::array Y,
-            bool mean){TK_DISPATCH(theta,
-                                   {
-                                     TK_DATA
-                                     py::gil_scoped_release nogil;
-                                     Lease<T> lease(net);
-                                     return tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
-                                   })}
+// The calls, each for theta's dtype (float32 or float64).
+py::object predict(Net& net, py::array theta, py::array X) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X);
+    return one_result<T>(net, {in.N, net.k()},
+                         [&](T* o, auto& ws) { tk::predict<T>(net, in.theta, in.X, in.N, o, ws); });
+  });
+}
 
-py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y,
-                        bool mean){TK_DISPATCH(theta,
-                                               {
-                                                 TK_DATA
-                                                 py::array_t<T> grad(net.P());
-                                                 T* g = grad.mutable_data();
-                                                 double value;
-                                                 {
-                                                   py::gil_scoped_release nogil;
-                                                   Lease<T> lease(net);
-                                                   value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g, lease.ws());
-                                                 }
-                                                 return py::make_tuple(value, grad);
-                                               })}
+py::object jacobian(Net& net, py::array theta, py::array X) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X);
+    return one_result<T>(net, {in.N * net.k(), net.P()},
+                         [&](T* o, auto& ws) { tk::jacobian<T>(net, in.theta, in.X, in.N, o, ws); });
+  });
+}
 
-py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean,
-                   bool gn){TK_DISPATCH(theta,
-                                        {
-                                          TK_DATA
-                                          const idx m = V.ndim() == 2 ? V.shape(1) : -1;
-                                          const T* v = data<T>(V, "V", {net.P(), m});
-                                          py::array_t<T> out({net.P(), m});
-                                          T* o = out.mutable_data();
-                                          {
-                                            py::gil_scoped_release nogil;
-                                            Lease<T> lease(net);
-                                            tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn, lease.ws());
-                                          }
-                                          return std::move(out);
-                                        })}
+double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    return run<T>(net, [&](auto& ws) { return tk::loss<T>(net, in.theta, in.X, in.N, in.tg, mean, ws); });
+  });
+}
 
-py::object
-    jacobian(Net& net, py::array theta, py::array X){TK_DISPATCH(theta,
-                                                                 {
-                                                                   const idx N = check_data<T>(net, theta, X);
-                                                                   py::array_t<T> out({N * net.k(), net.P()});
-                                                                   T* o = out.mutable_data();
-                                                                   const T* th = static_cast<const T*>(theta.data());
-                                                                   const T* x = static_cast<const T*>(X.data());
-                                                                   {
-                                                                     py::gil_scoped_release nogil;
-                                                                     Lease<T> lease(net);
-                                                                     tk::jacobian<T>(net, th, x, N, o, lease.ws());
-                                                                   }
-                                                                   return std::move(out);
-                                                                 })}
+py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    double value = 0;
+    py::object grad = one_result<T>(net, {net.P()}, [&](T* g, auto& ws) {
+      value = tk::loss_and_grad<T>(net, in.theta, in.X, in.N, in.tg, mean, g, ws);
+    });
+    return py::make_tuple(value, grad);
+  });
+}
 
-py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean,
-                bool gn){TK_DISPATCH(theta,
-                                     {
-                                       TK_DATA
-                                       py::array_t<T> out({net.P(), net.P()});
-                                       T* o = out.mutable_data();
-                                       {
-                                         py::gil_scoped_release nogil;
-                                         Lease<T> lease(net);
-                                         tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
-                                       }
-                                       return std::move(out);
-                                     })}
+py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    const idx m = V.ndim() == 2 ? V.shape(1) : -1;
+    const T* v = data<T>(V, "V", {net.P(), m});
+    return one_result<T>(net, {net.P(), m},
+                         [&](T* o, auto& ws) { tk::rop<T>(net, in.theta, in.X, in.N, in.tg, mean, v, m, o, gn, ws); });
+  });
+}
 
-py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean,
-                bool gn){TK_DISPATCH(theta,
-                                     {
-                                       TK_DATA
-                                       py::list result;
-                                       std::vector<T*> outs;
-                                       for (idx l = 0; l < net.L(); ++l) {
-                                         const idx Pl = net.off[l + 1] - net.off[l];
-                                         py::array_t<T> b({Pl, Pl});
-                                         outs.push_back(b.mutable_data());
-                                         result.append(b);
-                                       }
-                                       {
-                                         py::gil_scoped_release nogil;
-                                         Lease<T> lease(net);
-                                         tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs, lease.ws());
-                                       }
-                                       return result;
-                                     })}
+py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    return one_result<T>(net, {net.P(), net.P()}, [&](T* o, auto& ws) {
+      tk::curvature_full<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws);
+    });
+  });
+}
 
 py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
-  TK_DISPATCH(theta, {
-    TK_DATA
-    py::array_t<T> out(net.P());
-    T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      Lease<T> lease(net);
-      tk::curvature_diag<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    return one_result<T>(net, {net.P()}, [&](T* o, auto& ws) {
+      tk::curvature_diag<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws);
+    });
+  });
+}
+
+py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    py::list result;
+    std::vector<T*> outs;
+    for (idx l = 0; l < net.L(); ++l) {
+      const idx Pl = net.off[l + 1] - net.off[l];
+      py::array_t<T> b({Pl, Pl});
+      outs.push_back(b.mutable_data());
+      result.append(b);
     }
-    return std::move(out);
-  })
+    run<T>(net, [&](auto& ws) { tk::curvature_blocks<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, outs, ws); });
+    return result;
+  });
+}
+
+// {name: code} of the activations and losses, as Net takes them (formulas.hpp).
+template <size_t n>
+py::dict code_table(const char* const (&names)[n]) {
+  py::dict d;
+  for (size_t i = 0; i < n; ++i) d[names[i]] = (int)i;
+  return d;
 }
 
 // True when every element is finite: sums of x * 0 are 0, or NaN as soon as one x is +-inf
@@ -286,42 +267,52 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
            py::arg("loss"))
       .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
-  m.def("predict", &predict);
-  m.def("loss", &loss);
-  m.def("loss_and_grad", &loss_and_grad);
-  m.def("hvp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
-    return product(n, t, x, y, v, mean, false);
-  });
-  m.def("ggn_vp", [](Net& n, py::array t, py::array x, py::array y, py::array v, bool mean) {
-    return product(n, t, x, y, v, mean, true);
-  });
-  m.def("product_memory_values",
-        [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); });
+  m.attr("ACTIVATION_CODES") = code_table(tk::kActNames);
+  m.attr("LOSS_CODES") = code_table(tk::kLossNames);
+  // (net, theta, X[, Y[, V]][, mean]): C-contiguous arrays of theta's dtype (labels int64).
+  const auto net = py::arg("net"), theta = py::arg("theta"), X = py::arg("X"), Y = py::arg("Y"), V = py::arg("V"),
+             mean = py::arg("mean");
+  m.def("predict", &predict, net, theta, X);
+  m.def("loss", &loss, net, theta, X, Y, mean);
+  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean);
+  m.def("jacobian", &jacobian, net, theta, X);
+  for (const bool gn : {false, true})
+    m.def(
+        gn ? "ggn_vp" : "hvp",
+        [gn](Net& nt, py::array t, py::array x, py::array y, py::array v, bool mn) {
+          return product(nt, t, x, y, v, mn, gn);
+        },
+        net, theta, X, Y, V, mean);
+  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean).
+  auto pair = [&](const char* h, const char* g, auto fn) {
+    m.def(
+        h, [fn](Net& n, py::array t, py::array x, py::array y, bool mean) { return fn(n, t, x, y, mean, false); }, net,
+        theta, X, Y, mean);
+    m.def(
+        g, [fn](Net& n, py::array t, py::array x, py::array y, bool mean) { return fn(n, t, x, y, mean, true); }, net,
+        theta, X, Y, mean);
+  };
+  pair("hessian", "ggn", &full);
+  pair("hessian_blocks", "ggn_blocks", &blocks);
+  pair("hessian_diag", "ggn_diag", &diag);
+  m.def(
+      "product_memory_values",
+      [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); }, net, py::arg("N"),
+      py::arg("m"), py::arg("itemsize"));
   m.def(
       "_set_chunk_bytes", [](idx bytes) { return tk::chunk_bytes().exchange(bytes > 0 ? bytes : tk::kChunkBytes); },
-      "Scratch per chunk of samples (0: the default); returns the previous value.  For tests.");
+      py::arg("bytes"), "Scratch per chunk of samples (0: the default); returns the previous value.  For tests.");
   m.def(
       "_set_curvature_chunk",
-      [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); },
+      [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); }, py::arg("rows"),
       "Most samples per chunk of the full matrices, blocks and diagonals (0: the default); returns the "
       "previous value.  For tests.");
-  m.def("jacobian", &jacobian);
-  m.def("hessian",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, false); });
-  m.def("ggn", [](Net& n, py::array t, py::array x, py::array y, bool mean) { return full(n, t, x, y, mean, true); });
-  m.def("hessian_blocks",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, false); });
-  m.def("ggn_blocks",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return blocks(n, t, x, y, mean, true); });
-  m.def("hessian_diag",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, false); });
-  m.def("ggn_diag",
-        [](Net& n, py::array t, py::array x, py::array y, bool mean) { return diag(n, t, x, y, mean, true); });
-  m.def("all_finite", &all_finite, "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
+  m.def("all_finite", &all_finite, py::arg("a"),
+        "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
   m.def("blas_threads_controllable", &tk::blas_threads_controllable,
         "whether BLAS can be held to one thread per calling thread (OpenBLAS >= 0.3.27)");
-  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
+  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); }, py::arg("n"));
   m.def("get_num_threads", []() { return omp_get_max_threads(); });
   // Test-only (tests/test_gemm.py): one row-major product C = alpha op(A) op(B) + beta C on flat
   // buffers, A at a_off with row stride lda, etc., so that sub-matrix views can be tested.
@@ -373,5 +364,6 @@ PYBIND11_MODULE(_core, m) {
         if (py::isinstance<py::array_t<float>>(z)) return run(0.0f);
         return run(0.0);
       },
+      py::arg("code"), py::arg("z"),
       "TEST-ONLY: (act(z), act'(z), act''(z)) of a flat float32 or float64 array (tests/test_activations.py)");
 }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "formulas.hpp"  // Act, Loss
 #include "omp_compat.hpp"
 
 namespace tk {
@@ -44,9 +45,6 @@ struct uninit_allocator : std::allocator<T> {
 };
 template <class T>
 using vec = std::vector<T, uninit_allocator<T>>;
-
-enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
-enum class Loss : int { mse = 0, ce };
 
 // The network description: built once per MLP, shared by every call.
 struct Net {

@@ -154,17 +154,8 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   auto& R = U[L - 1];
   R.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n)
-    for (idx r = 0; r < k; ++r) {
-      T* u = R.data() + (n * k + r) * k;
-      if (!P) {
-        u[r] = std::sqrt(2 * s / T(k));
-      } else {
-        const T* p = P + n * k;
-        const T w = std::sqrt(s * p[r]);
-        for (idx j = 0; j < k; ++j) u[j] = -w * p[j];
-        u[r] += w;
-      }
-    }
+    for (idx r = 0; r < k; ++r)
+      for (idx j = 0; j < k; ++j) R[(n * k + r) * k + j] = curvature_root(k, P ? P + n * k : nullptr, r, j, s);
   backward_rows(net, theta, t, n0, c, k, U);
 }
 
@@ -197,24 +188,13 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
     return;
   }
 
-  // Hessian: Q_{L-1} = H_out, then the backward recursion.
-  // ce: the diagonal as s p_i (1 - p_i), 1 - p_t of the most likely class t as the sum of the
-  // other p: where p_t is near 1, p_t - p_t^2 is lost to rounding (reference.py).
+  // Hessian: Q_{L-1} = H_out (formulas.hpp), then the backward recursion.
   f.Q[L - 1].assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n) {
     T* q = f.Q[L - 1].data() + n * k * k;
-    if (!P) {
-      for (idx i = 0; i < k; ++i) q[i * k + i] = 2 * s / T(k);
-      continue;
-    }
-    const T* p = P + n * k;
-    const idx top = idx(std::max_element(p, p + k) - p);
-    T rest = 0;
-    for (idx j = 0; j < k; ++j) rest += j == top ? T(0) : p[j];
-    for (idx i = 0; i < k; ++i) {
-      for (idx j = 0; j < k; ++j) q[i * k + j] = -s * p[i] * p[j];
-      q[i * k + i] = s * p[i] * (i == top ? rest : 1 - p[i]);
-    }
+    for (idx i = 0; i < k; ++i)
+      for (idx j = 0; j < k; ++j)
+        q[i * k + j] = P ? ce_curvature(k, P + n * k, i, j, s) : i == j ? mse_curvature(k, s) : T(0);
   }
   for (idx l = L - 1; l >= 1; --l) {
     const idx Hl = net.d[l + 1], Hp = net.d[l];
@@ -287,7 +267,7 @@ constexpr idx kLanesMaxFullParams = 128;
 
 // Rows s_r of a square root of H_out, S[r * k + j], zero in unused lanes: mse sqrt(2s/k) e_r;
 // ce sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T, with p the
-// block's softmax (lanes_softmax; not read for mse).
+// block's softmax (lanes_softmax; not read for mse): formulas.hpp's curvature_root, lane-wise.
 template <class T>
 void out_sqrt_rows(const Net& net, T s, const typename Lanes<T>::type& mask, const typename Lanes<T>::type* p,
                    typename Lanes<T>::type* S) {
@@ -295,7 +275,7 @@ void out_sqrt_rows(const Net& net, T s, const typename Lanes<T>::type& mask, con
   const idx k = net.k();
   const Lane zero = {};
   if (net.loss == Loss::mse) {
-    const T c = std::sqrt(2 * s / T(k));
+    const T c = std::sqrt(mse_curvature(k, s));
     for (idx r = 0; r < k; ++r)
       for (idx j = 0; j < k; ++j) S[r * k + j] = r == j ? c * mask : zero;
     return;

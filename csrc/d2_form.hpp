@@ -1,8 +1,9 @@
 // act'' = act' (k0 + k1 act) for identity and relu (k = 0, 0), tanh (0, -2) and sigmoid
 // (1, -2): the R-op then forms act''(z) Rz = (k0 + k1 a) Ra from a and Ra, so that neither
 // act'' nor the hidden tangent Rz is stored.  `linear` is false for softplus, gelu and sin.
-// Shared by the CPU kernels and the CUDA ones (each with its own Act enum, the same names).
+// Shared by the CPU kernels and the CUDA ones.
 #pragma once
+#include "formulas.hpp"
 
 namespace tk {
 
@@ -11,7 +12,6 @@ struct D2Form {
   double k0 = 0, k1 = 0;
 };
 
-template <class Act>
 inline D2Form d2_form(Act f) {
   switch (f) {
     case Act::identity:

@@ -63,24 +63,13 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
   T* G = want_grad ? t.g[L - 1].data() : nullptr;
   const T* F = t.F.data();
   if (net.loss == Loss::mse) {
-    const T c = 2 * s / T(k);
     parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
       const idx n = n0 + r;
-      T acc = 0;
-      for (idx j = 0; j < k; ++j) {
-        const T d = F[n * k + j] - tg.y[n * k + j];
-        acc += d * d;
-        if (G) G[n * k + j] = c * d;
-      }
-      t.rowloss[n] = acc;
+      t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, s, G ? G + n * k : nullptr);
     });
   } else {
-    // Around each sample's most likely class top: sum_j e^(f_j - f_top) = 1 + rest, the loss
-    // is log1p(rest) + (f_top - f_y) and, where y = top, p_y - 1 = -rest p_top.  The plain
-    // log(sum) and p_top - 1 are 0 once rest is below 1's rounding (a logit gap of 37, 17 in
-    // float32), though the loss and gradient are not.  In blocks of rows, so that e^x and
-    // log1p run as flat loops the compiler vectorises (vmath.hpp; std::exp was 60% of a small
-    // network's head).
+    // ce's formulas.hpp pieces, in blocks of rows, so that e^x and log1p run as flat loops the
+    // compiler vectorises (vmath.hpp; std::exp was 60% of a small network's head).
     constexpr idx kBlock = 64;
     parallel_for((n1 - n0 + kBlock - 1) / kBlock, (n1 - n0) * k, [&](idx blk) {
       const idx b0 = n0 + blk * kBlock, nb = std::min(kBlock, n1 - b0);
@@ -90,34 +79,16 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       T rest[kBlock], lg[kBlock];
       for (idx r = 0; r < nb; ++r) {
         const T* f = Fb + r * k;
-        idx c = 0;
-        for (idx j = 1; j < k; ++j) c = f[j] > f[c] ? j : c;  // the first of ties, as the other backends
-        top[r] = c;
-        for (idx j = 0; j < k; ++j) P[r * k + j] = f[j] - f[c];
+        top[r] = ce_top(k, f);
+        for (idx j = 0; j < k; ++j) P[r * k + j] = f[j] - f[top[r]];
       }
       for (idx i = 0; i < nb * k; ++i) P[i] = v_exp_neg(P[i]);
-      for (idx r = 0; r < nb; ++r) {
-        T* pn = P + r * k;
-        pn[top[r]] = 0;
-        T sum = 0;
-        for (idx j = 0; j < k; ++j) sum += pn[j];
-        const T inv = 1 / (1 + sum);
-        for (idx j = 0; j < k; ++j) pn[j] *= inv;
-        pn[top[r]] = inv;
-        rest[r] = sum;
-      }
+      for (idx r = 0; r < nb; ++r) rest[r] = ce_softmax(k, top[r], P + r * k);
       for (idx r = 0; r < nb; ++r) lg[r] = v_log1p(rest[r]);
       for (idx r = 0; r < nb; ++r) {
-        const idx y = (idx)tg.labels[b0 + r], c = top[r];
-        t.rowloss[b0 + r] = lg[r] + (Fb[r * k + c] - Fb[r * k + y]);
-        if (!G) continue;
-        T* gn = G + (b0 + r) * k;
-        const T* pn = P + r * k;
-        for (idx j = 0; j < k; ++j) gn[j] = s * pn[j];
-        if (y == c)
-          gn[y] = -s * (rest[r] * pn[c]);
-        else
-          gn[y] -= s;
+        const idx y = (idx)tg.labels[b0 + r];
+        t.rowloss[b0 + r] = ce_loss(lg[r], Fb + r * k, top[r], y);
+        if (G) ce_gradient(k, P + r * k, y, top[r], rest[r], s, G + (b0 + r) * k);
       }
     });
   }
@@ -128,7 +99,7 @@ double total_loss(const Net& net, const Tape<T>& t, bool mean) {
   double total = 0;  // serial, in double: deterministic and accurate in float32 too
   for (idx n = 0; n < t.N; ++n) total += (double)t.rowloss[n];
   const double s = mean ? 1.0 / (double)t.N : 1.0;
-  return total * s / (net.loss == Loss::mse ? (double)net.k() : 1.0);
+  return data_term(net.loss, net.k(), total, s);
 }
 
 template <class T>

@@ -12,6 +12,7 @@
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "formulas.hpp"
 #include "forward_backward.hpp"
 
 namespace tk {
@@ -134,7 +135,8 @@ void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::t
 }
 
 // g = dloss/df for the block's outputs F (k lanes; s the sample weight, zero in unused lanes);
-// for ce, p receives the softmax (k lanes).
+// for ce, p receives the softmax (k lanes).  Lane-wise forms of formulas.hpp's mse_row and
+// ce_gradient, which the scalar kernels (and the CUDA ones) use.
 template <class T>
 void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb, T s,
                            const typename Lanes<T>::type& mask, typename Lanes<T>::type* p,
@@ -142,7 +144,7 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
   using Lane = typename Lanes<T>::type;
   const idx k = net.k();
   if (net.loss == Loss::mse) {
-    const T c = 2 * s / T(k);
+    const T c = mse_curvature(k, s);
     for (idx j = 0; j < k; ++j) {
       Lane y = {};
       for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];

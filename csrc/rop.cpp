@@ -212,22 +212,14 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     const T* rf = Rz[L - 1].data();
     T* rg = Rg.data();
     if (net.loss == Loss::mse) {
-      const T c2 = 2 * s / T(k);
+      const T c2 = mse_curvature(k, s);
       for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
     } else {
-      // s p_j (x_j - p.x), formed around the most likely class t as (x_j - x_t) - p.(x - x_t):
-      // where p_t is near 1 the plain form's difference is lost to rounding (reference.py).
       const T* p = t.p.data() + n0 * k;
       for (idx r = 0; r < n; ++r) {
         const T* pn = p + r * k;
-        const idx top = idx(std::max_element(pn, pn + k) - pn);
-        for (idx c = 0; c < m; ++c) {
-          const T* x = rf + (r * m + c) * k;
-          const T xt = x[top];
-          T dot = 0;
-          for (idx j = 0; j < k; ++j) dot += pn[j] * (x[j] - xt);
-          for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = s * pn[j] * ((x[j] - xt) - dot);
-        }
+        const idx top = ce_top(k, pn);
+        for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, s, rg + (r * m + c) * k);
       }
     }
     for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
@@ -345,8 +337,8 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
     const Lane *F = A + at[L], *RF = RZ + at[L];
     Lane* p = G2;  // the softmax (ce): G2 is free until the backward pass
     lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);
-    if (net.loss == Loss::mse) {
-      const T c = 2 * s / T(k);
+    if (net.loss == Loss::mse) {  // formulas.hpp's mse_curvature and ce_curvature_times, lane-wise
+      const T c = mse_curvature(k, s);
       for (idx j = 0; j < k; ++j) RG[j] = c * RF[j] * mask;
     } else {
       Lane best = p[0], rt = RF[0];  // RF of each lane's most likely class (as above)

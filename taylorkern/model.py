@@ -70,6 +70,26 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} PiB"  # pragma: no cover
 
 
+class _NumpyL2:
+    """How MLP._add_l2 updates numpy results."""
+
+    @staticmethod
+    def sq_norm(x):
+        return float(np.dot(x, x))
+
+    @staticmethod
+    def axpy(alpha, x, out):
+        out += alpha * np.asarray(x).reshape(out.shape)
+
+    @staticmethod
+    def add(out, value):
+        out += value
+
+    @staticmethod
+    def add_diagonal(out, value):
+        out.flat[::out.shape[0] + 1] += value
+
+
 class MLP:
     """A fully-connected network with a loss, and every curvature quantity of it.
 
@@ -302,6 +322,29 @@ class MLP:
 
     def _l2_active(self, reduction):
         return self.l2 > 0.0 and reduction == "mean"
+
+    def _add_l2(self, kind, result, reduction, theta, V=None, ops=None):
+        """The backend's data term ``result`` of quantity ``kind`` with the l2 term added (for
+        reduction="mean"): 0.5 l2 |theta|^2 to the loss, l2 theta to the gradient, l2 V to a
+        product, l2 to the diagonal of the matrices and blocks.  Arrays are updated in place,
+        numpy ones by default; ``ops`` does it for others (cuda.DeviceData's device arrays)."""
+        if not self._l2_active(reduction):
+            return result
+        ops, l2 = ops or _NumpyL2, self.l2
+        if kind == "loss":
+            return result + 0.5 * l2 * ops.sq_norm(theta)
+        if kind == "loss_and_grad":
+            value, grad = result
+            ops.axpy(l2, theta, grad)
+            return value + 0.5 * l2 * ops.sq_norm(theta), grad
+        if kind in ("hvp", "ggn_vp"):
+            ops.axpy(l2, V, result)
+        elif kind.endswith("_diag"):
+            ops.add(result, l2)
+        else:  # hessian, ggn, their blocks
+            for B in result if isinstance(result, list) else [result]:
+                ops.add_diagonal(B, l2)
+        return result
 
     def _impl(self):
         return _dispatch.current()

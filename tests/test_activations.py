@@ -23,8 +23,8 @@ ULPS = 8       # measured: at most 5 on the C++ kernels (either dtype), 4 on num
 FLOOR = 1e-280
 FLOOR32 = 1e-30  # float32: the clamp is at x = 40, h ~ 1e-35 there
 
-pytestmark = pytest.mark.skipif(np.finfo(L).eps > 1e-18,
-                                reason="np.longdouble is no wider than float64 on this platform")
+needs_long_double = pytest.mark.skipif(np.finfo(L).eps > 1e-18,
+                                       reason="np.longdouble is no wider than float64 on this platform")
 
 
 def _points():
@@ -81,7 +81,7 @@ def expected(name, z):
 
 def _cpp(name, z):
     from taylorkern import _core
-    return _core._activate(tk.ACTIVATIONS.index(name), z)
+    return _core._activate(_core.ACTIVATION_CODES[name], z)
 
 
 def _numba(name, z):
@@ -99,6 +99,7 @@ def _reference(name, z):
 KERNELS = {"cpp": _cpp, "numba": _numba, "reference": _reference}
 
 
+@needs_long_double
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", tk.ACTIVATIONS)
 @pytest.mark.parametrize("backend", sorted(KERNELS))
@@ -123,3 +124,30 @@ def test_activations_keep_their_digits(backend, name, dtype):
             f"{backend} {name} {what} at z = {z[worst]!r}: {g[worst]!r}, want {float(w[worst])!r}")
     if name in ("identity", "tanh", "sin"):  # odd functions keep the sign of zero
         assert np.signbit(got[0][z == 0]).tolist() == np.signbit(z[z == 0]).tolist()
+
+
+def test_code_tables_agree():
+    """The activation and loss codes: one C++ definition (csrc/formulas.hpp), exported by _core and
+    _cuda; numba keeps a Python copy (it runs without _core), which must match it."""
+    from taylorkern import model
+
+    tables = {}
+    for mod in ("_core", "_cuda"):
+        try:
+            m = __import__(f"taylorkern.{mod}", fromlist=["x"])
+        except ImportError:
+            continue
+        tables[mod] = (m.ACTIVATION_CODES, m.LOSS_CODES)
+    try:
+        from taylorkern.backends import numba as nb
+    except ImportError:
+        pass
+    else:
+        tables["numba"] = (nb._ACT_CODE, nb._LOSS_CODE)
+    if "_core" not in tables:
+        pytest.skip("taylorkern._core is not built here")
+    acts, losses = tables["_core"]
+    assert sorted(acts) == sorted(model.ACTIVATIONS) and sorted(losses) == sorted(model.LOSSES)
+    assert sorted(acts.values()) == list(range(len(acts))) and sorted(losses.values()) == list(range(len(losses)))
+    for mod, table in tables.items():
+        assert table == (acts, losses), mod

@@ -54,7 +54,27 @@ def test_extension_is_built_where_nvcc_is():
     if shutil.which("nvcc") is None and _cuda is None:
         pytest.skip("no nvcc on this machine: the CUDA module is not built here")
     assert _cuda is not None, BUILD_REASON
-    assert hasattr(_cuda, "init") and hasattr(_cuda, "full") and hasattr(_cuda, "DeviceArray")
+    assert hasattr(_cuda, "init") and hasattr(_cuda, "hessian") and hasattr(_cuda, "DeviceArray")
+
+
+def _arguments(fn):
+    """The argument names of a pybind11 function, from the signature line of its docstring."""
+    head = fn.__doc__.splitlines()[0]
+    inner = head[head.index("(") + 1:head.rindex(")")]
+    return [a.split(":")[0].strip() for a in inner.split(",") if a.strip() not in ("*", "/")]
+
+
+@needs_module
+def test_cuda_and_core_take_the_same_arguments():
+    """_cuda has _core's operations, with _core's arguments first (then its own keywords), and the
+    same activation and loss codes."""
+    core = pytest.importorskip("taylorkern._core")
+    for q in (q for q in QUANTITIES if not q.endswith("_multi")):
+        want = _arguments(getattr(core, q))
+        got = _arguments(getattr(_cuda, q))
+        assert got[:len(want)] == want, q
+        assert set(got[len(want):]) <= {"f32", "n", "m", "device_out"}, q
+    assert _cuda.ACTIVATION_CODES == core.ACTIVATION_CODES and _cuda.LOSS_CODES == core.LOSS_CODES
 
 
 @needs_module
@@ -89,9 +109,9 @@ def test_without_gpu_calls_refuse_cleanly():
     theta = np.zeros(net.num_params)
     X = np.zeros((5, 3))
     with pytest.raises(RuntimeError, match="unavailable"):
-        _cuda.predict(net, False, 5, theta, X, False)
+        _cuda.predict(net, theta, X)
     with pytest.raises(RuntimeError, match="unavailable"):
-        _cuda.full(net, False, 5, theta, X, np.zeros((5, 2)), True, False, False)
+        _cuda.hessian(net, theta, X, np.zeros((5, 2)), True)
     with pytest.raises(RuntimeError, match="unavailable"):
         _cuda.to_device(X)
     # init again, with a bogus cuBLAS: still a reason, never a crash

@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 
+#include "../with_dtype.hpp"
 #include "blas.hpp"
 #include "checks.cuh"
 #include "curvature.cuh"
@@ -395,7 +397,7 @@ struct TargetsArg {
 template <class T>
 TargetsArg targets_arg(const tc::Net& net, const py::object& Y, idx N) {
   TargetsArg t;
-  t.labels = net.loss == tc::Loss::ce;
+  t.labels = net.loss == tk::Loss::ce;
   t.a = t.labels ? make_arg<std::int64_t>(Y, "Y", {N}, "int64 labels") : arg<T>(Y, "Y", {N, net.k()});
   return t;
 }
@@ -443,155 +445,174 @@ struct Result {
   }
 };
 
-void check_N(idx N) {
-  if (N < 1) throw py::value_error("X: needs at least one sample (N >= 1)");
+// The dtype and the number of samples of a call: from theta and X where they are numpy arrays,
+// else (device pointers) from the keyword arguments f32 and n.
+struct CallShape {
+  bool f32 = false;
+  idx N = 0;
+};
+CallShape call_shape(const py::object& theta, const py::object& X, std::optional<bool> f32, std::optional<idx> n) {
+  require();
+  CallShape c;
+  if (f32)
+    c.f32 = *f32;
+  else if (py::isinstance<py::array_t<float>>(theta))
+    c.f32 = true;
+  else if (!py::isinstance<py::array_t<double>>(theta))
+    throw py::type_error("theta: expected float64 or float32 (or pass f32= with a device pointer)");
+  if (n)
+    c.N = *n;
+  else if (py::isinstance<py::array>(X) && py::reinterpret_borrow<py::array>(X).ndim() == 2)
+    c.N = py::reinterpret_borrow<py::array>(X).shape(0);
+  else
+    throw py::value_error("X: expected a 2-D array (or pass n= with a device pointer)");
+  if (c.N < 1) throw py::value_error("X: needs at least one sample (N >= 1)");
+  return c;
 }
 
-// Runs the body (the variadic part, so that it may hold commas) with T = float or double by the network dtype flag.
-#define TK_DISPATCH(f32, ...) \
-  if (f32) {                  \
-    using T = float;          \
-    __VA_ARGS__               \
-  } else {                    \
-    using T = double;         \
-    __VA_ARGS__               \
+// The checked inputs of a call (theta, X and, when given, Y), placed on the device by place().
+template <class T>
+struct Inputs {
+  idx N;
+  Arg theta, X;
+  TargetsArg Y;
+  bool has_y = false;
+  Inputs(const Net& net, idx N, const py::object& th, const py::object& x, const py::object* y = nullptr)
+      : N(N), theta(arg<T>(th, "theta", {net.P()})), X(arg<T>(x, "X", {N, net.d[0]})) {
+    if (y) Y = targets_arg<T>(net, *y, N), has_y = true;
   }
+  struct Placed {
+    const T *theta, *X;
+    tc::Targets<T> tg;
+  };
+  Placed place(tc::Workspace<T>& ws) const {
+    Placed p{::place(theta, ws.theta, ws.stream()), ::place(X, ws.X, ws.stream()), {}};
+    if (has_y) p.tg = place_targets(Y, ws);
+    return p;
+  }
+};
+
+// fn(workspace) with the GIL released, the backend's device current and a workspace leased.
+template <class T, class F>
+decltype(auto) run(Net& net, F&& fn) {
+  py::gil_scoped_release nogil;
+  DeviceGuard guard;
+  Lease<T> lease(net);
+  return fn(lease.ws());
+}
 
 // ----------------------------------------------------------------------------- calls
-py::object predict(Net& net, bool f32, idx N, py::object theta, py::object X, bool device_out) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    Result<T> r({N, net.k()}, device_out);
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      tc::predict<T>(net, tp, xp, N, r.target(ws), ws);
-      r.finish(ws);
-    }
-    return r.obj;
-  })
+// The same operations, names and leading arguments as taylorkern._core; the trailing keyword
+// arguments f32, n (and m for the products) describe device-pointer inputs, and device_out
+// leaves the result on the GPU as a DeviceArray.
+using OptF32 = std::optional<bool>;
+using OptIdx = std::optional<idx>;
+
+// A call with one result of `shape`: kernel(inputs placed on the device, result, workspace)
+// with the GIL released.
+template <class T, class K>
+py::object one_result(Net& net, const Inputs<T>& in, std::vector<idx> shape, bool device_out, K&& kernel) {
+  Result<T> r(shape, device_out);
+  run<T>(net, [&](auto& ws) {
+    kernel(in.place(ws), r.target(ws), ws);
+    r.finish(ws);
+  });
+  return r.obj;
 }
 
-double loss(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    const TargetsArg y = targets_arg<T>(net, Y, N);
-    py::gil_scoped_release nogil;
-    DeviceGuard guard;
-    Lease<T> lease(net);
-    auto& ws = lease.ws();
-    const T* tp = place(th, ws.theta, ws.stream());
-    const T* xp = place(x, ws.X, ws.stream());
-    return tc::loss<T>(net, tp, xp, N, place_targets(y, ws), mean, ws);
-  })
+py::object predict(Net& net, py::object theta, py::object X, OptF32 f32, OptIdx n, bool device_out) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X), {c.N, net.k()}, device_out,
+                         [&](auto p, T* o, auto& ws) { tc::predict<T>(net, p.theta, p.X, c.N, o, ws); });
+  });
 }
 
-py::tuple loss_and_grad(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean,
+py::object jacobian(Net& net, py::object theta, py::object X, OptF32 f32, OptIdx n, bool device_out) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X), {c.N * net.k(), net.P()}, device_out,
+                         [&](auto p, T* o, auto& ws) { tc::jacobian<T>(net, p.theta, p.X, c.N, o, ws); });
+  });
+}
+
+double loss(Net& net, py::object theta, py::object X, py::object Y, bool mean, OptF32 f32, OptIdx n) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, c.N, theta, X, &Y);
+    return run<T>(net, [&](auto& ws) {
+      const auto p = in.place(ws);
+      return tc::loss<T>(net, p.theta, p.X, c.N, p.tg, mean, ws);
+    });
+  });
+}
+
+py::tuple loss_and_grad(Net& net, py::object theta, py::object X, py::object Y, bool mean, OptF32 f32, OptIdx n,
                         bool device_out) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    const TargetsArg y = targets_arg<T>(net, Y, N);
-    Result<T> r({net.P()}, device_out);
-    double value;
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      value = tc::loss_and_grad<T>(net, tp, xp, N, place_targets(y, ws), mean, r.target(ws), ws);
-      r.finish(ws);
-    }
-    return py::make_tuple(value, r.obj);
-  })
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    double value = 0;
+    py::object grad = one_result<T>(
+        net, Inputs<T>(net, c.N, theta, X, &Y), {net.P()}, device_out,
+        [&](auto p, T* g, auto& ws) { value = tc::loss_and_grad<T>(net, p.theta, p.X, c.N, p.tg, mean, g, ws); });
+    return py::make_tuple(value, grad);
+  });
 }
 
-py::object vector_product(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, py::object V, idx m,
-                          bool mean, bool gn, bool device_out) {
-  require();
-  check_N(N);
+// V is (P, m); m from V where it is a numpy array, else the keyword argument m.
+py::object product(Net& net, py::object theta, py::object X, py::object Y, py::object V, bool mean, bool gn, OptF32 f32,
+                   OptIdx n, OptIdx m_opt, bool device_out) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  idx m = -1;
+  if (m_opt)
+    m = *m_opt;
+  else if (py::isinstance<py::array>(V) && py::reinterpret_borrow<py::array>(V).ndim() == 2)
+    m = py::reinterpret_borrow<py::array>(V).shape(1);
+  else
+    throw py::value_error("V: expected a 2-D array (P, m) (or pass m= with a device pointer)");
   if (m < 1) throw py::value_error("V: needs at least one column (m >= 1)");
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    const TargetsArg y = targets_arg<T>(net, Y, N);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, c.N, theta, X, &Y);
     const Arg v = arg<T>(V, "V", {net.P(), m});
-    Result<T> r({net.P(), m}, device_out);
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      const tc::Targets<T> tg = place_targets(y, ws);
-      const T* vp = place(v, ws.V, ws.stream());
-      tc::rop<T>(net, tp, xp, N, tg, mean, vp, m, r.target(ws), gn, ws);
-      r.finish(ws);
-    }
-    return r.obj;
-  })
+    return one_result<T>(net, in, {net.P(), m}, device_out, [&](auto p, T* o, auto& ws) {
+      tc::rop<T>(net, p.theta, p.X, c.N, p.tg, mean, place(v, ws.V, ws.stream()), m, o, gn, ws);
+    });
+  });
 }
 
-py::object jacobian(Net& net, bool f32, idx N, py::object theta, py::object X, bool device_out) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    Result<T> r({N * net.k(), net.P()}, device_out);
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      tc::jacobian<T>(net, tp, xp, N, r.target(ws), ws);
-      r.finish(ws);
-    }
-    return r.obj;
-  })
-}
-
-py::object full(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean, bool gn,
+py::object full(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
                 bool device_out) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    const TargetsArg y = targets_arg<T>(net, Y, N);
-    Result<T> r({net.P(), net.P()}, device_out);
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      tc::curvature_full<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, r.target(ws), ws);
-      r.finish(ws);
-    }
-    return r.obj;
-  })
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    return one_result<T>(
+        net, Inputs<T>(net, c.N, theta, X, &Y), {net.P(), net.P()}, device_out,
+        [&](auto p, T* o, auto& ws) { tc::curvature_full<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, o, ws); });
+  });
 }
 
-py::list blocks(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean, bool gn,
+py::object diag(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
                 bool device_out) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    const TargetsArg y = targets_arg<T>(net, Y, N);
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X, &Y), {net.P()}, device_out, [&](auto p, T* o, auto& ws) {
+      tc::curvature_diag<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, o, ws);
+    });
+  });
+}
+
+py::object blocks(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
+                  bool device_out) {
+  const CallShape c = call_shape(theta, X, f32, n);
+  return tk::with_dtype(c.f32, [&](auto dt) -> py::object {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, c.N, theta, X, &Y);
     py::list result;
     std::vector<T*> host, dev;
     std::vector<idx> sizes;
@@ -608,11 +629,7 @@ py::list blocks(Net& net, bool f32, idx N, py::object theta, py::object X, py::o
         result.append(b);
       }
     }
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
+    run<T>(net, [&](auto& ws) {
       std::vector<T*> outs = dev;
       if (!device_out) {  // one staging buffer for all blocks, copied back block by block
         idx total = 0;
@@ -624,37 +641,22 @@ py::list blocks(Net& net, bool f32, idx N, py::object theta, py::object X, py::o
           o += s;
         }
       }
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      tc::curvature_blocks<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, outs, ws);
+      const auto p = in.place(ws);
+      tc::curvature_blocks<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, outs, ws);
       if (!device_out)
         for (size_t l = 0; l < sizes.size(); ++l) tc::copy_to_host(host[l], outs[l], sizeof(T) * sizes[l], ws.stream());
       TK_CUDA(cudaStreamSynchronize(ws.stream()));
-    }
-    return result;
-  })
+    });
+    return std::move(result);
+  });
 }
 
-py::object diag(Net& net, bool f32, idx N, py::object theta, py::object X, py::object Y, bool mean, bool gn,
-                bool device_out) {
-  require();
-  check_N(N);
-  TK_DISPATCH(f32, {
-    const Arg th = arg<T>(theta, "theta", {net.P()}), x = arg<T>(X, "X", {N, net.d[0]});
-    const TargetsArg y = targets_arg<T>(net, Y, N);
-    Result<T> r({net.P()}, device_out);
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      Lease<T> lease(net);
-      auto& ws = lease.ws();
-      const T* tp = place(th, ws.theta, ws.stream());
-      const T* xp = place(x, ws.X, ws.stream());
-      tc::curvature_diag<T>(net, tp, xp, N, place_targets(y, ws), mean, gn, r.target(ws), ws);
-      r.finish(ws);
-    }
-    return r.obj;
-  })
+// {name: code} of the activations and losses, as Net takes them (../formulas.hpp).
+template <size_t count>
+py::dict code_table(const char* const (&names)[count]) {
+  py::dict d;
+  for (size_t i = 0; i < count; ++i) d[names[i]] = (int)i;
+  return d;
 }
 
 // ----------------------------------------------------------------------------- helpers
@@ -753,14 +755,35 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("add_diagonal", &add_diagonal);
   m.def("axpy", &axpy);
 
-  // (net, f32, N, theta, X, [Y, [V, m,]] [mean, [gn,]] device_out): inputs are numpy arrays
-  // of the network's dtype or device pointers (int).
-  m.def("predict", &predict);
-  m.def("loss", &loss);
-  m.def("loss_and_grad", &loss_and_grad);
-  m.def("vector_product", &vector_product);
-  m.def("jacobian", &jacobian);
-  m.def("full", &full);
-  m.def("blocks", &blocks);
-  m.def("diag", &diag);
+  m.attr("ACTIVATION_CODES") = code_table(tk::kActNames);
+  m.attr("LOSS_CODES") = code_table(tk::kLossNames);
+  // As taylorkern._core: (net, theta, X[, Y[, V]][, mean]), then the keyword-only f32, n (m)
+  // and device_out.  Inputs are numpy arrays of the network's dtype or device pointers (int).
+  const auto net = py::arg("net"), theta = py::arg("theta"), X = py::arg("X"), Y = py::arg("Y"), V = py::arg("V"),
+             mean = py::arg("mean");
+  const auto f32 = py::arg("f32") = py::none(), n = py::arg("n") = py::none(), m_cols = py::arg("m") = py::none(),
+             device_out = py::arg("device_out") = false;
+  m.def("predict", &predict, net, theta, X, py::kw_only(), f32, n, device_out);
+  m.def("loss", &loss, net, theta, X, Y, mean, py::kw_only(), f32, n);
+  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean, py::kw_only(), f32, n, device_out);
+  m.def("jacobian", &jacobian, net, theta, X, py::kw_only(), f32, n, device_out);
+  for (const bool gn : {false, true})
+    m.def(
+        gn ? "ggn_vp" : "hvp",
+        [gn](Net& nt, py::object t, py::object x, py::object y, py::object v, bool mn, OptF32 f, OptIdx rows,
+             OptIdx cols, bool dev) { return product(nt, t, x, y, v, mn, gn, f, rows, cols, dev); },
+        net, theta, X, Y, V, mean, py::kw_only(), f32, n, m_cols, device_out);
+  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean).
+  auto pair = [&](const char* h, const char* g, auto fn) {
+    for (const bool gn : {false, true})
+      m.def(
+          gn ? g : h,
+          [fn, gn](Net& nt, py::object t, py::object x, py::object y, bool mn, OptF32 f, OptIdx rows, bool dev) {
+            return fn(nt, t, x, y, mn, gn, f, rows, dev);
+          },
+          net, theta, X, Y, mean, py::kw_only(), f32, n, device_out);
+  };
+  pair("hessian", "ggn", &full);
+  pair("hessian_blocks", "ggn_blocks", &blocks);
+  pair("hessian_diag", "ggn_diag", &diag);
 }

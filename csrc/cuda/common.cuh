@@ -19,13 +19,12 @@
 #include <utility>
 #include <vector>
 
+#include "../formulas.hpp"  // Act, Loss
+
 namespace tk {
 namespace cuda {
 
 using idx = std::int64_t;
-
-enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
-enum class Loss : int { mse = 0, ce };
 
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -153,50 +153,33 @@ __global__ void k_transpose(idx rows, idx cols, const T* __restrict__ src, idx l
   }
 }
 
-// GGN: U (c, k, k), rows of a square root R of H_out (R^T R = H_out):
-//   mse R = sqrt(2s/k) I;  ce row r = sqrt(s p_r) (e_r - p).
+// GGN: U (c, k, k), rows of a square root R of H_out (R^T R = H_out; formulas.hpp's
+// curvature_root); p null for mse.
 template <class T>
 __global__ void k_ggn_u_init(idx c, idx k, T s, const T* __restrict__ p, T* __restrict__ U) {
   TK_GRID_STRIDE(q, c * k * k) {
     const idx j = q % k, r = (q / k) % k, n = q / (k * k);
-    if (!p) {
-      U[q] = j == r ? sqrt(2 * s / T(k)) : T(0);
-    } else {
-      const T w = sqrt(s * p[n * k + r]);
-      T u = -w * p[n * k + j];
-      if (j == r) u += w;
-      U[q] = u;
-    }
+    U[q] = curvature_root(k, p ? p + n * k : nullptr, r, j, s);
   }
 }
 
-// Hessian: Q_{L-1} (c, k, k) = H_out: mse 2s/k I;  ce s (diag p - p p^T), the diagonal as
-// s p_i (1 - p_i) with 1 - p_t of the most likely class t the sum of the other p (where p_t is
-// near 1, p_t - p_t^2 is lost to rounding; as curvature.cpp).
+// Hessian: Q_{L-1} (c, k, k) = H_out: mse 2s/k I;  ce formulas.hpp's ce_curvature.
 template <class T>
 __global__ void k_hess_q_init(idx c, idx k, T s, const T* __restrict__ p, T* __restrict__ Q) {
   TK_GRID_STRIDE(q, c * k * k) {
     const idx j = q % k, i = (q / k) % k, n = q / (k * k);
     if (!p) {
-      Q[q] = i == j ? 2 * s / T(k) : T(0);
-    } else if (i != j) {
-      Q[q] = -s * p[n * k + i] * p[n * k + j];
+      Q[q] = i == j ? mse_curvature(k, s) : T(0);
     } else {
-      const T* pn = p + n * k;
-      idx top = 0;
-      for (idx r = 1; r < k; ++r)
-        if (pn[r] > pn[top]) top = r;
-      T rest = 0;
-      for (idx r = 0; r < k; ++r) rest += r == top ? T(0) : pn[r];
-      Q[q] = s * pn[i] * (i == top ? rest : 1 - pn[i]);
+      Q[q] = ce_curvature(k, p + n * k, i, j, s);
     }
   }
 }
 
 // Q_{l-1}[n, i, i2] = d1[n, i] Q[n, i, i2] d1[n, i2] + [i == i2] e[n, i] act''[n, i].
 template <class T>
-__global__ void k_q_finish(idx c, idx H, const T* __restrict__ d1, const T* __restrict__ e,
-                           const T* __restrict__ d2, T* __restrict__ Q) {
+__global__ void k_q_finish(idx c, idx H, const T* __restrict__ d1, const T* __restrict__ e, const T* __restrict__ d2,
+                           T* __restrict__ Q) {
   TK_GRID_STRIDE(q, c * H * H) {
     const idx i2 = q % H, i = (q / H) % H, n = q / (H * H);
     T v = d1[n * H + i] * Q[q] * d1[n * H + i2];
@@ -207,8 +190,7 @@ __global__ void k_q_finish(idx c, idx H, const T* __restrict__ d1, const T* __re
 
 // B (c, H, H1) = D_l W_{l+1} per sample: B[n, i, j] = d1[n, i] W1[i, j].
 template <class T>
-__global__ void k_b_init(idx c, idx H, idx H1, const T* __restrict__ d1, const T* __restrict__ W1,
-                         T* __restrict__ B) {
+__global__ void k_b_init(idx c, idx H, idx H1, const T* __restrict__ d1, const T* __restrict__ W1, T* __restrict__ B) {
   TK_GRID_STRIDE(q, c * H * H1) {
     const idx j = q % H1, i = (q / H1) % H, n = q / (H * H1);
     B[q] = d1[n * H + i] * W1[i * H1 + j];
@@ -357,7 +339,7 @@ void chunk_factors(const Net& net, const T* theta, Workspace<T>& ws, bool mean, 
     gemm_batched<T>(ws.blas(), true, true, Hp, Hp, Hl, T(1), f.y.data(), Hp, Hl * Hp, W, Hl, 0, T(0), Qp.data(), Hp,
                     Hp * Hp, c);
     k_q_finish<T><<<grid_for(c * Hp * Hp), kThreads, 0, st>>>(c, Hp, d1, t.e[l - 1].data() + n0 * Hp,
-                                                               t.d2[l - 1].data() + n0 * Hp, Qp.data());
+                                                              t.d2[l - 1].data() + n0 * Hp, Qp.data());
     TK_CHECK_LAUNCH();
   }
   if (need != Need::full) return;
@@ -367,7 +349,7 @@ void chunk_factors(const Net& net, const T* theta, Workspace<T>& ws, bool mean, 
     const idx H = net.d[l + 1], H1 = net.d[l + 2];
     f.B.resize(c * H * H1);
     k_b_init<T><<<grid_for(c * H * H1), kThreads, 0, st>>>(c, H, H1, t.d1[l].data() + n0 * H,
-                                                            weights(net, theta, l + 1), f.B.data());
+                                                           weights(net, theta, l + 1), f.B.data());
     TK_CHECK_LAUNCH();
     for (idx m = l + 2; m < L; ++m) {  // B holds B^T_{m-1,l}: (c, H, d[m])
       const idx Hm = net.d[m];
@@ -423,8 +405,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
         // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
         const idx da = Da(l), dm = Da(m);
         Lf.resize(c * da * dm);
-        k_outer<T><<<grid_for(c * da * dm), kThreads, 0, st>>>(c, da, dm, A[l].data(), da, A[m].data(), dm,
-                                                                Lf.data());
+        k_outer<T><<<grid_for(c * da * dm), kThreads, 0, st>>>(c, da, dm, A[l].data(), da, A[m].data(), dm, Lf.data());
         TK_CHECK_LAUNCH();
         gemm<T>(ws.blas(), true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(),
                 Hd(m) * Hd(l), beta, Ko[l][m].data(), Hd(m) * Hd(l));
@@ -433,17 +414,17 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
           // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
           const idx H = Hd(l);
           Lf.resize(c * da * H);
-          k_outer<T><<<grid_for(c * da * H), kThreads, 0, st>>>(c, da, H, A[l].data(), da,
-                                                                 t.d1[l].data() + n0 * H, H, Lf.data());
+          k_outer<T><<<grid_for(c * da * H), kThreads, 0, st>>>(c, da, H, A[l].data(), da, t.d1[l].data() + n0 * H, H,
+                                                                Lf.data());
           TK_CHECK_LAUNCH();
-          gemm<T>(ws.blas(), true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data() + n0 * Hd(m),
-                  Hd(m), beta, E3a[l].data(), Hd(m));
+          gemm<T>(ws.blas(), true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data() + n0 * Hd(m), Hd(m),
+                  beta, E3a[l].data(), Hd(m));
         } else {
           // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
           const idx Hm = Hd(m);
           Lf.resize(c * da * Hm);
-          k_outer<T><<<grid_for(c * da * Hm), kThreads, 0, st>>>(c, da, Hm, A[l].data(), da,
-                                                                  t.g[m].data() + n0 * Hm, Hm, Lf.data());
+          k_outer<T><<<grid_for(c * da * Hm), kThreads, 0, st>>>(c, da, Hm, A[l].data(), da, t.g[m].data() + n0 * Hm,
+                                                                 Hm, Lf.data());
           TK_CHECK_LAUNCH();
           const idx cols = Hd(l) * net.d[m];
           gemm<T>(ws.blas(), true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, beta,
@@ -463,8 +444,8 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
       const int mode = gn ? 0 : (m == l + 1 ? 1 : 2);
       const idx blocks = da * dm * ((H + kTile - 1) / kTile) * ((Hm + kTile - 1) / kTile);
       k_ko_unpack<T><<<tile_grid(blocks), tb, 0, st>>>(da, H, dm, Hm, Ko[l][m].data(), out + ol * P + om, P, mode,
-                                                        mode == 1 ? E3a[l].data() : nullptr,
-                                                        mode == 2 ? E3[l][m].data() : nullptr, net.d[m]);
+                                                       mode == 1 ? E3a[l].data() : nullptr,
+                                                       mode == 2 ? E3[l][m].data() : nullptr, net.d[m]);
       TK_CHECK_LAUNCH();
     }
   }
@@ -474,7 +455,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
       const idx Pl = net.off[l + 1] - net.off[l], Pm = net.off[m + 1] - net.off[m];
       const idx blocks = ((Pm + kTile - 1) / kTile) * ((Pl + kTile - 1) / kTile);
       k_transpose<T><<<tile_grid(blocks), tb, 0, st>>>(Pm, Pl, out + net.off[l] * P + net.off[m], P,
-                                                        out + net.off[m] * P + net.off[l], P);
+                                                       out + net.off[m] * P + net.off[l], P);
       TK_CHECK_LAUNCH();
     }
 }

@@ -35,7 +35,7 @@ __global__ void k_bias_act(Tile tl, const T* __restrict__ b, T* __restrict__ z, 
         z[i] = v;
         continue;
       }
-      T a, g1, g2;
+      T a = 0, g1 = 0, g2 = 0;
       activate1<T>(f, v, a, g1, g2, d2 != nullptr);
       z[i] = a;
       if (d1) d1[i] = g1;
@@ -44,48 +44,31 @@ __global__ void k_bias_act(Tile tl, const T* __restrict__ b, T* __restrict__ z, 
   }
 }
 
+// The loss head per sample (formulas.hpp): rowloss, G = dloss/df (when G is given) and, for
+// ce, the softmax p.
 template <class T>
-__global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Targets<T> tg, T s, T c,
-                            T* __restrict__ G, T* __restrict__ p, T* __restrict__ rowloss) {
+__global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Targets<T> tg, T s, T* __restrict__ G,
+                            T* __restrict__ p, T* __restrict__ rowloss) {
   TK_GRID_STRIDE(n, N) {
     const T* f = F + n * k;
+    T* g = G ? G + n * k : nullptr;
     if (loss == Loss::mse) {
-      T acc = 0;
-      for (idx j = 0; j < k; ++j) {
-        const T r = f[j] - tg.y[n * k + j];
-        acc += r * r;
-        if (G) G[n * k + j] = c * r;
-      }
-      rowloss[n] = acc;
-    } else {
-      T* pn = p + n * k;  // around the most likely class top, as the cpp backend's head_rows
-      idx top = 0;
-      for (idx j = 1; j < k; ++j) top = f[j] > f[top] ? j : top;
-      const T mx = f[top];
-      T rest = 0;
-      for (idx j = 0; j < k; ++j) {
-        pn[j] = j == top ? T(0) : t_exp(f[j] - mx);
-        rest += pn[j];
-      }
-      const T inv = T(1) / (1 + rest);
-      for (idx j = 0; j < k; ++j) pn[j] *= inv;
-      pn[top] = inv;
-      const idx y = (idx)tg.labels[n];
-      if (y < 0 || y >= k) {  // checked before any kernel runs; never read out of bounds
-        rowloss[n] = T(NAN);
-        if (G)
-          for (idx j = 0; j < k; ++j) G[n * k + j] = T(NAN);
-        continue;
-      }
-      rowloss[n] = t_log1p(rest) + (mx - f[y]);
-      if (G) {
-        for (idx j = 0; j < k; ++j) G[n * k + j] = s * pn[j];
-        if (y == top)
-          G[n * k + y] = -s * (rest * inv);
-        else
-          G[n * k + y] -= s;
-      }
+      rowloss[n] = mse_row(k, f, tg.y + n * k, s, g);
+      continue;
     }
+    T* pn = p + n * k;
+    const idx top = ce_top(k, f);
+    for (idx j = 0; j < k; ++j) pn[j] = t_exp(f[j] - f[top]);
+    const T rest = ce_softmax(k, top, pn);
+    const idx y = (idx)tg.labels[n];
+    if (y < 0 || y >= k) {  // checked before any kernel runs; never read out of bounds
+      rowloss[n] = T(NAN);
+      if (g)
+        for (idx j = 0; j < k; ++j) g[j] = T(NAN);
+      continue;
+    }
+    rowloss[n] = ce_loss(t_log1p(rest), f, top, y);
+    if (g) ce_gradient(k, pn, y, top, rest, s, g);
   }
 }
 
@@ -212,9 +195,8 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
   t.rowloss.resize(N);
   if (want_grad) t.g[L - 1].resize(N * k);
   if (net.loss == Loss::ce) t.p.resize(N * k);
-  k_loss_head<T><<<grid_for(N), kThreads, 0, ws.stream()>>>(N, k, net.loss, t.F.data(), tg, s, 2 * s / T(k),
-                                                            want_grad ? t.g[L - 1].data() : nullptr, t.p.data(),
-                                                            t.rowloss.data());
+  k_loss_head<T><<<grid_for(N), kThreads, 0, ws.stream()>>>(
+      N, k, net.loss, t.F.data(), tg, s, want_grad ? t.g[L - 1].data() : nullptr, t.p.data(), t.rowloss.data());
   TK_CHECK_LAUNCH();
   if (!want_value) return;
   t.total.resize(1);
@@ -228,7 +210,7 @@ template <class T>
 double read_loss(const Net& net, Workspace<T>& ws, bool mean) {
   TK_CUDA(cudaStreamSynchronize(ws.stream()));
   const T s = sample_weight<T>(ws.tape.N, mean);
-  return ws.lane->host.p[0] * (double)s / (net.loss == Loss::mse ? (double)net.k() : 1.0);
+  return data_term(net.loss, net.k(), ws.lane->host.p[0], (double)s);
 }
 
 template <class T>

@@ -60,23 +60,13 @@ __global__ void k_scale(idx n, T c, const T* __restrict__ x, T* __restrict__ y) 
   TK_GRID_STRIDE(i, n) y[i] = c * x[i];
 }
 
-// ce: rg[n, c, :] = s p_n * (r - p_n . r) for each direction c, formed around the most likely
-// class t as (r - r_t) - p_n . (r - r_t): where p_t is near 1 the plain difference is lost to
-// rounding (as rop.cpp, reference.py).
+// ce: rg[n, c, :] = H_out rf[n, c, :] for each direction c (formulas.hpp's ce_curvature_times).
 template <class T>
 __global__ void k_ce_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, const T* __restrict__ rf,
                           T* __restrict__ rg) {
   TK_GRID_STRIDE(row, N * m) {
-    const idx n = row / m;
-    const T* r = rf + row * k;
-    const T* pn = p + n * k;
-    idx top = 0;
-    for (idx j = 1; j < k; ++j)
-      if (pn[j] > pn[top]) top = j;
-    const T rt = r[top];
-    T dot = 0;
-    for (idx j = 0; j < k; ++j) dot += pn[j] * (r[j] - rt);
-    for (idx j = 0; j < k; ++j) rg[row * k + j] = s * pn[j] * ((r[j] - rt) - dot);
+    const T* pn = p + row / m * k;
+    ce_curvature_times(k, pn, ce_top(k, pn), rf + row * k, s, rg + row * k);
   }
 }
 
@@ -179,7 +169,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   auto &Rg = ws.Rg, &Re = ws.Re, &tmp = ws.tmp, &acc = ws.acc;
   Rg.resize(N * m * k);
   if (net.loss == Loss::mse) {
-    k_scale<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N * m * k, 2 * s / T(k), Rz[L - 1].data(), Rg.data());
+    k_scale<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N * m * k, mse_curvature(k, s), Rz[L - 1].data(), Rg.data());
   } else {
     k_ce_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
   }

@@ -6,15 +6,12 @@ from .. import _core
 
 name = "cpp"
 
-_ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
-_LOSS_CODE = {"mse": 0, "ce": 1}
-
 
 def _net(net):
     h = net._handles.get(name)
     if h is None:
-        h = net._handles[name] = _core.Net(list(net.sizes), [_ACT_CODE[a] for a in net.activations],
-                                           _LOSS_CODE[net.loss_name])
+        h = net._handles[name] = _core.Net(list(net.sizes), [_core.ACTIVATION_CODES[a] for a in net.activations],
+                                           _core.LOSS_CODES[net.loss_name])
     return h
 
 

@@ -120,15 +120,11 @@ def set_tf32(on: bool):
 
 
 # ----------------------------------------------------------------------------- inputs
-_ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
-_LOSS_CODE = {"mse": 0, "ce": 1}
-
-
 def _net(net):
     h = net._handles.get(name)
     if h is None:
-        h = net._handles[name] = _cuda.Net(list(net.sizes), [_ACT_CODE[a] for a in net.activations],
-                                           _LOSS_CODE[net.loss_name])
+        h = net._handles[name] = _cuda.Net(list(net.sizes), [_cuda.ACTIVATION_CODES[a] for a in net.activations],
+                                           _cuda.LOSS_CODES[net.loss_name])
     return h
 
 
@@ -188,65 +184,73 @@ def _targets(net, Y, N):
 
 
 # ----------------------------------------------------------------------------- protocol
-# (net, theta, X[, Y][, V], reduction) -> numpy results, data term only (taylorkern.backends).
+# (net, theta, X[, Y][, V], reduction) -> numpy results, data term only (taylorkern.backends);
+# the _cuda calls take cpp's arguments (taylorkern._core), then keywords for device pointers.
+def _args(net, theta, X, *Y):
+    """The leading arguments of a _cuda call (net, theta, X[, Y]) and the keywords f32 and n,
+    which say the dtype and rows of inputs passed as device pointers."""
+    N = _rows(X)
+    args = [_net(net), _input(theta, "theta", net.dtype, (net.num_params,)),
+            _input(X, "X", net.dtype, (N, net.sizes[0]))]
+    args += [_targets(net, y, N) for y in Y]
+    return args, {"f32": _f32(net), "n": N}
+
+
 def predict(net, theta, X, out="numpy"):
-    N = _rows(X)
-    return _cuda.predict(_net(net), _f32(net), N, _input(theta, "theta", net.dtype, (net.num_params,)),
-                         _input(X, "X", net.dtype, (N, net.sizes[0])), out == "device")
+    args, kw = _args(net, theta, X)
+    return _cuda.predict(*args, **kw, device_out=out == "device")
 
 
-def _common(net, theta, X, Y):
-    N = _rows(X)
-    return (_net(net), _f32(net), N, _input(theta, "theta", net.dtype, (net.num_params,)),
-            _input(X, "X", net.dtype, (N, net.sizes[0])), _targets(net, Y, N))
+def jacobian(net, theta, X, out="numpy"):
+    args, kw = _args(net, theta, X)
+    return _cuda.jacobian(*args, **kw, device_out=out == "device")
 
 
 def loss(net, theta, X, Y, reduction):
-    return _cuda.loss(*_common(net, theta, X, Y), reduction == "mean")
+    args, kw = _args(net, theta, X, Y)
+    return _cuda.loss(*args, reduction == "mean", **kw)
 
 
 def loss_and_grad(net, theta, X, Y, reduction, out="numpy"):
-    return _cuda.loss_and_grad(*_common(net, theta, X, Y), reduction == "mean", out == "device")
+    args, kw = _args(net, theta, X, Y)
+    return _cuda.loss_and_grad(*args, reduction == "mean", **kw, device_out=out == "device")
 
 
-def _vector_product(gn):
+def _with_vectors(fn_name):
+    fn = getattr(_cuda, fn_name)
+
     def call(net, theta, X, Y, V, reduction, out="numpy"):
-        args = _common(net, theta, X, Y)
+        args, kw = _args(net, theta, X, Y)
         shape = interface(V)["shape"] if is_device_array(V) else np.shape(V)
         m = int(shape[1]) if len(shape) == 2 else 1
         Vin = _input(V, "V", net.dtype, (net.num_params, m) if len(shape) == 2 else (net.num_params,))
         if isinstance(Vin, np.ndarray):
             Vin = Vin.reshape(net.num_params, m)
-        return _cuda.vector_product(*args, Vin, m, reduction == "mean", gn, out == "device")
-
-    call.__name__ = "ggn_vp" if gn else "hvp"
-    return call
-
-
-hvp = _vector_product(False)
-ggn_vp = _vector_product(True)
-
-
-def jacobian(net, theta, X, out="numpy"):
-    N = _rows(X)
-    return _cuda.jacobian(_net(net), _f32(net), N, _input(theta, "theta", net.dtype, (net.num_params,)),
-                          _input(X, "X", net.dtype, (N, net.sizes[0])), out == "device")
-
-
-def _with_data(fn, gn, fn_name):
-    def call(net, theta, X, Y, reduction, out="numpy"):
-        return fn(*_common(net, theta, X, Y), reduction == "mean", gn, out == "device")
+        return fn(*args, Vin, reduction == "mean", **kw, m=m, device_out=out == "device")
 
     call.__name__ = fn_name
     return call
 
 
-hessian = _with_data(_cuda.full, False, "hessian")
-ggn = _with_data(_cuda.full, True, "ggn")
-hessian_blocks = _with_data(_cuda.blocks, False, "hessian_blocks")
-ggn_blocks = _with_data(_cuda.blocks, True, "ggn_blocks")
-hessian_diag = _with_data(_cuda.diag, False, "hessian_diag")
-ggn_diag = _with_data(_cuda.diag, True, "ggn_diag")
+def _with_data(fn_name):
+    fn = getattr(_cuda, fn_name)
+
+    def call(net, theta, X, Y, reduction, out="numpy"):
+        args, kw = _args(net, theta, X, Y)
+        return fn(*args, reduction == "mean", **kw, device_out=out == "device")
+
+    call.__name__ = fn_name
+    return call
+
+
+hvp = _with_vectors("hvp")
+ggn_vp = _with_vectors("ggn_vp")
+hessian = _with_data("hessian")
+ggn = _with_data("ggn")
+hessian_blocks = _with_data("hessian_blocks")
+ggn_blocks = _with_data("ggn_blocks")
+hessian_diag = _with_data("hessian_diag")
+ggn_diag = _with_data("ggn_diag")
 
 QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "hessian", "ggn",
               "hessian_blocks", "ggn_blocks", "hessian_diag", "ggn_diag")
@@ -419,119 +423,102 @@ class DeviceData:
             return theta
         return self.net._check_theta(theta)
 
-    def _theta_host(self, theta):
-        if is_device_array(theta):
-            ptr = _device_pointer(theta, "theta", self.net.dtype, (self.net.num_params,))
-            return _cuda.to_host(ptr, [self.net.num_params], self.net.dtype.str)
-        return theta
-
-    def _l2(self, reduction):
-        return self.net.l2 > 0.0 and reduction == "mean"
-
-    @staticmethod
-    def _check_reduction(reduction):
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
-        return reduction
-
     @staticmethod
     def _check_out(out):
         if out not in ("numpy", "device"):
             raise ValueError(f"out: expected 'numpy' or 'device', got {out!r}")
         return out
 
+    def _call(self, kind, theta, reduction, out=None, V=None):
+        """The backend call of quantity kind on the resident data, with the MLP's l2 term."""
+        reduction = self.net._check_reduction(reduction)
+        theta = self._theta(theta)
+        extra = () if V is None else (V,)
+        outs = () if out is None else (self._check_out(out),)
+        fn = getattr(sys.modules[__name__], kind)
+        result = fn(self.net, theta, self._X, self._need_y(), *extra, reduction, *outs)
+        return self.net._add_l2(kind, result, reduction, theta, V, ops=_DeviceL2(self.net.dtype))
+
     # -- calls
     def predict(self, theta, out="numpy"):
         return predict(self.net, self._theta(theta), self._X, self._check_out(out))
 
-    def loss(self, theta, reduction="mean"):
-        reduction = self._check_reduction(reduction)
-        theta = self._theta(theta)
-        value = loss(self.net, theta, self._X, self._need_y(), reduction)
-        if self._l2(reduction):
-            th = self._theta_host(theta)
-            value += 0.5 * self.net.l2 * float(np.dot(th, th))
-        return float(value)
-
-    def loss_and_grad(self, theta, reduction="mean", out="numpy"):
-        reduction, out = self._check_reduction(reduction), self._check_out(out)
-        theta = self._theta(theta)
-        value, grad = loss_and_grad(self.net, theta, self._X, self._need_y(), reduction, out)
-        if self._l2(reduction):
-            th = self._theta_host(theta)
-            value += 0.5 * self.net.l2 * float(np.dot(th, th))
-            self._add_scaled(grad, theta)
-        return float(value), grad
-
-    def _add_scaled(self, result, src):
-        """result += l2 * src (src of result's size), on the device or in numpy."""
-        if isinstance(result, np.ndarray):
-            if is_device_array(src):
-                cai = interface(src)
-                src = _cuda.to_host(int(cai["data"][0]), [int(s) for s in cai["shape"]], self.net.dtype.str)
-            result += self.net.l2 * np.asarray(src).reshape(result.shape)
-        else:
-            dev = src if is_device_array(src) else _cuda.to_device(np.ascontiguousarray(src, self.net.dtype))
-            _cuda.axpy(self.net.l2, int(interface(dev)["data"][0]), result)
-
-    def _product(self, fn, theta, V, reduction, out):
-        reduction, out = self._check_reduction(reduction), self._check_out(out)
-        theta = self._theta(theta)
-        if not is_device_array(V):
-            V = self.net._check_V(V)
-        result = fn(self.net, theta, self._X, self._need_y(), V, reduction, out)
-        shape = interface(V)["shape"] if is_device_array(V) else V.shape
-        if self._l2(reduction):
-            self._add_scaled(result, V)
-        if isinstance(result, np.ndarray):
-            return result.reshape(shape)
-        return result  # (P, m) on the device
-
-    def hvp(self, theta, V, reduction="mean", out="numpy"):
-        return self._product(hvp, theta, V, reduction, out)
-
-    def ggn_vp(self, theta, V, reduction="mean", out="numpy"):
-        return self._product(ggn_vp, theta, V, reduction, out)
-
     def jacobian(self, theta, out="numpy"):
         return jacobian(self.net, self._theta(theta), self._X, self._check_out(out))
 
-    def _matrix(self, fn, theta, reduction, out):
-        reduction, out = self._check_reduction(reduction), self._check_out(out)
-        result = fn(self.net, self._theta(theta), self._X, self._need_y(), reduction, out)
-        if self._l2(reduction):
-            for B in (result if isinstance(result, list) else [result]):
-                if isinstance(B, np.ndarray):
-                    B.flat[::B.shape[0] + 1] += self.net.l2
-                else:
-                    _cuda.add_diagonal(B, self.net.l2)
-        return result
+    def loss(self, theta, reduction="mean"):
+        return float(self._call("loss", theta, reduction))
+
+    def loss_and_grad(self, theta, reduction="mean", out="numpy"):
+        value, grad = self._call("loss_and_grad", theta, reduction, out)
+        return float(value), grad
+
+    def _product(self, kind, theta, V, reduction, out):
+        if not is_device_array(V):
+            V = self.net._check_V(V)
+        result = self._call(kind, theta, reduction, out, V)
+        if isinstance(result, np.ndarray):
+            return result.reshape(interface(V)["shape"] if is_device_array(V) else V.shape)
+        return result  # (P, m) on the device
+
+    def hvp(self, theta, V, reduction="mean", out="numpy"):
+        return self._product("hvp", theta, V, reduction, out)
+
+    def ggn_vp(self, theta, V, reduction="mean", out="numpy"):
+        return self._product("ggn_vp", theta, V, reduction, out)
 
     def hessian(self, theta, reduction="mean", out="numpy"):
-        return self._matrix(hessian, theta, reduction, out)
+        return self._call("hessian", theta, reduction, out)
 
     def ggn(self, theta, reduction="mean", out="numpy"):
-        return self._matrix(ggn, theta, reduction, out)
+        return self._call("ggn", theta, reduction, out)
 
     def hessian_blocks(self, theta, reduction="mean", out="numpy"):
-        return self._matrix(hessian_blocks, theta, reduction, out)
+        return self._call("hessian_blocks", theta, reduction, out)
 
     def ggn_blocks(self, theta, reduction="mean", out="numpy"):
-        return self._matrix(ggn_blocks, theta, reduction, out)
-
-    def _diag(self, fn, theta, reduction, out):
-        reduction, out = self._check_reduction(reduction), self._check_out(out)
-        result = fn(self.net, self._theta(theta), self._X, self._need_y(), reduction, out)
-        if self._l2(reduction):
-            if isinstance(result, np.ndarray):
-                result += self.net.l2
-            else:
-                ones = _cuda.to_device(np.ones(self.net.num_params, self.net.dtype))
-                _cuda.axpy(self.net.l2, ones.ptr, result)
-        return result
+        return self._call("ggn_blocks", theta, reduction, out)
 
     def hessian_diag(self, theta, reduction="mean", out="numpy"):
-        return self._diag(hessian_diag, theta, reduction, out)
+        return self._call("hessian_diag", theta, reduction, out)
 
     def ggn_diag(self, theta, reduction="mean", out="numpy"):
-        return self._diag(ggn_diag, theta, reduction, out)
+        return self._call("ggn_diag", theta, reduction, out)
+
+
+class _DeviceL2:
+    """MLP._add_l2's updates for DeviceData: results numpy arrays or DeviceArrays, theta and V
+    numpy or device arrays."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def _host(self, x):
+        if is_device_array(x):
+            cai = interface(x)
+            return _cuda.to_host(int(cai["data"][0]), [int(s) for s in cai["shape"]], self.dtype.str)
+        return np.asarray(x)
+
+    def sq_norm(self, x):
+        h = self._host(x).ravel()
+        return float(np.dot(h, h))
+
+    def axpy(self, alpha, x, out):
+        if isinstance(out, np.ndarray):
+            out += alpha * self._host(x).reshape(out.shape)
+        else:
+            dev = x if is_device_array(x) else _cuda.to_device(np.ascontiguousarray(x, self.dtype))
+            _cuda.axpy(alpha, int(interface(dev)["data"][0]), out)
+
+    def add(self, out, value):
+        if isinstance(out, np.ndarray):
+            out += value
+        else:
+            ones = _cuda.to_device(np.ones(out.shape, self.dtype))
+            _cuda.axpy(value, ones.ptr, out)
+
+    def add_diagonal(self, out, value):
+        if isinstance(out, np.ndarray):
+            out.flat[::out.shape[0] + 1] += value
+        else:
+            _cuda.add_diagonal(out, value)

@@ -1,0 +1,211 @@
+// The scalar formulas shared by the C++ kernels and the CUDA ones (csrc/cuda): the activation
+// and loss codes, every hidden activation with its first and second derivatives, and the loss
+// head's per-sample pieces.  One source for each formula: the C++ kernels evaluate them with
+// their vectorisable exp family (vmath.hpp, through activations.hpp's VMath), the CUDA ones
+// with CUDA's own tanh and exp (cuda/activations.cuh's DeviceMath).  A math class M supplies:
+//   M::tanh_pos(x, h)   tanh x for x >= 0, and h = (1 - tanh x)/2 = 1/(e^2x + 1) to a few ulp
+//   M::gelu_h(x, h)     h from tanh_pos(x, h) as gelu's second derivative needs it: 0 where the
+//                       target clamps x (there h times du^2 ~ z^4 is not negligible)
+//   M::log_over_1mh(h)  -log(1 - h) for 0 <= h <= 1/2
+// TK_HD marks each function __host__ __device__ under nvcc, and always inlined: the C++ loops
+// over values vectorise only when the formula is inlined into them.
+//
+//   identity  z                    1                      0
+//   relu      max(z, 0)            [z > 0]                0
+//   tanh      t = tanh z           1 - t^2                -2 t (1 - t^2)
+//   sigmoid   s = 1/(1+e^-z)       s (1 - s)              s (1 - s)(1 - 2s)
+//   softplus  log(1 + e^z)         s                      s (1 - s)
+//   gelu      z/2 (1 + tanh u),  u = c (z + 0.044715 z^3),  c = sqrt(2/pi)   (tanh form)
+//   sin       sin z                cos z                  -sin z
+// Every exponential goes through tanh x and h (x >= 0), so that no tail loses digits:
+// 1 - t^2 = 4 h (1 - h); with x = |z|/2, sigmoid's small tail is h itself (the other 1 - h),
+// s (1 - s) = h (1 - h), 1 - 2s = -sign(z) tanh x, and softplus = max(z, 0) + log1p(e^-|z|) =
+// max(z, 0) - log(1 - h); gelu's 1 + tanh u is 2 (1 - h) or 2 h by the sign of u.
+// docs/extending.md says how to add an activation or a loss.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define TK_HD __host__ __device__ __forceinline__
+#else
+#define TK_HD inline __attribute__((always_inline))
+#endif
+
+namespace tk {
+
+// The codes Python passes to Net (exported as ACTIVATION_CODES / LOSS_CODES by both modules).
+enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
+enum class Loss : int { mse = 0, ce };
+inline constexpr const char* kActNames[] = {"identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin"};
+inline constexpr const char* kLossNames[] = {"mse", "ce"};
+
+template <Act F>
+struct ActTag {
+  static constexpr Act value = F;
+};
+
+// body(ActTag<f>()): the run-time code made a compile-time one, so that a loop over values
+// inside body is compiled once per activation, with no switch inside it.
+template <class Body>
+TK_HD void with_act(Act f, Body&& body) {
+  switch (f) {
+    case Act::identity:
+      return body(ActTag<Act::identity>());
+    case Act::relu:
+      return body(ActTag<Act::relu>());
+    case Act::tanh:
+      return body(ActTag<Act::tanh>());
+    case Act::sigmoid:
+      return body(ActTag<Act::sigmoid>());
+    case Act::softplus:
+      return body(ActTag<Act::softplus>());
+    case Act::gelu:
+      return body(ActTag<Act::gelu>());
+    case Act::sin:
+      return body(ActTag<Act::sin>());
+  }
+}
+
+// a = act(v), d1 = act'(v), d2 = act''(v), branch-free (the C++ loops vectorise).
+template <Act F, class M, class T>
+TK_HD void activation(T v, T& a, T& d1, T& d2) {
+  using std::copysign;
+  using std::fabs;
+  if constexpr (F == Act::identity) {
+    a = v, d1 = T(1), d2 = T(0);
+  } else if constexpr (F == Act::relu) {
+    a = v > 0 ? v : T(0), d1 = v > 0 ? T(1) : T(0), d2 = T(0);
+  } else if constexpr (F == Act::tanh) {
+    T h;
+    const T t = copysign(M::tanh_pos(fabs(v), h), v), s = 4 * (h - h * h);  // -0 stays -0
+    a = t, d1 = s, d2 = -2 * t * s;
+  } else if constexpr (F == Act::sigmoid || F == Act::softplus) {
+    T h;
+    const T t = M::tanh_pos(T(0.5) * fabs(v), h);
+    const T s = v >= 0 ? 1 - h : h, ds = h - h * h;
+    if constexpr (F == Act::sigmoid)
+      a = s, d1 = ds, d2 = -ds * copysign(t, v);
+    else
+      a = (v > 0 ? v : T(0)) + M::log_over_1mh(h), d1 = s, d2 = ds;
+  } else if constexpr (F == Act::gelu) {
+    const T c = T(0.7978845608028654), k3 = T(0.044715);
+    const T u = c * (v + k3 * v * v * v), du = c * (1 + 3 * k3 * v * v);
+    T h;
+    const T t = copysign(M::tanh_pos(fabs(u), h), u);
+    h = M::gelu_h(fabs(u), h);
+    const T s = 4 * (h - h * h), onep = 2 * (u >= 0 ? 1 - h : h);  // 1 - t^2, 1 + t
+    a = T(0.5) * v * onep;
+    d1 = T(0.5) * onep + T(0.5) * v * s * du;
+    d2 = s * du - v * t * s * du * du + T(0.5) * v * s * (c * 6 * k3 * v);
+  } else {
+    static_assert(F == Act::sin);
+    using std::cos;
+    using std::sin;
+    const T sv = sin(v);
+    a = sv, d1 = cos(v), d2 = -sv;
+  }
+}
+
+// ---- The loss head, per sample (f the k outputs; s the sample weight, 1/N or 1) ----
+
+// mse's output curvature H_out = 2s/k I.
+template <class T>
+TK_HD T mse_curvature(std::int64_t k, T s) {
+  return 2 * s / T(k);
+}
+
+// mse: returns sum_j (f_j - y_j)^2; g_j = 2s/k (f_j - y_j) when g is given.
+template <class T>
+TK_HD T mse_row(std::int64_t k, const T* f, const T* y, T s, T* g) {
+  const T c = mse_curvature(k, s);
+  T acc = 0;
+  for (std::int64_t j = 0; j < k; ++j) {
+    const T d = f[j] - y[j];
+    acc += d * d;
+    if (g) g[j] = c * d;
+  }
+  return acc;
+}
+
+// ce is formed around each sample's most likely class top: sum_j e^(f_j - f_top) = 1 + rest,
+// the loss is log1p(rest) + (f_top - f_y) and, where y = top, p_y - 1 = -rest p_top.  The plain
+// log(sum) and p_top - 1 are 0 once rest is below 1's rounding (a logit gap of 37, 17 in
+// float32), though the loss and gradient are not.
+
+// The first index of the largest of x[0..k): the most likely class of f or of p.
+template <class T>
+TK_HD std::int64_t ce_top(std::int64_t k, const T* x) {
+  std::int64_t top = 0;
+  for (std::int64_t j = 1; j < k; ++j) top = x[j] > x[top] ? j : top;
+  return top;
+}
+
+// p holds e^(f_j - f_top) (any value at top): p becomes the softmax; returns rest.
+template <class T>
+TK_HD T ce_softmax(std::int64_t k, std::int64_t top, T* p) {
+  p[top] = 0;
+  T rest = 0;
+  for (std::int64_t j = 0; j < k; ++j) rest += p[j];
+  const T inv = 1 / (1 + rest);
+  for (std::int64_t j = 0; j < k; ++j) p[j] *= inv;
+  p[top] = inv;
+  return rest;
+}
+
+// The loss at label y, from log1p(rest) (ce_softmax's rest).
+template <class T>
+TK_HD T ce_loss(T log1p_rest, const T* f, std::int64_t top, std::int64_t y) {
+  return log1p_rest + (f[top] - f[y]);
+}
+
+// The data term from the sum of the per-sample losses (mse_row's, ce_loss's) and the sample
+// weight: mse is the mean over the k outputs too.
+inline double data_term(Loss loss, std::int64_t k, double total, double s) {
+  return total * s / (loss == Loss::mse ? (double)k : 1.0);
+}
+
+// The gradient g = s (p - e_y) of the loss at label y, from the softmax p and ce_softmax's rest.
+template <class T>
+TK_HD void ce_gradient(std::int64_t k, const T* p, std::int64_t y, std::int64_t top, T rest, T s, T* g) {
+  for (std::int64_t j = 0; j < k; ++j) g[j] = s * p[j];
+  if (y == top)
+    g[y] = -s * (rest * p[top]);
+  else
+    g[y] -= s;
+}
+
+// Entry (i, j) of H_out = s (diag p - p p^T), the diagonal as s p_i (1 - p_i) with 1 - p_top
+// of the most likely class the sum of the other p (where p_top is near 1, p_top - p_top^2 is
+// lost to rounding).
+template <class T>
+TK_HD T ce_curvature(std::int64_t k, const T* p, std::int64_t i, std::int64_t j, T s) {
+  if (i != j) return -s * p[i] * p[j];
+  const std::int64_t top = ce_top(k, p);
+  if (i != top) return s * p[i] * (1 - p[i]);
+  T rest = 0;
+  for (std::int64_t r = 0; r < k; ++r) rest += r == top ? T(0) : p[r];
+  return s * p[i] * rest;
+}
+
+// o = H_out x = s p_j (x_j - p.x), formed around the most likely class top as
+// (x_j - x_top) - p.(x - x_top): where p_top is near 1 the plain difference is lost to rounding.
+template <class T>
+TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, const T* x, T s, T* o) {
+  const T xt = x[top];
+  T dot = 0;
+  for (std::int64_t j = 0; j < k; ++j) dot += p[j] * (x[j] - xt);
+  for (std::int64_t j = 0; j < k; ++j) o[j] = s * p[j] * ((x[j] - xt) - dot);
+}
+
+// Row r of a square root R of H_out (R^T R = H_out): mse sqrt(2s/k) e_r; ce sqrt(s p_r) (e_r - p)
+// (p null for mse), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T.
+template <class T>
+TK_HD T curvature_root(std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s) {
+  using std::sqrt;
+  if (!p) return j == r ? sqrt(mse_curvature(k, s)) : T(0);
+  const T w = sqrt(s * p[r]);
+  return (j == r ? w : T(0)) - w * p[j];
+}
+
+}  // namespace tk
