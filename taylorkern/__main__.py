@@ -98,6 +98,7 @@ def info(args):
     for name, why in _dispatch._why_not.items():
         print(f"  {name} unavailable: {why}")
     print(f"kernel threads:     {tk.get_num_threads()}  (cores: {os.cpu_count()})")
+    print(f"OpenMP spin count:  {tk._omp.status}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
