@@ -13,11 +13,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 
+import fork_child
 import numpy as np
 import pytest
 from conftest import BACKENDS, make_problem
 
-import fork_child
 import taylorkern as tk
 
 TIMEOUT = 240  # seconds; a spawn child imports numpy, taylorkern (and numba) on a busy machine
