@@ -1,7 +1,7 @@
 """A/B of the blocked AVX-512 GEMM (csrc/gemm_avx512.cpp) against the BLAS it replaces, end to end.
 
 Every benchmark configuration (taylorkern/benchmarks/problems.py) x quantity x dtype runs with
-the blocked kernel on and off (the test-only switch ``_core._set_blocked_gemm``) in this one
+the blocked kernel on and off (the test-only switch ``_core._set_gemm_avx512``) in this one
 process, alternating: each round times one block of calls with the kernel on and one with it
 off, in an order that flips every round, so that load from other processes falls on both
 alike.  Reported per case: the median seconds per call of each state, their ratio off/on
@@ -18,7 +18,7 @@ the BLAS side is OpenBLAS's own kernel for this CPU (the header line shows which
 ``--states`` lists the switch settings to alternate (default ``1,0``: on, off; 0, off, is the
 baseline every ratio is taken against), for a build whose switch takes more than two.
 
-Without ``_set_blocked_gemm`` in the installed module (a build without the blocked kernel) the
+Without ``_set_gemm_avx512`` in the installed module (a build without the blocked kernel) the
 script times the one state there is, for the record (``--single``).
 """
 
@@ -58,7 +58,7 @@ def _args(argv=None):
     p.add_argument("--min-rounds", type=int, default=6)
     p.add_argument("--max-rounds", type=int, default=60)
     p.add_argument("--block", type=float, default=0.02, help="least seconds of one timed block")
-    p.add_argument("--states", default="1,0", help="modes of _set_blocked_gemm to alternate (0: off, the baseline)")
+    p.add_argument("--states", default="1,0", help="modes of _set_gemm_avx512 to alternate (0: off, the baseline)")
     p.add_argument("--single", action="store_true", help="time the installed build as it is, no A/B")
     return p.parse_args(argv)
 
@@ -90,7 +90,7 @@ def main(argv=None):
 
     tk.set_backend("cpp")
     tk.set_num_threads(args.threads)
-    switch = getattr(_core, "_set_blocked_gemm", None)
+    switch = getattr(_core, "_set_gemm_avx512", None)
     single = args.single or switch is None
     blas = [(p.get("internal_api"), p.get("version"), p.get("architecture")) for p in threadpool_info()
             if p.get("user_api") == "blas"]
@@ -102,7 +102,7 @@ def main(argv=None):
 
     def state(mode):
         if not single:
-            switch(mode)
+            switch(bool(mode))
 
     if single:
         print("| config | dtype | quantity | median |\n|---|---|---|---|", flush=True)

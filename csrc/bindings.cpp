@@ -40,7 +40,8 @@ struct Net : tk::Net {
   }
 };
 
-// Borrows a workspace for one call (GIL released) and holds BLAS to one thread meanwhile.
+// Borrows a workspace for one call (GIL released) and, where the kernels call the BLAS, holds
+// it to one thread meanwhile (blas.hpp).
 template <class T>
 class Lease {
  public:
@@ -312,8 +313,29 @@ PYBIND11_MODULE(_core, m) {
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");
   m.def("blas_threads_controllable", &tk::blas_threads_controllable,
         "whether BLAS can be held to one thread per calling thread (OpenBLAS >= 0.3.27)");
-  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); }, py::arg("n"));
-  m.def("get_num_threads", []() { return omp_get_max_threads(); });
+  m.def("set_num_threads", &tk::set_kernel_threads,
+        "taylorkern's own thread limit for the kernels, process-wide (0: none)");
+  m.def("get_num_threads", &tk::kernel_threads,
+        "threads a kernel called from this thread uses: min(own limit, omp_get_max_threads())");
+  m.def("own_num_threads", &tk::own_kernel_threads, "the limit set_num_threads set (0: none)");
+  m.def("kernels_call_blas", &tk::kernels_call_blas,
+        "whether the kernels' products go to the BLAS (no AVX-512 GEMM), which they then hold to one thread");
+  m.def("pool_lost_in_fork", &tk::pool_lost_in_fork,
+        "whether this thread forked this process: its regions run on a helper thread (docs/threading.md)");
+  m.def(
+      "_team_size",
+      [] {
+        std::atomic<int> size{1};
+        py::gil_scoped_release nogil;
+        tk::omp_team(tk::kernel_threads(), [&] {
+          if (omp_get_thread_num() == 0) size = omp_get_num_threads();
+        });
+        return size.load();
+      },
+      "TEST-ONLY: threads in a parallel region that a kernel called from this thread opens");
+  m.def("_set_gemm_avx512", &tk::set_gemm_avx512,
+        "TEST-ONLY: False makes the kernels use the BLAS as without AVX-512 (tests/test_gemm.py, bench/gemm_ab.py); "
+        "returns the previous setting");
   // Test-only (tests/test_gemm.py): one row-major product C = alpha op(A) op(B) + beta C on flat
   // buffers, A at a_off with row stride lda, etc., so that sub-matrix views can be tested.
   // which: 0 tk::gemm (the dispatch, threads included), 1 the AVX-512 kernel alone,
@@ -347,7 +369,6 @@ PYBIND11_MODULE(_core, m) {
                                      ldc);
       },
       "TEST-ONLY: one GEMM through a chosen path (see tests/test_gemm.py); not part of the API");
-  m.def("_set_blocked_gemm", &tk::set_blocked_gemm, "TEST-ONLY: allow the blocked AVX-512 GEMM; returns the previous");
   m.def(
       "_activate",
       [](int code, py::array z) -> py::tuple {

@@ -18,16 +18,20 @@ namespace tk {
 static dgemm_t* g_dgemm = nullptr;
 static sgemm_t* g_sgemm = nullptr;
 using set_local_t = int(int);
-static set_local_t* g_set_local = nullptr;  // OpenBLAS >= 0.3.27: openblas_set_num_threads_local
+using get_threads_t = int();
+static set_local_t* g_set_local = nullptr;      // OpenBLAS >= 0.3.27: openblas_set_num_threads_local
+static get_threads_t* g_get_threads = nullptr;  // openblas_get_num_threads
+static std::atomic<bool> g_avx512_off{false};   // set_gemm_avx512(false), for tests
 
 void set_blas(void* dgemm, void* sgemm) {
   g_dgemm = reinterpret_cast<dgemm_t*>(dgemm);
   g_sgemm = reinterpret_cast<sgemm_t*>(sgemm);
-  // The library that holds dgemm: look for OpenBLAS's per-thread thread-count setter there.
+  // The library that holds dgemm: look for OpenBLAS's thread-count functions there.
   Dl_info info;
   if (dgemm && dladdr(dgemm, &info) && info.dli_fname) {
     if (void* h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD)) {
       g_set_local = reinterpret_cast<set_local_t*>(dlsym(h, "openblas_set_num_threads_local"));
+      g_get_threads = reinterpret_cast<get_threads_t*>(dlsym(h, "openblas_get_num_threads"));
       dlclose(h);  // still loaded by scipy; NOLOAD only took a reference
     }
   }
@@ -40,21 +44,39 @@ bool blas_threads_controllable() {
   return g_set_local != nullptr;
 }
 
-// Process-wide: the first kernel call in flight holds BLAS to one thread, the last one out
-// restores what was there.
+static bool use_avx512() {
+  return have_avx512() && !g_avx512_off.load(std::memory_order_relaxed);
+}
+bool set_gemm_avx512(bool on) {
+  return !g_avx512_off.exchange(!on);
+}
+bool kernels_call_blas() {
+  return have_blas() && !use_avx512();
+}
+
+// Process-wide: the first kernel call in flight that may call BLAS holds it to one thread, the
+// last one out restores what was there (unless someone else changed it meanwhile).
 static std::mutex g_serial_mu;
-static int g_serial_depth = 0;
+static std::atomic<int> g_serial_depth{0};
 static int g_serial_saved = -1;
 
-SerialBlas::SerialBlas() {
-  if (!g_set_local) return;
+SerialBlas::SerialBlas() : held_(g_set_local && kernels_call_blas()) {
+  if (!held_) return;
   std::lock_guard<std::mutex> lock(g_serial_mu);
-  if (g_serial_depth++ == 0) g_serial_saved = g_set_local(1);
+  if (g_serial_depth.fetch_add(1) == 0) g_serial_saved = g_set_local(1);
 }
 SerialBlas::~SerialBlas() {
-  if (!g_set_local) return;
+  if (!held_) return;
   std::lock_guard<std::mutex> lock(g_serial_mu);
-  if (--g_serial_depth == 0 && g_serial_saved > 0) g_set_local(g_serial_saved);
+  if (g_serial_depth.fetch_sub(1) == 1 && g_serial_saved > 1 && (!g_get_threads || g_get_threads() == 1))
+    g_set_local(g_serial_saved);
+}
+
+// Whether a product may go to the BLAS: held to one thread, or a BLAS whose count cannot be
+// set (then there is no better choice).  Otherwise a multi-threaded OpenBLAS would start its
+// own threads inside the kernels' (pthreads builds print a warning when called in a region).
+static bool blas_is_serial() {
+  return !g_set_local || g_serial_depth.load(std::memory_order_relaxed) > 0;
 }
 
 // Below this many multiply-adds a plain loop beats the cost of a BLAS call.
@@ -266,12 +288,6 @@ static bool gemm_blas(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A
   return true;
 }
 
-// Test-only switch (gemm_avx512.hpp): off, every product above the loops goes to the BLAS.
-static std::atomic<bool> g_blocked_gemm{true};
-bool set_blocked_gemm(bool on) {
-  return g_blocked_gemm.exchange(on);
-}
-
 template <class T>
 static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,
                         T beta, T* C, idx ldc) {
@@ -289,14 +305,13 @@ static void gemm_serial(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
     return;
   }
   // Above the loops' range: the blocked AVX-512 kernel (gemm_avx512.cpp) where the CPU has it,
-  // else the BLAS.  End to end it beat OpenBLAS's own AVX-512 kernel on the passes over the
-  // samples (gradients, products, diagonals) by more than the margin that keeping a kernel of
-  // our own requires, and taking only the weight-gradient shapes lost part of that; see
+  // else the BLAS (held to one thread by the call's SerialBlas; plain loops if it is not).  End
+  // to end the kernel beat OpenBLAS's own AVX-512 kernel on the passes over the samples
+  // (gradients, products, diagonals) by more than the margin that keeping a kernel of our own
+  // requires, and taking only the weight-gradient shapes lost part of that; see
   // bench/RESULTS.md, "The blocked AVX-512 GEMM against OpenBLAS".
-  if (K > 0 && g_blocked_gemm.load(std::memory_order_relaxed) && have_avx512() &&
-      gemm_avx512<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-    return;
-  if (!gemm_blas<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+  if (K > 0 && use_avx512() && gemm_avx512<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
+  if (!blas_is_serial() || !gemm_blas<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
     gemm_plain<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -323,7 +338,7 @@ template <class T>
 void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
           idx ldc) {
   if (M <= 0 || N <= 0) return;
-  const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int nt = kernel_threads();
   const idx align = 16;  // slice edges on multiples of 16 rows/columns
   if (nt <= 1 || M * N * std::max<idx>(K, 1) < kGemmParallelMin || std::max(M, N) < 2 * align) {
     gemm_serial<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -332,8 +347,7 @@ void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, c
   const bool by_rows = M >= N;
   const idx extent = by_rows ? M : N;
   const idx per = ((extent + nt - 1) / nt + align - 1) / align * align;
-#pragma omp parallel num_threads(nt)
-  {
+  omp_team(nt, [&] {
     const idx lo = std::min(extent, per * omp_get_thread_num()), hi = std::min(extent, lo + per);
     if (hi > lo) {
       if (by_rows)
@@ -341,7 +355,7 @@ void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, c
       else
         gemm_serial<T>(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
     }
-  }
+  });
 }
 
 template <class T>

@@ -5,16 +5,20 @@
 // that scipy installs from PyPI.  Products too small for a BLAS call to pay off run
 // as plain loops.
 //
-// Threads: ONE pool, OpenMP's.  A large product is split into row (or column) slices,
-// one per OpenMP thread, each a single-threaded BLAS call; while kernels run, BLAS is held
-// to one thread (SerialBlas) and restored afterwards.  Two pools spinning on two cores
-// starve each other: measured here, a loss_and_grad went from 1.5 ms to 30 ms when
-// OpenBLAS's and OpenMP's threads competed.
-// OpenBLAS's openblas_set_num_threads_local is NOT thread-local in the pthreads builds
-// that scipy ships (it sets the global count: checked), and changing the count while
-// another thread is inside a BLAS call can crash OpenBLAS.  So it is only ever changed from
-// the calling thread, outside any parallel region, once for all concurrent kernel calls
-// (reference-counted), never from an OpenMP worker.
+// Threads: ONE pool, OpenMP's.  A large product is split into row (or column) slices, one per
+// kernel thread, each a single-threaded product.  Two pools spinning on the same cores starve
+// each other (bench/RESULTS.md, "Threads and fork").  Where the CPU has AVX-512 the kernels'
+// own GEMM (gemm_avx512.hpp) runs every product and the BLAS is never called, so its thread
+// count is never touched.  Elsewhere the products go to the BLAS, which must then run on one
+// thread: OpenBLAS's openblas_set_num_threads_local is NOT thread-local in the pthreads
+// builds that scipy ships (it sets the global count as well: checked), and a multi-threaded
+// OpenBLAS called inside a parallel region starts its own threads there.  So while a kernel
+// call runs, the BLAS is held to one thread for the whole process (SerialBlas:
+// reference-counted over concurrent calls, changed only from a calling thread outside
+// parallel regions, restored by the last call out); a product that finds it not held runs as
+// plain loops instead.  That hold is visible to other users of scipy's OpenBLAS in the
+// process (scipy.linalg in another thread); numpy's matmul uses numpy's own OpenBLAS and is
+// never affected (docs/threading.md).
 #pragma once
 #include "common.hpp"
 
@@ -28,8 +32,9 @@ using sgemm_t = void(const char*, const char*, const int*, const int*, const int
 void set_blas(void* dgemm, void* sgemm);
 bool have_blas();
 
-// While any is alive, BLAS runs single-threaded (no-op if the BLAS has no such setting).
-// Construct outside parallel regions only.
+// While any is alive, BLAS runs single-threaded: a no-op where the kernels do not call the
+// BLAS (kernels_call_blas) or the BLAS has no such setting.  Construct outside parallel
+// regions only.
 class SerialBlas {
  public:
   SerialBlas();
@@ -38,8 +43,15 @@ class SerialBlas {
   SerialBlas& operator=(const SerialBlas&) = delete;
 
  private:
+  bool held_;
 };
 bool blas_threads_controllable();
+// Whether the kernels' products may go to the BLAS: there is one and the AVX-512 GEMM is not
+// in use (no AVX-512, or switched off by set_gemm_avx512(false)).
+bool kernels_call_blas();
+// Tests: false makes the kernels use the BLAS as on a CPU without AVX-512.  Returns the previous
+// setting.
+bool set_gemm_avx512(bool on);
 
 // C (M x N) = alpha * op(A) * op(B) + beta * C, all row-major.
 // op(A) is M x K (A is K x M when ta), op(B) is K x N (B is N x K when tb).

@@ -3,7 +3,7 @@
 // Index letters (as in the Python docstrings): N samples, L layers (0-based l = 0..L-1),
 // layer l maps a_l (width d[l]) to z_l (width d[l+1]); k = d[L] outputs; P parameters;
 // m directions.  Layer l's parameters are the augmented matrix [W_l; b_l] of shape
-// (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (DESIGN §1).
+// (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (docs/design.md).
 // All arrays are row-major and contiguous; sizes are 64-bit.
 #pragma once
 
@@ -83,25 +83,61 @@ inline T sample_weight(idx N, bool mean) {
 template <class T>
 struct Workspace;
 
+// Threads (threads.cpp, docs/threading.md).  The kernels run on kernel_threads() threads:
+// min(set_kernel_threads's count, the calling thread's omp_get_max_threads()), so that
+// OMP_NUM_THREADS, omp_set_num_threads and threadpoolctl's limits in the calling thread bound
+// them too; 1 inside a parallel region.  Every decision of how many threads to use goes
+// through it, and every parallel region is opened by omp_team.
+void set_kernel_threads(int n);  // n <= 0: no limit of taylorkern's own
+int own_kernel_threads();        // 0 when unset
+int kernel_threads();
+// True on the thread that called fork() in a child process: libgomp's pool of this thread did
+// not survive the fork, and a region of more than one thread opened here would hang.
+bool pool_lost_in_fork();
+// fn(arg) on a helper thread of this process (created on first use), the caller waiting.
+// For pool_lost_in_fork() threads only.
+void run_on_fresh_thread(void (*fn)(void*), void* arg);
+
+// body() on each thread of a team of nt (> 1) OpenMP threads; inline when nt <= 1.  On a thread
+// whose pool was lost in a fork the region is opened on a helper thread, which has a pool.
+template <class F>
+inline void omp_team(int nt, F&& body) {
+  if (nt <= 1) {
+    body();
+    return;
+  }
+  auto region = [&] {
+#pragma omp parallel num_threads(nt)
+    body();
+  };
+  if (pool_lost_in_fork())
+    run_on_fresh_thread([](void* r) { (*static_cast<decltype(region)*>(r))(); }, &region);
+  else
+    region();
+}
+
 // Run a loop over rows in parallel only when it is worth waking the threads (values
 // touched; a parallel region costs microseconds when the machine is quiet and up to a
 // scheduler tick when another process holds the second core).
 constexpr idx kParallelMin = 1 << 16;
 
-// f(i) for i in [0, n): across the OpenMP threads when `work` (values touched) is worth it,
+// f(i) for i in [0, n): across the kernel threads when `work` (values touched) is worth it,
 // else inline, without entering libgomp at all (an `if(false)` parallel region still sets
 // up a team: about a microsecond, which is the whole budget of a small problem).
 // `dynamic` balances rows of uneven cost.
 template <class F>
 inline void parallel_for(idx n, idx work, F&& f, bool dynamic = false) {
-  if (work > kParallelMin && n > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
-    if (dynamic) {
-#pragma omp parallel for schedule(dynamic, 16)
-      for (idx i = 0; i < n; ++i) f(i);
-    } else {
-#pragma omp parallel for schedule(static)
-      for (idx i = 0; i < n; ++i) f(i);
-    }
+  const int nt = work > kParallelMin && n > 1 ? kernel_threads() : 1;
+  if (nt > 1) {
+    omp_team(nt, [&] {
+      if (dynamic) {
+#pragma omp for schedule(dynamic, 16)
+        for (idx i = 0; i < n; ++i) f(i);
+      } else {
+#pragma omp for schedule(static)
+        for (idx i = 0; i < n; ++i) f(i);
+      }
+    });
   } else {
     for (idx i = 0; i < n; ++i) f(i);
   }
@@ -117,8 +153,8 @@ constexpr idx kSampleParallelMin = idx(1) << 17;
 
 // Threads to split N samples over for `work` multiply-adds.
 inline int sample_threads(idx N, idx work) {
-  if (work < kSampleParallelMin || omp_in_parallel()) return 1;
-  return (int)std::max<idx>(1, std::min<idx>(omp_get_max_threads(), N / 16));
+  if (work < kSampleParallelMin) return 1;
+  return (int)std::max<idx>(1, std::min<idx>(kernel_threads(), N / 16));
 }
 
 // body(tid, n0, n1) for the slice of [0, N) of each of `nt` threads (inline when nt == 1).
@@ -129,11 +165,10 @@ inline void over_samples(idx N, int nt, F&& body) {
     body(0, idx(0), N);
     return;
   }
-#pragma omp parallel num_threads(nt)
-  {
+  omp_team(nt, [&] {
     const idx t = omp_get_thread_num(), T = omp_get_num_threads();
     body((int)t, N * t / T, N * (t + 1) / T);
-  }
+  });
 }
 
 // Rows per chunk of a slice of samples, for calls that take a chunk's rows through every layer

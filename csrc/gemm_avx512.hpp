@@ -34,11 +34,6 @@ template <class T>
 bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
                  idx ldc);
 
-// Test-only: whether the dispatch (tk::gemm) may use the blocked kernel; returns the previous
-// setting.  Off, products above the small-shape loops go to the BLAS (bench/gemm_ab.py A/Bs
-// the two in one process).
-bool set_blocked_gemm(bool on);
-
 // Test-only entry point (the _gemm binding): which = 0 the normal dispatch (tk::gemm),
 // 1 the AVX-512 kernel directly (any size; false if unavailable), 2 the BLAS (one call,
 // false if none), 3 gemm_serial (the single-threaded dispatch).  Defined in blas.cpp.

@@ -457,7 +457,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
 }
 
 double rop_memory_values(const Net& net, idx N, idx m, idx bytes) {
-  const double nt = std::max(1, omp_get_max_threads()), P = double(net.P());
+  const double nt = kernel_threads(), P = double(net.P());
   const idx per_row = rop_row_values(net, m, false);
   const double rows = double(std::min(N, chunk_rows(per_row, net.P() * m, bytes)));
   const double slices = nt * (rows * per_row + 2 * P * m);  // chunk tape and tangents; acc, tmp

@@ -1,10 +1,14 @@
 """taylorkern: exact, fast Hessians and Gauss-Newton matrices for fully-connected networks."""
 
-import os as _os
-
 from . import _omp
 
-_omp.apply_defaults(_os.environ)  # before libgomp loads (taylorkern._omp says why)
+# The compiled module loads libgomp: with taylorkern's spin count, and os.environ as it was
+# afterwards (taylorkern._omp says why and when).
+with _omp.while_loading():
+    try:
+        from . import _core  # noqa: F401
+    except ImportError:  # reported by the backend dispatch, which tries again
+        pass
 
 from ._dispatch import available_backends, backend, set_backend, use_backend
 from ._threads import get_num_threads, set_num_threads
@@ -14,8 +18,17 @@ from .optim import OptimizeResult, minimize
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "ACTIVATIONS", "LOSSES", "TooLargeError",
-    "backend", "available_backends", "set_backend", "use_backend",
-    "set_num_threads", "get_num_threads", "__version__",
-    "minimize", "OptimizeResult",
+    "ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "OptimizeResult",
+    "TooLargeError",
+    "__version__",
+    "available_backends",
+    "backend",
+    "get_num_threads",
+    "minimize",
+    "set_backend",
+    "set_num_threads",
+    "use_backend",
 ]

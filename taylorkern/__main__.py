@@ -99,6 +99,7 @@ def info(args):
     for line in _native.describe():
         print(line)
     print(f"kernel threads:     {tk.get_num_threads()}  (cores: {os.cpu_count()})")
+    print(f"OpenMP spin count:  {tk._omp.status}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

@@ -1,16 +1,18 @@
-"""Thread counts of the compiled kernels (OpenMP) and of the BLAS they call.
+"""Thread counts of taylorkern's kernels (docs/threading.md).
 
-Both default to the machine's cores.  The kernels never call BLAS from inside an
-OpenMP parallel region, so the two pools take turns instead of oversubscribing.
+One rule: a compiled kernel runs on ``min(n, omp_get_max_threads())`` threads, where ``n`` is
+what :func:`set_num_threads` set (process-wide, every calling thread; no limit until it is
+called) and ``omp_get_max_threads()`` is the OpenMP limit of the thread that makes the call:
+``OMP_NUM_THREADS`` (else the cores), lowered in that thread by
+``threadpoolctl.threadpool_limits`` or ``omp_set_num_threads``.  The numba backend follows the
+same count, capped at ``NUMBA_NUM_THREADS``.  Nothing here changes BLAS's thread counts or
+the OpenMP settings other libraries see.
 """
 
 from __future__ import annotations
 
 import os
 
-from threadpoolctl import threadpool_limits
-
-_limits = None
 _requested = None  # what set_num_threads asked for, reported when there is no compiled module
 
 
@@ -23,7 +25,7 @@ def _core():
 
 
 def get_num_threads():
-    """Threads used by the compiled kernels."""
+    """Threads a kernel called from this thread would use."""
     core = _core()
     if core is not None:
         return core.get_num_threads()
@@ -31,12 +33,14 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in the compiled kernels and in BLAS, for the whole process."""
-    global _limits, _requested
+    """Run taylorkern's kernels on at most ``n`` threads, from every thread of the process.
+
+    Other libraries' threads (BLAS, OpenMP code elsewhere) are left alone.  ``OMP_NUM_THREADS``
+    and threadpoolctl's limits in the calling thread still bound the count from above."""
+    global _requested
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive integer, got {n!r}")
     core = _core()
     if core is not None:
         core.set_num_threads(n)
-    _limits = threadpool_limits(limits=n, user_api="blas")
     _requested = n

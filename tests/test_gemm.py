@@ -179,9 +179,9 @@ def test_random(dtype, trans, M, N, K, ab, pads):
 # above the loops to the BLAS, as on a CPU without AVX-512).
 @pytest.fixture(params=[True, False], ids=["blocked", "blas"])
 def blocked(request):
-    before = core._set_blocked_gemm(request.param)
+    before = core._set_gemm_avx512(request.param)
     yield request.param
-    core._set_blocked_gemm(before)
+    core._set_gemm_avx512(before)
 
 
 @pytest.mark.parametrize("which", [DISPATCH, SERIAL], ids=["gemm", "serial"])
