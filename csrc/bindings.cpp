@@ -65,6 +65,30 @@ class Lease {
   tk::SerialBlas serial_;
 };
 
+// The main thread's id: only it handles signals, so only its calls poll for them.
+unsigned long main_thread_id = 0;
+
+// Pending signals, under a briefly re-acquired GIL: true when a handler raised (SIGINT's
+// KeyboardInterrupt), the exception then being set.
+bool poll_signals() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// fn() with the GIL released, interruptible by signals (interrupt.hpp): the kernels stop
+// between chunks of work once a handler raised, and the exception is raised here.  fn must own
+// its Lease so that the workspace is back in the pool before the exception leaves.
+template <class F>
+void without_gil(F&& fn) {
+  tk::Interrupt call(PyThread_get_thread_ident() == main_thread_id ? &poll_signals : nullptr);
+  {
+    py::gil_scoped_release nogil;
+    tk::Interrupt::Scope scope(&call, true);
+    fn();
+  }
+  if (call.stopped()) throw py::error_already_set();
+}
+
 template <class T>
 const T* data(const py::array& a, const char* name, std::vector<idx> shape) {
   if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
@@ -113,11 +137,10 @@ py::object predict(Net& net, py::array theta, py::array X) {
     const T* x = data<T>(X, "X", {N, net.d[0]});
     py::array_t<T> out({N, net.k()});
     T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
+    without_gil([&] {
       Lease<T> lease(net);
       tk::predict<T>(net, th, x, N, o, lease.ws());
-    }
+    });
     return std::move(out);
   })
 }
@@ -141,9 +164,12 @@ double loss(Net& net, py::array theta, py::array X, py::array Y,
             bool mean){TK_DISPATCH(theta,
                                    {
                                      TK_DATA
-                                     py::gil_scoped_release nogil;
-                                     Lease<T> lease(net);
-                                     return tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
+                                     double value;
+                                     without_gil([&] {
+                                       Lease<T> lease(net);
+                                       value = tk::loss<T>(net, th, x, N, tg, mean, lease.ws());
+                                     });
+                                     return value;
                                    })}
 
 py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y,
@@ -153,11 +179,10 @@ py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y,
                                                  py::array_t<T> grad(net.P());
                                                  T* g = grad.mutable_data();
                                                  double value;
-                                                 {
-                                                   py::gil_scoped_release nogil;
+                                                 without_gil([&] {
                                                    Lease<T> lease(net);
                                                    value = tk::loss_and_grad<T>(net, th, x, N, tg, mean, g, lease.ws());
-                                                 }
+                                                 });
                                                  return py::make_tuple(value, grad);
                                                })}
 
@@ -169,11 +194,10 @@ py::object product(Net& net, py::array theta, py::array X, py::array Y, py::arra
                                           const T* v = data<T>(V, "V", {net.P(), m});
                                           py::array_t<T> out({net.P(), m});
                                           T* o = out.mutable_data();
-                                          {
-                                            py::gil_scoped_release nogil;
+                                          without_gil([&] {
                                             Lease<T> lease(net);
                                             tk::rop<T>(net, th, x, N, tg, mean, v, m, o, gn, lease.ws());
-                                          }
+                                          });
                                           return std::move(out);
                                         })}
 
@@ -185,11 +209,10 @@ py::object
                                                                    T* o = out.mutable_data();
                                                                    const T* th = static_cast<const T*>(theta.data());
                                                                    const T* x = static_cast<const T*>(X.data());
-                                                                   {
-                                                                     py::gil_scoped_release nogil;
+                                                                   without_gil([&] {
                                                                      Lease<T> lease(net);
                                                                      tk::jacobian<T>(net, th, x, N, o, lease.ws());
-                                                                   }
+                                                                   });
                                                                    return std::move(out);
                                                                  })}
 
@@ -199,11 +222,10 @@ py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean,
                                        TK_DATA
                                        py::array_t<T> out({net.P(), net.P()});
                                        T* o = out.mutable_data();
-                                       {
-                                         py::gil_scoped_release nogil;
+                                       without_gil([&] {
                                          Lease<T> lease(net);
                                          tk::curvature_full<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
-                                       }
+                                       });
                                        return std::move(out);
                                      })}
 
@@ -219,11 +241,10 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean,
                                          outs.push_back(b.mutable_data());
                                          result.append(b);
                                        }
-                                       {
-                                         py::gil_scoped_release nogil;
+                                       without_gil([&] {
                                          Lease<T> lease(net);
                                          tk::curvature_blocks<T>(net, th, x, N, tg, mean, gn, outs, lease.ws());
-                                       }
+                                       });
                                        return result;
                                      })}
 
@@ -232,11 +253,10 @@ py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
     TK_DATA
     py::array_t<T> out(net.P());
     T* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
+    without_gil([&] {
       Lease<T> lease(net);
       tk::curvature_diag<T>(net, th, x, N, tg, mean, gn, o, lease.ws());
-    }
+    });
     return std::move(out);
   })
 }
@@ -278,6 +298,7 @@ void* capsule_pointer(const py::object& capsule) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "taylorkern compiled kernels (C++/OpenMP, BLAS from scipy)";
+  main_thread_id = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   {
     py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
     tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));
