@@ -125,3 +125,43 @@ def test_minimize_interrupted(backend):
     print(f"{backend} minimize: lag {lag * 1e3:.0f} ms")
     np.testing.assert_allclose(got.theta, want.theta, rtol=1e-12, atol=1e-14)
     assert lag < MAX_LAG, f"{backend} minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"
+
+
+NUMBA = pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")
+
+
+@NUMBA
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_numba_pieces_match_one_call(monkeypatch, loss, reduction):
+    """The numba backend's calls in pieces of samples (what makes them interruptible) give the
+    one-call results up to summation order."""
+    from taylorkern.backends import numba as nb
+    net = tk.MLP([3, 6, 5, 4], activation="tanh", loss=loss)
+    rng = np.random.default_rng(2)
+    theta = net.init(seed=2)
+    N = 37
+    X = rng.standard_normal((N, 3))
+    Y = rng.integers(0, 4, N) if loss == "ce" else rng.standard_normal((N, 4))
+    V = rng.standard_normal((net.num_params, 3))
+    calls = {
+        "predict": lambda: nb.predict(net, theta, X),
+        "loss": lambda: nb.loss(net, theta, X, Y, reduction),
+        "loss_and_grad": lambda: nb.loss_and_grad(net, theta, X, Y, reduction),
+        "hvp": lambda: nb.hvp(net, theta, X, Y, V, reduction),
+        "ggn_vp": lambda: nb.ggn_vp(net, theta, X, Y, V, reduction),
+        "jacobian": lambda: nb.jacobian(net, theta, X),
+        "hessian": lambda: nb.hessian(net, theta, X, Y, reduction),
+        "ggn": lambda: nb.ggn(net, theta, X, Y, reduction),
+        "hessian_blocks": lambda: nb.hessian_blocks(net, theta, X, Y, reduction),
+        "ggn_blocks": lambda: nb.ggn_blocks(net, theta, X, Y, reduction),
+        "hessian_diag": lambda: nb.hessian_diag(net, theta, X, Y, reduction),
+        "ggn_diag": lambda: nb.ggn_diag(net, theta, X, Y, reduction),
+    }
+    whole = {name: call() for name, call in calls.items()}
+    monkeypatch.setattr(nb, "_PIECE_WORK", 1)
+    monkeypatch.setattr(nb, "_PIECE_MIN", 8)
+    assert len(nb._pieces(N, 1)) == 5
+    for name, call in calls.items():
+        for g, w in zip(_flat(call()), _flat(whole[name])):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14 * np.abs(w).max(), err_msg=name)

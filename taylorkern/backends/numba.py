@@ -44,6 +44,15 @@ Threads
     The workqueue layer aborts the process on concurrent use from two threads, so on it calls
     are serialised with a lock; on TBB or OpenMP they run concurrently (the kernels release
     the GIL).
+
+Interruption
+    Compiled numba code never looks at signals: a SIGINT waits for the kernel to return.  So
+    that a long call stops promptly (as the cpp backend's do, docs/design.md), the entry points
+    call the kernels on pieces of samples of bounded work (``_pieces``), and Python raises a
+    pending KeyboardInterrupt between them.  Pieces are summed with the sum reduction and scaled
+    by 1/N at the end (a rounding apart from one call); the full matrices and blocks keep their
+    accumulators across pieces in a buffer of their own.  A call small enough for one piece is
+    one kernel call, as before.
 """
 
 from __future__ import annotations
@@ -201,26 +210,74 @@ def _pool(net):
     return _net(net)[4]
 
 
+# Multiply-adds of one kernel call on a piece of samples (Interruption, in the module
+# docstring): pieces take a small fraction of a second; at least _PIECE_MIN samples each, so
+# that the products over a piece's samples stay efficient.
+_PIECE_WORK = 1 << 28
+_PIECE_MIN = 256
+
+
+def _pieces(N, per_sample):
+    """Consecutive (n0, n1) covering [0, N), of equal size within one sample, each of at most
+    about _PIECE_WORK multiply-adds (per_sample a sample)."""
+    rows = max(_PIECE_MIN, _PIECE_WORK // max(int(per_sample), 1))
+    n = max(1, -(-N // rows))
+    return [(N * i // n, N * (i + 1) // n) for i in range(n)]
+
+
+def _macs(net):
+    return sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+
+
+def _summed(net, theta, X, Y, reduction, per_sample, kernel, *args):
+    """kernel's result (arrays and floats, or a tuple of them) summed over pieces of samples;
+    one call when one piece does."""
+    pieces = _pieces(X.shape[0], per_sample)
+    pool = _pool(net)
+    mean = reduction == "mean"
+    if len(pieces) == 1:
+        return _run(pool, kernel, *_data(net, theta, X, Y), mean, *args)
+    total = None
+    for n0, n1 in pieces:
+        part = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, *args)
+        if total is None:
+            total = part
+        elif isinstance(part, tuple):
+            total = tuple(t + p for t, p in zip(total, part))
+        else:
+            total += part
+    if not mean:
+        return total
+    s = 1.0 / X.shape[0]
+    return tuple(t * s for t in total) if isinstance(total, tuple) else total * s
+
+
 def predict(net, theta, X):
     d, acts, off, _, pool = _net(net)
-    return _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+    pieces = _pieces(X.shape[0], _macs(net))
+    if len(pieces) == 1:
+        return _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+    out = np.empty((X.shape[0], net.sizes[-1]), theta.dtype)
+    for n0, n1 in pieces:
+        out[n0:n1] = _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X[n0:n1]),
+                          n1 - n0)
+    return out
 
 
 def loss(net, theta, X, Y, reduction):
-    return float(_run(_pool(net), _kernels().fb.loss, *_data(net, theta, X, Y), reduction == "mean"))
+    return float(_summed(net, theta, X, Y, reduction, _macs(net), _kernels().fb.loss))
 
 
 def loss_and_grad(net, theta, X, Y, reduction):
-    value, grad = _run(_pool(net), _kernels().fb.loss_and_grad, *_data(net, theta, X, Y),
-                       reduction == "mean")
+    value, grad = _summed(net, theta, X, Y, reduction, 3 * _macs(net), _kernels().fb.loss_and_grad)
     return float(value), grad
 
 
 def _product(gn):
     def call(net, theta, X, Y, V, reduction):
         m = V.shape[1]
-        out = _run(_pool(net), _kernels().rop.rop, *_data(net, theta, X, Y), reduction == "mean",
-                   _ro(V), m, gn)
+        out = _summed(net, theta, X, Y, reduction, _macs(net) * (3 + 6 * m), _kernels().rop.rop,
+                      _ro(V), m, gn)
         return out.reshape(net.num_params, m)
 
     call.__name__ = "ggn_vp" if gn else "hvp"
@@ -233,13 +290,52 @@ ggn_vp = _product(True)
 
 def jacobian(net, theta, X):
     d, acts, off, _, pool = _net(net)
-    return _run(pool, _kernels().jac.jacobian, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+    k, P = net.sizes[-1], net.num_params
+    J = np.empty((X.shape[0] * k, P), theta.dtype)
+    for n0, n1 in _pieces(X.shape[0], k * (P + _macs(net))):
+        _run(pool, _kernels().jac.jacobian, d, acts, off, _ro(theta), _ro(X[n0:n1]), n1 - n0,
+             J[n0 * k:n1 * k].reshape(-1))
+    return J
+
+
+def _accumulated(net, theta, X, Y, reduction, per_sample, kernel, gn, size):
+    """The full matrices' or blocks' kernel over pieces of samples, its accumulators (size()
+    values) kept from piece to piece in one buffer (the kernel's `acc`)."""
+    pieces = _pieces(X.shape[0], per_sample)
+    pool = _pool(net)
+    if len(pieces) == 1:
+        return _run(pool, kernel, *_data(net, theta, X, Y), reduction == "mean", gn,
+                    _writable_empty(theta.dtype), True, True)
+    acc = np.empty(size(), theta.dtype)
+    for i, (n0, n1) in enumerate(pieces):
+        out = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, gn, acc, i == 0,
+                   i == len(pieces) - 1)
+    if reduction == "mean":
+        out *= 1.0 / X.shape[0]
+    return out
+
+
+def _blocks_accumulators(net):
+    """Size of curvature_blocks' accumulators: per layer, a packed triangle of each factor."""
+    return sum((a + 1) * (a + 2) // 2 * (b * (b + 1) // 2)
+               for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+
+
+_WRITABLE_EMPTY = {}
+
+
+def _writable_empty(dtype):
+    e = _WRITABLE_EMPTY.get(dtype)
+    if e is None:
+        e = _WRITABLE_EMPTY[dtype] = np.empty(0, dtype)
+    return e
 
 
 def _full(gn):
     def call(net, theta, X, Y, reduction):
-        return _run(_pool(net), _kernels().curv.curvature_full, *_data(net, theta, X, Y),
-                    reduction == "mean", gn)
+        curv = _kernels().curv
+        return _accumulated(net, theta, X, Y, reduction, net.num_params ** 2, curv.curvature_full,
+                            gn, lambda: curv.full_accumulators(_net(net)[0], gn)[-1])
 
     call.__name__ = "ggn" if gn else "hessian"
     return call
@@ -247,8 +343,8 @@ def _full(gn):
 
 def _blocks(gn):
     def call(net, theta, X, Y, reduction):
-        flat = _run(_pool(net), _kernels().curv.curvature_blocks, *_data(net, theta, X, Y),
-                    reduction == "mean", gn)
+        flat = _accumulated(net, theta, X, Y, reduction, sum(p * p for p in net.layer_sizes),
+                            _kernels().curv.curvature_blocks, gn, lambda: _blocks_accumulators(net))
         out, o = [], 0
         for p in net.layer_sizes:
             out.append(flat[o:o + p * p].reshape(p, p))
@@ -261,8 +357,9 @@ def _blocks(gn):
 
 def _diag(gn):
     def call(net, theta, X, Y, reduction):
-        return _run(_pool(net), _kernels().diag.curvature_diag, *_data(net, theta, X, Y),
-                    reduction == "mean", gn)
+        k = net.sizes[-1]
+        return _summed(net, theta, X, Y, reduction, _macs(net) * (4 + k) + net.num_params,
+                       _kernels().diag.curvature_diag, gn)
 
     call.__name__ = "ggn_diag" if gn else "hessian_diag"
     return call
