@@ -20,7 +20,10 @@ import pytest
 import taylorkern as tk
 
 DELAY = 0.3  # seconds from the call's start to the signal
-MAX_LAG = 0.5  # seconds from the signal to KeyboardInterrupt
+# Seconds from the signal to KeyboardInterrupt: half a second on an idle machine, longer in
+# proportion where the load average says the call gets a fraction of a core.
+def max_lag():
+    return 0.5 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(b not in tk.available_backends(),
                                                      reason=f"backend {b!r} unavailable"))
@@ -77,7 +80,7 @@ CASES = {
     "hessian": ([20, 64, 64, 1], 40_000, lambda net, t, X, Y: net.hessian(t, X, Y)),
     "ggn": ([20, 64, 64, 1], 40_000, lambda net, t, X, Y: net.ggn(t, X, Y)),
     "hessian_blocks": ([20, 64, 64, 1], 400_000, lambda net, t, X, Y: net.hessian_blocks(t, X, Y)),
-    "hvp_many": ([20, 64, 64, 1], 40_000, lambda net, t, X, Y: net.hvp(t, X, Y, _V(net, 256))),
+    "hvp_many": ([20, 64, 64, 1], 10_000, lambda net, t, X, Y: net.hvp(t, X, Y, _V(net, 64))),
     "jacobian": ([20, 64, 64, 10], 4_000, lambda net, t, X, Y: net.jacobian(t, X)),
     "hessian_diag": ([20, 64, 64, 64, 1], 1_000_000, lambda net, t, X, Y: net.hessian_diag(t, X, Y)),
     "loss_and_grad": ([20, 64, 64, 1], 4_000_000, lambda net, t, X, Y: net.loss_and_grad(t, X, Y)),
@@ -98,10 +101,10 @@ def test_long_call_interrupted_then_next_call_correct(backend, case):
         lag = interrupt_lag(lambda: call(net, theta, X, Y))
         got = call(net, theta, Xs, Ys)
         want = call(fresh, theta, Xs, Ys)
-    print(f"{backend} {case}: lag {lag * 1e3:.0f} ms")
+    print(f"{backend} {case}: lag {lag * 1e3:.0f} ms (load {os.getloadavg()[0]:.1f})")
     for g, w in zip(_flat(got), _flat(want)):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14 * np.abs(w).max())
-    assert lag < MAX_LAG, f"{backend} {case}: KeyboardInterrupt {lag:.2f} s after SIGINT"
+    assert lag < max_lag(), f"{backend} {case}: KeyboardInterrupt {lag:.2f} s after SIGINT"
 
 
 def _flat(x):
@@ -124,7 +127,7 @@ def test_minimize_interrupted(backend):
         want = tk.minimize(fresh, theta, X[:200], Y[:200], method="lbfgs", max_iter=5)
     print(f"{backend} minimize: lag {lag * 1e3:.0f} ms")
     np.testing.assert_allclose(got.theta, want.theta, rtol=1e-12, atol=1e-14)
-    assert lag < MAX_LAG, f"{backend} minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"
+    assert lag < max_lag(), f"{backend} minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"
 
 
 NUMBA = pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")
@@ -161,7 +164,9 @@ def test_numba_pieces_match_one_call(monkeypatch, loss, reduction):
     whole = {name: call() for name, call in calls.items()}
     monkeypatch.setattr(nb, "_PIECE_WORK", 1)
     monkeypatch.setattr(nb, "_PIECE_MIN", 8)
-    assert len(nb._pieces(N, 1)) == 5
+    monkeypatch.setattr(nb, "_PIECE_SECONDS", 0.0)  # every piece _PIECE_MIN samples
+    monkeypatch.setattr(nb._kernels().curv, "chunk_size", lambda *args: 8)
+    assert list(nb._pieces(N, 1, 8)) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
     for name, call in calls.items():
         for g, w in zip(_flat(call()), _flat(whole[name])):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14 * np.abs(w).max(), err_msg=name)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from types import SimpleNamespace
 
 import numba as _numba  # noqa: F401  (the availability probe: ImportError -> not available)
@@ -162,6 +163,13 @@ def _run(pool, fn, *args):
             return fn(*args, ws, top)
         with _lock:
             return fn(*args, ws, top)
+    except SystemError as e:
+        # Boxing a kernel's result runs Python code, and with it the handler of a signal that
+        # arrived during the kernel; numba then returns the result with that handler's
+        # exception set, which Python reports as this SystemError caused by it.
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            raise e.__cause__ from None
+        raise
     finally:
         pool.give(ws, top)
 
@@ -210,19 +218,33 @@ def _pool(net):
     return _net(net)[4]
 
 
-# Multiply-adds of one kernel call on a piece of samples (Interruption, in the module
-# docstring): pieces take a small fraction of a second; at least _PIECE_MIN samples each, so
-# that the products over a piece's samples stay efficient.
-_PIECE_WORK = 1 << 28
-_PIECE_MIN = 256
+# Pieces of samples (Interruption, in the module docstring): the first of about _PIECE_WORK
+# multiply-adds (per-sample estimates; rates differ between kernels and with the machine's
+# load), the next sized from the time the last took so that each takes about _PIECE_SECONDS;
+# at least _PIECE_MIN samples (the full matrices and blocks: their kernel's chunk), so that
+# the products over a piece's samples stay efficient.  The pieces' sizes, and so the order
+# of the sums, depend on timing: repeated long calls agree to rounding, not bit for bit.
+_PIECE_WORK = 1 << 26
+_PIECE_SECONDS = 0.1
+_PIECE_MIN = 64
 
 
-def _pieces(N, per_sample):
-    """Consecutive (n0, n1) covering [0, N), of equal size within one sample, each of at most
-    about _PIECE_WORK multiply-adds (per_sample a sample)."""
-    rows = max(_PIECE_MIN, _PIECE_WORK // max(int(per_sample), 1))
-    n = max(1, -(-N // rows))
-    return [(N * i // n, N * (i + 1) // n) for i in range(n)]
+def _first_rows(per_sample, least):
+    return max(least, _PIECE_WORK // max(int(per_sample), 1))
+
+
+def _pieces(N, per_sample, least):
+    """Consecutive (n0, n1) covering [0, N), sized as above, at least `least` samples each:
+    the caller's work on one piece is timed between two yields.  A last piece of under half
+    the size is merged into the one before."""
+    rows, n0 = _first_rows(per_sample, least), 0
+    while n0 < N:
+        n1 = N if N - n0 < rows * 3 // 2 else n0 + rows
+        start = time.perf_counter()
+        yield n0, n1
+        took = time.perf_counter() - start
+        rows = max(least, min(8 * rows, int(rows * _PIECE_SECONDS / max(took, 1e-6))))
+        n0 = n1
 
 
 def _macs(net):
@@ -232,13 +254,12 @@ def _macs(net):
 def _summed(net, theta, X, Y, reduction, per_sample, kernel, *args):
     """kernel's result (arrays and floats, or a tuple of them) summed over pieces of samples;
     one call when one piece does."""
-    pieces = _pieces(X.shape[0], per_sample)
     pool = _pool(net)
     mean = reduction == "mean"
-    if len(pieces) == 1:
+    if X.shape[0] <= _first_rows(per_sample, _PIECE_MIN):
         return _run(pool, kernel, *_data(net, theta, X, Y), mean, *args)
     total = None
-    for n0, n1 in pieces:
+    for n0, n1 in _pieces(X.shape[0], per_sample, _PIECE_MIN):
         part = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, *args)
         if total is None:
             total = part
@@ -254,11 +275,10 @@ def _summed(net, theta, X, Y, reduction, per_sample, kernel, *args):
 
 def predict(net, theta, X):
     d, acts, off, _, pool = _net(net)
-    pieces = _pieces(X.shape[0], _macs(net))
-    if len(pieces) == 1:
+    if X.shape[0] <= _first_rows(_macs(net), _PIECE_MIN):
         return _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X), X.shape[0])
     out = np.empty((X.shape[0], net.sizes[-1]), theta.dtype)
-    for n0, n1 in pieces:
+    for n0, n1 in _pieces(X.shape[0], _macs(net), _PIECE_MIN):
         out[n0:n1] = _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X[n0:n1]),
                           n1 - n0)
     return out
@@ -292,24 +312,29 @@ def jacobian(net, theta, X):
     d, acts, off, _, pool = _net(net)
     k, P = net.sizes[-1], net.num_params
     J = np.empty((X.shape[0] * k, P), theta.dtype)
-    for n0, n1 in _pieces(X.shape[0], k * (P + _macs(net))):
+    # writing J costs more per value than a multiply-add
+    for n0, n1 in _pieces(X.shape[0], k * (8 * P + _macs(net)), _PIECE_MIN):
         _run(pool, _kernels().jac.jacobian, d, acts, off, _ro(theta), _ro(X[n0:n1]), n1 - n0,
              J[n0 * k:n1 * k].reshape(-1))
     return J
 
 
-def _accumulated(net, theta, X, Y, reduction, per_sample, kernel, gn, size):
-    """The full matrices' or blocks' kernel over pieces of samples, its accumulators (size()
-    values) kept from piece to piece in one buffer (the kernel's `acc`)."""
-    pieces = _pieces(X.shape[0], per_sample)
+def _accumulated(net, theta, X, Y, reduction, per_sample, kernel, gn, need, size):
+    """The full matrices' or blocks' kernel over pieces of samples, each at least the kernel's
+    chunk (`need` and per_sample / 2 as in its chunk_size), its accumulators (size() values)
+    kept from piece to piece in one buffer (the kernel's `acc`)."""
     pool = _pool(net)
-    if len(pieces) == 1:
+    N = X.shape[0]
+    least = _PIECE_MIN
+    if N > least:
+        least = max(least, int(_kernels().curv.chunk_size(_net(net)[0], N, need, per_sample // 2)))
+    if N <= _first_rows(per_sample, least):
         return _run(pool, kernel, *_data(net, theta, X, Y), reduction == "mean", gn,
                     _writable_empty(theta.dtype), True, True)
     acc = np.empty(size(), theta.dtype)
-    for i, (n0, n1) in enumerate(pieces):
-        out = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, gn, acc, i == 0,
-                   i == len(pieces) - 1)
+    for n0, n1 in _pieces(N, per_sample, least):
+        out = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, gn, acc, n0 == 0,
+                   n1 == N)
     if reduction == "mean":
         out *= 1.0 / X.shape[0]
     return out
@@ -335,7 +360,7 @@ def _full(gn):
     def call(net, theta, X, Y, reduction):
         curv = _kernels().curv
         return _accumulated(net, theta, X, Y, reduction, net.num_params ** 2, curv.curvature_full,
-                            gn, lambda: curv.full_accumulators(_net(net)[0], gn)[-1])
+                            gn, curv.NEED_FULL, lambda: curv.full_accumulators(_net(net)[0], gn)[-1])
 
     call.__name__ = "ggn" if gn else "hessian"
     return call
@@ -344,7 +369,8 @@ def _full(gn):
 def _blocks(gn):
     def call(net, theta, X, Y, reduction):
         flat = _accumulated(net, theta, X, Y, reduction, sum(p * p for p in net.layer_sizes),
-                            _kernels().curv.curvature_blocks, gn, lambda: _blocks_accumulators(net))
+                            _kernels().curv.curvature_blocks, gn, _kernels().curv.NEED_BLOCKS,
+                            lambda: _blocks_accumulators(net))
         out, o = [], 0
         for p in net.layer_sizes:
             out.append(flat[o:o + p * p].reshape(p, p))
@@ -357,9 +383,11 @@ def _blocks(gn):
 
 def _diag(gn):
     def call(net, theta, X, Y, reduction):
-        k = net.sizes[-1]
-        return _summed(net, theta, X, Y, reduction, _macs(net) * (4 + k) + net.num_params,
-                       _kernels().diag.curvature_diag, gn)
+        k, L = net.sizes[-1], len(net.sizes) - 1
+        work = _macs(net) * (4 + k) + net.num_params
+        if not gn and L >= 4:  # the Hessian's curvature of hidden units as matrices
+            work += 8 * sum(h ** 3 for h in net.sizes[1:-1])
+        return _summed(net, theta, X, Y, reduction, work, _kernels().diag.curvature_diag, gn)
 
     call.__name__ = "ggn_diag" if gn else "hessian_diag"
     return call
