@@ -11,9 +11,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
-import old._core as A  # noqa: E402
-
-import taylorkern._core as B  # noqa: E402
+import old._core as A
+import taylorkern._core as B
 
 sizes, acts = [10, 32, 32, 1], [2, 2]  # tanh, mse
 rng = np.random.default_rng(0)
