@@ -7,6 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <mutex>
+#include <type_traits>
+#include <utility>
 
 #include "activations.hpp"
 #include "blas.hpp"
@@ -67,6 +69,30 @@ class Lease {
   tk::SerialBlas serial_;
 };
 
+// The main thread's id: only it handles signals, so only its calls poll for them.
+unsigned long main_thread_id = 0;
+
+// Pending signals, under a briefly re-acquired GIL: true when a handler raised (SIGINT's
+// KeyboardInterrupt), the exception then being set.
+bool poll_signals() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// fn() with the GIL released, interruptible by signals (interrupt.hpp): the kernels stop
+// between chunks of work once a handler raised, and the exception is raised here.  fn must own
+// its Lease so that the workspace is back in the pool before the exception leaves.
+template <class F>
+void without_gil(F&& fn) {
+  tk::Interrupt call(PyThread_get_thread_ident() == main_thread_id ? &poll_signals : nullptr);
+  {
+    py::gil_scoped_release nogil;
+    tk::Interrupt::Scope scope(&call, true);
+    fn();
+  }
+  if (call.stopped()) throw py::error_already_set();
+}
+
 template <class T>
 const T* data(const py::array& a, const char* name, std::vector<idx> shape) {
   if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
@@ -111,12 +137,24 @@ struct Inputs {
   }
 };
 
-// fn(workspace) with the GIL released and a workspace leased.
+// fn(workspace) with the GIL released, a workspace leased and the call interruptible
+// (without_gil); returns what fn returns.
 template <class T, class F>
 decltype(auto) run(Net& net, F&& fn) {
-  py::gil_scoped_release nogil;
-  Lease<T> lease(net);
-  return fn(lease.ws());
+  using R = decltype(fn(std::declval<tk::Workspace<T>&>()));
+  if constexpr (std::is_void_v<R>) {
+    without_gil([&] {
+      Lease<T> lease(net);
+      fn(lease.ws());
+    });
+  } else {
+    R value{};
+    without_gil([&] {
+      Lease<T> lease(net);
+      value = fn(lease.ws());
+    });
+    return value;
+  }
 }
 
 // A call with one array result of `shape`: kernel(result, workspace) with the GIL released.
@@ -260,6 +298,7 @@ void* capsule_pointer(const py::object& capsule) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "taylorkern compiled kernels (C++/OpenMP, BLAS from scipy)";
+  main_thread_id = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   {
     py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
     tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));

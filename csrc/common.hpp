@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "formulas.hpp"  // Act, Loss
+#include "interrupt.hpp"
 #include "omp_compat.hpp"
 
 namespace tk {
@@ -158,15 +159,18 @@ inline int sample_threads(idx N, idx work) {
 }
 
 // body(tid, n0, n1) for the slice of [0, N) of each of `nt` threads (inline when nt == 1).
-// body may synchronise the team with `#pragma omp barrier` (a no-op when inline).
+// body may synchronise the team with `#pragma omp barrier` (a no-op when inline).  The team
+// shares the calling thread's Interrupt (interrupt.hpp); only the calling thread polls.
 template <class F>
 inline void over_samples(idx N, int nt, F&& body) {
   if (nt <= 1) {
     body(0, idx(0), N);
     return;
   }
+  const Interrupt::Current call = Interrupt::current();
   omp_team(nt, [&] {
     const idx t = omp_get_thread_num(), T = omp_get_num_threads();
+    Interrupt::Scope scope(call.call, call.caller && t == 0);
     body((int)t, N * t / T, N * (t + 1) / T);
   });
 }
@@ -193,11 +197,12 @@ inline idx chunk_rows(idx per_row, idx sums, idx bytes) {
 }
 
 // body(c0, c1, first) for consecutive chunks [c0, c1) covering [n0, n1): as few as hold at most
-// `rows` rows each, of equal size within one row (no short last chunk).
+// `rows` rows each, of equal size within one row (no short last chunk).  Stops early, between
+// chunks, once the call is interrupted (interrupt.hpp).
 template <class F>
 inline void over_chunks(idx n0, idx n1, idx rows, F&& body) {
   const idx n = n1 - n0, chunks = (n + rows - 1) / rows;
-  for (idx i = 0; i < chunks; ++i) body(n0 + n * i / chunks, n0 + n * (i + 1) / chunks, i == 0);
+  for (idx i = 0; i < chunks && !interrupted(); ++i) body(n0 + n * i / chunks, n0 + n * (i + 1) / chunks, i == 0);
 }
 
 // Inside over_samples, after a barrier: out[i] += part(t)[i] for the team's other threads

@@ -526,15 +526,20 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   A.resize(L);
   if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
   Tape<T>& t = chunk_tape(ws, 0, net, N, std::min(C, N), !gn);
+  // An interrupted call (interrupt.hpp) returns between products: out is discarded, and the
+  // accumulators are overwritten by the next call's first chunk.
   for (idx n0 = 0; n0 < N; n0 += C) {
+    if (interrupted()) return;
     const idx c = std::min(C, N - n0);
     const T beta = n0 == 0 ? T(0) : T(1);
     curvature_rows(net, theta, X, tg, mean, gn, t, n0, c);
     chunk_factors(net, theta, t, mean, gn, Need::full, 0, c, f);
     for (idx l = 0; l < L; ++l) augmented(net, t, l, 0, c, A[l]);
     for (idx l = 0; l < L; ++l) {
+      if (interrupted()) return;
       diag_block_product<T>(c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), Lf, Rf, beta, Kd[l].data());
       for (idx m = l + 1; m < L; ++m) {
+        if (interrupted()) return;
         // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
         const idx da = Da(l), dm = Da(m);
         Lf.resize(c * da * dm);
@@ -626,10 +631,12 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
   Tape<T>& t = chunk_tape(ws, 0, net, N, std::min(C, N), !gn);
   for (idx n0 = 0; n0 < N; n0 += C) {
+    if (interrupted()) return;  // as curvature_full
     const idx c = std::min(C, N - n0);
     curvature_rows(net, theta, X, tg, mean, gn, t, n0, c);
     chunk_factors(net, theta, t, mean, gn, Need::blocks, 0, c, f);
     for (idx l = 0; l < L; ++l) {
+      if (interrupted()) return;
       augmented(net, t, l, 0, c, A[l]);
       diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), Lf, Rf, n0 == 0 ? T(0) : T(1),
                             Kd[l].data());

@@ -22,20 +22,26 @@ void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J, Workspace
   for (idx n = 0; n < N; ++n)
     for (idx c = 0; c < k; ++c) U[L - 1][(n * k + c) * k + c] = T(1);
   backward_rows(net, theta, t, 0, N, k, U);
-  parallel_for(N, N * k * P, [&](idx n) {
-    for (idx c = 0; c < k; ++c) {
-      T* row = J + (n * k + c) * P;
-      for (idx l = 0; l < L; ++l) {
-        const idx di = net.d[l], dn = net.d[l + 1];
-        const T* a = t.in(l) + n * di;
-        const T* u = U[l].data() + (n * k + c) * dn;
-        T* r = row + net.off[l];
-        for (idx i = 0; i < di; ++i)
-          for (idx j = 0; j < dn; ++j) r[i * dn + j] = a[i] * u[j];
-        std::copy(u, u + dn, r + di * dn);
+  // The fill, a block of about kFillValues values of J at a time, so that an interrupted call
+  // (interrupt.hpp) stops between blocks.
+  constexpr idx kFillValues = idx(1) << 22;
+  const idx block = std::max<idx>(1, kFillValues / std::max<idx>(1, k * P));
+  for (idx b0 = 0; b0 < N && !interrupted(); b0 += block)
+    parallel_for(std::min(block, N - b0), std::min(block, N - b0) * k * P, [&](idx i) {
+      const idx n = b0 + i;
+      for (idx c = 0; c < k; ++c) {
+        T* row = J + (n * k + c) * P;
+        for (idx l = 0; l < L; ++l) {
+          const idx di = net.d[l], dn = net.d[l + 1];
+          const T* a = t.in(l) + n * di;
+          const T* u = U[l].data() + (n * k + c) * dn;
+          T* r = row + net.off[l];
+          for (idx i = 0; i < di; ++i)
+            for (idx j = 0; j < dn; ++j) r[i * dn + j] = a[i] * u[j];
+          std::copy(u, u + dn, r + di * dn);
+        }
       }
-    }
-  });
+    });
 }
 
 template void jacobian<float>(const Net&, const float*, const float*, idx, float*, Workspace<float>&);

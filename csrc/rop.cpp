@@ -179,8 +179,10 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     if (l + 1 < L) Ra[l + 1].resize(n * m * net.d[l + 1]);
   }
 
-  // Forward tangents (a hidden layer's Vb added in the pass that forms Ra).
+  // Forward tangents (a hidden layer's Vb added in the pass that forms Ra).  With many
+  // directions a chunk is long: an interrupted call (interrupt.hpp) returns between layers.
   for (idx l = 0; l < L; ++l) {
+    if (interrupted()) return;
     const idx di = net.d[l], dn = net.d[l + 1];
     const bool hidden = l + 1 < L;
     T* rz = Rz[l].data();
@@ -231,6 +233,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
 
   // Backward.
   for (idx l = L - 1; l >= 0; --l) {
+    if (interrupted()) return;
     const idx di = net.d[l], dn = net.d[l + 1];
     if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
       output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data(), Rz[l - 1].data(), Rg.data(), Re, rs.data(),

@@ -44,12 +44,22 @@ Threads
     The workqueue layer aborts the process on concurrent use from two threads, so on it calls
     are serialised with a lock; on TBB or OpenMP they run concurrently (the kernels release
     the GIL).
+
+Interruption
+    Compiled numba code never looks at signals: a SIGINT waits for the kernel to return.  So
+    that a long call stops promptly (as the cpp backend's do, docs/design.md), the entry points
+    call the kernels on pieces of samples of bounded work (``_pieces``), and Python raises a
+    pending KeyboardInterrupt between them.  Pieces are summed with the sum reduction and scaled
+    by 1/N at the end (a rounding apart from one call); the full matrices and blocks keep their
+    accumulators across pieces in a buffer of their own.  A call small enough for one piece is
+    one kernel call, as before.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from types import SimpleNamespace
 
 import numba as _numba  # noqa: F401  (the availability probe: ImportError -> not available)
@@ -155,6 +165,13 @@ def _run(pool, fn, *args):
             return fn(*args, ws, top)
         with _lock:
             return fn(*args, ws, top)
+    except SystemError as e:
+        # Boxing a kernel's result runs Python code, and with it the handler of a signal that
+        # arrived during the kernel; numba then returns the result with that handler's
+        # exception set, which Python reports as this SystemError caused by it.
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            raise e.__cause__ from None
+        raise
     finally:
         pool.give(ws, top)
 
@@ -203,26 +220,86 @@ def _pool(net):
     return _net(net)[4]
 
 
+# Pieces of samples (Interruption, in the module docstring): the first of about _PIECE_WORK
+# multiply-adds (per-sample estimates; rates differ between kernels and with the machine's
+# load), the next sized from the time the last took so that each takes about _PIECE_SECONDS;
+# at least _PIECE_MIN samples (the full matrices and blocks: their kernel's chunk), so that
+# the products over a piece's samples stay efficient.  The pieces' sizes, and so the order
+# of the sums, depend on timing: repeated long calls agree to rounding, not bit for bit.
+_PIECE_WORK = 1 << 26
+_PIECE_SECONDS = 0.1
+_PIECE_MIN = 64
+
+
+def _first_rows(per_sample, least):
+    return max(least, _PIECE_WORK // max(int(per_sample), 1))
+
+
+def _pieces(N, per_sample, least):
+    """Consecutive (n0, n1) covering [0, N), sized as above, at least `least` samples each:
+    the caller's work on one piece is timed between two yields.  A last piece of under half
+    the size is merged into the one before."""
+    rows, n0 = _first_rows(per_sample, least), 0
+    while n0 < N:
+        n1 = N if N - n0 < rows * 3 // 2 else n0 + rows
+        start = time.perf_counter()
+        yield n0, n1
+        took = time.perf_counter() - start
+        rows = max(least, min(8 * rows, int(rows * _PIECE_SECONDS / max(took, 1e-6))))
+        n0 = n1
+
+
+def _macs(net):
+    return sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+
+
+def _summed(net, theta, X, Y, reduction, per_sample, kernel, *args):
+    """kernel's result (arrays and floats, or a tuple of them) summed over pieces of samples;
+    one call when one piece does."""
+    pool = _pool(net)
+    mean = reduction == "mean"
+    if X.shape[0] <= _first_rows(per_sample, _PIECE_MIN):
+        return _run(pool, kernel, *_data(net, theta, X, Y), mean, *args)
+    total = None
+    for n0, n1 in _pieces(X.shape[0], per_sample, _PIECE_MIN):
+        part = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, *args)
+        if total is None:
+            total = part
+        elif isinstance(part, tuple):
+            total = tuple(t + p for t, p in zip(total, part))
+        else:
+            total += part
+    if not mean:
+        return total
+    s = 1.0 / X.shape[0]
+    return tuple(t * s for t in total) if isinstance(total, tuple) else total * s
+
+
 def predict(net, theta, X):
     d, acts, off, _, pool = _net(net)
-    return _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+    if X.shape[0] <= _first_rows(_macs(net), _PIECE_MIN):
+        return _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+    out = np.empty((X.shape[0], net.sizes[-1]), theta.dtype)
+    for n0, n1 in _pieces(X.shape[0], _macs(net), _PIECE_MIN):
+        out[n0:n1] = _run(pool, _kernels().fb.predict, d, acts, off, _ro(theta), _ro(X[n0:n1]),
+                          n1 - n0)
+    return out
 
 
 def loss(net, theta, X, Y, reduction):
-    return float(_run(_pool(net), _kernels().fb.loss, *_data(net, theta, X, Y), reduction == "mean"))
+    return float(_summed(net, theta, X, Y, reduction, _macs(net), _kernels().fb.loss))
 
 
 def loss_and_grad(net, theta, X, Y, reduction):
-    value, grad = _run(_pool(net), _kernels().fb.loss_and_grad, *_data(net, theta, X, Y),
-                       reduction == "mean")
+    value, grad = _summed(net, theta, X, Y, reduction, 3 * _macs(net), _kernels().fb.loss_and_grad)
     return float(value), grad
 
 
 def _product(gn):
     def call(net, theta, X, Y, V, reduction):
         m = V.shape[1]
-        out = _run(_pool(net), _kernels().rop.rop, *_data(net, theta, X, Y), reduction == "mean",
-                   _ro(V), m, gn)
+        out = _summed(net, theta, X, Y, reduction, _macs(net) * (3 + 6 * m), _kernels().rop.rop,
+                      _ro(V), m, gn)
         return out.reshape(net.num_params, m)
 
     call.__name__ = "ggn_vp" if gn else "hvp"
@@ -235,13 +312,57 @@ ggn_vp = _product(True)
 
 def jacobian(net, theta, X):
     d, acts, off, _, pool = _net(net)
-    return _run(pool, _kernels().jac.jacobian, d, acts, off, _ro(theta), _ro(X), X.shape[0])
+    k, P = net.sizes[-1], net.num_params
+    J = np.empty((X.shape[0] * k, P), theta.dtype)
+    # writing J costs more per value than a multiply-add
+    for n0, n1 in _pieces(X.shape[0], k * (8 * P + _macs(net)), _PIECE_MIN):
+        _run(pool, _kernels().jac.jacobian, d, acts, off, _ro(theta), _ro(X[n0:n1]), n1 - n0,
+             J[n0 * k:n1 * k].reshape(-1))
+    return J
+
+
+def _accumulated(net, theta, X, Y, reduction, per_sample, kernel, gn, need, size):
+    """The full matrices' or blocks' kernel over pieces of samples, each at least the kernel's
+    chunk (`need` and per_sample / 2 as in its chunk_size), its accumulators (size() values)
+    kept from piece to piece in one buffer (the kernel's `acc`)."""
+    pool = _pool(net)
+    N = X.shape[0]
+    least = _PIECE_MIN
+    if N > least:
+        least = max(least, int(_kernels().curv.chunk_size(_net(net)[0], N, need, per_sample // 2)))
+    if N <= _first_rows(per_sample, least):
+        return _run(pool, kernel, *_data(net, theta, X, Y), reduction == "mean", gn,
+                    _writable_empty(theta.dtype), True, True)
+    acc = np.empty(size(), theta.dtype)
+    for n0, n1 in _pieces(N, per_sample, least):
+        out = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, gn, acc, n0 == 0,
+                   n1 == N)
+    if reduction == "mean":
+        out *= 1.0 / X.shape[0]
+    return out
+
+
+def _blocks_accumulators(net):
+    """Size of curvature_blocks' accumulators: per layer, a packed triangle of each factor."""
+    return sum((a + 1) * (a + 2) // 2 * (b * (b + 1) // 2)
+               for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+
+
+_WRITABLE_EMPTY = {}
+
+
+def _writable_empty(dtype):
+    e = _WRITABLE_EMPTY.get(dtype)
+    if e is None:
+        e = _WRITABLE_EMPTY[dtype] = np.empty(0, dtype)
+    return e
 
 
 def _full(gn):
     def call(net, theta, X, Y, reduction):
-        return _run(_pool(net), _kernels().curv.curvature_full, *_data(net, theta, X, Y),
-                    reduction == "mean", gn)
+        curv = _kernels().curv
+        return _accumulated(net, theta, X, Y, reduction, net.num_params ** 2, curv.curvature_full,
+                            gn, curv.NEED_FULL, lambda: curv.full_accumulators(_net(net)[0], gn)[-1])
 
     call.__name__ = "ggn" if gn else "hessian"
     return call
@@ -249,8 +370,9 @@ def _full(gn):
 
 def _blocks(gn):
     def call(net, theta, X, Y, reduction):
-        flat = _run(_pool(net), _kernels().curv.curvature_blocks, *_data(net, theta, X, Y),
-                    reduction == "mean", gn)
+        flat = _accumulated(net, theta, X, Y, reduction, sum(p * p for p in net.layer_sizes),
+                            _kernels().curv.curvature_blocks, gn, _kernels().curv.NEED_BLOCKS,
+                            lambda: _blocks_accumulators(net))
         out, o = [], 0
         for p in net.layer_sizes:
             out.append(flat[o:o + p * p].reshape(p, p))
@@ -263,8 +385,11 @@ def _blocks(gn):
 
 def _diag(gn):
     def call(net, theta, X, Y, reduction):
-        return _run(_pool(net), _kernels().diag.curvature_diag, *_data(net, theta, X, Y),
-                    reduction == "mean", gn)
+        k, L = net.sizes[-1], len(net.sizes) - 1
+        work = _macs(net) * (4 + k) + net.num_params
+        if not gn and L >= 4:  # the Hessian's curvature of hidden units as matrices
+            work += 8 * sum(h ** 3 for h in net.sizes[1:-1])
+        return _summed(net, theta, X, Y, reduction, work, _kernels().diag.curvature_diag, gn)
 
     call.__name__ = "ggn_diag" if gn else "hessian_diag"
     return call

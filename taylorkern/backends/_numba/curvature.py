@@ -423,14 +423,11 @@ def _mirror(off, P, out):
 
 
 @kernel
-def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, top):
-    """(P, P): the data term of H (gn False) or G (gn True)."""
+def full_accumulators(d, gn):
+    """Offset tables of curvature_full's accumulators over chunks, one per block and term, and
+    their total size: Kd at kdo[l], then Ko at koo[l, m], E3a at e3ao[l], E3 at e3o[l, m]
+    (relative to their own starts, returned as k0, a0, e0)."""
     L = d.size - 1
-    P = off[L]
-    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn,
-                                            ws, top)
-
-    # Accumulators over chunks, one per block and term.
     kdo = np.zeros(L + 1, np.int64)
     e3ao = np.zeros(L + 1, np.int64)
     koo = np.zeros((L, L), np.int64)
@@ -446,11 +443,38 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, to
             e3o[l, m] = ne3
             if not gn and m >= l + 2:
                 ne3 += Da * d[m + 1] * H * d[m]
+    k0 = kdo[L]
+    a0 = k0 + nko
+    e0 = a0 + e3ao[L]
+    return kdo, koo, e3ao, e3o, k0, a0, e0, e0 + ne3
+
+
+@kernel
+def accumulators(acc, size, first, ws, top):
+    """acc (zeroed when `first`), or, when acc is empty (one call for all samples), zeroed
+    scratch of `size` values."""
+    if acc.size == 0:
+        return carve_zeros(ws, top, size)
+    if first:
+        acc[:] = 0
+    return acc
+
+
+@kernel
+def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, first, last, ws,
+                   top):
+    """(P, P): the data term of H (gn False) or G (gn True).  The backend calls it once, or, on
+    many samples, once per piece of samples (so that Python sees a pending signal between
+    pieces): then acc holds the accumulators from the `first` piece to the `last`, which alone
+    returns the matrix ((0, 0) before it)."""
+    L = d.size - 1
+    P = off[L]
+    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn,
+                                            ws, top)
+    kdo, koo, e3ao, e3o, k0, a0, e0, size = full_accumulators(d, gn)
+    buf = accumulators(acc, size, first, ws, top)
+    Kd, Ko, E3a, E3 = buf[:k0], buf[k0:a0], buf[a0:e0], buf[e0:size]
     dt = theta.dtype
-    Kd = carve_zeros(ws, top, kdo[L])
-    Ko = carve_zeros(ws, top, nko)
-    E3a = carve_zeros(ws, top, e3ao[L])
-    E3 = carve_zeros(ws, top, ne3)
 
     C = chunk_size(d, N, np.int64(NEED_FULL), P * P // 2)
     need = np.int64(NEED_FULL)
@@ -498,6 +522,8 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, to
                     gemm(True, False, da * Hm, cols, c, 1.0, Lf, 0, da * Hm, S, so[l, m], cols, 1.0,
                          E3, e3o[l, m], cols)
 
+    if not last:
+        return np.empty((0, 0), dt)
     # Permute the accumulators into the upper blocks of out, then mirror.
     out = np.empty(P * P, dt)
     for l in range(L):
@@ -511,8 +537,10 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, to
 
 
 @kernel
-def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, top):
-    """The diagonal blocks (P_l, P_l), concatenated flat in layer order."""
+def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, first, last, ws,
+                     top):
+    """The diagonal blocks (P_l, P_l), concatenated flat in layer order; acc, first, last as
+    for curvature_full (empty before the last piece)."""
     L = d.size - 1
     A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn,
                                             ws, top)
@@ -526,7 +554,7 @@ def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, 
         lf = max(lf, Da * (Da + 1) // 2)
         rf = max(rf, H * (H + 1) // 2)
     dt = theta.dtype
-    Kd = carve_zeros(ws, top, kdo[L])
+    Kd = accumulators(acc, kdo[L], first, ws, top)
     need = np.int64(NEED_BLOCKS)
     C = chunk_size(d, N, need, bo[L] // 2)
     Q, qo, U, uo, Tm, tmo, S, so, y, yt, B = alloc_factors(d, C, gn, need, ws, top)
@@ -543,6 +571,8 @@ def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, 
         for l in range(L):
             augmented(d, l, X, A, o, n0, c, Aug, ago[l])
             diag_block_product(c, d[l] + 1, d[l + 1], Aug, ago[l], Q, qo[l], Lf, Rf, Kd, kdo[l])
+    if not last:
+        return np.empty(0, dt)
     out = np.empty(bo[L], dt)
     for l in range(L):
         Pl = (d[l] + 1) * d[l + 1]

@@ -42,8 +42,8 @@ def _fill(N, d, off, k, P, X, A, o, U, uo, J):
 
 
 @kernel
-def jacobian(d, acts, off, theta, X, N, ws, top):
-    """(N*k, P): row n*k + c is d f_c(x_n) / d theta."""
+def jacobian(d, acts, off, theta, X, N, J, ws, top):
+    """J (N*k*P,) = the (N*k, P) Jacobian: row n*k + c is d f_c(x_n) / d theta."""
     L = d.size - 1
     k = d[L]
     P = off[L]
@@ -60,6 +60,4 @@ def jacobian(d, acts, off, theta, X, N, ws, top):
         for c in range(k):
             U[b + (n * k + c) * k + c] = 1
     backward_rows(d, off, theta, o, D1, np.int64(0), N, k, U, uo)
-    J = np.empty(N * k * P, theta.dtype)
     _fill(N, d, off, k, P, X, A, o, U, uo, J)
-    return J.reshape(N * k, P)

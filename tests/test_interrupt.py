@@ -1,0 +1,172 @@
+"""Long calls stop promptly on SIGINT (docs/design.md, threading): KeyboardInterrupt within
+half a second of the signal, from the C++ kernels (which poll between chunks of work) and from
+the numba backend (which calls its kernels a chunk of samples at a time), and the next call on
+the same network is correct (the workspace pool is intact).
+
+Each case starts a call that would take several seconds, sends SIGINT to the process from a
+timer thread shortly after, and measures the time from the signal to the exception.  If the
+call is not interrupted the test fails on the lag (and takes the call's full time)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import taylorkern as tk
+
+DELAY = 0.3  # seconds from the call's start to the signal
+# Seconds from the signal to KeyboardInterrupt: half a second on an idle machine, longer in
+# proportion where the load average says the call gets a fraction of a core.
+def max_lag():
+    return 0.5 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(b not in tk.available_backends(),
+                                                     reason=f"backend {b!r} unavailable"))
+            for b in ("cpp", "numba")]
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Python's own SIGINT handler (raise KeyboardInterrupt), whatever the runner installed."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are handled in the main thread only")
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def interrupt_lag(call):
+    """Seconds from SIGINT (sent DELAY after the call starts) to call's KeyboardInterrupt."""
+    sent = []
+
+    def fire():
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(DELAY, fire)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        call()
+    except KeyboardInterrupt:
+        return time.perf_counter() - sent[0]
+    finally:
+        timer.cancel()
+        timer.join()
+    pytest.fail(f"not interrupted: the call ran to its end in {time.perf_counter() - start:.1f} s")
+
+
+def problem(sizes, N, seed=0):
+    net = tk.MLP(sizes, activation="tanh", loss="mse")
+    rng = np.random.default_rng(seed)
+    theta = net.init(seed=seed)
+    X = rng.standard_normal((N, sizes[0]))
+    Y = rng.standard_normal((N, sizes[-1]))
+    return net, theta, X, Y
+
+
+# (name, sizes, N, call on the large problem, check on a small one): each call takes several
+# seconds uninterrupted on the large problem.
+def _V(net, m, seed=1):
+    return np.random.default_rng(seed).standard_normal((net.num_params, m))
+
+
+CASES = {
+    "hessian": ([20, 64, 64, 1], 40_000, lambda net, t, X, Y: net.hessian(t, X, Y)),
+    "ggn": ([20, 64, 64, 1], 40_000, lambda net, t, X, Y: net.ggn(t, X, Y)),
+    "hessian_blocks": ([20, 64, 64, 1], 400_000, lambda net, t, X, Y: net.hessian_blocks(t, X, Y)),
+    "hvp_many": ([20, 64, 64, 1], 10_000, lambda net, t, X, Y: net.hvp(t, X, Y, _V(net, 64))),
+    "jacobian": ([20, 64, 64, 10], 4_000, lambda net, t, X, Y: net.jacobian(t, X)),
+    "hessian_diag": ([20, 64, 64, 64, 1], 1_000_000, lambda net, t, X, Y: net.hessian_diag(t, X, Y)),
+    "loss_and_grad": ([20, 64, 64, 1], 4_000_000, lambda net, t, X, Y: net.loss_and_grad(t, X, Y)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_long_call_interrupted_then_next_call_correct(backend, case):
+    """After the interrupt, a call on the same network (its pooled workspace) gives what a
+    fresh network gives."""
+    sizes, N, call = CASES[case]
+    net, theta, X, Y = problem(sizes, N)
+    fresh = tk.MLP(sizes, activation="tanh", loss="mse")
+    Xs, Ys = X[:300], Y[:300]
+    with tk.use_backend(backend):
+        call(net, theta, Xs, Ys)  # compiled (numba), a workspace in the pool
+        lag = interrupt_lag(lambda: call(net, theta, X, Y))
+        got = call(net, theta, Xs, Ys)
+        want = call(fresh, theta, Xs, Ys)
+    print(f"{backend} {case}: lag {lag * 1e3:.0f} ms (load {os.getloadavg()[0]:.1f})")
+    for g, w in zip(_flat(got), _flat(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14 * np.abs(w).max())
+    assert lag < max_lag(), f"{backend} {case}: KeyboardInterrupt {lag:.2f} s after SIGINT"
+
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(v, float) for v in x]
+    return [np.asarray(x, float)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_minimize_interrupted(backend):
+    """An optimizer loop stops at SIGINT (between or inside its iterations' calls), and a
+    following run is unaffected."""
+    net, theta, X, Y = problem([20, 64, 64, 1], 20_000)
+    with tk.use_backend(backend):
+        tk.minimize(net, theta, X[:50], Y[:50], method="lbfgs", max_iter=2)
+        lag = interrupt_lag(lambda: tk.minimize(net, theta, X, Y, method="lbfgs", max_iter=10**6,
+                                                gtol=0.0, ftol=0.0, xtol=0.0))
+        got = tk.minimize(net, theta, X[:200], Y[:200], method="lbfgs", max_iter=5)
+        fresh = tk.MLP(net.sizes, activation="tanh", loss="mse")
+        want = tk.minimize(fresh, theta, X[:200], Y[:200], method="lbfgs", max_iter=5)
+    print(f"{backend} minimize: lag {lag * 1e3:.0f} ms")
+    np.testing.assert_allclose(got.theta, want.theta, rtol=1e-12, atol=1e-14)
+    assert lag < max_lag(), f"{backend} minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"
+
+
+NUMBA = pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")
+
+
+@NUMBA
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_numba_pieces_match_one_call(monkeypatch, loss, reduction):
+    """The numba backend's calls in pieces of samples (what makes them interruptible) give the
+    one-call results up to summation order."""
+    from taylorkern.backends import numba as nb
+    net = tk.MLP([3, 6, 5, 4], activation="tanh", loss=loss)
+    rng = np.random.default_rng(2)
+    theta = net.init(seed=2)
+    N = 37
+    X = rng.standard_normal((N, 3))
+    Y = rng.integers(0, 4, N) if loss == "ce" else rng.standard_normal((N, 4))
+    V = rng.standard_normal((net.num_params, 3))
+    calls = {
+        "predict": lambda: nb.predict(net, theta, X),
+        "loss": lambda: nb.loss(net, theta, X, Y, reduction),
+        "loss_and_grad": lambda: nb.loss_and_grad(net, theta, X, Y, reduction),
+        "hvp": lambda: nb.hvp(net, theta, X, Y, V, reduction),
+        "ggn_vp": lambda: nb.ggn_vp(net, theta, X, Y, V, reduction),
+        "jacobian": lambda: nb.jacobian(net, theta, X),
+        "hessian": lambda: nb.hessian(net, theta, X, Y, reduction),
+        "ggn": lambda: nb.ggn(net, theta, X, Y, reduction),
+        "hessian_blocks": lambda: nb.hessian_blocks(net, theta, X, Y, reduction),
+        "ggn_blocks": lambda: nb.ggn_blocks(net, theta, X, Y, reduction),
+        "hessian_diag": lambda: nb.hessian_diag(net, theta, X, Y, reduction),
+        "ggn_diag": lambda: nb.ggn_diag(net, theta, X, Y, reduction),
+    }
+    whole = {name: call() for name, call in calls.items()}
+    monkeypatch.setattr(nb, "_PIECE_WORK", 1)
+    monkeypatch.setattr(nb, "_PIECE_MIN", 8)
+    monkeypatch.setattr(nb, "_PIECE_SECONDS", 0.0)  # every piece _PIECE_MIN samples
+    monkeypatch.setattr(nb._kernels().curv, "chunk_size", lambda *args: 8)
+    assert list(nb._pieces(N, 1, 8)) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
+    for name, call in calls.items():
+        for g, w in zip(_flat(call()), _flat(whole[name])):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14 * np.abs(w).max(), err_msg=name)
