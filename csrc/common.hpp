@@ -3,7 +3,7 @@
 // Index letters (as in the Python docstrings): N samples, L layers (0-based l = 0..L-1),
 // layer l maps a_l (width d[l]) to z_l (width d[l+1]); k = d[L] outputs; P parameters;
 // m directions.  Layer l's parameters are the augmented matrix [W_l; b_l] of shape
-// (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (docs/design.md).
+// (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (docs/design.md §1).
 // All arrays are row-major and contiguous; sizes are 64-bit.
 #pragma once
 

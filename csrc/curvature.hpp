@@ -1,4 +1,4 @@
-// Exact Hessian and GGN from their Kronecker structure (shared/MATH.md): full matrices,
+// Exact Hessian and GGN from their Kronecker structure (docs/curvature.md §5-7): full matrices,
 // per-layer blocks, and the per-sample factors that the diagonals share.
 #pragma once
 #include <atomic>

@@ -1,4 +1,4 @@
-// Diagonals of H and G (shared/MATH.md): only the diagonal blocks touch the diagonal, and
+// Diagonals of H and G (docs/curvature.md §9): only the diagonal blocks touch the diagonal, and
 // there the Kronecker structure gives
 //   diag[(l, i, j)] = sum_n a~_l[n, i]^2 Q_l[n, j, j]
 // i.e. ONE matrix product (a~_l^2)^T q_l per layer, with q_l[n, j] = Q_l[n, j, j].

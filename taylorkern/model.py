@@ -5,7 +5,7 @@ Index letters used throughout the package (and in the kernels):
     L  layers             d_l  width of layer l (d_0 inputs, d_L = k outputs)
     m  directions in a product with V of shape (P, m)
 
-Layout (DESIGN §1): theta = concat(W1.ravel(), b1, W2.ravel(), b2, ...), Wl of shape
+Layout (docs/design.md §1): theta = concat(W1.ravel(), b1, W2.ravel(), b2, ...), Wl of shape
 (d_{l-1}, d_l) row-major, so layer l's parameters are the augmented matrix
 [Wl; bl] of shape (d_{l-1}+1, d_l) raveled row-major.
 

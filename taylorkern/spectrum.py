@@ -9,7 +9,7 @@ Every function comes in two forms:
 - on a network: ``f(net, theta, X, Y, curvature="hessian"|"ggn", layer=None, ...)``, using
   only the network's public calls (products ``hvp``/``ggn_vp`` for the iterative methods,
   ``hessian``/``ggn``/``*_blocks``/``*_diag`` for the exact ones).  ``layer=l`` restricts
-  everything to layer l's diagonal block (``Wl`` and ``bl`` together, DESIGN §1): the
+  everything to layer l's diagonal block (``Wl`` and ``bl`` together, docs/design.md §1): the
   iterative methods then use block-restricted products (a direction that is zero outside
   the layer, the result sliced back to it), the exact ones ``hessian_blocks``/``ggn_blocks``;
 - on any symmetric operator: :func:`lanczos`, :func:`hutchinson`, :func:`slq`, which take

@@ -487,7 +487,7 @@ def test_flatten_unflatten_round_trip_and_layout(dtype):
     params = net.unflatten(p.theta)
     assert [(W.shape, b.shape) for W, b in params] == [((3, 1), (1,)), ((1, 4), (4,)), ((4, 2), (2,))]
     o = 0
-    for W, b in params:  # DESIGN layout: concat(W1.ravel(), b1, W2.ravel(), b2, ...)
+    for W, b in params:  # the layout of docs/design.md §1: concat(W1.ravel(), b1, W2.ravel(), b2, ...)
         assert np.array_equal(W.ravel(), p.theta[o:o + W.size])
         assert np.array_equal(b, p.theta[o + W.size:o + W.size + b.size])
         assert np.shares_memory(W, p.theta) and np.shares_memory(b, p.theta)  # views, no copy

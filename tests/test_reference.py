@@ -69,7 +69,7 @@ def test_activation_keeps_float32(name, request):
 
 # ----------------------------------------------------------------------------- forward, losses
 def _forward(net, theta, X):
-    """The DESIGN layout read directly: theta = [W1.ravel(), b1, W2.ravel(), b2, ...]."""
+    """The layout of docs/design.md §1 read directly: theta = [W1.ravel(), b1, W2.ravel(), b2, ...]."""
     a, o = X, 0
     n_layers = len(net.sizes) - 1
     for l, (d_in, d_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):

@@ -4,9 +4,9 @@
 // Index letters: N samples, L layers (0-based l = 0..L-1), layer l maps a_l (width d[l]) to
 // z_l (width d[l+1]); k = d[L] outputs; P parameters; m directions.  Layer l's parameters are
 // the augmented matrix [W_l; b_l] of shape (d[l]+1, d[l+1]) raveled row-major at
-// theta[off[l]:off[l+1]] (DESIGN §1).  All arrays are row-major and contiguous, on the device.
+// theta[off[l]:off[l+1]] (docs/design.md §1).  All arrays are row-major and contiguous, on the device.
 //
-// Every CUDA runtime call goes through TK_CUDA, every launch is followed by TK_LAUNCHED: a
+// Every CUDA runtime call goes through TK_CUDA, every launch is followed by TK_CHECK_LAUNCH(): a
 // failure throws tk::cuda::Error (a std::runtime_error naming the call and CUDA's message),
 // which the bindings turn into a Python RuntimeError.
 #pragma once

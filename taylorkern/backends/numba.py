@@ -50,7 +50,7 @@ Interruption
     that a long call stops promptly (as the cpp backend's do, docs/design.md), the entry points
     call the kernels on pieces of samples of bounded work (``_pieces``), and Python raises a
     pending KeyboardInterrupt between them.  Pieces are summed with the sum reduction and scaled
-    by 1/N at the end (a rounding apart from one call); the full matrices and blocks keep their
+    by 1/N at the end (a rounding apart from one call, the same for every repeat); the full matrices and blocks keep their
     accumulators across pieces in a buffer of their own.  A call small enough for one piece is
     one kernel call, as before.
 """
@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from types import SimpleNamespace
 
 import numba as _numba  # noqa: F401  (the availability probe: ImportError -> not available)
@@ -220,14 +219,12 @@ def _pool(net):
     return _net(net)[4]
 
 
-# Pieces of samples (Interruption, in the module docstring): the first of about _PIECE_WORK
-# multiply-adds (per-sample estimates; rates differ between kernels and with the machine's
-# load), the next sized from the time the last took so that each takes about _PIECE_SECONDS;
-# at least _PIECE_MIN samples (the full matrices and blocks: their kernel's chunk), so that
-# the products over a piece's samples stay efficient.  The pieces' sizes, and so the order
-# of the sums, depend on timing: repeated long calls agree to rounding, not bit for bit.
+# Pieces of samples (Interruption, in the module docstring): about _PIECE_WORK multiply-adds
+# each by a per-sample estimate, at least _PIECE_MIN samples (the full matrices and blocks:
+# their kernel's chunk), so that the products over a piece's samples stay efficient.  The
+# pieces depend on the problem's shape only, never on timing, so repeated calls give identical
+# results.
 _PIECE_WORK = 1 << 26
-_PIECE_SECONDS = 0.1
 _PIECE_MIN = 64
 
 
@@ -236,17 +233,10 @@ def _first_rows(per_sample, least):
 
 
 def _pieces(N, per_sample, least):
-    """Consecutive (n0, n1) covering [0, N), sized as above, at least `least` samples each:
-    the caller's work on one piece is timed between two yields.  A last piece of under half
-    the size is merged into the one before."""
-    rows, n0 = _first_rows(per_sample, least), 0
-    while n0 < N:
-        n1 = N if N - n0 < rows * 3 // 2 else n0 + rows
-        start = time.perf_counter()
-        yield n0, n1
-        took = time.perf_counter() - start
-        rows = max(least, min(8 * rows, int(rows * _PIECE_SECONDS / max(took, 1e-6))))
-        n0 = n1
+    """Consecutive (n0, n1) covering [0, N): as many pieces of equal size (within one sample) as
+    hold at least the rows above each."""
+    count = max(1, N // _first_rows(per_sample, least))
+    return [(N * i // count, N * (i + 1) // count) for i in range(count)]
 
 
 def _macs(net):

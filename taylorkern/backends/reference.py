@@ -8,7 +8,7 @@ compiled kernels:
   * ggn           J^T H_out J from the explicit per-sample Jacobian;
   * blocks/diag   slices of the full matrices.
 The compiled kernels instead assemble H and G from their Kronecker structure
-(shared/MATH.md), so an error in that derivation cannot hide in both.
+(docs/curvature.md §5), so an error in that derivation cannot hide in both.
 
 Shapes: X (N, d0); Y (N, k) float for mse, (N,) int for ce; theta (P,); V (P, m).
 Every function returns the data term only (the MLP adds l2), scaled by 1/N for

@@ -1,7 +1,7 @@
 """The FLOP model of every benchmark quantity, and the machine's GEMM ceiling.
 
 :func:`flops` counts the USEFUL work of a quantity as the matrix products of the algorithm
-in shared/MATH.md (the one csrc/ implements), a multiply-add counting 2 FLOPs.  It is a
+in docs/curvature.md (the one csrc/ implements; its cost in §12), a multiply-add counting 2 FLOPs.  It is a
 model of what must be computed, not of what an implementation does: workspace copies,
 index permutations, elementwise activations, bias additions and the implementation's own
 redundancy are not counted, nor are lower-order per-sample chains (the cross-layer factors

@@ -1,7 +1,7 @@
 """Exact Hessian and GGN of an MLP from their Kronecker structure (csrc/curvature.cpp, same
 algorithm, factors and chunking).
 
-Math (shared/MATH.md, 0-based layers, a~_l = [a_l, 1] the augmented input of layer l,
+Math (docs/curvature.md §4-6; 0-based layers, a~_l = [a_l, 1] the augmented input of layer l,
 H_l = d[l+1], D_l = diag act'(z_l)).  Per sample:
   Q_{L-1} = H_out,  Q_{l-1} = D_{l-1} W_l Q_l W_l^T D_{l-1} + diag(e_{l-1} * act''(z_{l-1}))
   (the GGN drops the diag term: Q_l = U_l^T U_l with U backpropagated from sqrt(H_out)).
