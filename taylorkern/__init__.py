@@ -5,6 +5,9 @@ from . import _omp
 # The compiled module loads libgomp: with taylorkern's spin count, and os.environ as it was
 # afterwards (taylorkern._omp says why and when).
 with _omp.while_loading():
+    from . import _native
+
+    _native.install_core()  # the best build of the compiled kernels for this CPU
     try:
         from . import _core  # noqa: F401
     except ImportError:  # reported by the backend dispatch, which tries again
