@@ -263,7 +263,7 @@ py::dict code_table(const char* const (&names)[n]) {
 
 // True when every element is finite: sums of x * 0 are 0, or NaN as soon as one x is +-inf
 // or NaN.  Four registers' worth of independent sums, so that the loop vectorises without
-// reassociating (one running sum was a serial chain of adds: 20 us for 40,000 values).
+// reassociating (one running sum would be a serial chain of dependent adds).
 template <class T>
 bool all_finite_impl(const T* x, idx n) {
   constexpr idx W = 4 * 64 / sizeof(T);

@@ -330,8 +330,7 @@ bool have_avx512() {
 }
 
 // Above this many multiply-adds a product is split across the OpenMP threads.
-// (2^20 multiply-adds: ~20 us on one core; below that a team's wake-up, and far worse a
-// busy second core, costs more than the split gains.)
+// (Below that, waking a team costs more than the split gains, far more on a busy machine.)
 constexpr idx kGemmParallelMin = idx(1) << 20;
 
 template <class T>

@@ -182,10 +182,9 @@ inline void over_samples(idx N, int nt, F&& body) {
 // the cache saves), and at least 4 * sums / per_row rows, where `sums` values (a gradient, the
 // R-op's per-layer sums) are read and added to by every chunk: a chunk's own scratch is then
 // at least four times that traffic, and a slice too small for that is one chunk.
-// 2 MB matched the layout before chunks at the benchmark sizes (N <= 2000), where 512 KB was
-// 2-4% slower on [20,64,64,1] and [64,64,10]; both keep the time per sample flat up to
-// N = 64000.  chunk_bytes() can be set (_core._set_chunk_bytes) so that tests see many chunks
-// on small problems.
+// 2 MB keeps a chunk in a core's cache share with products long enough to amortise their
+// set-up (bench/RESULTS.md).  chunk_bytes() can be set (_core._set_chunk_bytes) so that tests
+// see many chunks on small problems.
 constexpr idx kChunkBytes = idx(1) << 21, kChunkMin = 32;
 inline std::atomic<idx>& chunk_bytes() {
   static std::atomic<idx> bytes{kChunkBytes};

@@ -12,7 +12,8 @@
 //   K[(i,i'), (j',j)] = sum_n (a~_l[n,i] a~_m[n,i']) (M^{(l,m)}_n[j,j'])
 // costs 2 N P_l P_m, followed by an index permutation into the block.  Diagonal blocks
 // use the symmetry of both factors (i <= i', j <= j'): a quarter of the products.  So the
-// full G and H cost about N P^2 / 2..N P^2 multiply-adds, whatever the number of outputs.
+// full G costs at most about N P^2/2 multiply-adds and H less than N P^2, whatever the number
+// of outputs (docs/curvature.md §12).
 //
 // Parallel strategy: samples are processed in chunks (bounded workspace); per-sample
 // factors come from stacked products (BLAS, N*rows x d) and per-sample loops (OpenMP over

@@ -44,8 +44,8 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mea
 // max_chunk_rows(), and as many as fit per-chunk buffers of max(64 MiB in float64, `room`)
 // values.  Each chunk reads and adds to the accumulators (about as many values as the result)
 // once, with as many multiply-adds per value as it has samples: the full matrices and blocks
-// pass half their result's size as room (their memory check counts twice the result), since at
-// the 64 MiB floor [32,128,128,1]'s GGN had 30-sample chunks and took 3x longer.
+// pass half their result's size as room (their memory check counts twice the result), since
+// short chunks multiply that accumulator traffic.
 idx chunk_size(const Net& net, idx N, Need need, idx room = 0);
 
 // The most samples in a chunk of the full matrices, blocks and diagonals: 512 (the GEMM's depth

@@ -34,8 +34,8 @@ inline bool curved(Act f) {
 // Values per sample of a chunk of the vector-only diagonals (no S matrices): the chunk tape and
 // diag_rows' U rows, S, q and a~^2.  A chunk of ~2 MB of them (common.hpp, chunk_rows; at most
 // max_chunk_rows() samples) stays in the core's cache from the forward pass to the last layer's
-// product.  With 512-row chunks [784,128,10] relu ce takes 25% longer per sample from N = 1000
-// on: a thread's 500 rows of U alone (k = 10 rows per sample) are 5 MB.
+// product.  Chunks of max_chunk_rows() samples would not stay in cache for wide outputs: U
+// alone holds k rows per sample.
 idx diag_row_values(const Net& net) {
   const idx k = net.k();
   idx v = tape_values(net, true) + k * k;

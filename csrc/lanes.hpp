@@ -27,7 +27,7 @@ struct Lanes {
 };
 
 // `n` lanes of scratch, the first on a 64-byte boundary (a vector that straddles two cache
-// lines costs two accesses: unaligned buffers made the seed's GGN 1.35x slower in some runs).
+// lines costs two accesses).
 template <class T>
 typename Lanes<T>::type* lanes_scratch(vec<T>& scratch, idx n) {
   constexpr idx slack = 64 / sizeof(T);

@@ -298,9 +298,8 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
 // the whole R-op of a block of kLanes samples in one pass (lanes.hpp); per-lane accumulators
 // for the result, summed across lanes once at the end.  Lanes past N carry zero weight.  Same
 // algebra, term for term, as the header comment.
-// Up to ~500 parameters the lanes win at any N (one thread, tanh mse: [2,8,1] N=1000 18 vs
-// 59 us, [4,16,16,1] N=400 50 vs 62 us, [8,32,1] N=400 36 vs 52 us); at [10,32,32,1] (P = 1441)
-// the layered products are as fast at N = 20 and 1.24x faster at N = 1000.
+// Up to kLanesMaxParams parameters the lanes path wins at any N; above it the layered products
+// do (bench/RESULTS.md).
 constexpr idx kLanesMaxParams = 512;
 
 bool lanes_apply(const Net& net, idx m, int nt) {
@@ -396,10 +395,8 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
 
 // Values per sample of a chunk of the R-op (common.hpp, chunk_rows): its chunk tape and its
 // tangents (Rz, Ra, Rg, Re: m values per sample and unit of every layer).  Every chunk adds
-// to the slice's per-layer sums (acc, tmp: P m values).  hvp with V (P, 32), medians at one
-// thread against one chunk per slice (the layout before chunks), in ms: [20,64,64,1] tanh mse
-// N=2000 77-86 -> 52-76, [64,64,10] ce N=1000 17.5-19.7 -> 11.5-15, [10,32,32,1] N=1000
-// 12.8-16.3 -> 7.4-8.0; V (P, 4) at N=20000 97-110 -> 62-72; chunks of 256 KB to 2 MB alike.
+// to the slice's per-layer sums (acc, tmp: P m values).  Chunks from 256 KB to 2 MB perform
+// alike (bench/RESULTS.md).
 idx rop_row_values(const Net& net, idx m, bool gn) {
   idx units = 0, widest = 0;
   for (idx l = 1; l <= net.L(); ++l) {

@@ -1,5 +1,5 @@
 // Branch-free exp-family functions that the compiler vectorises (glibc's scalar tanh/exp
-// cost 10-20 ns per call and dominated the elementwise work of a forward pass).
+// do not vectorise and dominated the elementwise work of a forward pass).
 // In double and in float, accurate to a few ulp: tanh with 1 - tanh (from which every hidden
 // activation with an exponential is built, activations.hpp), 2 atanh for log1p, and the
 // softmax's e^x (x <= 0) and log1p (forward_backward.cpp's ce head).
@@ -28,7 +28,7 @@ inline T v_2atanh(T s) {
 //   tanh x = ((s-1) E + (s+1) Q) / den,  h = (E - Q) / den,  den = (s+1) E + (s-1) Q,
 // with no cancellation anywhere (n = 0 gives Q/E).  One division; a third fewer operations
 // than expm1 + division.  x is clamped where 2^n and den would soon overflow: past it t = 1
-// and h stays at its value there, above its true one (zeroing it cost 8% more time).  NaN
+// and h stays at its value there, above its true one (zeroing it costs a select per value).  NaN
 // stays NaN.  The forms and constants per type:
 template <class T>
 struct TanhForm;

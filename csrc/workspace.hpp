@@ -26,7 +26,7 @@ struct Workspace {
   vec<T> Wsq, Lf, Rf;                       // W_1 * W_1 (diagonal.cpp); Kronecker factors (curvature.cpp)
   Factors<T> f;                             // per-chunk curvature factors
   // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
-  // Newton-type loop asks for the same sizes every iteration and fresh pages cost ~20%.
+  // Newton-type loop asks for the same sizes every iteration and fresh pages cost page faults.
   std::vector<vec<T>> Kd, E3a;
   std::vector<std::vector<vec<T>>> Ko, E3;
 };

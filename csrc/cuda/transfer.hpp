@@ -2,10 +2,10 @@
 //
 // A plain cudaMemcpy into pageable memory is staged by the driver through its own page-locked
 // buffers and written to the destination by one thread; into a freshly allocated numpy array
-// that thread also takes every page fault, and a full Hessian of 20k parameters (3.5 GB)
-// came back at ~3 GB/s on an H200 machine (bench/GPU_NOTES.md).  copy_to_host stages large
-// copies itself: chunks into two page-locked buffers, the copy of chunk c+1 overlapping the
-// host-side copy of chunk c, which several threads share.
+// that thread also takes every page fault, so a full Hessian of 20k parameters (3.5 GB) comes
+// back slowly (bench/GPU_NOTES.md).  copy_to_host stages large copies itself: chunks into two
+// page-locked buffers, the copy of chunk c+1 overlapping the host-side copy of chunk c, which
+// several threads share.
 #pragma once
 #include <cstddef>
 

@@ -263,12 +263,8 @@ QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "ggn_vp", "jacobian", "
 #   t_gpu = GPU_CALL_S + work / GPU_MADDS_PER_S + inputs / H2D_BYTES_PER_S + result / D2H_BYTES_PER_S
 # with work the call's multiply-adds (estimate(); the CPU's differs for hessian_diag, whose cpp
 # kernel needs no per-sample matrices in most networks: cpp_hessian_diag_work), inputs the host
-# arrays copied in and result the numpy array copied back.  Constants from the crossover ladder of an NVIDIA H200
-# machine (bench/GPU_NOTES.md, 2026-11-27): cpp did 2.8-4e10 multiply-adds/s on one thread on
-# the large calls and 6.1-7.4 times that on 16 (16 ** 0.7 = 7.0; 8 threads 3.7-3.9 times, 4
-# threads 2.0-3.7); cuda's full Hessian/GGN ~2.9e13/s; a call with tiny work 0.15-0.2 ms;
-# copies from numpy ~8 GB/s, into a new numpy array 12-14 GB/s (staged, transfer.cpp).
-# Near the crossover both sides are within ~0.03 ms of each other.  set_crossover() overrides.
+# arrays copied in and result the numpy array copied back.  Constants fitted to the crossover
+# measurements in bench/GPU_NOTES.md; set_crossover() overrides.
 CROSSOVER = {"CPU_MADDS_PER_S": 3e10, "CPU_THREAD_EXPONENT": 0.7, "GPU_MADDS_PER_S": 2.5e13,
              "GPU_CALL_S": 1.5e-4, "H2D_BYTES_PER_S": 8e9, "D2H_BYTES_PER_S": 1.2e10}
 

@@ -35,12 +35,9 @@ Threads
     starts, calls omp_set_num_threads(NUMBA_NUM_THREADS) in the calling thread, which
     silently undoes ``tk.set_num_threads(1)`` for the cpp backend (checked: 1 -> 2); when
     OpenMP is in use anyway, the backend restores the count.  (2) Its idle threads spin in
-    libgomp while OpenBLAS's threads want the same cores: profiling numba's loss_and_grad on
-    this (then loaded) 2-core machine, 57% of the time was libgomp spinning, and a call took
-    ~35 ms on OpenMP against ~6 ms on workqueue, same code (since then ~1.5 ms, after the
-    workspace pool, the vectorized tanh and fewer views).  workqueue threads sleep when idle;
-    with them, and BLAS kept out of the parallel regions, the kernels run as fast as cpp's
-    (see taylorkern._dispatch for the numbers) and no thread-count setting is shared.
+    libgomp while OpenBLAS's threads want the same cores.  workqueue threads sleep when idle;
+    with them, and BLAS kept out of the parallel regions, no thread-count setting is shared
+    (timings: bench/RESULTS.md).
     The workqueue layer aborts the process on concurrent use from two threads, so on it calls
     are serialised with a lock; on TBB or OpenMP they run concurrently (the kernels release
     the GIL).

@@ -314,9 +314,8 @@ def first_call(case):
 
 
 # Idle worker threads of other libraries keep spinning after their last call (OpenBLAS's for
-# 2^28 cycles, about 0.1 s here; libgomp's and XLA's for less) and take the cores from whatever
-# runs next: after the reference's check (numpy's OpenBLAS), taylorkern's medium
-# loss_and_grad measured 0.92 ms instead of 0.53 ms.  Every measurement waits them out first.
+# 2^28 cycles; libgomp's and XLA's for less) and take the cores from whatever runs next, which
+# then times slow (bench/RESULTS.md).  Every measurement waits them out first.
 SETTLE_S = 0.25
 
 

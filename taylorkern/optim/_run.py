@@ -27,10 +27,9 @@ MAX_NONFINITE_TRIALS = 30
 
 # The methods that factorize an F x F matrix every iteration (newton, gauss-newton, lm) run
 # with BLAS's own thread pool held to one thread while F <= this: at these orders threads
-# cost more than they save, and on a busy machine far more (measured on 2 shared cores:
-# Cholesky of 161 x 161 ~0.7 ms on one thread, ~25 ms on two; eigh of 33 x 33 70 us vs
-# 1-10 ms).  One threadpoolctl limit per run, restored at the end; the kernels hold BLAS
-# to one thread inside their own OpenMP regions anyway.
+# cost more than they save, and on a busy machine far more (bench/RESULTS.md).  One
+# threadpoolctl limit per run, restored at the end; the kernels hold BLAS to one thread inside
+# their own OpenMP regions anyway.
 SERIAL_BLAS_MAX_ORDER = 512
 _controller = None
 

@@ -79,7 +79,7 @@ parallel_kernel = partial(njit, cache=CACHE, nogil=True, error_model="numpy", pa
 
 # A parallel loop over rows runs as CHUNKS blocks of consecutive rows, each one call of a
 # helper that loops over its rows (a call per row costs reference-count updates on every
-# array argument and view: 16% of a loss_and_grad when done per row).
+# array argument and view).
 CHUNKS = 64
 
 # Run a loop over rows in parallel only when it is worth waking the threads (kParallelMin).

@@ -1,5 +1,5 @@
-"""Exact Hessian and GGN of an MLP from their Kronecker structure (csrc/curvature.cpp, same
-algorithm, factors and chunking).
+"""Exact Hessian and GGN of an MLP from their Kronecker structure (csrc/curvature.cpp: the
+same algorithm and factors).
 
 Math (docs/curvature.md §4-6; 0-based layers, a~_l = [a_l, 1] the augmented input of layer l,
 H_l = d[l+1], D_l = diag act'(z_l)).  Per sample:
@@ -14,7 +14,8 @@ Summed over samples, each term is ONE matrix product over the sample index: e.g.
 costs 2 N P_l P_m, followed by an index permutation into the block.  Diagonal blocks use the
 symmetry of both factors (i <= i', j <= j'): a quarter of the products.
 
-Samples are processed in chunks (bounded workspace, chunk_size as in the C++); per-sample
+The forward/backward tape covers all N samples (the C++ keeps one chunk's tape); the factors
+and Kronecker products go a chunk of samples at a time (chunk_size as in the C++); per-sample
 factors come from stacked products (BLAS, N*rows x d) and per-sample loops (prange over
 samples); the big Kronecker products are BLAS calls accumulating over chunks into per-block
 buffers; the final permutation writes each output element once, prange over rows.

@@ -41,7 +41,7 @@ def curved(f):
 @kernel
 def _layer_ones(lo, hi, di, H, k, src, ao, U, uo, S, so, st, Asq, q):
     # Through 2-D views of the rows [lo, hi): an index that is a loop variable needs no
-    # wraparound check, so LLVM vectorizes the row loops (flat offsets: 3x slower).
+    # wraparound check, so LLVM vectorizes the row loops (it does not on flat offsets).
     m, Da = hi - lo, di + 1
     a = src[ao + lo * di:ao + hi * di].reshape(m, di)
     asq = Asq[lo * Da:hi * Da].reshape(m, Da)

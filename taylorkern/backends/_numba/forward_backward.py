@@ -37,8 +37,7 @@ def unit_offsets(d, N):
 def _activate_rows(f, N, dn, A, D1, D2, base, second):
     """Rows n < N of width dn at base: A <- act(A) in place, D1 = act', D2 = act''.  The
     rows are contiguous: one call on the whole block (or on CHUNKS blocks in parallel), not
-    one per row: every view costs two atomic reference-count updates, and per-row views
-    took 16% of a loss_and_grad."""
+    one per row: every view costs two atomic reference-count updates."""
     w = dn if second else 0
     if threaded(N * dn):
         nch = min(N, CHUNKS)
@@ -194,8 +193,8 @@ def backward(d, off, theta, o, N, G, E, D1):
 
 @kernel
 def colsum(N, w, X, xo, out, oo):
-    """out[oo:oo+w] = sum over the N rows of width w at X[xo:] (through one 2-D view, which
-    LLVM vectorizes: 5x faster than the same loop on flat offsets)."""
+    """out[oo:oo+w] = sum over the N rows of width w at X[xo:] (through one 2-D view, so
+    that LLVM vectorizes the loop, which it does not on flat offsets)."""
     acc = out[oo:oo + w]
     M = X[xo:xo + N * w].reshape(N, w)
     for j in range(w):

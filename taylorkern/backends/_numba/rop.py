@@ -1,5 +1,6 @@
 """Products H V and G V for V of shape (P, m): Pearlmutter's R-op, all m directions at once
-(csrc/rop.cpp, same algorithm and layout).
+(csrc/rop.cpp: the same formulas and tangent layout; one tape of all N samples, and act''
+always stored for the Hessian product).
 
 Forward tangents (direction c; V_l = [VW_l; Vb_l] is layer l's slice of V):
   Rz_l = Ra_l W_l + a_l VW_l + Vb_l,      Ra_{l+1} = act'(z_l) * Rz_l      (Ra_0 = 0)
