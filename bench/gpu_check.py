@@ -142,7 +142,8 @@ def profile(calls):
     [784,1024,1024,10] problem, to place the remaining time."""
     try:
         import torch
-        from torch.profiler import ProfilerActivity, profile as tprofile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as tprofile
     except Exception as exc:
         print(f"(no kernel profile: {exc})")
         return {}
@@ -281,7 +282,7 @@ def main():
 
     print(f"\n# summary on {card} (float64; 'target' from issue 7)")
     print(f"{'problem':34s} {'quantity':14s} {'variant':26s} {'time':>12s}")
-    for prob, q, what, t, target, peer in rows:
+    for prob, q, what, t, target, _peer in rows:
         mark = ""
         if target and t is not None:
             mark = "  meets target" if t <= target else f"  target {fmt(target).strip()} missed"

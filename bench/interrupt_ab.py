@@ -12,6 +12,7 @@ import numpy as np
 
 sys.path.insert(0, sys.argv[1])
 import old._core as A
+
 import taylorkern._core as B
 
 sizes, acts = [10, 32, 32, 1], [2, 2]  # tanh, mse

@@ -278,6 +278,7 @@ def example_data(name="auto", n_samples=500, seed=0):
 def main_cli(args) -> InitReport:
     """``python -m taylorkern init-report``: see ``--help``."""
     import sys
+
     from .model import MLP
     data = _resolve_data(args.data)
     X, Y, loss = example_data(data, args.samples, args.seed)

@@ -15,7 +15,8 @@ chosen over the alternatives on the GGN by measurement (iris, wine, breast cance
 two initialisations each; 10 tanh units, alpha 1e-4): it converged in 18-75 iterations,
 where Levenberg-Marquardt on the softmax GGN (``solver="lm"``, available) and Gauss-Newton
 had mostly not converged after 200 — they crawl along the loss's flat directions, while
-Newton-CG uses the negative curvature those directions have on the way.  Every method of :func:`taylorkern.minimize` can be selected with ``solver``, and its
+Newton-CG uses the negative curvature those directions have on the way.  Every method of
+:func:`taylorkern.minimize` can be selected with ``solver``, and its
 options passed in ``solver_options``.
 
 Differences from ``sklearn.neural_network``: ``alpha`` is the network's ``l2``: it adds

@@ -104,7 +104,7 @@ class Problem:
     def N(self) -> int:
         return self.X.shape[0]
 
-    def astype(self, dtype, l2=None) -> "Problem":
+    def astype(self, dtype, l2=None) -> Problem:
         """The same values (exactly, when widening) on a network of another dtype / l2."""
         net = self.net
         new = tk.MLP(net.sizes, activation=net.activation, loss=net.loss_name,

@@ -17,19 +17,33 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import (
+    BACKENDS,
+    DATA_QUANTITIES,
+    QUANTITIES,
+    Problem,
+    bitwise_equal,
+    cases,
+    compare,
+    compute,
+    make_problem,
+    output_hessians,
+    reference,
+    rel_err,
+    rtol_for,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import taylorkern as tk
-from conftest import (BACKENDS, DATA_QUANTITIES, QUANTITIES, Problem, bitwise_equal, cases, compare,
-                      compute, make_problem, output_hessians, reference, rel_err, rtol_for)
 
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
 REDUCTIONS = ["mean", "sum"]
 L2_ON = 0.25
 # Tests of paths particular to the compiled backends run the reference in float32 only: in
 # float64 it would be compared with the very computation it is.
-BACKEND_DTYPES = [pytest.param(b, d, id=f"{b}-{i}") for b in BACKENDS for d, i in ((np.float64, "f64"), (np.float32, "f32"))
+BACKEND_DTYPES = [pytest.param(b, d, id=f"{b}-{i}") for b in BACKENDS
+                  for d, i in ((np.float64, "f64"), (np.float32, "f32"))
                   if not (b == "reference" and d == np.float64)]
 COMPILED = [b for b in BACKENDS if b != "reference"]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA_QUANTITIES, QUANTITIES, cases, compare, compute, make_problem, reference
 
 import taylorkern as tk
 from taylorkern import _dispatch
-from conftest import DATA_QUANTITIES, QUANTITIES, cases, compare, compute, make_problem, reference
 
 try:
     from taylorkern import _cuda

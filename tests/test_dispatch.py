@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import taylorkern as tk
 from taylorkern.backends import reference as ref
-from conftest import make_problem
 
 # The directory holding the package this process imported, so that subprocesses import the
 # same one (a source checkout or an installed copy alike).

@@ -11,10 +11,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import QUANTITIES, compare, compute, make_problem
 
 import taylorkern as tk
 import taylorkern.model as model_module
-from conftest import QUANTITIES, compare, compute, make_problem
 
 METHODS_XY = ("loss", "loss_and_grad", "hvp", "ggn_vp", "hessian", "ggn", "hessian_blocks",
               "ggn_blocks", "hessian_diag", "ggn_diag")

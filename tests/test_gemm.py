@@ -3,7 +3,8 @@ the dispatch that chooses it (csrc/blas.cpp), through the test-only binding ``_c
 
 Every (ta, tb), float64 and float32, sizes at and around the kernel's tiles and blocks
 (MR = 14 rows and its half, NR = 16 doubles / 32 floats, KC = 512, MC = 168 doubles / 336
-floats, the in-place / packed switch at N = 8 NR, NC = 2048 doubles / 4096 floats), leading dimensions wider than the matrices
+floats, the in-place / packed switch at N = 8 NR, NC = 2048 doubles / 4096 floats), leading dimensions wider
+than the matrices
 (sub-matrix views inside NaN-filled buffers: a read outside the view shows up as NaN, a
 write outside it as a changed pad), alpha in {1, -0.5, 0} and beta in {0 (with NaN in C
 beforehand), 1, 0.3}.  Expected values are computed in float64 from the same inputs; the

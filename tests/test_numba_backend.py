@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compare, compute, make_problem
 
 import taylorkern as tk
-from conftest import compare, compute, make_problem
 
 pytestmark = pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")
 

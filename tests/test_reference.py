@@ -6,13 +6,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import (
+    FD_RTOL_ACT,
+    FD_RTOL_CURV,
+    FD_RTOL_GRAD,
+    FD_RTOL_HESS,
+    FD_STEP_ACT,
+    FD_STEP_CURV,
+    FD_STEP_GRAD,
+    FD_STEP_HESS,
+    RTOL_F64,
+    cases,
+    compare,
+    make_problem,
+    output_hessians,
+)
 from scipy.special import log_softmax
 
 import taylorkern as tk
 from taylorkern.backends import reference as ref
-from conftest import (FD_RTOL_ACT, FD_RTOL_CURV, FD_STEP_ACT, FD_RTOL_GRAD, FD_RTOL_HESS, FD_STEP_CURV,
-                      FD_STEP_GRAD, FD_STEP_HESS, RTOL_F64, cases, compare, make_problem,
-                      output_hessians)
 
 REDUCTIONS = ["mean", "sum"]
 

@@ -47,7 +47,8 @@ Interruption
     that a long call stops promptly (as the cpp backend's do, docs/design.md), the entry points
     call the kernels on pieces of samples of bounded work (``_pieces``), and Python raises a
     pending KeyboardInterrupt between them.  Pieces are summed with the sum reduction and scaled
-    by 1/N at the end (a rounding apart from one call, the same for every repeat); the full matrices and blocks keep their
+    by 1/N at the end (a rounding apart from one call, the same for every repeat); the full
+    matrices and blocks keep their
     accumulators across pieces in a buffer of their own.  A call small enough for one piece is
     one kernel call, as before.
 """

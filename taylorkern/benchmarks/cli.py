@@ -199,7 +199,8 @@ def bench(opts):
     table = _Table(["config", "quantity", "dtype"][:2 + show_dtype],
                    [names.get(i, i) for i in impls] + ["best peer/tk" if peers else "reference/tk",
                                                        "GFLOP/s", "% ceiling"])
-    cases, records, reasons, not_offered, failures = harness.Cases(slab=QUICK_SLAB, quantities=opts.quantities), [], {}, {}, []
+    cases = harness.Cases(slab=QUICK_SLAB, quantities=opts.quantities)
+    records, reasons, not_offered, failures = [], {}, {}, []
     for config, dtype, q in itertools.product(opts.configs, opts.dtypes, opts.quantities):
         row = {impl: _run_one(cases, config, dtype, q, impl, impl in peers, opts.budget) for impl in impls}
         for impl, rec in row.items():

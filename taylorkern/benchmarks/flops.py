@@ -164,12 +164,12 @@ def gemm_ceiling_without_coretype(dtype=np.float64, n=CEILING_N, repeats=CEILING
     return _in_subprocess(np.dtype(dtype).name, int(n), int(repeats))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _in_process(dtype, n, repeats):
     return _gemm_gflops(dtype, n, repeats)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _in_subprocess(dtype, n, repeats):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     code = ("import json, sys; from taylorkern.benchmarks.flops import _gemm_gflops; "

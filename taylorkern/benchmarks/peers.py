@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def _check_name(name):
         raise ValueError(f"peer: unknown {name!r}; expected one of {PEERS}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def why_unavailable(name) -> str | None:
     """None when ``name`` can run here, else the reason. Imports lazily; raises only for unknown names."""
     _check_name(name)

@@ -38,7 +38,7 @@ def lbfgs(run, *, memory, c1, c2, max_ls):
         run.check_gtol(gnorm)
         run.check_budget()
         t = None
-        for attempt in range(2):
+        for _attempt in range(2):
             if pairs:
                 d = _two_loop(g, list(pairs))
                 alpha0 = 1.0

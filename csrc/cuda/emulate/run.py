@@ -4,7 +4,8 @@
 No GPU needed: the .cu files are compiled by g++ as C++ against include/cuda_runtime.h (a
 host stand-in for the runtime calls csrc/cuda makes), each kernel launch `k<<<g, b, s, st>>>(a)`
 rewritten to TK_EMU_LAUNCH(g, b, st, k(a)) (up to 2 blocks per grid dimension, one after
-another, each of real threads with barriers for __syncthreads), and cuBLAS replaced by fake_cublas.cpp (column-major reference GEMM with
+another, each of real threads with barriers for __syncthreads), and cuBLAS replaced by
+fake_cublas.cpp (column-major reference GEMM with
 cuBLAS's argument checks), loaded through the real dlopen path via TAYLORKERN_CUBLAS.
 It checks the device code's logic (indices, layouts, operand mapping, the algorithms) against
 the reference; not its speed, races between blocks, or anything about real hardware.
@@ -129,7 +130,8 @@ def main():
     [p.wait() for p in procs]
     if any(p.returncode for p in procs):
         sys.exit("emulated build failed")
-    run(["g++", "-shared", *SANITIZE, "-o", str(pkg / "taylorkern" / ("_cuda" + ext)), *map(str, objs), "-lpthread", "-ldl"])
+    run(["g++", "-shared", *SANITIZE, "-o", str(pkg / "taylorkern" / ("_cuda" + ext)), *map(str, objs),
+         "-lpthread", "-ldl"])
     fake = OUT / "libfakecublas.so.13"
     run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", *SANITIZE, str(HERE / "fake_cublas.cpp"), "-o", str(fake)])
     env = dict(os.environ, TAYLORKERN_CUBLAS=str(fake), PYTHONDONTWRITEBYTECODE="1")
@@ -147,7 +149,8 @@ def main():
                    UBSAN_OPTIONS="print_stacktrace=1",
                    TSAN_OPTIONS="halt_on_error=1:exitcode=66:allocator_may_return_null=1:report_signal_unsafe=0")
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c",
-           str(ROOT / "pyproject.toml"), str(ROOT / "tests" / "test_cuda.py"), "-q", "-rs", *(["--capture=sys"] if SANITIZE else []), *sys.argv[1:]]
+           str(ROOT / "pyproject.toml"), str(ROOT / "tests" / "test_cuda.py"), "-q", "-rs",
+           *(["--capture=sys"] if SANITIZE else []), *sys.argv[1:]]
     print("+", " ".join(cmd), flush=True)
     sys.exit(subprocess.run(cmd, cwd=pkg, env=env).returncode)
 

@@ -15,9 +15,9 @@ import os
 from functools import partial
 
 from numba import njit, types
-from numba.np.ufunc.parallel import _iget_num_threads
 from numba.core.extending import intrinsic
 from numba.core.imputils import impl_ret_borrowed
+from numba.np.ufunc.parallel import _iget_num_threads
 
 
 def cache_by_directory(directory) -> bool:

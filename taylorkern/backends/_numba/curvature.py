@@ -397,7 +397,8 @@ def _unpack_off_block(da, H, dm, Hm, adjacent, dlm, gn, Ko, ko, E3a, e3a, E3, e3
     if threaded(da * H * dm * Hm):
         nch = min(da, CHUNKS)
         for ch in prange(nch):
-            _unpack_off_rows(np.int64(ch) * da // nch, (np.int64(ch) + 1) * da // nch, H, dm, Hm, adjacent, dlm, gn, Ko, ko, E3a, e3a, E3, e3, out, ob, P)
+            _unpack_off_rows(np.int64(ch) * da // nch, (np.int64(ch) + 1) * da // nch, H, dm, Hm, adjacent, dlm, gn,
+                             Ko, ko, E3a, e3a, E3, e3, out, ob, P)
     else:
         _unpack_off_rows(np.int64(0), da, H, dm, Hm, adjacent, dlm, gn, Ko, ko, E3a, e3a, E3, e3, out, ob, P)
 

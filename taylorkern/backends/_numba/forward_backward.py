@@ -23,6 +23,7 @@ from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
 from .workspace import carve
 
+
 @kernel
 def unit_offsets(d, N):
     """o[j] = start of unit layer j's block of N*d[j] values (j = 1..L); o[L+1] = total."""
@@ -117,7 +118,8 @@ def _loss_rows(loss, N, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad):
     if threaded(N * k):
         nch = min(N, CHUNKS)
         for ch in prange(nch):
-            _loss_block(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
+            _loss_block(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, loss, k, F, fo, Y, labels, s, G, Pm,
+                        rowloss, want_grad)
     else:
         _loss_block(np.int64(0), N, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
 

@@ -22,8 +22,8 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
-from .workspace import carve
 from .forward_backward import backward, broadcast_rows, colsum, forward, loss_head, most_likely
+from .workspace import carve
 
 
 @parallel_kernel
