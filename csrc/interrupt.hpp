@@ -7,7 +7,8 @@
 //
 // Threads: the calling thread polls, rate-limited by a steady clock, so that a call shorter than
 // the poll period never polls; every thread of the call's parallel regions reads the shared flag
-// (over_samples and parallel_for hand the call's Interrupt to their threads).
+// (over_samples hands the call's Interrupt to its threads; parallel_for's loops are short and
+// checked between, by the calling thread).
 #pragma once
 #include <atomic>
 #include <chrono>

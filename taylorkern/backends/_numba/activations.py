@@ -1,5 +1,5 @@
 """Hidden activations with their first and second derivatives, fused in one pass
-(csrc/activations.hpp, same formulas and codes):
+(csrc/formulas.hpp, same formulas and codes):
 
     code  name      a = act(z)                     act'(z)          act''(z)
     0     identity  z                              1                0
