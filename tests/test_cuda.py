@@ -331,6 +331,26 @@ def test_crossover_routes_small_problems_to_the_cpu():
     assert auto.hessian(p.net, p.theta, p.X, p.Y, "mean") == "cpu" and calls == ["hessian"]
 
 
+@needs_gpu
+def test_auto_reports_its_fallbacks_product_memory():
+    from taylorkern.backends import cpp
+
+    auto = cuda.auto(cpp)
+    net = tk.MLP([20, 64, 64, 1], "tanh", "mse")
+    assert auto.product_memory_values(net, 40000, 256) == cpp.product_memory_values(net, 40000, 256)
+    # A product through the auto backend (the MLP's memory check consults it) matches cpp's.
+    p = make_problem([20, 64, 64, 1], "tanh", "mse", N=2000)
+    V = np.random.default_rng(0).standard_normal((p.net.num_params, 8))
+    with tk.use_backend("cpp"):
+        expected = p.net.hvp(p.theta, p.X, p.Y, V)
+    saved = _dispatch._active
+    _dispatch._active = auto
+    try:
+        np.testing.assert_allclose(p.net.hvp(p.theta, p.X, p.Y, V), expected, rtol=1e-10, atol=1e-12)
+    finally:
+        _dispatch._active = saved
+
+
 def run_python(code, warnings_as_errors=False, env=None):
     full = {k: v for k, v in os.environ.items() if k != "TAYLORKERN_BACKEND"}
     full["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in [full.get("PYTHONPATH")] if p])

@@ -337,6 +337,12 @@ class Auto:
         this = sys.modules[__name__]
         for q in QUANTITIES:
             setattr(self, q, self._router(q, getattr(this, q), getattr(fallback, q)))
+        # The model's memory check before hvp / ggn_vp asks the backend what a product holds in
+        # host memory: the fallback's answer (cpp's chunked R-op), which also bounds a GPU call's
+        # (its result).  Without it the check assumed a tape of all N samples and refused
+        # products that cpp runs.
+        if hasattr(fallback, "product_memory_values"):
+            self.product_memory_values = fallback.product_memory_values
 
     @staticmethod
     def _router(quantity, gpu, cpu):
