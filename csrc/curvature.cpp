@@ -497,17 +497,14 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
 
 }  // namespace
 
+// Sizes the full matrix's accumulators over chunks, one per block and term (each is
+// overwritten by the first chunk): Kd[l] the packed diagonal block, Ko[l][m] the Kronecker part
+// of block (l, m), and for the Hessian the cross terms E3a[l] (m = l + 1) and E3[l][m] (m >= l + 2).
 template <class T>
-void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
-                    Workspace<T>& ws) {
-  if (full_lanes_apply(net, N, gn))
-    return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes)
-              : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
-  const idx L = net.L(), P = net.P();
+static void full_accumulators(const Net& net, bool gn, Workspace<T>& ws) {
+  const idx L = net.L();
   auto Da = [&](idx l) { return net.d[l] + 1; };
   auto Hd = [&](idx l) { return net.d[l + 1]; };
-
-  // Accumulators over chunks, one per block and term (overwritten by the first chunk).
   auto &Kd = ws.Kd, &E3a = ws.E3a;
   auto &Ko = ws.Ko, &E3 = ws.E3;
   Kd.resize(L), E3a.resize(L), Ko.resize(L), E3.resize(L);
@@ -520,69 +517,63 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
       if (!gn && m >= l + 2) E3[l][m].resize(Da(l) * Hd(m) * Hd(l) * net.d[m]);
     }
   }
+}
 
-  const idx C = chunk_size(net, N, Need::full, P * P / 2);
-  Factors<T>& f = ws.f;
-  auto &A = ws.A, &Lf = ws.Lf, &Rf = ws.Rf;
-  A.resize(L);
-  if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
-  Tape<T>& t = chunk_tape(ws, 0, net, N, std::min(C, N), !gn);
-  // An interrupted call (interrupt.hpp) returns between products: out is discarded, and the
-  // accumulators are overwritten by the next call's first chunk.
-  for (idx n0 = 0; n0 < N; n0 += C) {
-    if (interrupted()) return;
-    const idx c = std::min(C, N - n0);
-    const T beta = n0 == 0 ? T(0) : T(1);
-    curvature_rows(net, theta, X, tg, mean, gn, t, n0, c);
-    chunk_factors(net, theta, t, mean, gn, Need::full, 0, c, f);
-    for (idx l = 0; l < L; ++l) augmented(net, t, l, 0, c, A[l]);
-    for (idx l = 0; l < L; ++l) {
-      if (interrupted()) return;
-      diag_block_product<T>(c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), Lf, Rf, beta, Kd[l].data());
-      for (idx m = l + 1; m < L; ++m) {
-        if (interrupted()) return;
-        // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
-        const idx da = Da(l), dm = Da(m);
-        Lf.resize(c * da * dm);
-        parallel_for(c, c * da * dm, [&](idx n) {
-          for (idx i = 0; i < da; ++i)
-            for (idx i2 = 0; i2 < dm; ++i2) Lf[(n * da + i) * dm + i2] = A[l][n * da + i] * A[m][n * dm + i2];
-        });
-        gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(), Hd(m) * Hd(l),
-                beta, Ko[l][m].data(), Hd(m) * Hd(l));
-        if (gn) continue;
-        if (m == l + 1) {
-          // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
-          const idx H = Hd(l);
-          const T* d1 = t.d1[l].data();
-          Lf.resize(c * da * H);
-          for (idx n = 0; n < c; ++n)
-            for (idx i = 0; i < da; ++i)
-              for (idx j = 0; j < H; ++j) Lf[(n * da + i) * H + j] = A[l][n * da + i] * d1[n * H + j];
-          gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data(), Hd(m), beta, E3a[l].data(),
-                  Hd(m));
-        } else {
-          // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
-          const idx Hm = Hd(m);
-          const T* g = t.g[m].data();
-          Lf.resize(c * da * Hm);
-          for (idx n = 0; n < c; ++n)
-            for (idx i = 0; i < da; ++i)
-              for (idx j = 0; j < Hm; ++j) Lf[(n * da + i) * Hm + j] = A[l][n * da + i] * g[n * Hm + j];
-          const idx cols = Hd(l) * net.d[m];
-          gemm<T>(true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, beta,
-                  E3[l][m].data(), cols);
-        }
-      }
-    }
+// One chunk of c samples' share of the off-diagonal block (l, m), l < m: its Kronecker part
+// into Ko[l][m] and, for the Hessian, its cross term into E3a[l] or E3[l][m] (beta 0 on the
+// first chunk, 1 after).
+template <class T>
+static void accumulate_off_block(const Net& net, const Tape<T>& t, const Factors<T>& f, idx l, idx m, idx c, T beta,
+                                 bool gn, Workspace<T>& ws) {
+  auto Hd = [&](idx l) { return net.d[l + 1]; };
+  const auto& A = ws.A;
+  auto& Lf = ws.Lf;
+  const idx da = net.d[l] + 1, dm = net.d[m] + 1;
+  // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
+  Lf.resize(c * da * dm);
+  parallel_for(c, c * da * dm, [&](idx n) {
+    for (idx i = 0; i < da; ++i)
+      for (idx i2 = 0; i2 < dm; ++i2) Lf[(n * da + i) * dm + i2] = A[l][n * da + i] * A[m][n * dm + i2];
+  });
+  gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(), Hd(m) * Hd(l), beta,
+          ws.Ko[l][m].data(), Hd(m) * Hd(l));
+  if (gn) return;
+  if (m == l + 1) {
+    // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
+    const idx H = Hd(l);
+    const T* d1 = t.d1[l].data();
+    Lf.resize(c * da * H);
+    for (idx n = 0; n < c; ++n)
+      for (idx i = 0; i < da; ++i)
+        for (idx j = 0; j < H; ++j) Lf[(n * da + i) * H + j] = A[l][n * da + i] * d1[n * H + j];
+    gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data(), Hd(m), beta, ws.E3a[l].data(),
+            Hd(m));
+  } else {
+    // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
+    const idx Hm = Hd(m);
+    const T* g = t.g[m].data();
+    Lf.resize(c * da * Hm);
+    for (idx n = 0; n < c; ++n)
+      for (idx i = 0; i < da; ++i)
+        for (idx j = 0; j < Hm; ++j) Lf[(n * da + i) * Hm + j] = A[l][n * da + i] * g[n * Hm + j];
+    const idx cols = Hd(l) * net.d[m];
+    gemm<T>(true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, beta, ws.E3[l][m].data(),
+            cols);
   }
+}
 
-  // Permute the accumulators into the upper blocks of out, then mirror.
+// Permutes the accumulators into the upper blocks of out (P x P), adding the cross terms, then
+// mirrors the upper triangle outside the diagonal blocks.
+template <class T>
+static void unpack_full(const Net& net, bool gn, const Workspace<T>& ws, T* out) {
+  const idx L = net.L(), P = net.P();
+  const auto &Kd = ws.Kd, &E3a = ws.E3a;
+  const auto &Ko = ws.Ko, &E3 = ws.E3;
   for (idx l = 0; l < L; ++l) {
-    const idx da = Da(l), H = Hd(l), ol = net.off[l];
+    const idx da = net.d[l] + 1, H = net.d[l + 1], ol = net.off[l];
     unpack_diag_block<T>(da, H, Kd[l].data(), out + ol * P + ol, P);
     for (idx m = l + 1; m < L; ++m) {
-      const idx dm = Da(m), Hm = Hd(m), om = net.off[m];
+      const idx dm = net.d[m] + 1, Hm = net.d[m + 1], om = net.off[m];
       const T* K = Ko[l][m].data();
       // One (Hm x H) sub-block of K, (i, i2), at a time (it stays in cache), into its H row segments.
       parallel_for(da, da * H * dm * Hm, [&](idx i) {
@@ -615,6 +606,41 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
         for (idx q = 0; q < net.off[l]; ++q) out[r * P + q] = out[q * P + r];
       },
       true);
+}
+
+template <class T>
+void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                    Workspace<T>& ws) {
+  if (full_lanes_apply(net, N, gn))
+    return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes)
+              : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
+  const idx L = net.L(), P = net.P();
+  full_accumulators(net, gn, ws);
+  const idx C = chunk_size(net, N, Need::full, P * P / 2);
+  Factors<T>& f = ws.f;
+  ws.A.resize(L);
+  if (ws.chunk_tapes.empty()) ws.chunk_tapes.resize(1);
+  Tape<T>& t = chunk_tape(ws, 0, net, N, std::min(C, N), !gn);
+  // An interrupted call (interrupt.hpp) returns between products: out is discarded, and the
+  // accumulators are overwritten by the next call's first chunk.
+  for (idx n0 = 0; n0 < N; n0 += C) {
+    if (interrupted()) return;
+    const idx c = std::min(C, N - n0);
+    const T beta = n0 == 0 ? T(0) : T(1);
+    curvature_rows(net, theta, X, tg, mean, gn, t, n0, c);
+    chunk_factors(net, theta, t, mean, gn, Need::full, 0, c, f);
+    for (idx l = 0; l < L; ++l) augmented(net, t, l, 0, c, ws.A[l]);
+    for (idx l = 0; l < L; ++l) {
+      if (interrupted()) return;
+      diag_block_product<T>(c, net.d[l] + 1, net.d[l + 1], ws.A[l].data(), f.Q[l].data(), ws.Lf, ws.Rf, beta,
+                            ws.Kd[l].data());
+      for (idx m = l + 1; m < L; ++m) {
+        if (interrupted()) return;
+        accumulate_off_block(net, t, f, l, m, c, beta, gn, ws);
+      }
+    }
+  }
+  unpack_full(net, gn, ws, out);
 }
 
 template <class T>
