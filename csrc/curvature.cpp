@@ -519,6 +519,17 @@ static void full_accumulators(const Net& net, bool gn, Workspace<T>& ws) {
   }
 }
 
+// Lf[(n, i), j] = a[n, i] * b[n, j] for each of c samples: a (c x da), b (c x w), Lf (c*da x w),
+// the left factor of a Kronecker term summed over samples by one product.
+template <class T>
+static void outer_rows(idx c, idx da, const T* a, idx w, const T* b, vec<T>& Lf) {
+  Lf.resize(c * da * w);
+  parallel_for(c, c * da * w, [&](idx n) {
+    for (idx i = 0; i < da; ++i)
+      for (idx j = 0; j < w; ++j) Lf[(n * da + i) * w + j] = a[n * da + i] * b[n * w + j];
+  });
+}
+
 // One chunk of c samples' share of the off-diagonal block (l, m), l < m: its Kronecker part
 // into Ko[l][m] and, for the Hessian, its cross term into E3a[l] or E3[l][m] (beta 0 on the
 // first chunk, 1 after).
@@ -530,32 +541,20 @@ static void accumulate_off_block(const Net& net, const Tape<T>& t, const Factors
   auto& Lf = ws.Lf;
   const idx da = net.d[l] + 1, dm = net.d[m] + 1;
   // Ko[(i,i'), (j',j)] += sum_n a~_l[i] a~_m[i'] Tm[l][m][j',j]
-  Lf.resize(c * da * dm);
-  parallel_for(c, c * da * dm, [&](idx n) {
-    for (idx i = 0; i < da; ++i)
-      for (idx i2 = 0; i2 < dm; ++i2) Lf[(n * da + i) * dm + i2] = A[l][n * da + i] * A[m][n * dm + i2];
-  });
+  outer_rows(c, da, A[l].data(), dm, A[m].data(), Lf);
   gemm<T>(true, false, da * dm, Hd(m) * Hd(l), c, T(1), Lf.data(), da * dm, f.Tm[l][m].data(), Hd(m) * Hd(l), beta,
           ws.Ko[l][m].data(), Hd(m) * Hd(l));
   if (gn) return;
   if (m == l + 1) {
     // E3a[(i, j), j'] += sum_n a~_l[i] act'(z_l)[j] g_m[j']
     const idx H = Hd(l);
-    const T* d1 = t.d1[l].data();
-    Lf.resize(c * da * H);
-    for (idx n = 0; n < c; ++n)
-      for (idx i = 0; i < da; ++i)
-        for (idx j = 0; j < H; ++j) Lf[(n * da + i) * H + j] = A[l][n * da + i] * d1[n * H + j];
+    outer_rows(c, da, A[l].data(), H, t.d1[l].data(), Lf);
     gemm<T>(true, false, da * H, Hd(m), c, T(1), Lf.data(), da * H, t.g[m].data(), Hd(m), beta, ws.E3a[l].data(),
             Hd(m));
   } else {
     // E3[(i, j'), (j, i')] += sum_n a~_l[i] g_m[j'] S[l][m][j, i']
     const idx Hm = Hd(m);
-    const T* g = t.g[m].data();
-    Lf.resize(c * da * Hm);
-    for (idx n = 0; n < c; ++n)
-      for (idx i = 0; i < da; ++i)
-        for (idx j = 0; j < Hm; ++j) Lf[(n * da + i) * Hm + j] = A[l][n * da + i] * g[n * Hm + j];
+    outer_rows(c, da, A[l].data(), Hm, t.g[m].data(), Lf);
     const idx cols = Hd(l) * net.d[m];
     gemm<T>(true, false, da * Hm, cols, c, T(1), Lf.data(), da * Hm, f.S[l][m].data(), cols, beta, ws.E3[l][m].data(),
             cols);
