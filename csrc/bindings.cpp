@@ -16,6 +16,7 @@
 #include "diagonal.hpp"
 #include "forward_backward.hpp"
 #include "gemm_avx512.hpp"
+#include "gram.hpp"
 #include "jacobian.hpp"
 #include "omp_compat.hpp"
 #include "rop.hpp"
@@ -205,6 +206,18 @@ py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, boo
   });
 }
 
+py::tuple loss_grad_ggn(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    py::array_t<T> grad(net.P()), G(std::vector<py::ssize_t>{net.P(), net.P()});
+    T *g = grad.mutable_data(), *o = G.mutable_data();
+    const double value = run<T>(
+        net, [&](auto& ws) { return tk::loss_grad_ggn<T>(net, in.theta, in.X, in.N, in.tg, mean, g, o, ws); });
+    return py::tuple(py::make_tuple(value, std::move(grad), std::move(G)));
+  });
+}
+
 py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
@@ -316,6 +329,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("loss", &loss, net, theta, X, Y, mean);
   m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean);
   m.def("jacobian", &jacobian, net, theta, X);
+  m.def("loss_grad_ggn", &loss_grad_ggn, net, theta, X, Y, mean);
   for (const bool gn : {false, true})
     m.def(
         gn ? "ggn_vp" : "hvp",
@@ -346,6 +360,10 @@ PYBIND11_MODULE(_core, m) {
       "_set_curvature_chunk",
       [](idx rows) { return tk::max_chunk_rows().exchange(rows > 0 ? rows : tk::kMaxChunkRows); }, py::arg("rows"),
       "Most samples per chunk of the full matrices, blocks and diagonals (0: the default); returns the "
+      "previous value.  For tests.");
+  m.def(
+      "_set_gram_route", [](int mode) { return tk::gram_mode().exchange(mode); }, py::arg("mode"),
+      "1 forces the full GGN's Gram route, -1 the Kronecker route, 0 the cost model's choice; returns the "
       "previous value.  For tests.");
   m.def("all_finite", &all_finite, py::arg("a"),
         "True if a C-contiguous float array has no NaN/Inf; None for other arrays");

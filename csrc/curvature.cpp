@@ -24,6 +24,7 @@
 #include <algorithm>
 
 #include "blas.hpp"
+#include "gram.hpp"
 #include "lanes.hpp"
 #include "workspace.hpp"
 
@@ -260,7 +261,7 @@ namespace {
 
 // ---------------------------------------------------------------------------------------
 // Full matrices of tiny networks, eight samples per SIMD vector (lanes.hpp), for networks of
-// at most 128 parameters on calls small enough to stay on one thread.  The seed's [2,8,1]
+// at most 128 parameters (split over threads by whole vectors of samples).  The seed's [2,8,1]
 // (P = 33, N = 100) costs ~10k vector multiply-adds this way, where the Kronecker path below
 // sets up ~10 small products per chunk.  Both accumulate the lower triangle per lane, summed
 // over lanes and mirrored at the end.
@@ -318,14 +319,15 @@ idx full_lanes_work(const Net& net, bool gn) {
   return rank1 * net.P() * net.P() / 2;
 }
 
-bool full_lanes_apply(const Net& net, idx N, bool gn) {
-  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && sample_threads(N, N * full_lanes_work(net, gn)) == 1;
+bool full_lanes_apply(const Net& net) {
+  return net.P() <= kLanesMaxFullParams && lanes_fit(net);
 }
 
 // The GGN: per sample the rows u_r = J^T s_r (s_r backpropagated: [a_i delta_j; delta_j] per
 // layer), J^T H_out J = sum_r u_r u_r^T.
 template <class T>
-void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* out, vec<T>& scratch) {
+void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, bool mean, T* out,
+               vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
   const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2;
@@ -340,7 +342,7 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
   Lane* acc = U + P;
   const Lane zero = {};
   lanes_fill<T>(acc, tri, zero);
-  for (idx n0 = 0; n0 < N; n0 += B) {
+  for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
     lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
@@ -381,8 +383,8 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, bool mean, T* 
 // grad z_0[i] has d0 + 1 entries (x_m at W_0[m, i], 1 at b_0[i]): layer 0's Jacobians are not
 // stored but used in that form (for the seed, 8x fewer operations than dense rows).
 template <class T>
-void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* out,
-                   vec<T>& scratch) {
+void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, Targets<T> tg, bool mean,
+                   T* out, vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
   const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2, d0 = net.d[0], d1w = net.d[1];
@@ -403,7 +405,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
   Lane* acc = U + P;
   const Lane zero = {}, one = zero + T(1);
   lanes_fill<T>(acc, tri, zero);
-  for (idx n0 = 0; n0 < N; n0 += B) {
+  for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, D2);
@@ -493,6 +495,28 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T>
     }
   }
   lanes_mirror<T>(acc, P, out);
+}
+
+// The full matrix by the lanes path, the samples split over threads in whole blocks of kLanes
+// (a slice ends on a block's edge, so that only the batch's last block has unused lanes), each
+// thread with its own accumulator (thread 0's is out), summed at the end.
+template <class T>
+void full_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                Workspace<T>& ws) {
+  const idx P = net.P(), blocks = (N + kLanes - 1) / kLanes;
+  const int nt = sample_threads(N, N * full_lanes_work(net, gn));
+  ws.parts.resize((nt - 1) * P * P);
+  ws.full_lanes.resize(nt);
+  over_samples(blocks, nt, [&](int tid, idx b0, idx b1) {
+    T* o = tid == 0 ? out : ws.parts.data() + (tid - 1) * P * P;
+    const idx n0 = b0 * kLanes, n1 = std::min(N, b1 * kLanes);
+    if (gn)
+      ggn_lanes(net, theta, X, N, n0, n1, mean, o, ws.full_lanes[tid]);
+    else
+      hessian_lanes(net, theta, X, N, n0, n1, tg, mean, o, ws.full_lanes[tid]);
+#pragma omp barrier
+    sum_parts(out, P * P, [&](idx q) { return ws.parts.data() + (q - 1) * P * P; });
+  });
 }
 
 }  // namespace
@@ -610,9 +634,11 @@ static void unpack_full(const Net& net, bool gn, const Workspace<T>& ws, T* out)
 template <class T>
 void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
                     Workspace<T>& ws) {
-  if (full_lanes_apply(net, N, gn))
-    return gn ? ggn_lanes(net, theta, X, N, mean, out, ws.lanes)
-              : hessian_lanes(net, theta, X, N, tg, mean, out, ws.lanes);
+  if (gn && gram_route(net, N)) {
+    ggn_gram<T>(net, theta, X, N, tg, mean, out, nullptr, ws);
+    return;
+  }
+  if (full_lanes_apply(net)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);
   const idx L = net.L(), P = net.P();
   full_accumulators(net, gn, ws);
   const idx C = chunk_size(net, N, Need::full, P * P / 2);

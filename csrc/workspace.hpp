@@ -6,6 +6,7 @@
 #include "curvature.hpp"
 #include "diagonal.hpp"
 #include "forward_backward.hpp"
+#include "gram.hpp"
 
 namespace tk {
 
@@ -20,11 +21,13 @@ struct Workspace {
   };
   std::vector<Slice> slices;
   vec<T> lanes;                             // rop.cpp: the one-direction path for tiny networks
+  std::vector<vec<T>> full_lanes;           // curvature.cpp: the lanes path's scratch, per thread
   std::vector<DiagScratch<T>> diag_slices;  // diagonal.cpp: one thread's scratch
   vec<T> parts;                             // per-thread partial results, threads 1.. (common.hpp)
   std::vector<vec<T>> U, A;                 // rows backpropagated per sample; augmented inputs
   vec<T> Wsq, Lf, Rf;                       // W_1 * W_1 (diagonal.cpp); Kronecker factors (curvature.cpp)
   Factors<T> f;                             // per-chunk curvature factors
+  std::vector<GramScratch<T>> gram;         // gram.cpp: one thread's scratch
   // Sums over samples of the Kronecker terms, per block (curvature.cpp): kept, because a
   // Newton-type loop asks for the same sizes every iteration and fresh pages cost page faults.
   std::vector<vec<T>> Kd, E3a;

@@ -333,10 +333,12 @@ class MLP:
         ops, l2 = ops or _NumpyL2, self.l2
         if kind == "loss":
             return result + 0.5 * l2 * ops.sq_norm(theta)
-        if kind == "loss_and_grad":
-            value, grad = result
+        if kind in ("loss_and_grad", "loss_grad_ggn"):
+            value, grad = result[0], result[1]
             ops.axpy(l2, theta, grad)
-            return value + 0.5 * l2 * ops.sq_norm(theta), grad
+            if kind == "loss_grad_ggn":
+                ops.add_diagonal(result[2], l2)
+            return (value + 0.5 * l2 * ops.sq_norm(theta),) + tuple(result[1:])
         if kind in ("hvp", "ggn_vp"):
             ops.axpy(l2, V, result)
         elif kind.endswith("_diag"):
@@ -344,6 +346,29 @@ class MLP:
         else:  # hessian, ggn, their blocks
             for B in result if isinstance(result, list) else [result]:
                 ops.add_diagonal(B, l2)
+        return result
+
+    def _trusted(self, kind, theta, X, Y, reduction="mean"):
+        """``kind`` (loss, loss_and_grad, loss_grad_ggn, hessian, ggn, and their blocks and
+        diagonals) with the l2 term, on inputs checked already: theta, X and Y as the checks
+        return them (the network's dtype, C-contiguous, finite; ce labels int64).  The public
+        calls check, then come here; the optimizers check their data once per run and come here
+        every iteration (taylorkern.optim._run)."""
+        impl = self._impl()
+        if kind == "loss_grad_ggn":
+            fused = getattr(impl, "loss_grad_ggn", None)
+            if fused is not None:
+                result = fused(self, theta, X, Y, reduction)
+            else:
+                result = impl.loss_and_grad(self, theta, X, Y, reduction) + (impl.ggn(self, theta, X, Y, reduction),)
+        else:
+            result = getattr(impl, kind)(self, theta, X, Y, reduction)
+        if self._l2_active(reduction):
+            result = self._add_l2(kind, result, reduction, theta)
+        if kind == "loss":
+            return float(result)
+        if kind in ("loss_and_grad", "loss_grad_ggn"):
+            return (float(result[0]),) + tuple(result[1:])
         return result
 
     def _impl(self):
@@ -357,19 +382,21 @@ class MLP:
 
     def loss(self, theta, X, Y, reduction="mean"):
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        value = self._impl().loss(self, theta, X, Y, reduction)
-        if self._l2_active(reduction):
-            value += 0.5 * self.l2 * float(np.dot(theta, theta))
-        return float(value)
+        return self._trusted("loss", theta, X, Y, reduction)
 
     def loss_and_grad(self, theta, X, Y, reduction="mean"):
         """(loss, gradient of shape (P,))."""
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        value, grad = self._impl().loss_and_grad(self, theta, X, Y, reduction)
-        if self._l2_active(reduction):
-            value += 0.5 * self.l2 * float(np.dot(theta, theta))
-            grad += self.l2 * theta
-        return float(value), grad
+        return self._trusted("loss_and_grad", theta, X, Y, reduction)
+
+    def loss_grad_ggn(self, theta, X, Y, reduction="mean"):
+        """(loss, gradient (P,), GGN (P, P)): what a Gauss-Newton or Levenberg-Marquardt
+        iteration needs at a point.  One sweep over the samples where the backend fuses them
+        (cpp, on the networks its Gram route takes: docs/curvature.md), else loss_and_grad and
+        ggn; the same values either way."""
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        self._check_memory("loss_grad_ggn", 2.0 * self.num_params * self.num_params)
+        return self._trusted("loss_grad_ggn", theta, X, Y, reduction)
 
     def _product(self, kind, theta, X, Y, V, reduction):
         # sizes first (shapes only), so that an oversized request is refused before any copy
@@ -386,9 +413,7 @@ class MLP:
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
         V = self._check_V(V)
         V2 = V.reshape(self.num_params, -1)
-        out = getattr(impl, kind)(self, theta, X, Y, V2, reduction)
-        if self._l2_active(reduction):
-            out += self.l2 * V2
+        out = self._add_l2(kind, getattr(impl, kind)(self, theta, X, Y, V2, reduction), reduction, theta, V2)
         return out.reshape(V.shape)
 
     def hvp(self, theta, X, Y, V, reduction="mean"):
@@ -411,10 +436,7 @@ class MLP:
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
         P = self.num_params
         self._check_memory(kind, 2.0 * P * P)  # result plus the kernels' block workspace
-        out = getattr(self._impl(), kind)(self, theta, X, Y, reduction)
-        if self._l2_active(reduction):
-            out.flat[::P + 1] += self.l2
-        return out
+        return self._trusted(kind, theta, X, Y, reduction)
 
     def hessian(self, theta, X, Y, reduction="mean"):
         """The exact Hessian of the loss, shape (P, P)."""
@@ -424,14 +446,32 @@ class MLP:
         """The generalized Gauss-Newton matrix J^T H_out J (+ l2 I), shape (P, P)."""
         return self._full("ggn", theta, X, Y, reduction)
 
+    def ggn_factor(self, theta, X, Y, reduction="mean"):
+        """B of shape (N*dL, P) with B^T B = the GGN's data term: row n*dL + r is row r of a
+        square root R_n of sample n's output Hessian times its Jacobian, R_n J_n (mse:
+        sqrt(2 s / dL) J_n; ce: R_n = diag(sqrt(s p)) (I - 1 p^T), p the softmax; s = 1/N for
+        reduction="mean", 1 for "sum").  With N*dL < P it is the smaller factor: a
+        Levenberg-Marquardt step then solves an (N*dL)-square system instead of a P-square one
+        (taylorkern.optim, lm's space="samples").  l2 is not in it: G = B^T B + l2 I."""
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        N, k = X.shape[0], self.num_outputs
+        self._check_memory("ggn_factor", 2.0 * N * k * self.num_params)
+        impl = self._impl()
+        J = impl.jacobian(self, theta, X).reshape(N, k, self.num_params)
+        s = 1.0 / N if reduction == "mean" else 1.0
+        if self.loss_name == "mse":
+            J *= np.sqrt(2.0 * s / k).astype(self.dtype)
+            return J.reshape(N * k, -1)
+        F = impl.predict(self, theta, X).astype(np.float64)
+        p = np.exp(F - F.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        R = np.sqrt(s * p)[:, :, None] * (np.eye(k) - p[:, None, :])  # (N, k, k)
+        return np.matmul(R.astype(self.dtype), J).reshape(N * k, -1)
+
     def _blocks(self, kind, theta, X, Y, reduction):
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
         self._check_memory(kind, 2.0 * sum(p * p for p in self.layer_sizes))
-        blocks = getattr(self._impl(), kind)(self, theta, X, Y, reduction)
-        if self._l2_active(reduction):
-            for B in blocks:
-                B.flat[::B.shape[0] + 1] += self.l2
-        return blocks
+        return self._trusted(kind, theta, X, Y, reduction)
 
     def hessian_blocks(self, theta, X, Y, reduction="mean"):
         """Per-layer diagonal blocks of the Hessian: list of (P_l, P_l), layer l = [Wl; bl]."""
@@ -443,10 +483,7 @@ class MLP:
 
     def _diag(self, kind, theta, X, Y, reduction):
         theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        out = getattr(self._impl(), kind)(self, theta, X, Y, reduction)
-        if self._l2_active(reduction):
-            out += self.l2
-        return out
+        return self._trusted(kind, theta, X, Y, reduction)
 
     def hessian_diag(self, theta, X, Y, reduction="mean"):
         """diag(H), shape (P,), without forming H."""

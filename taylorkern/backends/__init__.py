@@ -2,8 +2,9 @@
 
 A backend is a module (``cpp``, ``numba``, ``reference``, ``cuda``; or, for the routed CUDA
 backend, an object) whose functions compute the curvature quantities of an MLP's loss.
-:class:`Backend` is the protocol they follow, :class:`ReportsProductMemory` an optional
-extra; docs/design.md (section 3, the backend protocol) describes them with the data flow.
+:class:`Backend` is the protocol they follow, :class:`ReportsProductMemory` and
+:class:`FusesGaussNewton` optional extras; docs/design.md (section 3, the backend protocol)
+describes them with the data flow.
 
 The contract, for every function:
 
@@ -93,3 +94,14 @@ class ReportsProductMemory(Protocol):
         """Values of ``net.dtype`` that hvp / ggn_vp hold for n samples and m directions,
         their result included."""
 
+
+
+@runtime_checkable
+class FusesGaussNewton(Protocol):
+    """Optional: a backend that computes the loss, gradient and GGN of a point in one sweep over
+    the samples (what a Gauss-Newton or Levenberg-Marquardt iteration needs).  Without it the
+    MLP calls loss_and_grad and ggn."""
+
+    def loss_grad_ggn(self, net, theta: np.ndarray, X: np.ndarray, Y: np.ndarray,
+                      reduction: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """(the loss's data term, its gradient (P,), the GGN (P, P))."""

@@ -27,6 +27,10 @@ def loss_and_grad(net, theta, X, Y, reduction):
     return _core.loss_and_grad(_net(net), theta, X, Y, reduction == "mean")
 
 
+def loss_grad_ggn(net, theta, X, Y, reduction):
+    return _core.loss_grad_ggn(_net(net), theta, X, Y, reduction == "mean")
+
+
 def jacobian(net, theta, X):
     return _core.jacobian(_net(net), theta, X)
 
