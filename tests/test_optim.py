@@ -316,21 +316,22 @@ def test_float32_runs_end_at_the_precision_floor_with_success(method):
 
 # ----------------------------------------------------------------------------- stopping
 class FlakyMLP(tk.MLP):
-    """An MLP whose loss and gradient turn NaN from the ``after``-th loss_and_grad call on."""
+    """An MLP whose loss, gradient and GGN turn NaN from the ``after``-th call that computes a
+    gradient on (MLP._trusted: every call of the public methods and of the optimizers)."""
 
     def __init__(self, *a, after, **k):
         super().__init__(*a, **k)
         self.after, self.calls = after, 0
 
-    def loss_and_grad(self, theta, X, Y, reduction="mean"):
-        self.calls += 1
-        f, g = super().loss_and_grad(theta, X, Y, reduction)
-        if self.calls > self.after:
-            return math.nan, np.full_like(g, np.nan)
-        return f, g
-
-    def loss(self, theta, X, Y, reduction="mean"):
-        return math.nan if self.calls > self.after else super().loss(theta, X, Y, reduction)
+    def _trusted(self, kind, theta, X, Y, reduction="mean"):
+        if kind in ("loss_and_grad", "loss_grad_ggn"):
+            self.calls += 1
+        result = super()._trusted(kind, theta, X, Y, reduction)
+        if self.calls <= self.after or kind not in ("loss", "loss_and_grad", "loss_grad_ggn"):
+            return result
+        if kind == "loss":
+            return math.nan
+        return (math.nan,) + tuple(np.full_like(a, np.nan) for a in result[1:])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -537,3 +538,63 @@ def test_demo_prints_the_comparison_and_writes_the_plot(tmp_path, capsys):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["demo", "--no-plot"]) == 0
     assert "plot written" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ lm in sample space
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("l2", [0.0, 0.2])
+def test_ggn_factor_squares_to_the_ggn(loss, reduction, l2):
+    """B^T B + l2 I = G (l2 with reduction "mean" only, as everywhere), for every backend's
+    Jacobian and outputs."""
+    net, theta, X, Y = problem(loss, l2=l2, sizes=[3, 7, 3], N=11, seed=4)
+    for name in tk.available_backends():
+        with tk.use_backend(name):
+            B = net.ggn_factor(theta, X, Y, reduction)
+            G = net.ggn(theta, X, Y, reduction)
+        assert B.shape == (11 * 3, net.num_params)
+        shift = l2 if reduction == "mean" else 0.0
+        np.testing.assert_allclose(B.T @ B + shift * np.eye(net.num_params), G, rtol=0,
+                                   atol=1e-12 * np.abs(G).max())
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("options", [dict(), dict(scaling="marquardt"), dict(update="classic")],
+                         ids=["identity", "marquardt", "classic"])
+@pytest.mark.parametrize("l2, masked", [(0.0, False), (0.05, False), (0.0, True)], ids=["plain", "l2", "mask"])
+def test_lm_in_sample_space_takes_the_parameter_space_steps(loss, options, l2, masked):
+    """A wide network on few samples (N dL = 20 or 30 < F): the sample-space solve (Woodbury,
+    an (N dL)-square system) and the F x F Cholesky give the same iterates, to 1e-10."""
+    net, theta0, X, Y = problem(loss, l2=l2, sizes=[3, 40, 2 if loss == "mse" else 3], N=10, seed=7)
+    mask = None
+    if masked:
+        mask = np.ones(net.num_params, dtype=bool)
+        mask[::3] = False
+    runs = {space: tk.minimize(net, theta0, X, Y, method="lm", max_iter=6, mask=mask, space=space,
+                               gtol=0.0, ftol=0.0, xtol=0.0, **options)
+            for space in ("samples", "parameters")}
+    a, b = runs["samples"], runs["parameters"]
+    assert a.nit == b.nit == 6
+    np.testing.assert_array_equal(a.history["accepted"], b.history["accepted"])
+    # (an over-parameterised fit drives the loss to rounding level: relative to where it started)
+    np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-10, atol=1e-10 * b.history["loss"][0])
+    np.testing.assert_allclose(a.theta, b.theta, rtol=0, atol=1e-10 * np.abs(b.theta).max())
+    assert a.loss < net.loss(theta0, X, Y)
+
+
+def test_lm_chooses_sample_space_for_few_samples(monkeypatch):
+    calls = []
+    original = tk.MLP.ggn_factor
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(tk.MLP, "ggn_factor", counting)
+    net, theta0, X, Y = problem("mse", sizes=[3, 40, 2], N=10, seed=7)    # N dL = 20 < F = 242
+    res = tk.minimize(net, theta0, X, Y, method="lm", max_iter=5)
+    assert calls and res.loss < net.loss(theta0, X, Y)
+    calls.clear()
+    net, theta0, X, Y = problem("mse", sizes=[3, 4, 2], N=40, seed=7)     # N dL = 80 > F = 26
+    tk.minimize(net, theta0, X, Y, method="lm", max_iter=5)
+    assert not calls

@@ -46,6 +46,13 @@ def add_arguments(p):
     p.add_argument("--json", default="taylorkern-bench.json", help="where to write the record "
                    "(default ./taylorkern-bench.json)")
     p.add_argument("--budget", type=float, default=0.2, help="seconds of timing per case (default 0.2)")
+    p.add_argument("--training", action="store_true",
+                   help="instead of the kernels' table: time to a target loss on the Levenberg-Marquardt "
+                        "regime's problems, taylorkern's optimizers against the peers installed "
+                        "(taylorkern.benchmarks.training)")
+    p.add_argument("--time-limit", type=float, default=60.0,
+                   help="with --training: seconds per training run before it counts as not reaching the "
+                        "target (default 60)")
 
 
 def add_parser(sub):
@@ -78,11 +85,14 @@ def validate(args, error):
         configs=_pick("config", args.config, CONFIGS, error),
         quantities=_pick("quantity", args.quantity, QUANTITIES, error),
         dtypes=_pick("dtype", args.dtype, ("float64", "float32"), error),
-        threads=args.threads, peers=args.peers, json=args.json, budget=args.budget)
+        threads=args.threads, peers=args.peers, json=args.json, budget=args.budget,
+        training=args.training, time_limit=args.time_limit)
     if opts.threads < 1:
         error(f"--threads: expected a positive integer, got {opts.threads}")
     if not opts.budget > 0:
         error(f"--budget: expected seconds > 0, got {opts.budget}")
+    if not opts.time_limit > 0:
+        error(f"--time-limit: expected seconds > 0, got {opts.time_limit}")
     return opts
 
 
@@ -98,7 +108,7 @@ def run(args, error):
     argv = ["--config", ",".join(opts.configs), "--quantity", ",".join(opts.quantities),
             "--dtype", ",".join(opts.dtypes), "--threads", str(opts.threads),
             "--peers" if opts.peers else "--no-peers", "--json", os.path.abspath(opts.json),
-            "--budget", str(opts.budget)]
+            "--budget", str(opts.budget), "--time-limit", str(opts.time_limit)] + ["--training"] * opts.training
     sys.stdout.flush()
     # Started in the directory that holds this very package: `-m` puts its working directory
     # first on sys.path, and a source checkout there would shadow the installed package.
@@ -188,6 +198,8 @@ def bench(opts):
     pinning.limit_affinity(opts.threads)
     if opts.peers:
         pinning.pin_torch(opts.threads)
+    if opts.training:
+        return _training(opts)
     tk_impl = harness.taylorkern_impl()
     peers = harness.available_peers() if opts.peers else []
     impls = [tk_impl] + (["taylorkern-reference"] if tk_impl != "taylorkern-reference" else []) + peers
@@ -251,6 +263,22 @@ def _row(config, q, dtype, impls, row, tk_impl, peers, show_dtype):
     ratio = f"{min(r['median_s'] for r in others) / tk['median_s']:.3g}x" if others and ok else "–"
     rate = (f"{tk['gflops']:.3g}", f"{100 * tk['fraction_of_ceiling']:.0f}%") if ok else ("–", "–")
     return [config, q, dtype][:2 + show_dtype] + [cell(row[i]) for i in impls] + [ratio, *rate]
+
+
+def _training(opts):
+    import taylorkern
+
+    from . import training
+    print(f"taylorkern {taylorkern.__version__}: time to a target loss, {opts.threads} threads, float64, "
+          f"{opts.time_limit:g} s per run at most")
+    rows = training.table(time_limit=opts.time_limit, peers=opts.peers)
+    p = training.diabetes()
+    per_it = training.lbfgs_per_iteration(p)
+    for who, (sec, mse, nit) in per_it.items():
+        print(f"{p.name:28s} {who + ' lbfgs':40s} {sec * 1e6:9.1f} us per iteration ({nit} iterations, MSE {mse:.4g})")
+    with open(opts.json, "w") as f:
+        json.dump({"training": rows, "lbfgs_per_iteration": per_it, "threads": opts.threads}, f, indent=1)
+    return 0
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ METHOD_OPTIONS = {
     "taylor-step": dict(curvature="hessian", c1=1e-4),
     "newton": dict(curvature="hessian", radius=None, max_radius=1e3, eta=0.1),
     "gauss-newton": dict(shift=None, c1=1e-4),
-    "lm": dict(damping=1e-3, update="nielsen", scaling="identity", eta=1e-4),
+    "lm": dict(damping=1e-3, update="nielsen", scaling="identity", eta=1e-4, space="auto"),
     "newton-cg": dict(curvature="hessian", radius=1.0, max_radius=1e3, eta=0.1, max_cg=None,
                       cg_tol=None),
     "lbfgs": dict(memory=10, c1=1e-4, c2=0.9, max_ls=25),
@@ -69,7 +69,8 @@ def _check_method_options(method, o):
             damping=real("damping", o["damping"], lo=0, lo_open=True),
             update=choice("update", o["update"], ("nielsen", "classic")),
             scaling=choice("scaling", o["scaling"], ("identity", "marquardt")),
-            eta=real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
+            eta=real("eta", o["eta"], lo=0, hi=0.25, hi_open=True),
+            space=choice("space", o["space"], ("auto", "parameters", "samples")))
     if method == "lbfgs":
         c1 = real("c1", o["c1"], lo=0, hi=1, lo_open=True, hi_open=True)
         c2 = real("c2", o["c2"], lo=0, hi=1, lo_open=True, hi_open=True)
@@ -101,11 +102,15 @@ def minimize(net, theta0, X, Y, method="lm", **options):
       dtype's epsilon): exact where G is well conditioned (a quadratic in one step), bounded
       where G is singular; Armijo backtracking from the full step.
     - ``lm`` (damping=1e-3, update="nielsen"|"classic", scaling="identity"|"marquardt",
-      eta=1e-4): Levenberg-Marquardt on the GGN, (G + lambda D) p = -g by Cholesky with an
-      eigen-solve fallback; lambda starts at damping * max diag(G).  ``nielsen`` updates
-      lambda from the gain ratio (accepts rho > eta), ``classic`` multiplies it by 0.1 after a
-      decrease and by 10 otherwise.  For mse this is the classical least-squares algorithm;
-      for ce, the same damping of the softmax GGN.
+      eta=1e-4, space="auto"|"parameters"|"samples"): Levenberg-Marquardt on the GGN,
+      (G + lambda D) p = -g by Cholesky with an eigen-solve fallback; lambda starts at
+      damping * max diag(G).  ``nielsen`` updates lambda from the gain ratio (accepts
+      rho > eta), ``classic`` multiplies it by 0.1 after a decrease and by 10 otherwise.  The
+      system is solved in parameter space (F x F, each trial point evaluated by one fused
+      MLP.loss_grad_ggn call) or, with fewer outputs N*dL than trainable parameters F (the
+      "auto" choice), in sample space through the (N*dL)-square system of MLP.ggn_factor.
+      For mse this is the classical least-squares algorithm; for ce, the same damping of the
+      softmax GGN.
     - ``newton-cg`` (curvature="hessian"|"ggn", radius=1.0, max_radius=1e3, eta=0.1,
       max_cg=None (= F), cg_tol=None (= min(0.5, sqrt|g|))): Steihaug truncated CG on
       Hessian- or GGN-vector products inside a trust region; no P x P matrix is formed.

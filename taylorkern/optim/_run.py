@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from ..model import _all_finite
 from ._result import HISTORY_KEYS, Iterate, OptimizeResult, Status
 
 # Consecutive non-finite trial points a damped / trust-region / line-search method backs
@@ -53,8 +54,14 @@ class Stop(Exception):
         self.message = message
 
 
+def norm(v) -> float:
+    """The 2-norm of a vector, as float64 (np.linalg.norm's formula, without its call overhead)."""
+    v = v if v.dtype == np.float64 else v.astype(np.float64)
+    return math.sqrt(float(v @ v))
+
+
 def _finite(x) -> bool:
-    return bool(np.isfinite(x).all())
+    return _all_finite(x) if isinstance(x, np.ndarray) else bool(np.isfinite(x).all())
 
 
 class Run:
@@ -112,7 +119,7 @@ class Run:
         self.g0 = self._restrict(g0)
         self.best_z = z0.copy()
         self.best_f = self.f0 if math.isfinite(self.f0) else math.inf
-        self.best_gnorm = float(np.linalg.norm(self.g0))
+        self.best_gnorm = norm(self.g0)
         self.hist = {k: [] for k in HISTORY_KEYS}
         self._append(self.f0, self.best_gnorm, 0.0, math.nan, True)
 
@@ -151,25 +158,42 @@ class Run:
 
     def step(self, z, p):
         """z + p rounded to the network's dtype, and the norm of the step actually taken."""
+        if z.dtype == np.float64:
+            z_new = z + p
+            return z_new, norm(z_new - z)
         z_new = (z.astype(np.float64) + p).astype(self.dtype)
-        return z_new, float(np.linalg.norm(z_new.astype(np.float64) - z))
+        return z_new, norm(z_new.astype(np.float64) - z)
 
     # ---------------------------------------------------------------- counted calls
     def loss_and_grad(self, z, batch=None):
         """(loss, float64 gradient over F), or (nan, None) when z itself is not finite."""
         if not _finite(z):
             return math.nan, None
-        X, Y = (self.X, self.Y) if batch is None else (self.X[batch], self.Y[batch])
-        f, g = self.net.loss_and_grad(self.theta(z), X, Y)
+        if batch is None:  # the run's own arrays, checked once (MLP._trusted)
+            f, g = self.net._trusted("loss_and_grad", self.theta(z), self.X, self.Y)
+        else:
+            f, g = self.net.loss_and_grad(self.theta(z), self.X[batch], self.Y[batch])
         self.nfev += 1
         self.njev += 1
-        return float(f), self._restrict(g)
+        return f, self._restrict(g)
 
     def loss(self, z):
         if not _finite(z):
             return math.nan
         self.nfev += 1
-        return float(self.net.loss(self.theta(z), self.X, self.Y))
+        return self.net._trusted("loss", self.theta(z), self.X, self.Y)
+
+    def loss_grad_ggn(self, z):
+        """(loss, float64 gradient over F, float64 (F, F) GGN) from one call, or (nan, None, None)
+        when z is not finite."""
+        if not _finite(z):
+            return math.nan, None, None
+        self.net._check_memory("the GGN", 2.0 * self.P * self.P)
+        f, g, G = self.net._trusted("loss_grad_ggn", self.theta(z), self.X, self.Y)
+        self.nfev += 1
+        self.njev += 1
+        self.nhev += 1
+        return f, self._restrict(g), self._restrict_matrix(G)
 
     def curvature_vp(self, kind, z, v):
         """H v or G v over the trainable coordinates, float64."""
@@ -180,7 +204,18 @@ class Run:
     def curvature(self, kind, z):
         """The (F, F) Hessian or GGN over the trainable coordinates, float64."""
         self.nhev += 1
-        M = (self.net.hessian if kind == "hessian" else self.net.ggn)(self.theta(z), self.X, self.Y)
+        self.net._check_memory(f"the {kind}", 2.0 * self.P * self.P)
+        return self._restrict_matrix(self.net._trusted(kind, self.theta(z), self.X, self.Y))
+
+    def ggn_factor(self, z):
+        """B (N*dL, F), float64, with B^T B + l2 I = the GGN over the trainable coordinates
+        (MLP.ggn_factor), and that l2 (0 when the loss has none)."""
+        self.nhev += 1
+        B = np.asarray(self.net.ggn_factor(self.theta(z), self.X, self.Y), dtype=np.float64)
+        l2 = self.net.l2 if self.net._l2_active("mean") else 0.0
+        return (B if self.idx is None else B[:, self.idx]), l2
+
+    def _restrict_matrix(self, M):
         M = np.asarray(M, dtype=np.float64)
         return M if self.idx is None else M[np.ix_(self.idx, self.idx)]
 
@@ -252,7 +287,7 @@ class Run:
         that shrank) is held to xtol floored at the dtype's epsilon: below that, theta
         cannot change; an accepted step, which lowered the loss, only to xtol itself."""
         xtol = self.xtol if accepted else self.xtol_floor
-        if snorm <= xtol * (float(np.linalg.norm(z.astype(np.float64))) + xtol):
+        if snorm <= xtol * (norm(z) + xtol):
             self._nonfinite_neighbourhood()
             raise Stop(Status.XTOL, f"{'step' if accepted else 'rejected step / trust radius'} "
                                     f"{snorm:.3g} <= xtol = {xtol:g} relative to |theta|")

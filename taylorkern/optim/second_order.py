@@ -23,15 +23,16 @@ import math
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 from ._linesearch import backtracking
 from ._result import Status
-from ._run import Stop
+from ._run import Stop, norm
 from ._subproblem import steihaug_cg, trust_region_eig
 
 
 def _gnorm(g):
-    return float(np.linalg.norm(g))
+    return norm(g)
 
 
 def _start(run):
@@ -169,45 +170,148 @@ def gauss_newton(run, *, shift, c1):
 
 
 # ------------------------------------------------------------------------ lm
-def _damped_solve(G, lam, D, g):
-    """p = -(G + lam diag(D))^{-1} g: Cholesky, or an eigen-solve when that fails."""
-    A = G + np.diag(lam * D)
-    try:
-        c = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
-        p = -scipy.linalg.cho_solve(c, g, check_finite=False)
-        if np.isfinite(p).all():
-            return p
-    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-        pass
-    # G is PSD and lam D > 0, so A is positive definite in exact arithmetic: only rounding
-    # (a tiny lam on a singular G) gets here.  Solve on the well-determined eigenspace.
+_POTRF, _POTRS = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potrs"), dtype=np.float64)
+
+
+def _cholesky_solve(A, b):
+    """A^{-1} b for a symmetric positive definite A held in a Fortran-ordered buffer that it
+    overwrites (LAPACK called directly); None when the factorization fails."""
+    c, info = _POTRF(A, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        return None
+    x, info = _POTRS(c, b, lower=1)
+    return x if info == 0 and math.isfinite(float(np.sum(x))) else None
+
+
+def _eigen_solve(A, b):
+    """A^{-1} b on A's well-determined eigenspace: for a positive definite A that rounding made
+    Cholesky reject (a tiny damping on a singular G)."""
     w, V = np.linalg.eigh(A)
     keep = w > np.finfo(np.float64).eps * max(w[-1], 0.0) * len(w)
-    return -(V[:, keep] @ ((V[:, keep].T @ g) / w[keep]))
+    return V[:, keep] @ ((V[:, keep].T @ b) / w[keep])
 
 
-def lm(run, *, damping, update, scaling, eta):
+class _ParameterSpace:
+    """The GGN as an (F, F) matrix: p = -(G + lam D)^{-1} g by a Cholesky factorization of F x F
+    into a buffer allocated once per run."""
+
+    def __init__(self, F):
+        self.A = np.empty((F, F), order="F")
+        self.diag = self.A.reshape(-1, order="F")[::F + 1]  # a view of A's diagonal
+        self.G = None
+
+    def set(self, G):
+        self.G = G
+
+    def diagonal(self):
+        return self.G.diagonal()
+
+    def times(self, p):
+        return self.G @ p
+
+    def solve(self, lam, D, g):
+        A = self.A
+        np.copyto(A, self.G)  # G is symmetric: its C order is the transpose LAPACK reads, the same
+        self.diag += lam * D
+        x = _cholesky_solve(A, g)
+        if x is None:
+            np.copyto(A, self.G)
+            self.diag += lam * D
+            x = _eigen_solve(A, g)
+        return -x
+
+
+class _SampleSpace:
+    """The GGN as B^T B + l2 I with B (n, F) = MLP.ggn_factor, n = N dL < F rows: the damped system
+    (B^T B + Delta) p = -g, Delta = l2 + lam D diagonal, solved through the n x n system
+    I + B Delta^{-1} B^T (Woodbury's identity) instead of the F x F one."""
+
+    def __init__(self, n):
+        self.A = np.empty((n, n), order="F")
+        self.diag = self.A.reshape(-1, order="F")[::n + 1]
+        self.B = None
+        self.l2 = 0.0
+
+    def set(self, factor):
+        self.B, self.l2 = factor
+
+    def diagonal(self):
+        return np.einsum("ij,ij->j", self.B, self.B) + self.l2
+
+    def times(self, p):
+        return self.B.T @ (self.B @ p) + self.l2 * p
+
+    def solve(self, lam, D, g):
+        B = self.B
+        inv = 1.0 / (self.l2 + lam * D)  # Delta^{-1}, a scalar or (F,)
+        BD = B * inv  # B Delta^{-1}
+        A = self.A
+        np.matmul(BD, B.T, out=A.T)  # A is symmetric: filling its transpose fills it
+        self.diag += 1.0
+        u = BD @ g
+        y = _cholesky_solve(A, u)
+        if y is None:
+            np.matmul(BD, B.T, out=A.T)
+            self.diag += 1.0
+            y = _eigen_solve(A, u)
+        return -(inv * g - BD.T @ y)
+
+
+def _scaling(curv, scaling):
+    if scaling != "marquardt":
+        return 1.0
+    dg = curv.diagonal()
+    return np.maximum(dg, 1e-12 * max(float(dg.max()), np.finfo(np.float64).tiny))
+
+
+def lm(run, *, damping, update, scaling, eta, space="auto"):
+    """The damped system is solved in parameter space (F x F) or, when the samples' outputs are
+    fewer than the parameters (N dL < F: wide networks, few samples), in sample space (N dL
+    square, from MLP.ggn_factor); ``space`` forces either.  In parameter space each trial point
+    is evaluated with the loss, gradient and GGN of one call (MLP.loss_grad_ggn: one sweep over
+    the samples where the backend fuses them), so that an accepted step holds the next
+    iteration's GGN; after a rejection, while the damping is still being raised, trials are
+    evaluated by their loss alone and the gradient and GGN of the point finally accepted are
+    taken then.  In sample space trials take the loss and gradient, and an accepted point its
+    factor."""
     z, f, g = _start(run)
-    G = run.curvature("ggn", z)
-    run.check_finite("the GGN", G)
-    scale = float(np.max(np.diag(G))) if G.size else 1.0
+    n = run.N * run.net.num_outputs
+    samples = space == "samples" or (space == "auto" and n < run.F)
+    if samples:
+        curv = _SampleSpace(n)
+        curv.set(run.ggn_factor(z))
+        run.check_finite("the GGN factor", curv.B)
+    else:
+        curv = _ParameterSpace(run.F)
+        curv.set(run.curvature("ggn", z))
+        run.check_finite("the GGN", curv.G)
+    dg = curv.diagonal()
+    scale = float(np.max(dg)) if dg.size else 1.0
     scale = scale if scale > 0 and math.isfinite(scale) else 1.0
     lam_min, lam_max = 1e-15 * scale, 1e16 * scale
     lam = max(damping * scale, lam_min)
     nu = 2.0
+    fused = not samples  # in parameter space, after an accepted step: expect this one to be too
     while True:
-        gnorm = _gnorm(g)
+        gnorm = math.sqrt(float(g @ g))
         run.check_gtol(gnorm)
         run.check_budget()
-        if scaling == "marquardt":
-            dg = np.diag(G)
-            D = np.maximum(dg, 1e-12 * max(float(dg.max()), np.finfo(np.float64).tiny))
-        else:
-            D = np.ones(run.F)
-        p = _damped_solve(G, lam, D, g)
-        pred = -(float(g @ p) + 0.5 * float(p @ (G @ p)))
+        p = curv.solve(lam, _scaling(curv, scaling), g)
+        pred = -(float(g @ p) + 0.5 * float(p @ curv.times(p)))
         z_old = z
-        z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
+        z_new, snorm = run.step(z, p)
+        G_new = None
+        if fused:
+            f_new, g_new, G_new = run.loss_grad_ggn(z_new)
+        elif samples:
+            f_new, g_new = run.loss_and_grad(z_new)
+        else:
+            f_new, g_new = run.loss(z_new), None
+        finite = math.isfinite(f_new) and (g_new is None or math.isfinite(float(g_new @ g_new)))
+        if finite:
+            run.finite_trial()
+        else:
+            run.nonfinite_trial()
         rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
         if update == "classic":
             accepted = finite and f_new < f
@@ -222,18 +326,26 @@ def lm(run, *, damping, update, scaling, eta):
                 nu *= 2.0
         lam = max(lam, lam_min)
         if accepted:
+            if samples:
+                G_new = run.ggn_factor(z_new)
+                run.check_finite("the GGN factor", G_new[0])
+            elif G_new is None:
+                f_new, g_new, G_new = run.loss_grad_ggn(z_new)
+            run.check_finite("the loss or gradient", f_new, g_new)
             f_old = f
             z, f, g = z_new, f_new, g_new
-            run.record(z, f, _gnorm(g), snorm, lam)
+            curv.set(G_new)
+            run.record(z, f, math.sqrt(float(g @ g)), snorm, lam)
             run.check_ftol(f_old, f)
             run.check_xtol(z_old, snorm)
-            G = run.curvature("ggn", z)
-            run.check_finite("the GGN", G)
+            if not samples:
+                run.check_finite("the GGN", G_new)
         else:
             run.record(z, f, gnorm, 0.0, lam, accepted=False)
             run.check_xtol(z, snorm, accepted=False)
             if lam > lam_max:
                 raise Stop(Status.NO_PROGRESS, f"damping grew past {lam_max:.3g} without a decrease")
+        fused = accepted and not samples
 
 
 # ------------------------------------------------------------------------ newton-cg
