@@ -598,3 +598,39 @@ def test_lm_chooses_sample_space_for_few_samples(monkeypatch):
     net, theta0, X, Y = problem("mse", sizes=[3, 4, 2], N=40, seed=7)     # N dL = 80 > F = 26
     tk.minimize(net, theta0, X, Y, method="lm", max_iter=5)
     assert not calls
+
+
+def _two_loop(g, pairs):
+    """The textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4): -H g."""
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    s, y = pairs[-1]
+    q *= (s @ y) / (y @ y)
+    for (s, y), a in zip(pairs, reversed(alphas)):
+        q += (a - (y @ q) / (s @ y)) * s
+    return -q
+
+
+def test_lbfgs_memory_is_the_two_loop_recursion():
+    """The compact form (quasi_newton._Memory) against the two-loop recursion, through pushes
+    past the memory's size (the oldest pair dropped) and a clear."""
+    from taylorkern.optim.quasi_newton import _Memory
+    rng = np.random.default_rng(3)
+    F, m = 37, 5
+    mem, pairs = _Memory(m, F), []
+    A = rng.standard_normal((F, F))
+    A = A @ A.T + F * np.eye(F)  # s.y > 0 for y = A s
+    for i in range(13):
+        if i == 9:
+            mem.clear()
+            pairs.clear()
+        s = rng.standard_normal(F)
+        y = A @ s + 0.1 * rng.standard_normal(F)
+        mem.push(s, y)
+        pairs = (pairs + [(s, y)])[-m:]
+        g = rng.standard_normal(F)
+        want = _two_loop(g, pairs)
+        np.testing.assert_allclose(mem.direction(g), want, rtol=0, atol=1e-12 * np.abs(want).max())

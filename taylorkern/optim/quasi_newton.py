@@ -1,46 +1,91 @@
-"""L-BFGS: the two-loop recursion over the last ``memory`` pairs (s, y), initial scaling
-s.y / y.y, and a strong-Wolfe line search (so s.y > 0 and the update stays positive
-definite).  A pair with s.y <= eps |s| |y| is skipped; a failed line search from a
+"""L-BFGS: the inverse-Hessian approximation of the last ``memory`` pairs (s, y) with initial
+scaling s.y / y.y (in the compact form: _Memory), and a strong-Wolfe line search (so s.y > 0
+and the update stays positive definite).  A pair with s.y <= eps |s| |y| is skipped; a failed line search from a
 quasi-Newton direction is retried once along -g with the memory cleared."""
 
 from __future__ import annotations
 
-import collections
 import math
 
 import numpy as np
+import scipy.linalg.lapack
 
 from ._linesearch import strong_wolfe
+from ._run import norm
+
+_TRTRS = scipy.linalg.lapack.get_lapack_funcs("trtrs", dtype=np.float64)
 
 
-def _two_loop(g, pairs):
-    q = g.copy()
-    alphas = []
-    for s, y, rho in reversed(pairs):
-        a = rho * float(s @ q)
-        alphas.append(a)
-        q -= a * y
-    if pairs:
-        s, y, _ = pairs[-1]
-        q *= float(s @ y) / float(y @ y)
-    for (s, y, rho), a in zip(pairs, reversed(alphas)):
-        b = rho * float(y @ q)
-        q += (a - b) * s
-    return -q
+class _Memory:
+    """The last ``m`` pairs (s, y) and the inverse-Hessian approximation they define, in the
+    compact form of Byrd, Nocedal and Schnabel (1994): with S, Y the pairs as rows (oldest
+    first), R the upper triangle of S Y^T (R_ij = s_i.y_j, i <= j), D its diagonal and
+    gamma = s.y / y.y of the newest pair,
+
+        H g = gamma g + S^T c_S + Y^T c_Y,   t = R^{-1} (S g),
+        c_S = R^{-T} (D t + gamma (Y Y^T) t - gamma (Y g)),   c_Y = -gamma t,
+
+    the same H as the two-loop recursion, from a few products with the (2m, F) rows and two
+    triangular solves of order m: a fixed, small number of numpy calls per iteration however
+    large m is.  S Y^T and Y Y^T are kept and updated by one row and column per pair."""
+
+    def __init__(self, m, F):
+        self.m, self.k = m, 0
+        self.W = np.zeros((2 * m, F))  # rows 0..m-1: s, rows m..2m-1: y
+        self.S, self.Y = self.W[:m], self.W[m:]
+        self.SY = np.zeros((m, m))
+        self.YY = np.zeros((m, m))
+        self.coef = np.zeros(2 * m)
+
+    def clear(self):
+        self.k = 0
+
+    def __bool__(self):
+        return self.k > 0
+
+    def push(self, s, y):
+        m, k = self.m, self.k
+        if k == m:  # drop the oldest pair
+            self.S[:-1] = self.S[1:]
+            self.Y[:-1] = self.Y[1:]
+            self.SY[:-1, :-1] = self.SY[1:, 1:]
+            self.YY[:-1, :-1] = self.YY[1:, 1:]
+            k -= 1
+        self.S[k], self.Y[k] = s, y
+        self.k = k = k + 1
+        self.SY[k - 1, :k] = self.Y[:k] @ s
+        self.SY[:k, k - 1] = self.S[:k] @ y
+        self.YY[k - 1, :k] = self.YY[:k, k - 1] = self.Y[:k] @ y
+
+    def direction(self, g):
+        """-H g."""
+        m, k = self.m, self.k
+        SY, yy = self.SY[:k, :k], self.YY[k - 1, k - 1]
+        gamma = SY[k - 1, k - 1] / yy
+        ab = self.W @ g
+        a, b = ab[:k], ab[m:m + k]
+        R = np.triu(SY)
+        t, _ = _TRTRS(R, a, lower=0)
+        u = np.diagonal(SY) * t + gamma * (self.YY[:k, :k] @ t - b)
+        cs, _ = _TRTRS(R, u, lower=0, trans=1)
+        coef = self.coef
+        coef.fill(0.0)
+        coef[:k], coef[m:m + k] = cs, -gamma * t
+        return -(gamma * g + coef @ self.W)
 
 
 def lbfgs(run, *, memory, c1, c2, max_ls):
     z, f, g = run.z0, run.f0, run.g0
     run.check_finite("the initial loss or gradient", f, g)
-    pairs = collections.deque(maxlen=memory)
+    pairs = _Memory(memory, run.F)
     while True:
-        gnorm = float(np.linalg.norm(g))
+        gnorm = norm(g)
         run.check_gtol(gnorm)
         run.check_budget()
         t = None
         for _attempt in range(2):
             if pairs:
-                d = _two_loop(g, list(pairs))
+                d = pairs.direction(g)
                 alpha0 = 1.0
             else:
                 d = -g
@@ -58,9 +103,9 @@ def lbfgs(run, *, memory, c1, c2, max_ls):
         s = t.z.astype(np.float64) - z
         y = t.g - g
         sy = float(s @ y)
-        if sy > run.eps * float(np.linalg.norm(s)) * float(np.linalg.norm(y)) and sy > 0:
-            pairs.append((s, y, 1.0 / sy))
-        run.record(t.z, t.f, float(np.linalg.norm(t.g)), t.snorm, t.alpha)
+        if sy > run.eps * norm(s) * norm(y) and sy > 0:
+            pairs.push(s, y)
+        run.record(t.z, t.f, norm(t.g), t.snorm, t.alpha)
         run.check_ftol(f, t.f)
         run.check_xtol(z, t.snorm)
         z, f, g = t.z, t.f, t.g
