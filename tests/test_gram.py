@@ -33,7 +33,7 @@ def _random_shapes(seed, count):
     shapes = []
     for i in range(count):
         depth = 1 + i % 3
-        sizes = [int(rng.integers(1, 6))] + [int(rng.integers(1, 24)) for _ in range(depth)]
+        sizes = [int(rng.integers(1, 6))] + [int(rng.integers(1, 16)) for _ in range(depth)]
         sizes.append(int(rng.integers(1, 4)))
         shapes.append(sizes)
     return shapes
@@ -59,21 +59,20 @@ def gram_route(mode):
 def test_each_route_matches_the_reference(sizes, loss, dtype, route, restore_threads):
     if loss == "ce" and sizes[-1] < 2:
         sizes = sizes[:-1] + [2]
-    N = 700 + 37 * len(sizes)
+    N = 300 + 37 * len(sizes)
     p = make_problem(sizes, "tanh", loss, N=N, l2=0.0, dtype=dtype, seed=len(sizes))
+    want = {r: (reference(p, "loss_and_grad", r), reference(p, "ggn", r)) for r in ("mean", "sum")}
     chunk = _core._set_chunk_bytes(16 << 10)  # many chunks per thread
     try:
         with tk.use_backend("cpp"), gram_route(route):
             for threads in (1, 2):
                 tk.set_num_threads(threads)
-                for reduction in ("mean", "sum"):
-                    want = reference(p, "ggn", reduction)
+                for reduction, ((f0, g0), G0) in want.items():
                     G = p.net.ggn(p.theta, p.X, p.Y, reduction)
-                    compare(G, want, dtype, what=f"ggn ({reduction}, {threads} threads)")
+                    compare(G, G0, dtype, what=f"ggn ({reduction}, {threads} threads)")
                     assert np.array_equal(G, G.T), "the GGN must be exactly symmetric"
                     f, g, G2 = p.net.loss_grad_ggn(p.theta, p.X, p.Y, reduction)
-                    f0, g0 = reference(p, "loss_and_grad", reduction)
-                    compare((f, g, G2), (f0, g0, want), dtype, what=f"loss_grad_ggn ({reduction})")
+                    compare((f, g, G2), (f0, g0, G0), dtype, what=f"loss_grad_ggn ({reduction})")
     finally:
         _core._set_chunk_bytes(chunk)
 
