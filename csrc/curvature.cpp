@@ -161,78 +161,78 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   backward_rows(net, theta, t, n0, c, k, U);
 }
 
+namespace {
+
+// The GGN's factors from the rows U of gn_rows (docs/curvature.md §6): Q[l] = U_l^T U_l and, for
+// the full matrix, Tm[l][m] = U_m^T U_l.
 template <class T>
-void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, Need need, idx n0, idx c,
-                   Factors<T>& f) {
+void gn_factors(const Net& net, Need need, idx c, Factors<T>& f) {
   const idx L = net.L(), k = net.k();
-  const T s = sample_weight<T>(t.N, mean);
-  f.Q.resize(L);
-  if (need == Need::full) {
-    f.Tm.resize(L);
-    f.S.resize(L);
-    for (idx l = 0; l < L; ++l) f.Tm[l].resize(L), f.S[l].resize(L);
+  for (idx l = 0; l < L; ++l) {
+    const idx H = net.d[l + 1];
+    f.Q[l].resize(c * H * H);
+    batched_AtB<T>(c, k, H, H, f.U[l].data(), f.U[l].data(), f.Q[l].data());
+    if (need == Need::full)
+      for (idx m = l + 1; m < L; ++m) {
+        f.Tm[l][m].resize(c * net.d[m + 1] * H);
+        batched_AtB<T>(c, k, net.d[m + 1], H, f.U[m].data(), f.U[l].data(), f.Tm[l][m].data());
+      }
   }
-  const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
+}
 
-  if (gn) {
-    gn_rows(net, theta, t, mean, n0, c, f.U);
-    if (need == Need::diag) return;
-    for (idx l = 0; l < L; ++l) {
-      const idx H = net.d[l + 1];
-      f.Q[l].resize(c * H * H);
-      batched_AtB<T>(c, k, H, H, f.U[l].data(), f.U[l].data(), f.Q[l].data());
-      if (need == Need::full)
-        for (idx m = l + 1; m < L; ++m) {
-          f.Tm[l][m].resize(c * net.d[m + 1] * H);
-          batched_AtB<T>(c, k, net.d[m + 1], H, f.U[m].data(), f.U[l].data(), f.Tm[l][m].data());
-        }
-    }
-    return;
-  }
-
-  // Hessian: Q_{L-1} = H_out (formulas.hpp), then the backward recursion.
-  f.Q[L - 1].assign(c * k * k, T(0));
+// The Hessian's Q_{L-1} = H_out per sample (formulas.hpp): P the chunk's softmax (ce), or null (mse).
+template <class T>
+void output_hessian(idx k, const T* P, T s, idx c, vec<T>& Q) {
+  Q.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n) {
-    T* q = f.Q[L - 1].data() + n * k * k;
+    T* q = Q.data() + n * k * k;
     for (idx i = 0; i < k; ++i)
       for (idx j = 0; j < k; ++j)
         q[i * k + j] = P ? ce_curvature(k, P + n * k, i, j, s) : i == j ? mse_curvature(k, s) : T(0);
   }
-  for (idx l = L - 1; l >= 1; --l) {
-    const idx Hl = net.d[l + 1], Hp = net.d[l];
-    const T* W = weights(net, theta, l);  // (Hp, Hl)
-    const T* d1 = t.d1[l - 1].data() + n0 * Hp;
-    // y_n = Q_l W_l^T  (Hl x Hp)
-    f.y.resize(c * Hl * Hp);
-    gemm<T>(false, true, c * Hl, Hp, Hl, T(1), f.Q[l].data(), Hl, W, Hl, T(0), f.y.data(), Hp);
-    if (need == Need::full) {
-      for (idx m = l + 1; m < L; ++m) {  // Tm[l-1][m] = Tm[l][m] W_l^T D_{l-1}
-        auto& Tn = f.Tm[l - 1][m];
-        Tn.resize(c * net.d[m + 1] * Hp);
-        gemm<T>(false, true, c * net.d[m + 1], Hp, Hl, T(1), f.Tm[l][m].data(), Hl, W, Hl, T(0), Tn.data(), Hp);
-        scale_cols<T>(c, net.d[m + 1], Hp, d1, Tn.data());
-      }
-      f.Tm[l - 1][l].assign(f.y.begin(), f.y.end());
-      scale_cols<T>(c, Hl, Hp, d1, f.Tm[l - 1][l].data());
-    }
-    // yt_n = D W_l Q_l = (y_n)^T with rows scaled; Q_{l-1} = yt_n W_l^T D + diag(e * act'').
-    f.yt.resize(c * Hp * Hl);
-    parallel_for(c, c * Hl * Hp, [&](idx n) {
-      for (idx i = 0; i < Hp; ++i)
-        for (idx j = 0; j < Hl; ++j) f.yt[(n * Hp + i) * Hl + j] = d1[n * Hp + i] * f.y[(n * Hl + j) * Hp + i];
-    });
-    auto& Qp = f.Q[l - 1];
-    Qp.resize(c * Hp * Hp);
-    gemm<T>(false, true, c * Hp, Hp, Hl, T(1), f.yt.data(), Hl, W, Hl, T(0), Qp.data(), Hp);
-    scale_cols<T>(c, Hp, Hp, d1, Qp.data());
-    const T* e = t.e[l - 1].data() + n0 * Hp;
-    const T* d2 = t.d2[l - 1].data() + n0 * Hp;
-    for (idx n = 0; n < c; ++n)
-      for (idx i = 0; i < Hp; ++i) Qp[(n * Hp + i) * Hp + i] += e[n * Hp + i] * d2[n * Hp + i];
-  }
-  if (need != Need::full) return;
+}
 
-  // Term-3 factors: B^T_{l+1,l} = D_l W_{l+1}; S[l][m] = B^T_{m-1,l} D_{m-1}; B^T_{m,l} = S[l][m] W_m.
+// One layer down from Tm[l][.], for the full matrix: Tm[l-1][m] = Tm[l][m] W_l^T D_{l-1} (m > l)
+// and Tm[l-1][l] = y D_{l-1}, with y = Q_l W_l^T (f.y) and d1 the chunk's act'(z_{l-1}).
+template <class T>
+void tm_below(const Net& net, idx l, const T* W, const T* d1, idx c, Factors<T>& f) {
+  const idx L = net.L(), Hl = net.d[l + 1], Hp = net.d[l];
+  for (idx m = l + 1; m < L; ++m) {
+    auto& Tn = f.Tm[l - 1][m];
+    Tn.resize(c * net.d[m + 1] * Hp);
+    gemm<T>(false, true, c * net.d[m + 1], Hp, Hl, T(1), f.Tm[l][m].data(), Hl, W, Hl, T(0), Tn.data(), Hp);
+    scale_cols<T>(c, net.d[m + 1], Hp, d1, Tn.data());
+  }
+  f.Tm[l - 1][l].assign(f.y.begin(), f.y.end());
+  scale_cols<T>(c, Hl, Hp, d1, f.Tm[l - 1][l].data());
+}
+
+// One layer down from Q_l: Q_{l-1} = yt W_l^T D_{l-1} + diag(e_{l-1} * act''(z_{l-1})), with
+// yt = D_{l-1} y^T = D_{l-1} W_l Q_l (Q_l is symmetric) from y = Q_l W_l^T (f.y).
+template <class T>
+void q_below(const Net& net, const Tape<T>& t, idx l, const T* W, idx n0, idx c, Factors<T>& f) {
+  const idx Hl = net.d[l + 1], Hp = net.d[l];
+  const T* d1 = t.d1[l - 1].data() + n0 * Hp;
+  f.yt.resize(c * Hp * Hl);
+  parallel_for(c, c * Hl * Hp, [&](idx n) {
+    for (idx i = 0; i < Hp; ++i)
+      for (idx j = 0; j < Hl; ++j) f.yt[(n * Hp + i) * Hl + j] = d1[n * Hp + i] * f.y[(n * Hl + j) * Hp + i];
+  });
+  auto& Qp = f.Q[l - 1];
+  Qp.resize(c * Hp * Hp);
+  gemm<T>(false, true, c * Hp, Hp, Hl, T(1), f.yt.data(), Hl, W, Hl, T(0), Qp.data(), Hp);
+  scale_cols<T>(c, Hp, Hp, d1, Qp.data());
+  const T* e = t.e[l - 1].data() + n0 * Hp;
+  const T* d2 = t.d2[l - 1].data() + n0 * Hp;
+  for (idx n = 0; n < c; ++n)
+    for (idx i = 0; i < Hp; ++i) Qp[(n * Hp + i) * Hp + i] += e[n * Hp + i] * d2[n * Hp + i];
+}
+
+// The Hessian's term-3 factors S[l][m] = B^T_{m-1,l} D_{m-1}, m >= l + 2, walking B up from
+// B^T_{l+1,l} = D_l W_{l+1} by B^T_{m,l} = S[l][m] W_m.
+template <class T>
+void term3_factors(const Net& net, const T* theta, const Tape<T>& t, idx n0, idx c, Factors<T>& f) {
+  const idx L = net.L();
   vec<T> B;
   for (idx l = 0; l + 2 < L; ++l) {
     const idx H = net.d[l + 1];
@@ -255,6 +255,39 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
       }
     }
   }
+}
+
+}  // namespace
+
+// GGN: the rows U (gn_rows), then Q and Tm from them.  Hessian: Q_{L-1} = H_out, then down the
+// layers y = Q_l W_l^T (one product over the chunk's rows), and from it Tm[l-1][.] and Q_{l-1};
+// then the term-3 factors S.  Tm and S only for the full matrix.
+template <class T>
+void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, Need need, idx n0, idx c,
+                   Factors<T>& f) {
+  const idx L = net.L(), k = net.k();
+  f.Q.resize(L);
+  if (need == Need::full) {
+    f.Tm.resize(L);
+    f.S.resize(L);
+    for (idx l = 0; l < L; ++l) f.Tm[l].resize(L), f.S[l].resize(L);
+  }
+  if (gn) {
+    gn_rows(net, theta, t, mean, n0, c, f.U);
+    if (need != Need::diag) gn_factors(net, need, c, f);
+    return;
+  }
+  const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
+  output_hessian(k, P, sample_weight<T>(t.N, mean), c, f.Q[L - 1]);
+  for (idx l = L - 1; l >= 1; --l) {
+    const idx Hl = net.d[l + 1], Hp = net.d[l];
+    const T* W = weights(net, theta, l);  // (Hp, Hl)
+    f.y.resize(c * Hl * Hp);
+    gemm<T>(false, true, c * Hl, Hp, Hl, T(1), f.Q[l].data(), Hl, W, Hl, T(0), f.y.data(), Hp);
+    if (need == Need::full) tm_below(net, l, W, t.d1[l - 1].data() + n0 * Hp, c, f);
+    q_below(net, t, l, W, n0, c, f);
+  }
+  if (need == Need::full) term3_factors(net, theta, t, n0, c, f);
 }
 
 namespace {
