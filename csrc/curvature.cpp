@@ -667,8 +667,8 @@ static void unpack_full(const Net& net, bool gn, const Workspace<T>& ws, T* out)
 template <class T>
 void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
                     Workspace<T>& ws) {
-  if (gn && gram_route(net, N)) {
-    ggn_gram<T>(net, theta, X, N, tg, mean, out, nullptr, ws);
+  if (gram_applies(net, N, gn)) {
+    gram<T>(net, theta, X, N, tg, mean, gn, out, nullptr, ws);
     return;
   }
   if (full_lanes_apply(net)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);

@@ -2,7 +2,8 @@
 
 cpp computes the full GGN by one of two routes (docs/curvature.md, "The Gram route"): the Gram
 matrix of the Jacobian rows R_n J_n (csrc/gram.cpp) or the Kronecker route (csrc/curvature.cpp),
-with tiny networks on SIMD lanes; a cost model picks.  Each route is forced here on random
+with tiny networks on SIMD lanes; a cost model picks.  The Hessian of a network of at most one
+hidden layer takes the Gram route too, with its two other terms added.  Each route is forced here on random
 shapes of either kind, both losses, dtypes and reductions, 1 and 2 threads and many chunks, and
 compared with the float64 reference (tolerances: conftest.RTOL).  MLP.loss_grad_ggn must give
 what loss_and_grad and ggn give, on every backend.
@@ -39,7 +40,11 @@ def _random_shapes(seed, count):
     return shapes
 
 
-SHAPES = _random_shapes(7, 6) + [[1, 20, 1], [2, 50, 1]]
+SHAPES = _random_shapes(7, 6) + [[1, 20, 1], [2, 50, 1], [3, 7, 2], [1, 15, 1], [4, 6, 1], [2, 9, 1], [3, 5, 2]]
+# every activation, on networks of one hidden layer too (the Hessian's Gram route)
+CASES = [pytest.param(sizes, tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)],
+                      id="-".join(map(str, sizes)) + "-" + tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)])
+         for i, sizes in enumerate(SHAPES)]
 
 
 @contextlib.contextmanager
@@ -52,25 +57,29 @@ def gram_route(mode):
 
 
 @needs_cpp
-@pytest.mark.parametrize("sizes", SHAPES, ids=lambda s: "-".join(map(str, s)))
+@pytest.mark.parametrize("sizes, act", CASES)
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("route", [1, -1], ids=["gram", "kronecker"])
-def test_each_route_matches_the_reference(sizes, loss, dtype, route, restore_threads):
+def test_each_route_matches_the_reference(sizes, act, loss, dtype, route, restore_threads):
     if loss == "ce" and sizes[-1] < 2:
         sizes = sizes[:-1] + [2]
     N = 300 + 37 * len(sizes)
-    p = make_problem(sizes, "tanh", loss, N=N, l2=0.0, dtype=dtype, seed=len(sizes))
-    want = {r: (reference(p, "loss_and_grad", r), reference(p, "ggn", r)) for r in ("mean", "sum")}
+    p = make_problem(sizes, act, loss, N=N, l2=0.0, dtype=dtype, seed=len(sizes))
+    want = {r: (reference(p, "loss_and_grad", r), reference(p, "ggn", r), reference(p, "hessian", r))
+            for r in ("mean", "sum")}
     chunk = _core._set_chunk_bytes(16 << 10)  # many chunks per thread
     try:
         with tk.use_backend("cpp"), gram_route(route):
             for threads in (1, 2):
                 tk.set_num_threads(threads)
-                for reduction, ((f0, g0), G0) in want.items():
+                for reduction, ((f0, g0), G0, H0) in want.items():
                     G = p.net.ggn(p.theta, p.X, p.Y, reduction)
                     compare(G, G0, dtype, what=f"ggn ({reduction}, {threads} threads)")
                     assert np.array_equal(G, G.T), "the GGN must be exactly symmetric"
+                    H = p.net.hessian(p.theta, p.X, p.Y, reduction)
+                    compare(H, H0, dtype, what=f"hessian ({reduction}, {threads} threads)")
+                    assert np.array_equal(H, H.T), "the Hessian must be exactly symmetric"
                     f, g, G2 = p.net.loss_grad_ggn(p.theta, p.X, p.Y, reduction)
                     compare((f, g, G2), (f0, g0, G0), dtype, what=f"loss_grad_ggn ({reduction})")
     finally:
