@@ -564,7 +564,7 @@ def test_ggn_factor_squares_to_the_ggn(loss, reduction, l2):
 @pytest.mark.parametrize("l2, masked", [(0.0, False), (0.05, False), (0.0, True)], ids=["plain", "l2", "mask"])
 def test_lm_in_sample_space_takes_the_parameter_space_steps(loss, options, l2, masked):
     """A wide network on few samples (N dL = 20 or 30 < F): the sample-space solve (Woodbury,
-    an (N dL)-square system) and the F x F Cholesky give the same iterates, to 1e-10."""
+    an (N dL)-square system) and the F x F Cholesky give the same iterates (to 1e-10; 1e-8 with Marquardt's scaling)."""
     net, theta0, X, Y = problem(loss, l2=l2, sizes=[3, 40, 2 if loss == "mse" else 3], N=10, seed=7)
     mask = None
     if masked:
@@ -578,7 +578,11 @@ def test_lm_in_sample_space_takes_the_parameter_space_steps(loss, options, l2, m
     np.testing.assert_array_equal(a.history["accepted"], b.history["accepted"])
     # (an over-parameterised fit drives the loss to rounding level: relative to where it started)
     np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-10, atol=1e-10 * b.history["loss"][0])
-    np.testing.assert_allclose(a.theta, b.theta, rtol=0, atol=1e-10 * np.abs(b.theta).max())
+    # Marquardt's scaling damps by diag(G), which is near zero for some weights of this
+    # over-parameterised fit: cond(G + lam D) reaches ~1e10 and the two solves' rounding (BLAS
+    # blocking differs between machines) is amplified up to that; measured 3e-11 to 3e-10.
+    tol = 1e-8 if options.get("scaling") == "marquardt" else 1e-10
+    np.testing.assert_allclose(a.theta, b.theta, rtol=0, atol=tol * np.abs(b.theta).max())
     assert a.loss < net.loss(theta0, X, Y)
 
 
