@@ -377,19 +377,17 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
     const Lane *F = A + at[L], *RF = RZ + at[L];
     Lane* p = G2;  // the softmax (ce): G2 is free until the backward pass
     lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);
-    if (net.loss == Loss::mse) {  // formulas.hpp's mse_curvature and ce_curvature_times, lane-wise
+    if (net.loss == Loss::mse) {
       const T c = mse_curvature(k, s);
       for (idx j = 0; j < k; ++j) RG[j] = c * RF[j] * mask;
     } else {
-      Lane best = p[0], rt = RF[0];  // RF of each lane's most likely class (as above)
+      Lane best = p[0], rt = RF[0];  // RF at each lane's ce_top(p), as rop_rows
       for (idx j = 1; j < k; ++j) {
         const auto more = p[j] > best;
         best = more ? p[j] : best;
         rt = more ? RF[j] : rt;
       }
-      Lane dot = zero;
-      for (idx j = 0; j < k; ++j) dot += p[j] * (RF[j] - rt);
-      for (idx j = 0; j < k; ++j) RG[j] = s * mask * p[j] * ((RF[j] - rt) - dot);
+      ce_curvature_times_at<Lane>(k, p, rt, RF, s * mask, RG);
     }
     // Backward: R{grad} of layer l, then the gradient and its tangent one layer down.
     Lane *g = G, *rg = RG, *g2 = G2, *rg2 = RG2;
