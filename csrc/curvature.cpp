@@ -300,25 +300,20 @@ namespace {
 // over lanes and mirrored at the end.
 constexpr idx kLanesMaxFullParams = 128;
 
-// Rows s_r of a square root of H_out, S[r * k + j], zero in unused lanes: mse sqrt(2s/k) e_r;
-// ce sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T, with p the
-// block's softmax (lanes_softmax; not read for mse): formulas.hpp's curvature_root, lane-wise.
+// Rows of a square root R of H_out, S[r * k + j] = R[r, j], per sample from formulas.hpp's
+// curvature_root (lanes b < nb; zero in the others), p the block's softmax (lanes_softmax; not read
+// for mse).
 template <class T>
-void out_sqrt_rows(const Net& net, T s, const typename Lanes<T>::type& mask, const typename Lanes<T>::type* p,
-                   typename Lanes<T>::type* S) {
-  using Lane = typename Lanes<T>::type;
+void out_sqrt_rows(const Net& net, T s, idx nb, const typename Lanes<T>::type* p, typename Lanes<T>::type* S) {
   const idx k = net.k();
-  const Lane zero = {};
-  if (net.loss == Loss::mse) {
-    const T c = std::sqrt(mse_curvature(k, s));
+  const bool ce = net.loss == Loss::ce;
+  T pb[kLanesMaxWidth];
+  lanes_fill<T>(S, k * k, typename Lanes<T>::type{});
+  for (idx b = 0; b < nb; ++b) {
+    if (ce)
+      for (idx j = 0; j < k; ++j) pb[j] = p[j][b];
     for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j) S[r * k + j] = r == j ? c * mask : zero;
-    return;
-  }
-  for (idx r = 0; r < k; ++r) {
-    Lane w;
-    for (idx b = 0; b < kLanes; ++b) w[b] = std::sqrt(s * p[r][b]) * mask[b];
-    for (idx j = 0; j < k; ++j) S[r * k + j] = w * ((r == j ? T(1) : T(0)) - p[j]);
+      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(k, ce ? pb : nullptr, r, j, s);
   }
 }
 
@@ -377,10 +372,10 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
   lanes_fill<T>(acc, tri, zero);
   for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
-    lanes_load(net, X, N, n0, A, mask);
+    const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
     if (net.loss == Loss::ce) lanes_softmax<T>(k, A + lay.at[L], next);
-    out_sqrt_rows<T>(net, s, mask, next, S);
+    out_sqrt_rows<T>(net, s, nb, next, S);
     for (idx r = 0; r < k; ++r) {
       std::copy(S + r * k, S + (r + 1) * k, delta);
       for (idx l = L - 1; l >= 0; --l) {
@@ -477,7 +472,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
     // the bilinear terms of g_l.
     const Lane* F = A + lay.at[L];
     lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G + zu(L - 1));  // p: the softmax (ce)
-    out_sqrt_rows<T>(net, s, mask, p, S);
+    out_sqrt_rows<T>(net, s, nb, p, S);
     auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
     for (idx l = L - 1; l >= 1; --l) {
       const idx di = net.d[l], dn = net.d[l + 1];

@@ -189,13 +189,18 @@ TK_HD T ce_curvature(std::int64_t k, const T* p, std::int64_t i, std::int64_t j,
 }
 
 // o = H_out x = s p_j (x_j - p.x), formed around the most likely class top as
-// (x_j - x_top) - p.(x - x_top): where p_top is near 1 the plain difference is lost to rounding.
+// (x_j - xt) - p.(x - xt), xt = x_top: where p_top is near 1 the plain difference is lost to
+// rounding.  With xt given, T may be a vector of samples, each with its own xt (lanes.hpp).
 template <class T>
-TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, const T* x, T s, T* o) {
-  const T xt = x[top];
-  T dot = 0;
+TK_HD void ce_curvature_times_at(std::int64_t k, const T* p, T xt, const T* x, T s, T* o) {
+  T dot{};
   for (std::int64_t j = 0; j < k; ++j) dot += p[j] * (x[j] - xt);
   for (std::int64_t j = 0; j < k; ++j) o[j] = s * p[j] * ((x[j] - xt) - dot);
+}
+
+template <class T>
+TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, const T* x, T s, T* o) {
+  ce_curvature_times_at(k, p, x[top], x, s, o);
 }
 
 // Row r of a square root R of H_out (R^T R = H_out): mse sqrt(2s/k) e_r; ce sqrt(s p_r) (e_r - p)

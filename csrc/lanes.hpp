@@ -136,7 +136,10 @@ void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::t
 
 // g = dloss/df for the block's outputs F (k lanes; s the sample weight, zero in unused lanes);
 // for ce, p receives the softmax (k lanes).  Lane-wise forms of formulas.hpp's mse_row and
-// ce_gradient, which the scalar kernels (and the CUDA ones) use.
+// ce_gradient, which the scalar kernels (and the CUDA ones) use: those formulas pick the most
+// likely class by index, different in each lane, and calling them sample by sample (with
+// lanes_softmax in ce_softmax's form) made the one-direction products of tiny ce networks
+// markedly slower (bench/RESULTS.md).
 template <class T>
 void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb, T s,
                            const typename Lanes<T>::type& mask, typename Lanes<T>::type* p,

@@ -158,6 +158,147 @@ void next_rg(idx n, idx m, idx di, const T* __restrict re, const T* __restrict d
     }
 }
 
+// Layer l's slice of the directions as Vt[l][i][c][j]; with one direction V's own slice, which
+// has that layout already (rop).
+template <class T>
+const T* direction_slice(const Net& net, const T* V, idx m, const Workspace<T>& ws, idx l) {
+  return m == 1 ? V + net.off[l] : ws.Vt[l].data();
+}
+
+// Rz of a one-unit output layer for one direction, vb its Vb: two dot products a row, one pass.
+template <class T>
+void output_unit_forward(idx n, idx di, const T* __restrict a, const T* __restrict ra, const T* __restrict vw,
+                         const T* __restrict w, T vb, T* __restrict rz) {
+  for (idx r = 0; r < n; ++r) {
+    T sum = vb;
+#pragma omp simd reduction(+ : sum)
+    for (idx i = 0; i < di; ++i) sum += a[r * di + i] * vw[i] + ra[r * di + i] * w[i];
+    rz[r] = sum;
+  }
+}
+
+// The forward tangents of the chunk's n rows: Rz_l = Ra_l W_l + a_l VW_l + Vb_l and
+// Ra_{l+1} = act'(z_l) Rz_l, a hidden layer's Vb added in the pass that forms Ra.  With many
+// directions a chunk is long: an interrupted call (interrupt.hpp) returns between layers, false.
+template <class T>
+bool forward_tangents(const Net& net, const T* theta, const Tape<T>& t, const T* V, idx m, bool gn,
+                      const Workspace<T>& ws, idx n0, idx n, typename Workspace<T>::Slice& sc) {
+  const idx L = net.L();
+  for (idx l = 0; l < L; ++l) {
+    if (interrupted()) return false;
+    const idx di = net.d[l], dn = net.d[l + 1];
+    const bool hidden = l + 1 < L;
+    const T* vt = direction_slice(net, V, m, ws, l);
+    T* rz = sc.Rz[l].data();
+    const T* vb = vt + di * m * dn;
+    if (!hidden && dn == 1 && m == 1 && l > 0) {
+      output_unit_forward(n, di, t.in(l) + n0 * di, sc.Ra[l].data(), vt, weights(net, theta, l), vb[0], rz);
+      continue;
+    }
+    if (!hidden)
+      for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
+    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt, m * dn, T(hidden ? 0 : 1), rz, m * dn);
+    if (l > 0)
+      gemm<T>(false, false, n * m, dn, di, T(1), sc.Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
+    if (hidden)
+      next_ra(n, m, dn, vb, t.d1[l].data() + n0 * dn, rz, sc.Ra[l + 1].data(),
+              d2_source(net, l + 1, gn).kind == kStored);
+  }
+  return true;
+}
+
+// Rg_{L-1} = H_out Rz_{L-1} (formulas.hpp) for the chunk's n rows and m directions, and Rg's
+// column sums into rs.
+template <class T>
+void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, idx n,
+                   typename Workspace<T>::Slice& sc) {
+  const idx L = net.L(), k = net.k();
+  const T s = sample_weight<T>(t.N, mean);
+  sc.Rg.resize(n * m * k);
+  const T* rf = sc.Rz[L - 1].data();
+  T* rg = sc.Rg.data();
+  if (net.loss == Loss::mse) {
+    const T c2 = mse_curvature(k, s);
+    for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
+  } else {
+    const T* p = t.p.data() + n0 * k;
+    for (idx r = 0; r < n; ++r) {
+      const T* pn = p + r * k;
+      const idx top = ce_top(k, pn);
+      for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, s, rg + (r * m + c) * k);
+    }
+  }
+  for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
+    T sum = 0;
+    for (idx r = 0; r < n; ++r) sum += rg[r * m * k + q];
+    sc.rs[q] = sum;
+  }
+}
+
+// R{grad} of layer l, [a_l^T Rg_l + Ra_l^T g_l ; 1^T Rg_l] (the cross term Ra_l^T g_l for the
+// Hessian, l > 0), summed over the slice's chunks (the `first` to the `last`) into dst's layer l
+// in out's layout [(off_l + i dn + j) m + c]: with m > 1 in acc[l][i][c][j] and tmp[l][c][i][j],
+// scattered after the last chunk; with one direction both layouts are [i][j], and the products
+// accumulate into dst directly.
+template <class T>
+void layer_rgrad(const Net& net, const Tape<T>& t, idx m, bool gn, idx l, idx n0, idx n,
+                 typename Workspace<T>::Slice& sc, T* dst, bool first, bool last) {
+  const idx di = net.d[l], dn = net.d[l + 1];
+  T* o = dst + net.off[l] * m;
+  const bool cross = !gn && l > 0;
+  T* ac = o;
+  T* tm = o;
+  if (m > 1) {
+    sc.acc[l].resize((di + 1) * m * dn);
+    ac = sc.acc[l].data();
+    if (cross) sc.tmp[l].resize(m * di * dn);
+    tm = sc.tmp[l].data();
+  }
+  const T beta = first ? 0 : 1;
+  gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, sc.Rg.data(), m * dn, beta, ac, m * dn);
+  for (idx q = 0; q < m * dn; ++q)
+    ac[di * m * dn + q] = (first ? T(0) : ac[di * m * dn + q]) + sc.rs[q];  // not 0 * stale
+  if (cross)
+    gemm<T>(true, false, m * di, dn, n, T(1), sc.Ra[l].data(), m * di, t.g[l].data() + n0 * dn, dn,
+            m == 1 ? T(1) : beta, tm, dn);
+  if (m > 1 && last) {
+    if (cross)
+      for (idx c = 0; c < m; ++c)
+        for (idx i = 0; i < di; ++i)
+          for (idx j = 0; j < dn; ++j) ac[(i * m + c) * dn + j] += tm[(c * di + i) * dn + j];
+    for (idx i = 0; i <= di; ++i)
+      for (idx j = 0; j < dn; ++j)
+        for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = ac[(i * m + c) * dn + j];
+  }
+}
+
+// One layer down from Rg_l, l > 0: Re_{l-1} = Rg_l W_l^T (+ g_l VW_l^T for the Hessian), then
+// Rg_{l-1} and its column sums rs by next_rg.
+template <class T>
+void rg_below(const Net& net, const T* theta, const Tape<T>& t, const T* V, idx m, bool gn, const Workspace<T>& ws,
+              idx l, idx n0, idx n, typename Workspace<T>::Slice& sc) {
+  const idx di = net.d[l], dn = net.d[l + 1];
+  auto &Rg = sc.Rg, &Re = sc.Re;
+  Re.resize(n * m * di);
+  gemm<T>(false, true, n * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(), di);
+  if (!gn && m == 1)
+    gemm<T>(false, true, n, di, dn, T(1), t.g[l].data() + n0 * dn, dn, direction_slice(net, V, m, ws, l), dn, T(1),
+            Re.data(), di);
+  else if (!gn)
+    gemm<T>(false, false, n, m * di, dn, T(1), t.g[l].data() + n0 * dn, dn, ws.Vtt[l].data(), m * di, T(1), Re.data(),
+            m * di);
+  Rg.resize(n * m * di);
+  const idx h = n0 * di;  // the chunk's first row of layer l-1's tape arrays
+  const D2Source src = d2_source(net, l, gn);
+  const bool stored = src.kind == kStored;
+  const T* p = stored ? t.d2[l - 1].data() + h : t.a[l].data() + h;
+  const T* q = stored ? sc.Rz[l - 1].data() : sc.Ra[l].data();
+  with_d2_term(src, [&](auto kind) {
+    next_rg<decltype(kind)::value, T>(n, m, di, Re.data(), t.d1[l - 1].data() + h, t.e[l - 1].data() + h, p, q,
+                                      T(src.k0), T(src.k1), Rg.data(), sc.rs.data());
+  });
+}
+
 // The R-op for samples [n0, n1) (tape rows already filled), one chunk of a thread's slice of
 // samples: the slice's share of the result, in out's layout [(off_l + i dn + j) m + c], is
 // summed over its chunks (the `first` to the `last`) and written to dst.  With one
@@ -167,128 +308,25 @@ void next_rg(idx n, idx m, idx di, const T* __restrict re, const T* __restrict d
 template <class T>
 void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V, idx m, bool gn, Workspace<T>& ws,
               idx n0, idx n1, typename Workspace<T>::Slice& sc, T* dst, bool first, bool last) {
-  const idx L = net.L(), k = net.k(), n = n1 - n0;
-  const T s = sample_weight<T>(t.N, mean);
-  auto& Vtt = ws.Vtt;
-  auto vt = [&](idx l) { return m == 1 ? V + net.off[l] : ws.Vt[l].data(); };
-  auto &Rz = sc.Rz, &Ra = sc.Ra, &Rg = sc.Rg, &Re = sc.Re, &tmp = sc.tmp, &acc = sc.acc, &rs = sc.rs;
-  rs.resize(m * *std::max_element(net.d.begin(), net.d.end()));  // Rg's column sums ([c][j]): bias terms
-  for (auto* v : {&Rz, &Ra, &acc, &tmp}) v->resize(L);
+  const idx L = net.L(), n = n1 - n0;
+  sc.rs.resize(m * *std::max_element(net.d.begin(), net.d.end()));  // Rg's column sums ([c][j]): bias terms
+  for (auto* v : {&sc.Rz, &sc.Ra, &sc.acc, &sc.tmp}) v->resize(L);
   for (idx l = 0; l < L; ++l) {
-    Rz[l].resize(n * m * net.d[l + 1]);
-    if (l + 1 < L) Ra[l + 1].resize(n * m * net.d[l + 1]);
+    sc.Rz[l].resize(n * m * net.d[l + 1]);
+    if (l + 1 < L) sc.Ra[l + 1].resize(n * m * net.d[l + 1]);
   }
-
-  // Forward tangents (a hidden layer's Vb added in the pass that forms Ra).  With many
-  // directions a chunk is long: an interrupted call (interrupt.hpp) returns between layers.
-  for (idx l = 0; l < L; ++l) {
+  if (!forward_tangents(net, theta, t, V, m, gn, ws, n0, n, sc)) return;
+  out_curvature(net, t, mean, m, n0, n, sc);
+  for (idx l = L - 1; l >= 0; --l) {  // backward: R{grad} of layer l, then Rg one layer down
     if (interrupted()) return;
-    const idx di = net.d[l], dn = net.d[l + 1];
-    const bool hidden = l + 1 < L;
-    T* rz = Rz[l].data();
-    const T* vb = vt(l) + di * m * dn;
-    if (!hidden && dn == 1 && m == 1 && l > 0) {  // one output unit: two dot products a row, one pass
-      const T* __restrict a = t.in(l) + n0 * di;
-      const T* __restrict ra = Ra[l].data();
-      const T* __restrict vw = vt(l);
-      const T* __restrict w = weights(net, theta, l);
-      for (idx r = 0; r < n; ++r) {
-        T sum = vb[0];
-#pragma omp simd reduction(+ : sum)
-        for (idx i = 0; i < di; ++i) sum += a[r * di + i] * vw[i] + ra[r * di + i] * w[i];
-        rz[r] = sum;
-      }
+    if (m == 1 && net.d[l + 1] == 1 && l > 0) {  // one direction through a one-unit output layer
+      output_unit_backward(net, theta, t, gn, l, n0, n, direction_slice(net, V, m, ws, l), sc.Ra[l].data(),
+                           sc.Rz[l - 1].data(), sc.Rg.data(), sc.Re, sc.rs.data(), dst + net.off[l], !first);
+      std::swap(sc.Rg, sc.Re);
       continue;
     }
-    if (!hidden)
-      for (idx r = 0; r < n; ++r) std::copy(vb, vb + m * dn, rz + r * m * dn);
-    gemm<T>(false, false, n, m * dn, di, T(1), t.in(l) + n0 * di, di, vt(l), m * dn, T(hidden ? 0 : 1), rz, m * dn);
-    if (l > 0) gemm<T>(false, false, n * m, dn, di, T(1), Ra[l].data(), di, weights(net, theta, l), dn, T(1), rz, dn);
-    if (hidden)
-      next_ra(n, m, dn, vb, t.d1[l].data() + n0 * dn, rz, Ra[l + 1].data(), d2_source(net, l + 1, gn).kind == kStored);
-  }
-
-  // Output curvature applied to the output tangent, and Rg's column sums.
-  Rg.resize(n * m * k);
-  {
-    const T* rf = Rz[L - 1].data();
-    T* rg = Rg.data();
-    if (net.loss == Loss::mse) {
-      const T c2 = mse_curvature(k, s);
-      for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
-    } else {
-      const T* p = t.p.data() + n0 * k;
-      for (idx r = 0; r < n; ++r) {
-        const T* pn = p + r * k;
-        const idx top = ce_top(k, pn);
-        for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, s, rg + (r * m + c) * k);
-      }
-    }
-    for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
-      T sum = 0;
-      for (idx r = 0; r < n; ++r) sum += rg[r * m * k + q];
-      rs[q] = sum;
-    }
-  }
-
-  // Backward.
-  for (idx l = L - 1; l >= 0; --l) {
-    if (interrupted()) return;
-    const idx di = net.d[l], dn = net.d[l + 1];
-    if (m == 1 && dn == 1 && l > 0) {  // one direction through a one-unit output layer
-      output_unit_backward(net, theta, t, gn, l, n0, n, vt(l), Ra[l].data(), Rz[l - 1].data(), Rg.data(), Re, rs.data(),
-                           dst + net.off[l], !first);
-      std::swap(Rg, Re);
-      continue;
-    }
-    // R{grad} = acc[l][i][c][j] (+ tmp[l][c][i][j], the cross term), summed over the slice's
-    // chunks, then scattered into dst[(off + i dn + j) m + c] after the last; with one
-    // direction both layouts are [i][j]: the products accumulate into dst directly.
-    T* o = dst + net.off[l] * m;
-    const bool cross = !gn && l > 0;  // + sum_n Ra_l[n][c][i] g_l[n][j]
-    T* ac = o;
-    T* tm = o;
-    if (m > 1) {
-      acc[l].resize((di + 1) * m * dn);
-      ac = acc[l].data();
-      if (cross) tmp[l].resize(m * di * dn);
-      tm = tmp[l].data();
-    }
-    const T beta = first ? 0 : 1;
-    gemm<T>(true, false, di, m * dn, n, T(1), t.in(l) + n0 * di, di, Rg.data(), m * dn, beta, ac, m * dn);
-    for (idx q = 0; q < m * dn; ++q)
-      ac[di * m * dn + q] = (first ? T(0) : ac[di * m * dn + q]) + rs[q];  // not 0 * stale
-    if (cross)
-      gemm<T>(true, false, m * di, dn, n, T(1), Ra[l].data(), m * di, t.g[l].data() + n0 * dn, dn, m == 1 ? T(1) : beta,
-              tm, dn);
-    if (m > 1 && last) {
-      if (cross)
-        for (idx c = 0; c < m; ++c)
-          for (idx i = 0; i < di; ++i)
-            for (idx j = 0; j < dn; ++j) ac[(i * m + c) * dn + j] += tm[(c * di + i) * dn + j];
-      for (idx i = 0; i <= di; ++i)
-        for (idx j = 0; j < dn; ++j)
-          for (idx c = 0; c < m; ++c) o[(i * dn + j) * m + c] = ac[(i * m + c) * dn + j];
-    }
-    if (l == 0) break;
-
-    Re.resize(n * m * di);
-    gemm<T>(false, true, n * m, di, dn, T(1), Rg.data(), dn, weights(net, theta, l), dn, T(0), Re.data(), di);
-    if (!gn && m == 1)
-      gemm<T>(false, true, n, di, dn, T(1), t.g[l].data() + n0 * dn, dn, vt(l), dn, T(1), Re.data(), di);
-    else if (!gn)
-      gemm<T>(false, false, n, m * di, dn, T(1), t.g[l].data() + n0 * dn, dn, Vtt[l].data(), m * di, T(1), Re.data(),
-              m * di);
-    Rg.resize(n * m * di);
-    const idx h = n0 * di;  // the slice's first row of layer l-1's tape arrays
-    const D2Source src = d2_source(net, l, gn);
-    const bool stored = src.kind == kStored;
-    const T* p = stored ? t.d2[l - 1].data() + h : t.a[l].data() + h;
-    const T* q = stored ? Rz[l - 1].data() : Ra[l].data();
-    with_d2_term(src, [&](auto kind) {
-      next_rg<decltype(kind)::value, T>(n, m, di, Re.data(), t.d1[l - 1].data() + h, t.e[l - 1].data() + h, p, q,
-                                        T(src.k0), T(src.k1), Rg.data(), rs.data());
-    });
+    layer_rgrad(net, t, m, gn, l, n0, n, sc, dst, first, last);
+    if (l > 0) rg_below(net, theta, t, V, m, gn, ws, l, n0, n, sc);
   }
 }
 
@@ -339,19 +377,17 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
     const Lane *F = A + at[L], *RF = RZ + at[L];
     Lane* p = G2;  // the softmax (ce): G2 is free until the backward pass
     lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);
-    if (net.loss == Loss::mse) {  // formulas.hpp's mse_curvature and ce_curvature_times, lane-wise
+    if (net.loss == Loss::mse) {
       const T c = mse_curvature(k, s);
       for (idx j = 0; j < k; ++j) RG[j] = c * RF[j] * mask;
     } else {
-      Lane best = p[0], rt = RF[0];  // RF of each lane's most likely class (as above)
+      Lane best = p[0], rt = RF[0];  // RF at each lane's ce_top(p), as rop_rows
       for (idx j = 1; j < k; ++j) {
         const auto more = p[j] > best;
         best = more ? p[j] : best;
         rt = more ? RF[j] : rt;
       }
-      Lane dot = zero;
-      for (idx j = 0; j < k; ++j) dot += p[j] * (RF[j] - rt);
-      for (idx j = 0; j < k; ++j) RG[j] = s * mask * p[j] * ((RF[j] - rt) - dot);
+      ce_curvature_times_at<Lane>(k, p, rt, RF, s * mask, RG);
     }
     // Backward: R{grad} of layer l, then the gradient and its tangent one layer down.
     Lane *g = G, *rg = RG, *g2 = G2, *rg2 = RG2;

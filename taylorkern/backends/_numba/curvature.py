@@ -270,26 +270,23 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo):
 
 
 @kernel
-def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0, c,
-                  Q, qo, U, uo, Tm, tmo, S, so, y, yt, B):
+def gn_factors(d, need, c, U, uo, Q, qo, Tm, tmo):
+    """The GGN's factors from the rows U of gn_rows: Q at qo[l] = U_l^T U_l and, for the full
+    matrix, Tm at tmo[l, m] = U_m^T U_l."""
     L = d.size - 1
     k = d[L]
-    s = 1.0 / N if mean else 1.0
+    for l in range(L):
+        H = d[l + 1]
+        _batched_AtB(c, k, H, H, U, uo[l], U, uo[l], Q, qo[l])
+        if need == NEED_FULL:
+            for m in range(l + 1, L):
+                _batched_AtB(c, k, d[m + 1], H, U, uo[m], U, uo[l], Tm, tmo[l, m])
 
-    if gn:
-        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo)
-        if need == NEED_DIAG:
-            return
-        for l in range(L):
-            H = d[l + 1]
-            _batched_AtB(c, k, H, H, U, uo[l], U, uo[l], Q, qo[l])
-            if need == NEED_FULL:
-                for m in range(l + 1, L):
-                    _batched_AtB(c, k, d[m + 1], H, U, uo[m], U, uo[l], Tm, tmo[l, m])
-        return
 
-    # Hessian: Q_{L-1} = H_out, then the backward recursion.
-    b = qo[L - 1]
+@kernel
+def output_hessian(lossc, k, s, Pm, n0, c, Q, b):
+    """The Hessian's Q_{L-1} = H_out per sample, at Q[b:]: mse 2s/k I; ce s (diag(p) - p p^T),
+    the diagonal as s p_i (1 - p_i) (top_and_rest)."""
     for n in range(c):
         q = b + n * k * k
         p = (n0 + n) * k
@@ -299,36 +296,48 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
         for i in range(k):
             if lossc == 0:
                 Q[q + i * k + i] = 2 * s / k
-            else:  # s (diag(p) - p p^T), the diagonal as s p_i (1 - p_i) (top_and_rest)
+            else:
                 for j in range(k):
                     Q[q + i * k + j] = -s * Pm[p + i] * Pm[p + j]
                 Q[q + i * k + i] = s * Pm[p + i] * (rest if i == t else 1.0 - Pm[p + i])
-    for l in range(L - 1, 0, -1):
-        Hl, Hp = d[l + 1], d[l]
-        wo = off[l]  # W_l: (Hp, Hl)
-        do = o[l] + n0 * Hp  # act'(z_{l-1}) of the chunk's samples
-        # y_n = Q_l W_l^T  (Hl x Hp)
-        gemm(False, True, c * Hl, Hp, Hl, 1.0, Q, qo[l], Hl, theta, wo, Hl, 0.0, y, 0, Hp)
-        if need == NEED_FULL:
-            for m in range(l + 1, L):  # Tm[l-1][m] = Tm[l][m] W_l^T D_{l-1}
-                gemm(False, True, c * d[m + 1], Hp, Hl, 1.0, Tm, tmo[l, m], Hl, theta, wo, Hl, 0.0,
-                     Tm, tmo[l - 1, m], Hp)
-                scale_rows(c, d[m + 1], Hp, Tm, tmo[l - 1, m], D1, do)
-            t = tmo[l - 1, l]
-            for i in range(c * Hl * Hp):
-                Tm[t + i] = y[i]
-            scale_rows(c, Hl, Hp, Tm, t, D1, do)
-        # yt_n = D W_l Q_l = (y_n)^T with rows scaled; Q_{l-1} = yt_n W_l^T D + diag(e * act'').
-        _transpose_scale(c, Hp, Hl, D1, do, y, yt)
-        gemm(False, True, c * Hp, Hp, Hl, 1.0, yt, 0, Hl, theta, wo, Hl, 0.0, Q, qo[l - 1], Hp)
-        scale_rows(c, Hp, Hp, Q, qo[l - 1], D1, do)
-        for n in range(c):
-            for i in range(Hp):
-                Q[qo[l - 1] + (n * Hp + i) * Hp + i] += E[do + n * Hp + i] * D2[do + n * Hp + i]
-    if need != NEED_FULL:
-        return
 
-    # Term-3 factors: B^T_{l+1,l} = D_l W_{l+1}; S[l][m] = B^T_{m-1,l} D_{m-1}; B^T_{m,l} = S[l][m] W_m.
+
+@kernel
+def tm_below(d, l, theta, wo, D1, do, c, y, Tm, tmo):
+    """One layer down from Tm[l][.], for the full matrix: Tm[l-1][m] = Tm[l][m] W_l^T D_{l-1}
+    (m > l) and Tm[l-1][l] = y D_{l-1}, with y = Q_l W_l^T, W_l at theta[wo:] and act'(z_{l-1})
+    of the chunk at D1[do:]."""
+    L = d.size - 1
+    Hl, Hp = d[l + 1], d[l]
+    for m in range(l + 1, L):
+        gemm(False, True, c * d[m + 1], Hp, Hl, 1.0, Tm, tmo[l, m], Hl, theta, wo, Hl, 0.0,
+             Tm, tmo[l - 1, m], Hp)
+        scale_rows(c, d[m + 1], Hp, Tm, tmo[l - 1, m], D1, do)
+    t = tmo[l - 1, l]
+    for i in range(c * Hl * Hp):
+        Tm[t + i] = y[i]
+    scale_rows(c, Hl, Hp, Tm, t, D1, do)
+
+
+@kernel
+def q_below(d, l, theta, wo, D1, D2, E, do, c, y, yt, Q, qo):
+    """One layer down from Q_l: Q_{l-1} = yt W_l^T D_{l-1} + diag(e_{l-1} * act''(z_{l-1})), with
+    yt = D_{l-1} y^T = D_{l-1} W_l Q_l (Q_l is symmetric) from y = Q_l W_l^T; the chunk's tape
+    rows of unit layer l at do."""
+    Hl, Hp = d[l + 1], d[l]
+    _transpose_scale(c, Hp, Hl, D1, do, y, yt)
+    gemm(False, True, c * Hp, Hp, Hl, 1.0, yt, 0, Hl, theta, wo, Hl, 0.0, Q, qo[l - 1], Hp)
+    scale_rows(c, Hp, Hp, Q, qo[l - 1], D1, do)
+    for n in range(c):
+        for i in range(Hp):
+            Q[qo[l - 1] + (n * Hp + i) * Hp + i] += E[do + n * Hp + i] * D2[do + n * Hp + i]
+
+
+@kernel
+def term3_factors(d, off, theta, o, D1, n0, c, S, so, B):
+    """The Hessian's term-3 factors S at so[l, m] = B^T_{m-1,l} D_{m-1}, m >= l + 2, walking B up
+    from B^T_{l+1,l} = D_l W_{l+1} by B^T_{m,l} = S[l][m] W_m."""
+    L = d.size - 1
     for l in range(L - 2):
         H, H1 = d[l + 1], d[l + 2]
         dl = o[l + 1] + n0 * H  # act'(z_l)
@@ -346,6 +355,33 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
             if m + 1 < L:
                 gemm(False, False, c * H, d[m + 1], Hm, 1.0, S, sm, Hm, theta, off[m], d[m + 1], 0.0,
                      B, 0, d[m + 1])
+
+
+@kernel
+def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0, c,
+                  Q, qo, U, uo, Tm, tmo, S, so, y, yt, B):
+    """The per-chunk factors (csrc chunk_factors).  GGN: the rows U (gn_rows), then Q and Tm from
+    them.  Hessian: Q_{L-1} = H_out, then down the layers y = Q_l W_l^T (one product over the
+    chunk's rows), and from it Tm[l-1][.] and Q_{l-1}; then the term-3 factors S.  Tm and S
+    only for the full matrix."""
+    L = d.size - 1
+    k = d[L]
+    if gn:
+        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo)
+        if need != NEED_DIAG:
+            gn_factors(d, need, c, U, uo, Q, qo, Tm, tmo)
+        return
+    output_hessian(lossc, k, 1.0 / N if mean else 1.0, Pm, n0, c, Q, qo[L - 1])
+    for l in range(L - 1, 0, -1):
+        Hl, Hp = d[l + 1], d[l]
+        wo = off[l]  # W_l: (Hp, Hl)
+        do = o[l] + n0 * Hp  # act'(z_{l-1}) of the chunk's samples
+        gemm(False, True, c * Hl, Hp, Hl, 1.0, Q, qo[l], Hl, theta, wo, Hl, 0.0, y, 0, Hp)
+        if need == NEED_FULL:
+            tm_below(d, l, theta, wo, D1, do, c, y, Tm, tmo)
+        q_below(d, l, theta, wo, D1, D2, E, do, c, y, yt, Q, qo)
+    if need == NEED_FULL:
+        term3_factors(d, off, theta, o, D1, n0, c, S, so, B)
 
 
 @kernel

@@ -27,8 +27,9 @@ from .workspace import carve
 
 
 @parallel_kernel
-def _tangent_act(N, m, dn, D1, do, Rz, zo, Ra, ao):
-    """Ra[ao + (n m + c) dn + j] = D1[do + n dn + j] * Rz[zo + (n m + c) dn + j]."""
+def next_ra(N, m, dn, D1, do, Rz, zo, Ra, ao):
+    """Ra = act' * Rz of a hidden layer's tangents:
+    Ra[ao + (n m + c) dn + j] = D1[do + n dn + j] * Rz[zo + (n m + c) dn + j]."""
     if threaded(N * m * dn):
         for n in prange(N):
             for c in range(m):
@@ -60,7 +61,7 @@ def _out_rows(lo, hi, m, k, s, Pm, Rz, zo, Rg):
 
 
 @parallel_kernel
-def _out_curvature(loss, N, m, k, s, Pm, Rz, zo, Rg):
+def out_curvature(loss, N, m, k, s, Pm, Rz, zo, Rg):
     """Rg = H_out Rf for the output tangents Rf = Rz[zo:] (N, m, k)."""
     if loss == 0:
         c2 = 2 * s / k
@@ -88,7 +89,7 @@ def _back_rows(lo, hi, m, di, gn, Re, D1, D2, E, do, Rz, zo, Rg):
 
 
 @parallel_kernel
-def _back_tangent(N, m, di, gn, Re, D1, D2, E, do, Rz, zo, Rg):
+def next_rg(N, m, di, gn, Re, D1, D2, E, do, Rz, zo, Rg):
     """Rg = Re * act' (+ e * act'' * Rz for the Hessian), rows of unit layer l at do."""
     if threaded(N * m * di):
         nch = min(N, CHUNKS)
@@ -96,6 +97,58 @@ def _back_tangent(N, m, di, gn, Re, D1, D2, E, do, Rz, zo, Rg):
             _back_rows(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, m, di, gn, Re, D1, D2, E, do, Rz, zo, Rg)
     else:
         _back_rows(np.int64(0), N, m, di, gn, Re, D1, D2, E, do, Rz, zo, Rg)
+
+
+@kernel
+def forward_tangents(d, off, theta, X, A, o, D1, N, m, Vt, vto, Rz, Ra):
+    """The forward tangents: Rz_l = Ra_l W_l + a_l VW_l + Vb_l and Ra_{l+1} = act'(z_l) Rz_l."""
+    L = d.size - 1
+    for l in range(L):
+        di, dn = d[l], d[l + 1]
+        zo = m * o[l + 1]
+        broadcast_rows(N, m * dn, Vt, vto[l] + di * m * dn, Rz, zo)
+        if l == 0:
+            gemm(False, False, N, m * dn, di, 1.0, X, 0, di, Vt, vto[l], m * dn, 1.0, Rz, zo, m * dn)
+        else:
+            gemm(False, False, N, m * dn, di, 1.0, A, o[l], di, Vt, vto[l], m * dn, 1.0, Rz, zo, m * dn)
+            gemm(False, False, N * m, dn, di, 1.0, Ra, m * o[l], di, theta, off[l], dn, 1.0, Rz, zo, dn)
+        if l + 1 < L:
+            next_ra(N, m, dn, D1, o[l + 1], Rz, zo, Ra, m * o[l + 1])
+
+
+@kernel
+def layer_rgrad(d, off, X, A, o, G, N, m, gn, l, Rg, Ra, acc, tmp, out):
+    """R{grad} of layer l, [a_l^T Rg_l + Ra_l^T g_l ; 1^T Rg_l] (the cross term Ra_l^T g_l for the
+    Hessian, l > 0): acc[i][c][j], then scattered into out[(off + i dn + j) m + c]."""
+    di, dn = d[l], d[l + 1]
+    if l == 0:
+        gemm(True, False, di, m * dn, N, 1.0, X, 0, di, Rg, 0, m * dn, 0.0, acc, 0, m * dn)
+    else:
+        gemm(True, False, di, m * dn, N, 1.0, A, o[l], di, Rg, 0, m * dn, 0.0, acc, 0, m * dn)
+    colsum(N, m * dn, Rg, 0, acc, di * m * dn)
+    if not gn and l > 0:
+        # tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
+        gemm(True, False, m * di, dn, N, 1.0, Ra, m * o[l], m * di, G, o[l + 1], dn, 0.0, tmp, 0, dn)
+        for c in range(m):
+            for i in range(di):
+                for j in range(dn):
+                    acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j]
+    ob = off[l] * m
+    for i in range(di + 1):
+        for j in range(dn):
+            for c in range(m):
+                out[ob + (i * dn + j) * m + c] = acc[(i * m + c) * dn + j]
+
+
+@kernel
+def rg_below(d, off, theta, o, D1, D2, E, G, N, m, gn, l, Vtt, vto, Rz, Rg, Re):
+    """One layer down from Rg_l, l > 0: Re_{l-1} = Rg_l W_l^T (+ g_l VW_l^T for the Hessian), then
+    Rg_{l-1} by next_rg."""
+    di, dn = d[l], d[l + 1]
+    gemm(False, True, N * m, di, dn, 1.0, Rg, 0, dn, theta, off[l], dn, 0.0, Re, 0, di)
+    if not gn:
+        gemm(False, False, N, m * di, dn, 1.0, G, o[l + 1], dn, Vtt, vto[l], m * di, 1.0, Re, 0, m * di)
+    next_rg(N, m, di, gn, Re, D1, D2, E, o[l], Rz, m * o[l], Rg)
 
 
 @kernel
@@ -135,55 +188,17 @@ def rop(d, acts, off, lossc, theta, X, N, Y, labels, mean, V, m, gn, ws, top):
                     for c in range(m):
                         Vtt[vto[l] + (j * m + c) * di + i] = V[v + (i * dn + j) * m + c]
 
-    # Forward tangents.
     Rz = carve(ws, top, m * o[L + 1])
     Ra = carve(ws, top, m * o[L])
-    for l in range(L):
-        di, dn = d[l], d[l + 1]
-        zo = m * o[l + 1]
-        broadcast_rows(N, m * dn, Vt, vto[l] + di * m * dn, Rz, zo)
-        if l == 0:
-            gemm(False, False, N, m * dn, di, 1.0, X, 0, di, Vt, vto[l], m * dn, 1.0, Rz, zo, m * dn)
-        else:
-            gemm(False, False, N, m * dn, di, 1.0, A, o[l], di, Vt, vto[l], m * dn, 1.0, Rz, zo, m * dn)
-            gemm(False, False, N * m, dn, di, 1.0, Ra, m * o[l], di, theta, off[l], dn, 1.0, Rz, zo, dn)
-        if l + 1 < L:
-            _tangent_act(N, m, dn, D1, o[l + 1], Rz, zo, Ra, m * o[l + 1])
-
-    # Output curvature applied to the output tangent.
+    forward_tangents(d, off, theta, X, A, o, D1, N, m, Vt, vto, Rz, Ra)
     Rg = carve(ws, top, N * m * dmax)
     Re = carve(ws, top, N * m * dmax)
-    _out_curvature(lossc, N, m, k, s, Pm, Rz, m * o[L], Rg)
-
-    # Backward.
+    out_curvature(lossc, N, m, k, s, Pm, Rz, m * o[L], Rg)
     out = np.empty(P * m, theta.dtype)
     acc = carve(ws, top, (dmax + 1) * m * dmax)
     tmp = carve(ws, top, m * dmax * dmax)
-    for l in range(L - 1, -1, -1):
-        di, dn = d[l], d[l + 1]
-        # acc[i][c][j] = R{grad}, then scattered into out[(off + i dn + j) m + c].
-        if l == 0:
-            gemm(True, False, di, m * dn, N, 1.0, X, 0, di, Rg, 0, m * dn, 0.0, acc, 0, m * dn)
-        else:
-            gemm(True, False, di, m * dn, N, 1.0, A, o[l], di, Rg, 0, m * dn, 0.0, acc, 0, m * dn)
-        colsum(N, m * dn, Rg, 0, acc, di * m * dn)
-        if not gn and l > 0:
-            # tmp[c][i][j] = sum_n Ra_l[n][c][i] g_l[n][j]
-            gemm(True, False, m * di, dn, N, 1.0, Ra, m * o[l], m * di, G, o[l + 1], dn, 0.0, tmp, 0, dn)
-            for c in range(m):
-                for i in range(di):
-                    for j in range(dn):
-                        acc[(i * m + c) * dn + j] += tmp[(c * di + i) * dn + j]
-        ob = off[l] * m
-        for i in range(di + 1):
-            for j in range(dn):
-                for c in range(m):
-                    out[ob + (i * dn + j) * m + c] = acc[(i * m + c) * dn + j]
-        if l == 0:
-            break
-
-        gemm(False, True, N * m, di, dn, 1.0, Rg, 0, dn, theta, off[l], dn, 0.0, Re, 0, di)
-        if not gn:
-            gemm(False, False, N, m * di, dn, 1.0, G, o[l + 1], dn, Vtt, vto[l], m * di, 1.0, Re, 0, m * di)
-        _back_tangent(N, m, di, gn, Re, D1, D2, E, o[l], Rz, m * o[l], Rg)
+    for l in range(L - 1, -1, -1):  # backward: R{grad} of layer l, then Rg one layer down
+        layer_rgrad(d, off, X, A, o, G, N, m, gn, l, Rg, Ra, acc, tmp, out)
+        if l > 0:
+            rg_below(d, off, theta, o, D1, D2, E, G, N, m, gn, l, Vtt, vto, Rz, Rg, Re)
     return out
