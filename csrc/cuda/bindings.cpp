@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 
+#include "../binding_support.hpp"
 #include "../with_dtype.hpp"
 #include "blas.hpp"
 #include "checks.cuh"
@@ -160,19 +161,9 @@ py::dict device_info() {
 }
 
 // ----------------------------------------------------------------------------- networks
-// A network description plus a pool of device workspaces: one per call in flight.
-struct Net : tc::Net {
-  using tc::Net::Net;
-  std::mutex mu;
-  std::vector<std::unique_ptr<tc::Workspace<float>>> pool32;
-  std::vector<std::unique_ptr<tc::Workspace<double>>> pool64;
-  template <class T>
-  auto& pool() {
-    if constexpr (sizeof(T) == 4)
-      return pool32;
-    else
-      return pool64;
-  }
+// A network description plus a pool of device workspaces (../binding_support.hpp).
+struct Net : tk::PooledNet<tc::Workspace> {
+  using PooledNet::PooledNet;
 };
 
 // The lanes (workspace.cuh) of all calls: as many as calls have ever been in flight at once.
@@ -188,16 +179,7 @@ std::vector<tc::Lane*>& free_lanes() {
 template <class T>
 class Lease {
  public:
-  explicit Lease(Net& net) : net_(net) {
-    {
-      std::lock_guard<std::mutex> lock(net_.mu);
-      auto& pool = net_.pool<T>();
-      if (!pool.empty()) {
-        ws_ = std::move(pool.back());
-        pool.pop_back();
-      }
-    }
-    if (!ws_) ws_ = std::make_unique<tc::Workspace<T>>();
+  explicit Lease(Net& net) : net_(net), ws_(net.take<T>()) {
     {
       std::lock_guard<std::mutex> lock(g_lanes_mu);
       auto& lanes = free_lanes();
@@ -228,8 +210,7 @@ class Lease {
       free_lanes().push_back(ws_->lane);
       ws_->lane = nullptr;
     }
-    std::lock_guard<std::mutex> lock(net_.mu);
-    net_.pool<T>().push_back(std::move(ws_));
+    net_.give(std::move(ws_));
   }
   tc::Workspace<T>& ws() { return *ws_; }
 
@@ -495,10 +476,13 @@ struct Inputs {
 // fn(workspace) with the GIL released, the backend's device current and a workspace leased.
 template <class T, class F>
 decltype(auto) run(Net& net, F&& fn) {
-  py::gil_scoped_release nogil;
-  DeviceGuard guard;
-  Lease<T> lease(net);
-  return fn(lease.ws());
+  return tk::leased<Lease<T>>(net,
+                              [](auto&& body) {
+                                py::gil_scoped_release nogil;
+                                DeviceGuard guard;
+                                body();
+                              },
+                              fn);
 }
 
 // ----------------------------------------------------------------------------- calls

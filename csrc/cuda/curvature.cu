@@ -16,6 +16,7 @@
 //   - chunks of samples are sized from the device's free memory (chunk_budget), not 512.
 #include <atomic>
 
+#include "../accumulators.hpp"
 #include "curvature.cuh"
 #include "workspace.cuh"
 
@@ -374,19 +375,9 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   auto Da = [&](idx l) { return net.d[l] + 1; };
   auto Hd = [&](idx l) { return net.d[l + 1]; };
 
-  // Accumulators over chunks, one per block and term (overwritten by the first chunk).
+  full_accumulators(net, gn, ws);  // ../accumulators.hpp
   auto &Kd = ws.Kd, &E3a = ws.E3a;
   auto &Ko = ws.Ko, &E3 = ws.E3;
-  Kd.resize(L), E3a.resize(L), Ko.resize(L), E3.resize(L);
-  for (idx l = 0; l < L; ++l) {
-    Kd[l].resize(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2));
-    Ko[l].resize(L), E3[l].resize(L);
-    for (idx m = l + 1; m < L; ++m) {
-      Ko[l][m].resize(Da(l) * Da(m) * Hd(m) * Hd(l));
-      if (!gn && m == l + 1) E3a[l].resize(Da(l) * Hd(l) * Hd(m));
-      if (!gn && m >= l + 2) E3[l][m].resize(Da(l) * Hd(m) * Hd(l) * net.d[m]);
-    }
-  }
 
   const idx C = chunk_size(net, N, Need::full, chunk_budget(sizeof(T)));
   Factors<T>& f = ws.f;
@@ -467,8 +458,7 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   curvature_tape(net, theta, X, N, tg, mean, gn, ws);
   auto &A = ws.A, &Kd = ws.Kd;
   A.resize(L), Kd.resize(L);
-  for (idx l = 0; l < L; ++l)
-    Kd[l].resize((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2));
+  for (idx l = 0; l < L; ++l) Kd[l].resize(packed_diag_values(net, l));
   const idx C = chunk_size(net, N, Need::blocks, chunk_budget(sizeof(T)));
   Factors<T>& f = ws.f;
   for (idx n0 = 0; n0 < N; n0 += C) {

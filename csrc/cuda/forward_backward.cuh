@@ -46,15 +46,6 @@ inline Deriv<T> deriv(const Net& net, const Tape<T>& t, idx l) {
   return {t.d1[l].data(), nullptr};
 }
 
-template <class T>
-inline const T* weights(const Net& net, const T* theta, idx l) {
-  return theta + net.off[l];
-}
-template <class T>
-inline const T* bias(const Net& net, const T* theta, idx l) {
-  return theta + net.off[l] + net.d[l] * net.d[l + 1];
-}
-
 // All functions below queue work on ws.stream (through ws.blas) and do not synchronise,
 // except those returning a host value.
 
