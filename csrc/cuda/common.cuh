@@ -9,12 +9,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "../interrupt.hpp"
 #include "../net.hpp"  // Net, Targets, sample_weight; Act, Loss
 
 namespace tk {
@@ -52,6 +55,46 @@ void result_free(void* p) noexcept;
   } while (0)
 // After a kernel launch: configuration errors show here, faults at the next synchronisation.
 #define TK_CHECK_LAUNCH() TK_CUDA(cudaGetLastError())
+
+// Interruption (../interrupt.hpp, docs/design.md "Interruption"): the host code of a call
+// checks tk::interrupted() between launches (checkpoint(), workspace.cuh) and in its waits for
+// the GPU (await_done), and once it is true throws Interrupted; the bindings then raise the
+// signal handler's exception (KeyboardInterrupt).  Work already queued on the stream is not
+// cancelled: it finishes before the workspace and its lane go back to the pool (bindings.cpp,
+// Lease), so the next call finds them as after a normal return.
+struct Interrupted : Error {
+  Interrupted() : Error("interrupted") {}
+};
+
+// Returns once query() -- cudaEventQuery or cudaStreamQuery of queued work -- says it is done,
+// checking for an interrupt meanwhile.  The thread spins (yielding) as cudaStreamSynchronize
+// does, then, once the wait is long, naps between queries instead of holding a core.
+constexpr std::chrono::milliseconds kAwaitSpin{20};
+constexpr std::chrono::microseconds kAwaitNap{200};
+template <class Query>
+void await_done(Query&& query, const char* call) {
+  using clock = std::chrono::steady_clock;
+  const clock::time_point start = clock::now();
+  for (;;) {
+    const cudaError_t err = query();
+    if (err == cudaSuccess) return;
+    if (err != cudaErrorNotReady) fail(call, err, __FILE__, __LINE__);
+    // "not ready" is no error: not left for the next launch check to report
+    if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
+    if (interrupted()) throw Interrupted();
+    if (clock::now() - start < kAwaitSpin)
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(kAwaitNap);
+  }
+}
+// The work queued on stream s so far, or before event e.
+inline void await_stream(cudaStream_t s) {
+  await_done([s] { return cudaStreamQuery(s); }, "cudaStreamQuery");
+}
+inline void await_event(cudaEvent_t e) {
+  await_done([e] { return cudaEventQuery(e); }, "cudaEventQuery");
+}
 
 // A device buffer that only grows (contents are not kept across a growth; every kernel
 // writes, or explicitly zeroes, what it reads — as the CPU workspaces).

@@ -47,7 +47,8 @@ inline Deriv<T> deriv(const Net& net, const Tape<T>& t, idx l) {
 }
 
 // All functions below queue work on ws.stream (through ws.blas) and do not synchronise,
-// except those returning a host value.
+// except those returning a host value; between layers they pass a checkpoint (workspace.cuh),
+// which throws Interrupted once the call is interrupted.
 
 // Which derivatives of the activations a forward pass stores: none (predict, loss), act'
 // (tape.d1), act' and act'' (tape.d2).
