@@ -345,9 +345,8 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
     } else {
       Lane best = p[0], rt = RF[0];  // RF of each lane's most likely class (as above)
       for (idx j = 1; j < k; ++j) {
-        const auto more = p[j] > best;
-        best = more ? p[j] : best;
-        rt = more ? RF[j] : rt;
+        rt = where_greater(p[j], best, RF[j], rt);
+        best = where_greater(p[j], best, p[j], best);
       }
       Lane dot = zero;
       for (idx j = 0; j < k; ++j) dot += p[j] * (RF[j] - rt);
