@@ -6,11 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <mutex>
-#include <type_traits>
 #include <utility>
 
 #include "activations.hpp"
+#include "binding_support.hpp"
 #include "blas.hpp"
 #include "curvature.hpp"
 #include "diagonal.hpp"
@@ -28,19 +27,9 @@ using tk::idx;
 
 namespace {
 
-// A network description plus a pool of workspaces: one per call in flight, reused after.
-struct Net : tk::Net {
-  using tk::Net::Net;
-  std::mutex mu;
-  std::vector<std::unique_ptr<tk::Workspace<float>>> pool32;
-  std::vector<std::unique_ptr<tk::Workspace<double>>> pool64;
-  template <class T>
-  auto& pool() {
-    if constexpr (sizeof(T) == 4)
-      return pool32;
-    else
-      return pool64;
-  }
+// A network description plus a pool of workspaces (binding_support.hpp).
+struct Net : tk::PooledNet<tk::Workspace> {
+  using PooledNet::PooledNet;
 };
 
 // Borrows a workspace for one call (GIL released) and, where the kernels call the BLAS, holds
@@ -48,20 +37,8 @@ struct Net : tk::Net {
 template <class T>
 class Lease {
  public:
-  explicit Lease(Net& net) : net_(net) {
-    std::lock_guard<std::mutex> lock(net_.mu);
-    auto& pool = net_.pool<T>();
-    if (pool.empty()) {
-      ws_ = std::make_unique<tk::Workspace<T>>();
-    } else {
-      ws_ = std::move(pool.back());
-      pool.pop_back();
-    }
-  }
-  ~Lease() {
-    std::lock_guard<std::mutex> lock(net_.mu);
-    net_.pool<T>().push_back(std::move(ws_));
-  }
+  explicit Lease(Net& net) : net_(net), ws_(net.take<T>()) {}
+  ~Lease() { net_.give(std::move(ws_)); }
   tk::Workspace<T>& ws() { return *ws_; }
 
  private:
@@ -69,30 +46,6 @@ class Lease {
   std::unique_ptr<tk::Workspace<T>> ws_;
   tk::SerialBlas serial_;
 };
-
-// The main thread's id: only it handles signals, so only its calls poll for them.
-unsigned long main_thread_id = 0;
-
-// Pending signals, under a briefly re-acquired GIL: true when a handler raised (SIGINT's
-// KeyboardInterrupt), the exception then being set.
-bool poll_signals() {
-  py::gil_scoped_acquire gil;
-  return PyErr_CheckSignals() != 0;
-}
-
-// fn() with the GIL released, interruptible by signals (interrupt.hpp): the kernels stop
-// between chunks of work once a handler raised, and the exception is raised here.  fn must own
-// its Lease so that the workspace is back in the pool before the exception leaves.
-template <class F>
-void without_gil(F&& fn) {
-  tk::Interrupt call(PyThread_get_thread_ident() == main_thread_id ? &poll_signals : nullptr);
-  {
-    py::gil_scoped_release nogil;
-    tk::Interrupt::Scope scope(&call, true);
-    fn();
-  }
-  if (call.stopped()) throw py::error_already_set();
-}
 
 template <class T>
 const T* data(const py::array& a, const char* name, std::vector<idx> shape) {
@@ -142,20 +95,7 @@ struct Inputs {
 // (without_gil); returns what fn returns.
 template <class T, class F>
 decltype(auto) run(Net& net, F&& fn) {
-  using R = decltype(fn(std::declval<tk::Workspace<T>&>()));
-  if constexpr (std::is_void_v<R>) {
-    without_gil([&] {
-      Lease<T> lease(net);
-      fn(lease.ws());
-    });
-  } else {
-    R value{};
-    without_gil([&] {
-      Lease<T> lease(net);
-      value = fn(lease.ws());
-    });
-    return value;
-  }
+  return tk::leased<Lease<T>>(net, [](auto&& body) { tk::without_gil(body); }, fn);
 }
 
 // A call with one array result of `shape`: kernel(result, workspace) with the GIL released.
@@ -311,7 +251,7 @@ void* capsule_pointer(const py::object& capsule) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "taylorkern compiled kernels (C++/OpenMP, BLAS from scipy)";
-  main_thread_id = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  tk::remember_main_thread();
   {
     py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
     tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));

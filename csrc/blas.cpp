@@ -12,6 +12,7 @@
 
 #include "gemm_avx512.hpp"
 #include "omp_compat.hpp"
+#include "simd.hpp"
 
 namespace tk {
 
@@ -89,12 +90,12 @@ constexpr idx kBlasMin = 4096;
 // brought to that form with at most one small copy (all operands here hold < kBlasMin
 // values): a transposed B is copied into rows; a narrow C (fewer than 8 columns) is
 // computed transposed, C^T = op(B)^T op(A)^T, so that its long side is the row.
-// One SIMD register of T (GCC/Clang vector extension: AVX-512 with -march=native on such a
-// CPU, split into narrower registers otherwise).  Loads and stores go through memcpy: unaligned.
+// A register block of 64 bytes of T (simd.hpp: one AVX-512 register where the build targets
+// them, a row of narrower ones otherwise), loaded and stored at any alignment (vec_load).
 template <class T>
 struct Simd {
-  typedef T type __attribute__((vector_size(64)));
   static constexpr idx W = 64 / sizeof(T);
+  using type = typename Vec<T, W>::type;
 };
 
 // Sum of a register's lanes, halving (log2 W adds instead of W).
@@ -129,27 +130,27 @@ static void row_updates(idx M, idx N, idx K, T alpha, const T* __restrict A, idx
       V acc = {}, acc1 = {}, acc2 = {}, acc3 = {}, b, b1, b2, b3, ci;
       idx p = 0;
       for (; p + 4 <= K; p += 4) {
-        std::memcpy(&b, B + p * ldb + j0, sizeof b);
-        std::memcpy(&b1, B + (p + 1) * ldb + j0, sizeof b1);
-        std::memcpy(&b2, B + (p + 2) * ldb + j0, sizeof b2);
-        std::memcpy(&b3, B + (p + 3) * ldb + j0, sizeof b3);
+        b = vec_load<V>(B + p * ldb + j0);
+        b1 = vec_load<V>(B + (p + 1) * ldb + j0);
+        b2 = vec_load<V>(B + (p + 2) * ldb + j0);
+        b3 = vec_load<V>(B + (p + 3) * ldb + j0);
         acc += a[p * sap] * b;
         acc1 += a[(p + 1) * sap] * b1;
         acc2 += a[(p + 2) * sap] * b2;
         acc3 += a[(p + 3) * sap] * b3;
       }
       for (; p < K; ++p) {
-        std::memcpy(&b, B + p * ldb + j0, sizeof b);
+        b = vec_load<V>(B + p * ldb + j0);
         acc += a[p * sap] * b;
       }
       acc += (acc1 + acc2) + acc3;
       if (beta == T(0)) {
         ci = alpha * acc;
       } else {
-        std::memcpy(&ci, c + j0, sizeof ci);
+        ci = vec_load<V>(c + j0);
         ci = beta * ci + alpha * acc;
       }
-      std::memcpy(c + j0, &ci, sizeof ci);
+      vec_store(c + j0, ci);
     }
     for (idx j = j0; j < N; ++j) {
       T acc = 0;
@@ -208,14 +209,14 @@ static void gemm_narrow(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
       V s0 = {}, s1 = {}, s2 = {}, s3 = {}, x, y;
       idx p = 0;
       for (; p + W <= K; p += W) {
-        std::memcpy(&y, bc + p, sizeof y);
-        std::memcpy(&x, a0 + p, sizeof x);
+        y = vec_load<V>(bc + p);
+        x = vec_load<V>(a0 + p);
         s0 += x * y;
-        std::memcpy(&x, a0 + lda + p, sizeof x);
+        x = vec_load<V>(a0 + lda + p);
         s1 += x * y;
-        std::memcpy(&x, a0 + 2 * lda + p, sizeof x);
+        x = vec_load<V>(a0 + 2 * lda + p);
         s2 += x * y;
-        std::memcpy(&x, a0 + 3 * lda + p, sizeof x);
+        x = vec_load<V>(a0 + 3 * lda + p);
         s3 += x * y;
       }
       T r[4] = {hsum<T>(s0), hsum<T>(s1), hsum<T>(s2), hsum<T>(s3)};
@@ -234,8 +235,8 @@ static void gemm_narrow(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T*
       if (tb || ldb == 1) {
         const T* __restrict bc = tb ? B + j * ldb : B + j;
         for (; p + W <= K; p += W) {
-          std::memcpy(&x, a + p, sizeof x);
-          std::memcpy(&y, bc + p, sizeof y);
+          x = vec_load<V>(a + p);
+          y = vec_load<V>(bc + p);
           acc += x * y;
         }
       }

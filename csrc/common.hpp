@@ -1,9 +1,5 @@
-// Shared definitions of the taylorkern kernels.
-//
-// Index letters (as in the Python docstrings): N samples, L layers (0-based l = 0..L-1),
-// layer l maps a_l (width d[l]) to z_l (width d[l+1]); k = d[L] outputs; P parameters;
-// m directions.  Layer l's parameters are the augmented matrix [W_l; b_l] of shape
-// (d[l]+1, d[l+1]) raveled row-major at theta[off[l]:off[l+1]] (docs/design.md §1).
+// Shared definitions of the taylorkern kernels: the network description (net.hpp, index
+// letters and layout there), workspace vectors, threads and chunks of samples.
 // All arrays are row-major and contiguous; sizes are 64-bit.
 #pragma once
 
@@ -16,13 +12,11 @@
 #include <string>
 #include <vector>
 
-#include "formulas.hpp"  // Act, Loss
 #include "interrupt.hpp"
+#include "net.hpp"
 #include "omp_compat.hpp"
 
 namespace tk {
-
-using idx = std::int64_t;
 
 // An allocator whose resize() leaves new elements uninitialised: workspaces are grown once
 // and reused across calls, and every kernel writes (or explicitly zeroes) what it reads.
@@ -46,39 +40,6 @@ struct uninit_allocator : std::allocator<T> {
 };
 template <class T>
 using vec = std::vector<T, uninit_allocator<T>>;
-
-// The network description: built once per MLP, shared by every call.
-struct Net {
-  std::vector<idx> d;    // widths d[0..L]
-  std::vector<Act> act;  // activation of hidden layer outputs z_0..z_{L-2}
-  Loss loss = Loss::mse;
-  std::vector<idx> off;  // off[l] = start of layer l in theta, off[L] = P
-
-  Net(std::vector<idx> widths, std::vector<int> acts, int loss_code);
-  idx L() const { return (idx)d.size() - 1; }
-  idx P() const { return off.back(); }
-  idx k() const { return d.back(); }
-  idx macs() const {  // multiply-adds of one sample's forward pass
-    idx s = 0;
-    for (idx l = 0; l < L(); ++l) s += d[l] * d[l + 1];
-    return s;
-  }
-  idx din(idx l) const { return d[l]; }
-  idx dout(idx l) const { return d[l + 1]; }
-};
-
-// The loss targets: float Y (N, k) for mse, int64 labels (N,) for ce.
-template <class T>
-struct Targets {
-  const T* y = nullptr;
-  const std::int64_t* labels = nullptr;
-};
-
-// Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
-template <class T>
-inline T sample_weight(idx N, bool mean) {
-  return mean ? T(1) / T(N) : T(1);
-}
 
 // Per-call scratch of every kernel family, pooled per network and reused (workspace.hpp).
 template <class T>

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 
+#include "accumulators.hpp"
 #include "blas.hpp"
 #include "gram.hpp"
 #include "lanes.hpp"
@@ -548,28 +549,6 @@ void full_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg
 }
 
 }  // namespace
-
-// Sizes the full matrix's accumulators over chunks, one per block and term (each is
-// overwritten by the first chunk): Kd[l] the packed diagonal block, Ko[l][m] the Kronecker part
-// of block (l, m), and for the Hessian the cross terms E3a[l] (m = l + 1) and E3[l][m] (m >= l + 2).
-template <class T>
-static void full_accumulators(const Net& net, bool gn, Workspace<T>& ws) {
-  const idx L = net.L();
-  auto Da = [&](idx l) { return net.d[l] + 1; };
-  auto Hd = [&](idx l) { return net.d[l + 1]; };
-  auto &Kd = ws.Kd, &E3a = ws.E3a;
-  auto &Ko = ws.Ko, &E3 = ws.E3;
-  Kd.resize(L), E3a.resize(L), Ko.resize(L), E3.resize(L);
-  for (idx l = 0; l < L; ++l) {
-    Kd[l].resize(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2));
-    Ko[l].resize(L), E3[l].resize(L);
-    for (idx m = l + 1; m < L; ++m) {
-      Ko[l][m].resize(Da(l) * Da(m) * Hd(m) * Hd(l));
-      if (!gn && m == l + 1) E3a[l].resize(Da(l) * Hd(l) * Hd(m));
-      if (!gn && m >= l + 2) E3[l][m].resize(Da(l) * Hd(m) * Hd(l) * net.d[m]);
-    }
-  }
-}
 
 // Lf[(n, i), j] = a[n, i] * b[n, j] for each of c samples: a (c x da), b (c x w), Lf (c*da x w),
 // the left factor of a Kronecker term summed over samples by one product.

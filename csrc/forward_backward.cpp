@@ -273,17 +273,4 @@ TK_INST(float)
 TK_INST(double)
 #undef TK_INST
 
-Net::Net(std::vector<idx> widths, std::vector<int> acts, int loss_code) : d(std::move(widths)) {
-  if (d.size() < 2) throw std::invalid_argument("sizes: need at least two widths");
-  if ((idx)acts.size() != L() - 1) throw std::invalid_argument("activation: one per hidden layer");
-  for (int a : acts) {
-    if (a < 0 || a > (int)Act::sin) throw std::invalid_argument("activation: unknown code");
-    act.push_back((Act)a);
-  }
-  if (loss_code < 0 || loss_code > 1) throw std::invalid_argument("loss: unknown code");
-  loss = (Loss)loss_code;
-  off.assign(1, 0);
-  for (idx l = 0; l < L(); ++l) off.push_back(off.back() + (d[l] + 1) * d[l + 1]);
-}
-
 }  // namespace tk

@@ -28,15 +28,6 @@ struct Tape {
   const T* in(idx l) const { return l == 0 ? X : a[l].data(); }
 };
 
-template <class T>
-inline const T* weights(const Net& net, const T* theta, idx l) {
-  return theta + net.off[l];
-}
-template <class T>
-inline const T* bias(const Net& net, const T* theta, idx l) {
-  return theta + net.off[l] + net.d[l] * net.d[l + 1];
-}
-
 // Sizes every array of the tape for N samples of X (d2 only when `second`).  The *_rows
 // functions then fill rows [n0, n1); slices of different threads never overlap.
 template <class T>

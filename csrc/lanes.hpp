@@ -14,16 +14,17 @@
 #include "common.hpp"
 #include "formulas.hpp"
 #include "forward_backward.hpp"
+#include "simd.hpp"
 
 namespace tk {
 
 constexpr idx kLanes = 8;
 constexpr idx kLanesMaxWidth = 32;  // widest layer taken this way
 
+// One value per lane (simd.hpp: one vector, or a row of the target's vectors).
 template <class T>
 struct Lanes {
-  // One value per lane; element alignment, so that buffers need none beyond T's.
-  typedef T type __attribute__((vector_size(kLanes * sizeof(T)), aligned(alignof(T))));
+  using type = typename Vec<T, kLanes>::type;
 };
 
 // `n` lanes of scratch, the first on a 64-byte boundary (a vector that straddles two cache
@@ -126,7 +127,7 @@ template <class T>
 void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::type* p) {
   using Lane = typename Lanes<T>::type;
   Lane mx = F[0], sum = {};
-  for (idx j = 1; j < k; ++j) mx = F[j] > mx ? F[j] : mx;  // lane-wise
+  for (idx j = 1; j < k; ++j) mx = where_greater(F[j], mx, F[j], mx);
   for (idx j = 0; j < k; ++j) {
     for (idx b = 0; b < kLanes; ++b) p[j][b] = v_exp_neg(F[j][b] - mx[b]);
     sum += p[j];

@@ -383,9 +383,8 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
     } else {
       Lane best = p[0], rt = RF[0];  // RF at each lane's ce_top(p), as rop_rows
       for (idx j = 1; j < k; ++j) {
-        const auto more = p[j] > best;
-        best = more ? p[j] : best;
-        rt = more ? RF[j] : rt;
+        rt = where_greater(p[j], best, RF[j], rt);
+        best = where_greater(p[j], best, p[j], best);
       }
       ce_curvature_times_at<Lane>(k, p, rt, RF, s * mask, RG);
     }

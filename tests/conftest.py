@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -241,6 +244,51 @@ def output_hessians(p: Problem, F: np.ndarray, reduction="mean") -> np.ndarray:
     for c in range(k):
         H[:, c, c] = prob[:, c] * prob.sum(axis=1, where=np.arange(k) != c)
     return s * H
+
+
+# ----------------------------------------------------------------------------- interruption
+# Long calls stop on SIGINT (docs/design.md, "Interruption"): test_interrupt.py (the CPU
+# backends) and test_cuda.py (the GPU) start a call, send SIGINT to the process from a timer
+# thread shortly after, and measure the time from the signal to KeyboardInterrupt.
+INTERRUPT_DELAY = 0.3  # seconds from the call's start to the signal
+
+
+def max_interrupt_lag():
+    """Seconds from the signal to KeyboardInterrupt: half a second on an idle machine, longer in
+    proportion where the load average says the call gets a fraction of a core."""
+    return 0.5 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (raise KeyboardInterrupt), whatever the runner installed."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are handled in the main thread only")
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def interrupt_lag(call):
+    """Seconds from SIGINT (sent INTERRUPT_DELAY after the call starts) to call's
+    KeyboardInterrupt; a call that is not interrupted fails the test (after its full time)."""
+    sent = []
+
+    def fire():
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(INTERRUPT_DELAY, fire)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        call()
+    except KeyboardInterrupt:
+        return time.perf_counter() - sent[0]
+    finally:
+        timer.cancel()
+        timer.join()
+    pytest.fail(f"not interrupted: the call ran to its end in {time.perf_counter() - start:.1f} s")
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -5,21 +5,34 @@ without a GPU or cuBLAS; the backend then reports, with a reason, that it is una
 and its calls refuse cleanly.  With a GPU: every quantity against the float64 reference
 (float64 rel <= 1e-10, float32 <= 1e-4) on shapes, activations, losses and reductions, the
 curvature kernels over several sample chunks, device-array inputs (DeviceArray always, CuPy
-and PyTorch when importable), the resident-data handle DeviceData, and the input checks.
+and PyTorch when importable), the resident-data handle DeviceData, the input checks, and
+long calls stopped by Ctrl-C.
 The GPU tests skip with the reason (visible with ``pytest -rs``) where there is none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA_QUANTITIES, QUANTITIES, cases, compare, compute, make_problem, reference
+from conftest import (
+    DATA_QUANTITIES,
+    QUANTITIES,
+    cases,
+    compare,
+    compute,
+    interrupt_lag,
+    make_problem,
+    max_interrupt_lag,
+    reference,
+)
 
 import taylorkern as tk
 from taylorkern import _dispatch
@@ -538,3 +551,79 @@ def test_gpu_out_of_memory_is_a_memory_error_and_later_calls_work(on_cuda):
         cuda.DeviceData(net, X, Y).ggn(theta, out="device")
     p = make_problem([5, 7, 3], "tanh", "ce", N=6)  # no error left behind for the next call
     compare(cuda.loss_and_grad(p.net, p.theta, p.X, p.Y, "mean")[1], reference(p, "loss_and_grad")[1], np.float64)
+
+
+# ============================================================================ interruption
+# Ctrl-C during a long GPU call (docs/design.md, "Interruption"), measured as
+# tests/test_interrupt.py measures the CPU's: the calls' host code checks for a pending signal
+# between launches and while it waits for the GPU, and keeps little work queued ahead of it
+# (csrc/cuda/workspace.cuh, Pace), so that KeyboardInterrupt follows within half a second; the
+# next call on the same network (its pooled workspace and lane) is exact.
+# Each interrupted call is sized on the device to take seconds.  On a GPU only the curvature
+# calls run that long on problems a test can hold (the products', the gradient's and the
+# Jacobian's work grows with N only as fast as their memory); under the host emulation
+# (csrc/cuda/emulate), which runs every kernel on the CPU, every call can, on a smaller network.
+EMULATED = cuda is not None and cuda.info().get("name") == "host emulation"
+WIDE, WIDER = ([6, 16, 16, 1], [6, 16, 16, 1]) if EMULATED else ([32, 128, 128, 1], [32, 512, 512, 1])
+LONG_CALLS = {
+    "hessian": (WIDE, lambda p: p.net.hessian(p.theta, p.X, p.Y)),
+    "ggn": (WIDE, lambda p: p.net.ggn(p.theta, p.X, p.Y)),
+    "hessian_blocks": (WIDE, lambda p: p.net.hessian_blocks(p.theta, p.X, p.Y)),
+    "hessian_diag": (WIDER, lambda p: p.net.hessian_diag(p.theta, p.X, p.Y)),
+}
+if EMULATED:
+    LONG_CALLS.update({
+        "hvp_many": (WIDE, lambda p: p.net.hvp(p.theta, p.X, p.Y, p.V)),
+        "loss_and_grad": (WIDE, lambda p: p.net.loss_and_grad(p.theta, p.X, p.Y)),
+        "jacobian": ([6, 16, 16, 4], lambda p: p.net.jacobian(p.theta, p.X)),
+    })
+
+
+def long_call_samples(sizes, call, seconds=4.0):
+    """Samples for which call(problem) takes about `seconds` beyond its fixed costs (a large
+    result's copy to the host; the first, smallest call's time): N grows by fours until a call
+    takes a second longer than that one, then in proportion, at most so many that the tapes
+    (under a dozen values per unit and sample) take a sixteenth of the GPU's memory (the test
+    runner's workers share it)."""
+    n_max = max(256, cuda.info()["total_memory"] // 16 // (12 * sum(sizes) * 8))
+    N, fixed = 64, None
+    while True:
+        p = make_problem(sizes, N=N, m=16)
+        start = time.perf_counter()
+        call(p)
+        took = time.perf_counter() - start
+        fixed = took if fixed is None else fixed
+        if took - fixed >= 1.0 or N >= n_max:
+            return int(min(n_max, N * seconds / max(took - fixed, 0.1)))
+        N = min(4 * N, n_max)
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", sorted(LONG_CALLS))
+def test_long_gpu_call_interrupted_then_next_call_correct(on_cuda, python_sigint, case):
+    """After the interrupt, a call on the same network gives what a fresh network gives."""
+    sizes, call = LONG_CALLS[case]
+    p = make_problem(sizes, N=long_call_samples(sizes, call), m=16)
+    lag = interrupt_lag(lambda: call(p))
+    small = dataclasses.replace(p, X=p.X[:40], Y=p.Y[:40])
+    got = call(small)
+    want = call(small.astype(np.float64))  # a new network of the same values
+    print(f"cuda {case}: N {p.N}, lag {lag * 1e3:.0f} ms (load {os.getloadavg()[0]:.1f})")
+    compare(got, want, rtol=1e-12, what=f"{case} after an interrupted call")
+    assert lag < max_interrupt_lag(), f"cuda {case}: KeyboardInterrupt {lag:.2f} s after SIGINT"
+
+
+@needs_gpu
+def test_gpu_minimize_interrupted(on_cuda, python_sigint):
+    """An optimizer loop on the GPU stops at SIGINT (inside a call or between calls), and a
+    following run is unaffected."""
+    p = make_problem(WIDE, N=20_000)
+    lag = interrupt_lag(lambda: tk.minimize(p.net, p.theta, p.X, p.Y, method="lbfgs", max_iter=10**6, gtol=0.0,
+                                            ftol=0.0, xtol=0.0))
+    small = dataclasses.replace(p, X=p.X[:200], Y=p.Y[:200])
+    got = tk.minimize(small.net, small.theta, small.X, small.Y, method="lbfgs", max_iter=5)
+    fresh = small.astype(np.float64)
+    want = tk.minimize(fresh.net, fresh.theta, fresh.X, fresh.Y, method="lbfgs", max_iter=5)
+    print(f"cuda minimize: lag {lag * 1e3:.0f} ms")
+    compare(got.theta, want.theta, rtol=1e-12, what="minimize after an interrupted one")
+    assert lag < max_interrupt_lag(), f"cuda minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"

@@ -10,55 +10,18 @@ call is not interrupted the test fails on the lag (and takes the call's full tim
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
+from conftest import interrupt_lag, max_interrupt_lag
 
 import taylorkern as tk
 
-DELAY = 0.3  # seconds from the call's start to the signal
-# Seconds from the signal to KeyboardInterrupt: half a second on an idle machine, longer in
-# proportion where the load average says the call gets a fraction of a core.
-def max_lag():
-    return 0.5 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+pytestmark = pytest.mark.usefixtures("python_sigint")  # conftest.py
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(b not in tk.available_backends(),
                                                      reason=f"backend {b!r} unavailable"))
             for b in ("cpp", "numba")]
-
-
-@pytest.fixture(autouse=True)
-def _default_sigint():
-    """Python's own SIGINT handler (raise KeyboardInterrupt), whatever the runner installed."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals are handled in the main thread only")
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, old)
-
-
-def interrupt_lag(call):
-    """Seconds from SIGINT (sent DELAY after the call starts) to call's KeyboardInterrupt."""
-    sent = []
-
-    def fire():
-        sent.append(time.perf_counter())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Timer(DELAY, fire)
-    start = time.perf_counter()
-    timer.start()
-    try:
-        call()
-    except KeyboardInterrupt:
-        return time.perf_counter() - sent[0]
-    finally:
-        timer.cancel()
-        timer.join()
-    pytest.fail(f"not interrupted: the call ran to its end in {time.perf_counter() - start:.1f} s")
 
 
 def problem(sizes, N, seed=0):
@@ -104,7 +67,7 @@ def test_long_call_interrupted_then_next_call_correct(backend, case):
     print(f"{backend} {case}: lag {lag * 1e3:.0f} ms (load {os.getloadavg()[0]:.1f})")
     for g, w in zip(_flat(got), _flat(want)):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14 * np.abs(w).max())
-    assert lag < max_lag(), f"{backend} {case}: KeyboardInterrupt {lag:.2f} s after SIGINT"
+    assert lag < max_interrupt_lag(), f"{backend} {case}: KeyboardInterrupt {lag:.2f} s after SIGINT"
 
 
 def _flat(x):
@@ -127,7 +90,7 @@ def test_minimize_interrupted(backend):
         want = tk.minimize(fresh, theta, X[:200], Y[:200], method="lbfgs", max_iter=5)
     print(f"{backend} minimize: lag {lag * 1e3:.0f} ms")
     np.testing.assert_allclose(got.theta, want.theta, rtol=1e-12, atol=1e-14)
-    assert lag < max_lag(), f"{backend} minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"
+    assert lag < max_interrupt_lag(), f"{backend} minimize: KeyboardInterrupt {lag:.2f} s after SIGINT"
 
 
 NUMBA = pytest.mark.skipif("numba" not in tk.available_backends(), reason="numba is not installed")

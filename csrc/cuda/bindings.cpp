@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 
+#include "../binding_support.hpp"
 #include "../with_dtype.hpp"
 #include "blas.hpp"
 #include "checks.cuh"
@@ -61,6 +62,22 @@ class DeviceGuard {
  private:
   int prev_ = -1;
 };
+
+// fn() with the GIL released and the backend's device current, interruptible by signals
+// (../binding_support.hpp, without_gil): once the call is stopped, fn's host code throws
+// Interrupted (common.cuh) and the signal handler's exception (KeyboardInterrupt) is raised.
+template <class F>
+void on_device(F&& fn) {
+  tk::without_gil([&] {
+    DeviceGuard guard;
+    try {
+      fn();
+    } catch (const tc::Interrupted&) {
+      const tk::Interrupt* call = tk::Interrupt::current().call;
+      if (!call || !call->stopped()) throw;  // never: only a stopped call throws it
+    }
+  });
+}
 
 std::string cuda_message(cudaError_t err) {
   return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
@@ -160,19 +177,9 @@ py::dict device_info() {
 }
 
 // ----------------------------------------------------------------------------- networks
-// A network description plus a pool of device workspaces: one per call in flight.
-struct Net : tc::Net {
-  using tc::Net::Net;
-  std::mutex mu;
-  std::vector<std::unique_ptr<tc::Workspace<float>>> pool32;
-  std::vector<std::unique_ptr<tc::Workspace<double>>> pool64;
-  template <class T>
-  auto& pool() {
-    if constexpr (sizeof(T) == 4)
-      return pool32;
-    else
-      return pool64;
-  }
+// A network description plus a pool of device workspaces (../binding_support.hpp).
+struct Net : tk::PooledNet<tc::Workspace> {
+  using PooledNet::PooledNet;
 };
 
 // The lanes (workspace.cuh) of all calls: as many as calls have ever been in flight at once.
@@ -188,16 +195,7 @@ std::vector<tc::Lane*>& free_lanes() {
 template <class T>
 class Lease {
  public:
-  explicit Lease(Net& net) : net_(net) {
-    {
-      std::lock_guard<std::mutex> lock(net_.mu);
-      auto& pool = net_.pool<T>();
-      if (!pool.empty()) {
-        ws_ = std::move(pool.back());
-        pool.pop_back();
-      }
-    }
-    if (!ws_) ws_ = std::make_unique<tc::Workspace<T>>();
+  explicit Lease(Net& net) : net_(net), ws_(net.take<T>()) {
     {
       std::lock_guard<std::mutex> lock(g_lanes_mu);
       auto& lanes = free_lanes();
@@ -221,15 +219,15 @@ class Lease {
   }
   ~Lease() {
     if (ws_->lane) {
-      // Normally done already (every call waits for its work); after an error, the lane and the
-      // workspace's buffers are reused only once what was queued has finished.
+      // Normally done already (every call waits for its work); after an error or an interrupt,
+      // the lane and the workspace's buffers are reused only once what was queued has finished
+      // (a few checkpoints' worth: workspace.cuh, Pace).
       (void)cudaStreamSynchronize(ws_->lane->stream_.s);
       std::lock_guard<std::mutex> lock(g_lanes_mu);
       free_lanes().push_back(ws_->lane);
       ws_->lane = nullptr;
     }
-    std::lock_guard<std::mutex> lock(net_.mu);
-    net_.pool<T>().push_back(std::move(ws_));
+    net_.give(std::move(ws_));
   }
   tc::Workspace<T>& ws() { return *ws_; }
 
@@ -281,11 +279,8 @@ struct DeviceArray {
   py::array get() const {
     py::array out(py::dtype(typestr), std::vector<py::ssize_t>(shape.begin(), shape.end()));
     void* dst = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      DeviceGuard guard;
-      tc::copy_to_host(dst, ptr, nbytes(), nullptr);  // the legacy stream: after every blocking stream's work
-    }
+    // the legacy stream: after every blocking stream's work
+    on_device([&] { tc::copy_to_host(dst, ptr, nbytes(), nullptr); });
     return out;
   }
 };
@@ -305,11 +300,10 @@ std::unique_ptr<DeviceArray> to_device(py::array a) {
   std::vector<idx> shape(a.shape(), a.shape() + a.ndim());
   auto d = std::make_unique<DeviceArray>(shape, ts);
   const void* src = a.data();
-  {
-    py::gil_scoped_release nogil;
-    DeviceGuard guard;
-    TK_CUDA(cudaMemcpy(d->ptr, src, d->nbytes(), cudaMemcpyHostToDevice));
-  }
+  on_device([&] {
+    tc::copy_to_device(d->ptr, src, d->nbytes(), nullptr);
+    tc::await_stream(nullptr);  // complete when handed out (DeviceArray::cai)
+  });
   return d;
 }
 
@@ -319,11 +313,7 @@ py::array to_host(std::uintptr_t ptr, std::vector<py::ssize_t> shape, const std:
   py::array out(py::dtype(typestr), shape);
   void* dst = out.mutable_data();
   const size_t n = (size_t)out.nbytes();
-  {
-    py::gil_scoped_release nogil;
-    DeviceGuard guard;
-    tc::copy_to_host(dst, reinterpret_cast<const void*>(ptr), n, nullptr);
-  }
+  on_device([&] { tc::copy_to_host(dst, reinterpret_cast<const void*>(ptr), n, nullptr); });
   return out;
 }
 
@@ -385,7 +375,7 @@ template <class U>
 const U* place(const Arg& a, tc::DevBuf<U>& buf, cudaStream_t s) {
   if (a.dev) return static_cast<const U*>(a.dev);
   buf.resize(a.count);
-  TK_CUDA(cudaMemcpyAsync(buf.data(), a.host, sizeof(U) * a.count, cudaMemcpyHostToDevice, s));
+  tc::copy_to_device(buf.data(), a.host, sizeof(U) * a.count, s);
   return buf.data();
 }
 
@@ -439,7 +429,7 @@ struct Result {
   // Copies a host result back and waits for the call's work.
   void finish(tc::Workspace<T>& ws) {
     if (dev)
-      TK_CUDA(cudaStreamSynchronize(ws.stream()));
+      tc::await_stream(ws.stream());
     else
       tc::copy_to_host(host, ws.out.data(), sizeof(T) * count, ws.stream());
   }
@@ -492,13 +482,11 @@ struct Inputs {
   }
 };
 
-// fn(workspace) with the GIL released, the backend's device current and a workspace leased.
+// fn(workspace) with the GIL released, the backend's device current, a workspace leased and the
+// call interruptible (on_device); returns what fn returns.
 template <class T, class F>
 decltype(auto) run(Net& net, F&& fn) {
-  py::gil_scoped_release nogil;
-  DeviceGuard guard;
-  Lease<T> lease(net);
-  return fn(lease.ws());
+  return tk::leased<Lease<T>>(net, [](auto&& body) { on_device(body); }, fn);
 }
 
 // ----------------------------------------------------------------------------- calls
@@ -645,7 +633,7 @@ py::object blocks(Net& net, py::object theta, py::object X, py::object Y, bool m
       tc::curvature_blocks<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, outs, ws);
       if (!device_out)
         for (size_t l = 0; l < sizes.size(); ++l) tc::copy_to_host(host[l], outs[l], sizeof(T) * sizes[l], ws.stream());
-      TK_CUDA(cudaStreamSynchronize(ws.stream()));
+      tc::await_stream(ws.stream());
     });
     return std::move(result);
   });
@@ -703,14 +691,14 @@ void axpy(double alpha, std::uintptr_t x, DeviceArray& y) {
 
 void sync_stream(std::uintptr_t stream) {
   require();
-  py::gil_scoped_release nogil;
-  TK_CUDA(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)));
+  on_device([&] { tc::await_stream(reinterpret_cast<cudaStream_t>(stream)); });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "taylorkern CUDA kernels (cuBLAS loaded at run time); see taylorkern.backends.cuda";
+  tk::remember_main_thread();
   py::register_exception<tc::OutOfDeviceMemory>(m, "OutOfDeviceMemory", PyExc_MemoryError);
   m.def("init", &init, py::arg("cublas_candidates"),
         "Find the GPU and load cuBLAS from the first candidate that loads; returns '' when ready, else why not");

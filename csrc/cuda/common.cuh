@@ -1,10 +1,6 @@
-// Shared definitions of the CUDA kernels (taylorkern._cuda).  Mirrors ../common.hpp: the same
-// index letters, layout and network description, with device buffers in place of vectors.
-//
-// Index letters: N samples, L layers (0-based l = 0..L-1), layer l maps a_l (width d[l]) to
-// z_l (width d[l+1]); k = d[L] outputs; P parameters; m directions.  Layer l's parameters are
-// the augmented matrix [W_l; b_l] of shape (d[l]+1, d[l+1]) raveled row-major at
-// theta[off[l]:off[l+1]] (docs/design.md §1).  All arrays are row-major and contiguous, on the device.
+// Shared definitions of the CUDA kernels (taylorkern._cuda).  Mirrors ../common.hpp: the
+// network description, the targets and the index letters are the C++ kernels' (../net.hpp),
+// with device buffers in place of vectors.  All arrays are row-major and contiguous, on the device.
 //
 // Every CUDA runtime call goes through TK_CUDA, every launch is followed by TK_CHECK_LAUNCH(): a
 // failure throws tk::cuda::Error (a std::runtime_error naming the call and CUDA's message),
@@ -13,18 +9,23 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
-#include "../formulas.hpp"  // Act, Loss
+#include "../interrupt.hpp"
+#include "../net.hpp"  // Net, Targets, sample_weight; Act, Loss
 
 namespace tk {
 namespace cuda {
 
-using idx = std::int64_t;
+using tk::idx;
+using tk::Net;
+using tk::Targets;
 
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -55,30 +56,44 @@ void result_free(void* p) noexcept;
 // After a kernel launch: configuration errors show here, faults at the next synchronisation.
 #define TK_CHECK_LAUNCH() TK_CUDA(cudaGetLastError())
 
-// The network description: built once per MLP (host side), shared by every call.
-struct Net {
-  std::vector<idx> d;    // widths d[0..L]
-  std::vector<Act> act;  // activation of hidden layer outputs z_0..z_{L-2}
-  Loss loss = Loss::mse;
-  std::vector<idx> off;  // off[l] = start of layer l in theta, off[L] = P
-
-  Net(std::vector<idx> widths, std::vector<int> acts, int loss_code);
-  idx L() const { return (idx)d.size() - 1; }
-  idx P() const { return off.back(); }
-  idx k() const { return d.back(); }
+// Interruption (../interrupt.hpp, docs/design.md "Interruption"): the host code of a call
+// checks tk::interrupted() between launches (checkpoint(), workspace.cuh) and in its waits for
+// the GPU (await_done), and once it is true throws Interrupted; the bindings then raise the
+// signal handler's exception (KeyboardInterrupt).  Work already queued on the stream is not
+// cancelled: it finishes before the workspace and its lane go back to the pool (bindings.cpp,
+// Lease), so the next call finds them as after a normal return.
+struct Interrupted : Error {
+  Interrupted() : Error("interrupted") {}
 };
 
-// The loss targets on the device: T Y (N, k) for mse, int64 labels (N,) for ce.
-template <class T>
-struct Targets {
-  const T* y = nullptr;
-  const std::int64_t* labels = nullptr;
-};
-
-// Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
-template <class T>
-inline T sample_weight(idx N, bool mean) {
-  return mean ? T(1) / T(N) : T(1);
+// Returns once query() -- cudaEventQuery or cudaStreamQuery of queued work -- says it is done,
+// checking for an interrupt meanwhile.  The thread spins (yielding) as cudaStreamSynchronize
+// does, then, once the wait is long, naps between queries instead of holding a core.
+constexpr std::chrono::milliseconds kAwaitSpin{20};
+constexpr std::chrono::microseconds kAwaitNap{200};
+template <class Query>
+void await_done(Query&& query, const char* call) {
+  using clock = std::chrono::steady_clock;
+  const clock::time_point start = clock::now();
+  for (;;) {
+    const cudaError_t err = query();
+    if (err == cudaSuccess) return;
+    if (err != cudaErrorNotReady) fail(call, err, __FILE__, __LINE__);
+    // "not ready" is no error: not left for the next launch check to report
+    if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
+    if (interrupted()) throw Interrupted();
+    if (clock::now() - start < kAwaitSpin)
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(kAwaitNap);
+  }
+}
+// The work queued on stream s so far, or before event e.
+inline void await_stream(cudaStream_t s) {
+  await_done([s] { return cudaStreamQuery(s); }, "cudaStreamQuery");
+}
+inline void await_event(cudaEvent_t e) {
+  await_done([e] { return cudaEventQuery(e); }, "cudaEventQuery");
 }
 
 // A device buffer that only grows (contents are not kept across a growth; every kernel

@@ -16,6 +16,7 @@
 //   - chunks of samples are sized from the device's free memory (chunk_budget), not 512.
 #include <atomic>
 
+#include "../accumulators.hpp"
 #include "curvature.cuh"
 #include "workspace.cuh"
 
@@ -233,6 +234,12 @@ void scale_cols(Workspace<T>& ws, idx c, idx rows, idx cols, const T* s, const T
 
 }  // namespace
 
+idx factor_work(const Net& net) {
+  idx w = 0;
+  for (idx l = 0; l < net.L(); ++l) w += net.d[l + 1] * net.d[l + 1] * (net.d[l] + net.d[l + 1]);
+  return w;
+}
+
 idx chunk_size(const Net& net, idx N, Need need, idx budget) {
   const idx L = net.L(), k = net.k();
   idx foot = k * k, widest = 0;
@@ -374,19 +381,9 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
   auto Da = [&](idx l) { return net.d[l] + 1; };
   auto Hd = [&](idx l) { return net.d[l + 1]; };
 
-  // Accumulators over chunks, one per block and term (overwritten by the first chunk).
+  full_accumulators(net, gn, ws);  // ../accumulators.hpp
   auto &Kd = ws.Kd, &E3a = ws.E3a;
   auto &Ko = ws.Ko, &E3 = ws.E3;
-  Kd.resize(L), E3a.resize(L), Ko.resize(L), E3.resize(L);
-  for (idx l = 0; l < L; ++l) {
-    Kd[l].resize(Da(l) * (Da(l) + 1) / 2 * (Hd(l) * (Hd(l) + 1) / 2));
-    Ko[l].resize(L), E3[l].resize(L);
-    for (idx m = l + 1; m < L; ++m) {
-      Ko[l][m].resize(Da(l) * Da(m) * Hd(m) * Hd(l));
-      if (!gn && m == l + 1) E3a[l].resize(Da(l) * Hd(l) * Hd(m));
-      if (!gn && m >= l + 2) E3[l][m].resize(Da(l) * Hd(m) * Hd(l) * net.d[m]);
-    }
-  }
 
   const idx C = chunk_size(net, N, Need::full, chunk_budget(sizeof(T)));
   Factors<T>& f = ws.f;
@@ -399,6 +396,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     const T beta = n0 == 0 ? T(0) : T(1);
     chunk_factors(net, theta, ws, mean, gn, Need::full, n0, c);
     for (idx l = 0; l < L; ++l) augmented(net, ws, l, n0, c, A[l]);
+    checkpoint(ws, c * factor_work(net));
     for (idx l = 0; l < L; ++l) {
       diag_block_product<T>(ws, c, Da(l), Hd(l), A[l].data(), f.Q[l].data(), beta, Kd[l].data());
       for (idx m = l + 1; m < L; ++m) {
@@ -431,6 +429,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
                   E3[l][m].data(), cols);
         }
       }
+      checkpoint(ws, c * Da(l) * Hd(l) * (P - net.off[l]));  // block row l: its P_l by the rest
     }
   }
 
@@ -448,6 +447,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
                                                        mode == 2 ? E3[l][m].data() : nullptr, net.d[m]);
       TK_CHECK_LAUNCH();
     }
+    checkpoint(ws, 0);
   }
   // lower blocks: out[m-block rows][l-block cols] = transpose of the upper block (l, m)
   for (idx l = 0; l < L; ++l)
@@ -467,17 +467,18 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   curvature_tape(net, theta, X, N, tg, mean, gn, ws);
   auto &A = ws.A, &Kd = ws.Kd;
   A.resize(L), Kd.resize(L);
-  for (idx l = 0; l < L; ++l)
-    Kd[l].resize((net.d[l] + 1) * (net.d[l] + 2) / 2 * (net.d[l + 1] * (net.d[l + 1] + 1) / 2));
+  for (idx l = 0; l < L; ++l) Kd[l].resize(packed_diag_values(net, l));
   const idx C = chunk_size(net, N, Need::blocks, chunk_budget(sizeof(T)));
   Factors<T>& f = ws.f;
   for (idx n0 = 0; n0 < N; n0 += C) {
     const idx c = std::min(C, N - n0);
     chunk_factors(net, theta, ws, mean, gn, Need::blocks, n0, c);
+    checkpoint(ws, c * factor_work(net));
     for (idx l = 0; l < L; ++l) {
       augmented(net, ws, l, n0, c, A[l]);
       diag_block_product<T>(ws, c, net.d[l] + 1, net.d[l + 1], A[l].data(), f.Q[l].data(), n0 == 0 ? T(0) : T(1),
                             Kd[l].data());
+      checkpoint(ws, c * packed_diag_values(net, l));
     }
   }
   for (idx l = 0; l < L; ++l) {

@@ -28,6 +28,10 @@ void curvature_tape(const Net& net, const T* theta, const T* X, idx N, Targets<T
 template <class T>
 void chunk_factors(const Net& net, const T* theta, Workspace<T>& ws, bool mean, bool gn, Need need, idx n0, idx c);
 
+// Multiply-adds of one sample's factors (the Q_l recursion or the GGN's U_l^T U_l, about
+// H_l^2 (d_l + H_l) per layer), for the checkpoints' pace (workspace.cuh).
+idx factor_work(const Net& net);
+
 // Samples per chunk so that the per-chunk buffers stay near `budget` values.
 idx chunk_size(const Net& net, idx N, Need need, idx budget);
 

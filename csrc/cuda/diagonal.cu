@@ -65,6 +65,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
       TK_CHECK_LAUNCH();
       gemm<T>(ws.blas(), true, false, Da, H, c, T(1), Asq.data(), Da, q.data(), H, T(1), out + net.off[l], H);
     }
+    checkpoint(ws, c * factor_work(net));
   }
 }
 

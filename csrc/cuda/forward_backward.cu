@@ -183,6 +183,7 @@ void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws
         tl, bias(net, theta, l), z, want_d1 ? t.d1[l].data() : nullptr, want_d2 ? t.d2[l].data() : nullptr,
         hidden ? net.act[l] : Act::identity, hidden);
     TK_CHECK_LAUNCH();
+    checkpoint(ws, N * di * dn);
   }
 }
 
@@ -207,7 +208,7 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
 
 template <class T>
 double read_loss(const Net& net, Workspace<T>& ws, bool mean) {
-  TK_CUDA(cudaStreamSynchronize(ws.stream()));
+  await_stream(ws.stream());
   const T s = sample_weight<T>(ws.tape.N, mean);
   return data_term(net.loss, net.k(), ws.lane->host.p[0], (double)s);
 }
@@ -235,6 +236,7 @@ void backward(const Net& net, const T* theta, Workspace<T>& ws, T* grad, bool ke
     gemm<T>(ws.blas(), false, true, N, di, dn, T(1), t.g[l].data(), dn, weights(net, theta, l), dn, T(0), e, di);
     scale_colsum<T>(ws, N, di, e, deriv(net, t, l - 1), t.g[l - 1].data(),
                     grad ? grad + net.off[l - 1] + net.d[l - 1] * di : nullptr);
+    checkpoint(ws, 2 * N * di * dn);
   }
 }
 
@@ -272,6 +274,7 @@ void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx
     k_scale_rows_per_sample<T><<<grid_for(c * r * di), kThreads, 0, ws.stream()>>>(
         c, r, di, ws.tape.d1[l - 1].data() + n0 * di, U[l - 1].data());
     TK_CHECK_LAUNCH();
+    checkpoint(ws, c * r * di * dn);
   }
 }
 
@@ -289,21 +292,6 @@ void backward_rows(const Net& net, const T* theta, Workspace<T>& ws, idx n0, idx
 TK_INST(float)
 TK_INST(double)
 #undef TK_INST
-
-Net::Net(std::vector<idx> widths, std::vector<int> acts, int loss_code) : d(std::move(widths)) {
-  if (d.size() < 2) throw std::invalid_argument("sizes: need at least two widths");
-  for (idx w : d)
-    if (w < 1) throw std::invalid_argument("sizes: every width must be >= 1");
-  if ((idx)acts.size() != L() - 1) throw std::invalid_argument("activation: one per hidden layer");
-  for (int a : acts) {
-    if (a < 0 || a > (int)Act::sin) throw std::invalid_argument("activation: unknown code");
-    act.push_back((Act)a);
-  }
-  if (loss_code < 0 || loss_code > 1) throw std::invalid_argument("loss: unknown code");
-  loss = (Loss)loss_code;
-  off.assign(1, 0);
-  for (idx l = 0; l < L(); ++l) off.push_back(off.back() + (d[l] + 1) * d[l + 1]);
-}
 
 }  // namespace cuda
 }  // namespace tk

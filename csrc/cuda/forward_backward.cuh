@@ -46,17 +46,9 @@ inline Deriv<T> deriv(const Net& net, const Tape<T>& t, idx l) {
   return {t.d1[l].data(), nullptr};
 }
 
-template <class T>
-inline const T* weights(const Net& net, const T* theta, idx l) {
-  return theta + net.off[l];
-}
-template <class T>
-inline const T* bias(const Net& net, const T* theta, idx l) {
-  return theta + net.off[l] + net.d[l] * net.d[l + 1];
-}
-
 // All functions below queue work on ws.stream (through ws.blas) and do not synchronise,
-// except those returning a host value.
+// except those returning a host value; between layers they pass a checkpoint (workspace.cuh),
+// which throws Interrupted once the call is interrupted.
 
 // Which derivatives of the activations a forward pass stores: none (predict, loss), act'
 // (tape.d1), act' and act'' (tape.d2).

@@ -43,6 +43,7 @@ void jacobian(const Net& net, const T* theta, const T* X, idx N, T* J, Workspace
     k_jac_fill<T><<<grid_for(N * k * (di + 1) * dn), kThreads, 0, ws.stream()>>>(
         N, k, di, dn, P, net.off[l], ws.tape.in(l), U[l].data(), J);
     TK_CHECK_LAUNCH();
+    checkpoint(ws, N * k * (di + 1) * dn);
   }
 }
 

@@ -163,6 +163,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
                                                              hidden ? deriv(net, t, l) : Deriv<T>{},
                                                              hidden ? Ra[l + 1].data() : nullptr);
     TK_CHECK_LAUNCH();
+    checkpoint(ws, 2 * N * m * di * dn);
   }
 
   // Output curvature applied to the output tangent.
@@ -226,6 +227,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
         rg_tile, di, Re.data(), deriv(net, t, l - 1), kind == D2Term::none ? nullptr : t.e[l - 1].data(), kind, p, q,
         (T)f.k0, (T)f.k1, Rg.data(), ws.part.data());
     TK_CHECK_LAUNCH();
+    checkpoint(ws, 4 * N * m * di * dn);
   }
 }
 

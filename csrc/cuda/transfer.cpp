@@ -60,18 +60,8 @@ void parallel_copy(char* dst, const char* src, size_t bytes, unsigned threads) {
   for (auto& t : pool) t.join();
 }
 
-}  // namespace
-
-static void plain_copy(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
-  TK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
-  TK_CUDA(cudaStreamSynchronize(stream));
-}
-
-void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
-  if (bytes < kStagedMin) return plain_copy(dst, src, bytes, stream);
-  Staging& st = staging();
-  std::lock_guard<std::mutex> lock(st.mu);
-  if (!st.ready()) return plain_copy(dst, src, bytes, stream);
+// Chunks through the two staging buffers (copy_to_host).
+void staged_copy(Staging& st, void* dst, const void* src, size_t bytes, cudaStream_t stream) {
   const unsigned threads = std::max(1u, std::min(8u, std::thread::hardware_concurrency() / 2));
   const size_t chunks = (bytes + kChunk - 1) / kChunk;
   auto* out = static_cast<char*>(dst);
@@ -85,9 +75,41 @@ void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream)
   if (chunks > 1) issue(1);
   for (size_t c = 0; c < chunks; ++c) {
     const size_t off = c * kChunk, len = std::min(kChunk, bytes - off);
-    TK_CUDA(cudaEventSynchronize(st.filled[c % 2]));
+    await_event(st.filled[c % 2]);
     parallel_copy(out + off, static_cast<const char*>(st.buf[c % 2]), len, threads);
     if (c + 2 < chunks) issue(c + 2);  // into the buffer just emptied
+  }
+}
+
+}  // namespace
+
+// A copy into pageable memory returns only once it is done, and starts only after the stream's
+// work: that work is awaited first, so that the wait can be interrupted.
+static void plain_copy(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  await_stream(stream);
+  TK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
+  TK_CUDA(cudaStreamSynchronize(stream));
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  if (bytes < kStagedMin) return plain_copy(dst, src, bytes, stream);
+  Staging& st = staging();
+  std::lock_guard<std::mutex> lock(st.mu);
+  if (!st.ready()) return plain_copy(dst, src, bytes, stream);
+  try {
+    staged_copy(st, dst, src, bytes, stream);
+  } catch (const Interrupted&) {
+    // the copies into the staging buffers already queued land before another call reuses them
+    (void)cudaStreamSynchronize(stream);
+    throw;
+  }
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  for (size_t off = 0; off < bytes; off += kChunk) {
+    if (off > 0 && interrupted()) throw Interrupted();
+    TK_CUDA(cudaMemcpyAsync(static_cast<char*>(dst) + off, static_cast<const char*>(src) + off,
+                            std::min(kChunk, bytes - off), cudaMemcpyHostToDevice, stream));
   }
 }
 

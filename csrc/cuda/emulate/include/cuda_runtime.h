@@ -51,7 +51,8 @@ typedef enum cudaError {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInsufficientDriver = 35,
-  cudaErrorNoDevice = 100
+  cudaErrorNoDevice = 100,
+  cudaErrorNotReady = 600
 } cudaError_t;
 typedef struct CUstream_st* cudaStream_t;
 #define cudaStreamPerThread ((cudaStream_t)0x2)
@@ -153,6 +154,20 @@ inline cudaError_t cudaGetLastError() {
   tk_emu::last_error = cudaSuccess;
   return e;
 }
+inline cudaError_t cudaPeekAtLastError() { return tk_emu::last_error; }
+// Work is done when these are asked, but every other query answers "not ready" first (and leaves
+// that as the last error, as a runtime may), so that the callers' wait loops run.
+namespace tk_emu {
+inline cudaError_t query() {
+  static thread_local bool ready = false;
+  ready = !ready;
+  if (ready) return cudaSuccess;
+  last_error = cudaErrorNotReady;
+  return cudaErrorNotReady;
+}
+}  // namespace tk_emu
+inline cudaError_t cudaStreamQuery(cudaStream_t) { return tk_emu::query(); }
+inline cudaError_t cudaEventQuery(cudaEvent_t) { return tk_emu::query(); }
 inline const char* cudaGetErrorName(cudaError_t e) {
   return e == cudaErrorInvalidConfiguration ? "cudaErrorInvalidConfiguration" : "cudaErrorEmulated";
 }

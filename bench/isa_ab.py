@@ -1,0 +1,99 @@
+"""A/B of the x86-64 level builds of taylorkern._core (TAYLORKERN_ISA=baseline, x86-64-v3,
+x86-64-v4: taylorkern/_native.py) on the same calls.  Two builds of _core cannot be loaded in
+one process (pybind11 refuses a second "Net"), so each build runs in a process of its own, the
+builds alternating, the order rotated every round; each process measures every call on one
+thread (thread CPU time, the minimum of 5 repeats), and the table shows the minimum over rounds.
+Further installs, e.g. an older copy of the package, as NAME=DIR (DIR holding its taylorkern/)
+with a level: NAME=DIR:x86-64-v3.
+
+    python bench/isa_ab.py [--rounds 2] [NAME=DIR:LEVEL ...]
+
+Run it from outside the source tree (it imports the installed package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# name: (sizes, activation, N); mse.  seed is the benchmark configuration of that name.
+PROBLEMS = {"seed": ([2, 8, 1], "relu", 100), "seed3": ([2, 8, 8, 1], "tanh", 100),
+            "small": ([10, 32, 32, 1], "tanh", 1000), "medium": ([20, 64, 64, 1], "tanh", 1000)}
+CALLS = ("loss_and_grad", "hvp", "ggn", "hessian")
+
+
+def measure():
+    """In the child: {case: seconds per call} on the build TAYLORKERN_ISA selected."""
+    import numpy as np
+
+    import taylorkern as tk
+    from taylorkern import _native
+
+    tk.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    out = {"level": _native.loaded}
+    with tk.use_backend("cpp"):
+        for pname, (sizes, act, N) in PROBLEMS.items():
+            net = tk.MLP(sizes, activation=act, loss="mse")
+            th = net.init(seed=0)
+            X, Y = rng.standard_normal((N, sizes[0])), rng.standard_normal((N, 1))
+            v = rng.standard_normal(net.num_params)
+            calls = {"loss_and_grad": lambda: net.loss_and_grad(th, X, Y), "hvp": lambda: net.hvp(th, X, Y, v),
+                     "ggn": lambda: net.ggn(th, X, Y), "hessian": lambda: net.hessian(th, X, Y)}
+            for call in CALLS:
+                f = calls[call]
+                t0 = time.thread_time()
+                f()
+                reps = max(1, min(2000, int(0.05 / max(time.thread_time() - t0, 1e-7))))
+                best = float("inf")
+                for _ in range(5):
+                    t0 = time.thread_time()
+                    for _ in range(reps):
+                        f()
+                    best = min(best, (time.thread_time() - t0) / reps)
+                out[f"{pname}/{call}"] = best
+    print(json.dumps(out))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("extra", nargs="*", help="NAME=DIR:LEVEL, another install's build")
+    args = ap.parse_args()
+    if args.child:
+        return measure()
+    runs = [(level, None, level) for level in ("baseline", "x86-64-v3", "x86-64-v4")]
+    for item in args.extra:
+        name, rest = item.split("=", 1)
+        path, level = rest.rsplit(":", 1)
+        runs.append((name, path, level))
+    best = {}
+    for r in range(args.rounds):
+        for name, path, level in runs[r % len(runs):] + runs[:r % len(runs)]:
+            env = dict(os.environ, TAYLORKERN_ISA=level)
+            if path:
+                env["PYTHONPATH"] = os.pathsep.join([path] + [p for p in [env.get("PYTHONPATH")] if p])
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode:
+                print(f"{name}: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                continue
+            got = json.loads(done.stdout)
+            if got.pop("level") != level:  # a level this CPU lacks falls back, with a warning
+                continue
+            for case, t in got.items():
+                best.setdefault(name, {})[case] = min(t, best.get(name, {}).get(case, float("inf")))
+    names = list(best)
+    w = max(12, *map(len, names)) + 2
+    print(f"{'case':22}" + "".join(f"{n:>{w}}" for n in names) + "   (us per call, one thread)")
+    for case in best[names[0]]:
+        print(f"{case:22}" + "".join(f"{best[n][case] * 1e6:{w}.1f}" for n in names))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
