@@ -295,11 +295,14 @@ namespace {
 
 // ---------------------------------------------------------------------------------------
 // Full matrices of tiny networks, eight samples per SIMD vector (lanes.hpp), for networks of
-// at most 128 parameters (split over threads by whole vectors of samples).  The seed's [2,8,1]
-// (P = 33, N = 100) costs ~10k vector multiply-adds this way, where the Kronecker path below
-// sets up ~10 small products per chunk.  Both accumulate the lower triangle per lane, summed
-// over lanes and mirrored at the end.
-constexpr idx kLanesMaxFullParams = 128;
+// at most 400 parameters (split over threads by whole vectors of samples): the GGN of any depth,
+// the Hessian of one hidden layer.  The seed's [2,8,1] (P = 33, N = 100) costs ~10k vector
+// multiply-adds this way, where the Kronecker path below sets up ~10 small products per chunk;
+// up to 400 parameters the lanes GGN beat the Kronecker and Gram routes by 1.1-4x.  The Hessian
+// of two hidden layers or more carries every activation's gradient forward (term 3, JA), which
+// made it 15-25x slower than the Kronecker route, so it stays there.  Both accumulate the lower
+// triangle per lane, summed over lanes and mirrored at the end.
+constexpr idx kLanesMaxFullParams = 400;
 
 // Rows of a square root R of H_out, S[r * k + j] = R[r, j], per sample from formulas.hpp's
 // curvature_root (lanes b < nb; zero in the others), p the block's softmax (lanes_softmax; not read
@@ -318,15 +321,65 @@ void out_sqrt_rows(const Net& net, T s, idx nb, const typename Lanes<T>::type* p
   }
 }
 
-// acc (lower triangle, row-major, per lane) += u u^T over the first n entries of u.
+// Rank-one updates of a per-lane lower triangle, buffered: rows u (each `width` lanes, the
+// parameters padded with zeros to a whole tile) are collected, and every kOuterRows of them are
+// added at once, acc += sum_b u_b u_b^T, tile by tile with each tile's sums held in registers
+// across the rows.  Adding each row on its own read and wrote all of acc (P (P + 1) / 2 lanes,
+// past the first-level cache for P ~ 60) per row, and that traffic, not the multiply-adds, set
+// the speed.
 template <class T>
-inline void lanes_outer(typename Lanes<T>::type* acc, const typename Lanes<T>::type* u, idx n) {
-  for (idx p = 0; p < n; ++p) {
-    typename Lanes<T>::type* row = acc + p * (p + 1) / 2;
-    const typename Lanes<T>::type up = u[p];
-    for (idx q = 0; q <= p; ++q) row[q] += up * u[q];
+class LanesOuter {
+ public:
+  using Lane = typename Lanes<T>::type;
+  static constexpr idx kOuterRows = 16;
+  // Tiles of kTile x kTile lanes: 16 sums and 8 operands in registers where a lane is one
+  // register (AVX-512 doubles, AVX floats), 2 x 2 where it is a row of them.
+  static constexpr idx kTile = sizeof(Lane) <= kVectorBytes ? 4 : 2;
+
+  static idx width(idx P) { return (P + kTile - 1) / kTile * kTile; }
+  // Lanes of scratch for P parameters: the triangle, then the buffered rows.
+  static idx lanes(idx P) { return tri_lanes(P) + kOuterRows * width(P); }
+
+  // acc and the rows at `scratch` (lanes(P) lanes), zeroed.
+  LanesOuter(Lane* scratch, idx P) : acc_(scratch), rows_(scratch + tri_lanes(P)), P_(P), w_(width(P)) {
+    lanes_fill<T>(scratch, lanes(P), Lane{});
   }
-}
+  // The next row to fill (its first P lanes; the padding stays zero).
+  Lane* row() { return rows_ + n_ * w_; }
+  void push() {
+    if (++n_ == kOuterRows) flush();
+  }
+  void flush() {
+    for (idx p0 = 0; p0 < w_; p0 += kTile)
+      for (idx q0 = 0; q0 <= p0; q0 += kTile) tile(p0, q0);
+    n_ = 0;
+  }
+  // The accumulated triangle (after flush), rows of the padded width's triangle: its first
+  // P (P + 1) / 2 lanes are P's.
+  Lane* triangle() { return acc_; }
+
+ private:
+  static idx tri_lanes(idx P) { return width(P) * (width(P) + 1) / 2; }
+
+  void tile(idx p0, idx q0) {
+    Lane c[kTile][kTile] = {};
+    for (idx b = 0; b < n_; ++b) {
+      const Lane* u = rows_ + b * w_;
+      Lane up[kTile], uq[kTile];
+      for (idx i = 0; i < kTile; ++i) up[i] = u[p0 + i], uq[i] = u[q0 + i];
+      for (idx i = 0; i < kTile; ++i)
+        for (idx j = 0; j < kTile; ++j) c[i][j] += up[i] * uq[j];
+    }
+    for (idx i = 0; i < kTile; ++i) {
+      Lane* row = acc_ + (p0 + i) * (p0 + i + 1) / 2;
+      for (idx j = 0; j < kTile && q0 + j <= p0 + i; ++j) row[q0 + j] += c[i][j];
+    }
+  }
+
+  Lane* acc_;
+  Lane* rows_;
+  idx P_, w_, n_ = 0;
+};
 
 // out (P, P) from the per-lane lower triangle.
 template <class T>
@@ -348,9 +401,13 @@ idx full_lanes_work(const Net& net, bool gn) {
   return rank1 * net.P() * net.P() / 2;
 }
 
-bool full_lanes_apply(const Net& net) {
-  return net.P() <= kLanesMaxFullParams && lanes_fit(net);
+}  // namespace
+
+bool full_lanes_apply(const Net& net, bool gn) {
+  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && (gn || net.L() <= 2);
 }
+
+namespace {
 
 // The GGN: per sample the rows u_r = J^T s_r (s_r backpropagated: [a_i delta_j; delta_j] per
 // layer), J^T H_out J = sum_r u_r u_r^T.
@@ -359,18 +416,16 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
                vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
-  const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2;
+  const idx L = net.L(), k = net.k(), P = net.P();
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + P + tri);
+  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + LanesOuter<T>::lanes(P));
   Lane* D1 = A + lay.units;
   Lane* delta = D1 + lay.units;
   Lane* next = delta + lay.width;
   Lane* S = next + lay.width;
-  Lane* U = S + k * k;
-  Lane* acc = U + P;
+  LanesOuter<T> outer(S + k * k, P);
   const Lane zero = {};
-  lanes_fill<T>(acc, tri, zero);
   for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
@@ -378,6 +433,7 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
     if (net.loss == Loss::ce) lanes_softmax<T>(k, A + lay.at[L], next);
     out_sqrt_rows<T>(net, s, nb, next, S);
     for (idx r = 0; r < k; ++r) {
+      Lane* U = outer.row();
       std::copy(S + r * k, S + (r + 1) * k, delta);
       for (idx l = L - 1; l >= 0; --l) {
         const idx di = net.d[l], dn = net.d[l + 1];
@@ -396,10 +452,11 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
         }
         std::copy(next, next + di, delta);
       }
-      lanes_outer<T>(acc, U, P);
+      outer.push();
     }
   }
-  lanes_mirror<T>(acc, P, out);
+  outer.flush();
+  lanes_mirror<T>(outer.triangle(), P, out);
 }
 
 // The Hessian, per sample, from the computational graph (adjoint times each node's second
@@ -407,122 +464,93 @@ void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
 //   J_f^T H_out J_f                                     (the GGN: rows u_r = J_f^T s_r)
 // + sum over hidden units j of layer l: e_l[j] act''(z_l[j]) grad z_l[j] grad z_l[j]^T
 // + sum over l >= 1, i, j: g_l[j] (E_{W_l[i,j]} grad a_l[i]^T + transposed)    (z = a W is bilinear)
-// with g_l = dloss/dz_l, e_l = dloss/da_{l+1}, and the Jacobians grad z, grad a carried forward
-// (entries of the layers below only).  relu and identity have act'' = 0: no term of that kind.
-// grad z_0[i] has d0 + 1 entries (x_m at W_0[m, i], 1 at b_0[i]): layer 0's Jacobians are not
-// stored but used in that form (for the seed, 8x fewer operations than dense rows).
+// with g_l = dloss/dz_l, e_l = dloss/da_{l+1}, and the output's Jacobian grad z_{L-1} carried
+// forward.  relu and identity have act'' = 0: no term of that kind.  Networks of one hidden layer
+// or none (full_lanes_apply): grad z_0[i] has d0 + 1 entries (x_m at W_0[m, i], 1 at b_0[i]),
+// used in that form and not stored (for the seed, 8x fewer operations than dense rows), and
+// grad a_1[i] = act'(z_0[i]) grad z_0[i] likewise.
 template <class T>
 void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, Targets<T> tg, bool mean,
                    T* out, vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
-  const idx L = net.L(), k = net.k(), P = net.P(), tri = P * (P + 1) / 2, d0 = net.d[0], d1w = net.d[1];
+  const idx L = net.L(), k = net.k(), P = net.P(), d0 = net.d[0], d1w = net.d[1];
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  const idx out_units = lay.units - d0;                 // z of every layer, in lay order less the inputs
-  auto zu = [&](idx l) { return lay.at[l + 1] - d0; };  // first z unit of layer l
   auto idx0 = [&](idx m, idx i) { return m < d0 ? m * d1w + i : d0 * d1w + i; };  // W_0[m, i], m = d0: b_0[i]
-  Lane* A = lanes_scratch(scratch, 4 * lay.units + 2 * out_units * P + k * k + k + P + tri);
+  Lane* A = lanes_scratch(scratch, 3 * lay.units + k + k * P + k * k + k + LanesOuter<T>::lanes(P));
   Lane* D1 = A + lay.units;
   Lane* D2 = D1 + lay.units;
-  Lane* G = D2 + lay.units;       // g_l at zu(l)
-  Lane* JZ = G + lay.units;       // grad z: out_units x P (layer 0 only when it is the output)
-  Lane* JA = JZ + out_units * P;  // grad a_{l+1} = act' grad z_l, for l >= 1: same layout
-  Lane* S = JA + out_units * P;
+  Lane* G = D2 + lay.units;  // the output gradient g_{L-1}: k
+  Lane* JZ = G + k;  // grad z_{L-1}: k x P
+  Lane* S = JZ + k * P;
   Lane* p = S + k * k;
-  Lane* U = p + k;
-  Lane* acc = U + P;
+  LanesOuter<T> outer(p + k, P);  // the GGN term's rows; the other terms go to its triangle directly
+  Lane* acc = outer.triangle();
   const Lane zero = {}, one = zero + T(1);
-  lanes_fill<T>(acc, tri, zero);
   for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, D2);
     const Lane* x = A;
     auto v0 = [&](idx m) { return m < d0 ? x[m] : one; };  // entry of grad z_0[i] at idx0(m, i)
-    // Jacobians of z_l (and hidden a_{l+1}), forward, for l >= 1 (and l = 0 if it is the output).
-    for (idx l = (L == 1 ? 0 : 1); l < L; ++l) {
-      const idx di = net.d[l], dn = net.d[l + 1], below = net.off[l], upto = net.off[l + 1];
+    // grad z_{L-1}: layer 0's entries through grad a_1 (L = 2), then its own layer's.
+    {
+      const idx l = L - 1, di = net.d[l], dn = net.d[l + 1], below = net.off[l];
       const T* W = weights(net, theta, l);
       const Lane* a = A + lay.at[l];
       for (idx j = 0; j < dn; ++j) {
-        Lane* jz = JZ + (zu(l) + j) * P;
-        if (l == 1) {
+        Lane* jz = JZ + j * P;
+        if (l == 1)
           for (idx i = 0; i < di; ++i) {
             const Lane w = D1[lay.at[1] + i] * W[i * dn + j];
             for (idx m = 0; m <= d0; ++m) jz[idx0(m, i)] = w * v0(m);
           }
-        } else {
-          for (idx q = 0; q < below; ++q) {
-            Lane v = zero;
-            for (idx i = 0; i < di; ++i) v += JA[(zu(l - 1) + i) * P + q] * W[i * dn + j];
-            jz[q] = v;
-          }
-        }
         lanes_fill<T>(jz + below, P - below, zero);
         for (idx i = 0; i < di; ++i) jz[below + i * dn + j] = a[i];
         jz[below + di * dn + j] = one;
-        if (l + 1 < L) {
-          Lane* ja = JA + (zu(l) + j) * P;
-          const Lane d1 = D1[lay.at[l + 1] + j];
-          for (idx q = 0; q < upto; ++q) ja[q] = d1 * jz[q];
-        }
       }
     }
-    // Output gradient (zero in unused lanes), then backward: g_l, the act'' terms of e_l, and
-    // the bilinear terms of g_l.
+    // Output gradient g_1 (zero in unused lanes), then with a hidden layer the act'' terms of
+    // e_0 and the bilinear terms of g_1.
     const Lane* F = A + lay.at[L];
-    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G + zu(L - 1));  // p: the softmax (ce)
+    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);  // p: the softmax (ce)
     out_sqrt_rows<T>(net, s, nb, p, S);
     auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
-    for (idx l = L - 1; l >= 1; --l) {
-      const idx di = net.d[l], dn = net.d[l + 1];
+    if (L == 2) {
+      const idx l = 1, di = net.d[l], dn = net.d[l + 1];
       const T* W = weights(net, theta, l);
-      const Lane* gl = G + zu(l);
-      const bool curved = net.act[l - 1] != Act::relu && net.act[l - 1] != Act::identity;
-      for (idx i = 0; i < di; ++i) {
+      const Lane* gl = G;
+      const bool curved = net.act[0] != Act::relu && net.act[0] != Act::identity;
+      for (idx i = 0; i < di && curved; ++i) {
         Lane e = zero;
         for (idx j = 0; j < dn; ++j) e += gl[j] * W[i * dn + j];
-        G[zu(l - 1) + i] = e * D1[lay.at[l] + i];
-        if (!curved) continue;
-        const Lane c = e * D2[lay.at[l] + i];  // e act'' grad z_{l-1}[i] grad z_{l-1}[i]^T
-        if (l == 1) {
-          for (idx m = 0; m <= d0; ++m)
-            for (idx m2 = 0; m2 <= m; ++m2) at_acc(idx0(m, i), idx0(m2, i)) += c * v0(m) * v0(m2);
-        } else {
-          const Lane* jz = JZ + (zu(l - 1) + i) * P;
-          for (idx q = 0; q < net.off[l]; ++q) U[q] = c * jz[q];
-          for (idx r = 0; r < net.off[l]; ++r) {
-            Lane* row = acc + r * (r + 1) / 2;
-            for (idx q = 0; q <= r; ++q) row[q] += U[r] * jz[q];
-          }
-        }
+        const Lane c = e * D2[lay.at[l] + i];  // e act'' grad z_0[i] grad z_0[i]^T
+        for (idx m = 0; m <= d0; ++m)
+          for (idx m2 = 0; m2 <= m; ++m2) at_acc(idx0(m, i), idx0(m2, i)) += c * v0(m) * v0(m2);
       }
       // g_l[j] grad a_l[i] in the rows of W_l[i, j] (columns of the layers below: lower triangle).
       for (idx i = 0; i < di; ++i)
         for (idx j = 0; j < dn; ++j) {
           const idx row = net.off[l] + i * dn + j;
           Lane* r = acc + row * (row + 1) / 2;
-          if (l == 1) {
-            const Lane w = gl[j] * D1[lay.at[1] + i];
-            for (idx m = 0; m <= d0; ++m) r[idx0(m, i)] += w * v0(m);
-          } else {
-            const Lane* ja = JA + (zu(l - 1) + i) * P;
-            for (idx q = 0; q < net.off[l]; ++q) r[q] += gl[j] * ja[q];
-          }
+          const Lane w = gl[j] * D1[lay.at[1] + i];
+          for (idx m = 0; m <= d0; ++m) r[idx0(m, i)] += w * v0(m);
         }
     }
     // J_f^T H_out J_f.
-    const Lane* jf = JZ + zu(L - 1) * P;
+    const Lane* jf = JZ;
     for (idx r = 0; r < k; ++r) {
+      Lane* u = outer.row();
       for (idx q = 0; q < P; ++q) {
         Lane v = zero;
         for (idx j = 0; j < k; ++j) v += S[r * k + j] * jf[j * P + q];
-        U[q] = v;
+        u[q] = v;
       }
-      lanes_outer<T>(acc, U, P);
+      outer.push();
     }
   }
+  outer.flush();
   lanes_mirror<T>(acc, P, out);
 }
 
@@ -645,7 +673,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     gram<T>(net, theta, X, N, tg, mean, gn, out, nullptr, ws);
     return;
   }
-  if (full_lanes_apply(net)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);
+  if (full_lanes_apply(net, gn)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);
   const idx L = net.L(), P = net.P();
   full_accumulators(net, gn, ws);
   const idx C = chunk_size(net, N, Need::full, P * P / 2);

@@ -48,6 +48,9 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mea
 // short chunks multiply that accumulator traffic.
 idx chunk_size(const Net& net, idx N, Need need, idx room = 0);
 
+// Whether the full GGN (gn) or Hessian takes the lanes path of tiny networks (curvature.cpp).
+bool full_lanes_apply(const Net& net, bool gn);
+
 // The most samples in a chunk of the full matrices, blocks and diagonals: 512 (the GEMM's depth
 // block), or fewer where tests set it (_core._set_curvature_chunk) to see many chunks.
 constexpr idx kMaxChunkRows = 512;

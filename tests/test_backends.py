@@ -446,6 +446,9 @@ def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, res
     ([4, 32, 3], "softplus", "ce", 7),                                # the widest layer taken
     ([5, 6, 7, 6, 1], ["sin", "tanh", "identity"], "mse", 1),
     ([3, 33, 2], "tanh", "mse", 9),                                   # one unit too wide
+    ([2, 12, 12, 1], "tanh", "mse", 21),                              # P = 205: lanes GGN, Kronecker Hessian
+    ([8, 32, 1], "softplus", "mse", 17),                              # P = 321
+    ([6, 32, 5, 3], "tanh", "ce", 11),                                # P = 407: one past the lanes path
 ])
 @pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
 def test_tiny_network_paths(backend, sizes, act, loss, N, dtype):

@@ -130,11 +130,13 @@ def test_loss_grad_ggn_checks_its_inputs():
 @needs_cpp
 @pytest.mark.parametrize("gn", [False, True], ids=["hessian", "ggn"])
 @pytest.mark.parametrize("N", [1001, 8 * 300])
-def test_lanes_path_split_over_threads(gn, N, restore_threads):
-    """Networks of at most 128 parameters take the SIMD-lanes path, its samples split over
-    threads in whole vectors of 8 (only the last has unused lanes): 1 and 2 threads against
-    the reference, N a multiple of 8 and not."""
-    p = make_problem([3, 8, 6, 2], "tanh", "ce", N=N, seed=4)
+@pytest.mark.parametrize("sizes", [[3, 8, 6, 2], [3, 16, 12, 2], [5, 30, 3]], ids=str)
+def test_lanes_path_split_over_threads(gn, N, sizes, restore_threads):
+    """Networks of at most 400 parameters take the SIMD-lanes path for the GGN (and for the
+    Hessian with one hidden layer; P = 100, 294, 273 here), its samples split over threads in whole
+    vectors of 8 (only the last has unused lanes): 1 and 2 threads against the reference, N a
+    multiple of 8 and not."""
+    p = make_problem(sizes, "tanh", "ce", N=N, seed=4)
     q = "ggn" if gn else "hessian"
     want = reference(p, q)
     with tk.use_backend("cpp"), gram_route(-1):
