@@ -10,29 +10,30 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from ._run import finite
 
 
 class Trial:
-    """A step length with the point, loss and gradient it gave."""
+    """A step length with the point, loss and gradient it gave, and the step actually taken
+    (float64) with its norm."""
 
-    __slots__ = ("alpha", "z", "f", "g", "snorm", "slope")
+    __slots__ = ("alpha", "z", "f", "g", "step", "snorm", "slope")
 
-    def __init__(self, alpha, z, f, g, snorm, slope):
-        self.alpha, self.z, self.f, self.g, self.snorm, self.slope = alpha, z, f, g, snorm, slope
+    def __init__(self, alpha, z, f, g, step, snorm, slope):
+        self.alpha, self.z, self.f, self.g, self.step, self.snorm, self.slope = alpha, z, f, g, step, snorm, slope
 
 
 def _evaluate(run, z, d, alpha):
-    z_new, snorm = run.step(z, alpha * d)
+    z_new, step, snorm = run.advance(z, alpha * d)
     f, g = run.loss_and_grad(z_new)
-    ok = math.isfinite(f) and g is not None and bool(np.isfinite(g).all())
+    ok = math.isfinite(f) and g is not None and finite(g)
     if ok:
         run.finite_trial()
     else:
         run.nonfinite_trial()
         f = math.inf
     slope = float(g @ d) if ok else math.nan
-    return Trial(alpha, z_new, f, g, snorm, slope)
+    return Trial(alpha, z_new, f, g, step, snorm, slope)
 
 
 def backtracking(run, z, f0, slope0, d, alpha=1.0, c1=1e-4, max_steps=40):
@@ -79,7 +80,7 @@ def strong_wolfe(run, z, f0, slope0, d, alpha=1.0, c1=1e-4, c2=0.9, max_steps=30
         if t.f <= f0 + c1 * t.alpha * slope0 and (best is None or t.f < best.f):
             best = t
 
-    prev = Trial(0.0, z, f0, None, 0.0, slope0)
+    prev = Trial(0.0, z, f0, None, None, 0.0, slope0)
     steps = 0
     lo = hi = None
     while steps < max_steps:

@@ -60,7 +60,7 @@ def norm(v) -> float:
     return math.sqrt(float(v @ v))
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
     return _all_finite(x) if isinstance(x, np.ndarray) else bool(np.isfinite(x).all())
 
 
@@ -158,16 +158,23 @@ class Run:
 
     def step(self, z, p):
         """z + p rounded to the network's dtype, and the norm of the step actually taken."""
+        z_new, _, snorm = self.advance(z, p)
+        return z_new, snorm
+
+    def advance(self, z, p):
+        """z + p rounded to the network's dtype, the step actually taken (float64) and its norm."""
         if z.dtype == np.float64:
             z_new = z + p
-            return z_new, norm(z_new - z)
-        z_new = (z.astype(np.float64) + p).astype(self.dtype)
-        return z_new, norm(z_new.astype(np.float64) - z)
+            s = z_new - z
+        else:
+            z_new = (z.astype(np.float64) + p).astype(self.dtype)
+            s = z_new.astype(np.float64) - z
+        return z_new, s, math.sqrt(float(s @ s))
 
     # ---------------------------------------------------------------- counted calls
     def loss_and_grad(self, z, batch=None):
         """(loss, float64 gradient over F), or (nan, None) when z itself is not finite."""
-        if not _finite(z):
+        if not finite(z):
             return math.nan, None
         if batch is None:  # the run's own arrays, checked once (MLP._trusted)
             f, g = self.net._trusted("loss_and_grad", self.theta(z), self.X, self.Y)
@@ -178,7 +185,7 @@ class Run:
         return f, self._restrict(g)
 
     def loss(self, z):
-        if not _finite(z):
+        if not finite(z):
             return math.nan
         self.nfev += 1
         return self.net._trusted("loss", self.theta(z), self.X, self.Y)
@@ -186,7 +193,7 @@ class Run:
     def loss_grad_ggn(self, z):
         """(loss, float64 gradient over F, float64 (F, F) GGN) from one call, or (nan, None, None)
         when z is not finite."""
-        if not _finite(z):
+        if not finite(z):
             return math.nan, None, None
         self.net._check_memory("the GGN", 2.0 * self.P * self.P)
         f, g, G = self.net._trusted("loss_grad_ggn", self.theta(z), self.X, self.Y)
@@ -295,7 +302,7 @@ class Run:
     def check_finite(self, what, *values):
         """Stop when any of an accepted point's values is NaN/Inf (None counts as not finite)."""
         for v in values:
-            if v is None or not _finite(v):
+            if v is None or not finite(v):
                 raise Stop(Status.NONFINITE, f"{what} is not finite at iteration {self.nit}; "
                                              f"returning the best theta (loss {self.best_f:.6g})")
 

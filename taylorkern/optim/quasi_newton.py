@@ -64,10 +64,10 @@ class _Memory:
         gamma = SY[k - 1, k - 1] / yy
         ab = self.W @ g
         a, b = ab[:k], ab[m:m + k]
-        R = np.triu(SY)
-        t, _ = _TRTRS(R, a, lower=0)
+        # R is SY's upper triangle: trtrs reads only that triangle of SY
+        t, _ = _TRTRS(SY, a, lower=0)
         u = np.diagonal(SY) * t + gamma * (self.YY[:k, :k] @ t - b)
-        cs, _ = _TRTRS(R, u, lower=0, trans=1)
+        cs, _ = _TRTRS(SY, u, lower=0, trans=1)
         coef = self.coef
         coef.fill(0.0)
         coef[:k], coef[m:m + k] = cs, -gamma * t
@@ -78,8 +78,8 @@ def lbfgs(run, *, memory, c1, c2, max_ls):
     z, f, g = run.z0, run.f0, run.g0
     run.check_finite("the initial loss or gradient", f, g)
     pairs = _Memory(memory, run.F)
+    gnorm = norm(g)
     while True:
-        gnorm = norm(g)
         run.check_gtol(gnorm)
         run.check_budget()
         t = None
@@ -100,12 +100,13 @@ def lbfgs(run, *, memory, c1, c2, max_ls):
             pairs.clear()
         if t is None:
             run.line_search_failed(z, f, slope)
-        s = t.z.astype(np.float64) - z
+        s = t.step
         y = t.g - g
         sy = float(s @ y)
-        if sy > run.eps * norm(s) * norm(y) and sy > 0:
+        if sy > run.eps * t.snorm * norm(y) and sy > 0:
             pairs.push(s, y)
-        run.record(t.z, t.f, norm(t.g), t.snorm, t.alpha)
+        gnorm = norm(t.g)
+        run.record(t.z, t.f, gnorm, t.snorm, t.alpha)
         run.check_ftol(f, t.f)
         run.check_xtol(z, t.snorm)
         z, f, g = t.z, t.f, t.g
