@@ -410,53 +410,82 @@ bool full_lanes_apply(const Net& net, bool gn) {
 namespace {
 
 // The GGN: per sample the rows u_r = J^T s_r (s_r backpropagated: [a_i delta_j; delta_j] per
-// layer), J^T H_out J = sum_r u_r u_r^T.
+// layer), J^T H_out J = sum_r u_r u_r^T.  With grad, also the gradient (the output gradient
+// backpropagated the same way, one more row per sample) and the returned sum of the per-sample
+// losses: loss_grad_ggn's one sweep.
 template <class T>
-void ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, bool mean, T* out,
-               vec<T>& scratch) {
+double ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, Targets<T> tg, bool mean,
+                 T* out, T* grad, vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
   const idx L = net.L(), k = net.k(), P = net.P();
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + LanesOuter<T>::lanes(P));
+  const idx grad_lanes = grad ? 2 * P + k : 0;  // the gradient's row and sum, the output gradient
+  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + grad_lanes + LanesOuter<T>::lanes(P));
   Lane* D1 = A + lay.units;
   Lane* delta = D1 + lay.units;
   Lane* next = delta + lay.width;
   Lane* S = next + lay.width;
-  LanesOuter<T> outer(S + k * k, P);
+  Lane* gout = S + k * k;
+  Lane* grow = gout + k;
+  Lane* gsum = grow + P;
+  LanesOuter<T> outer(S + k * k + grad_lanes, P);
   const Lane zero = {};
+  if (grad) lanes_fill<T>(gsum, P, zero);
+  double loss = 0;
+  // the row of J^T held in delta at the output, backpropagated into U (P lanes)
+  auto backprop = [&](Lane* U) {
+    for (idx l = L - 1; l >= 0; --l) {
+      const idx di = net.d[l], dn = net.d[l + 1];
+      const Lane* a = A + lay.at[l];
+      Lane* u = U + net.off[l];
+      for (idx i = 0; i < di; ++i)
+        for (idx j = 0; j < dn; ++j) u[i * dn + j] = a[i] * delta[j];
+      std::copy(delta, delta + dn, u + di * dn);
+      if (l == 0) break;
+      const T* W = weights(net, theta, l);
+      const Lane* d1 = D1 + lay.at[l];
+      for (idx i = 0; i < di; ++i) {
+        Lane e = zero;
+        for (idx j = 0; j < dn; ++j) e += delta[j] * W[i * dn + j];
+        next[i] = e * d1[i];
+      }
+      std::copy(next, next + di, delta);
+    }
+  };
   for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
-    if (net.loss == Loss::ce) lanes_softmax<T>(k, A + lay.at[L], next);
-    out_sqrt_rows<T>(net, s, nb, next, S);
+    const Lane* F = A + lay.at[L];
+    if (grad) {
+      loss += lanes_loss_sum<T>(net, F, tg, n0, nb);
+      lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, next, gout);  // next: the softmax (ce)
+    } else if (net.loss == Loss::ce) {
+      lanes_softmax<T>(k, F, next);
+    }
+    out_sqrt_rows<T>(net, s, nb, next, S);  // before backprop, which takes next as scratch
+    if (grad) {
+      std::copy(gout, gout + k, delta);
+      backprop(grow);
+      for (idx q = 0; q < P; ++q) gsum[q] += grow[q];
+    }
     for (idx r = 0; r < k; ++r) {
-      Lane* U = outer.row();
       std::copy(S + r * k, S + (r + 1) * k, delta);
-      for (idx l = L - 1; l >= 0; --l) {
-        const idx di = net.d[l], dn = net.d[l + 1];
-        const Lane* a = A + lay.at[l];
-        Lane* u = U + net.off[l];
-        for (idx i = 0; i < di; ++i)
-          for (idx j = 0; j < dn; ++j) u[i * dn + j] = a[i] * delta[j];
-        std::copy(delta, delta + dn, u + di * dn);
-        if (l == 0) break;
-        const T* W = weights(net, theta, l);
-        const Lane* d1 = D1 + lay.at[l];
-        for (idx i = 0; i < di; ++i) {
-          Lane e = zero;
-          for (idx j = 0; j < dn; ++j) e += delta[j] * W[i * dn + j];
-          next[i] = e * d1[i];
-        }
-        std::copy(next, next + di, delta);
-      }
+      backprop(outer.row());
       outer.push();
     }
   }
   outer.flush();
   lanes_mirror<T>(outer.triangle(), P, out);
+  if (grad)
+    for (idx q = 0; q < P; ++q) {
+      T v = 0;
+      for (idx b = 0; b < B; ++b) v += gsum[q][b];
+      grad[q] = v;
+    }
+  return loss;
 }
 
 // The Hessian, per sample, from the computational graph (adjoint times each node's second
@@ -556,24 +585,33 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
 
 // The full matrix by the lanes path, the samples split over threads in whole blocks of kLanes
 // (a slice ends on a block's edge, so that only the batch's last block has unused lanes), each
-// thread with its own accumulator (thread 0's is out), summed at the end.
+// thread with its own accumulator (thread 0's is out, threads 1.. have P x P and then P in
+// ws.parts), summed at the end.  With grad (the GGN only) also the gradient, and the loss is
+// returned; otherwise 0.
 template <class T>
-void full_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
-                Workspace<T>& ws) {
-  const idx P = net.P(), blocks = (N + kLanes - 1) / kLanes;
+double full_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, bool gn, T* out,
+                  T* grad, Workspace<T>& ws) {
+  const idx P = net.P(), blocks = (N + kLanes - 1) / kLanes, part = P * P + P;
   const int nt = sample_threads(N, N * full_lanes_work(net, gn));
-  ws.parts.resize((nt - 1) * P * P);
+  ws.parts.resize((nt - 1) * part);
   ws.full_lanes.resize(nt);
+  std::vector<double> losses(nt, 0.0);
   over_samples(blocks, nt, [&](int tid, idx b0, idx b1) {
-    T* o = tid == 0 ? out : ws.parts.data() + (tid - 1) * P * P;
+    T* o = tid == 0 ? out : ws.parts.data() + (tid - 1) * part;
+    T* g = !grad ? nullptr : tid == 0 ? grad : o + P * P;
     const idx n0 = b0 * kLanes, n1 = std::min(N, b1 * kLanes);
     if (gn)
-      ggn_lanes(net, theta, X, N, n0, n1, mean, o, ws.full_lanes[tid]);
+      losses[tid] = ggn_lanes(net, theta, X, N, n0, n1, tg, mean, o, g, ws.full_lanes[tid]);
     else
       hessian_lanes(net, theta, X, N, n0, n1, tg, mean, o, ws.full_lanes[tid]);
 #pragma omp barrier
-    sum_parts(out, P * P, [&](idx q) { return ws.parts.data() + (q - 1) * P * P; });
+    sum_parts(out, P * P, [&](idx q) { return ws.parts.data() + (q - 1) * part; });
+    if (grad) sum_parts(grad, P, [&](idx q) { return ws.parts.data() + (q - 1) * part + P * P; });
   });
+  if (!grad) return 0;
+  double total = 0;
+  for (double v : losses) total += v;
+  return data_term(net.loss, net.k(), total, mean ? 1.0 / (double)N : 1.0);
 }
 
 }  // namespace
@@ -673,7 +711,10 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     gram<T>(net, theta, X, N, tg, mean, gn, out, nullptr, ws);
     return;
   }
-  if (full_lanes_apply(net, gn)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);
+  if (full_lanes_apply(net, gn)) {
+    full_lanes(net, theta, X, N, tg, mean, gn, out, static_cast<T*>(nullptr), ws);
+    return;
+  }
   const idx L = net.L(), P = net.P();
   full_accumulators(net, gn, ws);
   const idx C = chunk_size(net, N, Need::full, P * P / 2);
@@ -735,7 +776,15 @@ void curvature_blocks(const Net& net, const T* theta, const T* X, idx N, Targets
   }
 }
 
+template <class T>
+double loss_grad_ggn_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad, T* G,
+                           Workspace<T>& ws) {
+  return full_lanes(net, theta, X, N, tg, mean, true, G, grad, ws);
+}
+
 #define TK_INST(T)                                                                                                 \
+  template double loss_grad_ggn_lanes<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, T*,           \
+                                         Workspace<T>&);                                                          \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
   template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&);            \
   template void curvature_rows<T>(const Net&, const T*, const T*, Targets<T>, bool, bool, Tape<T>&, idx, idx);     \

@@ -51,6 +51,12 @@ idx chunk_size(const Net& net, idx N, Need need, idx room = 0);
 // Whether the full GGN (gn) or Hessian takes the lanes path of tiny networks (curvature.cpp).
 bool full_lanes_apply(const Net& net, bool gn);
 
+// The loss (returned), grad (P) and G (P, P), the GGN's data term, in one sweep of the lanes
+// path (where full_lanes_apply(net, true)).
+template <class T>
+double loss_grad_ggn_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad, T* G,
+                           Workspace<T>& ws);
+
 // The most samples in a chunk of the full matrices, blocks and diagonals: 512 (the GEMM's depth
 // block), or fewer where tests set it (_core._set_curvature_chunk) to see many chunks.
 constexpr idx kMaxChunkRows = 512;

@@ -186,6 +186,7 @@ template <class T>
 double loss_grad_ggn(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad, T* G,
                      Workspace<T>& ws) {
   if (gram_route(net, N)) return gram(net, theta, X, N, tg, mean, true, G, grad, ws);
+  if (full_lanes_apply(net, true)) return loss_grad_ggn_lanes(net, theta, X, N, tg, mean, grad, G, ws);
   const double value = loss_and_grad(net, theta, X, N, tg, mean, grad, ws);
   if (!interrupted()) curvature_full(net, theta, X, N, tg, mean, true, G, ws);
   return value;

@@ -166,4 +166,25 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
   }
 }
 
+// The sum, in double, of the block's per-sample losses over its nb samples: formulas.hpp's
+// mse_row and ce pieces applied sample by sample, the values head_rows computes.
+template <class T>
+double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb) {
+  const idx k = net.k();
+  T f[kLanesMaxWidth], e[kLanesMaxWidth];
+  double total = 0;
+  for (idx b = 0; b < nb; ++b) {
+    for (idx j = 0; j < k; ++j) f[j] = F[j][b];
+    if (net.loss == Loss::mse) {
+      total += (double)mse_row<T>(k, f, tg.y + (n0 + b) * k, T(0), nullptr);
+      continue;
+    }
+    const idx top = ce_top(k, f);
+    for (idx j = 0; j < k; ++j) e[j] = v_exp_neg(f[j] - f[top]);
+    const T rest = ce_softmax(k, top, e);
+    total += (double)ce_loss(v_log1p(rest), f, top, (idx)tg.labels[n0 + b]);
+  }
+  return total;
+}
+
 }  // namespace tk
