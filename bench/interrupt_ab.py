@@ -3,6 +3,9 @@ before it against the installed one, alternating in one process; medians.
 
     mkdir -p /tmp/base/old && touch /tmp/base/old/__init__.py && cp <old _core*.so> /tmp/base/old/
     python bench/interrupt_ab.py /tmp/base 3000
+
+Two builds of _core coexist in one process because the installed one binds Net module-locally
+(csrc/bindings.cpp); the old copy may be any build.
 """
 
 import sys

@@ -256,7 +256,9 @@ PYBIND11_MODULE(_core, m) {
     py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
     tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));
   }
-  py::class_<Net>(m, "Net")
+  // module_local: two builds of _core can be loaded side by side (bench/interrupt_ab.py's A/B)
+  // without their Net types colliding in pybind11's process-wide registry.
+  py::class_<Net>(m, "Net", py::module_local())
       .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
            py::arg("loss"))
       .def_property_readonly("num_params", [](const Net& n) { return n.P(); });

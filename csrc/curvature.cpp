@@ -120,20 +120,8 @@ void unpack_diag_block(idx Da, idx H, const T* Kd, T* out, idx ld) {
 }  // namespace
 
 idx chunk_size(const Net& net, idx N, Need need, idx room) {
-  const idx L = net.L(), k = net.k();
   const idx budget = std::max(idx(1) << 23, room);  // values (64 MiB in float64)
-  idx foot = tape_values(net, true) + k * k, widest = 0;
-  for (idx l = 0; l < L; ++l) {
-    const idx H = net.d[l + 1], Da = net.d[l] + 1;
-    foot += 3 * H * H + k * H + 2 * H * net.d[l] + Da;
-    widest = std::max(widest, Da * (Da + 1) / 2 + H * (H + 1) / 2);
-    if (need == Need::full)
-      for (idx m = l + 1; m < L; ++m) {
-        foot += 2 * net.d[m + 1] * H + H * net.d[m];
-        widest = std::max(widest, Da * (net.d[m] + 1) + Da * net.d[m + 1] + H * net.d[m]);
-      }
-  }
-  foot += widest;
+  const idx foot = tape_values(net, true) + factor_values(net, need);
   return std::max<idx>(1, std::min<idx>({N, max_chunk_rows().load(), budget / std::max<idx>(foot, 1)}));
 }
 

@@ -4,22 +4,14 @@
 #include <atomic>
 
 #include "common.hpp"
+#include "factors.hpp"
 #include "forward_backward.hpp"
 
 namespace tk {
 
-// What a chunk of samples must provide.
-enum class Need : int { diag = 0, blocks = 1, full = 2 };
-
-// Per-sample curvature factors for samples [n0, n0 + c) (0-based layers, H_l = d[l+1]):
-//   Q[l]     (c, H_l, H_l)     curvature with respect to z_l (symmetric)
-//   Tm[l][m] (c, H_m, H_l)     M^{(l,m)} transposed, M^{(l,m)} = B_{m,l}^T Q_m, for l < m   (full)
-//   S[l][m]  (c, H_l, d[m])    B_{m-1,l}^T act'(z_{m-1}), for m >= l + 2 (Hessian term 3, full)
-//   U[l]     (c, k, H_l)       GGN only: d f/d z_l^T rows times a square root of H_out
+// The factors (factors.hpp) with host scratch.
 template <class T>
-struct Factors {
-  std::vector<vec<T>> Q, U;
-  std::vector<std::vector<vec<T>>> Tm, S;
+struct Factors : FactorBuffers<vec<T>> {
   vec<T> y, yt;  // scratch
 };
 

@@ -19,6 +19,7 @@ PY="${PYTHON:-python3}"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 
 cmake -S "$REPO" -B "$OUT/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAYLORKERN_CUDA=OFF \
+  -DTAYLORKERN_ISA_VARIANTS=OFF \
   -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v "$PY")" \
   -DCMAKE_CXX_FLAGS="$SAN" -DCMAKE_MODULE_LINKER_FLAGS="$SAN" >/dev/null
 cmake --build "$OUT/build" -j "$(nproc)"
@@ -28,7 +29,7 @@ mkdir -p "$OUT/pkg"
 cp -r "$REPO/taylorkern" "$OUT/pkg/"
 find "$OUT/pkg" -name __pycache__ -prune -exec rm -rf {} +
 rm -f "$OUT"/pkg/taylorkern/_core*.so "$OUT"/pkg/taylorkern/_cuda*.so
-cp "$OUT"/build/_core*.so "$OUT/pkg/taylorkern/"
+cp "$OUT"/build/taylorkern/_core*.so "$OUT/pkg/taylorkern/"  # the baseline module only (no ISA variants)
 
 preload="$(g++ -print-file-name=libasan.so):$(g++ -print-file-name=libstdc++.so.6)"
 set +e

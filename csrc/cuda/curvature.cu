@@ -241,20 +241,7 @@ idx factor_work(const Net& net) {
 }
 
 idx chunk_size(const Net& net, idx N, Need need, idx budget) {
-  const idx L = net.L(), k = net.k();
-  idx foot = k * k, widest = 0;
-  for (idx l = 0; l < L; ++l) {
-    const idx H = net.d[l + 1], Da = net.d[l] + 1;
-    foot += 3 * H * H + k * H + 2 * H * net.d[l] + Da;
-    widest = std::max(widest, Da * (Da + 1) / 2 + H * (H + 1) / 2);
-    if (need == Need::full)
-      for (idx m = l + 1; m < L; ++m) {
-        foot += 2 * net.d[m + 1] * H + H * net.d[m];
-        widest = std::max(widest, Da * (net.d[m] + 1) + Da * net.d[m + 1] + H * net.d[m]);
-      }
-  }
-  foot += widest;
-  return std::max<idx>(1, std::min<idx>(N, budget / std::max<idx>(foot, 1)));
+  return std::max<idx>(1, std::min<idx>(N, budget / std::max<idx>(factor_values(net, need), 1)));
 }
 
 static std::atomic<idx> g_budget_override{0};

@@ -1,23 +1,16 @@
 // Exact Hessian and GGN from their Kronecker structure, on the GPU (mirrors ../curvature.hpp;
 // the math and the algorithm are written in ../curvature.cpp's header).
 #pragma once
+#include "../factors.hpp"
 #include "common.cuh"
 #include "forward_backward.cuh"
 
 namespace tk {
 namespace cuda {
 
-enum class Need : int { diag = 0, blocks = 1, full = 2 };
-
-// Per-sample curvature factors for samples [n0, n0 + c) (0-based layers, H_l = d[l+1]):
-//   Q[l]     (c, H_l, H_l)     curvature with respect to z_l
-//   Tm[l][m] (c, H_m, H_l)     M^{(l,m)} transposed, for l < m                      (full)
-//   S[l][m]  (c, H_l, d[m])    B_{m-1,l}^T act'(z_{m-1}), for m >= l + 2 (Hessian term 3, full)
-//   U[l]     (c, k, H_l)       GGN only: d f/d z_l^T rows times a square root of H_out
+// The factors (../factors.hpp) in device buffers.
 template <class T>
-struct Factors {
-  std::vector<DevBuf<T>> Q, U;
-  std::vector<std::vector<DevBuf<T>>> Tm, S;
+struct Factors : FactorBuffers<DevBuf<T>> {
   DevBuf<T> y, B;  // scratch
 };
 
