@@ -10,7 +10,9 @@ central differences, the structures against the full matrix restricted to them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -457,3 +459,66 @@ def test_network_l2_is_left_to_the_prior():
     a = laplace.fit(net_l2, p.theta, p.X, p.Y, prior_precision=0.5).log_marginal_likelihood()
     b = _fit(p, "full", prior=0.5).log_marginal_likelihood()
     assert a == pytest.approx(b, rel=rtol_for(np.float64))
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+@pytest.mark.parametrize("alpha", [1e-3, 0.0])
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_regressor_pcov_and_return_std(alpha, outputs):
+    pytest.importorskip("sklearn", reason="scikit-learn is installed with the 'test' extra")
+    from taylorkern.sklearn import MLPRegressor
+    rng = np.random.default_rng(8)
+    X = rng.uniform(-1, 1, (40, 2))
+    y = np.sin(2 * X[:, 0]) * X[:, 1] + 0.05 * rng.standard_normal(40)
+    Y = y if outputs == 1 else np.column_stack([y, np.cos(X[:, 0]) + 0.05 * rng.standard_normal(40)])
+    reg = MLPRegressor(hidden_layer_sizes=(4,), alpha=alpha, max_iter=100, random_state=0)
+    with warnings_ignored():
+        reg.fit(X, Y)
+    net, th = reg.net_, reg.theta_
+    Y2 = Y.reshape(40, -1)
+    N, k = Y2.shape
+    # curve_fit's covariance, regularised: s^2 (J^T J + rho I)^-1, rho = alpha N k / 2,
+    # s^2 = SSE / (N k - dof), dof = tr(J^T J (J^T J + rho I)^-1)
+    with tk.use_backend("reference"):
+        J = net.jacobian(th, X)
+        F = net.predict(th, X)
+    rho = max(alpha * N * k / 2, 1e-12)
+    A = J.T @ J
+    M = np.linalg.inv(A + rho * np.eye(len(th)))
+    dof = np.trace(A @ M)
+    s2 = np.sum((F - Y2) ** 2) / (N * k - dof)
+    assert reg.sigma_noise_ == pytest.approx(math.sqrt(s2), rel=1e-8)
+    if alpha > 0:  # well conditioned: compare the matrix itself
+        compare(reg.pcov_, s2 * M, rtol=1e-8, what="pcov_")
+    Xn = rng.uniform(-1.5, 1.5, (7, 2))
+    mean, std = reg.predict(Xn, return_std=True)
+    np.testing.assert_array_equal(mean, reg.predict(Xn))
+    assert std.shape == mean.shape
+    with tk.use_backend("reference"):
+        Jn = net.jacobian(th, Xn)
+    var = np.einsum("ij,jk,ik->i", Jn, reg.pcov_, Jn).reshape(7, k) + reg.sigma_noise_ ** 2
+    np.testing.assert_allclose(std.reshape(7, k), np.sqrt(var), rtol=1e-6)
+    assert np.all(std >= reg.sigma_noise_)
+
+
+@contextlib.contextmanager
+def warnings_ignored():
+    """The short fits here need not converge: their ConvergenceWarning is beside the point."""
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def test_regressor_without_posterior_refuses_return_std():
+    pytest.importorskip("sklearn", reason="scikit-learn is installed with the 'test' extra")
+    from taylorkern.sklearn import MLPRegressor
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    reg = MLPRegressor(hidden_layer_sizes=(3,), max_iter=5, random_state=0)
+    reg.laplace_max_params = 5
+    with warnings_ignored():
+        reg.fit(X, y)
+    assert reg.pcov_ is None
+    with pytest.raises(ValueError, match="return_std.*laplace_max_params"):
+        reg.predict(X, return_std=True)
