@@ -32,19 +32,33 @@ Structures (which part of Lambda is kept):
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
 or one per parameter of the posterior (P values).
 
-Factorisations, reused across prior values: each dense part's curvature C is decomposed once,
-C = U diag(g) U^T (``numpy.linalg.eigh``), so that while the prior is constant over that part
-(a scalar prior, or a per-layer prior on per-layer blocks) Lambda's eigenvalues are c g + delta
-and every marginal-likelihood evaluation, with its gradient, costs O(P) after that one O(P^3).
-A prior that varies within a dense part (per layer on the full matrix, or diagonal) has no
-such shortcut: each evaluation then factorises Lambda by Cholesky, O(P^3).
+Factorisations, reused across prior values:
+
+* the marginal likelihood: each dense part's curvature C has its eigenvalues g computed once
+  (``numpy.linalg.eigvalsh``, on the first evaluation that needs them).  While the prior is
+  constant over the part (a scalar prior, or a per-layer prior on per-layer blocks), Lambda's
+  eigenvalues are c g + delta, and each evaluation, gradient included, costs O(P) after that
+  one O(P^3).  A prior that varies within a dense part (per layer on the full matrix, per
+  parameter) has no such shortcut: each evaluation then factorises Lambda by Cholesky, O(P^3);
+  so does the gradient of a per-layer or per-parameter prior, which needs diag(Lambda^-1);
+* the posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
+  the current prior and noise, computed on first use and again after :meth:`Laplace.update` or
+  :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
+  L^-1 J^T, one triangular solve per chunk of new points.
+
+Eigenvalues rather than a Cholesky factorisation per value: eigvalsh costs about eight
+Cholesky factorisations of the same matrix (measured at P = 1441), so the sweep of
+:meth:`Laplace.optimize_prior` (tens of evaluations with gradients) is cheaper this way, while a
+single evaluation at the posterior's own prior costs one Cholesky factorisation.
 
 Jitter policy: the precision must be positive definite for its log-determinant and inverse
 (the exact Hessian can have negative curvature; the GGN's zero eigenvalues can round below
 zero).  With lambda_min the smallest eigenvalue of a part's precision and
 tol = P_part * eps * max|lambda|, a part with lambda_min < tol gets (tol - lambda_min) added to
-its diagonal.  The amount added (the largest over the parts) is reported in ``jitter`` for the
-posterior's own prior and noise, and in ``lml_jitter`` for the last
+its diagonal.  Where C's eigenvalues are not known, a Cholesky factorisation that succeeds is
+taken as it is, and one that fails is retried with the jitter sized by Lambda's eigenvalues.
+The amount added (the largest over the parts) is reported in ``jitter`` for the posterior's
+own prior and noise, and in ``lml_jitter`` for the last
 :meth:`Laplace.log_marginal_likelihood` call; 0.0 means that nothing was added.
 
 All linear algebra is done in float64, whatever the network's dtype.
@@ -82,17 +96,17 @@ class _Part:
         self.groups = groups  # (hi - lo,) int: prior group of each parameter
         self.curv = curv      # (n, n) symmetric, or (n,) for a diagonal part
         self.dense = curv.ndim == 2
-        self.eig = None       # (g, U) once computed
+        self.spans_groups = len(np.unique(groups)) > 1
+        self.eigvals = None   # C's eigenvalues, once computed
 
     @property
     def size(self):
         return self.hi - self.lo
 
-    def eigen(self):
-        if self.eig is None:
-            g, U = np.linalg.eigh(self.curv)
-            self.eig = (g, U)
-        return self.eig
+    def eigenvalues(self):
+        if self.eigvals is None:
+            self.eigvals = np.linalg.eigvalsh(self.curv)
+        return self.eigvals
 
 
 def _jitter_for(lam):
@@ -103,36 +117,42 @@ def _jitter_for(lam):
 
 
 class _Factor:
-    """Lambda_part = c C + diag(delta) (+ jitter I), factorised: by the eigenvalues of C (delta
-    constant over the part), by its diagonal (diagonal parts) or by Cholesky."""
+    """Lambda_part = c C + diag(delta) (+ jitter I), factorised:
 
-    def __init__(self, part, c, delta):
+    * "diag": a diagonal part, its values;
+    * "eigvals": delta constant over a dense part, Lambda's eigenvalues c g + delta from C's
+      eigenvalues g (enough for the log-determinant and the traces the gradient needs);
+    * "chol": a Cholesky factor L L^T = Lambda (predictions, samples, covariances, and the
+      marginal likelihood where delta varies within the part).
+    """
+
+    def __init__(self, part, c, delta, route="chol"):
         self.part = part
         n = part.size
+        constant = bool(np.all(delta == delta[0]))
         if not part.dense:
             lam = c * part.curv + delta
             self.jitter = _jitter_for(lam)
             self.kind, self.lam = "diag", lam + self.jitter
             return
-        if np.all(delta == delta[0]):
-            g, U = part.eigen()
-            lam = c * g + delta[0]
+        if route == "eigvals" and constant:
+            lam = c * part.eigenvalues() + delta[0]
             self.jitter = _jitter_for(lam)
-            self.kind, self.lam, self.U = "eig", lam + self.jitter, U
+            self.kind, self.lam = "eigvals", lam + self.jitter
             return
         A = c * part.curv
         A.flat[::n + 1] += delta
-        self.jitter = 0.0
-        try:
-            Lc = scipy.linalg.cholesky(A, lower=True, check_finite=False)
-            if not np.all(np.diag(Lc) > 0):
-                raise np.linalg.LinAlgError("not positive definite")
-        except np.linalg.LinAlgError:
-            self.jitter = _jitter_for(np.linalg.eigvalsh(A))
-            A.flat[::n + 1] += self.jitter
-            Lc = scipy.linalg.cholesky(A, lower=True, check_finite=False)
+        # the jitter from the eigenvalues where they are known (the same as the "eigvals" route);
+        # else only when the factorisation fails, sized by Lambda's eigenvalues then
+        self.jitter = _jitter_for(c * part.eigvals + delta[0]) if constant and part.eigvals is not None else 0.0
+        A.flat[::n + 1] += self.jitter
+        Lc = _cholesky(A)
+        if Lc is None:
+            j = _jitter_for(np.linalg.eigvalsh(A))
+            A.flat[::n + 1] += j
+            self.jitter += j
+            Lc = _cholesky(A)
         self.kind, self.L = "chol", Lc
-        self.delta = delta
 
     def logdet(self):
         if self.kind == "chol":
@@ -143,8 +163,8 @@ class _Factor:
         """diag(Lambda^-1)."""
         if self.kind == "diag":
             return 1.0 / self.lam
-        if self.kind == "eig":
-            return (self.U * self.U) @ (1.0 / self.lam)
+        if self.kind == "eigvals":  # pragma: no cover - the callers ask the "chol" route for it
+            raise AssertionError("diag(Lambda^-1) needs the eigenvectors or a Cholesky factor")
         Linv = scipy.linalg.solve_triangular(self.L, np.eye(self.part.size), lower=True, check_finite=False)
         return np.einsum("ij,ij->j", Linv, Linv)
 
@@ -155,35 +175,37 @@ class _Factor:
         """tr(Lambda^-1 C)."""
         if self.kind == "diag":
             return float(np.sum(self.part.curv / self.lam))
-        if self.kind == "eig":
-            return float(np.sum(self.part.eigen()[0] / self.lam))
+        if self.kind == "eigvals":
+            return float(np.sum(self.part.eigenvalues() / self.lam))
         # Lambda = c C + diag(delta) + jitter I, so tr(Lambda^-1 C) = (n - sum (delta + j) diag(Lambda^-1)) / c
         d = self.inv_diag() if inv_diag is None else inv_diag
         return (self.part.size - float(np.sum((delta + self.jitter) * d))) / c
 
     def sqrt_cov_T(self, M):
-        """M S for M of shape (m, n), S any factor with S S^T = Lambda^-1."""
+        """M S for M of shape (m, n), S = L^-T (S S^T = Lambda^-1)."""
         if self.kind == "diag":
             return M / np.sqrt(self.lam)
-        if self.kind == "eig":
-            return (M @ self.U) / np.sqrt(self.lam)
-        # S = L^-T: M L^-T = (L^-1 M^T)^T
         return scipy.linalg.solve_triangular(self.L, M.T, lower=True, check_finite=False).T
 
     def sqrt_cov(self, Z):
         """S Z for Z of shape (n, m), the same S as sqrt_cov_T."""
         if self.kind == "diag":
             return Z / np.sqrt(self.lam)[:, None]
-        if self.kind == "eig":
-            return self.U @ (Z / np.sqrt(self.lam)[:, None])
         return scipy.linalg.solve_triangular(self.L.T, Z, lower=False, check_finite=False)
 
     def covariance(self):
         if self.kind == "diag":
             return 1.0 / self.lam
-        if self.kind == "eig":
-            return (self.U / self.lam) @ self.U.T
         return scipy.linalg.cho_solve((self.L, True), np.eye(self.part.size), check_finite=False)
+
+
+def _cholesky(A):
+    """The lower Cholesky factor of A, or None where A is not (numerically) positive definite."""
+    try:
+        Lc = scipy.linalg.cholesky(A, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    return Lc if np.all(np.diag(Lc) > 0) else None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -286,6 +308,23 @@ class Laplace:
         c = self._scale(sigma)
         return [_Factor(p, c, delta[p.lo:p.hi]) for p in self._parts]
 
+    def _lml_factors(self, kind, delta, sigma, need_diag, from_state):
+        """Factors for a marginal-likelihood evaluation: C's eigenvalues wherever the prior is
+        constant over a dense part and the gradient needs no per-parameter diag(Lambda^-1)
+        (O(P) per evaluation once the eigenvalues are known), the posterior's own Cholesky
+        factors at its own prior and noise, a fresh Cholesky factorisation otherwise."""
+        c = self._scale(sigma)
+        state = self._current() if from_state else None
+        out = []
+        for i, p in enumerate(self._parts):
+            per_param = need_diag and (kind == "diagonal" or p.spans_groups)
+            d = delta[p.lo:p.hi]
+            if p.dense and not per_param and np.all(d == d[0]):
+                out.append(_Factor(p, c, d, route="eigvals"))
+            else:
+                out.append(state[i] if state is not None else _Factor(p, c, d))
+        return out
+
     def _current(self):
         if self._factors is None:
             self._factors = self._factorise(self._delta(self._prior_kind, self._prior), self.sigma_noise)
@@ -349,7 +388,7 @@ class Laplace:
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
         from_state = prior_precision is None and sigma_noise is None
         delta = self._delta(kind, values)
-        factors = self._current() if from_state else self._factorise(delta, sigma)
+        factors = self._lml_factors(kind, delta, sigma, bool(return_grad) and kind != "scalar", from_state)
         self.lml_jitter = max(f.jitter for f in factors)
         th = self._mean
         value = (self.log_likelihood(sigma) - 0.5 * float(np.dot(delta * th, th))
@@ -362,11 +401,22 @@ class Laplace:
             g = float(np.sum(g_delta)) - 0.5 * sum(f.inv_trace() for f in factors)
             trs = [f.trace_inv_curv(c, delta[f.part.lo:f.part.hi]) for f in factors]
             grad_prior = g
-        else:
+        elif kind == "diagonal":
             inv = [f.inv_diag() for f in factors]
             trs = [f.trace_inv_curv(c, delta[f.part.lo:f.part.hi], d) for f, d in zip(factors, inv)]
-            g_delta = g_delta - 0.5 * np.concatenate(inv)
-            grad_prior = np.bincount(self._groups, g_delta, self.n_groups) if kind == "layer" else g_delta
+            grad_prior = g_delta - 0.5 * np.concatenate(inv)
+        else:  # per layer: a part within one layer needs only its trace
+            grad_prior = np.bincount(self._groups, g_delta, self.n_groups)
+            trs = []
+            for f in factors:
+                p, d = f.part, delta[f.part.lo:f.part.hi]
+                if p.spans_groups:
+                    inv = f.inv_diag()
+                    grad_prior -= 0.5 * np.bincount(p.groups, inv, self.n_groups)
+                    trs.append(f.trace_inv_curv(c, d, inv))
+                else:
+                    grad_prior[p.groups[0]] -= 0.5 * f.inv_trace()
+                    trs.append(f.trace_inv_curv(c, d))
         if self.net.loss_name == "mse":
             nk = self.n_data * self.n_outputs
             # Lambda = C / sigma^2 + ...: d(-1/2 log det Lambda)/d sigma = tr(Lambda^-1 C) / sigma^3
@@ -421,6 +471,22 @@ class Laplace:
         p, s = unpack(res.x)
         self._set(kind, p, s)
         return res
+
+    def effective_num_params(self):
+        """MacKay's effective number of parameters, tr(c C Lambda^-1) = sum_i c g_i / (c g_i + delta)
+        for a prior constant over each dense part (from C's eigenvalues g: accurate also where
+        Lambda is ill-conditioned), P - sum_j delta_j (Lambda^-1)_jj otherwise."""
+        delta = self._delta(self._prior_kind, self._prior)
+        c = self._scale(self.sigma_noise)
+        total = 0.0
+        for p in self._parts:
+            d = delta[p.lo:p.hi]
+            if not p.dense or np.all(d == d[0]):
+                g = c * (p.eigenvalues() if p.dense else p.curv)
+                total += float(np.sum(g / (g + d)))
+            else:
+                total += p.size - float(np.sum(d * _Factor(p, c, d).inv_diag()))
+        return total
 
     # -------------------------------------------------------------- posterior moments
     def variance(self):
@@ -551,8 +617,8 @@ class Laplace:
         for i, p in enumerate(self._parts):
             arrays[f"curv{i}"] = p.curv
             arrays[f"groups{i}"] = p.groups
-            if p.eig is not None:
-                arrays[f"eigvals{i}"], arrays[f"eigvecs{i}"] = p.eig
+            if p.eigvals is not None:
+                arrays[f"eigvals{i}"] = p.eigvals
         path = str(path)
         np.savez(path, **arrays)
         return path if path.endswith(".npz") else path + ".npz"
@@ -578,7 +644,7 @@ def load(path):
         for i, (lo, hi) in enumerate(meta["parts"]):
             p = _Part(lo, hi, z[f"groups{i}"].astype(np.intp), z[f"curv{i}"].astype(np.float64))
             if f"eigvals{i}" in z:
-                p.eig = (z[f"eigvals{i}"], z[f"eigvecs{i}"])
+                p.eigvals = z[f"eigvals{i}"]
             parts.append(p)
         prior = z["prior"]
         prior = float(prior[0]) if meta["prior_kind"] == "scalar" else prior

@@ -230,7 +230,7 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         rho = max(float(self.alpha) * N * k / 2.0, 0.0)
         post = laplace.fit(net, theta, X, Y.astype(net.dtype), structure="full", curvature="ggn",
                            prior_precision=max(rho, _TINY_PRIOR), sigma_noise=1.0)
-        dof = net.num_params - max(rho, _TINY_PRIOR) * float(np.sum(post.variance()))
+        dof = post.effective_num_params()
         R = np.asarray(net.predict(theta, X), dtype=np.float64) - Y
         floor = np.finfo(np.float64).eps ** 2 * max(1.0, float(np.mean(Y * Y)))
         s2 = max(float(np.sum(R * R)) / max(N * k - dof, 1.0), floor)

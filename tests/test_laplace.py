@@ -240,6 +240,19 @@ def test_optimize_prior_per_layer():
     assert np.max(np.abs(g * post.prior_precision)) < 1e-4 and abs(gs * post.sigma_noise) < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["scalar", "diagonal"])
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_effective_num_params(structure, kind):
+    p = _problem(*PROBLEMS[1])
+    prior = _prior(kind, p.net, structure)
+    post = _fit(p, structure, prior=prior, sigma=0.5)
+    _, Lam = _dense_lml(p, structure, "ggn", prior, 0.5)
+    d = _delta(p.net, prior, structure)
+    ref = np.trace((Lam - np.diag(d)) @ np.linalg.inv(Lam))
+    assert post.effective_num_params() == pytest.approx(ref, rel=1e-10)
+    assert 0 < ref < post.n_params
+
+
 # ----------------------------------------------------------------------------- structures
 @pytest.mark.parametrize("case", PROBLEMS[:3:2], ids=lambda c: c[0])
 @pytest.mark.parametrize("structure", STRUCTURES)
@@ -485,7 +498,8 @@ def test_regressor_pcov_and_return_std(alpha, outputs):
     rho = max(alpha * N * k / 2, 1e-12)
     A = J.T @ J
     M = np.linalg.inv(A + rho * np.eye(len(th)))
-    dof = np.trace(A @ M)
+    g = np.linalg.eigvalsh(A)
+    dof = np.sum(g / (g + rho))  # = tr(A M), without M's rounding where A is singular (alpha = 0)
     s2 = np.sum((F - Y2) ** 2) / (N * k - dof)
     assert reg.sigma_noise_ == pytest.approx(math.sqrt(s2), rel=1e-8)
     if alpha > 0:  # well conditioned: compare the matrix itself
