@@ -46,10 +46,9 @@ Factorisations, reused across prior values:
   :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
   L^-1 J^T, one triangular solve per chunk of new points.
 
-Eigenvalues rather than a Cholesky factorisation per value: eigvalsh costs about eight
-Cholesky factorisations of the same matrix (measured at P = 1441), so the sweep of
-:meth:`Laplace.optimize_prior` (tens of evaluations with gradients) is cheaper this way, while a
-single evaluation at the posterior's own prior costs one Cholesky factorisation.
+Eigenvalues rather than a Cholesky factorisation per value: eigvalsh costs a few Cholesky
+factorisations of the same matrix (a full eigh many more), so a sweep of more than a handful of
+values, as :meth:`Laplace.optimize_prior` makes, is cheaper this way.
 
 Jitter policy: the precision must be positive definite for its log-determinant and inverse
 (the exact Hessian can have negative curvature; the GGN's zero eigenvalues can round below
@@ -388,7 +387,10 @@ class Laplace:
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
         from_state = prior_precision is None and sigma_noise is None
         delta = self._delta(kind, values)
-        factors = self._lml_factors(kind, delta, sigma, bool(return_grad) and kind != "scalar", from_state)
+        if from_state and not return_grad:  # the posterior's own Cholesky factors suffice
+            factors = self._current()
+        else:
+            factors = self._lml_factors(kind, delta, sigma, bool(return_grad) and kind != "scalar", from_state)
         self.lml_jitter = max(f.jitter for f in factors)
         th = self._mean
         value = (self.log_likelihood(sigma) - 0.5 * float(np.dot(delta * th, th))
@@ -537,14 +539,14 @@ class Laplace:
                     var[a:b] += np.einsum("ij,ij->i", M, M).reshape(b - a, k)
         return mean, var
 
-    def predict(self, X, link="probit", noise=True, full_cov=False, n_samples=100, seed=0):
+    def predict(self, X, link=None, noise=True, full_cov=False, n_samples=100, seed=0):
         """Predictions with their uncertainty.
 
         Parameters
         ----------
         X : (n, d0)
-        link : {"probit", "mc"}
-            Classification only: the probit approximation softmax(f / sqrt(1 + pi/8 var_c)) of the
+        link : {None, "probit", "mc"}
+            Classification only (None means "probit"): the probit approximation softmax(f / sqrt(1 + pi/8 var_c)) of the
             expected softmax, or the average softmax of ``n_samples`` draws of f from its linearised
             Gaussian (seeded by ``seed``).
         noise : bool
@@ -559,6 +561,8 @@ class Laplace:
         class probabilities (n, k).
         """
         if self.net.loss_name == "mse":
+            if link is not None:
+                raise ValueError(f"link: regression ('mse') has no link; expected None, got {link!r}")
             full_cov = bool(full_cov)
             mean, var = self.predict_f(X, full_cov=full_cov)
             if noise:
@@ -568,7 +572,7 @@ class Laplace:
                 else:
                     var += s2
             return mean, var
-        link = choice("link", link, LINKS)
+        link = choice("link", "probit" if link is None else link, LINKS)
         if link == "probit":
             mean, var = self.predict_f(X, full_cov=False)
             z = mean / np.sqrt(1.0 + math.pi / 8.0 * var)

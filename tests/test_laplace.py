@@ -444,6 +444,8 @@ def test_bad_input():
         post.predict(np.ones((3, 7)))
     with pytest.raises(ValueError, match="n"):
         post.sample(0)
+    with pytest.raises(ValueError, match="link"):
+        post.predict(X, link="probit")
     pc = _problem(*PROBLEMS[2])
     with pytest.raises(ValueError, match="sigma_noise"):
         laplace.fit(pc.net, pc.theta, pc.X, pc.Y, sigma_noise=2.0)
