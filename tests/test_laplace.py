@@ -149,7 +149,7 @@ def test_lml_matches_dense_slogdet(backend, case, structure, kind):
 
 
 @pytest.mark.parametrize("case", PROBLEMS, ids=_case_id)
-@pytest.mark.parametrize("structure", ["full", "blocks"])
+@pytest.mark.parametrize("structure", STRUCTURES)
 def test_lml_hessian_matches_dense(backend, case, structure):
     p = _problem(*case)
     # a prior large enough that the Hessian's precision is positive definite
@@ -163,7 +163,7 @@ def test_lml_hessian_matches_dense(backend, case, structure):
 
 @pytest.mark.parametrize("dtype", [np.float32])
 @pytest.mark.parametrize("case", PROBLEMS[::2], ids=lambda c: c[0])
-def test_lml_float32(case, dtype):
+def test_lml_float32(backend, case, dtype):
     p = _problem(*case, dtype=dtype)
     post = _fit(p, "full", prior=0.8)
     ref, _ = _dense_lml(p, "full", "ggn", 0.8, 1.0)
