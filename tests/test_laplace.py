@@ -231,6 +231,22 @@ def test_optimize_prior_reaches_a_stationary_maximum(loss):
     compare(post.variance(), fresh.variance(), what="posterior after optimize_prior")
 
 
+def test_marginal_likelihood_recovers_the_noise_level():
+    """On data with a known noise level, the evidence-optimal sigma_noise of a trained network is
+    close to it (a statistical check: 200 samples give sigma to about 5%)."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (200, 1))
+    y = np.sin(3 * x) + 0.1 * rng.standard_normal((200, 1))
+    net = tk.MLP([1, 12, 1], activation="tanh", loss="mse", l2=1e-4)
+    theta = tk.minimize(net, net.init(seed=0), x, y, method="lm", max_iter=200).theta
+    post = laplace.fit(net, theta, x, y, prior_precision=1.0, sigma_noise=1.0)
+    post.optimize_prior()
+    assert 0.085 < post.sigma_noise < 0.115
+    # and the predictive standard deviation of y at the data is about the noise level
+    _, var = post.predict(x)
+    assert 0.1 < np.sqrt(var.mean()) < 0.125
+
+
 def test_optimize_prior_per_layer():
     p = _problem(*PROBLEMS[0])
     post = _fit(p, "blocks", prior=np.ones(p.net.num_layers))
