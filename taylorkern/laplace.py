@@ -256,8 +256,9 @@ class Laplace:
     net : taylorkern.MLP
     theta : (P_net,) the mode theta* the posterior is centred on (the network's dtype).
     structure, curvature : as given to :func:`fit`.
-    prior_precision : float or (n,) array, as given (or as :meth:`optimize_prior` set it).
-    sigma_noise : float (1.0 for classification).
+    prior_precision : float or (n,) array, as given (or as :meth:`optimize_prior` set it);
+        assigning it is :meth:`update`.
+    sigma_noise : float (1.0 for classification); assigning it is :meth:`update`.
     n_data, n_outputs : N and k of the data fitted.
     n_params : P, the posterior's parameter count (the last layer's for "last-layer").
     param_slice : the slice of theta the posterior covers.
@@ -283,7 +284,7 @@ class Laplace:
         self.n_groups = 1 if structure == "last-layer" else L
         self._mean = np.asarray(theta[self.param_slice], dtype=np.float64)
         self._prior_kind, self._prior = _check_prior(prior, self.n_groups, self.n_params)
-        self.sigma_noise = _check_sigma(net.loss_name, sigma_noise)
+        self._sigma = _check_sigma(net.loss_name, sigma_noise)
         self.lml_jitter = None
         self._factors = None
 
@@ -291,6 +292,18 @@ class Laplace:
     @property
     def prior_precision(self):
         return float(self._prior[0]) if self._prior_kind == "scalar" else self._prior.copy()
+
+    @prior_precision.setter
+    def prior_precision(self, value):
+        self.update(prior_precision=value)
+
+    @property
+    def sigma_noise(self):
+        return self._sigma
+
+    @sigma_noise.setter
+    def sigma_noise(self, value):
+        self.update(sigma_noise=value)
 
     def _delta(self, kind, values):
         """Per-parameter prior precision (P,) from a prior of ``kind``."""
@@ -345,7 +358,7 @@ class Laplace:
         return self
 
     def _set(self, kind, values, sigma):
-        self._prior_kind, self._prior, self.sigma_noise = kind, values, sigma
+        self._prior_kind, self._prior, self._sigma = kind, values, sigma
         self._factors = None
 
     # -------------------------------------------------------------- marginal likelihood

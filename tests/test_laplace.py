@@ -247,6 +247,24 @@ def test_marginal_likelihood_recovers_the_noise_level():
     assert 0.1 < np.sqrt(var.mean()) < 0.125
 
 
+def test_update_and_assignment_refactorise():
+    p = _problem(*PROBLEMS[0])
+    post = _fit(p, "full", prior=1.0, sigma=1.0)
+    Xn = p.X[:3]
+    before = post.predict(Xn)[1]
+    post.prior_precision, post.sigma_noise = 3.0, 0.5
+    fresh = _fit(p, "full", prior=3.0, sigma=0.5)
+    compare(post.predict(Xn)[1], fresh.predict(Xn)[1], what="after assignment")
+    assert post.log_marginal_likelihood() == pytest.approx(fresh.log_marginal_likelihood(), rel=1e-12)
+    assert not np.allclose(before, fresh.predict(Xn)[1])
+    post.update(prior_precision=1.0, sigma_noise=1.0)
+    compare(post.predict(Xn)[1], before, what="after update back")
+    with pytest.raises(ValueError, match="prior_precision"):
+        post.prior_precision = -1.0
+    with pytest.raises(ValueError, match="sigma_noise"):
+        post.sigma_noise = 0.0
+
+
 def test_optimize_prior_per_layer():
     p = _problem(*PROBLEMS[0])
     post = _fit(p, "blocks", prior=np.ones(p.net.num_layers))
