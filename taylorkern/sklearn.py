@@ -27,6 +27,7 @@ networks.  Inputs are not rescaled: standardize them as for any MLP.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 
@@ -48,6 +49,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, X="no_validation", y="no_validation", **kwargs):
         return estimator._validate_data(X, y, **kwargs)
 
+from . import laplace
 from ._validate import choice
 from .model import MLP
 from .optim import METHODS, Status, minimize
@@ -55,6 +57,7 @@ from .optim import METHODS, Status, minimize
 __all__ = ["MLPRegressor", "MLPClassifier"]
 
 _ACTIVATION_ALIASES = {"logistic": "sigmoid"}  # scikit-learn's name for the sigmoid
+_TINY_PRIOR = 1e-12  # the prior precision used for alpha = 0 (keeps pcov_ finite where J is rank-deficient)
 
 
 class _TaylorMLP(BaseEstimator):
@@ -191,9 +194,17 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
     loss_, loss_curve_, n_iter_ : final training loss (with the l2 term), its history and
         the solver's iterations; ``result_`` : the full :class:`taylorkern.OptimizeResult`.
     n_features_in_, n_outputs_.
+    pcov_ : (P, P) the covariance of theta_, as ``scipy.optimize.curve_fit`` reports it (see
+        ``_fit_posterior``), or None above ``laplace_max_params`` parameters.
+    sigma_noise_ : the noise standard deviation estimated from the residuals.
+    laplace_ : the :class:`taylorkern.laplace.Laplace` posterior behind both (full GGN).
     """
 
     _loss = "mse"
+
+    # Above this many parameters fit() skips the Laplace posterior (its P x P GGN and eigen-
+    # decomposition would cost more than the training); pcov_ is None then.
+    laplace_max_params = 3000
 
     def fit(self, X, y):
         X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True,
@@ -202,12 +213,51 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         self._y_ndim = y.ndim
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = Y.shape[1]
-        return self._fit(X, Y)
+        self._fit(X, Y)
+        self._fit_posterior(X, Y)
+        return self
 
-    def predict(self, X):
-        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs)."""
+    def _fit_posterior(self, X, Y):
+        """pcov_ as curve_fit computes it, for the regularised fit: sigma^2 (J^T J + rho I)^-1,
+        rho = alpha N k / 2 (the prior that the l2 term is, in units of the noise variance), and
+        sigma^2 = SSE / (N k - dof), dof = tr(J^T J (J^T J + rho I)^-1) the effective number of
+        parameters (P when alpha = 0 and J has full rank, as in curve_fit)."""
+        net, theta = self.net_, self.theta_
+        if net.num_params > self.laplace_max_params:
+            self.laplace_, self.pcov_, self.sigma_noise_ = None, None, None
+            return
+        N, k = Y.shape
+        rho = max(float(self.alpha) * N * k / 2.0, 0.0)
+        post = laplace.fit(net, theta, X, Y.astype(net.dtype), structure="full", curvature="ggn",
+                           prior_precision=max(rho, _TINY_PRIOR), sigma_noise=1.0)
+        dof = post.effective_num_params()
+        R = np.asarray(net.predict(theta, X), dtype=np.float64) - Y
+        floor = np.finfo(np.float64).eps ** 2 * max(1.0, float(np.mean(Y * Y)))
+        s2 = max(float(np.sum(R * R)) / max(N * k - dof, 1.0), floor)
+        post.update(prior_precision=max(rho, _TINY_PRIOR) / s2, sigma_noise=math.sqrt(s2))
+        self.laplace_ = post
+        self.sigma_noise_ = math.sqrt(s2)
+        self.pcov_ = post.covariance()
+
+    def predict(self, X, return_std=False):
+        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs).
+
+        With ``return_std=True`` also the standard deviation of the predictive distribution of
+        y at X, of the same shape: sqrt(J pcov_ J^T + sigma_noise_^2), the linearised (GLM)
+        Laplace predictive with the noise estimated at fit (as ``BayesianRidge`` reports it);
+        J is the Jacobian of the outputs in the parameters at X (see :mod:`taylorkern.laplace`).
+        """
         F = self._outputs(X)
-        return F.ravel() if self._y_ndim == 1 else F
+        if not return_std:
+            return F.ravel() if self._y_ndim == 1 else F
+        if self.laplace_ is None:
+            raise ValueError(f"return_std: the network has {self.net_.num_params} parameters, more than "
+                             f"laplace_max_params = {self.laplace_max_params}; fit a structured posterior "
+                             "with taylorkern.laplace.fit(..., structure='diag' or 'last-layer') instead")
+        X = _validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        _, var = self.laplace_.predict(X, noise=True)
+        std = np.sqrt(var)
+        return (F.ravel(), std.ravel()) if self._y_ndim == 1 else (F, std)
 
     def __sklearn_tags__(self):  # scikit-learn >= 1.6
         tags = super().__sklearn_tags__()

@@ -1,0 +1,743 @@
+"""The Laplace approximation: a Gaussian posterior over a trained network's parameters from the
+second-order Taylor model of its log posterior, with error bars and the marginal likelihood.
+
+Index letters: N samples, k outputs (dL), P the posterior's parameters (all of theta, or the
+last layer's for ``structure="last-layer"``), L layers, n new points.
+
+At a trained theta* (a mode of the log posterior), with a Gaussian prior N(0, diag(delta)^-1)
+on the parameters, the posterior is approximated by N(theta*, Sigma), Sigma = Lambda^-1 and
+
+    Lambda = c * C + diag(delta),
+
+where C is the curvature of the negative log likelihood at unit scale and c its scale:
+
+* ``loss="mse"`` (regression, Gaussian noise of standard deviation sigma on every output): the
+  network's mse with ``reduction="sum"`` is S = sum_n mean_c (f - y)^2 = SSE / k, and the
+  negative log likelihood is SSE / (2 sigma^2) + (N k / 2) log(2 pi sigma^2).  So
+  C = (k / 2) * curvature of S (for the GGN, exactly J^T J) and c = 1 / sigma^2;
+* ``loss="ce"`` (classification): the negative log likelihood is the summed cross-entropy S
+  itself, C = curvature of S and c = 1 (there is no noise parameter; sigma_noise must be 1).
+
+The network's own ``l2`` is not part of the likelihood (the curvature is taken with
+``reduction="sum"``, which leaves it out): the prior precision plays its role.
+
+Structures (which part of Lambda is kept):
+
+* ``"full"``: the P x P matrix (the GGN or the exact Hessian);
+* ``"blocks"``: its per-layer diagonal blocks (``ggn_blocks`` / ``hessian_blocks``);
+* ``"diag"``: its diagonal (``ggn_diag`` / ``hessian_diag``);
+* ``"last-layer"``: the last layer's block only; the other parameters stay at theta* and are
+  not part of the posterior (its P is the last layer's size).
+
+Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
+or one per parameter of the posterior (P values).
+
+Factorisations, reused across prior values:
+
+* the marginal likelihood: each dense part's curvature C has its eigenvalues g computed once
+  (``numpy.linalg.eigvalsh``, on the first evaluation that needs them).  While the prior is
+  constant over the part (a scalar prior, or a per-layer prior on per-layer blocks), Lambda's
+  eigenvalues are c g + delta, and each evaluation, gradient included, costs O(P) after that
+  one O(P^3).  A prior that varies within a dense part (per layer on the full matrix, per
+  parameter) has no such shortcut: each evaluation then factorises Lambda by Cholesky, O(P^3);
+  so does the gradient of a per-layer or per-parameter prior, which needs diag(Lambda^-1);
+* the posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
+  the current prior and noise, computed on first use and again after :meth:`Laplace.update` or
+  :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
+  L^-1 J^T, one triangular solve per chunk of new points.
+
+Eigenvalues rather than a Cholesky factorisation per value: eigvalsh costs a few Cholesky
+factorisations of the same matrix (a full eigh many more), so a sweep of more than a handful of
+values, as :meth:`Laplace.optimize_prior` makes, is cheaper this way.
+
+Jitter policy: the precision must be positive definite for its log-determinant and inverse
+(the exact Hessian can have negative curvature; the GGN's zero eigenvalues can round below
+zero).  With lambda_min the smallest eigenvalue of a part's precision and
+tol = P_part * eps * max|lambda|, a part with lambda_min < tol gets (tol - lambda_min) added to
+its diagonal.  Where C's eigenvalues are not known, a Cholesky factorisation that succeeds is
+taken as it is, and one that fails is retried with the jitter sized by Lambda's eigenvalues.
+The amount added (the largest over the parts) is reported in ``jitter`` for the posterior's
+own prior and noise, and in ``lml_jitter`` for the last
+:meth:`Laplace.log_marginal_likelihood` call; 0.0 means that nothing was added.
+
+All linear algebra is done in float64, whatever the network's dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+from ._validate import check_curvature, check_memory, check_net, choice, integer, real
+from .model import MLP
+
+STRUCTURES = ("full", "diag", "blocks", "last-layer")
+LINKS = ("probit", "mc")
+FORMAT = "taylorkern.laplace/1"
+
+# Rows of the Jacobian of new points taken per call: chunks of about this many bytes.
+_CHUNK_BYTES = 16 << 20
+
+
+# ----------------------------------------------------------------------------- parts
+class _Part:
+    """One diagonal block of the posterior precision: parameters [lo, hi) of the posterior's
+    vector, the layer (prior group) of each, and the data curvature C over them: a dense
+    matrix, or a vector for the diagonal structure."""
+
+    def __init__(self, lo, hi, groups, curv):
+        self.lo, self.hi = lo, hi
+        self.groups = groups  # (hi - lo,) int: prior group of each parameter
+        self.curv = curv      # (n, n) symmetric, or (n,) for a diagonal part
+        self.dense = curv.ndim == 2
+        self.spans_groups = len(np.unique(groups)) > 1
+        self.eigvals = None   # C's eigenvalues, once computed
+
+    @property
+    def size(self):
+        return self.hi - self.lo
+
+    def eigenvalues(self):
+        if self.eigvals is None:
+            self.eigvals = np.linalg.eigvalsh(self.curv)
+        return self.eigvals
+
+
+def _jitter_for(lam):
+    """The shift that makes eigenvalues ``lam`` at least tol (0.0 when they already are)."""
+    tol = lam.size * np.finfo(np.float64).eps * max(float(np.max(np.abs(lam))), np.finfo(np.float64).tiny)
+    lo = float(np.min(lam))
+    return tol - lo if lo < tol else 0.0
+
+
+class _Factor:
+    """Lambda_part = c C + diag(delta) (+ jitter I), factorised:
+
+    * "diag": a diagonal part, its values;
+    * "eigvals": delta constant over a dense part, Lambda's eigenvalues c g + delta from C's
+      eigenvalues g (enough for the log-determinant and the traces the gradient needs);
+    * "chol": a Cholesky factor L L^T = Lambda (predictions, samples, covariances, and the
+      marginal likelihood where delta varies within the part).
+    """
+
+    def __init__(self, part, c, delta, route="chol"):
+        self.part = part
+        n = part.size
+        constant = bool(np.all(delta == delta[0]))
+        if not part.dense:
+            lam = c * part.curv + delta
+            self.jitter = _jitter_for(lam)
+            self.kind, self.lam = "diag", lam + self.jitter
+            return
+        if route == "eigvals" and constant:
+            lam = c * part.eigenvalues() + delta[0]
+            self.jitter = _jitter_for(lam)
+            self.kind, self.lam = "eigvals", lam + self.jitter
+            return
+        A = c * part.curv
+        A.flat[::n + 1] += delta
+        # the jitter from the eigenvalues where they are known (the same as the "eigvals" route);
+        # else only when the factorisation fails, sized by Lambda's eigenvalues then
+        self.jitter = _jitter_for(c * part.eigvals + delta[0]) if constant and part.eigvals is not None else 0.0
+        A.flat[::n + 1] += self.jitter
+        Lc = _cholesky(A)
+        if Lc is None:
+            j = _jitter_for(np.linalg.eigvalsh(A))
+            A.flat[::n + 1] += j
+            self.jitter += j
+            Lc = _cholesky(A)
+        self.kind, self.L = "chol", Lc
+
+    def logdet(self):
+        if self.kind == "chol":
+            return 2.0 * float(np.sum(np.log(np.diag(self.L))))
+        return float(np.sum(np.log(self.lam)))
+
+    def inv_diag(self):
+        """diag(Lambda^-1)."""
+        if self.kind == "diag":
+            return 1.0 / self.lam
+        if self.kind == "eigvals":  # pragma: no cover - the callers ask the "chol" route for it
+            raise AssertionError("diag(Lambda^-1) needs the eigenvectors or a Cholesky factor")
+        Linv = scipy.linalg.solve_triangular(self.L, np.eye(self.part.size), lower=True, check_finite=False)
+        return np.einsum("ij,ij->j", Linv, Linv)
+
+    def inv_trace(self):
+        return float(np.sum(1.0 / self.lam)) if self.kind != "chol" else float(np.sum(self.inv_diag()))
+
+    def trace_inv_curv(self, c, delta, inv_diag=None):
+        """tr(Lambda^-1 C)."""
+        if self.kind == "diag":
+            return float(np.sum(self.part.curv / self.lam))
+        if self.kind == "eigvals":
+            return float(np.sum(self.part.eigenvalues() / self.lam))
+        # Lambda = c C + diag(delta) + jitter I, so tr(Lambda^-1 C) = (n - sum (delta + j) diag(Lambda^-1)) / c
+        d = self.inv_diag() if inv_diag is None else inv_diag
+        return (self.part.size - float(np.sum((delta + self.jitter) * d))) / c
+
+    def sqrt_cov_T(self, M):
+        """M S for M of shape (m, n), S = L^-T (S S^T = Lambda^-1)."""
+        if self.kind == "diag":
+            return M / np.sqrt(self.lam)
+        return scipy.linalg.solve_triangular(self.L, M.T, lower=True, check_finite=False).T
+
+    def sqrt_cov(self, Z):
+        """S Z for Z of shape (n, m), the same S as sqrt_cov_T."""
+        if self.kind == "diag":
+            return Z / np.sqrt(self.lam)[:, None]
+        return scipy.linalg.solve_triangular(self.L.T, Z, lower=False, check_finite=False)
+
+    def covariance(self):
+        if self.kind == "diag":
+            return 1.0 / self.lam
+        return scipy.linalg.cho_solve((self.L, True), np.eye(self.part.size), check_finite=False)
+
+
+def _cholesky(A):
+    """The lower Cholesky factor of A, or None where A is not (numerically) positive definite."""
+    try:
+        Lc = scipy.linalg.cholesky(A, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    return Lc if np.all(np.diag(Lc) > 0) else None
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_prior(prior, n_groups, n_params, name="prior_precision"):
+    """(kind, values): kind "scalar" (one value), "layer" (n_groups) or "diagonal" (n_params);
+    values a float64 array of positive finite numbers."""
+    if isinstance(prior, numbers.Real) and not isinstance(prior, bool):
+        v = real(name, prior, lo=0.0, lo_open=True)
+        return "scalar", np.array([v])
+    arr = np.asarray(prior)
+    if arr.dtype.kind not in "fiu" or arr.ndim > 1:
+        raise ValueError(f"{name}: expected a positive number, {n_groups} per-layer values or "
+                         f"{n_params} per-parameter values, got {prior!r:.80}")
+    arr = arr.astype(np.float64).reshape(-1)
+    if arr.size == 1 and np.ndim(prior) == 0:
+        kind = "scalar"
+    elif arr.size == n_groups:
+        kind = "layer"
+    elif arr.size == n_params:
+        kind = "diagonal"
+    else:
+        raise ValueError(f"{name}: expected a positive number, {n_groups} per-layer values or "
+                         f"{n_params} per-parameter values, got {arr.size} values")
+    if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"{name}: every value must be finite and > 0")
+    return kind, arr
+
+
+def _check_sigma(loss, sigma):
+    s = real("sigma_noise", sigma, lo=0.0, lo_open=True)
+    if loss == "ce" and s != 1.0:
+        raise ValueError(f"sigma_noise: classification ('ce') has no noise parameter; expected 1.0, got {sigma!r}")
+    return s
+
+
+def _check_structure(structure):
+    if structure == "kfac":
+        raise ValueError("structure: 'kfac' is not available in this version; expected one of "
+                         f"{STRUCTURES}")
+    return choice("structure", structure, STRUCTURES)
+
+
+# ----------------------------------------------------------------------------- posterior
+class Laplace:
+    """A fitted Laplace posterior N(theta*, Lambda^-1); made by :func:`fit` or :func:`load`.
+
+    Attributes
+    ----------
+    net : taylorkern.MLP
+    theta : (P_net,) the mode theta* the posterior is centred on (the network's dtype).
+    structure, curvature : as given to :func:`fit`.
+    prior_precision : float or (n,) array, as given (or as :meth:`optimize_prior` set it);
+        assigning it is :meth:`update`.
+    sigma_noise : float (1.0 for classification); assigning it is :meth:`update`.
+    n_data, n_outputs : N and k of the data fitted.
+    n_params : P, the posterior's parameter count (the last layer's for "last-layer").
+    param_slice : the slice of theta the posterior covers.
+    jitter : what the jitter policy added to the precision's diagonal at the current prior and
+        noise (0.0: nothing).
+    lml_jitter : the same for the last :meth:`log_marginal_likelihood` call.
+    """
+
+    def __init__(self, net, theta, structure, curvature, parts, prior, sigma_noise, n_data, data_term):
+        self.net = net
+        self.theta = theta
+        self.structure = structure
+        self.curvature = curvature
+        self._parts = parts
+        self.n_data = int(n_data)
+        self.n_outputs = net.num_outputs
+        self._data_term = float(data_term)  # SSE (mse) or summed cross-entropy (ce)
+        L = net.num_layers
+        lo = net.offsets[L - 1] if structure == "last-layer" else 0
+        self.param_slice = slice(lo, net.num_params)
+        self.n_params = net.num_params - lo
+        self._groups = np.concatenate([p.groups for p in parts])
+        self.n_groups = 1 if structure == "last-layer" else L
+        self._mean = np.asarray(theta[self.param_slice], dtype=np.float64)
+        self._prior_kind, self._prior = _check_prior(prior, self.n_groups, self.n_params)
+        self._sigma = _check_sigma(net.loss_name, sigma_noise)
+        self.lml_jitter = None
+        self._factors = None
+
+    # -------------------------------------------------------------- prior and noise
+    @property
+    def prior_precision(self):
+        return float(self._prior[0]) if self._prior_kind == "scalar" else self._prior.copy()
+
+    @prior_precision.setter
+    def prior_precision(self, value):
+        self.update(prior_precision=value)
+
+    @property
+    def sigma_noise(self):
+        return self._sigma
+
+    @sigma_noise.setter
+    def sigma_noise(self, value):
+        self.update(sigma_noise=value)
+
+    def _delta(self, kind, values):
+        """Per-parameter prior precision (P,) from a prior of ``kind``."""
+        if kind == "scalar":
+            return np.full(self.n_params, values[0])
+        if kind == "layer":
+            return values[self._groups]
+        return values
+
+    def _scale(self, sigma):
+        return 1.0 / (sigma * sigma) if self.net.loss_name == "mse" else 1.0
+
+    def _factorise(self, delta, sigma):
+        c = self._scale(sigma)
+        return [_Factor(p, c, delta[p.lo:p.hi]) for p in self._parts]
+
+    def _lml_factors(self, kind, delta, sigma, need_diag, from_state):
+        """Factors for a marginal-likelihood evaluation: C's eigenvalues wherever the prior is
+        constant over a dense part and the gradient needs no per-parameter diag(Lambda^-1)
+        (O(P) per evaluation once the eigenvalues are known), the posterior's own Cholesky
+        factors at its own prior and noise, a fresh Cholesky factorisation otherwise."""
+        c = self._scale(sigma)
+        state = self._current() if from_state else None
+        out = []
+        for i, p in enumerate(self._parts):
+            per_param = need_diag and (kind == "diagonal" or p.spans_groups)
+            d = delta[p.lo:p.hi]
+            if p.dense and not per_param and np.all(d == d[0]):
+                out.append(_Factor(p, c, d, route="eigvals"))
+            else:
+                out.append(state[i] if state is not None else _Factor(p, c, d))
+        return out
+
+    def _current(self):
+        if self._factors is None:
+            self._factors = self._factorise(self._delta(self._prior_kind, self._prior), self.sigma_noise)
+        return self._factors
+
+    @property
+    def jitter(self):
+        return max(f.jitter for f in self._current())
+
+    def update(self, prior_precision=None, sigma_noise=None):
+        """Set the prior precision and/or the noise (None keeps the current one); the curvature
+        and its eigendecompositions are kept.  Returns self."""
+        if prior_precision is None:
+            kind, values = self._prior_kind, self._prior
+        else:
+            kind, values = _check_prior(prior_precision, self.n_groups, self.n_params)
+        sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
+        self._set(kind, values, sigma)
+        return self
+
+    def _set(self, kind, values, sigma):
+        self._prior_kind, self._prior, self._sigma = kind, values, sigma
+        self._factors = None
+
+    # -------------------------------------------------------------- marginal likelihood
+    def log_likelihood(self, sigma_noise=None):
+        """log p(Y | X, theta*): for mse -SSE/(2 sigma^2) - (N k/2) log(2 pi sigma^2), for ce minus
+        the summed cross-entropy."""
+        sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
+        if self.net.loss_name == "ce":
+            return -self._data_term
+        nk = self.n_data * self.n_outputs
+        return -0.5 * self._data_term / sigma ** 2 - 0.5 * nk * math.log(2.0 * math.pi * sigma ** 2)
+
+    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None, return_grad=False):
+        """The Laplace approximation of log p(Y | X) at a prior precision and noise:
+
+            log p(Y | X, theta*) - 1/2 theta*^T diag(delta) theta* + 1/2 log det diag(delta)
+                                 - 1/2 log det Lambda
+
+        (theta* restricted to the posterior's parameters).
+
+        Parameters
+        ----------
+        prior_precision : None (the posterior's), a positive number, per-layer or per-parameter
+            values (as :func:`fit` takes them).
+        sigma_noise : None (the posterior's) or a positive number (mse only; ce takes 1.0).
+        return_grad : bool
+            Also return the gradient.
+
+        Returns
+        -------
+        float, or (float, grad_prior, grad_sigma) with ``return_grad``: grad_prior has the
+        shape of the prior given (a float for a scalar), grad_sigma is d/d sigma_noise (0.0
+        for classification).
+        """
+        if prior_precision is None:
+            kind, values = self._prior_kind, self._prior
+        else:
+            kind, values = _check_prior(prior_precision, self.n_groups, self.n_params)
+        sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
+        from_state = prior_precision is None and sigma_noise is None
+        delta = self._delta(kind, values)
+        if from_state and not return_grad:  # the posterior's own Cholesky factors suffice
+            factors = self._current()
+        else:
+            factors = self._lml_factors(kind, delta, sigma, bool(return_grad) and kind != "scalar", from_state)
+        self.lml_jitter = max(f.jitter for f in factors)
+        th = self._mean
+        value = (self.log_likelihood(sigma) - 0.5 * float(np.dot(delta * th, th))
+                 + 0.5 * float(np.sum(np.log(delta))) - 0.5 * sum(f.logdet() for f in factors))
+        if not return_grad:
+            return value
+        c = self._scale(sigma)
+        g_delta = -0.5 * th * th + 0.5 / delta  # per parameter, before the log det term
+        if kind == "scalar":
+            g = float(np.sum(g_delta)) - 0.5 * sum(f.inv_trace() for f in factors)
+            trs = [f.trace_inv_curv(c, delta[f.part.lo:f.part.hi]) for f in factors]
+            grad_prior = g
+        elif kind == "diagonal":
+            inv = [f.inv_diag() for f in factors]
+            trs = [f.trace_inv_curv(c, delta[f.part.lo:f.part.hi], d) for f, d in zip(factors, inv)]
+            grad_prior = g_delta - 0.5 * np.concatenate(inv)
+        else:  # per layer: a part within one layer needs only its trace
+            grad_prior = np.bincount(self._groups, g_delta, self.n_groups)
+            trs = []
+            for f in factors:
+                p, d = f.part, delta[f.part.lo:f.part.hi]
+                if p.spans_groups:
+                    inv = f.inv_diag()
+                    grad_prior -= 0.5 * np.bincount(p.groups, inv, self.n_groups)
+                    trs.append(f.trace_inv_curv(c, d, inv))
+                else:
+                    grad_prior[p.groups[0]] -= 0.5 * f.inv_trace()
+                    trs.append(f.trace_inv_curv(c, d))
+        if self.net.loss_name == "mse":
+            nk = self.n_data * self.n_outputs
+            # Lambda = C / sigma^2 + ...: d(-1/2 log det Lambda)/d sigma = tr(Lambda^-1 C) / sigma^3
+            grad_sigma = self._data_term / sigma ** 3 - nk / sigma + sum(trs) / sigma ** 3
+        else:
+            grad_sigma = 0.0
+        return value, grad_prior, grad_sigma
+
+    def optimize_prior(self, prior=True, noise=True, max_iter=200):
+        """Set the prior precision (and, for mse, sigma_noise) to maximise the marginal
+        likelihood, over their logarithms by L-BFGS-B with the analytic gradient; the prior
+        keeps its form (scalar, per layer or per parameter).
+
+        Parameters
+        ----------
+        prior, noise : bool
+            Which to tune (noise only for mse).
+        max_iter : int
+
+        Returns
+        -------
+        scipy.optimize.OptimizeResult of the minimisation of minus the log marginal likelihood.
+        """
+        prior = bool(prior)
+        noise = bool(noise) and self.net.loss_name == "mse"
+        max_iter = integer("max_iter", max_iter, 1)
+        kind, p0, s0 = self._prior_kind, self._prior.copy(), self.sigma_noise
+        n_p = p0.size if prior else 0
+
+        def unpack(x):
+            p = np.exp(x[:n_p]) if prior else p0
+            s = float(np.exp(x[n_p])) if noise else s0
+            return p, s
+
+        def f(x):
+            p, s = unpack(x)
+            arg = float(p[0]) if kind == "scalar" else p
+            v, gp, gs = self.log_marginal_likelihood(arg, s, return_grad=True)
+            grad = []
+            if prior:
+                grad.append(np.atleast_1d(gp) * p)  # d/d log p
+            if noise:
+                grad.append([gs * s])
+            return -v, -np.concatenate(grad) if grad else np.zeros(0)
+
+        x0 = np.concatenate([np.log(p0) if prior else [], [math.log(s0)] if noise else []])
+        if x0.size == 0:
+            raise ValueError("optimize_prior: nothing to tune (prior=False and no noise parameter)")
+        bounds = [(-40.0, 40.0)] * x0.size  # keeps exp() finite
+        res = scipy.optimize.minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                      options={"maxiter": max_iter})
+        p, s = unpack(res.x)
+        self._set(kind, p, s)
+        return res
+
+    def effective_num_params(self):
+        """MacKay's effective number of parameters, tr(c C Lambda^-1) = sum_i c g_i / (c g_i + delta)
+        for a prior constant over each dense part (from C's eigenvalues g: accurate also where
+        Lambda is ill-conditioned), P - sum_j delta_j (Lambda^-1)_jj otherwise."""
+        delta = self._delta(self._prior_kind, self._prior)
+        c = self._scale(self.sigma_noise)
+        total = 0.0
+        for p in self._parts:
+            d = delta[p.lo:p.hi]
+            if not p.dense or np.all(d == d[0]):
+                g = c * (p.eigenvalues() if p.dense else p.curv)
+                total += float(np.sum(g / (g + d)))
+            else:
+                total += p.size - float(np.sum(d * _Factor(p, c, d).inv_diag()))
+        return total
+
+    # -------------------------------------------------------------- posterior moments
+    def variance(self):
+        """diag(Sigma), shape (P,), for every structure."""
+        return np.concatenate([f.inv_diag() for f in self._current()])
+
+    def covariance(self):
+        """Sigma = Lambda^-1 over the posterior's parameters, (P, P) (block diagonal for
+        "blocks"); for "diag" the (P,) diagonal."""
+        factors = self._current()
+        if self.structure == "diag":
+            return self.variance()
+        check_memory("the posterior covariance", float(self.n_params) ** 2)
+        out = np.zeros((self.n_params, self.n_params))
+        for f in factors:
+            out[f.part.lo:f.part.hi, f.part.lo:f.part.hi] = f.covariance()
+        return out
+
+    # -------------------------------------------------------------- predictions
+    def _chunks(self, n):
+        P = self.net.num_params
+        rows = max(1, int(_CHUNK_BYTES // (8 * P * self.n_outputs * 3)))
+        return [(i, min(n, i + rows)) for i in range(0, n, rows)]
+
+    def predict_f(self, X, full_cov=True):
+        """The linearised (GLM) predictive of the network's outputs at new points:
+        f(x) ~ N(f(x, theta*), J(x) Sigma J(x)^T), J(x) the Jacobian of the outputs in theta.
+
+        Returns
+        -------
+        mean (n, k), and the covariance (n, k, k) (``full_cov``) or variances (n, k).
+        The Jacobian is taken by ``net.jacobian`` a chunk of rows at a time.
+        """
+        mean = np.asarray(self.net.predict(self.theta, X), dtype=np.float64)
+        n, k = mean.shape
+        factors = self._current()
+        var = np.zeros((n, k, k)) if full_cov else np.zeros((n, k))
+        Xa = np.asarray(X)
+        sl = self.param_slice
+        for a, b in self._chunks(n):
+            J = np.asarray(self.net.jacobian(self.theta, Xa[a:b]), dtype=np.float64)[:, sl]
+            for f in factors:
+                M = f.sqrt_cov_T(J[:, f.part.lo:f.part.hi])  # (m k, r)
+                if full_cov:
+                    M3 = M.reshape(b - a, k, -1)
+                    var[a:b] += np.matmul(M3, M3.transpose(0, 2, 1))
+                else:
+                    var[a:b] += np.einsum("ij,ij->i", M, M).reshape(b - a, k)
+        return mean, var
+
+    def predict(self, X, link=None, noise=True, full_cov=False, n_samples=100, seed=0):
+        """Predictions with their uncertainty.
+
+        Parameters
+        ----------
+        X : (n, d0)
+        link : {None, "probit", "mc"}
+            Classification only (None means "probit"): the probit approximation softmax(f / sqrt(1 + pi/8 var_c)) of the
+            expected softmax, or the average softmax of ``n_samples`` draws of f from its linearised
+            Gaussian (seeded by ``seed``).
+        noise : bool
+            Regression only: add sigma_noise^2 to the variances (the predictive of y, not of f).
+        full_cov : bool
+            Regression only: return the (n, k, k) covariances of the outputs instead of variances.
+
+        Returns
+        -------
+        Regression (mse): mean (n, k) and variance (n, k) (or covariance (n, k, k)), where the
+        variance is diag(J Sigma J^T) (+ sigma_noise^2 with ``noise``).  Classification (ce):
+        class probabilities (n, k).
+        """
+        if self.net.loss_name == "mse":
+            if link is not None:
+                raise ValueError(f"link: regression ('mse') has no link; expected None, got {link!r}")
+            full_cov = bool(full_cov)
+            mean, var = self.predict_f(X, full_cov=full_cov)
+            if noise:
+                s2 = self.sigma_noise ** 2
+                if full_cov:
+                    var += s2 * np.eye(self.n_outputs)
+                else:
+                    var += s2
+            return mean, var
+        link = choice("link", "probit" if link is None else link, LINKS)
+        if link == "probit":
+            mean, var = self.predict_f(X, full_cov=False)
+            z = mean / np.sqrt(1.0 + math.pi / 8.0 * var)
+        else:
+            n_samples = integer("n_samples", n_samples, 1)
+            mean, cov = self.predict_f(X, full_cov=True)
+            n, k = mean.shape
+            # a Cholesky factor of each k x k covariance (eigen-clipped: J Sigma J^T is PSD
+            # but may have rank < k, e.g. softmax's shift direction)
+            w, V = np.linalg.eigh(cov)
+            R = V * np.sqrt(np.clip(w, 0.0, None))[:, None, :]
+            eps = np.random.default_rng(seed).standard_normal((n_samples, n, k))
+            z = mean[None] + np.einsum("nij,snj->sni", R, eps)
+        z = z - z.max(axis=-1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=-1, keepdims=True)
+        return p if link == "probit" else p.mean(axis=0)
+
+    def sample(self, n, seed=0):
+        """``n`` draws of theta from the posterior, shape (n, P_net) in the network's dtype
+        (parameters outside the posterior, for "last-layer", stay at theta*)."""
+        n = integer("n", n, 1)
+        check_memory("samples of theta", float(n) * self.net.num_params * 2)
+        Z = np.random.default_rng(seed).standard_normal((self.n_params, n))
+        D = np.concatenate([f.sqrt_cov(Z[f.part.lo:f.part.hi]) for f in self._current()], axis=0)
+        out = np.tile(np.asarray(self.theta, dtype=np.float64), (n, 1))
+        out[:, self.param_slice] += D.T
+        return out.astype(self.net.dtype)
+
+    # -------------------------------------------------------------- saving
+    def save(self, path):
+        """Write the posterior to ``path`` with ``numpy.savez`` (numpy's .npz; numpy appends
+        ".npz" when the name lacks it): arrays and a JSON header, no pickled objects, so that
+        :func:`load` reads it with ``allow_pickle=False``.  Returns the path written."""
+        net = self.net
+        meta = {
+            "format": FORMAT, "sizes": list(net.sizes),
+            "activation": net.activation if isinstance(net.activation, str) else list(net.activation),
+            "loss": net.loss_name, "l2": net.l2, "dtype": net.dtype.name,
+            "structure": self.structure, "curvature": self.curvature, "prior_kind": self._prior_kind,
+            "sigma_noise": self.sigma_noise, "n_data": self.n_data, "data_term": self._data_term,
+            "parts": [[p.lo, p.hi] for p in self._parts],
+        }
+        arrays = {"meta": np.array(json.dumps(meta)), "theta": np.asarray(self.theta),
+                  "prior": self._prior}
+        for i, p in enumerate(self._parts):
+            arrays[f"curv{i}"] = p.curv
+            arrays[f"groups{i}"] = p.groups
+            if p.eigvals is not None:
+                arrays[f"eigvals{i}"] = p.eigvals
+        path = str(path)
+        np.savez(path, **arrays)
+        return path if path.endswith(".npz") else path + ".npz"
+
+    def __repr__(self):
+        return (f"Laplace(structure={self.structure!r}, curvature={self.curvature!r}, n_params={self.n_params}, "
+                f"prior_precision={self.prior_precision!r}, sigma_noise={self.sigma_noise:g})")
+
+
+def load(path):
+    """A posterior written by :meth:`Laplace.save` (read with ``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as z:
+        try:
+            meta = json.loads(str(z["meta"]))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"path: {path!r} is not a saved taylorkern.laplace posterior") from exc
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"path: unknown format {meta.get('format')!r}; expected {FORMAT!r}")
+        act = meta["activation"]
+        net = MLP(meta["sizes"], activation=act if isinstance(act, str) else tuple(act), loss=meta["loss"],
+                  l2=meta["l2"], dtype=meta["dtype"])
+        parts = []
+        for i, (lo, hi) in enumerate(meta["parts"]):
+            p = _Part(lo, hi, z[f"groups{i}"].astype(np.intp), z[f"curv{i}"].astype(np.float64))
+            if f"eigvals{i}" in z:
+                p.eigvals = z[f"eigvals{i}"]
+            parts.append(p)
+        prior = z["prior"]
+        prior = float(prior[0]) if meta["prior_kind"] == "scalar" else prior
+        return Laplace(net, z["theta"].astype(net.dtype), meta["structure"], meta["curvature"], parts, prior,
+                       meta["sigma_noise"], meta["n_data"], meta["data_term"])
+
+
+# ----------------------------------------------------------------------------- fit
+def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0, sigma_noise=1.0):
+    """Fit the Laplace approximation at a trained theta.
+
+    Parameters
+    ----------
+    net : taylorkern.MLP with loss "mse" (regression) or "ce" (classification).
+    theta : (P,) the trained parameters (a mode of the log posterior).
+    X, Y : the training data, as for the network's other calls.
+    structure : {"full", "diag", "blocks", "last-layer"}
+        Which part of the precision to keep (module docstring).
+    curvature : {"ggn", "hessian"}
+        The generalized Gauss-Newton matrix (positive semi-definite) or the exact Hessian.
+    prior_precision : float, or (L,) per layer, or (P,) per parameter
+        Precision of the zero-mean Gaussian prior (for "last-layer": a float, 1 value, or one
+        per parameter of the last layer).
+    sigma_noise : float
+        Standard deviation of the Gaussian noise of mse regression; 1.0 for ce.
+
+    Returns
+    -------
+    Laplace
+    """
+    net = check_net(net)
+    structure = _check_structure(structure)
+    curvature = check_curvature(curvature)
+    L, P = net.num_layers, net.num_params
+    lo = net.offsets[L - 1] if structure == "last-layer" else 0
+    n_groups = 1 if structure == "last-layer" else L
+    _check_prior(prior_precision, n_groups, P - lo)
+    _check_sigma(net.loss_name, sigma_noise)
+    if structure == "full":
+        check_memory(f"a full Laplace posterior (P = {P})", 3.0 * P * P,
+                     "use structure='blocks', 'diag' or 'last-layer'")
+    elif structure in ("blocks", "last-layer"):
+        # the blocks of every layer are computed, also for the last layer's alone
+        check_memory(f"the {structure} Laplace posterior", 3.0 * sum(s * s for s in net.layer_sizes),
+                     "use structure='diag'")
+    # the summed data term checks theta, X and Y before any curvature is computed
+    S = net.loss(theta, X, Y, reduction="sum")
+    theta = np.array(theta, dtype=net.dtype)
+    N = np.shape(X)[0]
+    k = net.num_outputs
+    scale = 0.5 * k if net.loss_name == "mse" else 1.0  # curvature of the NLL at sigma = 1
+    data_term = k * S if net.loss_name == "mse" else S  # SSE, or the summed cross-entropy
+    layer_of = np.repeat(np.arange(L), net.layer_sizes)
+    parts = []
+    if structure == "full":
+        fn = net.ggn if curvature == "ggn" else net.hessian
+        C = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
+        parts.append(_Part(0, P, layer_of, _sym(C)))
+    elif structure == "diag":
+        fn = net.ggn_diag if curvature == "ggn" else net.hessian_diag
+        d = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
+        for l in range(L):
+            a, b = net.offsets[l], net.offsets[l + 1]
+            parts.append(_Part(a, b, layer_of[a:b], d[a:b]))
+    else:
+        fn = net.ggn_blocks if curvature == "ggn" else net.hessian_blocks
+        blocks = fn(theta, X, Y, reduction="sum")
+        if structure == "blocks":
+            for l, B in enumerate(blocks):
+                a, b = net.offsets[l], net.offsets[l + 1]
+                parts.append(_Part(a, b, layer_of[a:b], _sym(np.asarray(B, dtype=np.float64) * scale)))
+        else:
+            B = _sym(np.asarray(blocks[-1], dtype=np.float64) * scale)
+            parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), B))
+    return Laplace(net, theta, structure, curvature, parts, prior_precision, sigma_noise, N, data_term)
+
+
+def _sym(A):
+    return 0.5 * (A + A.T)

@@ -1,0 +1,574 @@
+"""taylorkern.laplace: the Laplace posterior checked against a dense numpy computation.
+
+The oracle here is written from the definitions, not from the module: the data curvature
+from the reference backend's Jacobian (mse: J^T J / sigma^2; ce: sum_n J_n^T (diag p - p p^T) J_n,
+or the reference Hessian scaled as the module's docstring derives), the log likelihood from
+the outputs, the posterior precision as a dense matrix, its log-determinant by
+``numpy.linalg.slogdet`` and its inverse by ``numpy.linalg.inv``.  Gradients are checked by
+central differences, the structures against the full matrix restricted to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import numpy as np
+import pytest
+from conftest import compare, make_problem, output_hessians, rtol_for
+
+import taylorkern as tk
+import taylorkern.model as model_module
+from taylorkern import laplace
+
+STRUCTURES = ("full", "diag", "blocks", "last-layer")
+
+
+# ----------------------------------------------------------------------------- the oracle
+def _dense(p, curvature, sigma):
+    """(log likelihood, C) of problem p on the float64 reference: C the NLL's curvature (P, P)."""
+    q = p.astype(np.float64)
+    net, th, X, Y = q.net, q.theta, q.X, q.Y
+    with tk.use_backend("reference"):
+        F = net.predict(th, X)
+        J = net.jacobian(th, X)
+        H = net.hessian(th, X, Y, reduction="sum") if curvature == "hessian" else None
+    N, k = F.shape
+    if net.loss_name == "mse":
+        R = F - Y.reshape(N, k)
+        loglik = -0.5 * np.sum(R * R) / sigma ** 2 - 0.5 * N * k * math.log(2 * math.pi * sigma ** 2)
+        # d^2/dtheta^2 of SSE / (2 sigma^2): J^T J / sigma^2 (+ residual term for the Hessian)
+        C = J.T @ J / sigma ** 2 if H is None else H * (k / 2) / sigma ** 2
+    else:
+        Z = F - F.max(axis=1, keepdims=True)
+        logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
+        loglik = float(np.sum(logp[np.arange(N), Y]))
+        Hout = output_hessians(q, F, reduction="sum")
+        Jn = J.reshape(N, k, -1)
+        C = np.einsum("nci,ncd,ndj->ij", Jn, Hout, Jn) if H is None else H
+    return loglik, C
+
+
+def _restrict(net, C, structure):
+    """C as the structure keeps it (zeros elsewhere), over the posterior's parameters."""
+    if structure == "full":
+        return C
+    if structure == "diag":
+        return np.diag(np.diag(C))
+    o = net.offsets
+    if structure == "last-layer":
+        return C[o[-2]:, o[-2]:]
+    out = np.zeros_like(C)
+    for a, b in zip(o[:-1], o[1:]):
+        out[a:b, a:b] = C[a:b, a:b]
+    return out
+
+
+def _delta(net, prior, structure):
+    P = net.num_params - (net.offsets[-2] if structure == "last-layer" else 0)
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.ndim == 0:
+        return np.full(P, float(prior))
+    if prior.size == P:
+        return prior
+    if structure == "last-layer":
+        return np.full(P, prior[0])
+    return np.repeat(prior, net.layer_sizes)
+
+
+def _dense_lml(p, structure, curvature, prior, sigma):
+    loglik, C = _dense(p, curvature, sigma)
+    net = p.net
+    lo = net.offsets[-2] if structure == "last-layer" else 0
+    d = _delta(net, prior, structure)
+    Lam = _restrict(net, C, structure) + np.diag(d)
+    th = p.theta.astype(np.float64)[lo:]
+    sign, logdet = np.linalg.slogdet(Lam)
+    assert sign > 0
+    return loglik - 0.5 * th @ (d * th) + 0.5 * np.sum(np.log(d)) - 0.5 * logdet, Lam
+
+
+def _prior(kind, net, structure, seed=1):
+    rng = np.random.default_rng(seed)
+    P = net.num_params - (net.offsets[-2] if structure == "last-layer" else 0)
+    n_groups = 1 if structure == "last-layer" else net.num_layers
+    return {"scalar": float(rng.uniform(0.3, 3.0)), "layer": rng.uniform(0.3, 3.0, n_groups),
+            "diagonal": rng.uniform(0.3, 3.0, P)}[kind]
+
+
+PROBLEMS = [
+    ("mse", [3, 5, 2], "tanh", 9),
+    ("mse", [2, 4, 3, 1], "sigmoid", 11),
+    ("ce", [3, 6, 3], "tanh", 12),
+    ("ce", [4, 3, 5, 2], "gelu", 7),
+]
+
+
+def _case_id(c):
+    return f"{c[0]}-{'x'.join(map(str, c[1]))}"
+
+
+def _cross(kinds=("scalar", "layer", "diagonal")):
+    """(case, structure, kind) for every combination; one problem per loss covers every
+    structure and prior kind without the exhaustive mark, the other rotates through them."""
+    out = []
+    for i, case in enumerate(PROBLEMS):
+        for j, structure in enumerate(STRUCTURES):
+            for m, kind in enumerate(kinds):
+                rep = i in (0, 3) or (i + j + m) % 3 == 0
+                out.append(pytest.param(case, structure, kind, id=f"{_case_id(case)}-{structure}-{kind}",
+                                        marks=() if rep else pytest.mark.exhaustive))
+    return out
+
+
+def _problem(loss, sizes, act, N, dtype=np.float64):
+    return make_problem(sizes, act, loss, N=N, dtype=dtype, seed=3)
+
+
+def _fit(p, structure, curvature="ggn", prior=1.0, sigma=1.0):
+    return laplace.fit(p.net, p.theta, p.X, p.Y, structure=structure, curvature=curvature,
+                       prior_precision=prior, sigma_noise=sigma)
+
+
+# ----------------------------------------------------------------------------- marginal likelihood
+@pytest.mark.parametrize(("case", "structure", "kind"), _cross())
+def test_lml_matches_dense_slogdet(backend, case, structure, kind):
+    p = _problem(*case)
+    sigma = 0.7 if p.net.loss_name == "mse" else 1.0
+    prior = _prior(kind, p.net, structure)
+    post = _fit(p, structure, prior=prior, sigma=sigma)
+    ref, _ = _dense_lml(p, structure, "ggn", prior, sigma)
+    compare(post.log_marginal_likelihood(), ref, what="lml")
+    # the same posterior evaluated at another prior and noise (the reuse path)
+    prior2 = _prior(kind, p.net, structure, seed=7)
+    sigma2 = 1.3 if p.net.loss_name == "mse" else 1.0
+    ref2, _ = _dense_lml(p, structure, "ggn", prior2, sigma2)
+    compare(post.log_marginal_likelihood(prior2, sigma2), ref2, what="lml at another prior")
+    assert post.jitter == 0.0 and post.lml_jitter == 0.0
+
+
+@pytest.mark.parametrize("case", PROBLEMS, ids=_case_id)
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_lml_hessian_matches_dense(backend, case, structure):
+    p = _problem(*case)
+    # a prior large enough that the Hessian's precision is positive definite
+    _, C = _dense(p, "hessian", 1.0)
+    prior = 1.0 + max(0.0, -np.linalg.eigvalsh(C).min())
+    post = _fit(p, structure, curvature="hessian", prior=prior)
+    ref, _ = _dense_lml(p, structure, "hessian", prior, 1.0)
+    compare(post.log_marginal_likelihood(), ref, what="lml (hessian)")
+    assert post.jitter == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32])
+@pytest.mark.parametrize("case", PROBLEMS[::2], ids=lambda c: c[0])
+def test_lml_float32(backend, case, dtype):
+    p = _problem(*case, dtype=dtype)
+    post = _fit(p, "full", prior=0.8)
+    ref, _ = _dense_lml(p, "full", "ggn", 0.8, 1.0)
+    compare(post.log_marginal_likelihood(), ref, dtype=dtype, what="lml float32")
+    mean, var = post.predict_f(p.X[:4], full_cov=False)
+    _, Lam = _dense_lml(p, "full", "ggn", 0.8, 1.0)
+    with tk.use_backend("reference"):
+        J = p.net.jacobian(p.theta.astype(np.float64), p.X[:4].astype(np.float64))
+    ref_var = np.einsum("ij,ji->i", J, np.linalg.solve(Lam, J.T)).reshape(4, -1)
+    compare(var, ref_var, dtype=dtype, what="variance float32")
+
+
+def _fd(f, x, h):
+    return (f(x + h) - f(x - h)) / (2 * h)
+
+
+@pytest.mark.parametrize(("case", "structure", "kind"), _cross())
+def test_lml_gradient_matches_finite_differences(case, structure, kind):
+    p = _problem(*case)
+    mse = p.net.loss_name == "mse"
+    sigma = 0.8 if mse else 1.0
+    prior = _prior(kind, p.net, structure)
+    post = _fit(p, structure, prior=prior, sigma=sigma)
+    value, g_prior, g_sigma = post.log_marginal_likelihood(prior, sigma, return_grad=True)
+    assert value == pytest.approx(post.log_marginal_likelihood(prior, sigma), rel=1e-14)
+    h = 1e-6
+    if kind == "scalar":
+        fd = _fd(lambda d: post.log_marginal_likelihood(d, sigma), prior, h)
+        assert g_prior == pytest.approx(fd, rel=1e-6, abs=1e-7)
+    else:
+        prior = np.asarray(prior)
+        assert np.shape(g_prior) == prior.shape
+        fd = np.empty(prior.size)
+        for i in range(prior.size):
+            e = np.zeros(prior.size)
+            e[i] = 1.0
+            fd[i] = _fd(lambda t: post.log_marginal_likelihood(prior + t * e, sigma), 0.0, h)
+        np.testing.assert_allclose(g_prior, fd, rtol=1e-6, atol=1e-7)
+    if mse:
+        fd = _fd(lambda s: post.log_marginal_likelihood(prior, s), sigma, h)
+        assert g_sigma == pytest.approx(fd, rel=1e-6, abs=1e-7)
+    else:
+        assert g_sigma == 0.0
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_optimize_prior_reaches_a_stationary_maximum(loss):
+    p = _problem(*[c for c in PROBLEMS if c[0] == loss][0])
+    post = _fit(p, "full", prior=0.05)
+    before = post.log_marginal_likelihood()
+    res = post.optimize_prior()
+    after = post.log_marginal_likelihood()
+    assert res.success and after > before
+    value, g_prior, g_sigma = post.log_marginal_likelihood(return_grad=True)
+    assert value == after
+    # stationary in log prior and log sigma
+    assert abs(g_prior * post.prior_precision) < 1e-4
+    assert abs(g_sigma * post.sigma_noise) < 1e-4
+    for f in (0.9, 1.1):  # and a maximum along each coordinate
+        assert post.log_marginal_likelihood(post.prior_precision * f) < after
+        if loss == "mse":
+            assert post.log_marginal_likelihood(None, post.sigma_noise * f) < after
+    # the posterior now uses the optimum: its predictions match a fresh fit there
+    fresh = _fit(p, "full", prior=post.prior_precision, sigma=post.sigma_noise)
+    compare(post.variance(), fresh.variance(), what="posterior after optimize_prior")
+
+
+def test_marginal_likelihood_recovers_the_noise_level():
+    """On data with a known noise level, the evidence-optimal sigma_noise of a trained network is
+    close to it (a statistical check: 200 samples give sigma to about 5%)."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (200, 1))
+    y = np.sin(3 * x) + 0.1 * rng.standard_normal((200, 1))
+    net = tk.MLP([1, 12, 1], activation="tanh", loss="mse", l2=1e-4)
+    theta = tk.minimize(net, net.init(seed=0), x, y, method="lm", max_iter=200).theta
+    post = laplace.fit(net, theta, x, y, prior_precision=1.0, sigma_noise=1.0)
+    post.optimize_prior()
+    assert 0.085 < post.sigma_noise < 0.115
+    # and the predictive standard deviation of y at the data is about the noise level
+    _, var = post.predict(x)
+    assert 0.1 < np.sqrt(var.mean()) < 0.125
+
+
+def test_update_and_assignment_refactorise():
+    p = _problem(*PROBLEMS[0])
+    post = _fit(p, "full", prior=1.0, sigma=1.0)
+    Xn = p.X[:3]
+    before = post.predict(Xn)[1]
+    post.prior_precision, post.sigma_noise = 3.0, 0.5
+    fresh = _fit(p, "full", prior=3.0, sigma=0.5)
+    compare(post.predict(Xn)[1], fresh.predict(Xn)[1], what="after assignment")
+    assert post.log_marginal_likelihood() == pytest.approx(fresh.log_marginal_likelihood(), rel=1e-12)
+    assert not np.allclose(before, fresh.predict(Xn)[1])
+    post.update(prior_precision=1.0, sigma_noise=1.0)
+    compare(post.predict(Xn)[1], before, what="after update back")
+    with pytest.raises(ValueError, match="prior_precision"):
+        post.prior_precision = -1.0
+    with pytest.raises(ValueError, match="sigma_noise"):
+        post.sigma_noise = 0.0
+
+
+def test_optimize_prior_per_layer():
+    p = _problem(*PROBLEMS[0])
+    post = _fit(p, "blocks", prior=np.ones(p.net.num_layers))
+    post.optimize_prior()
+    _, g, gs = post.log_marginal_likelihood(return_grad=True)
+    assert np.shape(post.prior_precision) == (p.net.num_layers,)
+    assert np.max(np.abs(g * post.prior_precision)) < 1e-4 and abs(gs * post.sigma_noise) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["scalar", "diagonal"])
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_effective_num_params(structure, kind):
+    p = _problem(*PROBLEMS[1])
+    prior = _prior(kind, p.net, structure)
+    post = _fit(p, structure, prior=prior, sigma=0.5)
+    _, Lam = _dense_lml(p, structure, "ggn", prior, 0.5)
+    d = _delta(p.net, prior, structure)
+    ref = np.trace((Lam - np.diag(d)) @ np.linalg.inv(Lam))
+    assert post.effective_num_params() == pytest.approx(ref, rel=1e-10)
+    assert 0 < ref < post.n_params
+
+
+# ----------------------------------------------------------------------------- structures
+@pytest.mark.parametrize("case", PROBLEMS[:3:2], ids=lambda c: c[0])
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_variance_and_covariance_match_restricted_inverse(backend, case, structure):
+    p = _problem(*case)
+    prior = _prior("diagonal", p.net, structure)
+    post = _fit(p, structure, prior=prior)
+    _, Lam = _dense_lml(p, structure, "ggn", prior, 1.0)
+    Sigma = np.linalg.inv(Lam)
+    compare(post.variance(), np.diag(Sigma), what="variance")
+    cov = post.covariance()
+    compare(cov, np.diag(Sigma) if structure == "diag" else Sigma, what="covariance")
+    assert post.n_params == Lam.shape[0]
+
+
+@pytest.mark.parametrize(("case", "structure", "kind"), _cross(kinds=("scalar", "diagonal")))
+def test_predictive_matches_explicit_j_sigma_jt(backend, case, structure, kind):
+    p = _problem(*case)
+    mse = p.net.loss_name == "mse"
+    sigma = 0.6 if mse else 1.0
+    prior = _prior(kind, p.net, structure)
+    post = _fit(p, structure, prior=prior, sigma=sigma)
+    rng = np.random.default_rng(5)
+    Xn = rng.standard_normal((13, p.net.sizes[0]))
+    _, Lam = _dense_lml(p, structure, "ggn", prior, sigma)
+    with tk.use_backend("reference"):
+        J = p.net.jacobian(p.theta, Xn)
+        F = p.net.predict(p.theta, Xn)
+    J = J[:, p.net.offsets[-2]:] if structure == "last-layer" else J
+    k = p.net.num_outputs
+    cov = (J @ np.linalg.solve(Lam, J.T)).reshape(13, k, 13, k)
+    cov = np.stack([cov[i, :, i, :] for i in range(13)])  # per point (k, k)
+    mean, full = post.predict_f(Xn, full_cov=True)
+    compare(mean, F, what="mean")
+    compare(full, cov, what="output covariance")
+    if mse:
+        m, var = post.predict(Xn)
+        compare(var, np.diagonal(cov, axis1=1, axis2=2) + sigma ** 2, what="predictive variance (+noise)")
+        _, var_f = post.predict(Xn, noise=False)
+        compare(var_f, np.diagonal(cov, axis1=1, axis2=2), what="predictive variance of f")
+        _, c3 = post.predict(Xn, full_cov=True)
+        compare(c3, cov + sigma ** 2 * np.eye(k), what="predictive covariance")
+    else:
+        probs = post.predict(Xn, link="probit")
+        z = F / np.sqrt(1 + np.pi / 8 * np.diagonal(cov, axis1=1, axis2=2))
+        ref = np.exp(z - z.max(1, keepdims=True))
+        compare(probs, ref / ref.sum(1, keepdims=True), what="probit")
+
+
+def test_predict_in_chunks_matches_one_chunk(monkeypatch):
+    p = _problem(*PROBLEMS[1])
+    post = _fit(p, "full")
+    Xn = np.random.default_rng(2).standard_normal((37, p.net.sizes[0]))
+    whole = post.predict(Xn)
+    monkeypatch.setattr(laplace, "_CHUNK_BYTES", 1)  # one row per chunk
+    parts = post.predict(Xn)
+    compare(parts, whole, rtol=1e-13, what="chunked predictive")
+
+
+def test_mc_link_agrees_with_independent_sampling():
+    p = _problem(*PROBLEMS[2])
+    post = _fit(p, "full", prior=0.5)
+    Xn = np.random.default_rng(4).standard_normal((6, p.net.sizes[0]))
+    n = 20000
+    mc = post.predict(Xn, link="mc", n_samples=n, seed=11)
+    np.testing.assert_allclose(mc.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(mc, post.predict(Xn, link="mc", n_samples=n, seed=11))
+    # independent Monte Carlo: sample theta-space Gaussian through the linearisation
+    mean, cov = post.predict_f(Xn, full_cov=True)
+    rng = np.random.default_rng(99)
+    ref = np.empty_like(mc)
+    for i in range(6):
+        f = rng.multivariate_normal(mean[i], cov[i], size=n, method="eigh")
+        e = np.exp(f - f.max(1, keepdims=True))
+        ref[i] = (e / e.sum(1, keepdims=True)).mean(0)
+    assert np.max(np.abs(mc - ref)) < 0.02  # two MC estimates, each with sd < 0.5/sqrt(n)
+    # and with a sharp posterior the mc and probit predictions both become softmax(f)
+    sharp = _fit(p, "full", prior=1e12)
+    z = mean - mean.max(1, keepdims=True)
+    soft = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    compare(sharp.predict(Xn, link="mc", n_samples=50), soft, rtol=1e-6, what="mc, sharp")
+    compare(sharp.predict(Xn, link="probit"), soft, rtol=1e-6, what="probit, sharp")
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_samples_have_the_posterior_moments(structure):
+    p = _problem(*PROBLEMS[0])
+    post = _fit(p, structure, prior=2.0, sigma=0.5)
+    S = post.sample(40000, seed=3)
+    assert S.shape == (40000, p.net.num_params) and S.dtype == p.net.dtype
+    np.testing.assert_array_equal(S, post.sample(40000, seed=3))
+    sl = post.param_slice
+    np.testing.assert_array_equal(S[:, :sl.start], np.broadcast_to(p.theta[:sl.start], (40000, sl.start)))
+    D = S[:, sl] - p.theta[sl]
+    emp = D.T @ D / len(D)
+    cov = post.covariance()
+    cov = np.diag(cov) if cov.ndim == 1 else cov
+    scale = np.max(np.abs(cov))
+    assert np.max(np.abs(emp - cov)) < 0.05 * scale  # sampling error ~ sqrt(2/n) = 0.7%
+    assert np.max(np.abs(D.mean(0))) < 0.05 * math.sqrt(scale)
+
+
+# ----------------------------------------------------------------------------- jitter
+def test_jitter_policy_on_an_indefinite_hessian():
+    p = _problem("mse", [2, 6, 1], "tanh", 8)
+    _, C = _dense(p, "hessian", 1.0)
+    lo = np.linalg.eigvalsh(C).min()
+    assert lo < -1e-3  # this problem's Hessian has negative curvature
+    prior = 1e-3
+    post = _fit(p, "full", curvature="hessian", prior=prior)
+    lam_min = lo + prior
+    assert post.jitter == pytest.approx(-lam_min, rel=1e-6)  # shifted to (about) zero, reported
+    assert np.isfinite(post.log_marginal_likelihood()) and np.all(post.variance() > 0)
+    # the Cholesky route (a varying prior) applies the same policy
+    d = np.full(p.net.num_params, prior)
+    d[0] *= 1.0000001
+    v = post.log_marginal_likelihood(d)
+    assert np.isfinite(v) and post.lml_jitter == pytest.approx(post.jitter, rel=1e-4)
+    # and a large enough prior needs none
+    assert _fit(p, "full", curvature="hessian", prior=1.0 - lo).jitter == 0.0
+
+
+# ----------------------------------------------------------------------------- save / load
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_save_load_round_trip(tmp_path, structure, loss):
+    case = [c for c in PROBLEMS if c[0] == loss][1]
+    p = _problem(*case)
+    kind = {"full": "layer", "diag": "diagonal", "blocks": "scalar", "last-layer": "diagonal"}[structure]
+    post = _fit(p, structure, prior=_prior(kind, p.net, structure), sigma=0.9 if loss == "mse" else 1.0)
+    post.log_marginal_likelihood(1.5)  # computes the eigendecompositions, saved with it
+    path = post.save(tmp_path / "post")
+    assert path.endswith(".npz")
+    with np.load(path, allow_pickle=False) as z:  # no object arrays
+        assert all(z[name].dtype != object for name in z.files)
+    back = laplace.load(path)
+    assert (back.structure, back.curvature, back.n_params, back.sigma_noise) == (
+        post.structure, post.curvature, post.n_params, post.sigma_noise)
+    np.testing.assert_array_equal(back.theta, post.theta)
+    np.testing.assert_array_equal(back.prior_precision, post.prior_precision)
+    assert back.log_marginal_likelihood() == post.log_marginal_likelihood()
+    assert back.log_marginal_likelihood(0.7) == post.log_marginal_likelihood(0.7)
+    Xn = np.random.default_rng(0).standard_normal((5, p.net.sizes[0]))
+    np.testing.assert_array_equal(back.predict(Xn)[1] if loss == "mse" else back.predict(Xn),
+                                  post.predict(Xn)[1] if loss == "mse" else post.predict(Xn))
+    np.testing.assert_array_equal(back.sample(3, seed=1), post.sample(3, seed=1))
+
+
+def test_load_refuses_other_files(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, a=np.arange(3))
+    with pytest.raises(ValueError, match="path"):
+        laplace.load(path)
+    np.savez(path, meta=np.array('{"format": "other/9"}'))
+    with pytest.raises(ValueError, match="unknown format"):
+        laplace.load(path)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input():
+    p = _problem(*PROBLEMS[0])
+    net, th, X, Y = p.net, p.theta, p.X, p.Y
+    with pytest.raises(ValueError, match=r"structure: 'kfac'.*'full', 'diag', 'blocks', 'last-layer'"):
+        laplace.fit(net, th, X, Y, structure="kfac")
+    with pytest.raises(ValueError, match="structure"):
+        laplace.fit(net, th, X, Y, structure="dense")
+    with pytest.raises(ValueError, match="curvature"):
+        laplace.fit(net, th, X, Y, curvature="fisher")
+    with pytest.raises(TypeError, match="net"):
+        laplace.fit("net", th, X, Y)
+    for bad in (0.0, -1.0, float("nan"), np.ones(5), np.array([1.0, -1.0]), "a", [[1.0]]):
+        with pytest.raises(ValueError, match="prior_precision"):
+            laplace.fit(net, th, X, Y, prior_precision=bad)
+    for bad in (0.0, -2.0, float("inf"), None):
+        with pytest.raises(ValueError, match="sigma_noise"):
+            laplace.fit(net, th, X, Y, sigma_noise=bad)
+    with pytest.raises(ValueError, match="theta"):
+        laplace.fit(net, th[:-1], X, Y)
+    with pytest.raises(ValueError, match="X"):
+        laplace.fit(net, th, X[:, :-1], Y)
+    with pytest.raises(ValueError, match="Y"):
+        laplace.fit(net, th, X, Y[:-1])
+    post = laplace.fit(net, th, X, Y)
+    with pytest.raises(ValueError, match="prior_precision"):
+        post.log_marginal_likelihood(np.ones(3))
+    with pytest.raises(ValueError, match="sigma_noise"):
+        post.log_marginal_likelihood(1.0, -1.0)
+    with pytest.raises(ValueError, match="X"):
+        post.predict(np.ones((3, 7)))
+    with pytest.raises(ValueError, match="n"):
+        post.sample(0)
+    with pytest.raises(ValueError, match="link"):
+        post.predict(X, link="probit")
+    pc = _problem(*PROBLEMS[2])
+    with pytest.raises(ValueError, match="sigma_noise"):
+        laplace.fit(pc.net, pc.theta, pc.X, pc.Y, sigma_noise=2.0)
+    post_c = laplace.fit(pc.net, pc.theta, pc.X, pc.Y)
+    with pytest.raises(ValueError, match="link"):
+        post_c.predict(pc.X, link="logit")
+    with pytest.raises(ValueError, match="n_samples"):
+        post_c.predict(pc.X, link="mc", n_samples=0)
+
+
+def test_oversized_posterior_is_refused_with_the_memory_needed(monkeypatch):
+    p = _problem(*PROBLEMS[0])
+    calls = []
+    monkeypatch.setattr(model_module, "_available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(p.net, "ggn", lambda *a, **k: calls.append(1))
+    with pytest.raises(tk.TooLargeError, match=r"full Laplace posterior.*would need .*KiB"):
+        laplace.fit(p.net, p.theta, p.X, p.Y, structure="full")
+    assert not calls  # refused before any curvature was computed
+    # the diagonal needs no P x P and is still possible
+    assert laplace.fit(p.net, p.theta, p.X, p.Y, structure="diag").n_params == p.net.num_params
+
+
+def test_network_l2_is_left_to_the_prior():
+    p = _problem(*PROBLEMS[0])
+    net_l2 = tk.MLP(p.net.sizes, activation=p.net.activation, loss="mse", l2=0.3)
+    a = laplace.fit(net_l2, p.theta, p.X, p.Y, prior_precision=0.5).log_marginal_likelihood()
+    b = _fit(p, "full", prior=0.5).log_marginal_likelihood()
+    assert a == pytest.approx(b, rel=rtol_for(np.float64))
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+@pytest.mark.parametrize("alpha", [1e-3, 0.0])
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_regressor_pcov_and_return_std(alpha, outputs):
+    pytest.importorskip("sklearn", reason="scikit-learn is installed with the 'test' extra")
+    from taylorkern.sklearn import MLPRegressor
+    rng = np.random.default_rng(8)
+    X = rng.uniform(-1, 1, (40, 2))
+    y = np.sin(2 * X[:, 0]) * X[:, 1] + 0.05 * rng.standard_normal(40)
+    Y = y if outputs == 1 else np.column_stack([y, np.cos(X[:, 0]) + 0.05 * rng.standard_normal(40)])
+    reg = MLPRegressor(hidden_layer_sizes=(4,), alpha=alpha, max_iter=100, random_state=0)
+    with warnings_ignored():
+        reg.fit(X, Y)
+    net, th = reg.net_, reg.theta_
+    Y2 = Y.reshape(40, -1)
+    N, k = Y2.shape
+    # curve_fit's covariance, regularised: s^2 (J^T J + rho I)^-1, rho = alpha N k / 2,
+    # s^2 = SSE / (N k - dof), dof = tr(J^T J (J^T J + rho I)^-1)
+    with tk.use_backend("reference"):
+        J = net.jacobian(th, X)
+        F = net.predict(th, X)
+    rho = max(alpha * N * k / 2, 1e-12)
+    A = J.T @ J
+    M = np.linalg.inv(A + rho * np.eye(len(th)))
+    g = np.linalg.eigvalsh(A)
+    dof = np.sum(g / (g + rho))  # = tr(A M), without M's rounding where A is singular (alpha = 0)
+    s2 = np.sum((F - Y2) ** 2) / (N * k - dof)
+    assert reg.sigma_noise_ == pytest.approx(math.sqrt(s2), rel=1e-8)
+    if alpha > 0:  # well conditioned: compare the matrix itself
+        compare(reg.pcov_, s2 * M, rtol=1e-8, what="pcov_")
+    Xn = rng.uniform(-1.5, 1.5, (7, 2))
+    mean, std = reg.predict(Xn, return_std=True)
+    np.testing.assert_array_equal(mean, reg.predict(Xn))
+    assert std.shape == mean.shape
+    with tk.use_backend("reference"):
+        Jn = net.jacobian(th, Xn)
+    var = np.einsum("ij,jk,ik->i", Jn, reg.pcov_, Jn).reshape(7, k) + reg.sigma_noise_ ** 2
+    np.testing.assert_allclose(std.reshape(7, k), np.sqrt(var), rtol=1e-6)
+    assert np.all(std >= reg.sigma_noise_)
+
+
+@contextlib.contextmanager
+def warnings_ignored():
+    """The short fits here need not converge: their ConvergenceWarning is beside the point."""
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def test_regressor_without_posterior_refuses_return_std():
+    pytest.importorskip("sklearn", reason="scikit-learn is installed with the 'test' extra")
+    from taylorkern.sklearn import MLPRegressor
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    reg = MLPRegressor(hidden_layer_sizes=(3,), max_iter=5, random_state=0)
+    reg.laplace_max_params = 5
+    with warnings_ignored():
+        reg.fit(X, y)
+    assert reg.pcov_ is None
+    with pytest.raises(ValueError, match="return_std.*laplace_max_params"):
+        reg.predict(X, return_std=True)
