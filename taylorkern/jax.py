@@ -242,6 +242,7 @@ def _jax_arrays(net, theta):
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a taylorkern.MLP, got {type(net).__name__}")
     pairs = net.unflatten(theta)  # checks theta
+    activation_functions(net)  # every hidden activation has its JAX function
     if net.dtype == np.float64 and not jax.config.jax_enable_x64:
         raise ValueError("net: a float64 network, but JAX is in float32 mode and would round it; "
                          "set jax.config.update('jax_enable_x64', True) first, or use a float32 network")
@@ -263,6 +264,9 @@ def to_flax(net, theta):
 
 def activation_functions(net):
     """The JAX functions of net's hidden activations, one per hidden layer."""
+    missing = [a for a in net.activations if a not in _FUNCTIONS]
+    if missing:
+        raise ValueError(f"net: activation {missing[0]!r} has no JAX function in taylorkern.jax yet")
     return [_FUNCTIONS[a] for a in net.activations]
 
 

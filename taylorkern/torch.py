@@ -63,9 +63,14 @@ class Sin(nn.Module):
         return torch.sin(x)
 
 
+_MODULES = {"identity": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+            "softplus": nn.Softplus, "gelu": lambda: nn.GELU(approximate="tanh"), "sin": Sin}
+
+
 def _activation_module(name):
-    return {"identity": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-            "softplus": nn.Softplus, "gelu": lambda: nn.GELU(approximate="tanh"), "sin": Sin}[name]()
+    if name not in _MODULES:
+        raise ValueError(f"net: activation {name!r} has no torch module in taylorkern.torch yet")
+    return _MODULES[name]()
 
 
 def _activation_name(module):
@@ -266,6 +271,8 @@ def to_torch(net, theta, model=None, device=None):
                 lin.bias.copy_(torch.from_numpy(np.array(b)))
         return model
     tdt = _TORCH_DTYPE[net.dtype]
+    for name in net.activations:
+        _activation_module(name)  # one taylorkern has but this table lacks: refused before building
     layers = []
     for l, (W, b) in enumerate(pairs):
         # skip_init: no random initialisation, so torch's global generator is left untouched

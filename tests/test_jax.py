@@ -339,3 +339,14 @@ def test_float64_network_needs_x64():
         jax.config.update("jax_enable_x64", True)
     with pytest.raises(TypeError, match="^net: expected a taylorkern.MLP"):
         to_flax("net", theta)
+
+
+def test_activation_without_a_function_is_refused():
+    """An activation taylorkern may gain before taylorkern.jax maps it: refused, not a KeyError."""
+    net = tk.MLP([3, 4, 2], activation="tanh")
+    net.activations = ("swish",)  # stands in for a name added to tk.ACTIVATIONS later
+    for fn in (to_flax, to_pytree):
+        with pytest.raises(ValueError, match="^net: activation 'swish' has no JAX function"):
+            fn(net, np.zeros(net.num_params))
+    with pytest.raises(ValueError, match="no JAX function"):
+        activation_functions(net)

@@ -279,9 +279,9 @@ def test_cpu_tensors_reach_the_kernels_uncopied(recording_backend, loss):
     theta = torch.from_numpy(theta_np)
     V = torch.randn(net.num_params, 2, dtype=torch.float64)
     for name in MLP_CALLS:
+        expected = call_mlp(net, name, theta_np.copy(), X.numpy().copy(), Y.numpy().copy(), V.numpy().copy())
         recording_backend.calls.clear()
         got = call_mlp(net, name, theta, X, Y, V)
-        expected = call_mlp(net, name, theta_np, X.numpy(), Y.numpy(), V.numpy())
         compare(got, expected, rtol=0.0, what=name)  # the same arrays: the same numbers
         assert recording_backend.calls, name
         for attr, args in recording_backend.calls:
@@ -328,3 +328,11 @@ def test_minimize_takes_tensors():
     to_torch(net, res_t.theta, model=model)  # the trained parameters back into the user's model
     with torch.no_grad():
         compare(nn.MSELoss()(model(X), Y).item(), res_t.loss, rtol=1e-12)
+
+
+def test_activation_without_a_module_is_refused():
+    """An activation taylorkern may gain before taylorkern.torch maps it: refused, not a KeyError."""
+    net = tk.MLP([3, 4, 2], activation="tanh")
+    net.activations = ("swish",)  # stands in for a name added to tk.ACTIVATIONS later
+    with pytest.raises(ValueError, match="^net: activation 'swish' has no torch module"):
+        to_torch(net, np.zeros(net.num_params))
