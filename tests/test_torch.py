@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import MLP_CALLS, call_mlp, compare
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'taylorkern[torch]')")
 nn = torch.nn
@@ -164,6 +166,35 @@ def test_round_trips_are_exact(acts, dtype):
     model3 = to_torch(*from_torch(model))
     for (k, v), (k3, v3) in zip(model.state_dict().items(), model3.state_dict().items()):
         assert k == k3 and torch.equal(v, v3)
+
+
+@st.composite
+def architectures(draw):
+    depth = draw(st.integers(1, 4))
+    sizes = draw(st.lists(st.integers(1, 6), min_size=depth + 1, max_size=depth + 1))
+    acts = draw(st.lists(st.sampled_from(tk.ACTIVATIONS), min_size=depth - 1, max_size=depth - 1))
+    loss = draw(st.sampled_from(["mse", "ce"] if sizes[-1] >= 2 else ["mse"]))
+    return sizes, acts, loss, draw(st.integers(1, 9)), draw(st.integers(0, 2 ** 31 - 1))
+
+
+@settings(max_examples=40)
+@given(arch=architectures())
+def test_random_architectures(arch):
+    """Outputs, loss and gradient against torch on random widths, depths and activation lists,
+    and the round trip through to_torch, all on the active backend."""
+    sizes, acts, loss, N, seed = arch
+    model = build(sizes, acts, seed=seed)
+    X, Y = data(sizes, loss, N, seed=seed + 1)
+    net, theta = from_torch(model, loss)
+    value = torch_loss(model, X, Y, loss)
+    value.backward()
+    ours, grad = net.loss_and_grad(theta, X, Y)
+    compare(ours, value.item(), rtol=1e-12, what="loss")
+    compare(grad, theta_layout(model, "grad"), rtol=1e-12, what="gradient")
+    with torch.no_grad():
+        compare(net.predict(theta, X), model(X).numpy(), rtol=1e-12, what="outputs")
+    net2, theta2 = from_torch(to_torch(net, theta), loss)
+    assert net2.activations == net.activations and np.array_equal(theta2, theta)
 
 
 def test_to_torch_leaves_torch_generator_alone():
