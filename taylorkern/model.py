@@ -225,7 +225,7 @@ class MLP:
             raise ValueError(f"params: expected {self.num_layers} (W, b) pairs, got {len(params)}")
         theta = np.empty(self.num_params, self.dtype)
         for l, ((a, b), pair) in enumerate(zip(zip(self.sizes[:-1], self.sizes[1:]), params)):
-            W, bias = (np.asarray(p) for p in pair)
+            W, bias = (_host_array(p, f"params[{l}]") for p in pair)
             if W.shape != (a, b) or bias.shape != (b,):
                 raise ValueError(f"params[{l}]: expected W {(a, b)} and b {(b,)}, got {W.shape} and {bias.shape}")
             o = self.offsets[l]

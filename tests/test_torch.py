@@ -367,3 +367,15 @@ def test_activation_without_a_module_is_refused():
     net.activations = ("swish",)  # stands in for a name added to tk.ACTIVATIONS later
     with pytest.raises(ValueError, match="^net: activation 'swish' has no torch module"):
         to_torch(net, np.zeros(net.num_params))
+
+
+def test_flatten_and_unflatten_take_tensors():
+    model = build([3, 4, 2], ["relu"])
+    net, theta = from_torch(model)
+    pairs = [(m.weight.detach().T, m.bias.detach()) for m in model if isinstance(m, nn.Linear)]
+    np.testing.assert_array_equal(net.flatten(pairs), theta)
+    with pytest.raises(TypeError, match=r"^params\[0\]: cannot be read .*requires grad"):
+        net.flatten([(model[0].weight.T, model[0].bias), pairs[1]])
+    t = torch.from_numpy(theta)
+    W1, b1 = net.unflatten(t)[0]  # views of the tensor's memory
+    assert np.shares_memory(W1, t.numpy()) and np.array_equal(W1, model[0].weight.detach().numpy().T)
