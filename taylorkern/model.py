@@ -73,11 +73,14 @@ def _host_array(x, name):
     tensor that requires grad) is a TypeError naming the argument."""
     if type(x) is np.ndarray:
         return x
-    where = getattr(x, "__dlpack_device__", None)
-    if where is not None and where()[0] not in _HOST_DLPACK_DEVICES:
-        raise TypeError(f"{name}: an array on a device (DLPack device {tuple(where())}); MLP calls read host "
-                        "memory: pass a CPU array (e.g. a tensor's .cpu()); GPU data for the cuda backend goes "
-                        "through taylorkern.backends.cuda.DeviceData")
+    on_host = getattr(x, "is_cpu", None)  # torch tensors answer in C; 2 us less than asking DLPack
+    if not isinstance(on_host, bool):
+        where = getattr(x, "__dlpack_device__", None)
+        on_host = where is None or where()[0] in _HOST_DLPACK_DEVICES
+    if not on_host:
+        raise TypeError(f"{name}: an array on a device, not in host memory, which MLP calls read: pass a CPU "
+                        "array (e.g. a tensor's .cpu()); GPU data for the cuda backend goes through "
+                        "taylorkern.backends.cuda.DeviceData")
     try:
         if (hasattr(x, "__dlpack__") and not hasattr(x, "__array__")
                 and not hasattr(x, "__array_interface__")):

@@ -379,3 +379,16 @@ def test_flatten_and_unflatten_take_tensors():
     t = torch.from_numpy(theta)
     W1, b1 = net.unflatten(t)[0]  # views of the tensor's memory
     assert np.shares_memory(W1, t.numpy()) and np.array_equal(W1, model[0].weight.detach().numpy().T)
+
+
+@pytest.mark.parametrize("arg", ["theta", "X", "Y", "V"])
+def test_tensors_off_the_cpu_are_refused_naming_the_argument(recording_backend, arg):
+    """A tensor that is not in host memory (here on torch's "meta" device, standing in for a GPU:
+    the check is the same, Tensor.is_cpu) is refused before anything is read or copied."""
+    net, theta = from_torch(build([3, 4, 2], ["tanh"]))
+    X, Y = data([3, 4, 2], "mse", 5)
+    args = dict(theta=torch.from_numpy(theta), X=X, Y=Y, V=torch.ones(net.num_params, dtype=torch.float64))
+    args[arg] = torch.empty(args[arg].shape, dtype=args[arg].dtype, device="meta")
+    with pytest.raises(TypeError, match=rf"^{arg}: an array on a device, not in host memory.*\.cpu\(\)"):
+        net.hvp(args["theta"], args["X"], args["Y"], args["V"])
+    assert recording_backend.calls == []
