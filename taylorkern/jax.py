@@ -200,6 +200,9 @@ def from_pytree(params, activation, loss="mse", l2=0.0, dtype=None):
             raise TypeError(f"{where}: expected real arrays, got dtypes {W.dtype} and {b.dtype}")
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
             raise ValueError(f"{where}: has NaN or Inf parameters")
+        limit = np.finfo(net.dtype).max  # an explicit narrower dtype= must hold the values
+        if max(np.abs(W).max(initial=0), np.abs(b).max(initial=0)) > limit:
+            raise ValueError(f"{where}: values beyond the {net.dtype.name} range (|x| > {limit:.3g})")
     return net, net.flatten([pair for _, pair in pairs])
 
 

@@ -229,7 +229,7 @@ def from_torch(model, loss="mse", l2=0.0, dtype=None):
             W = lin.weight.detach().to(device="cpu", dtype=_TORCH_DTYPE[dt]).numpy().T
             b = lin.bias.detach().to(device="cpu", dtype=_TORCH_DTYPE[dt]).numpy()
             if not (np.isfinite(W).all() and np.isfinite(b).all()):
-                raise ValueError(f"model: layer '{name}' (Linear) has NaN or Inf parameters")
+                raise ValueError(f"model: layer '{name}' (Linear) has NaN or Inf parameters (as {dt.name})")
             params.append((W, b))
     return net, net.flatten(params)
 

@@ -302,15 +302,17 @@ BAD = [
     ("mixed", lambda: ([(np.ones((3, 2)), np.ones(2, np.float32))], "tanh"), TypeError, r"several dtypes"),
     ("nan", lambda: ([(np.full((3, 2), np.nan), np.ones(2))], "tanh"), ValueError, r"^params\[0\]: has NaN or Inf"),
     ("empty", lambda: ([], "tanh"), ValueError, r"^params: has no layer"),
+    ("overflow", lambda: ([(np.full((3, 2), 1e300), np.ones(2))], "tanh", np.float32), ValueError,
+     r"^params\[0\]: values beyond the float32 range"),
     ("not-a-tree", lambda: (jnp.ones(3), "tanh"), TypeError, r"^params: expected a list of layers"),
 ]
 
 
 @pytest.mark.parametrize("make, error, pattern", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_unrepresentable_pytrees_are_refused(make, error, pattern):
-    params, activation = make()
+    params, activation, *dtype = make()
     with pytest.raises(error, match=pattern):
-        from_pytree(params, activation)
+        from_pytree(params, activation, dtype=dtype[0] if dtype else None)
 
 
 def test_flax_variables_refusals():
