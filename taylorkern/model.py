@@ -62,6 +62,36 @@ def _shape(x):
     return s if s is not None else np.shape(x)
 
 
+_HOST_DLPACK_DEVICES = (1, 3, 13)  # DLPack's CPU, CUDA pinned host and CUDA managed memory
+
+
+def _host_array(x, name):
+    """x as a numpy array, reading its memory in place where it allows: numpy arrays as they
+    are, other arrays through ``__array__`` (CPU tensors of PyTorch and JAX: no copy) or, for
+    objects with only ``__dlpack__``, through ``np.from_dlpack``.  What is not in host memory
+    (a GPU tensor or JAX array: never copied silently) or cannot be read this way (a torch
+    tensor that requires grad) is a TypeError naming the argument."""
+    if type(x) is np.ndarray:
+        return x
+    on_host = getattr(x, "is_cpu", None)  # torch tensors answer in C; 2 us less than asking DLPack
+    if not isinstance(on_host, bool):
+        where = getattr(x, "__dlpack_device__", None)
+        on_host = where is None or where()[0] in _HOST_DLPACK_DEVICES
+    if not on_host:
+        raise TypeError(f"{name}: an array on a device, not in host memory, which MLP calls read: pass a CPU "
+                        "array (e.g. a tensor's .cpu()); GPU data for the cuda backend goes through "
+                        "taylorkern.backends.cuda.DeviceData")
+    try:
+        if (hasattr(x, "__dlpack__") and not hasattr(x, "__array__")
+                and not hasattr(x, "__array_interface__")):
+            return np.from_dlpack(x)
+        return np.asarray(x)
+    except (TypeError, RuntimeError, BufferError) as exc:
+        raise TypeError(f"{name}: cannot be read as an array in host memory ({exc}); pass a CPU array "
+                        "(a tensor's .detach() or .cpu()); GPU data for the cuda backend goes through "
+                        "taylorkern.backends.cuda.DeviceData") from exc
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
@@ -198,7 +228,7 @@ class MLP:
             raise ValueError(f"params: expected {self.num_layers} (W, b) pairs, got {len(params)}")
         theta = np.empty(self.num_params, self.dtype)
         for l, ((a, b), pair) in enumerate(zip(zip(self.sizes[:-1], self.sizes[1:]), params)):
-            W, bias = (np.asarray(p) for p in pair)
+            W, bias = (_host_array(p, f"params[{l}]") for p in pair)
             if W.shape != (a, b) or bias.shape != (b,):
                 raise ValueError(f"params[{l}]: expected W {(a, b)} and b {(b,)}, got {W.shape} and {bias.shape}")
             o = self.offsets[l]
@@ -249,7 +279,7 @@ class MLP:
         return np.ascontiguousarray(arr, dtype=self.dtype)
 
     def _check_theta(self, theta):
-        t = np.asarray(theta)
+        t = _host_array(theta, "theta")
         if t.ndim != 1 or t.shape[0] != self.num_params:
             raise ValueError(f"theta: expected shape ({self.num_params},), got {t.shape}")
         if t.dtype.kind != "f":
@@ -257,7 +287,7 @@ class MLP:
         return self._as_float(t, "theta")
 
     def _check_X(self, X):
-        arr = np.asarray(X)
+        arr = _host_array(X, "X")
         if arr.ndim != 2 or arr.shape[1] != self.sizes[0]:
             raise ValueError(f"X: expected shape (N, {self.sizes[0]}), got {arr.shape}")
         if arr.shape[0] < 1:
@@ -266,7 +296,7 @@ class MLP:
 
     def _check_Y(self, Y, n):
         k = self.num_outputs
-        arr = np.asarray(Y)
+        arr = _host_array(Y, "Y")
         if self.loss_name == "ce":
             if arr.shape != (n,):
                 raise ValueError(f"Y: 'ce' expects integer labels of shape ({n},), got {arr.shape}")
@@ -285,7 +315,7 @@ class MLP:
         return self._as_float(arr, "Y")
 
     def _check_V(self, V):
-        arr = np.asarray(V)
+        arr = _host_array(V, "V")
         P = self.num_params
         if arr.ndim not in (1, 2) or arr.shape[0] != P or (arr.ndim == 2 and arr.shape[1] < 1):
             raise ValueError(f"V: expected shape ({P},) or ({P}, m) with m >= 1, got {arr.shape}")

@@ -246,6 +246,56 @@ def output_hessians(p: Problem, F: np.ndarray, reduction="mean") -> np.ndarray:
     return s * H
 
 
+# ----------------------------------------------------------------------------- array inputs
+class RecordingBackend:
+    """Stands in for the active backend, forwarding every call to it and keeping the arrays
+    each call received (``calls``: a list of (function name, positional arguments)), so that a
+    test can see what memory reached the kernels (tensors read in place: test_torch.py,
+    test_jax.py, test_array_inputs.py)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.calls = []
+
+    def __getattr__(self, attr):
+        fn = getattr(self.inner, attr)
+        if not callable(fn):
+            return fn
+
+        def recorded(*args, **kwargs):
+            self.calls.append((attr, args))
+            return fn(*args, **kwargs)
+        return recorded
+
+    def received(self, index):
+        """The ``index``-th positional argument of every call that had one (1: theta, 2: X, ...)."""
+        return [(attr, args[index]) for attr, args in self.calls if len(args) > index]
+
+
+@pytest.fixture
+def recording_backend(monkeypatch):
+    """The active backend wrapped in a RecordingBackend for the test's duration."""
+    import taylorkern.model as model_module
+    spy = RecordingBackend(model_module._dispatch.current())
+    monkeypatch.setattr(model_module._dispatch, "current", lambda: spy)
+    return spy
+
+
+MLP_CALLS = ("predict", "jacobian", "loss", "loss_and_grad", "loss_grad_ggn", "hvp", "ggn_vp", "hessian",
+             "ggn", "hessian_blocks", "ggn_blocks", "hessian_diag", "ggn_diag", "ggn_factor")
+
+
+def call_mlp(net, name, theta, X, Y, V):
+    """MLP method ``name`` with these arguments (V only for the products)."""
+    fn = getattr(net, name)
+    if name in ("predict", "jacobian"):
+        return fn(theta, X)
+    if name in ("hvp", "ggn_vp"):
+        return fn(theta, X, Y, V)
+    return fn(theta, X, Y)
+
+
 # ----------------------------------------------------------------------------- interruption
 # Long calls stop on SIGINT (docs/design.md, "Interruption"): test_interrupt.py (the CPU
 # backends) and test_cuda.py (the GPU) start a call, send SIGINT to the process from a timer

@@ -95,7 +95,8 @@ class Run:
         else:
             self.Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(N, net.num_outputs))
         self.N = N
-        theta0 = np.array(theta0, dtype=net.dtype)  # a copy: the caller's array is never written
+        # a copy: the caller's array is never written (np.asarray first: torch's __array__ takes no copy=)
+        theta0 = np.array(np.asarray(theta0), dtype=net.dtype)
         self.P = theta0.shape[0]
 
         if mask is None:
