@@ -1,0 +1,145 @@
+"""Rows kept on the workers of a Dask cluster: :class:`ShardedData`, accepted by every data call
+of :class:`taylorkern.MLP` and by :func:`taylorkern.minimize` in place of X, Y.
+
+The rows are split into shards (the dask array's row chunks) and persisted on the workers
+once.  A call then sends one task per shard, carrying the network, theta and, for products, V;
+the task evaluates its shard's data term (``reduction="sum"``) with the worker's own fastest
+backend, and the shard results are added up by a tree reduction on the workers (``fan_in``
+results per task), so that only one P-sized or P x P result comes back.  The division by the
+row count and the l2 term are applied once, here (taylorkern.data.finish).
+
+Faults: the shards are dask collections with their lineage (a dask array's graph; numpy arrays
+travel with the graph as its literal chunks), so when a worker is lost the scheduler
+recomputes its shards and reruns its tasks, and the call returns the same values.
+
+Needs ``dask[array]`` and ``distributed`` (``pip install "taylorkern[dask]"``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .data import Data, DataError, accumulate, chunk_error
+
+
+def _shard(func, index, first_row, X, Y):
+    """One shard's (rows, result); errors name the shard."""
+    try:
+        return X.shape[0], func(X, Y)
+    except Exception as e:
+        raise chunk_error(e, index, first_row) from e
+
+
+def _combine(*parts):
+    n, total = parts[0][0], accumulate(None, parts[0][1])
+    for rows, r in parts[1:]:
+        n += rows
+        total = accumulate(total, r)
+    return n, total
+
+
+class ShardedData(Data):
+    """``(X, Y)`` rows persisted on a Dask cluster's workers, reduced there.
+
+    Parameters
+    ----------
+    X, Y : dask arrays or numpy arrays
+        Inputs (N, d0) and targets ((N, dL) or (N,)), with the same number of rows.  Dask
+        arrays keep their row chunks (Y is rechunked to X's); numpy arrays are cut into
+        ``chunk_size`` rows and sent to the cluster once.
+    client : distributed.Client, optional
+        Default: the current client (``distributed.default_client()``).
+    chunk_size : int, optional
+        Rows per shard for numpy inputs: default an even split into one shard per worker.
+    fan_in : int
+        How many results one reduction task adds up (default 4).
+    accumulate : dtype, optional
+        The dtype shard results are added up in (default the network's; ``np.float64`` for
+        float32 networks that want float64 sums).
+
+    Notes
+    -----
+    Per-row results (``predict``, ``jacobian``) are refused: only P-sized and P x P results
+    come back.  An error in a shard names the shard and its first row; no partial result is
+    returned.
+    """
+
+    def __init__(self, X, Y, client=None, *, chunk_size=None, fan_in=4, accumulate=None):
+        import dask.array as da
+        from distributed import default_client, futures_of
+
+        if isinstance(fan_in, bool) or not isinstance(fan_in, numbers.Integral) or fan_in < 2:
+            raise ValueError(f"fan_in: expected an integer >= 2, got {fan_in!r}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+        if accumulate is not None:
+            accumulate = np.dtype(accumulate)
+            if accumulate not in (np.dtype(np.float64), np.dtype(np.float32)):
+                raise TypeError(f"accumulate: expected float64 or float32, got {accumulate}")
+        self.accumulate = accumulate
+        self.client = client if client is not None else default_client()
+        self.fan_in = int(fan_in)
+
+        if np.ndim(X) != 2 if not isinstance(X, da.Array) else X.ndim != 2:
+            raise ValueError(f"X: expected shape (N, d0), got {np.shape(X)}")
+        n = X.shape[0]
+        if not isinstance(Y, da.Array):
+            Y = np.asarray(Y)
+        if Y.ndim not in (1, 2):
+            raise ValueError(f"Y: expected shape (N, dL) or (N,), got {Y.shape}")
+        if isinstance(n, float) and math.isnan(n):
+            raise ValueError("X: the number of rows is unknown (compute the chunk sizes first)")
+        if Y.shape[0] != n:
+            raise ValueError(f"Y: {Y.shape[0]} rows, but X has {n}")
+        if n < 1:
+            raise ValueError("X: the source is empty (0 rows)")
+
+        if not isinstance(X, da.Array):
+            X = np.asarray(X)
+            if chunk_size is None:
+                workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+                chunk_size = -(-n // workers)
+            X = da.from_array(X, chunks=(chunk_size, -1))
+        elif chunk_size is not None:
+            X = X.rechunk({0: chunk_size})
+        X = X.rechunk({1: -1})
+        Y = (Y if isinstance(Y, da.Array) else da.from_array(Y)).rechunk(
+            {0: X.chunks[0], **({1: -1} if Y.ndim == 2 else {})})
+        X, Y = self.client.persist([X, Y])
+        xf = {f.key: f for f in futures_of(X)}
+        yf = {f.key: f for f in futures_of(Y)}
+        self._x = [xf[k[0]] for k in X.__dask_keys__()]
+        self._y = [yf[k[0] if Y.ndim == 2 else k] for k in Y.__dask_keys__()]
+        self._first_rows = [int(r) for r in np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])]
+        self.X, self.Y = X, Y  # held: the persisted shards live as long as this object
+        self.num_rows = int(n)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._x)
+
+    def __repr__(self):
+        return f"ShardedData(num_rows={self.num_rows}, num_shards={self.num_shards})"
+
+    def map_sum(self, func):
+        client = self.client
+        level = [client.submit(_shard, func, i, r, x, y, pure=False)
+                 for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y))]
+        while len(level) > 1:
+            level = [group[0] if len(group) == 1 else client.submit(_combine, *group, pure=False)
+                     for group in (level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in))]
+        try:
+            return level[0].result()
+        except Exception as e:
+            # a shard that could not be read (its own task failed) is named here
+            for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y)):
+                for f in (x, y):
+                    if f.status == "error":
+                        err = f.exception()
+                        raise DataError(f"data: chunk {i} (from row {r}) could not be read: "
+                                        f"{type(err).__name__}: {err}") from e
+            raise
