@@ -342,8 +342,11 @@ class Batches(Data):
         return n, total
 
     def gather(self, func):
-        parts = [r for _, _, _, r in self._each(func)]
-        self.num_rows = sum(len(p) for p in parts) if parts and parts[0].ndim else self.num_rows
+        parts, n = [], 0
+        for _, _, rows, r in self._each(func):
+            parts.append(r)
+            n += rows
+        self.num_rows = n
         return np.concatenate(parts, axis=0)
 
 
@@ -389,8 +392,12 @@ def accepting(method, kind):
 def accepting_trusted(method):
     """MLP._trusted(kind, theta, X, Y, reduction) routed to a :class:`Data` object's sum."""
     @functools.wraps(method)
-    def call(self, kind, theta, X, Y, reduction="mean"):
+    def call(self, kind, theta, X, Y, *args, **kwargs):
         if isinstance(X, Data):
+            reduction = args[0] if args else kwargs.pop("reduction", "mean")
+            extra = [k for k, v in kwargs.items() if v is not None] + [a for a in args[1:] if a is not None]
+            if extra:
+                raise TypeError(f"{extra[0]}: not supported with a data object")
             return X.evaluate(self, kind, theta, reduction=reduction)
-        return method(self, kind, theta, X, Y, reduction)
+        return method(self, kind, theta, X, Y, *args, **kwargs)
     return call

@@ -8,9 +8,10 @@ backend, and the shard results are added up by a tree reduction on the workers (
 results per task), so that only one P-sized or P x P result comes back.  The division by the
 row count and the l2 term are applied once, here (taylorkern.data.finish).
 
-Faults: the shards are dask collections with their lineage (a dask array's graph; numpy arrays
-travel with the graph as its literal chunks), so when a worker is lost the scheduler
-recomputes its shards and reruns its tasks, and the call returns the same values.
+Faults: shards of dask arrays keep their lineage (the array's graph), so when a worker is lost
+the scheduler recomputes them and reruns its tasks.  Numpy shards are scattered once and
+have no lineage: the client keeps the arrays (no copy) and sends a lost shard again, then
+repeats the call.  Either way the call returns the same values.
 
 Needs ``dask[array]`` and ``distributed`` (``pip install "taylorkern[dask]"``).
 """
@@ -23,6 +24,8 @@ import numbers
 import numpy as np
 
 from .data import Data, DataError, accumulate, chunk_error
+
+_RESEND_ATTEMPTS = 3  # numpy shards sent again after lost workers, per call
 
 
 def _shard(func, index, first_row, X, Y):
@@ -48,8 +51,9 @@ class ShardedData(Data):
     ----------
     X, Y : dask arrays or numpy arrays
         Inputs (N, d0) and targets ((N, dL) or (N,)), with the same number of rows.  Dask
-        arrays keep their row chunks (Y is rechunked to X's); numpy arrays are cut into
-        ``chunk_size`` rows and sent to the cluster once.
+        arrays keep their row chunks (Y is rechunked to X's) and are persisted on the
+        workers; numpy arrays are cut into ``chunk_size`` rows and scattered once (and sent
+        again if a worker holding one is lost).
     client : distributed.Client, optional
         Default: the current client (``distributed.default_client()``).
     chunk_size : int, optional
@@ -98,24 +102,33 @@ class ShardedData(Data):
         if n < 1:
             raise ValueError("X: the source is empty (0 rows)")
 
-        if not isinstance(X, da.Array):
+        self._source = None
+        if not isinstance(X, da.Array) and not isinstance(Y, da.Array):
+            # numpy: scattered once; a lost shard is sent again from here (it has no lineage)
             X = np.asarray(X)
             if chunk_size is None:
                 workers = max(1, len(self.client.scheduler_info().get("workers", {})))
                 chunk_size = -(-n // workers)
-            X = da.from_array(X, chunks=(chunk_size, -1))
-        elif chunk_size is not None:
-            X = X.rechunk({0: chunk_size})
-        X = X.rechunk({1: -1})
-        Y = (Y if isinstance(Y, da.Array) else da.from_array(Y)).rechunk(
-            {0: X.chunks[0], **({1: -1} if Y.ndim == 2 else {})})
-        X, Y = self.client.persist([X, Y])
-        xf = {f.key: f for f in futures_of(X)}
-        yf = {f.key: f for f in futures_of(Y)}
-        self._x = [xf[k[0]] for k in X.__dask_keys__()]
-        self._y = [yf[k[0] if Y.ndim == 2 else k] for k in Y.__dask_keys__()]
-        self._first_rows = [int(r) for r in np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])]
-        self.X, self.Y = X, Y  # held: the persisted shards live as long as this object
+            starts = list(range(0, n, chunk_size))
+            self._source = (X, Y, [(a, min(n, a + chunk_size)) for a in starts])
+            self._x = self.client.scatter([X[a:b] for a, b in self._source[2]], hash=False)
+            self._y = self.client.scatter([Y[a:b] for a, b in self._source[2]], hash=False)
+            self._first_rows = starts
+        else:
+            if not isinstance(X, da.Array):
+                X = da.from_array(np.asarray(X), chunks=(chunk_size or Y.chunks[0], -1))
+            elif chunk_size is not None:
+                X = X.rechunk({0: chunk_size})
+            X = X.rechunk({1: -1})
+            Y = (Y if isinstance(Y, da.Array) else da.from_array(Y)).rechunk(
+                {0: X.chunks[0], **({1: -1} if Y.ndim == 2 else {})})
+            X, Y = self.client.persist([X, Y])
+            xf = {f.key: f for f in futures_of(X)}
+            yf = {f.key: f for f in futures_of(Y)}
+            self._x = [xf[k[0]] for k in X.__dask_keys__()]
+            self._y = [yf[k[0] if Y.ndim == 2 else k] for k in Y.__dask_keys__()]
+            self._first_rows = [int(r) for r in np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])]
+            self._persisted = (X, Y)  # the shards live as long as this object
         self.num_rows = int(n)
 
     @property
@@ -126,20 +139,45 @@ class ShardedData(Data):
         return f"ShardedData(num_rows={self.num_rows}, num_shards={self.num_shards})"
 
     def map_sum(self, func):
+        for attempt in range(_RESEND_ATTEMPTS + 1):
+            try:
+                return self._reduce(func)
+            except BaseException as e:  # noqa: BLE001 - cancelled futures raise a BaseException
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                self._name_failed_shard(e)
+                if attempt == _RESEND_ATTEMPTS or not self._resend_lost():
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reduce(self, func):
         client = self.client
         level = [client.submit(_shard, func, i, r, x, y, pure=False)
                  for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y))]
         while len(level) > 1:
             level = [group[0] if len(group) == 1 else client.submit(_combine, *group, pure=False)
                      for group in (level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in))]
-        try:
-            return level[0].result()
-        except Exception as e:
-            # a shard that could not be read (its own task failed) is named here
-            for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y)):
-                for f in (x, y):
-                    if f.status == "error":
-                        err = f.exception()
-                        raise DataError(f"data: chunk {i} (from row {r}) could not be read: "
-                                        f"{type(err).__name__}: {err}") from e
-            raise
+        return level[0].result()
+
+    def _name_failed_shard(self, exc):
+        """A shard that could not be read (its own task failed) is named."""
+        for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y)):
+            for f in (x, y):
+                if f.status == "error":
+                    err = f.exception()
+                    raise DataError(f"data: chunk {i} (from row {r}) could not be read: "
+                                    f"{type(err).__name__}: {err}") from exc
+
+    def _resend_lost(self):
+        """Scatter again the numpy shards whose only copy went with a lost worker; False when
+        none was lost (or the shards are dask arrays, which the scheduler recomputes)."""
+        if self._source is None:
+            return False
+        X, Y, bounds = self._source
+        lost = [i for i in range(len(bounds))
+                if self._x[i].status != "finished" or self._y[i].status != "finished"]
+        for i in lost:
+            a, b = bounds[i]
+            self._x[i] = self.client.scatter(X[a:b], hash=False)
+            self._y[i] = self.client.scatter(Y[a:b], hash=False)
+        return bool(lost)

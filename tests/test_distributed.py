@@ -45,10 +45,10 @@ def _call(p, q, data):
 def test_every_quantity(client, loss, dtype):
     sizes = [4, 7, 3] if loss == "ce" else [3, 5, 4, 2]
     p = make_problem(sizes, "tanh", loss, N=37, l2=0.2 if loss == "mse" else 0.0, dtype=dtype, seed=4)
-    sources = {"numpy": ShardedData(p.X, p.Y, client=client, chunk_size=6),  # ragged last shard
-               "dask": ShardedData(da.from_array(p.X, chunks=(10, 2)), da.from_array(p.Y, chunks=13),
+    sources = {"numpy": ShardedData(p.X, p.Y, client=client, chunk_size=10),  # ragged last shard
+               "dask": ShardedData(da.from_array(p.X, chunks=(15, 2)), da.from_array(p.Y, chunks=13),
                                    client=client)}
-    assert sources["numpy"].num_shards == 7 and sources["dask"].num_shards == 4
+    assert sources["numpy"].num_shards == 4 and sources["dask"].num_shards == 3
     for name, data in sources.items():
         for q in QUANTITIES:
             got = _call(p, q, data)
@@ -84,9 +84,16 @@ def test_minimize_same_path(client):
         compare(dist.theta, local.theta, rtol=1e-9, what=method)
 
 
-def test_killed_worker_during_minimize(client):
+@pytest.mark.parametrize("source", ["numpy", "dask"])
+def test_killed_worker_during_minimize(client, source):
+    """numpy shards are sent again from the client; dask ones recomputed from their graph."""
     p = make_problem([3, 8, 2], "tanh", "ce", N=80, seed=12)
-    data = ShardedData(p.X, p.Y, client=client, chunk_size=10)
+    if source == "numpy":
+        data = ShardedData(p.X, p.Y, client=client, chunk_size=10)
+    else:
+        data = ShardedData(da.from_array(p.X, chunks=(10, 3)), da.from_array(p.Y, chunks=10),
+                           client=client)
+    assert data.num_shards == 8
     undisturbed = tk.minimize(p.net, p.theta, data, method="lm", max_iter=8)
     local = tk.minimize(p.net, p.theta, p.X, p.Y, method="lm", max_iter=8)
     killed = []
