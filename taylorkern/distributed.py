@@ -5,7 +5,8 @@ The rows are split into shards (the dask array's row chunks) and persisted on th
 once.  A call then sends one task per shard, carrying the network, theta and, for products, V;
 the task evaluates its shard's data term (``reduction="sum"``) with the worker's own fastest
 backend, and the shard results are added up by a tree reduction on the workers (``fan_in``
-results per task), so that only one P-sized or P x P result comes back.  The division by the
+results per task) until at most ``fan_in`` are left, which the client fetches in parallel
+and adds: only P-sized or P x P results come back.  The division by the
 row count and the l2 term are applied once, here (taylorkern.data.finish).
 
 Faults: shards of dask arrays keep their lineage (the array's graph), so when a worker is lost
@@ -154,10 +155,11 @@ class ShardedData(Data):
         client = self.client
         level = [client.submit(_shard, func, i, r, x, y, pure=False)
                  for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y))]
-        while len(level) > 1:
+        while len(level) > self.fan_in:
             level = [group[0] if len(group) == 1 else client.submit(_combine, *group, pure=False)
                      for group in (level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in))]
-        return level[0].result()
+        # the last fan_in results come here in parallel and are added here: one hop less
+        return _combine(*client.gather(level))
 
     def _name_failed_shard(self, exc):
         """A shard that could not be read (its own task failed) is named."""

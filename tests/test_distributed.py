@@ -45,7 +45,7 @@ def _call(p, q, data):
 def test_every_quantity(client, loss, dtype):
     sizes = [4, 7, 3] if loss == "ce" else [3, 5, 4, 2]
     p = make_problem(sizes, "tanh", loss, N=37, l2=0.2 if loss == "mse" else 0.0, dtype=dtype, seed=4)
-    sources = {"numpy": ShardedData(p.X, p.Y, client=client, chunk_size=10),  # ragged last shard
+    sources = {"numpy": ShardedData(p.X, p.Y, client=client, chunk_size=10, fan_in=2),  # ragged last shard
                "dask": ShardedData(da.from_array(p.X, chunks=(15, 2)), da.from_array(p.Y, chunks=13),
                                    client=client)}
     assert sources["numpy"].num_shards == 4 and sources["dask"].num_shards == 3
