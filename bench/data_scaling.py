@@ -132,12 +132,15 @@ def cluster(args):
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as lc, \
             Client(lc) as client:
         # per-call overhead: 2 shards of 1 row, nothing to compute
-        net, theta, X, Y = problem(2)
-        tiny = ShardedData(X, Y, client=client, chunk_size=1)
-        for kind in ("loss_and_grad", "loss_grad_ggn"):
-            getattr(net, kind)(theta, tiny)
-            t = best(lambda: getattr(net, kind)(theta, tiny), 20)
-            print(f"overhead {kind:14s} (P={net.num_params}, 2 one-row shards): {t * 1e3:6.1f} ms", flush=True)
+        for sizes in ((10, 16, 1), (10, 32, 32, 1)):
+            net, theta, X, Y = problem(2, sizes)
+            tiny = ShardedData(X, Y, client=client, chunk_size=1)
+            for kind in ("loss_and_grad", "loss_grad_ggn"):
+                getattr(net, kind)(theta, tiny)
+                t = best(lambda: getattr(net, kind)(theta, tiny), 20)
+                t_mem = best(lambda: getattr(net, kind)(theta, X, Y), 20)
+                print(f"overhead {kind:14s} (P={net.num_params}, 2 one-row shards): {t * 1e3:6.1f} ms "
+                      f"(in process {t_mem * 1e3:.2f} ms)", flush=True)
         for N in (10_000, 100_000, 1_000_000):
             net, theta, X, Y = problem(N)
             data = ShardedData(X, Y, client=client)  # one shard per worker
@@ -149,7 +152,7 @@ def cluster(args):
                 print(f"{kind:14s} N={N:.0e}: in process {t_mem * 1e3:9.1f} ms ({N / t_mem:.3g} rows/s), "
                       f"cluster {t_dist * 1e3:9.1f} ms ({N / t_dist:.3g} rows/s), {t_dist / t_mem:.2f}x",
                       flush=True)
-            if N <= 100_000:
+            if N <= args.lm_rows:
                 res = {}
                 for name, d in (("in process", (X, Y)), ("cluster", (data,))):
                     t = time.perf_counter()
@@ -171,6 +174,7 @@ def main():
     ap.add_argument("--rows", type=int, default=None, help="memmap: 10^7; stream: 10^6")
     ap.add_argument("--chunk", type=int, default=100_000, help="memmap: rows per chunk")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--lm-rows", type=int, default=10_000, help="cluster: the largest N of the LM runs")
     ap.add_argument("--ggn-rows", type=int, default=100_000,
                     help="cluster: the largest N timed with the GGN (10^6 is minutes per call)")
     ap.add_argument("--tmp", default=None, help="memmap: directory for the files (default: TMPDIR)")
