@@ -149,6 +149,13 @@ class Data:
         theta = _check_theta(net, theta)
         if kind in PRODUCTS:
             V = _check_V(net, V)
+        # the chunk's call checks its own result and workspace; the running sum is one more
+        # result: refused here, before any chunk is read or sent (MLP's own check and message)
+        P = net.num_params
+        if kind in ("hessian", "ggn", "loss_grad_ggn"):
+            net._check_memory(f"{kind} over a data object", 3.0 * P * P)
+        elif kind.endswith("_blocks"):
+            net._check_memory(f"{kind} over a data object", 3.0 * sum(q * q for q in net.layer_sizes))
         acc = self.accumulate or net.dtype
         n, total = self.map_sum(functools.partial(_accumulated_chunk_sum, net, kind, theta, V, acc))
         return finish(net, kind, total, n, theta, V, reduction)

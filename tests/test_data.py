@@ -215,6 +215,21 @@ def test_bad_arguments_with_data():
         tk.minimize(p.net, p.theta, p.X, method="lm")
 
 
+def test_oversized_refused_before_any_chunk():
+    net = tk.MLP([4000, 4000, 1])  # P ~ 1.6e7: a P x P matrix needs ~2 PB
+    read = []
+
+    def chunks():
+        read.append(1)
+        yield np.zeros((1, 4000)), np.zeros((1, 1))
+
+    theta = np.zeros(net.num_params)
+    for call in (net.hessian, net.ggn, net.loss_grad_ggn):
+        with pytest.raises(tk.TooLargeError, match="over a data object would need .* PiB"):
+            call(theta, Batches(chunks))
+    assert not read
+
+
 def test_reduction_positional():
     p = make_problem([3, 4, 2], "relu", "mse", N=12, seed=4)
     data = Batches(p.X, p.Y, chunk_size=5)
