@@ -37,6 +37,10 @@ def _shard(func, index, first_row, X, Y):
         raise chunk_error(e, index, first_row) from e
 
 
+def _combine_list(parts):
+    return _combine(*parts)
+
+
 def _combine(*parts):
     n, total = parts[0][0], accumulate(None, parts[0][1])
     for rows, r in parts[1:]:
@@ -152,12 +156,12 @@ class ShardedData(Data):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _reduce(self, func):
-        client = self.client
-        level = [client.submit(_shard, func, i, r, x, y, pure=False)
-                 for i, (r, x, y) in enumerate(zip(self._first_rows, self._x, self._y))]
+        client, k = self.client, len(self._x)
+        # one message to the scheduler per level (client.map), not one per task
+        level = client.map(_shard, [func] * k, range(k), self._first_rows, self._x, self._y, pure=False)
         while len(level) > self.fan_in:
-            level = [group[0] if len(group) == 1 else client.submit(_combine, *group, pure=False)
-                     for group in (level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in))]
+            groups = [level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in)]
+            level = client.map(_combine_list, groups, pure=False)
         # the last fan_in results come here in parallel and are added here: one hop less
         return _combine(*client.gather(level))
 
