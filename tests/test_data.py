@@ -215,6 +215,23 @@ def test_bad_arguments_with_data():
         tk.minimize(p.net, p.theta, p.X, method="lm")
 
 
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_loss_resolution_through_data(loss):
+    """The rounding floor the line searches consult is a sum over rows too."""
+    from taylorkern.optim._run import Run
+
+    sizes, N = SHAPES[loss][0]
+    p = make_problem(sizes, "tanh", loss, N=N, seed=8)
+    opts = dict(mask=None, max_iter=1, max_time=None, gtol=0.0, ftol=0.0, xtol=0.0, target=None,
+                callback=None, progress=False)
+    local = Run(p.net, p.theta, p.X, p.Y, "lbfgs", **opts)
+    streamed = Run(p.net, p.theta, Batches(p.X, p.Y, chunk_size=4), None, "lbfgs", **opts)
+    assert streamed.N == local.N == N
+    expected = local.loss_resolution(local.z0)
+    assert expected > 0
+    assert abs(streamed.loss_resolution(streamed.z0) - expected) <= 1e-12 * expected
+
+
 def test_oversized_refused_before_any_chunk():
     net = tk.MLP([4000, 4000, 1])  # P ~ 1.6e7: a P x P matrix needs ~2 PB
     read = []
