@@ -93,7 +93,7 @@ class ShardedData(Data):
         self.client = client if client is not None else default_client()
         self.fan_in = int(fan_in)
 
-        if np.ndim(X) != 2 if not isinstance(X, da.Array) else X.ndim != 2:
+        if np.ndim(X) != 2:
             raise ValueError(f"X: expected shape (N, d0), got {np.shape(X)}")
         n = X.shape[0]
         if not isinstance(Y, da.Array):
@@ -112,7 +112,7 @@ class ShardedData(Data):
             # numpy: scattered once; a lost shard is sent again from here (it has no lineage)
             X = np.asarray(X)
             if chunk_size is None:
-                workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+                workers = max(1, len(self.client.nthreads()))  # every worker, not a summary
                 chunk_size = -(-n // workers)
             starts = list(range(0, n, chunk_size))
             self._source = (X, Y, [(a, min(n, a + chunk_size)) for a in starts])

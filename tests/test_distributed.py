@@ -66,6 +66,7 @@ def test_every_quantity(client, loss, dtype):
 def test_per_row_results_refused(client):
     p = make_problem([3, 4, 2], "tanh", "mse", N=10, seed=1)
     data = ShardedData(p.X, p.Y, client=client)
+    assert data.num_shards == 2  # by default one shard per worker
     with pytest.raises(TypeError, match="only P-sized"):
         p.net.predict(p.theta, data)
     with pytest.raises(TypeError, match="only P-sized"):
