@@ -43,17 +43,18 @@ def chunk_sum(net, kind, theta, X, Y, V=None):
     return fn(theta, X, Y, reduction="sum")
 
 
-def accumulate(total, part, dtype=None):
+def accumulate(total, part, dtype=None, copy=False):
     """``total + part`` for a chunk result (float, array, or tuple/list of them); ``total``
-    None starts a new sum (arrays copied to ``dtype``, default their own).  Arrays of
-    ``total`` are updated in place."""
+    None starts a new sum from ``part`` itself (converted to ``dtype`` where it differs, copied
+    when ``copy``).  Arrays of ``total`` are updated in place, so a sum starts without a copy
+    only from a result its caller owns (a fresh result of an MLP call)."""
     if isinstance(part, (tuple, list)):
         if total is None:
-            return type(part)(accumulate(None, p, dtype) for p in part)
+            return type(part)(accumulate(None, p, dtype, copy) for p in part)
         return type(part)(accumulate(t, p, dtype) for t, p in zip(total, part))
     if isinstance(part, np.ndarray):
         if total is None:
-            return np.array(part, dtype=dtype or part.dtype)
+            return (np.array if copy else np.asarray)(part, dtype=dtype or part.dtype)
         total += part
         return total
     return float(part) if total is None else total + float(part)

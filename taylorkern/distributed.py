@@ -38,11 +38,13 @@ def _shard(func, index, first_row, X, Y):
 
 
 def _combine_list(parts):
-    return _combine(*parts)
+    # the parts are other tasks' results held by the worker (and read again if this task is
+    # rerun): the sum starts from a copy
+    return _combine(*parts, copy=True)
 
 
-def _combine(*parts):
-    n, total = parts[0][0], accumulate(None, parts[0][1])
+def _combine(*parts, copy=False):
+    n, total = parts[0][0], accumulate(None, parts[0][1], copy=copy)
     for rows, r in parts[1:]:
         n += rows
         total = accumulate(total, r)
@@ -162,7 +164,8 @@ class ShardedData(Data):
         while len(level) > self.fan_in:
             groups = [level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in)]
             level = client.map(_combine_list, groups, pure=False)
-        # the last fan_in results come here in parallel and are added here: one hop less
+        # the last fan_in results come here in parallel and are added here (they are this
+        # process's own copies): one hop less than fetching a root
         return _combine(*client.gather(level))
 
     def _name_failed_shard(self, exc):
