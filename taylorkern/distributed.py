@@ -27,6 +27,7 @@ import numpy as np
 from .data import Data, DataError, accumulate, chunk_error
 
 _RESEND_ATTEMPTS = 3  # numpy shards sent again after lost workers, per call
+_LOST = ("cancelled", "lost")  # a scattered future's status once its only copy is gone
 
 
 def _shard(func, index, first_row, X, Y):
@@ -70,6 +71,9 @@ class ShardedData(Data):
     accumulate : dtype, optional
         The dtype shard results are added up in (default the network's; ``np.float64`` for
         float32 networks that want float64 sums).
+    timeout : float, optional
+        Seconds a call waits for the cluster before it raises ``TimeoutError`` (default: no
+        limit; a lost worker's shards are recomputed or re-sent meanwhile).
 
     Notes
     -----
@@ -78,7 +82,7 @@ class ShardedData(Data):
     returned.
     """
 
-    def __init__(self, X, Y, client=None, *, chunk_size=None, fan_in=4, accumulate=None):
+    def __init__(self, X, Y, client=None, *, chunk_size=None, fan_in=4, accumulate=None, timeout=None):
         import dask.array as da
         from distributed import default_client, futures_of
 
@@ -91,6 +95,10 @@ class ShardedData(Data):
             accumulate = np.dtype(accumulate)
             if accumulate not in (np.dtype(np.float64), np.dtype(np.float32)):
                 raise TypeError(f"accumulate: expected float64 or float32, got {accumulate}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or not timeout > 0):
+            raise ValueError(f"timeout: expected a number of seconds > 0 or None, got {timeout!r}")
+        self.timeout = timeout
         self.accumulate = accumulate
         self.client = client if client is not None else default_client()
         self.fan_in = int(fan_in)
@@ -164,6 +172,13 @@ class ShardedData(Data):
         while len(level) > self.fan_in:
             groups = [level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in)]
             level = client.map(_combine_list, groups, pure=False)
+        if self.timeout is not None:
+            from distributed import wait
+            try:
+                wait(level, timeout=self.timeout)
+            except TimeoutError:
+                raise TimeoutError(f"data: no result from the cluster within timeout = {self.timeout:g} s "
+                                   f"({len(self._x)} shards)") from None
         # the last fan_in results come here in parallel and are added here (they are this
         # process's own copies): one hop less than fetching a root
         return _combine(*client.gather(level))
@@ -184,7 +199,7 @@ class ShardedData(Data):
             return False
         X, Y, bounds = self._source
         lost = [i for i in range(len(bounds))
-                if self._x[i].status != "finished" or self._y[i].status != "finished"]
+                if self._x[i].status in _LOST or self._y[i].status in _LOST]
         for i in lost:
             a, b = bounds[i]
             self._x[i] = self.client.scatter(X[a:b], hash=False)

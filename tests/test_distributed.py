@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -143,3 +144,18 @@ def test_bad_sources(client):
     with pytest.raises(DataError, match=r"chunk 2 \(from row 12\) could not be read: OSError: "
                                         "sensor log truncated"):
         p.net.loss_and_grad(p.theta, ShardedData(Xbad, p.Y, client=client))
+
+
+def test_timeout(client):
+    p = make_problem([3, 4, 2], "tanh", "mse", N=12, seed=3)
+
+    def slow(block):
+        time.sleep(2.0)
+        return block
+
+    Xslow = da.from_array(p.X, chunks=(6, 3)).map_blocks(slow, dtype=p.X.dtype)
+    data = ShardedData(Xslow, p.Y, client=client, timeout=0.3)
+    with pytest.raises(TimeoutError, match=r"within timeout = 0.3 s \(2 shards\)"):
+        p.net.loss(p.theta, data)
+    with pytest.raises(ValueError, match="timeout"):
+        ShardedData(p.X, p.Y, client=client, timeout=0)
