@@ -19,8 +19,9 @@ SAME = 1e-12  # a data object against the same backend's in-memory call, float64
 # (sizes, N) per loss: random-looking shapes, a single layer and a deeper one
 SHAPES = {"mse": [([4, 6, 3], 23), ([3, 4, 3, 5, 1], 17)],
           "ce": [([4, 6, 3], 23), ([5, 3], 11)]}
-# chunkings: one row per chunk, a ragged last chunk, one chunk holding everything
-CHUNKS = [1, 7, 1000]
+# chunkings: one row per chunk, a ragged last chunk, one chunk holding everything (the last
+# in the exhaustive run only)
+CHUNKS = [1, 7, pytest.param(1000, marks=pytest.mark.exhaustive)]
 
 
 def data_compute(p, q, data, reduction="mean"):

@@ -41,7 +41,7 @@ def _call(p, q, data):
     return fn(p.theta, data) if data is not None else fn(p.theta, p.X, p.Y)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.exhaustive)])
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_every_quantity(client, loss, dtype):
     sizes = [4, 7, 3] if loss == "ce" else [3, 5, 4, 2]
