@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import DATA_QUANTITIES, compare, make_problem, reference, rel_err
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import taylorkern as tk
 from taylorkern.data import Batches, DataError
@@ -150,6 +152,32 @@ def test_minimize_same_path():
         assert streamed.nfev == local.nfev, method
     # positional method after a data object
     assert tk.minimize(p.net, p.theta, data, "lm", max_iter=2).nit == 2
+
+
+@st.composite
+def chunked_problems(draw):
+    """A random network (depth, widths, activations, loss, l2) and data cut at random rows."""
+    depth = draw(st.integers(1, 3))
+    sizes = draw(st.lists(st.integers(1, 5), min_size=depth + 1, max_size=depth + 1))
+    loss = draw(st.sampled_from(tk.LOSSES))
+    if loss == "ce" and sizes[-1] < 2:
+        sizes[-1] = draw(st.integers(2, 4))
+    acts = draw(st.lists(st.sampled_from(tk.ACTIVATIONS), min_size=depth - 1, max_size=depth - 1))
+    N = draw(st.integers(1, 30))
+    p = make_problem(sizes, acts, loss, N, l2=draw(st.sampled_from([0.0, 0.2])),
+                     seed=draw(st.integers(0, 2 ** 16)))
+    cuts = sorted(draw(st.sets(st.integers(1, N - 1), max_size=N - 1)) if N > 1 else [])
+    return p, [0, *cuts, N]
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=chunked_problems(), reduction=st.sampled_from(["mean", "sum"]))
+def test_random_chunk_boundaries(case, reduction):
+    p, bounds = case
+    data = Batches(_pairs(p, bounds))
+    for q in ("loss_and_grad", "ggn_vp_multi", "hessian", "ggn_diag"):
+        compare(data_compute(p, q, data, reduction), local_compute(p, q, reduction), rtol=SAME,
+                what=f"{q} over chunks {bounds}")
 
 
 # ------------------------------------------------------------------------ bad sources
