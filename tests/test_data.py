@@ -152,6 +152,11 @@ def test_minimize_same_path():
         assert streamed.nfev == local.nfev, method
     # positional method after a data object
     assert tk.minimize(p.net, p.theta, data, "lm", max_iter=2).nit == 2
+    # a generator function: the row count is learnt in the first pass
+    pairs = _pairs(p, [0, 13, 14, 40])
+    gen = tk.minimize(p.net, p.theta, Batches(lambda: iter(pairs)), method="lm", max_iter=8)
+    compare(gen.history["loss"], tk.minimize(p.net, p.theta, p.X, p.Y, method="lm", max_iter=8).history["loss"],
+            rtol=1e-10, what="lm on a generator function")
 
 
 @st.composite
