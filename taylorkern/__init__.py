@@ -15,6 +15,7 @@ with _omp.while_loading():
 
 from ._dispatch import available_backends, backend, set_backend, use_backend
 from ._threads import get_num_threads, set_num_threads
+from .data import Batches
 from .model import ACTIVATIONS, LOSSES, MLP, TooLargeError
 from .optim import OptimizeResult, minimize
 
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "Batches",
     "LOSSES",
     "MLP",
     "OptimizeResult",

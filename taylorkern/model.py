@@ -522,3 +522,12 @@ class MLP:
     def ggn_diag(self, theta, X, Y, reduction="mean"):
         """diag(G), shape (P,), without forming G."""
         return self._diag("ggn_diag", theta, X, Y, reduction)
+
+
+# A data object (tk.Batches, taylorkern.distributed.ShardedData) in place of X, Y: the one
+# place that recognises one (taylorkern/data.py sums the chunks' calls).
+from . import data as _data  # noqa: E402
+
+for _kind in _data.SUM_KINDS + _data.ROW_KINDS + ("ggn_factor",):
+    setattr(MLP, _kind, _data.accepting(getattr(MLP, _kind), _kind))
+MLP._trusted = _data.accepting_trusted(MLP._trusted)

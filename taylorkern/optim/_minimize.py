@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 
 from .._validate import boolean, check_curvature, check_net, choice, integer, real
+from ..data import Data
 from . import first_order, quasi_newton, second_order
 from ._result import Status
 from ._run import SERIAL_BLAS_MAX_ORDER, Run, Stop, serial_blas
@@ -81,8 +82,13 @@ def _check_method_options(method, o):
     raise AssertionError(method)  # pragma: no cover
 
 
-def minimize(net, theta0, X, Y, method="lm", **options):
+def minimize(net, theta0, X, Y=None, method="lm", **options):
     """Train ``net`` from ``theta0`` on (X, Y); returns an :class:`OptimizeResult`.
+
+    A data object (``tk.Batches``, ``taylorkern.distributed.ShardedData``) may take the place
+    of X, Y: ``minimize(net, theta0, data, method="lm")``.  Every evaluation then sums over
+    its chunks, and the run takes the same steps as on the arrays in memory (up to summation
+    order); the mini-batch options (``batch_size``) and lm's ``space="samples"`` need arrays.
 
     Methods (``taylorkern.optim.METHODS``), with their own options and defaults:
 
@@ -140,6 +146,13 @@ def minimize(net, theta0, X, Y, method="lm", **options):
     which is faster at these sizes.  Use newton-cg or lbfgs when P x P does not fit.
     """
     check_net(net)
+    if isinstance(X, Data):
+        if isinstance(Y, str):  # minimize(net, theta0, data, "lm")
+            method, Y = Y, None
+        elif Y is not None:
+            raise TypeError("Y: not taken with a data object, which holds the targets")
+    elif Y is None:
+        raise TypeError("Y: missing; pass X and Y, or a data object in place of both")
     if not isinstance(method, str):
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     name = method.strip().lower().replace("_", "-")
@@ -163,6 +176,11 @@ def minimize(net, theta0, X, Y, method="lm", **options):
     if o["callback"] is not None and not callable(o["callback"]):
         raise ValueError(f"callback: expected a callable or None, got {o['callback']!r}")
     fn, kwargs = _check_method_options(name, o)
+    if isinstance(X, Data):
+        if o.get("batch_size") is not None:
+            raise ValueError("batch_size: mini-batches need arrays X, Y, not a data object")
+        if o.get("space") == "samples":
+            raise ValueError("space: 'samples' needs arrays X, Y (MLP.ggn_factor), not a data object")
 
     run = Run(net, theta0, X, Y, name, callback=o["callback"], **common)
     dense = name in ("newton", "gauss-newton", "lm") and run.F <= SERIAL_BLAS_MAX_ORDER

@@ -12,12 +12,14 @@ Index letters: P parameters, F trainable ones (F = P without a mask), N samples.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
 
 import numpy as np
 
+from ..data import Data
 from ..model import _all_finite
 from ._result import HISTORY_KEYS, Iterate, OptimizeResult, Status
 
@@ -45,6 +47,16 @@ def serial_blas():
         return _controller.limit(limits=1, user_api="blas")
     except Exception:  # pragma: no cover - threadpoolctl unable to inspect this process
         return contextlib.nullcontext()
+
+
+def _resolution_sum(net, theta, e, X, Y) -> float:
+    """Run.loss_resolution's sum over the rows X, Y (mse: of the outputs' squared rounding
+    errors; ce: of each sample's largest |output|); a module function, so that a data object
+    can send it to where the rows are."""
+    F = np.abs(np.asarray(net.predict(theta, X), dtype=np.float64))
+    if net.loss_name == "mse":
+        return float(np.sum((e * (F + np.abs(np.asarray(Y, dtype=np.float64)).reshape(F.shape))) ** 2))
+    return float(np.sum(F.max(axis=1)))
 
 
 class Stop(Exception):
@@ -88,13 +100,17 @@ class Run:
         f0, g0 = net.loss_and_grad(theta0, X, Y)
         self.nfev += 1
         self.njev += 1
-        self.X = np.ascontiguousarray(X, dtype=net.dtype)
-        N = self.X.shape[0]
-        if net.loss_name == "ce":
-            self.Y = np.ascontiguousarray(Y, dtype=np.int64)
+        if isinstance(X, Data):  # every call sums over its chunks (taylorkern.data)
+            self.data, self.X, self.Y, self.N = X, X, None, X.num_rows
         else:
-            self.Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(N, net.num_outputs))
-        self.N = N
+            self.data = None
+            self.X = np.ascontiguousarray(X, dtype=net.dtype)
+            N = self.X.shape[0]
+            if net.loss_name == "ce":
+                self.Y = np.ascontiguousarray(Y, dtype=np.int64)
+            else:
+                self.Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(N, net.num_outputs))
+            self.N = N
         # a copy: the caller's array is never written (np.asarray first: torch's __array__ takes no copy=)
         theta0 = np.array(np.asarray(theta0), dtype=net.dtype)
         self.P = theta0.shape[0]
@@ -330,12 +346,15 @@ class Run:
         """The size of the loss's rounding noise at z in this dtype, from the magnitude of the
         network's outputs: a loss below it cannot be lowered reliably (mse: the outputs'
         rounding errors squared; ce: their rounding errors)."""
-        F = np.abs(np.asarray(self.net.predict(self.theta(z), self.X), dtype=np.float64))
-        self.nfev += 1
         e = 10.0 * self.eps
+        self.nfev += 1
+        if self.data is not None:
+            n, total = self.data.map_sum(functools.partial(_resolution_sum, self.net, self.theta(z), e))
+        else:
+            n, total = self.N, _resolution_sum(self.net, self.theta(z), e, self.X, self.Y)
         if self.net.loss_name == "mse":
-            return float(np.mean((e * (F + np.abs(self.Y))) ** 2))
-        return float(e * (1.0 + np.mean(F.max(axis=1))))
+            return total / (n * self.net.num_outputs)
+        return e * (1.0 + total / n)
 
     def line_search_failed(self, z, f, predicted):
         """No step length gave a decrease.  Success when the decrease the model predicts for the

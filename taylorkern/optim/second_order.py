@@ -276,7 +276,7 @@ def lm(run, *, damping, update, scaling, eta, space="auto"):
     factor."""
     z, f, g = _start(run)
     n = run.N * run.net.num_outputs
-    samples = space == "samples" or (space == "auto" and n < run.F)
+    samples = space == "samples" or (space == "auto" and n < run.F and run.data is None)
     if samples:
         curv = _SampleSpace(n)
         curv.set(run.ggn_factor(z))
