@@ -304,6 +304,12 @@ PYBIND11_MODULE(_core, m) {
       "Most samples per chunk of the full matrices, blocks and diagonals (0: the default); returns the "
       "previous value.  For tests.");
   m.def(
+      "_set_sample_parallel_min",
+      [](idx work) { return tk::sample_parallel_min().exchange(work > 0 ? work : tk::kSampleParallelMin); },
+      py::arg("work"),
+      "Fewest multiply-adds of a call split over threads by samples (0: the default); returns the previous "
+      "value.  For tests.");
+  m.def(
       "_set_gram_route", [](int mode) { return tk::gram_mode().exchange(mode); }, py::arg("mode"),
       "1 forces the full GGN's Gram route, -1 the Kronecker route, 0 the cost model's choice; returns the "
       "previous value.  For tests.");

@@ -110,12 +110,17 @@ inline void parallel_for(idx n, idx work, F&& f, bool dynamic = false) {
 // product and elementwise loop inside runs serially on its slice.  For the widths of small
 // and medium networks this beats splitting each product (a wake-up per product, and
 // products too thin to split well).  Below kSampleParallelMin multiply-adds the whole call
-// stays on the calling thread.
+// stays on the calling thread; sample_parallel_min() can be set (_core._set_sample_parallel_min)
+// so that tests split small problems.
 constexpr idx kSampleParallelMin = idx(1) << 17;
+inline std::atomic<idx>& sample_parallel_min() {
+  static std::atomic<idx> work{kSampleParallelMin};
+  return work;
+}
 
 // Threads to split N samples over for `work` multiply-adds.
 inline int sample_threads(idx N, idx work) {
-  if (work < kSampleParallelMin) return 1;
+  if (work < sample_parallel_min().load(std::memory_order_relaxed)) return 1;
   return (int)std::max<idx>(1, std::min<idx>(kernel_threads(), N / 16));
 }
 

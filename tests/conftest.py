@@ -370,6 +370,21 @@ def restore_threads():
     tk.set_num_threads(n)
 
 
+@pytest.fixture
+def split_every_call():
+    """While the test runs, the compiled kernels split every call over samples across their
+    threads however small it is (csrc/common.hpp, sample_threads: below a cost threshold a call
+    stays on one thread), so that comparing 1 and 2 threads compares real splits."""
+    try:
+        from taylorkern import _core
+    except ImportError:
+        yield
+        return
+    before = _core._set_sample_parallel_min(1)
+    yield
+    _core._set_sample_parallel_min(before)
+
+
 # Hypothesis: reproducible (derandomized), no example database written into the repo, and no
 # deadline (the first call of a compiled backend may be slow).
 settings.register_profile("taylorkern", derandomize=True, database=None, deadline=None,

@@ -61,7 +61,7 @@ def gram_route(mode):
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("route", [1, -1], ids=["gram", "kronecker"])
-def test_each_route_matches_the_reference(sizes, act, loss, dtype, route, restore_threads):
+def test_each_route_matches_the_reference(sizes, act, loss, dtype, route, restore_threads, split_every_call):
     if loss == "ce" and sizes[-1] < 2:
         sizes = sizes[:-1] + [2]
     N = 300 + 37 * len(sizes)
@@ -131,7 +131,7 @@ def test_loss_grad_ggn_checks_its_inputs():
 @pytest.mark.parametrize("gn", [False, True], ids=["hessian", "ggn"])
 @pytest.mark.parametrize("N", [1001, 8 * 300])
 @pytest.mark.parametrize("sizes", [[3, 8, 6, 2], [3, 16, 12, 2], [5, 30, 3]], ids=str)
-def test_lanes_path_split_over_threads(gn, N, sizes, restore_threads):
+def test_lanes_path_split_over_threads(gn, N, sizes, restore_threads, split_every_call):
     """Networks of at most 400 parameters take the SIMD-lanes path for the GGN (and for the
     Hessian with one hidden layer; P = 100, 294, 273 here), its samples split over threads in whole
     vectors of 8 (only the last has unused lanes): 1 and 2 threads against the reference, N a
