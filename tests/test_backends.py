@@ -381,7 +381,8 @@ def _split_reference(sizes, act, loss, N, dtype):
     ([9, 24, 16, 3], ["gelu", "sigmoid"], "ce", 130),
 ])
 @pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
-def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, dtype, restore_threads, split_every_call):
+def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, dtype, restore_threads,
+                                                  split_every_call):
     """Problems large enough that a whole call is split into one slice of samples per thread
     (and partial gradients / products / diagonals summed): every such quantity against the
     reference, with 1 and 2 threads."""
@@ -418,7 +419,8 @@ def small_chunks():
     ([3, 6, 5, 4, 2], "tanh", "ce"),                  # deep: the diagonal's matrix recursion
 ])
 @pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, indirect=["backend"])
-def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads, split_every_call, small_chunks):
+def test_calls_over_many_chunks_of_samples(backend, sizes, act, loss, dtype, restore_threads, split_every_call,
+                                           small_chunks):
     """cpp takes each thread's slice of samples through the network a chunk of rows at a time,
     on a tape of one chunk, and sums the slice's gradient, products and diagonals over its
     chunks; the full matrices and blocks add each chunk's terms to their accumulators.  With
