@@ -1,0 +1,144 @@
+// K-FAC's factors (kfac.hpp) in one pass over the samples.
+//
+// Each thread takes its slice of samples a chunk of rows at a time (common.hpp: over_samples,
+// over_chunks) through the forward pass and the loss head, forms the rows of the output's
+// square root (or the sampled gradients), backpropagates them to every layer (backward_rows),
+// and adds to its accumulators, per layer, the chunk's a~^T a~ and U^T U: symmetric rank-c
+// updates, of which only the lower triangle is computed (column panels starting at the
+// diagonal, as gram.cpp does), mirrored once at the end.  The per-thread accumulators are summed
+// after one barrier (sum_parts).  The chunk's augmented inputs a~ and backpropagated rows live
+// in the thread's GramScratch (At, U): the same kind of scratch as the Gram route's.
+#include "kfac.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "blas.hpp"
+#include "forward_backward.hpp"
+#include "workspace.hpp"
+
+namespace tk {
+
+namespace {
+
+constexpr idx kPanel = 96;
+
+// acc (D, D)'s lower triangle (and the upper part of its diagonal panels) = beta acc + R^T R,
+// R (rows, D) row-major.
+template <class T>
+void lower_rank_update(idx D, idx rows, const T* R, T beta, T* acc) {
+  for (idx b0 = 0; b0 < D; b0 += kPanel) {
+    const idx w = std::min(kPanel, D - b0);
+    gemm<T>(true, false, D - b0, w, rows, T(1), R + b0, D, R + b0, D, beta, acc + b0 * D + b0, D);
+  }
+}
+
+// The upper triangle from the lower, times `scale`.
+template <class T>
+void mirror_scaled(idx D, const T* acc, T scale, T* out) {
+  for (idx i = 0; i < D; ++i)
+    for (idx j = 0; j <= i; ++j) out[i * D + j] = out[j * D + i] = scale * acc[i * D + j];
+}
+
+// The chunk's top rows (c, r, k) at the output (kfac.hpp); p the chunk's softmax (ce).
+template <class T>
+void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* top) {
+  const idx k = net.k();
+  if (!noise) {
+    for (idx n = 0; n < c; ++n)
+      for (idx r = 0; r < k; ++r)
+        for (idx j = 0; j < k; ++j) top[(n * k + r) * k + j] = curvature_root(k, p ? p + n * k : p, r, j, s);
+    return;
+  }
+  if (!p) {  // mse: sqrt(2 s / (k M)) eps
+    const T w = std::sqrt(T(2) * s / T(k * M));
+    for (idx q = 0; q < c * M * k; ++q) top[q] = w * noise[q];
+    return;
+  }
+  const T w = std::sqrt(s / T(M));
+  for (idx n = 0; n < c; ++n) {
+    const T* pn = p + n * k;
+    for (idx m = 0; m < M; ++m) {
+      const T u = noise[n * M + m];
+      idx label = 0;  // the number of cumulative sums <= u, at most k - 1
+      T cdf = 0;
+      for (idx j = 0; j < k; ++j) {
+        cdf += pn[j];
+        if (u >= cdf) label = j + 1;
+      }
+      label = std::min(label, k - 1);
+      T* row = top + (n * M + m) * k;
+      for (idx j = 0; j < k; ++j) row[j] = w * (pn[j] - (j == label ? T(1) : T(0)));
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
+                  const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws) {
+  const idx L = net.L(), k = net.k(), r = noise ? M : k;
+  // accumulator layout: per layer A_l (Da^2) then B_l (Db^2)
+  std::vector<idx> offA(L), offB(L);
+  idx S = 0, per_row = 0, work = 0;
+  for (idx l = 0; l < L; ++l) {
+    const idx Da = net.d[l] + 1, Db = net.d[l + 1];
+    offA[l] = S, S += Da * Da;
+    offB[l] = S, S += Db * Db;
+    per_row += Da + r * Db;
+    work += Da * Da / 2 + r * Db * Db / 2 + r * Da * Db;
+  }
+  const T s = sample_weight<T>(N, mean);
+  const int nt = sample_threads(N, N * work);
+  const idx rows = chunk_rows(tape_values(net, false) + per_row, S, sizeof(T));
+  ws.parts.resize(nt * S);
+  ws.chunk_tapes.resize(nt);
+  ws.gram.resize(nt);
+  over_samples(N, nt, [&](int tid, idx n0, idx n1) {
+    T* acc = ws.parts.data() + tid * S;
+    Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(rows, n1 - n0), false);
+    GramScratch<T>& sc = ws.gram[tid];
+    sc.U.resize(L);
+    if (n1 == n0) std::fill(acc, acc + S, T(0));
+    over_chunks(n0, n1, rows, [&](idx c0, idx c1, bool first) {
+      const idx c = c1 - c0;
+      const Targets<T> tc = rows_at(ct, net, X, tg, c0);
+      forward_rows(net, theta, ct, 0, c, false);
+      head_rows(net, ct, tc, mean, 0, c, false);
+      const T* p = net.loss == Loss::ce ? ct.p.data() : nullptr;
+      sc.U[L - 1].resize(c * r * k);
+      top_rows(net, c, p, s, noise ? noise + c0 * M * (p ? 1 : k) : nullptr, M, sc.U[L - 1].data());
+      backward_rows(net, theta, ct, 0, c, r, sc.U);
+      const T beta = first ? T(0) : T(1);
+      for (idx l = 0; l < L; ++l) {
+        const idx d = net.d[l], Da = d + 1, Db = net.d[l + 1];
+        sc.At.resize(c * Da);
+        const T* a = ct.in(l);
+        for (idx n = 0; n < c; ++n) {
+          std::copy(a + n * d, a + (n + 1) * d, sc.At.data() + n * Da);
+          sc.At[n * Da + d] = T(1);
+        }
+        lower_rank_update<T>(Da, c, sc.At.data(), beta, acc + offA[l]);
+        lower_rank_update<T>(Db, c * r, sc.U[l].data(), beta, acc + offB[l]);
+      }
+    });
+#pragma omp barrier
+    sum_parts(ws.parts.data(), S, [&](idx q) { return ws.parts.data() + q * S; });
+  });
+  if (interrupted()) return;
+  for (idx l = 0; l < L; ++l) {
+    const idx Da = net.d[l] + 1, Db = net.d[l + 1];
+    mirror_scaled<T>(Da, ws.parts.data() + offA[l], T(1) / T(N), A[l]);
+    mirror_scaled<T>(Db, ws.parts.data() + offB[l], T(1), B[l]);
+  }
+}
+
+#define TK_INST(T)                                                                                        \
+  template void kfac_factors<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, const T*, idx, \
+                                const std::vector<T*>&, const std::vector<T*>&, Workspace<T>&);
+TK_INST(float)
+TK_INST(double)
+#undef TK_INST
+
+}  // namespace tk
