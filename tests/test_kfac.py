@@ -364,39 +364,44 @@ def test_float32_network_gives_float32_results():
 
 
 # ----------------------------------------------------------------------------- peer check
-def test_factors_match_curvlinops():
+def _torch_layout(net):
+    """perm with theta[perm] in torch's parameter order: per layer weight (out, in) row-major,
+    then bias."""
+    perm = []
+    for l, (a, b) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+        o = net.offsets[l]
+        perm += [o + i * b + j for j in range(b) for i in range(a)]
+        perm += [o + a * b + j for j in range(b)]
+    return np.array(perm)
+
+
+@pytest.mark.parametrize("loss, sizes", [("mse", [3, 5, 2]), ("ce", [4, 6, 5, 3])])
+def test_kfac_and_ekfac_match_curvlinops(loss, sizes):
     torch = pytest.importorskip("torch", reason="torch is not installed (the curvlinops check needs it)")
-    cl = pytest.importorskip("curvlinops", reason="curvlinops is not installed")
-    torch.set_default_dtype(torch.float64)
-    for loss, sizes in (("mse", [3, 5, 2]), ("ce", [4, 6, 3])):
-        p = make_problem(sizes, "tanh", loss, 7, seed=21)
-        net = p.net
-        layers = []
-        for l, (W, b) in enumerate(net.unflatten(p.theta)):
-            lin = torch.nn.Linear(W.shape[0], W.shape[1])
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(W.T.copy()))
-                lin.bias.copy_(torch.from_numpy(b.copy()))
-            layers.append(lin)
-            if l < net.num_layers - 1:
-                layers.append(torch.nn.Tanh())
-        model = torch.nn.Sequential(*layers)
-        X = torch.from_numpy(p.X)
-        if loss == "mse":
-            loss_fn, Y = torch.nn.MSELoss(), torch.from_numpy(p.Y)
-        else:
-            loss_fn, Y = torch.nn.CrossEntropyLoss(), torch.from_numpy(p.Y).long()
-        params = [q for q in model.parameters()]
-        op = cl.KFACLinearOperator(model, loss_fn, params, [(X, Y)], fisher_type="type-2",
-                                   separate_weight_and_bias=False, check_deterministic=False)
-        ours = net.kfac_factors(p.theta, p.X, p.Y)
-        # curvlinops keeps per layer an input factor (bias column last) and an output factor,
-        # Kronecker-ordered output-major over torch's (out, in) weight layout
-        inputs = getattr(op, "input_covariances", None) or op._input_covariances
-        grads = getattr(op, "gradient_covariances", None) or op._gradient_covariances
-        for l, (A, B) in enumerate(ours):
-            name = f"{2 * l}"
-            key_in = next(k for k in inputs if k.startswith(name + ".") or k == name)
-            Ai = inputs[key_in].detach().numpy()
-            Bi = grads[key_in].detach().numpy()
-            compare(np.kron(Ai, Bi), np.kron(A, B), rtol=1e-10, what=f"layer {l + 1} vs curvlinops")
+    cl = pytest.importorskip("curvlinops", reason="curvlinops (curvlinops-for-pytorch) is not installed")
+    p = make_problem(sizes, "tanh", loss, 7, seed=21)
+    net = p.net
+    layers = []
+    for l, (W, b) in enumerate(net.unflatten(p.theta)):
+        lin = torch.nn.Linear(W.shape[0], W.shape[1]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b.copy()))
+        layers.append(lin)
+        if l < net.num_layers - 1:
+            layers.append(torch.nn.Tanh())
+    model = torch.nn.Sequential(*layers)
+    if loss == "mse":
+        loss_fn, Y = torch.nn.MSELoss(), torch.from_numpy(p.Y)
+    else:
+        loss_fn, Y = torch.nn.CrossEntropyLoss(), torch.from_numpy(p.Y).long()
+    data = [(torch.from_numpy(p.X), Y)]
+    perm = _torch_layout(net)
+    eye = torch.eye(net.num_params, dtype=torch.float64)
+    # curvlinops' type-2 Fisher is the exact output Hessian: our kind="exact"
+    for name, ours in (("KFACLinearOperator", kfac.factors(net, p.theta, p.X, p.Y)),
+                       ("EKFACLinearOperator", kfac.ekfac(net, p.theta, p.X, p.Y))):
+        op = getattr(cl, name)(model, loss_fn, list(model.parameters()), data, fisher_type="type-2",
+                               separate_weight_and_bias=False, check_deterministic=False)
+        theirs = (op @ eye).detach().numpy()
+        compare(ours.matrix()[np.ix_(perm, perm)], theirs, rtol=1e-12, what=name)
