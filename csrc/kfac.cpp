@@ -5,9 +5,10 @@
 // square root (or the sampled gradients), backpropagates them to every layer (backward_rows),
 // and adds to its accumulators, per layer, the chunk's a~^T a~ and U^T U: symmetric rank-c
 // updates, of which only the lower triangle is computed (column panels starting at the
-// diagonal, as gram.cpp does), mirrored once at the end.  The per-thread accumulators are summed
-// after one barrier (sum_parts).  The chunk's augmented inputs a~ and backpropagated rows live
-// in the thread's GramScratch (At, U): the same kind of scratch as the Gram route's.
+// diagonal, as gram.cpp does), mirrored once at the end; the inputs' column of ones is never
+// formed (its row of A is the inputs' column sums).  The per-thread accumulators are summed
+// after one barrier (sum_parts).  The backpropagated rows live in the thread's GramScratch (U),
+// the same kind of scratch as the Gram route's.
 #include "kfac.hpp"
 
 #include <algorithm>
@@ -23,21 +24,42 @@ namespace {
 
 constexpr idx kPanel = 96;
 
-// acc (D, D)'s lower triangle (and the upper part of its diagonal panels) = beta acc + R^T R,
-// R (rows, D) row-major.
+// acc (D, D, row stride ldc)'s lower triangle (and the upper part of its diagonal panels) =
+// beta acc + R^T R, R (rows, D) row-major.
 template <class T>
-void lower_rank_update(idx D, idx rows, const T* R, T beta, T* acc) {
+void lower_rank_update(idx D, idx rows, const T* R, T beta, T* acc, idx ldc) {
   for (idx b0 = 0; b0 < D; b0 += kPanel) {
     const idx w = std::min(kPanel, D - b0);
-    gemm<T>(true, false, D - b0, w, rows, T(1), R + b0, D, R + b0, D, beta, acc + b0 * D + b0, D);
+    gemm<T>(true, false, D - b0, w, rows, T(1), R + b0, D, R + b0, D, beta, acc + b0 * ldc + b0, ldc);
   }
 }
 
-// The upper triangle from the lower, times `scale`.
+// The same for the augmented inputs [a 1] (rows, d + 1) without forming them: a^T a into the
+// leading (d, d) block, and the last row (the bias row) beta acc + (1^T a, rows).
+template <class T>
+void augmented_rank_update(idx d, idx rows, const T* a, T beta, T* acc) {
+  const idx Da = d + 1;
+  lower_rank_update<T>(d, rows, a, beta, acc, Da);
+  T* last = acc + d * Da;
+  for (idx i = 0; i <= d; ++i) last[i] = beta == T(0) ? T(0) : beta * last[i];  // never 0 * (NaN left there)
+  for (idx n = 0; n < rows; ++n)
+    for (idx i = 0; i < d; ++i) last[i] += a[n * d + i];
+  last[d] += T(rows);
+}
+
+// out = scale * acc with the upper triangle from the lower, in tiles (a column of out written
+// element by element would miss the cache on every write for wide layers).
 template <class T>
 void mirror_scaled(idx D, const T* acc, T scale, T* out) {
-  for (idx i = 0; i < D; ++i)
-    for (idx j = 0; j <= i; ++j) out[i * D + j] = out[j * D + i] = scale * acc[i * D + j];
+  constexpr idx kTile = 32;
+  for (idx i0 = 0; i0 < D; i0 += kTile)
+    for (idx j0 = 0; j0 <= i0; j0 += kTile) {
+      const idx i1 = std::min(D, i0 + kTile), j1 = std::min(D, j0 + kTile);
+      for (idx i = i0; i < i1; ++i)
+        for (idx j = j0; j < std::min(j1, i + 1); ++j) out[i * D + j] = scale * acc[i * D + j];
+      for (idx j = j0; j < j1; ++j)
+        for (idx i = std::max(i0, j + 1); i < i1; ++i) out[j * D + i] = out[i * D + j];
+    }
 }
 
 // The chunk's top rows (c, r, k) at the output (kfac.hpp); p the chunk's softmax (ce).
@@ -112,15 +134,9 @@ void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
       backward_rows(net, theta, ct, 0, c, r, sc.U);
       const T beta = first ? T(0) : T(1);
       for (idx l = 0; l < L; ++l) {
-        const idx d = net.d[l], Da = d + 1, Db = net.d[l + 1];
-        sc.At.resize(c * Da);
-        const T* a = ct.in(l);
-        for (idx n = 0; n < c; ++n) {
-          std::copy(a + n * d, a + (n + 1) * d, sc.At.data() + n * Da);
-          sc.At[n * Da + d] = T(1);
-        }
-        lower_rank_update<T>(Da, c, sc.At.data(), beta, acc + offA[l]);
-        lower_rank_update<T>(Db, c * r, sc.U[l].data(), beta, acc + offB[l]);
+        const idx Db = net.d[l + 1];
+        augmented_rank_update<T>(net.d[l], c, ct.in(l), beta, acc + offA[l]);
+        lower_rank_update<T>(Db, c * r, sc.U[l].data(), beta, acc + offB[l], Db);
       }
     });
 #pragma omp barrier
