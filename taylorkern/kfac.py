@@ -88,11 +88,18 @@ class _Kronecker:
     def _out(self, res, v):
         return res.reshape(np.shape(v)).astype(self.dtype, copy=False)
 
+    @staticmethod
+    def _sandwich(L, Vl, R):
+        """L V R for each of the m columns of Vl (Da, Db, m): two matrix products."""
+        Da, Db, m = Vl.shape
+        T = (L @ Vl.reshape(Da, Db * m)).reshape(L.shape[0], Db, m)
+        return np.matmul(T.transpose(0, 2, 1), R).transpose(0, 2, 1)
+
     def _rotate(self, Vl, Qa, Qb):
-        return np.einsum("ia,ijm,jb->abm", Qa, Vl, Qb)
+        return self._sandwich(Qa.T, Vl, Qb)
 
     def _unrotate(self, Wl, Qa, Qb):
-        return np.einsum("ia,abm,jb->ijm", Qa, Wl, Qb)
+        return self._sandwich(Qa, Wl, Qb.T)
 
     def _data_mv(self, Vl, l):
         Qa, Qb, S = self._eig(l)
@@ -205,7 +212,7 @@ class KFAC(_Kronecker):
 
     def _data_mv(self, Vl, l):
         # (A kron B) vec(V) = vec(A V B^T), V = layer l's slice as (Da, Db) row-major
-        return np.einsum("ia,ajm,jb->ibm", self.A[l], Vl, self.B[l])
+        return self._sandwich(self.A[l], Vl, self.B[l].T)
 
     def _dense_data_block(self, l):
         return np.kron(self.A[l], self.B[l])

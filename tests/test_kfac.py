@@ -408,3 +408,18 @@ def test_kfac_and_ekfac_match_curvlinops(loss, sizes):
                                separate_weight_and_bias=False, check_deterministic=False)
         theirs = (op @ eye).detach().numpy()
         compare(ours.matrix()[np.ix_(perm, perm)], theirs, rtol=1e-12, what=name)
+
+
+@pytest.mark.parametrize("name", ["cpp", "numba", "reference"])
+def test_cpu_backends_follow_the_optional_protocol(name):
+    import importlib
+    import inspect
+
+    from taylorkern.backends import FactorsKronecker
+    try:
+        mod = importlib.import_module(f"taylorkern.backends.{name}")
+    except ImportError as exc:
+        pytest.skip(f"backend {name!r} does not load here: {exc}")
+    assert isinstance(mod, FactorsKronecker)
+    params = list(inspect.signature(mod.kfac_factors).parameters)
+    assert params == ["net", "theta", "X", "Y", "reduction", "noise", "bases"]

@@ -181,6 +181,8 @@ def minimize(net, theta0, X, Y, method="lm", **options):
 
     run = Run(net, theta0, X, Y, name, callback=o["callback"], **common)
     dense = name in ("newton", "gauss-newton", "lm") and run.F <= SERIAL_BLAS_MAX_ORDER
+    # kfac factorizes per-layer factors of order d_{l-1} + 1 at most
+    dense = dense or (name == "kfac" and max(net.sizes) + 1 <= SERIAL_BLAS_MAX_ORDER)
     try:
         # Overflow on the way to a NaN/Inf is detected and reported as a status, not a warning.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
