@@ -208,8 +208,10 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
 }
 
 // K-FAC's factors, [(A_l, B_l)] (kfac.hpp); noise None for the exact rows, else (N, M) uniforms
-// (ce) or (N, M, k) normals (mse) of theta's dtype.
-py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise) {
+// (ce) or (N, M, k) normals (mse) of theta's dtype.  With bases [(Qa, Qb)], EKFAC's eigenvalues
+// instead, [(d_l + 1, d_{l+1})] per layer.
+py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise,
+                      py::object bases) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X, &Y);
@@ -222,6 +224,26 @@ py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool 
       if (M < 1) throw py::value_error("noise: needs at least one draw per sample");
     }
     py::list result;
+    if (!bases.is_none()) {
+      const py::list bl = bases.cast<py::list>();
+      if ((idx)bl.size() != net.L()) throw py::value_error("bases: one (Qa, Qb) per layer");
+      std::vector<py::array> keep;
+      std::vector<const T*> Qa, Qb;
+      std::vector<T*> out;
+      for (idx l = 0; l < net.L(); ++l) {
+        const py::tuple pair = bl[l].cast<py::tuple>();
+        keep.push_back(pair[0].cast<py::array>()), keep.push_back(pair[1].cast<py::array>());
+        Qa.push_back(data<T>(keep[2 * l], "bases", {net.d[l] + 1, net.d[l] + 1}));
+        Qb.push_back(data<T>(keep[2 * l + 1], "bases", {net.d[l + 1], net.d[l + 1]}));
+        py::array_t<T> s({net.d[l] + 1, net.d[l + 1]});
+        out.push_back(s.mutable_data());
+        result.append(s);
+      }
+      run<T>(net, [&](auto& ws) {
+        tk::kfac_eigen_scales<T>(net, in.theta, in.X, in.N, in.tg, mean, nz, M, Qa, Qb, out, ws);
+      });
+      return result;
+    }
     std::vector<T*> A, B;
     for (idx l = 0; l < net.L(); ++l) {
       py::array_t<T> a({net.d[l] + 1, net.d[l] + 1}), b({net.d[l + 1], net.d[l + 1]});
@@ -316,7 +338,8 @@ PYBIND11_MODULE(_core, m) {
   pair("hessian", "ggn", &full);
   pair("hessian_blocks", "ggn_blocks", &blocks);
   pair("hessian_diag", "ggn_diag", &diag);
-  m.def("kfac_factors", &kfac_factors, net, theta, X, Y, mean, py::arg("noise") = py::none());
+  m.def("kfac_factors", &kfac_factors, net, theta, X, Y, mean, py::arg("noise") = py::none(),
+        py::arg("bases") = py::none());
   m.def(
       "product_memory_values",
       [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); }, net, py::arg("N"),

@@ -97,22 +97,19 @@ void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* 
 
 }  // namespace
 
-template <class T>
-void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
-                  const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws) {
+// The pass both calls share: each thread's chunks through the forward pass, the loss head and
+// the backward pass of the rows (r per sample), then take(l, c, a, U, acc, beta) per layer with
+// the chunk's inputs a (c, d[l]), rows U (c r, d[l+1]) and the thread's accumulator of S values
+// (beta 0 on its first chunk); the threads' accumulators are summed into ws.parts[0, S).
+// `work` is the multiply-adds per sample of the consumer, for the thread count.
+template <class T, class Take>
+void kfac_pass(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
+               idx S, idx work, Workspace<T>& ws, Take&& take) {
   const idx L = net.L(), k = net.k(), r = noise ? M : k;
-  // accumulator layout: per layer A_l (Da^2) then B_l (Db^2)
-  std::vector<idx> offA(L), offB(L);
-  idx S = 0, per_row = 0, work = 0;
-  for (idx l = 0; l < L; ++l) {
-    const idx Da = net.d[l] + 1, Db = net.d[l + 1];
-    offA[l] = S, S += Da * Da;
-    offB[l] = S, S += Db * Db;
-    per_row += Da + r * Db;
-    work += Da * Da / 2 + r * Db * Db / 2 + r * Da * Db;
-  }
+  idx per_row = 0;
+  for (idx l = 0; l < L; ++l) per_row += net.d[l] + 1 + 2 * r * net.d[l + 1];
   const T s = sample_weight<T>(N, mean);
-  const int nt = sample_threads(N, N * work);
+  const int nt = sample_threads(N, N * (work + net.macs() * (1 + r)));
   const idx rows = chunk_rows(tape_values(net, false) + per_row, S, sizeof(T));
   ws.parts.resize(nt * S);
   ws.chunk_tapes.resize(nt);
@@ -133,15 +130,32 @@ void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
       top_rows(net, c, p, s, noise ? noise + c0 * M * (p ? 1 : k) : nullptr, M, sc.U[L - 1].data());
       backward_rows(net, theta, ct, 0, c, r, sc.U);
       const T beta = first ? T(0) : T(1);
-      for (idx l = 0; l < L; ++l) {
-        const idx Db = net.d[l + 1];
-        augmented_rank_update<T>(net.d[l], c, ct.in(l), beta, acc + offA[l]);
-        lower_rank_update<T>(Db, c * r, sc.U[l].data(), beta, acc + offB[l], Db);
-      }
+      for (idx l = 0; l < L; ++l) take(l, c, ct.in(l), sc.U[l].data(), acc, beta, sc);
     });
 #pragma omp barrier
     sum_parts(ws.parts.data(), S, [&](idx q) { return ws.parts.data() + q * S; });
   });
+}
+
+template <class T>
+void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
+                  const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws) {
+  const idx L = net.L(), r = noise ? M : net.k();
+  // accumulator layout: per layer A_l (Da^2) then B_l (Db^2)
+  std::vector<idx> offA(L), offB(L);
+  idx S = 0, work = 0;
+  for (idx l = 0; l < L; ++l) {
+    const idx Da = net.d[l] + 1, Db = net.d[l + 1];
+    offA[l] = S, S += Da * Da;
+    offB[l] = S, S += Db * Db;
+    work += Da * Da / 2 + r * Db * Db / 2;
+  }
+  kfac_pass<T>(net, theta, X, N, tg, mean, noise, M, S, work, ws,
+               [&](idx l, idx c, const T* a, const T* U, T* acc, T beta, GramScratch<T>&) {
+                 const idx Db = net.d[l + 1];
+                 augmented_rank_update<T>(net.d[l], c, a, beta, acc + offA[l]);
+                 lower_rank_update<T>(Db, c * r, U, beta, acc + offB[l], Db);
+               });
   if (interrupted()) return;
   for (idx l = 0; l < L; ++l) {
     const idx Da = net.d[l] + 1, Db = net.d[l + 1];
@@ -150,9 +164,58 @@ void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
   }
 }
 
-#define TK_INST(T)                                                                                        \
-  template void kfac_factors<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, const T*, idx, \
-                                const std::vector<T*>&, const std::vector<T*>&, Workspace<T>&);
+template <class T>
+void kfac_eigen_scales(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise,
+                       idx M, const std::vector<const T*>& Qa, const std::vector<const T*>& Qb,
+                       const std::vector<T*>& out, Workspace<T>& ws) {
+  const idx L = net.L(), r = noise ? M : net.k();
+  std::vector<idx> off(L);
+  idx S = 0, work = 0;
+  for (idx l = 0; l < L; ++l) {
+    const idx Da = net.d[l] + 1, Db = net.d[l + 1];
+    off[l] = S, S += Da * Db;
+    work += Da * Da + r * Db * Db + Da * Db;
+  }
+  kfac_pass<T>(net, theta, X, N, tg, mean, noise, M, S, work, ws,
+               [&](idx l, idx c, const T* a, const T* U, T* acc, T beta, GramScratch<T>& sc) {
+                 const idx d = net.d[l], Da = d + 1, Db = net.d[l + 1];
+                 // pa = ([a 1] Qa)^2: a Qa's first d rows, plus Qa's last row
+                 sc.A2.resize(c * Da);
+                 T* pa = sc.A2.data();
+                 gemm<T>(false, false, c, Da, d, T(1), a, d, Qa[l], Da, T(0), pa, Da);
+                 const T* qlast = Qa[l] + d * Da;
+                 for (idx n = 0; n < c; ++n)
+                   for (idx i = 0; i < Da; ++i) {
+                     const T v = pa[n * Da + i] + qlast[i];
+                     pa[n * Da + i] = v * v;
+                   }
+                 // pu = sum over the r rows of each sample of (U Qb)^2
+                 sc.M.resize(c * r * Db), sc.w.resize(c * Db);
+                 gemm<T>(false, false, c * r, Db, Db, T(1), U, Db, Qb[l], Db, T(0), sc.M.data(), Db);
+                 T* pu = sc.w.data();
+                 for (idx n = 0; n < c; ++n) {
+                   T* row = pu + n * Db;
+                   std::fill(row, row + Db, T(0));
+                   for (idx q = 0; q < r; ++q) {
+                     const T* m = sc.M.data() + (n * r + q) * Db;
+                     for (idx j = 0; j < Db; ++j) row[j] += m[j] * m[j];
+                   }
+                 }
+                 gemm<T>(true, false, Da, Db, c, T(1), pa, Da, pu, Db, beta, acc + off[l], Db);
+               });
+  if (interrupted()) return;
+  for (idx l = 0; l < L; ++l) {
+    const idx n = (net.d[l] + 1) * net.d[l + 1];
+    std::copy(ws.parts.data() + off[l], ws.parts.data() + off[l] + n, out[l]);
+  }
+}
+
+#define TK_INST(T)                                                                                           \
+  template void kfac_factors<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, const T*, idx,    \
+                                const std::vector<T*>&, const std::vector<T*>&, Workspace<T>&);          \
+  template void kfac_eigen_scales<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, const T*, idx, \
+                                     const std::vector<const T*>&, const std::vector<const T*>&,          \
+                                     const std::vector<T*>&, Workspace<T>&);
 TK_INST(float)
 TK_INST(double)
 #undef TK_INST

@@ -18,4 +18,13 @@ template <class T>
 void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
                   const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws);
 
+// EKFAC's eigenvalues from the same pass: for each layer's orthogonal bases Qa ((d[l]+1)^2) and
+// Qb (d[l+1]^2), out[l] ((d[l]+1, d[l+1])) = sum over samples n and rows u of
+// ((Qa^T a~_n)_i)^2 ((Qb^T u)_j)^2: the layer's curvature (the rows' sum) in the basis Qa kron Qb,
+// its diagonal.
+template <class T>
+void kfac_eigen_scales(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise,
+                       idx M, const std::vector<const T*>& Qa, const std::vector<const T*>& Qb,
+                       const std::vector<T*>& out, Workspace<T>& ws);
+
 }  // namespace tk

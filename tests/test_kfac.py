@@ -111,6 +111,20 @@ def test_every_backend_matches_the_reference(backend, case, dtype):
             with tk.use_backend("reference"):
                 want = p64.net.kfac_factors(p64.theta, p64.X, p64.Y, kind=kind, reduction=reduction, **extra)
             compare(got, want, dtype, what=f"{backend} {kind} {reduction}")
+            bases = _random_bases(p64.net, 5)
+            got = p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases, kind=kind, reduction=reduction, **extra)
+            assert all(S.dtype == dtype for S in got)
+            with tk.use_backend("reference"):
+                want = p64.net.kfac_eigen_scales(p64.theta, p64.X, p64.Y, bases, kind=kind, reduction=reduction,
+                                                 **extra)
+            compare(got, want, dtype, what=f"{backend} {kind} {reduction} EKFAC eigenvalues")
+
+
+def _random_bases(net, seed):
+    """Random orthogonal (Qa, Qb) per layer (QR of Gaussian matrices)."""
+    rng = np.random.default_rng(seed)
+    return [(np.linalg.qr(rng.standard_normal((a + 1, a + 1)))[0], np.linalg.qr(rng.standard_normal((b, b)))[0])
+            for a, b in zip(net.sizes[:-1], net.sizes[1:])]
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
@@ -131,6 +145,10 @@ def test_cpp_many_chunks_and_two_threads(loss, restore_threads):
                 p.net.hessian_blocks(p.theta, p.X, p.Y)  # the pooled workspace used by another call
                 again = p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=1, mc_samples=2)
                 assert all(np.array_equal(x, y) for a, b in zip(first, again) for x, y in zip(a, b))
+                bases = _random_bases(p.net, 1)
+                with tk.use_backend("reference"):
+                    want_s = p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases)
+                compare(p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases), want_s, what=f"EKFAC {n} threads")
     finally:
         _core._set_chunk_bytes(old)
 

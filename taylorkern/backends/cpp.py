@@ -72,9 +72,9 @@ ggn_diag = _with_data("ggn_diag")
 
 
 def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
-    """K-FAC's factors [(A_l, B_l)] in one pass over the samples (csrc/kfac.cpp); EKFAC's
-    eigenvalues (``bases`` given) by the numpy code of the reference backend."""
+    """K-FAC's factors [(A_l, B_l)], or with ``bases`` EKFAC's eigenvalues, in one pass over the
+    samples (csrc/kfac.cpp)."""
     if bases is not None:
-        from . import reference
-        return reference.kfac_factors(net, theta, X, Y, reduction, noise, bases)
+        return list(_core.kfac_factors(_net(net), theta, X, Y, reduction == "mean", noise,
+                                       [tuple(b) for b in bases]))
     return [tuple(p) for p in _core.kfac_factors(_net(net), theta, X, Y, reduction == "mean", noise)]
