@@ -22,9 +22,9 @@ namespace tk {
 
 namespace {
 
-// Column panels of the lower-triangle updates: 32 wide.  With the AVX-512 GEMM, panels of 16-32
-// columns ran the 5120 x 128 and 512 x 785 updates of [784, 128, 10] as fast as or faster than
-// panels of 96 (up to 2.5x on the tall one), besides skipping more of the upper triangle.
+// Column panels of the lower-triangle updates: 32 wide.  With the AVX-512 GEMM, narrow panels ran
+// the tall updates of B faster than the Gram route's 96 and the wide ones of A as fast
+// (bench/KFAC.md), besides skipping more of the upper triangle.
 constexpr idx kPanel = 32;
 
 // acc (D, D, row stride ldc)'s lower triangle (and the upper part of its diagonal panels) =
