@@ -7,7 +7,7 @@ Problems
   parity  3-bit parity, inputs in {-1, 1}^3, targets +-1, a 3-10-10-1 tanh network, target
           MSE 0.002.
 Contenders
-  taylorkern: lm, newton, newton-cg, lbfgs, adam (lr 0.01, full batch), each stopped by
+  taylorkern: lm, newton, newton-cg, lbfgs, kfac, adam (lr 0.01, full batch), each stopped by
   ``target=``; scikit-learn's MLPRegressor(solver="lbfgs") and scipy's least_squares
   (MINPACK lm, taylorkern's exact Jacobian) when installed — neither can stop at a target,
   so their iterations (lbfgs iterations; least_squares function evaluations) to the target
@@ -56,6 +56,7 @@ TK_METHODS = {
     "newton": ({}, 1000),
     "newton-cg": ({}, 1000),
     "lbfgs": ({}, 5000),
+    "kfac": ({}, 5000),
     "adam": ({"lr": 0.01}, 20000),
 }
 

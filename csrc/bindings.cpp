@@ -17,6 +17,7 @@
 #include "gemm_avx512.hpp"
 #include "gram.hpp"
 #include "jacobian.hpp"
+#include "kfac.hpp"
 #include "omp_compat.hpp"
 #include "rop.hpp"
 #include "with_dtype.hpp"
@@ -206,6 +207,54 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
   });
 }
 
+// K-FAC's factors, [(A_l, B_l)] (kfac.hpp); noise None for the exact rows, else (N, M) uniforms
+// (ce) or (N, M, k) normals (mse) of theta's dtype.  With bases [(Qa, Qb)], EKFAC's eigenvalues
+// instead, [(d_l + 1, d_{l+1})] per layer.
+py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise,
+                      py::object bases) {
+  return tk::with_dtype(is_f32(theta), [&](auto dt) {
+    using T = typename decltype(dt)::type;
+    const Inputs<T> in(net, theta, X, &Y);
+    const T* nz = nullptr;
+    idx M = 0;
+    if (!noise.is_none()) {
+      const py::array a = noise.cast<py::array>();
+      M = a.ndim() >= 2 ? a.shape(1) : -1;
+      nz = net.loss == tk::Loss::ce ? data<T>(a, "noise", {in.N, M}) : data<T>(a, "noise", {in.N, M, net.k()});
+      if (M < 1) throw py::value_error("noise: needs at least one draw per sample");
+    }
+    py::list result;
+    if (!bases.is_none()) {
+      const py::list bl = bases.cast<py::list>();
+      if ((idx)bl.size() != net.L()) throw py::value_error("bases: one (Qa, Qb) per layer");
+      std::vector<py::array> keep;
+      std::vector<const T*> Qa, Qb;
+      std::vector<T*> out;
+      for (idx l = 0; l < net.L(); ++l) {
+        const py::tuple pair = bl[l].cast<py::tuple>();
+        keep.push_back(pair[0].cast<py::array>()), keep.push_back(pair[1].cast<py::array>());
+        Qa.push_back(data<T>(keep[2 * l], "bases", {net.d[l] + 1, net.d[l] + 1}));
+        Qb.push_back(data<T>(keep[2 * l + 1], "bases", {net.d[l + 1], net.d[l + 1]}));
+        py::array_t<T> s({net.d[l] + 1, net.d[l + 1]});
+        out.push_back(s.mutable_data());
+        result.append(s);
+      }
+      run<T>(net, [&](auto& ws) {
+        tk::kfac_eigen_scales<T>(net, in.theta, in.X, in.N, in.tg, mean, nz, M, Qa, Qb, out, ws);
+      });
+      return result;
+    }
+    std::vector<T*> A, B;
+    for (idx l = 0; l < net.L(); ++l) {
+      py::array_t<T> a({net.d[l] + 1, net.d[l] + 1}), b({net.d[l + 1], net.d[l + 1]});
+      A.push_back(a.mutable_data()), B.push_back(b.mutable_data());
+      result.append(py::make_tuple(a, b));
+    }
+    run<T>(net, [&](auto& ws) { tk::kfac_factors<T>(net, in.theta, in.X, in.N, in.tg, mean, nz, M, A, B, ws); });
+    return result;
+  });
+}
+
 // {name: code} of the activations and losses, as Net takes them (formulas.hpp).
 template <size_t n>
 py::dict code_table(const char* const (&names)[n]) {
@@ -291,6 +340,8 @@ PYBIND11_MODULE(_core, m) {
   pair("hessian", "ggn", &full);
   pair("hessian_blocks", "ggn_blocks", &blocks);
   pair("hessian_diag", "ggn_diag", &diag);
+  m.def("kfac_factors", &kfac_factors, net, theta, X, Y, mean, py::arg("noise") = py::none(),
+        py::arg("bases") = py::none());
   m.def(
       "product_memory_values",
       [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); }, net, py::arg("N"),

@@ -76,6 +76,17 @@ def current():
     return _active
 
 
+def optional(function):
+    """The active backend's optional ``function`` (one outside the Backend protocol, such as
+    kfac_factors), else that of the CPU backend the cuda router falls back to, else the
+    reference backend's (plain numpy, always present)."""
+    for b in (_active, getattr(_active, "fallback", None)):
+        fn = getattr(b, function, None)
+        if fn is not None:
+            return fn
+    return getattr(_resolve("reference"), function)
+
+
 def _resolve(name):
     if not isinstance(name, str) or name not in ORDER:
         raise ValueError(f"backend: unknown {name!r}; known backends are {list(ORDER)}, "

@@ -523,6 +523,70 @@ class MLP:
         """diag(G), shape (P,), without forming G."""
         return self._diag("ggn_diag", theta, X, Y, reduction)
 
+    # ------------------------------------------------------------ Kronecker factors
+    def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases):
+        if kind not in ("exact", "mc"):
+            raise ValueError(f"kind: expected 'exact' or 'mc', got {kind!r}")
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
+            raise ValueError(f"mc_samples: expected an integer >= 1, got {mc_samples!r}")
+        if seed is not None and not isinstance(seed, np.random.Generator) and (
+                isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ValueError(f"seed: expected None, an integer >= 0 or a numpy Generator, got {seed!r}")
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        N, k = X.shape[0], self.num_outputs
+        rows = k if kind == "exact" else int(mc_samples)
+        self._check_memory(lambda: f"kfac factors of {N} samples with {rows} rows each",
+                           2.0 * N * rows * max(self.sizes) + sum((a + 1) ** 2 + b * b for a, b in
+                                                                  zip(self.sizes[:-1], self.sizes[1:])))
+        noise = None
+        if kind == "mc":
+            rng = np.random.default_rng(seed)
+            if self.loss_name == "ce":
+                noise = rng.random((N, rows)).astype(self.dtype)
+            elif self.loss_name == "mse":
+                noise = rng.standard_normal((N, rows, k)).astype(self.dtype)
+            else:  # pragma: no cover - a loss without a sampler
+                raise ValueError(f"kind: 'mc' has no sampler for loss {self.loss_name!r}; use 'exact'")
+        fn = _dispatch.optional("kfac_factors")
+        return fn(self, theta, X, Y, reduction, noise) if bases is None else \
+            fn(self, theta, X, Y, reduction, noise, bases)
+
+    def kfac_factors(self, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean"):
+        """Kronecker factors of each layer's GGN block: a list of (A_l, B_l).
+
+        A_l, (d_{l-1} + 1, d_{l-1} + 1), is the mean over samples of a~ a~^T, a~ the layer's
+        inputs with a 1 appended (the order of [Wl; bl]'s rows).  B_l, (d_l, d_l), is the sum
+        over samples of u u^T over rows u backpropagated from the output to the layer's
+        pre-activations, the reduction's sample weight included: with ``kind="exact"`` the dL
+        rows of a square root of each sample's output Hessian (K-FAC's "KFLR"), with
+        ``kind="mc"`` ``mc_samples`` gradients of the loss at targets drawn from the model's
+        predictive distribution (softmax for ce, a Gaussian for mse), seeded by ``seed``.
+        ``kron(A_l, B_l)`` is then in theta's order, and equals the exact GGN block for one
+        sample through one layer.  l2 is not included (taylorkern.kfac adds it).
+        """
+        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, None)
+
+    def kfac_eigen_scales(self, theta, X, Y, bases, kind="exact", seed=None, mc_samples=1, reduction="mean"):
+        """EKFAC's eigenvalues: for each layer's basis (Qa, Qb) (orthogonal, (d_{l-1} + 1)- and
+        d_l-square), the (d_{l-1} + 1, d_l) diagonal of the layer's GGN data term (kind="exact")
+        or its sampled estimate (kind="mc", the same draws as kfac_factors with the same seed)
+        in the basis Qa kron Qb: sum over samples and rows of (Qa^T a~)_i^2 (Qb^T u)_j^2."""
+        bases = list(bases)
+        if len(bases) != self.num_layers:
+            raise ValueError(f"bases: expected one (Qa, Qb) pair per layer ({self.num_layers}), got {len(bases)}")
+        checked = []
+        for l, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            try:
+                Qa, Qb = bases[l]
+            except (TypeError, ValueError):
+                raise ValueError(f"bases[{l}]: expected a pair (Qa, Qb)") from None
+            Qa, Qb = np.asarray(Qa), np.asarray(Qb)
+            if Qa.shape != (a + 1, a + 1) or Qb.shape != (b, b):
+                raise ValueError(f"bases[{l}]: expected shapes {(a + 1, a + 1)} and {(b, b)}, "
+                                 f"got {Qa.shape} and {Qb.shape}")
+            checked.append((self._as_float(Qa, f"bases[{l}]"), self._as_float(Qb, f"bases[{l}]")))
+        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, checked)
+
 
 # A data object (tk.Batches, taylorkern.distributed.ShardedData) in place of X, Y: the one
 # place that recognises one (taylorkern/data.py sums the chunks' calls).

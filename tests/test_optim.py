@@ -17,7 +17,7 @@ import scipy.optimize
 import taylorkern as tk
 from taylorkern.optim import METHOD_OPTIONS, METHODS, Iterate, OptimizeResult, Status
 
-SECOND_ORDER = ("taylor-step", "newton", "gauss-newton", "lm", "newton-cg", "lbfgs")
+SECOND_ORDER = ("taylor-step", "newton", "gauss-newton", "lm", "newton-cg", "lbfgs", "kfac")
 FIRST_ORDER = ("gd", "momentum", "adam")
 # Learning rates that make the baselines move on these small problems within 40 steps.
 FAST = {"gd": dict(lr=0.1), "momentum": dict(lr=0.05), "adam": dict(lr=0.02)}
@@ -69,15 +69,16 @@ def test_every_method_decreases_the_loss(method, loss, dtype, l2):
     np.testing.assert_array_equal(theta0, keep)  # the caller's theta0 is not written
     # second-order methods must make real progress in 40 iterations; the baselines some
     assert res.loss < (0.5 if method in SECOND_ORDER else 0.95) * f0, (res.loss, f0)
-    if method in ("newton", "taylor-step", "newton-cg", "gauss-newton", "lm"):
+    if method in ("newton", "taylor-step", "newton-cg", "gauss-newton", "lm", "kfac"):
         assert res.nhev >= 1
     if method in FIRST_ORDER + ("lbfgs",):
         assert res.nhev == 0
 
 
-@pytest.mark.parametrize("method", [m for m in SECOND_ORDER if m != "taylor-step"])
+@pytest.mark.parametrize("method", [m for m in SECOND_ORDER if m not in ("taylor-step", "kfac")])
 def test_second_order_methods_converge_on_an_interpolation_problem(method):
-    # (taylor-step is steepest descent with a model step length: linear convergence only)
+    # (taylor-step is steepest descent with a model step length, kfac a preconditioned gradient
+    # method: linear convergence only)
     # P = 25 parameters, 10 targets: an exact fit exists near any start, the loss goes to ~0.
     rng = np.random.default_rng(3)
     net = tk.MLP([2, 6, 1], activation="tanh")
@@ -514,7 +515,8 @@ def test_result_repr_and_scipy_style_aliases():
 
 def test_method_options_table_matches_the_methods():
     assert set(METHOD_OPTIONS) == set(METHODS) == {
-        "gd", "momentum", "adam", "taylor-step", "newton", "gauss-newton", "lm", "newton-cg", "lbfgs"}
+        "gd", "momentum", "adam", "taylor-step", "newton", "gauss-newton", "lm", "newton-cg", "lbfgs",
+        "kfac"}
     assert tk.minimize is tk.optim.minimize and tk.OptimizeResult is OptimizeResult
 
 

@@ -105,3 +105,17 @@ class FusesGaussNewton(Protocol):
     def loss_grad_ggn(self, net, theta: np.ndarray, X: np.ndarray, Y: np.ndarray,
                       reduction: str) -> tuple[float, np.ndarray, np.ndarray]:
         """(the loss's data term, its gradient (P,), the GGN (P, P))."""
+
+
+@runtime_checkable
+class FactorsKronecker(Protocol):
+    """Optional: a backend that computes K-FAC's per-layer factors itself (docs/kfac.md).  The
+    MLP takes ``kfac_factors`` through ``taylorkern._dispatch.optional``: from the active
+    backend, else the cuda router's CPU backend, else the reference backend's numpy code."""
+
+    def kfac_factors(self, net, theta: np.ndarray, X: np.ndarray, Y: np.ndarray, reduction: str,
+                     noise=None, bases=None) -> list:
+        """[(A_l, B_l)] per layer ((d_{l-1} + 1)-square, d_l-square); ``noise`` None for the exact
+        rows of the output Hessian's square root, else the MLP's draws ((N, M) uniforms for ce,
+        (N, M, k) normals for mse); with ``bases`` [(Qa, Qb)] instead EKFAC's eigenvalues, one
+        (d_{l-1} + 1, d_l) array per layer."""

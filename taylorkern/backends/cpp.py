@@ -69,3 +69,12 @@ hessian_blocks = _with_data("hessian_blocks")
 ggn_blocks = _with_data("ggn_blocks")
 hessian_diag = _with_data("hessian_diag")
 ggn_diag = _with_data("ggn_diag")
+
+
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
+    """K-FAC's factors [(A_l, B_l)], or with ``bases`` EKFAC's eigenvalues, in one pass over the
+    samples (csrc/kfac.cpp)."""
+    if bases is not None:
+        return list(_core.kfac_factors(_net(net), theta, X, Y, reduction == "mean", noise,
+                                       [tuple(b) for b in bases]))
+    return [tuple(p) for p in _core.kfac_factors(_net(net), theta, X, Y, reduction == "mean", noise)]

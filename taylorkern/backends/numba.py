@@ -386,3 +386,7 @@ def _diag(gn):
 hessian, ggn = _full(False), _full(True)
 hessian_blocks, ggn_blocks = _blocks(False), _blocks(True)
 hessian_diag, ggn_diag = _diag(False), _diag(True)
+
+
+# K-FAC's factors and EKFAC's eigenvalues: the reference backend's numpy code (no numba kernel).
+from .reference import kfac_factors  # noqa: E402,F401

@@ -17,6 +17,8 @@ reduction="mean" (mse additionally by 1/k: the mean is over all N*k elements).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 name = "reference"
@@ -306,3 +308,61 @@ def hessian_diag(net, theta, X, Y, reduction):
 def ggn_diag(net, theta, X, Y, reduction):
     _refuse_full_matrix(net, "ggn_diag")
     return np.diagonal(ggn(net, theta, X, Y, reduction)).copy()
+
+
+# ---------------------------------------------------------------- Kronecker factors (K-FAC)
+def _output_rows(net, F, reduction, noise):
+    """The rows S (N, r, k) whose outer products sum to each sample's output Hessian (noise
+    None: r = k rows of its square root, R_n^T R_n = s H_n) or estimate it (noise: r = M sampled
+    gradients; ce from uniforms (N, M), the label drawn by inverse CDF of the softmax; mse from
+    standard normals (N, M, k))."""
+    n, k = F.shape
+    s = _scale(net, n, reduction)
+    if net.loss_name == "mse":
+        if noise is None:
+            return np.broadcast_to(math.sqrt(2.0 * s / k) * np.eye(k, dtype=F.dtype), (n, k, k))
+        return (math.sqrt(2.0 * s / (k * noise.shape[1])) * noise).astype(F.dtype)
+    p = _softmax(F)
+    if noise is None:
+        w = np.sqrt(s * p)  # row r: sqrt(s p_r) (e_r - p)
+        return w[:, :, None] * (np.eye(k, dtype=F.dtype)[None] - p[:, None, :])
+    m = noise.shape[1]
+    cdf = np.cumsum(p, axis=1)
+    label = np.minimum((noise[:, :, None] >= cdf[:, None, :]).sum(axis=2), k - 1)  # (N, M)
+    S = np.broadcast_to(p[:, None, :], (n, m, k)).copy()
+    S[np.arange(n)[:, None], np.arange(m)[None, :], label] -= 1.0
+    return math.sqrt(s / m) * S
+
+
+def _kfac_vectors(net, theta, X, reduction, noise):
+    """Per layer (augmented inputs (N, d_{l-1} + 1), rows backpropagated to the layer's
+    pre-activations (N, r, d_l))."""
+    acts, derivs = forward(net, theta, X)
+    Wb = layers(net, theta)
+    n = X.shape[0]
+    U = _output_rows(net, acts[-1], reduction, noise)
+    out = [None] * len(Wb)
+    for l in range(len(Wb) - 1, -1, -1):
+        a = np.concatenate([acts[l], np.ones((n, 1), X.dtype)], axis=1)
+        out[l] = (a, U)
+        if l > 0:
+            U = (U @ Wb[l][0].T) * derivs[l - 1][0][:, None, :]
+    return out
+
+
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
+    """Per layer (A, B): A = mean over samples of a~ a~^T (the inputs with a 1 appended, as
+    layer l's [Wl; bl] rows are ordered), B = sum over samples and rows of u u^T, u the rows of
+    _output_rows backpropagated to the layer's pre-activations (the sample weight s inside).
+    With ``bases`` [(Qa, Qb)] per layer, instead each layer's (d_{l-1} + 1, d_l) array of
+    sum_n sum_r (Qa^T a~_n)_i^2 (Qb^T u_nr)_j^2: the exact block's diagonal in that basis, the
+    eigenvalues of EKFAC.  Y is not read (the GGN's output Hessian depends on f alone)."""
+    vecs = _kfac_vectors(net, theta, X, reduction, noise)
+    n = X.shape[0]
+    if bases is None:
+        return [(a.T @ a / n, np.einsum("nrj,nrk->jk", U, U).astype(theta.dtype, copy=False)) for a, U in vecs]
+    out = []
+    for (a, U), (Qa, Qb) in zip(vecs, bases):
+        pa, pu = (a @ Qa) ** 2, (U @ Qb) ** 2
+        out.append((pa.T @ pu.sum(axis=1)).astype(theta.dtype, copy=False))
+    return out

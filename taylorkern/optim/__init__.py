@@ -2,7 +2,7 @@
 
 ``minimize(net, theta0, X, Y, method=..., **options)`` -> :class:`OptimizeResult`.
 Methods: gd, momentum, adam (baselines), taylor-step, newton, gauss-newton, lm, newton-cg,
-lbfgs.  They use only the network's public calls (loss, gradient, Hessian / GGN matrices
+lbfgs, kfac.  They use only the network's public calls (loss, gradient, Hessian / GGN matrices
 and products), never a backend, so they run on whichever backend is active.
 """
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._validate import boolean, check_curvature, check_net, choice, integer, real
 from ..data import Data
-from . import first_order, quasi_newton, second_order
+from . import first_order, kronecker, quasi_newton, second_order
 from ._result import Status
 from ._run import SERIAL_BLAS_MAX_ORDER, Run, Stop, serial_blas
 
@@ -27,6 +27,7 @@ METHOD_OPTIONS = {
     "newton-cg": dict(curvature="hessian", radius=1.0, max_radius=1e3, eta=0.1, max_cg=None,
                       cg_tol=None),
     "lbfgs": dict(memory=10, c1=1e-4, c2=0.9, max_ls=25),
+    "kfac": dict(damping=1e-3, kind="exact", seed=None, mc_samples=1, eta=1e-4),
 }
 METHODS = tuple(METHOD_OPTIONS)
 
@@ -79,6 +80,15 @@ def _check_method_options(method, o):
             raise ValueError(f"c2: expected c1 < c2 < 1 (c1 = {c1:g}), got {c2:g}")
         return quasi_newton.lbfgs, dict(memory=integer("memory", o["memory"], lo=1), c1=c1, c2=c2,
                                         max_ls=integer("max_ls", o["max_ls"], lo=1))
+    if method == "kfac":
+        seed = o["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed: expected None or an integer >= 0, got {seed!r}")
+        return kronecker.kfac, dict(
+            damping=real("damping", o["damping"], lo=0, lo_open=True),
+            kind=choice("kind", o["kind"], ("exact", "mc")), seed=seed,
+            mc_samples=integer("mc_samples", o["mc_samples"], lo=1),
+            eta=real("eta", o["eta"], lo=0, hi=0.25, hi_open=True))
     raise AssertionError(method)  # pragma: no cover
 
 
@@ -122,6 +132,11 @@ def minimize(net, theta0, X, Y=None, method="lm", **options):
       Hessian- or GGN-vector products inside a trust region; no P x P matrix is formed.
     - ``lbfgs`` (memory=10, c1=1e-4, c2=0.9, max_ls=25): L-BFGS with a strong-Wolfe line
       search.
+    - ``kfac`` (damping=1e-3, kind="exact"|"mc", seed=None, mc_samples=1, eta=1e-4): K-FAC's
+      damped direction -(K + lambda I)^-1 g (taylorkern.kfac), its length minimising the damped
+      quadratic model along it (one GGN product), lambda (starting at damping times K's mean
+      diagonal) adapted from the gain ratio; a step with gain ratio <= eta is rejected and
+      retried with more damping.  No P x P matrix is formed: only per-layer factors.
 
     Options for every method:
 
@@ -184,6 +199,8 @@ def minimize(net, theta0, X, Y=None, method="lm", **options):
 
     run = Run(net, theta0, X, Y, name, callback=o["callback"], **common)
     dense = name in ("newton", "gauss-newton", "lm") and run.F <= SERIAL_BLAS_MAX_ORDER
+    # kfac factorizes per-layer factors of order d_{l-1} + 1 at most
+    dense = dense or (name == "kfac" and max(net.sizes) + 1 <= SERIAL_BLAS_MAX_ORDER)
     try:
         # Overflow on the way to a NaN/Inf is detected and reported as a status, not a warning.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
