@@ -582,16 +582,16 @@ double full_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
   const idx P = net.P(), blocks = (N + kLanes - 1) / kLanes, part = P * P + P;
   const int nt = sample_threads(N, N * full_lanes_work(net, gn));
   ws.parts.resize((nt - 1) * part);
-  ws.full_lanes.resize(nt);
+  ws.lanes.resize(nt);
   std::vector<double> losses(nt, 0.0);
   over_samples(blocks, nt, [&](int tid, idx b0, idx b1) {
     T* o = tid == 0 ? out : ws.parts.data() + (tid - 1) * part;
     T* g = !grad ? nullptr : tid == 0 ? grad : o + P * P;
     const idx n0 = b0 * kLanes, n1 = std::min(N, b1 * kLanes);
     if (gn)
-      losses[tid] = ggn_lanes(net, theta, X, N, n0, n1, tg, mean, o, g, ws.full_lanes[tid]);
+      losses[tid] = ggn_lanes(net, theta, X, N, n0, n1, tg, mean, o, g, ws.lanes[tid]);
     else
-      hessian_lanes(net, theta, X, N, n0, n1, tg, mean, o, ws.full_lanes[tid]);
+      hessian_lanes(net, theta, X, N, n0, n1, tg, mean, o, ws.lanes[tid]);
 #pragma omp barrier
     sum_parts(out, P * P, [&](idx q) { return ws.parts.data() + (q - 1) * part; });
     if (grad) sum_parts(grad, P, [&](idx q) { return ws.parts.data() + (q - 1) * part + P * P; });

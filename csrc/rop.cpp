@@ -337,16 +337,17 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
 // for the result, summed across lanes once at the end.  Lanes past N carry zero weight.  Same
 // algebra, term for term, as the header comment.
 // Up to kLanesMaxParams parameters the lanes path wins at any N; above it the layered products
-// do (bench/RESULTS.md).
+// do (bench/RESULTS.md).  Threads split the samples in whole blocks of kLanes (rop).
 constexpr idx kLanesMaxParams = 512;
 
-bool lanes_apply(const Net& net, idx m, int nt) {
-  return m == 1 && nt == 1 && net.P() <= kLanesMaxParams && lanes_fit(net);
+bool lanes_apply(const Net& net, idx m) {
+  return m == 1 && net.P() <= kLanesMaxParams && lanes_fit(net);
 }
 
+// out (P) = the R-op's sum over samples [n_begin, n_end) (n_begin a multiple of kLanes).
 template <class T>
-void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* V, T* out, bool gn,
-               vec<T>& scratch) {
+void rop_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, Targets<T> tg, bool mean,
+               const T* V, T* out, bool gn, vec<T>& scratch) {
   using Lane = typename Lanes<T>::type;
   constexpr idx B = kLanes;
   const idx L = net.L(), k = net.k(), P = net.P();
@@ -369,7 +370,7 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
   const Lane zero = {};
   lanes_fill<T>(acc, P, zero);
 
-  for (idx n0 = 0; n0 < N; n0 += B) {
+  for (idx n0 = n_begin; n0 < n_end; n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, gn ? nullptr : D2, V, RA, RZ);
@@ -448,7 +449,17 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
          bool gn, Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
   const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
-  if (lanes_apply(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
+  if (lanes_apply(net, m)) {  // each thread's whole blocks of samples, its sum in out or ws.parts
+    ws.lanes.resize(nt);
+    ws.parts.resize((nt - 1) * P);
+    over_samples((N + kLanes - 1) / kLanes, nt, [&](int tid, idx b0, idx b1) {
+      T* dst = tid == 0 ? out : ws.parts.data() + (tid - 1) * P;
+      rop_lanes(net, theta, X, N, b0 * kLanes, std::min(N, b1 * kLanes), tg, mean, V, dst, gn, ws.lanes[tid]);
+#pragma omp barrier
+      sum_parts(out, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });
+    });
+    return;
+  }
 
   // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
   auto &Vt = ws.Vt, &Vtt = ws.Vtt;

@@ -20,8 +20,7 @@ struct Workspace {
     vec<T> Rg, Re, rs;
   };
   std::vector<Slice> slices;
-  vec<T> lanes;                             // rop.cpp: the one-direction path for tiny networks
-  std::vector<vec<T>> full_lanes;           // curvature.cpp: the lanes path's scratch, per thread
+  std::vector<vec<T>> lanes;                // the lanes paths' scratch, per thread (rop.cpp, curvature.cpp)
   std::vector<DiagScratch<T>> diag_slices;  // diagonal.cpp: one thread's scratch
   vec<T> parts;                             // per-thread partial results, threads 1.. (common.hpp)
   std::vector<vec<T>> U, A;                 // rows backpropagated per sample; augmented inputs
