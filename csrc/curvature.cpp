@@ -158,7 +158,8 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   R.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n)
     for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j) R[(n * k + r) * k + j] = curvature_root(k, P ? P + n * k : nullptr, r, j, s);
+      for (idx j = 0; j < k; ++j)
+        R[(n * k + r) * k + j] = curvature_root(k, P ? P + n * k : nullptr, r, j, row_weight(t.w, s, n0 + n));
   backward_rows(net, theta, t, n0, c, k, U);
 }
 
@@ -183,10 +184,11 @@ void gn_factors(const Net& net, Need need, idx c, Factors<T>& f) {
 
 // The Hessian's Q_{L-1} = H_out per sample (formulas.hpp): P the chunk's softmax (ce), or null (mse).
 template <class T>
-void output_hessian(idx k, const T* P, T s, idx c, vec<T>& Q) {
+void output_hessian(idx k, const T* P, T s0, const T* w, idx c, vec<T>& Q) {
   Q.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n) {
     T* q = Q.data() + n * k * k;
+    const T s = row_weight(w, s0, n);
     for (idx i = 0; i < k; ++i)
       for (idx j = 0; j < k; ++j)
         q[i * k + j] = P ? ce_curvature(k, P + n * k, i, j, s) : i == j ? mse_curvature(k, s) : T(0);
@@ -279,7 +281,7 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
     return;
   }
   const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
-  output_hessian(k, P, sample_weight<T>(t.N, mean), c, f.Q[L - 1]);
+  output_hessian(k, P, sample_weight<T>(t.N, mean), t.w ? t.w + n0 : nullptr, c, f.Q[L - 1]);
   for (idx l = L - 1; l >= 1; --l) {
     const idx Hl = net.d[l + 1], Hp = net.d[l];
     const T* W = weights(net, theta, l);  // (Hp, Hl)
@@ -673,7 +675,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     gram<T>(net, theta, X, N, tg, mean, gn, out, nullptr, ws);
     return;
   }
-  if (full_lanes_apply(net, gn)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);
+  if (!tg.w && full_lanes_apply(net, gn)) return full_lanes(net, theta, X, N, tg, mean, gn, out, ws);
   const idx L = net.L(), P = net.P();
   full_accumulators(net, gn, ws);
   const idx C = chunk_size(net, N, Need::full, P * P / 2);

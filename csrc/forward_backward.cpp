@@ -62,10 +62,12 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
   const T s = sample_weight<T>(t.N, mean);
   T* G = want_grad ? t.g[L - 1].data() : nullptr;
   const T* F = t.F.data();
+  const T* w = t.w = tg.w;
   if (net.loss == Loss::mse) {
     parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
       const idx n = n0 + r;
-      t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, s, G ? G + n * k : nullptr);
+      t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, row_weight(w, s, n), G ? G + n * k : nullptr);
+      if (w) t.rowloss[n] *= w[n];
     });
   } else {
     // ce's formulas.hpp pieces, in blocks of rows, so that e^x and log1p run as flat loops the
@@ -88,7 +90,8 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       for (idx r = 0; r < nb; ++r) {
         const idx y = (idx)tg.labels[b0 + r];
         t.rowloss[b0 + r] = ce_loss(lg[r], Fb + r * k, top[r], y);
-        if (G) ce_gradient(k, P + r * k, y, top[r], rest[r], s, G + (b0 + r) * k);
+        if (w) t.rowloss[b0 + r] *= w[b0 + r];
+        if (G) ce_gradient(k, P + r * k, y, top[r], rest[r], row_weight(w, s, b0 + r), G + (b0 + r) * k);
       }
     });
   }

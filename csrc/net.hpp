@@ -66,12 +66,21 @@ template <class T>
 struct Targets {
   const T* y = nullptr;
   const std::int64_t* labels = nullptr;
+  // Per-sample weights (N,), null for none.  When given, the adaptor has folded the reduction in
+  // (mean: w_n / sum w, and mean = false), so that sample n's weight is w[n] instead of 1/N or 1.
+  const T* w = nullptr;
 };
 
 // Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
 template <class T>
 inline T sample_weight(idx N, bool mean) {
   return mean ? T(1) / T(N) : T(1);
+}
+
+// Sample n's weight: s (sample_weight) times its own weight w[n] where weights are given.
+template <class T>
+inline T row_weight(const T* w, T s, idx n) {
+  return w ? s * w[n] : s;
 }
 
 }  // namespace tk

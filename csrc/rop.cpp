@@ -217,7 +217,12 @@ void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, i
   sc.Rg.resize(n * m * k);
   const T* rf = sc.Rz[L - 1].data();
   T* rg = sc.Rg.data();
-  if (net.loss == Loss::mse) {
+  if (net.loss == Loss::mse && t.w) {
+    for (idx r = 0; r < n; ++r) {
+      const T c2 = mse_curvature(k, row_weight(t.w, s, n0 + r));
+      for (idx i = r * m * k; i < (r + 1) * m * k; ++i) rg[i] = c2 * rf[i];
+    }
+  } else if (net.loss == Loss::mse) {
     const T c2 = mse_curvature(k, s);
     for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
   } else {
@@ -225,7 +230,8 @@ void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, i
     for (idx r = 0; r < n; ++r) {
       const T* pn = p + r * k;
       const idx top = ce_top(k, pn);
-      for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, s, rg + (r * m + c) * k);
+      const T sr = row_weight(t.w, s, n0 + r);
+      for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, sr, rg + (r * m + c) * k);
     }
   }
   for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
@@ -448,7 +454,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
          bool gn, Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
   const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
-  if (lanes_apply(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
+  if (!tg.w && lanes_apply(net, m, nt)) return rop_lanes(net, theta, X, N, tg, mean, V, out, gn, ws.lanes);
 
   // Transposed slices of V: Vt[l][i][c][j] (i <= din, bias row last); Vtt[l][j][c][i] (i < din).
   auto &Vt = ws.Vt, &Vtt = ws.Vtt;

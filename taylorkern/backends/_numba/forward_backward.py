@@ -74,8 +74,9 @@ def forward(d, acts, off, theta, X, N, second, ws, top):
 
 
 @kernel
-def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad):
+def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s0, W, G, Pm, rowloss, want_grad):
     for n in range(lo, hi):
+        s = s0 * W[n] if W.size else s0
         if loss == 0:
             c = 2 * s / k
             acc = 0.0
@@ -84,7 +85,7 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
                 acc += r * r
                 if want_grad:
                     G[fo + n * k + j] = c * r
-            rowloss[n] = acc
+            rowloss[n] = acc * W[n] if W.size else acc
         else:
             f = fo + n * k
             p = n * k
@@ -104,6 +105,8 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
             Pm[p + t] = inv
             y = labels[n]
             rowloss[n] = math.log1p(rest) + (mx - F[f + y])
+            if W.size:
+                rowloss[n] *= W[n]
             if want_grad:
                 for j in range(k):
                     G[f + j] = s * Pm[p + j]
@@ -114,14 +117,14 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
 
 
 @parallel_kernel
-def _loss_rows(loss, N, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad):
+def _loss_rows(loss, N, k, F, fo, Y, labels, s, W, G, Pm, rowloss, want_grad):
     if threaded(N * k):
         nch = min(N, CHUNKS)
         for ch in prange(nch):
-            _loss_block(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, loss, k, F, fo, Y, labels, s, G, Pm,
+            _loss_block(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, loss, k, F, fo, Y, labels, s, W, G, Pm,
                         rowloss, want_grad)
     else:
-        _loss_block(np.int64(0), N, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
+        _loss_block(np.int64(0), N, loss, k, F, fo, Y, labels, s, W, G, Pm, rowloss, want_grad)
 
 
 @kernel
@@ -150,7 +153,7 @@ def top_and_rest(Pm, p, k):
 
 
 @kernel
-def loss_head(d, loss, A, o, N, Y, labels, mean, G, want_grad, ws, top):
+def loss_head(d, loss, A, o, N, Y, labels, mean, W, G, want_grad, ws, top):
     """Loss value (accumulated in float64) and, when ``want_grad``, G's block L; returns
     (value, Pm) with Pm = softmax(F) (N, k) for ce (empty for mse)."""
     L = d.size - 1
@@ -158,7 +161,7 @@ def loss_head(d, loss, A, o, N, Y, labels, mean, G, want_grad, ws, top):
     s = 1.0 / N if mean else 1.0
     Pm = carve(ws, top, N * k if loss == 1 else 0)
     rowloss = np.empty(N, np.float64)
-    _loss_rows(loss, N, k, A, o[L], Y, labels, s, G, Pm, rowloss, want_grad)
+    _loss_rows(loss, N, k, A, o[L], Y, labels, s, W, G, Pm, rowloss, want_grad)
     total = 0.0  # serial: deterministic whatever the thread count
     for n in range(N):
         total += rowloss[n]
@@ -269,21 +272,21 @@ def predict(d, acts, off, theta, X, N, ws, top):
 
 
 @kernel
-def loss(d, acts, off, lossc, theta, X, N, Y, labels, mean, ws, top):
+def loss(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, ws, top):
     top[0] = 0
     A, D1, D2, o = forward(d, acts, off, theta, X, N, bool(0), ws, top)
     G = carve(ws, top, 0)
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, G, bool(0), ws, top)
+    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, W, G, bool(0), ws, top)
     return value
 
 
 @kernel
-def loss_and_grad(d, acts, off, lossc, theta, X, N, Y, labels, mean, ws, top):
+def loss_and_grad(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, ws, top):
     top[0] = 0
     L = d.size - 1
     A, D1, D2, o = forward(d, acts, off, theta, X, N, bool(0), ws, top)
     G = carve(ws, top, o[L + 1])
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, G, bool(1), ws, top)
+    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, W, G, bool(1), ws, top)
     E = carve(ws, top, o[L])
     backward(d, off, theta, o, N, G, E, D1)
     grad = np.empty(off[L], theta.dtype)
