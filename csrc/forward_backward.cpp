@@ -28,7 +28,7 @@ void prepare_tape(const Net& net, const T* X, idx N, Tape<T>& t, bool second) {
   }
   t.F.resize(N * k);
   t.rowloss.resize(N);
-  if (net.loss == Loss::ce) t.p.resize(N * k);
+  if (net.loss != Loss::mse) t.p.resize(N * k);
   t.N = N;
   t.X = X;
 }
@@ -68,6 +68,20 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       const idx n = n0 + r;
       t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, row_weight(w, s, n), G ? G + n * k : nullptr);
       if (w) t.rowloss[n] *= w[n];
+    });
+  } else if (elementwise(net.loss)) {  // bce, poisson (formulas.hpp): rowloss, G and p = l''
+    T* p = t.p.data();
+    parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
+      const idx n = n0 + r;
+      const T c = row_weight(w, s, n) / T(k);
+      T acc = 0;
+      for (idx j = 0; j < k; ++j) {
+        T g, h;
+        acc += elem_loss<VMath>(net.loss, F[n * k + j], tg.y[n * k + j], g, h);
+        p[n * k + j] = h;
+        if (G) G[n * k + j] = c * g;
+      }
+      t.rowloss[n] = w ? acc * w[n] : acc;
     });
   } else {
     // ce's formulas.hpp pieces, in blocks of rows, so that e^x and log1p run as flat loops the

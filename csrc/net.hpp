@@ -34,7 +34,7 @@ struct Net {
       if (a < 0 || a > (int)Act::sin) throw std::invalid_argument("activation: unknown code");
       act.push_back((Act)a);
     }
-    if (loss_code < 0 || loss_code > 1) throw std::invalid_argument("loss: unknown code");
+    if (loss_code < 0 || loss_code > (int)Loss::poisson) throw std::invalid_argument("loss: unknown code");
     loss = (Loss)loss_code;
     off.assign(1, 0);
     for (idx l = 0; l < L(); ++l) off.push_back(off.back() + (d[l] + 1) * d[l + 1]);

@@ -225,6 +225,13 @@ void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, i
   } else if (net.loss == Loss::mse) {
     const T c2 = mse_curvature(k, s);
     for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
+  } else if (elementwise(net.loss)) {  // s/k diag(l'')
+    const T* p = t.p.data() + n0 * k;
+    for (idx r = 0; r < n; ++r) {
+      const T sr = row_weight(t.w, s, n0 + r) / T(k);
+      for (idx c = 0; c < m; ++c)
+        for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = sr * p[r * k + j] * rf[(r * m + c) * k + j];
+    }
   } else {
     const T* p = t.p.data() + n0 * k;
     for (idx r = 0; r < n; ++r) {
@@ -347,7 +354,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
 constexpr idx kLanesMaxParams = 512;
 
 bool lanes_apply(const Net& net, idx m, int nt) {
-  return m == 1 && nt == 1 && net.P() <= kLanesMaxParams && lanes_fit(net);
+  return m == 1 && nt == 1 && net.P() <= kLanesMaxParams && lanes_fit(net) && lanes_loss(net);
 }
 
 template <class T>

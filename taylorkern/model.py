@@ -38,7 +38,7 @@ def _all_finite(arr):
     return bool(np.isfinite(arr).all())
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin")
-LOSSES = ("mse", "ce")
+LOSSES = ("mse", "ce", "bce", "poisson")
 REDUCTIONS = ("mean", "sum")
 INIT_SCHEMES = ("he", "xavier", "lecun", "normal")
 
@@ -100,8 +100,12 @@ class MLP:
     activation : str or sequence of str
         Hidden activation, one for all hidden layers or one per hidden layer
         (``len(sizes) - 2`` of them).  The last layer is linear.
-    loss : {"mse", "ce"}
-        Mean squared error over all N*dL elements, or mean softmax cross-entropy.
+    loss : {"mse", "ce", "bce", "poisson"}
+        Mean squared error over all N*dL elements; mean softmax cross-entropy (integer labels);
+        binary cross-entropy with logits, the mean over all N*dL elements of softplus(f) - y f
+        (targets in [0, 1], torch's BCEWithLogitsLoss); or the Poisson negative log-likelihood
+        with log-rate outputs, the mean of exp(f) - y f (targets >= 0, torch's
+        PoissonNLLLoss(log_input=True, full=False)).
     l2 : float
         Adds ``0.5 * l2 * ||theta||^2`` to the loss (with reduction="mean").
     dtype : float64 (default) or float32.
@@ -281,8 +285,13 @@ class MLP:
         if arr.ndim == 1 and k == 1 and arr.shape[0] == n:
             arr = arr.reshape(n, 1)
         if arr.shape != (n, k):
-            raise ValueError(f"Y: 'mse' expects shape ({n}, {k}), got {arr.shape}")
-        return self._as_float(arr, "Y")
+            raise ValueError(f"Y: {self.loss_name!r} expects shape ({n}, {k}), got {arr.shape}")
+        arr = self._as_float(arr, "Y")
+        if self.loss_name == "bce" and arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise ValueError(f"Y: 'bce' targets must lie in [0, 1], got range [{arr.min()}, {arr.max()}]")
+        if self.loss_name == "poisson" and arr.size and arr.min() < 0:
+            raise ValueError(f"Y: 'poisson' targets (counts) must be >= 0, got a minimum of {arr.min()}")
+        return arr
 
     def _check_V(self, V):
         arr = np.asarray(V)
@@ -486,7 +495,8 @@ class MLP:
     def ggn_factor(self, theta, X, Y, reduction="mean", sample_weight=None):
         """B of shape (N*dL, P) with B^T B = the GGN's data term: row n*dL + r is row r of a
         square root R_n of sample n's output Hessian times its Jacobian, R_n J_n (mse:
-        sqrt(2 s / dL) J_n; ce: R_n = diag(sqrt(s p)) (I - 1 p^T), p the softmax; s = 1/N for
+        sqrt(2 s / dL) J_n; bce, poisson: diag(sqrt(s / dL l''(f))) J_n; ce: R_n = diag(sqrt(s p))
+        (I - 1 p^T), p the softmax; s = 1/N for
         reduction="mean", 1 for "sum"; with sample weights s_n = w_n / sum w or w_n).  With N*dL < P
         it is the smaller factor: a
         Levenberg-Marquardt step then solves an (N*dL)-square system instead of a P-square one
@@ -504,6 +514,11 @@ class MLP:
                 np.sqrt(2.0 * s / k).astype(self.dtype)
             return J.reshape(N * k, -1)
         F = impl.predict(self, theta, X).astype(np.float64)
+        if self.loss_name in ("bce", "poisson"):  # s/k diag(l''): sigmoid' (through exp(-|f|)), exp
+            e = np.exp(-np.abs(F)) if self.loss_name == "bce" else None
+            h = e / (1 + e) ** 2 if self.loss_name == "bce" else np.exp(F)
+            J *= np.sqrt(s / k * h).astype(self.dtype)[:, :, None]
+            return J.reshape(N * k, -1)
         p = np.exp(F - F.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         R = np.sqrt(s * p)[:, :, None] * (np.eye(k) - p[:, None, :])  # (N, k, k)

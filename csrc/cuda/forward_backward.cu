@@ -57,6 +57,17 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Ta
       continue;
     }
     T* pn = p + n * k;
+    if (elementwise(loss)) {  // bce, poisson: in double, as the activations (activations.cuh)
+      double acc = 0;
+      for (idx j = 0; j < k; ++j) {
+        double gj, hj;
+        acc += elem_loss<DeviceMath>(loss, (double)f[j], (double)tg.y[n * k + j], gj, hj);
+        pn[j] = (T)hj;
+        if (g) g[j] = s / T(k) * (T)gj;
+      }
+      rowloss[n] = (T)acc;
+      continue;
+    }
     const idx top = ce_top(k, f);
     for (idx j = 0; j < k; ++j) pn[j] = t_exp(f[j] - f[top]);
     const T rest = ce_softmax(k, top, pn);
@@ -194,7 +205,7 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
   const T s = sample_weight<T>(N, mean);
   t.rowloss.resize(N);
   if (want_grad) t.g[L - 1].resize(N * k);
-  if (net.loss == Loss::ce) t.p.resize(N * k);
+  if (net.loss != Loss::mse) t.p.resize(N * k);
   k_loss_head<T><<<grid_for(N), kThreads, 0, ws.stream()>>>(
       N, k, net.loss, t.F.data(), tg, s, want_grad ? t.g[L - 1].data() : nullptr, t.p.data(), t.rowloss.data());
   TK_CHECK_LAUNCH();

@@ -10,9 +10,9 @@ compiled kernels:
 The compiled kernels instead assemble H and G from their Kronecker structure
 (docs/curvature.md §5), so an error in that derivation cannot hide in both.
 
-Shapes: X (N, d0); Y (N, k) float for mse, (N,) int for ce; theta (P,); V (P, m).
+Shapes: X (N, d0); Y (N, k) float for mse, bce and poisson, (N,) int for ce; theta (P,); V (P, m).
 Every function returns the data term only (the MLP adds l2), scaled by 1/N for
-reduction="mean" (mse additionally by 1/k: the mean is over all N*k elements).  With
+reduction="mean" (mse, bce and poisson additionally by 1/k: their mean is over all N*k elements).  With
 ``sample_weight`` w (N,), sample n's loss is weighted by w_n / sum(w) ("mean") or w_n ("sum").
 """
 
@@ -114,6 +114,20 @@ def _total(s, per_sample):
     return float(np.sum(s[:, 0].astype(np.float64) * per_sample))
 
 
+def _elementwise(net, F, Y):
+    """bce and poisson, per output: (l, l', l''), each (N, k).  bce through e = exp(-|F|), so that
+    saturated logits (|F| of 40 to 700) keep their tiny gradient and curvature instead of
+    rounding them to 0; poisson exp(F)."""
+    if net.loss_name == "bce":
+        e = np.exp(-np.abs(F))
+        q = e / (1 + e)  # the smaller of sigmoid(F) and 1 - sigmoid(F)
+        pos = F >= 0
+        value = np.where(pos, (1 - Y) * F, -Y * F) + np.log1p(e)
+        return value, np.where(pos, (1 - Y) - q, q - Y), q / (1 + e)
+    E = np.exp(F)
+    return E - Y * F, E - Y, E
+
+
 def _softmax(F):
     E = np.exp(F - F.max(axis=1, keepdims=True))
     return E / E.sum(axis=1, keepdims=True)
@@ -128,6 +142,9 @@ def _loss_grad_out(net, F, Y, reduction, sample_weight=None):
         if sample_weight is None:
             return s / k * float(np.sum(R * R)), s * 2.0 / k * R
         return _total(s, np.sum(R * R, axis=1, dtype=np.float64)) / k, s * 2.0 / k * R
+    if net.loss_name in ("bce", "poisson"):
+        value, g, _ = _elementwise(net, F, Y)
+        return _total(s, np.sum(value, axis=1, dtype=np.float64)) / k, s / k * g
     # Around the most likely class t: sum_j e^(F_j - F_t) = 1 + rest, the loss is
     # log1p(rest) + F_t - F_y, and where y = t, p_y - 1 = -rest / (1 + rest).  The plain
     # log(1 + rest) and p_t - 1 are 0 once rest is below 1's rounding (a logit gap of 37; 17 in
@@ -157,6 +174,8 @@ def _out_hess_apply(net, F, RF, reduction, sample_weight=None):
     s = _scale(net, n, reduction, sample_weight, F.dtype)
     if net.loss_name == "mse":
         return s * 2.0 / k * RF
+    if net.loss_name in ("bce", "poisson"):
+        return s / k * _elementwise(net, F, np.zeros_like(F))[2] * RF
     p = _softmax(F)
     top = np.argmax(F, axis=1)
     D = RF - RF[..., np.arange(n), top][..., None]  # u_c - u_m
@@ -171,6 +190,11 @@ def _out_hess(net, F, reduction, sample_weight=None):
         s = s[:, :, None]  # (N, 1, 1)
     if net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k, dtype=F.dtype), (n, k, k)).copy()
+    if net.loss_name in ("bce", "poisson"):
+        h = _elementwise(net, F, np.zeros_like(F))[2]
+        H = np.zeros((n, k, k), F.dtype)
+        H[:, np.arange(k), np.arange(k)] = h
+        return s / k * H
     p = _softmax(F)
     rows, top = np.arange(n), np.argmax(F, axis=1)
     others = p.copy()

@@ -254,11 +254,13 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo):
     for n in range(c):
         p = (n0 + n) * k
         s = s0 * W[n0 + n] if W.size else s0
-        t, rest = top_and_rest(Pm, p, k) if lossc != 0 else (0, 0.0)
+        t, rest = top_and_rest(Pm, p, k) if lossc == 1 else (0, 0.0)
         for r in range(k):
             u = b + (n * k + r) * k
             if lossc == 0:
                 U[u + r] = math.sqrt(2 * s / k)
+            elif lossc >= 2:  # elementwise: sqrt(s/k l'') e_r
+                U[u + r] = math.sqrt(s / k * Pm[p + r])
             else:
                 w = math.sqrt(s * Pm[p + r])
                 for j in range(k):
@@ -294,10 +296,12 @@ def output_hessian(lossc, k, s0, W, Pm, n0, c, Q, b):
         s = s0 * W[n0 + n] if W.size else s0
         for i in range(k * k):
             Q[q + i] = 0
-        t, rest = top_and_rest(Pm, p, k) if lossc != 0 else (0, 0.0)
+        t, rest = top_and_rest(Pm, p, k) if lossc == 1 else (0, 0.0)
         for i in range(k):
             if lossc == 0:
                 Q[q + i * k + i] = 2 * s / k
+            elif lossc >= 2:
+                Q[q + i * k + i] = s / k * Pm[p + i]
             else:
                 for j in range(k):
                     Q[q + i * k + j] = -s * Pm[p + i] * Pm[p + j]

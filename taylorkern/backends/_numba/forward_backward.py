@@ -5,6 +5,7 @@ Per layer l (0-based):  z_l = a_l W_l + b_l,  a_{l+1} = act(z_l) for l < L-1,  f
 Loss head (per-sample weight s = 1/N or 1):
   mse  loss = s/k sum (f - y)^2,         g_{L-1} = 2 s / k (f - y)
   ce   loss = s sum (logsumexp f - f_y),  g_{L-1} = s (softmax(f) - onehot(y))
+  bce, poisson (elementwise): loss = s/k sum l(f_j, y_j), g_{L-1} = s/k l'(f, y), and Pm = l''(f)
 Backward:  e_l = g_{l+1} W_{l+1}^T (adjoint of a_{l+1}),  g_l = e_l * act'(z_l);
 gradient of [W_l; b_l] = [a_l^T g_l; 1^T g_l].
 Large products are BLAS calls (blas.gemm); the elementwise work is fused per row and
@@ -74,10 +75,37 @@ def forward(d, acts, off, theta, X, N, second, ws, top):
 
 
 @kernel
+def elem_loss(loss, f, y):
+    """(l, l', l'') of one output of an elementwise head (csrc/formulas.hpp, elem_loss):
+    bce softplus(f) - y f through e = e^-|f| and q = e / (1 + e), so that saturated logits lose
+    nothing; poisson e^f - y f."""
+    if loss == 2:
+        e = math.exp(-abs(f))
+        q = e / (1 + e)
+        h = q / (1 + e)
+        lp = math.log1p(e)
+        if f >= 0:
+            return (1 - y) * f + lp, (1 - y) - q, h
+        return lp - y * f, q - y, h
+    ef = math.exp(f)
+    return ef - y * f, ef - y, ef
+
+
+@kernel
 def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s0, W, G, Pm, rowloss, want_grad):
     for n in range(lo, hi):
         s = s0 * W[n] if W.size else s0
-        if loss == 0:
+        if loss >= 2:  # elementwise heads: Pm holds l''
+            c = s / k
+            acc = 0.0
+            for j in range(k):
+                v, g, h = elem_loss(loss, F[fo + n * k + j], Y[n * k + j])
+                acc += v
+                Pm[n * k + j] = h
+                if want_grad:
+                    G[fo + n * k + j] = c * g
+            rowloss[n] = acc * W[n] if W.size else acc
+        elif loss == 0:
             c = 2 * s / k
             acc = 0.0
             for j in range(k):
@@ -159,13 +187,13 @@ def loss_head(d, loss, A, o, N, Y, labels, mean, W, G, want_grad, ws, top):
     L = d.size - 1
     k = d[L]
     s = 1.0 / N if mean else 1.0
-    Pm = carve(ws, top, N * k if loss == 1 else 0)
+    Pm = carve(ws, top, N * k if loss != 0 else 0)
     rowloss = np.empty(N, np.float64)
     _loss_rows(loss, N, k, A, o[L], Y, labels, s, W, G, Pm, rowloss, want_grad)
     total = 0.0  # serial: deterministic whatever the thread count
     for n in range(N):
         total += rowloss[n]
-    return total * s / (k if loss == 0 else 1), Pm
+    return total * s / (1 if loss == 1 else k), Pm
 
 
 @kernel

@@ -70,6 +70,13 @@ def out_curvature(loss, N, m, k, s, W, Pm, Rz, zo, Rg):
             c2 = 2 * (s * W[n]) / k
             for i in range(n * m * k, (n + 1) * m * k):
                 Rg[i] = c2 * Rz[zo + i]
+    elif loss >= 2:  # elementwise heads: s/k diag(l''), l'' in Pm
+        for n in range(N):
+            c2 = (s * W[n] if W.size else s) / k
+            for c in range(m):
+                for j in range(k):
+                    i = (n * m + c) * k + j
+                    Rg[i] = c2 * Pm[n * k + j] * Rz[zo + i]
     elif loss == 0:
         c2 = 2 * s / k
         for i in range(N * m * k):
