@@ -37,7 +37,7 @@ try:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("taylorkern.sklearn needs scikit-learn: pip install 'taylorkern[sklearn]' "
                       "(or pip install scikit-learn)") from exc
@@ -99,10 +99,10 @@ class _TaylorMLP(BaseEstimator):
         if self.solver_options is not None and not isinstance(self.solver_options, dict):
             raise ValueError(f"solver_options: expected a dict or None, got {self.solver_options!r}")
         options = dict(self.solver_options or {})
-        reserved = {"max_iter", "ftol", "progress"} & set(options)
+        reserved = {"max_iter", "ftol", "progress", "sample_weight"} & set(options)
         if reserved:
             raise ValueError(f"solver_options: {sorted(reserved)} are set by the estimator's own "
-                             "parameters (max_iter, tol, verbose)")
+                             "parameters (max_iter, tol, verbose) and fit's sample_weight")
         return options
 
     def _make_net(self, n_in, n_out):
@@ -113,8 +113,11 @@ class _TaylorMLP(BaseEstimator):
                    l2=self.alpha, dtype=self.dtype)
 
     # -------------------------------------------------------------- fit / predict
-    def _fit(self, X, Y):
+    def _fit(self, X, Y, sample_weight=None):
         options = self._check_params()
+        if sample_weight is not None:  # scikit-learn's conventions (a list, a scalar), then minimize's checks
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            options["sample_weight"] = sample_weight
         net = self._make_net(X.shape[1], Y.shape[1] if Y.ndim == 2 else len(self.classes_))
         rng = check_random_state(self.random_state)
         theta0 = net.init(seed=int(rng.randint(np.iinfo(np.int32).max)))
@@ -195,14 +198,16 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
 
     _loss = "mse"
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
+        """Fit to (X, y); ``sample_weight`` (n_samples,) weighs each sample's loss (the loss is
+        then sum w_n l_n / sum w_n, plus the penalty)."""
         X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True,
                               dtype=(np.float64, np.float32))
         y = np.asarray(y, dtype=np.float64)
         self._y_ndim = y.ndim
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = Y.shape[1]
-        return self._fit(X, Y)
+        return self._fit(X, Y, sample_weight)
 
     def predict(self, X):
         """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs)."""
@@ -234,7 +239,8 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
                          alpha=alpha, max_iter=max_iter, tol=tol, random_state=random_state,
                          solver_options=solver_options, dtype=dtype, verbose=verbose)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
+        """Fit to (X, y); ``sample_weight`` (n_samples,) weighs each sample's loss."""
         X, y = _validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
         self.classes_, labels = np.unique(y, return_inverse=True)
@@ -242,7 +248,7 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
             raise ValueError(f"{type(self).__name__} can't train when only one class is present "
                              f"(got only {self.classes_[0]!r}); it needs at least 2 classes")
         self.n_outputs_ = len(self.classes_)
-        return self._fit(X, labels.reshape(-1).astype(np.int64))
+        return self._fit(X, labels.reshape(-1).astype(np.int64), sample_weight)
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""

@@ -255,3 +255,29 @@ def test_float32_weights_tolerance(backend):
         p64 = p.astype(np.float64)
         want = p64.net.hessian(p64.theta, p64.X, p64.Y, sample_weight=w)
     compare(got, want, np.float32, rtol=rtol_for(np.float32))
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+@pytest.mark.parametrize("name", ["MLPRegressor", "MLPClassifier"])
+def test_sklearn_fit_with_integer_weights_is_repeated_samples(name):
+    sk = pytest.importorskip("taylorkern.sklearn", exc_type=ImportError)
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, (30, 2))
+    y = np.sin(3 * X[:, 0]) + X[:, 1] if name == "MLPRegressor" else (X[:, 0] * X[:, 1] > 0).astype(int)
+    counts = rng.integers(0, 3, 30)
+    counts[:2] = 1  # both classes present
+    if name == "MLPClassifier":
+        counts[np.flatnonzero(y == 0)[0]] = counts[np.flatnonzero(y == 1)[0]] = 1
+    est = getattr(sk, name)(hidden_layer_sizes=(4,), max_iter=8, random_state=0)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = est.fit(X, y, sample_weight=counts).theta_.copy()
+        b = est.fit(np.repeat(X, counts, axis=0), np.repeat(y, counts)).theta_.copy()
+        c = est.fit(X, y, sample_weight=counts.tolist()).theta_.copy()
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="sample_weight"):
+        est.fit(X, y, sample_weight=-np.ones(30))
