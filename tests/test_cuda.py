@@ -437,6 +437,27 @@ def test_device_array_inputs_are_used_in_place(kind, loss):
 
 
 @needs_gpu
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_sample_weights_on_the_cuda_backend(on_cuda, loss):
+    """Weighted calls (computed on the CPU until the GPU kernels take weights) match the
+    reference, forced and routed; device inputs with weights are refused naming the argument."""
+    p = make_problem([5, 7, 3], "tanh", loss, N=12, seed=3)
+    w = np.linspace(0.0, 2.0, 12)
+    for q in ("loss_and_grad", "hvp", "ggn", "hessian_diag"):
+        args = (p.theta, p.X, p.Y) + ((p.V,) if q == "hvp" else ())
+        got = getattr(p.net, q)(*args, sample_weight=w)
+        with tk.use_backend("reference"):
+            want = getattr(p.net, q)(*args, sample_weight=w)
+        compare(got, want, what=q)
+    auto = cuda.Auto(_dispatch._load("cpp") or _dispatch._load("reference"))
+    compare(auto.ggn(p.net, p.theta, p.X, p.Y, "sum", sample_weight=w),
+            tk.MLP(p.net.sizes, "tanh", loss).ggn(p.theta, p.X, p.Y, "sum", sample_weight=w))
+    th, X, Y = _devices([p.theta, p.X, p.Y], "DeviceArray")
+    with pytest.raises(ValueError, match="sample_weight"):
+        cuda.loss(p.net, th, X, Y, "mean", sample_weight=w)
+
+
+@needs_gpu
 def test_device_inputs_are_checked():
     p = make_problem([4, 5, 3], "tanh", "ce", N=8)
     th, X, Y = (_cuda.to_device(a) for a in (p.theta, p.X, p.Y))
