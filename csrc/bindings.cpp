@@ -263,8 +263,8 @@ PYBIND11_MODULE(_core, m) {
     tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));
   }
   py::class_<Net>(m, "Net")
-      .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
-           py::arg("loss"))
+      .def(py::init<std::vector<idx>, std::vector<int>, int, double>(), py::arg("sizes"), py::arg("activations"),
+           py::arg("loss"), py::arg("loss_scale") = 1.0)
       .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
   m.attr("ACTIVATION_CODES") = code_table(tk::kActNames);
   m.attr("LOSS_CODES") = code_table(tk::kLossNames);

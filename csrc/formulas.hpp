@@ -36,9 +36,9 @@ namespace tk {
 
 // The codes Python passes to Net (exported as ACTIVATION_CODES / LOSS_CODES by both modules).
 enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
-enum class Loss : int { mse = 0, ce, bce, poisson };
+enum class Loss : int { mse = 0, ce, bce, poisson, huber, soft_l1 };
 inline constexpr const char* kActNames[] = {"identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin"};
-inline constexpr const char* kLossNames[] = {"mse", "ce", "bce", "poisson"};
+inline constexpr const char* kLossNames[] = {"mse", "ce", "bce", "poisson", "huber", "soft_l1"};
 
 template <Act F>
 struct ActTag {
@@ -215,11 +215,34 @@ TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, cons
 // the loss keeps its e^-|f| and the curvature stays positive down to the last subnormal.  With
 // y = 1 and f large, (1 - y) f is exactly 0.  poisson's e^f overflows past f ~ 709 (88 in
 // float32), as the loss itself does.  M supplies exp_neg(x) = e^-x for x >= 0 and log1p(u).
-TK_HD constexpr bool elementwise(Loss loss) { return loss == Loss::bce || loss == Loss::poisson; }
+// The robust losses of the residual r = f - y, with c = loss_scale (torch's HuberLoss(delta=c),
+// scipy's soft_l1 with f_scale = c):
+//   huber    l = r^2 / 2 for |r| <= c, else c (|r| - c/2)    l' = clamp(r, -c, c)   l'' = [|r| <= c]
+//   soft_l1  l = c^2 (q - 1), q = sqrt(1 + (r/c)^2)          l' = r / q             l'' = 1 / q^3
+// soft_l1's q - 1 cancels for small r/c: l is formed as r (r / (1 + q)), and q as |r|/c where
+// 1 + (r/c)^2 rounds to (r/c)^2 (so that it never overflows).
+TK_HD constexpr bool elementwise(Loss loss) {
+  return loss == Loss::bce || loss == Loss::poisson || loss == Loss::huber || loss == Loss::soft_l1;
+}
 
 template <class M, class T>
-TK_HD T elem_loss(Loss loss, T f, T y, T& g, T& h) {
+TK_HD T elem_loss(Loss loss, T f, T y, T c, T& g, T& h) {
   using std::fabs;
+  using std::sqrt;
+  if (loss == Loss::huber) {
+    const T r = f - y, a = fabs(r);
+    const bool in = a <= c;
+    g = in ? r : (r > 0 ? c : -c);
+    h = in ? T(1) : T(0);
+    return in ? T(0.5) * r * r : c * (a - T(0.5) * c);
+  }
+  if (loss == Loss::soft_l1) {
+    const T r = f - y, u = r / c, big = sizeof(T) == 4 ? T(4096) : T(67108864);
+    const T q = fabs(u) > big ? fabs(u) : sqrt(1 + u * u);
+    g = r / q;
+    h = 1 / (q * q * q);
+    return r * (r / (1 + q));
+  }
   if (loss == Loss::bce) {
     const T e = M::exp_neg(fabs(f)), q = e / (1 + e);
     h = q / (1 + e);

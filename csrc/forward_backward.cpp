@@ -69,15 +69,16 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, row_weight(w, s, n), G ? G + n * k : nullptr);
       if (w) t.rowloss[n] *= w[n];
     });
-  } else if (elementwise(net.loss)) {  // bce, poisson (formulas.hpp): rowloss, G and p = l''
+  } else if (elementwise(net.loss)) {  // bce, poisson, huber, soft_l1 (formulas.hpp): rowloss, G, p = l''
     T* p = t.p.data();
+    const T c_scale = (T)net.loss_scale;
     parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
       const idx n = n0 + r;
       const T c = row_weight(w, s, n) / T(k);
       T acc = 0;
       for (idx j = 0; j < k; ++j) {
         T g, h;
-        acc += elem_loss<VMath>(net.loss, F[n * k + j], tg.y[n * k + j], g, h);
+        acc += elem_loss<VMath>(net.loss, F[n * k + j], tg.y[n * k + j], c_scale, g, h);
         p[n * k + j] = h;
         if (G) G[n * k + j] = c * g;
       }

@@ -38,7 +38,7 @@ def _all_finite(arr):
     return bool(np.isfinite(arr).all())
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin")
-LOSSES = ("mse", "ce", "bce", "poisson")
+LOSSES = ("mse", "ce", "bce", "poisson", "huber", "soft_l1")
 REDUCTIONS = ("mean", "sum")
 INIT_SCHEMES = ("he", "xavier", "lecun", "normal")
 
@@ -105,13 +105,17 @@ class MLP:
         binary cross-entropy with logits, the mean over all N*dL elements of softplus(f) - y f
         (targets in [0, 1], torch's BCEWithLogitsLoss); or the Poisson negative log-likelihood
         with log-rate outputs, the mean of exp(f) - y f (targets >= 0, torch's
-        PoissonNLLLoss(log_input=True, full=False)).
+        PoissonNLLLoss(log_input=True, full=False)); or, of the residual r = f - y, the mean of
+        torch's HuberLoss(delta=loss_scale) (``"huber"``) or of c^2 (sqrt(1 + (r/c)^2) - 1) with
+        c = loss_scale (``"soft_l1"``, scipy's robust loss of that name).
     l2 : float
         Adds ``0.5 * l2 * ||theta||^2`` to the loss (with reduction="mean").
     dtype : float64 (default) or float32.
+    loss_scale : float
+        huber's delta and soft_l1's c (finite, > 0; default 1.0); the other losses ignore it.
     """
 
-    def __init__(self, sizes, activation="tanh", loss="mse", l2=0.0, dtype=np.float64):
+    def __init__(self, sizes, activation="tanh", loss="mse", l2=0.0, dtype=np.float64, loss_scale=1.0):
         try:
             sizes = None if isinstance(sizes, (str, bytes)) else list(sizes)
         except TypeError:
@@ -150,6 +154,11 @@ class MLP:
             raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
         self.l2 = float(l2)
 
+        if (isinstance(loss_scale, bool) or not isinstance(loss_scale, numbers.Real)
+                or not math.isfinite(loss_scale) or not loss_scale > 0):
+            raise ValueError(f"loss_scale: expected a finite number > 0, got {loss_scale!r}")
+        self.loss_scale = float(loss_scale)
+
         try:
             dt = np.dtype(dtype)
         except TypeError:
@@ -180,11 +189,13 @@ class MLP:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("loss_scale", 1.0)  # pickled before the argument existed
         self.__dict__.update(state)
 
     def __repr__(self):
+        scale = f", loss_scale={self.loss_scale}" if self.loss_scale != 1.0 else ""
         return (f"MLP(sizes={list(self.sizes)}, activation={self.activation!r}, "
-                f"loss={self.loss_name!r}, l2={self.l2}, dtype={self.dtype.name})")
+                f"loss={self.loss_name!r}, l2={self.l2}, dtype={self.dtype.name}{scale})")
 
     def unflatten(self, theta):
         """Views ``[(W1, b1), (W2, b2), ...]`` into theta (no copy)."""
@@ -514,9 +525,17 @@ class MLP:
                 np.sqrt(2.0 * s / k).astype(self.dtype)
             return J.reshape(N * k, -1)
         F = impl.predict(self, theta, X).astype(np.float64)
-        if self.loss_name in ("bce", "poisson"):  # s/k diag(l''): sigmoid' (through exp(-|f|)), exp
-            e = np.exp(-np.abs(F)) if self.loss_name == "bce" else None
-            h = e / (1 + e) ** 2 if self.loss_name == "bce" else np.exp(F)
+        if self.loss_name in ("bce", "poisson", "huber", "soft_l1"):  # s/k diag(l'')
+            c, R = self.loss_scale, F - Y
+            if self.loss_name == "bce":  # sigmoid', through exp(-|f|)
+                e = np.exp(-np.abs(F))
+                h = e / (1 + e) ** 2
+            elif self.loss_name == "poisson":
+                h = np.exp(F)
+            elif self.loss_name == "huber":
+                h = (np.abs(R) <= c).astype(np.float64)
+            else:
+                h = (1 / np.hypot(1.0, R / c)) ** 3
             J *= np.sqrt(s / k * h).astype(self.dtype)[:, :, None]
             return J.reshape(N * k, -1)
         p = np.exp(F - F.max(axis=1, keepdims=True))

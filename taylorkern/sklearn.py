@@ -153,7 +153,8 @@ class _TaylorMLP(BaseEstimator):
         state = super().__getstate__()
         net = state.get("net_")
         if net is not None:
-            state["net_"] = MLP(net.sizes, activation=net.activation, loss=net.loss_name, l2=net.l2,
+            state["net_"] = MLP(net.sizes, activation=net.activation, loss=net.loss_name,
+                                loss_scale=net.loss_scale, l2=net.l2,
                                 dtype=net.dtype)
         return state
 

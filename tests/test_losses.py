@@ -15,7 +15,7 @@ from conftest import DATA_QUANTITIES, compare, make_problem, rtol_for
 
 import taylorkern as tk
 
-LOSSES = ("bce", "poisson")
+LOSSES = ("bce", "poisson", "huber", "soft_l1")
 REDUCTIONS = ("mean", "sum")
 DTYPES = [np.float64, np.float32]
 
@@ -45,8 +45,14 @@ def test_loss_is_the_peers_definition(loss):
     if loss == "bce":
         sig = 1.0 / (1.0 + np.exp(-F))
         elem = -(p.Y * np.log(sig) + (1 - p.Y) * np.log(1 - sig))
-    else:
+    elif loss == "poisson":
         elem = np.exp(F) - p.Y * F
+    elif loss == "huber":  # torch.nn.HuberLoss(delta=1): 0.5 r^2 below delta, delta (|r| - delta/2) above
+        r = np.abs(F - p.Y)
+        assert (r < 1).any() and (r > 1).any()
+        elem = np.where(r < 1, 0.5 * r * r, r - 0.5)
+    else:  # scipy.optimize.least_squares(loss="soft_l1"): rho(z) = 2 ((1 + z)^0.5 - 1), z = r^2
+        elem = 0.5 * 2 * (np.sqrt(1 + (F - p.Y) ** 2) - 1)
     with tk.use_backend("reference"):
         compare(p.net.loss(p.theta, p.X, p.Y), elem.mean())
         compare(p.net.loss(p.theta, p.X, p.Y, "sum"), elem.sum() / 3)
@@ -193,3 +199,48 @@ def test_bad_targets_are_refused_naming_Y(loss, Y, match):
         with pytest.raises(ValueError, match="^Y: ") as info:
             call(theta, X, np.array(Y))
         assert info.match(match)
+
+
+# ----------------------------------------------------------------------------- loss_scale
+@pytest.mark.parametrize("loss", ["huber", "soft_l1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_loss_scale(backend, loss, dtype):
+    """huber's delta and soft_l1's c: the loss against its formula at c = 0.3 and 4 (huber with
+    residuals on both sides of delta), and every quantity against the reference."""
+    for c in (0.3, 4.0):
+        p0 = make_problem([3, 5, 2], "tanh", loss, N=9, dtype=dtype, seed=4)
+        net = tk.MLP([3, 5, 2], "tanh", loss, dtype=dtype, loss_scale=c)
+        p = type(p0)(net, p0.theta, p0.X, p0.Y, p0.V, p0.name)
+        p64 = p.astype(np.float64)
+        F = p64.net.predict(p64.theta, p64.X)
+        r = np.abs(F - p64.Y)
+        if loss == "huber":
+            assert (r < c).any() and (r > c).any()
+            elem = np.where(r < c, 0.5 * r * r, c * (r - 0.5 * c))
+        else:
+            elem = c * c * (np.sqrt(1 + (r / c) ** 2) - 1)
+        compare(net.loss(p.theta, p.X, p.Y), elem.mean(), dtype, what="loss")
+        for q in DATA_QUANTITIES:
+            with tk.use_backend("reference"):
+                want = _quantity(p64, q, "mean")
+            compare(_quantity(p, q, "mean"), want, dtype, what=f"{q} at loss_scale {c}")
+
+
+def test_soft_l1_small_and_huge_residuals():
+    """soft_l1 as r (r / (1 + q)): for r/c = 1e-9 the loss r^2 / 2 is not lost to q - 1's
+    cancellation, and r/c = 1e200 does not overflow (q = |r|/c)."""
+    F = np.array([[1e-9, 1e200, -1e200, 3.0]])
+    Y = np.zeros_like(F)
+    for name in tk.available_backends():
+        with tk.use_backend(name):
+            net, theta, X, Yd = _single_layer("soft_l1", F, Y, np.float64)
+            value, grad = net.loss_and_grad(theta, X, Yd, "sum")
+            want = (0.5e-18 + 2 * (1e200 - 1) + (np.sqrt(10.0) - 1)) / 4
+            assert value == pytest.approx(want, rel=1e-12), name
+            np.testing.assert_allclose(grad[-4:], np.array([1e-9, 1.0, -1.0, 3 / np.sqrt(10)]) / 4, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, np.nan, np.inf, "1", True])
+def test_bad_loss_scale_is_refused(scale):
+    with pytest.raises(ValueError, match="^loss_scale: "):
+        tk.MLP([2, 3, 1], loss="huber", loss_scale=scale)

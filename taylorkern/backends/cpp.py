@@ -13,7 +13,7 @@ def _net(net):
     h = net._handles.get(name)
     if h is None:
         h = net._handles[name] = _core.Net(list(net.sizes), [_core.ACTIVATION_CODES[a] for a in net.activations],
-                                           _core.LOSS_CODES[net.loss_name])
+                                           _core.LOSS_CODES[net.loss_name], net.loss_scale)
     return h
 
 

@@ -124,7 +124,7 @@ def _net(net):
     h = net._handles.get(name)
     if h is None:
         h = net._handles[name] = _cuda.Net(list(net.sizes), [_cuda.ACTIVATION_CODES[a] for a in net.activations],
-                                           _cuda.LOSS_CODES[net.loss_name])
+                                           _cuda.LOSS_CODES[net.loss_name], net.loss_scale)
     return h
 
 

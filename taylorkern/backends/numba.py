@@ -67,7 +67,7 @@ name = "numba"
 # csrc/formulas.hpp's codes (_core.ACTIVATION_CODES / LOSS_CODES), kept here because numba runs
 # without _core; tests/test_activations.py checks that they agree.
 _ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
-_LOSS_CODE = {"mse": 0, "ce": 1, "bce": 2, "poisson": 3}
+_LOSS_CODE = {"mse": 0, "ce": 1, "bce": 2, "poisson": 3, "huber": 4, "soft_l1": 5}
 
 _k = None  # the kernel modules, imported on first use
 _lock = threading.Lock()
@@ -204,13 +204,13 @@ def _net(net):
 
 
 def _data(net, theta, X, Y):
-    """(d, acts, off, loss, theta, X, N, Y, labels) for a kernel call."""
+    """(d, acts, off, loss, loss_scale, theta, X, N, Y, labels) for a kernel call."""
     d, acts, off, loss, _ = _net(net)
     if loss == 1:
         Yf, labels = _empty(theta.dtype), _ro(Y)
     else:
         Yf, labels = _ro(Y), _empty(np.dtype(np.int64))
-    return d, acts, off, loss, _ro(theta), _ro(X), X.shape[0], Yf, labels
+    return d, acts, off, loss, float(net.loss_scale), _ro(theta), _ro(X), X.shape[0], Yf, labels
 
 
 def _pool(net):

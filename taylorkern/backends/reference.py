@@ -114,10 +114,21 @@ def _total(s, per_sample):
     return float(np.sum(s[:, 0].astype(np.float64) * per_sample))
 
 
+ELEMENTWISE = ("bce", "poisson", "huber", "soft_l1")
+
+
 def _elementwise(net, F, Y):
     """bce and poisson, per output: (l, l', l''), each (N, k).  bce through e = exp(-|F|), so that
     saturated logits (|F| of 40 to 700) keep their tiny gradient and curvature instead of
     rounding them to 0; poisson exp(F)."""
+    if net.loss_name in ("huber", "soft_l1"):  # of r = F - Y, c = loss_scale
+        c, R = net.loss_scale, F - Y
+        if net.loss_name == "huber":
+            inside = np.abs(R) <= c
+            return (np.where(inside, 0.5 * R * R, c * (np.abs(R) - 0.5 * c)), np.clip(R, -c, c),
+                    inside.astype(F.dtype))
+        q = np.hypot(1.0, R / c).astype(F.dtype)  # c^2 (q - 1) = R^2 / (1 + q): no cancellation
+        return R * (R / (1 + q)), R / q, (1 / q) ** 3
     if net.loss_name == "bce":
         e = np.exp(-np.abs(F))
         q = e / (1 + e)  # the smaller of sigmoid(F) and 1 - sigmoid(F)
@@ -142,7 +153,7 @@ def _loss_grad_out(net, F, Y, reduction, sample_weight=None):
         if sample_weight is None:
             return s / k * float(np.sum(R * R)), s * 2.0 / k * R
         return _total(s, np.sum(R * R, axis=1, dtype=np.float64)) / k, s * 2.0 / k * R
-    if net.loss_name in ("bce", "poisson"):
+    if net.loss_name in ELEMENTWISE:
         value, g, _ = _elementwise(net, F, Y)
         return _total(s, np.sum(value, axis=1, dtype=np.float64)) / k, s / k * g
     # Around the most likely class t: sum_j e^(F_j - F_t) = 1 + rest, the loss is
@@ -168,21 +179,21 @@ def _loss_grad_out(net, F, Y, reduction, sample_weight=None):
 # which the plain forms lose to rounding entirely (a logit gap of 40 is enough).  Since the
 # p sum to 1, 1 - p_m = sum_{j != m} p_j and u_c - p.u = (u_c - u_m) - sum_j p_j (u_j - u_m),
 # exactly, without the cancellation.
-def _out_hess_apply(net, F, RF, reduction, sample_weight=None):
+def _out_hess_apply(net, F, RF, reduction, sample_weight=None, Y=None):
     """H_out @ RF per sample, for RF of shape (m, N, k): d2 loss / dF2 times tangent."""
     n, k = F.shape
     s = _scale(net, n, reduction, sample_weight, F.dtype)
     if net.loss_name == "mse":
         return s * 2.0 / k * RF
-    if net.loss_name in ("bce", "poisson"):
-        return s / k * _elementwise(net, F, np.zeros_like(F))[2] * RF
+    if net.loss_name in ELEMENTWISE:
+        return s / k * _elementwise(net, F, Y)[2] * RF
     p = _softmax(F)
     top = np.argmax(F, axis=1)
     D = RF - RF[..., np.arange(n), top][..., None]  # u_c - u_m
     return s * p * (D - np.sum(p * D, axis=-1, keepdims=True))
 
 
-def _out_hess(net, F, reduction, sample_weight=None):
+def _out_hess(net, F, reduction, sample_weight=None, Y=None):
     """H_out per sample, shape (N, k, k)."""
     n, k = F.shape
     s = _scale(net, n, reduction, sample_weight, F.dtype)
@@ -190,8 +201,8 @@ def _out_hess(net, F, reduction, sample_weight=None):
         s = s[:, :, None]  # (N, 1, 1)
     if net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k, dtype=F.dtype), (n, k, k)).copy()
-    if net.loss_name in ("bce", "poisson"):
-        h = _elementwise(net, F, np.zeros_like(F))[2]
+    if net.loss_name in ELEMENTWISE:
+        h = _elementwise(net, F, Y)[2]
         H = np.zeros((n, k, k), F.dtype)
         H[:, np.arange(k), np.arange(k)] = h
         return s / k * H
@@ -250,7 +261,7 @@ def _rop(net, theta, X, Y, V, reduction, gauss_newton, sample_weight=None):
 
     # backward: g_L = dl/dF, Rg_L = H_out RF; then through each layer
     _, g = _loss_grad_out(net, acts[-1], Y, reduction, sample_weight)
-    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction, sample_weight)
+    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction, sample_weight, Y)
     out = np.empty((theta.size, m), theta.dtype)
     Ra_prev = None
     for l in range(len(Wb) - 1, -1, -1):
@@ -309,7 +320,7 @@ def jacobian(net, theta, X):
 def ggn(net, theta, X, Y, reduction, sample_weight=None):
     n, k = X.shape[0], net.num_outputs
     J = jacobian(net, theta, X).reshape(n, k, -1)
-    C = _out_hess(net, predict(net, theta, X), reduction, sample_weight)
+    C = _out_hess(net, predict(net, theta, X), reduction, sample_weight, Y)
     return np.einsum("ncp,ncd,ndq->pq", J, C, J)
 
 

@@ -391,13 +391,13 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, W, gn, need, 
 
 
 @kernel
-def curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn, ws, top):
+def curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, ws, top):
     """Forward (and, for the Hessian, backward) pass over all N samples."""
     L = d.size - 1
     top[0] = 0
     A, D1, D2, o = forward(d, acts, off, theta, X, N, not gn, ws, top)
     G = carve(ws, top, o[L + 1] if not gn else 0)
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, W, G, not gn, ws, top)
+    value, Pm = loss_head(d, lossc, lscale, A, o, N, Y, labels, mean, W, G, not gn, ws, top)
     E = carve(ws, top, o[L] if not gn else 0)
     if not gn:
         backward(d, off, theta, o, N, G, E, D1)
@@ -505,7 +505,7 @@ def accumulators(acc, size, first, ws, top):
 
 
 @kernel
-def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn, acc, first, last, ws,
+def curvature_full(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, acc, first, last, ws,
                    top):
     """(P, P): the data term of H (gn False) or G (gn True).  The backend calls it once, or, on
     many samples, once per piece of samples (so that Python sees a pending signal between
@@ -513,7 +513,7 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn, acc
     returns the matrix ((0, 0) before it)."""
     L = d.size - 1
     P = off[L]
-    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn,
+    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn,
                                             ws, top)
     kdo, koo, e3ao, e3o, k0, a0, e0, size = full_accumulators(d, gn)
     buf = accumulators(acc, size, first, ws, top)
@@ -581,12 +581,12 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn, acc
 
 
 @kernel
-def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn, acc, first, last, ws,
+def curvature_blocks(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, acc, first, last, ws,
                      top):
     """The diagonal blocks (P_l, P_l), concatenated flat in layer order; acc, first, last as
     for curvature_full (empty before the last piece)."""
     L = d.size - 1
-    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, gn,
+    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn,
                                             ws, top)
     kdo = np.zeros(L + 1, np.int64)
     bo = np.zeros(L + 1, np.int64)

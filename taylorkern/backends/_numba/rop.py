@@ -166,7 +166,7 @@ def rg_below(d, off, theta, o, D1, D2, E, G, N, m, gn, l, Vtt, vto, Rz, Rg, Re):
 
 
 @kernel
-def rop(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, V, m, gn, ws, top):
+def rop(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, V, m, gn, ws, top):
     """out (P, m) = H V (gn False) or G V (gn True), V flat (P*m,)."""
     L = d.size - 1
     k = d[L]
@@ -174,7 +174,7 @@ def rop(d, acts, off, lossc, theta, X, N, Y, labels, mean, W, V, m, gn, ws, top)
     top[0] = 0
     A, D1, D2, o = forward(d, acts, off, theta, X, N, not gn, ws, top)
     G = carve(ws, top, o[L + 1])
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, W, G, not gn, ws, top)
+    value, Pm = loss_head(d, lossc, lscale, A, o, N, Y, labels, mean, W, G, not gn, ws, top)
     E = carve(ws, top, o[L] if not gn else 0)
     if not gn:
         backward(d, off, theta, o, N, G, E, D1)
