@@ -168,10 +168,40 @@ def test_least_squares_agrees_with_taylorkern_lm(method):
 
 def test_residuals_refuse_cross_entropy():
     net, theta0, X, Y = problem("ce")
-    with pytest.raises(ValueError, match="least-squares residuals need loss='mse', got loss='ce'"):
+    with pytest.raises(ValueError, match="least-squares residuals need loss='mse', 'huber' or 'soft_l1', got "
+                                         "loss='ce'"):
         tks.Residuals(net, X, Y)
     with pytest.raises(ValueError, match="need loss='mse'"):
         tks.least_squares(net, theta0, X, Y)
+
+
+@pytest.mark.parametrize("loss", ["huber", "soft_l1"])
+@pytest.mark.parametrize("scale", [0.4, 2.0])
+def test_least_squares_maps_robust_losses_to_scipys(loss, scale):
+    """huber and soft_l1 go to scipy's own robust losses: the cost scipy computes with its rho is
+    half the network's loss at theta0 and at its solution, and so is scipy's gradient of it
+    (J^T rho'(z) r, the Jacobian's scaling included)."""
+    rng = np.random.default_rng(8)
+    net = tk.MLP([2, 5, 2], activation="tanh", loss=loss, loss_scale=scale)
+    X = rng.standard_normal((25, 2))
+    Y = np.column_stack([np.sin(2 * X[:, 0]), X[:, 1] ** 2]) + 0.05 * rng.standard_normal((25, 2))
+    Y[::7] += 4.0  # outliers, beyond huber's delta
+    theta0 = net.init(seed=2)
+    first = tks.least_squares(net, theta0, X, Y, max_nfev=1)
+    res = first.residuals
+    assert 2 * scipy.optimize.least_squares(res.fun, theta0, jac=res.jac, loss=res.scipy_loss, f_scale=res.f_scale,
+                                            max_nfev=1).cost == pytest.approx(net.loss(theta0, X, Y), rel=1e-12)
+    assert res.loss(theta0) == pytest.approx(net.loss(theta0, X, Y), rel=1e-12)
+    out = tks.least_squares(net, theta0, X, Y, ftol=1e-15, xtol=1e-15, gtol=1e-12, max_nfev=400)
+    assert 2 * out.cost == pytest.approx(net.loss(out.x, X, Y), rel=1e-12)
+    assert out.cost < 0.5 * first.cost
+    # scipy's gradient of its cost (J^T rho' r, with its robust rho) is half the network's
+    g = net.loss_and_grad(out.x, X, Y)[1]
+    np.testing.assert_allclose(out.grad, 0.5 * g, rtol=1e-8, atol=1e-10 * np.abs(g).max())
+    with pytest.raises(ValueError, match="^f_scale: set from the network"):
+        tks.least_squares(net, theta0, X, Y, f_scale=1.0)
+    with pytest.raises(ValueError, match="need l2 = 0"):
+        tks.Residuals(tk.MLP([2, 5, 2], loss=loss, l2=0.1), X, Y)
 
 
 # ----------------------------------------------------------------------------- sklearn
