@@ -105,12 +105,17 @@ class _TaylorMLP(BaseEstimator):
                              "parameters (max_iter, tol, verbose) and fit's sample_weight")
         return options
 
+    def _net_loss(self):
+        """(loss, loss_scale) of the network: the estimator's kind's, or MLPRegressor's loss=."""
+        return self._loss, 1.0
+
     def _make_net(self, n_in, n_out):
         activation = self.activation
         if isinstance(activation, str):
             activation = _ACTIVATION_ALIASES.get(activation, activation)
-        return MLP([n_in, *self._hidden_sizes(), n_out], activation=activation, loss=self._loss,
-                   l2=self.alpha, dtype=self.dtype)
+        loss, scale = self._net_loss()
+        return MLP([n_in, *self._hidden_sizes(), n_out], activation=activation, loss=loss,
+                   l2=self.alpha, dtype=self.dtype, loss_scale=scale)
 
     # -------------------------------------------------------------- fit / predict
     def _fit(self, X, Y, sample_weight=None):
@@ -160,11 +165,17 @@ class _TaylorMLP(BaseEstimator):
 
 
 class MLPRegressor(RegressorMixin, _TaylorMLP):
-    """A multi-layer perceptron regressor (mean squared error), trained by Levenberg-Marquardt
-    by default.
+    """A multi-layer perceptron regressor (mean squared error by default), trained by
+    Levenberg-Marquardt by default.
 
     Parameters
     ----------
+    loss : {"mse", "huber", "soft_l1", "poisson"}, default "mse"
+        The network's loss (taylorkern.MLP): squared error, the robust huber and soft_l1 of
+        the residual (their scale is ``loss_scale``), or the Poisson likelihood of counts
+        (y >= 0; the outputs are log-rates, and ``predict`` returns the rates exp(f)).
+    loss_scale : float, default 1.0
+        huber's delta, soft_l1's c.
     hidden_layer_sizes : tuple of int, default (10,)
         Widths of the hidden layers; ``()`` gives a linear model.
     activation : str, default "tanh"
@@ -198,6 +209,19 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
     """
 
     _loss = "mse"
+    LOSSES = ("mse", "huber", "soft_l1", "poisson")
+
+    def __init__(self, hidden_layer_sizes=(10,), activation="tanh", solver="lm", alpha=1e-5,
+                 max_iter=200, tol=1e-8, random_state=None, solver_options=None, dtype="float64",
+                 verbose=False, loss="mse", loss_scale=1.0):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+                         alpha=alpha, max_iter=max_iter, tol=tol, random_state=random_state,
+                         solver_options=solver_options, dtype=dtype, verbose=verbose)
+        self.loss = loss
+        self.loss_scale = loss_scale
+
+    def _net_loss(self):
+        return choice("loss", self.loss, self.LOSSES), self.loss_scale
 
     def fit(self, X, y, sample_weight=None):
         """Fit to (X, y); ``sample_weight`` (n_samples,) weighs each sample's loss (the loss is
@@ -211,8 +235,11 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         return self._fit(X, Y, sample_weight)
 
     def predict(self, X):
-        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs)."""
+        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs);
+        with loss="poisson" the rates exp(f)."""
         F = self._outputs(X)
+        if self.net_.loss_name == "poisson":
+            F = np.exp(F)
         return F.ravel() if self._y_ndim == 1 else F
 
     def __sklearn_tags__(self):  # scikit-learn >= 1.6

@@ -354,3 +354,40 @@ def test_linear_model_and_one_class(sk):
     np.testing.assert_allclose(lin.intercepts_[0], [-1.0], rtol=1e-10)
     with pytest.raises(ValueError, match="only one class"):
         sk.MLPClassifier().fit(X, np.zeros(20, int))
+
+
+@pytest.mark.parametrize("loss, scale", [("huber", 0.5), ("soft_l1", 0.3), ("poisson", 1.0)])
+def test_regressor_loss(sk, loss, scale):
+    """MLPRegressor(loss=...) trains the network of that loss (and loss_scale): its loss_ is the
+    network's weighted loss at theta_ plus the penalty; the robust losses fit the clean points
+    of data with gross outliers better than mse does; poisson predicts rates exp(f) > 0."""
+    from sklearn.exceptions import ConvergenceWarning
+    rng = np.random.default_rng(11)
+    X = rng.uniform(-1, 1, (80, 1))
+    if loss == "poisson":
+        y = rng.poisson(np.exp(1.0 + X[:, 0])).astype(np.float64)
+    else:
+        y = np.sin(2 * X[:, 0])
+        y[::8] += 10.0  # gross outliers
+    w = rng.uniform(0.5, 1.5, 80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = sk.MLPRegressor(hidden_layer_sizes=(6,), loss=loss, loss_scale=scale, max_iter=100,
+                              random_state=0).fit(X, y, sample_weight=w)
+        mse = sk.MLPRegressor(hidden_layer_sizes=(6,), max_iter=100, random_state=0).fit(X, y, sample_weight=w)
+    assert est.net_.loss_name == loss and est.net_.loss_scale == scale
+    assert est.loss_ == pytest.approx(est.net_.loss(est.theta_, X, y, sample_weight=w), rel=1e-12)
+    pred = est.predict(X)
+    if loss == "poisson":
+        assert (pred > 0).all()
+        np.testing.assert_allclose(pred, np.exp(est.net_.predict(est.theta_, X)[:, 0]))
+        assert np.corrcoef(pred, np.exp(1.0 + X[:, 0]))[0, 1] > 0.85  # the trend of 80 noisy counts
+    else:
+        clean = np.arange(80) % 8 != 0
+        err = np.abs(pred - np.sin(2 * X[:, 0]))[clean].mean()
+        err_mse = np.abs(mse.predict(X) - np.sin(2 * X[:, 0]))[clean].mean()
+        assert err < 0.5 * err_mse
+    with pytest.raises(ValueError, match="^loss: "):
+        sk.MLPRegressor(loss="ce").fit(X, y)
+    with pytest.raises(ValueError, match="^loss_scale: "):
+        sk.MLPRegressor(loss="huber", loss_scale=0.0).fit(X, y)
