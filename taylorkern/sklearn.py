@@ -252,11 +252,12 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
 
 
 class MLPClassifier(ClassifierMixin, _TaylorMLP):
-    """A multi-layer perceptron classifier (softmax cross-entropy, one output per class,
-    two for a binary problem), trained by trust-region Newton-CG on exact Hessian-vector
-    products by default (see the module docstring for why not "lm").  Parameters and
-    attributes as :class:`MLPRegressor`, plus ``classes_``; ``predict_proba`` and
-    ``predict_log_proba`` give the softmax of the outputs."""
+    """A multi-layer perceptron classifier: softmax cross-entropy with one output per class;
+    a binary problem takes one output (the logit of ``classes_[1]``) and binary cross-entropy
+    (loss "bce").  Trained by trust-region Newton-CG on exact Hessian-vector products by
+    default (see the module docstring for why not "lm").  Parameters and attributes as
+    :class:`MLPRegressor`, plus ``classes_``; ``predict_proba`` and ``predict_log_proba`` give
+    the softmax of the outputs (the sigmoid of the one output for two classes)."""
 
     _loss = "ce"
 
@@ -275,12 +276,25 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} can't train when only one class is present "
                              f"(got only {self.classes_[0]!r}); it needs at least 2 classes")
+        labels = labels.reshape(-1)
+        if len(self.classes_) == 2:  # one logit, binary cross-entropy
+            self.n_outputs_ = 1
+            return self._fit(X, labels.astype(np.float64).reshape(-1, 1), sample_weight)
         self.n_outputs_ = len(self.classes_)
-        return self._fit(X, labels.reshape(-1).astype(np.int64), sample_weight)
+        return self._fit(X, labels.astype(np.int64), sample_weight)
+
+    def _net_loss(self):
+        return ("bce" if len(self.classes_) == 2 else "ce"), 1.0
+
+    def _logits(self, X):
+        """The outputs as one logit per class: for two classes (0, f), whose softmax is
+        (1 - sigmoid(f), sigmoid(f))."""
+        F = self._outputs(X)
+        return np.hstack([np.zeros_like(F), F]) if F.shape[1] == 1 else F
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        F = self._outputs(X)
+        F = self._logits(X)
         F = F - F.max(axis=1, keepdims=True)
         E = np.exp(F)
         return E / E.sum(axis=1, keepdims=True)
@@ -288,7 +302,7 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
     def predict_log_proba(self, X):
         """log predict_proba, as log1p of the other classes around the most likely one: its
         log-probability stays nonzero (and exact) where it is within rounding of 0."""
-        F = self._outputs(X)
+        F = self._logits(X)
         rows, top = np.arange(F.shape[0]), np.argmax(F, axis=1)
         F = F - F[rows, top][:, None]
         E = np.exp(F)
@@ -296,5 +310,5 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
         return F - np.log1p(E.sum(axis=1, keepdims=True))
 
     def predict(self, X):
-        F = self._outputs(X)
+        F = self._logits(X)
         return self.classes_[np.argmax(F, axis=1)]

@@ -391,3 +391,30 @@ def test_regressor_loss(sk, loss, scale):
         sk.MLPRegressor(loss="ce").fit(X, y)
     with pytest.raises(ValueError, match="^loss_scale: "):
         sk.MLPRegressor(loss="huber", loss_scale=0.0).fit(X, y)
+
+
+def test_binary_classifier_is_one_logit_with_bce(sk):
+    """Two classes: one output and loss "bce", probabilities (1 - sigmoid(f), sigmoid(f)) with
+    exact logs for confident samples; three classes keep softmax cross-entropy."""
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((60, 2))
+    y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "yes", "no")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a ConvergenceWarning is not what this test is about
+        clf = sk.MLPClassifier(hidden_layer_sizes=(4,), max_iter=60, random_state=0).fit(X, y)
+    assert clf.net_.loss_name == "bce" and clf.net_.num_outputs == 1 and clf.n_outputs_ == 1
+    assert list(clf.classes_) == ["no", "yes"]
+    f = clf.net_.predict(clf.theta_, X)[:, 0]
+    P = clf.predict_proba(X)
+    np.testing.assert_allclose(P[:, 1], 1 / (1 + np.exp(-f)), rtol=1e-12)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_array_equal(clf.predict(X), np.where(f > 0, "yes", "no"))
+    assert (clf.predict(X) == y).mean() > 0.9
+    L = clf.predict_log_proba(X)
+    np.testing.assert_allclose(L, np.column_stack([-np.logaddexp(0, f), -np.logaddexp(0, -f)]), rtol=1e-12)
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        three = sk.MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0)
+        three.fit(X, np.digitize(X[:, 0], [-0.5, 0.5]))
+    assert three.net_.loss_name == "ce" and three.net_.num_outputs == 3
