@@ -83,7 +83,9 @@ def test_cuda_and_core_take_the_same_arguments():
     same activation and loss codes."""
     core = pytest.importorskip("taylorkern._core")
     for q in (q for q in QUANTITIES if not q.endswith("_multi")):
-        want = _arguments(getattr(core, q))
+        # less _core's sample weights w: the GPU kernels take none yet (backends/cuda.py hands
+        # weighted calls to the CPU)
+        want = [a for a in _arguments(getattr(core, q)) if a != "w"]
         got = _arguments(getattr(_cuda, q))
         assert got[:len(want)] == want, q
         assert set(got[len(want):]) <= {"f32", "n", "m", "device_out"}, q
