@@ -27,6 +27,15 @@ struct VMath {
   static T log_over_1mh(T h) {
     return v_2atanh(h / (2 - h));
   }
+  // e^-x for x >= 0 and log1p(u) for u >= 0 (the elementwise loss heads)
+  template <class T>
+  static T exp_neg(T x) {
+    return v_exp_neg(-x);
+  }
+  template <class T>
+  static T log1p(T u) {
+    return v_log1p(u);
+  }
 };
 
 // body(i, v) for every value v = z[i] (+ b[i % cols] when b is given) of a rows x cols

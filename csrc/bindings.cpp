@@ -85,10 +85,16 @@ struct Inputs {
   const T *theta, *X;
   idx N;
   tk::Targets<T> tg;
-  Inputs(const tk::Net& net, const py::array& th, const py::array& x, const py::array* y = nullptr)
+  // w: None, or the sample weights (N,) in theta's dtype, the reduction folded in (net.hpp, Targets).
+  Inputs(const tk::Net& net, const py::array& th, const py::array& x, const py::array* y = nullptr,
+         const py::object& w = py::none())
       : theta(data<T>(th, "theta", {net.P()})), X(nullptr), N(x.ndim() == 2 ? x.shape(0) : -1) {
     X = data<T>(x, "X", {N, net.d[0]});
     if (y) tg = targets<T>(net, *y, N);
+    if (!w.is_none()) {
+      if (!py::isinstance<py::array>(w)) throw py::type_error("sample_weight: expected an array or None");
+      tg.w = data<T>(py::reinterpret_borrow<py::array>(w), "sample_weight", {N});
+    }
   }
 };
 
@@ -127,18 +133,18 @@ py::object jacobian(Net& net, py::array theta, py::array X) {
   });
 }
 
-double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+double loss(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     return run<T>(net, [&](auto& ws) { return tk::loss<T>(net, in.theta, in.X, in.N, in.tg, mean, ws); });
   });
 }
 
-py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     double value = 0;
     py::object grad = one_result<T>(net, {net.P()}, [&](T* g, auto& ws) {
       value = tk::loss_and_grad<T>(net, in.theta, in.X, in.N, in.tg, mean, g, ws);
@@ -147,10 +153,10 @@ py::tuple loss_and_grad(Net& net, py::array theta, py::array X, py::array Y, boo
   });
 }
 
-py::tuple loss_grad_ggn(Net& net, py::array theta, py::array X, py::array Y, bool mean) {
+py::tuple loss_grad_ggn(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     py::array_t<T> grad(net.P()), G(std::vector<py::ssize_t>{net.P(), net.P()});
     T *g = grad.mutable_data(), *o = G.mutable_data();
     const double value = run<T>(
@@ -159,10 +165,10 @@ py::tuple loss_grad_ggn(Net& net, py::array theta, py::array X, py::array Y, boo
   });
 }
 
-py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn) {
+py::object product(Net& net, py::array theta, py::array X, py::array Y, py::array V, bool mean, bool gn, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     const idx m = V.ndim() == 2 ? V.shape(1) : -1;
     const T* v = data<T>(V, "V", {net.P(), m});
     return one_result<T>(net, {net.P(), m},
@@ -170,30 +176,30 @@ py::object product(Net& net, py::array theta, py::array X, py::array Y, py::arra
   });
 }
 
-py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+py::object full(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     return one_result<T>(net, {net.P(), net.P()}, [&](T* o, auto& ws) {
       tk::curvature_full<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws);
     });
   });
 }
 
-py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+py::object diag(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     return one_result<T>(net, {net.P()}, [&](T* o, auto& ws) {
       tk::curvature_diag<T>(net, in.theta, in.X, in.N, in.tg, mean, gn, o, ws);
     });
   });
 }
 
-py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn) {
+py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, bool gn, py::object w) {
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     py::list result;
     std::vector<T*> outs;
     for (idx l = 0; l < net.L(); ++l) {
@@ -308,34 +314,41 @@ PYBIND11_MODULE(_core, m) {
   // module_local: two builds of _core can be loaded side by side (bench/interrupt_ab.py's A/B)
   // without their Net types colliding in pybind11's process-wide registry.
   py::class_<Net>(m, "Net", py::module_local())
-      .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
-           py::arg("loss"))
+      .def(py::init<std::vector<idx>, std::vector<int>, int, double>(), py::arg("sizes"), py::arg("activations"),
+           py::arg("loss"), py::arg("loss_scale") = 1.0)
       .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
   m.attr("ACTIVATION_CODES") = code_table(tk::kActNames);
   m.attr("LOSS_CODES") = code_table(tk::kLossNames);
   // (net, theta, X[, Y[, V]][, mean]): C-contiguous arrays of theta's dtype (labels int64).
   const auto net = py::arg("net"), theta = py::arg("theta"), X = py::arg("X"), Y = py::arg("Y"), V = py::arg("V"),
              mean = py::arg("mean");
+  const auto w = py::arg("w") = py::none();  // sample weights, the reduction folded in (net.hpp, Targets)
   m.def("predict", &predict, net, theta, X);
-  m.def("loss", &loss, net, theta, X, Y, mean);
-  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean);
+  m.def("loss", &loss, net, theta, X, Y, mean, w);
+  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean, w);
   m.def("jacobian", &jacobian, net, theta, X);
-  m.def("loss_grad_ggn", &loss_grad_ggn, net, theta, X, Y, mean);
+  m.def("loss_grad_ggn", &loss_grad_ggn, net, theta, X, Y, mean, w);
   for (const bool gn : {false, true})
     m.def(
         gn ? "ggn_vp" : "hvp",
-        [gn](Net& nt, py::array t, py::array x, py::array y, py::array v, bool mn) {
-          return product(nt, t, x, y, v, mn, gn);
+        [gn](Net& nt, py::array t, py::array x, py::array y, py::array v, bool mn, py::object ws) {
+          return product(nt, t, x, y, v, mn, gn, ws);
         },
-        net, theta, X, Y, V, mean);
-  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean).
+        net, theta, X, Y, V, mean, w);
+  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean, w).
   auto pair = [&](const char* h, const char* g, auto fn) {
     m.def(
-        h, [fn](Net& n, py::array t, py::array x, py::array y, bool mean) { return fn(n, t, x, y, mean, false); }, net,
-        theta, X, Y, mean);
+        h,
+        [fn](Net& n, py::array t, py::array x, py::array y, bool mean, py::object ws) {
+          return fn(n, t, x, y, mean, false, ws);
+        },
+        net, theta, X, Y, mean, w);
     m.def(
-        g, [fn](Net& n, py::array t, py::array x, py::array y, bool mean) { return fn(n, t, x, y, mean, true); }, net,
-        theta, X, Y, mean);
+        g,
+        [fn](Net& n, py::array t, py::array x, py::array y, bool mean, py::object ws) {
+          return fn(n, t, x, y, mean, true, ws);
+        },
+        net, theta, X, Y, mean, w);
   };
   pair("hessian", "ggn", &full);
   pair("hessian_blocks", "ggn_blocks", &blocks);

@@ -140,13 +140,14 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   //   mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T), row r = sqrt(s p_r) (e_r - p).
   const idx L = net.L(), k = net.k();
   const T s = sample_weight<T>(t.N, mean);
-  const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
+  const T* P = net.loss != Loss::mse ? t.p.data() + n0 * k : nullptr;
   U.resize(L);
   auto& R = U[L - 1];
   R.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n)
     for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j) R[(n * k + r) * k + j] = curvature_root(k, P ? P + n * k : nullptr, r, j, s);
+      for (idx j = 0; j < k; ++j)
+        R[(n * k + r) * k + j] = curvature_root(net.loss, k, P ? P + n * k : nullptr, r, j, row_weight(t.w, s, n0 + n));
   backward_rows(net, theta, t, n0, c, k, U);
 }
 
@@ -169,15 +170,17 @@ void gn_factors(const Net& net, Need need, idx c, Factors<T>& f) {
   }
 }
 
-// The Hessian's Q_{L-1} = H_out per sample (formulas.hpp): P the chunk's softmax (ce), or null (mse).
+// The Hessian's Q_{L-1} = H_out per sample (formulas.hpp): P the chunk's softmax (ce) or the
+// outputs' l'' (elementwise heads), or null (mse).
 template <class T>
-void output_hessian(idx k, const T* P, T s, idx c, vec<T>& Q) {
+void output_hessian(Loss loss, idx k, const T* P, T s0, const T* w, idx c, vec<T>& Q) {
   Q.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n) {
     T* q = Q.data() + n * k * k;
+    const T s = row_weight(w, s0, n);
     for (idx i = 0; i < k; ++i)
       for (idx j = 0; j < k; ++j)
-        q[i * k + j] = P ? ce_curvature(k, P + n * k, i, j, s) : i == j ? mse_curvature(k, s) : T(0);
+        q[i * k + j] = out_curvature(loss, k, P ? P + n * k : nullptr, i, j, s);
   }
 }
 
@@ -266,8 +269,8 @@ void chunk_factors(const Net& net, const T* theta, const Tape<T>& t, bool mean, 
     if (need != Need::diag) gn_factors(net, need, c, f);
     return;
   }
-  const T* P = net.loss == Loss::ce ? t.p.data() + n0 * k : nullptr;
-  output_hessian(k, P, sample_weight<T>(t.N, mean), c, f.Q[L - 1]);
+  const T* P = net.loss != Loss::mse ? t.p.data() + n0 * k : nullptr;
+  output_hessian(net.loss, k, P, sample_weight<T>(t.N, mean), t.w ? t.w + n0 : nullptr, c, f.Q[L - 1]);
   for (idx l = L - 1; l >= 1; --l) {
     const idx Hl = net.d[l + 1], Hp = net.d[l];
     const T* W = weights(net, theta, l);  // (Hp, Hl)
@@ -305,7 +308,7 @@ void out_sqrt_rows(const Net& net, T s, idx nb, const typename Lanes<T>::type* p
     if (ce)
       for (idx j = 0; j < k; ++j) pb[j] = p[j][b];
     for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(k, ce ? pb : nullptr, r, j, s);
+      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(net.loss, k, ce ? pb : nullptr, r, j, s);
   }
 }
 
@@ -392,7 +395,7 @@ idx full_lanes_work(const Net& net, bool gn) {
 }  // namespace
 
 bool full_lanes_apply(const Net& net, bool gn) {
-  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && (gn || net.L() <= 2);
+  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && (gn || net.L() <= 2) && lanes_loss(net);
 }
 
 namespace {
@@ -699,7 +702,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     gram<T>(net, theta, X, N, tg, mean, gn, out, nullptr, ws);
     return;
   }
-  if (full_lanes_apply(net, gn)) {
+  if (!tg.w && full_lanes_apply(net, gn)) {
     full_lanes(net, theta, X, N, tg, mean, gn, out, static_cast<T*>(nullptr), ws);
     return;
   }

@@ -36,9 +36,9 @@ namespace tk {
 
 // The codes Python passes to Net (exported as ACTIVATION_CODES / LOSS_CODES by both modules).
 enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
-enum class Loss : int { mse = 0, ce };
+enum class Loss : int { mse = 0, ce, bce, poisson, huber, soft_l1 };
 inline constexpr const char* kActNames[] = {"identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin"};
-inline constexpr const char* kLossNames[] = {"mse", "ce"};
+inline constexpr const char* kLossNames[] = {"mse", "ce", "bce", "poisson", "huber", "soft_l1"};
 
 template <Act F>
 struct ActTag {
@@ -162,7 +162,7 @@ TK_HD T ce_loss(T log1p_rest, const T* f, std::int64_t top, std::int64_t y) {
 // The data term from the sum of the per-sample losses (mse_row's, ce_loss's) and the sample
 // weight: mse is the mean over the k outputs too.
 inline double data_term(Loss loss, std::int64_t k, double total, double s) {
-  return total * s / (loss == Loss::mse ? (double)k : 1.0);
+  return total * s / (loss == Loss::ce ? 1.0 : (double)k);  // every loss but ce is a mean over outputs
 }
 
 // The gradient g = s (p - e_y) of the loss at label y, from the softmax p and ce_softmax's rest.
@@ -203,12 +203,80 @@ TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, cons
   ce_curvature_times_at(k, p, x[top], x, s, o);
 }
 
-// Row r of a square root R of H_out (R^T R = H_out): mse sqrt(2s/k) e_r; ce sqrt(s p_r) (e_r - p)
-// (p null for mse), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T.
-template <class T>
-TK_HD T curvature_root(std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s) {
+// ---------------------------------------------------------------- elementwise heads
+// bce and poisson are means over the k outputs of a loss l(f_j, y_j) of each output alone, so
+// H_out is diagonal: s/k diag(h) with h_j = l''(f_j).  The head keeps h in the tape's p (where ce
+// keeps its softmax), and the curvature reads it from there.
+//   bce      l = softplus(f) - y f     l' = sigma(f) - y     l'' = sigma(f) (1 - sigma(f))
+//   poisson  l = e^f - y f             l' = e^f - y          l'' = e^f
+// bce goes through e = e^-|f| and q = e / (1 + e), the smaller of sigma(f) and 1 - sigma(f):
+// softplus(f) = max(f, 0) + log1p(e), sigma - y = (1 - y) - q for f >= 0 (q - y below), and
+// sigma (1 - sigma) = q / (1 + e), so nothing cancels for saturated logits (|f| of 40 to 700):
+// the loss keeps its e^-|f| and the curvature stays positive down to the last subnormal.  With
+// y = 1 and f large, (1 - y) f is exactly 0.  poisson's e^f overflows past f ~ 709 (88 in
+// float32), as the loss itself does.  M supplies exp_neg(x) = e^-x for x >= 0 and log1p(u).
+// The robust losses of the residual r = f - y, with c = loss_scale (torch's HuberLoss(delta=c),
+// scipy's soft_l1 with f_scale = c):
+//   huber    l = r^2 / 2 for |r| <= c, else c (|r| - c/2)    l' = clamp(r, -c, c)   l'' = [|r| <= c]
+//   soft_l1  l = c^2 (q - 1), q = sqrt(1 + (r/c)^2)          l' = r / q             l'' = 1 / q^3
+// soft_l1's q - 1 cancels for small r/c: l is formed as r (r / (1 + q)), and q as |r|/c where
+// 1 + (r/c)^2 rounds to (r/c)^2 (so that it never overflows).
+TK_HD constexpr bool elementwise(Loss loss) {
+  return loss == Loss::bce || loss == Loss::poisson || loss == Loss::huber || loss == Loss::soft_l1;
+}
+
+template <class M, class T>
+TK_HD T elem_loss(Loss loss, T f, T y, T c, T& g, T& h) {
+  using std::fabs;
   using std::sqrt;
-  if (!p) return j == r ? sqrt(mse_curvature(k, s)) : T(0);
+  if (loss == Loss::huber) {
+    const T r = f - y, a = fabs(r);
+    const bool in = a <= c;
+    g = in ? r : (r > 0 ? c : -c);
+    h = in ? T(1) : T(0);
+    return in ? T(0.5) * r * r : c * (a - T(0.5) * c);
+  }
+  if (loss == Loss::soft_l1) {
+    const T r = f - y, u = r / c, big = sizeof(T) == 4 ? T(4096) : T(67108864);
+    const T q = fabs(u) > big ? fabs(u) : sqrt(1 + u * u);
+    g = r / q;
+    h = 1 / (q * q * q);
+    return r * (r / (1 + q));
+  }
+  if (loss == Loss::bce) {
+    const T e = M::exp_neg(fabs(f)), q = e / (1 + e);
+    h = q / (1 + e);
+    const T lp = M::log1p(e);
+    if (f >= 0) {
+      g = (1 - y) - q;
+      return (1 - y) * f + lp;
+    }
+    g = q - y;
+    return lp - y * f;
+  }
+  const T ef = f <= 0 ? M::exp_neg(-f) : 1 / M::exp_neg(f);  // poisson
+  g = ef - y;
+  h = ef;
+  return ef - y * f;
+}
+
+// ---------------------------------------------------------------- H_out, any head
+// Entry (i, j) of H_out: mse 2s/k I; ce s (diag p - p p^T) (p the softmax); elementwise s/k diag(p)
+// (p the l'' of the outputs).  p is not read for mse (may be null).
+template <class T>
+TK_HD T out_curvature(Loss loss, std::int64_t k, const T* p, std::int64_t i, std::int64_t j, T s) {
+  if (loss == Loss::mse) return i == j ? mse_curvature(k, s) : T(0);
+  if (loss == Loss::ce) return ce_curvature(k, p, i, j, s);
+  return i == j ? s / T(k) * p[i] : T(0);
+}
+
+// Row r of a square root R of H_out (R^T R = H_out): mse sqrt(2s/k) e_r; ce sqrt(s p_r) (e_r - p),
+// as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T; elementwise sqrt(s/k p_r) e_r.
+template <class T>
+TK_HD T curvature_root(Loss loss, std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s) {
+  using std::sqrt;
+  if (loss == Loss::mse) return j == r ? sqrt(mse_curvature(k, s)) : T(0);
+  if (loss != Loss::ce) return j == r ? sqrt(s / T(k) * p[r]) : T(0);
   const T w = sqrt(s * p[r]);
   return (j == r ? w : T(0)) - w * p[j];
 }

@@ -28,7 +28,7 @@ void prepare_tape(const Net& net, const T* X, idx N, Tape<T>& t, bool second) {
   }
   t.F.resize(N * k);
   t.rowloss.resize(N);
-  if (net.loss == Loss::ce) t.p.resize(N * k);
+  if (net.loss != Loss::mse) t.p.resize(N * k);
   t.N = N;
   t.X = X;
 }
@@ -62,10 +62,27 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
   const T s = sample_weight<T>(t.N, mean);
   T* G = want_grad ? t.g[L - 1].data() : nullptr;
   const T* F = t.F.data();
+  const T* w = t.w = tg.w;
   if (net.loss == Loss::mse) {
     parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
       const idx n = n0 + r;
-      t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, s, G ? G + n * k : nullptr);
+      t.rowloss[n] = mse_row(k, F + n * k, tg.y + n * k, row_weight(w, s, n), G ? G + n * k : nullptr);
+      if (w) t.rowloss[n] *= w[n];
+    });
+  } else if (elementwise(net.loss)) {  // bce, poisson, huber, soft_l1 (formulas.hpp): rowloss, G, p = l''
+    T* p = t.p.data();
+    const T c_scale = (T)net.loss_scale;
+    parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
+      const idx n = n0 + r;
+      const T c = row_weight(w, s, n) / T(k);
+      T acc = 0;
+      for (idx j = 0; j < k; ++j) {
+        T g, h;
+        acc += elem_loss<VMath>(net.loss, F[n * k + j], tg.y[n * k + j], c_scale, g, h);
+        p[n * k + j] = h;
+        if (G) G[n * k + j] = c * g;
+      }
+      t.rowloss[n] = w ? acc * w[n] : acc;
     });
   } else {
     // ce's formulas.hpp pieces, in blocks of rows, so that e^x and log1p run as flat loops the
@@ -88,7 +105,8 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       for (idx r = 0; r < nb; ++r) {
         const idx y = (idx)tg.labels[b0 + r];
         t.rowloss[b0 + r] = ce_loss(lg[r], Fb + r * k, top[r], y);
-        if (G) ce_gradient(k, P + r * k, y, top[r], rest[r], s, G + (b0 + r) * k);
+        if (w) t.rowloss[b0 + r] *= w[b0 + r];
+        if (G) ce_gradient(k, P + r * k, y, top[r], rest[r], row_weight(w, s, b0 + r), G + (b0 + r) * k);
       }
     });
   }

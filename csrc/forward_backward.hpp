@@ -21,7 +21,8 @@ struct Tape {
   std::vector<vec<T>> d1, d2;  // act'(z_l), act''(z_l) for hidden l = 0..L-2: (N, d[l+1])
   vec<T> F;                    // outputs (N, k)
   vec<T> p;                    // ce: softmax(F) (N, k)
-  vec<T> rowloss;              // per-sample losses (N,)
+  vec<T> rowloss;              // per-sample losses (N,), times the sample's weight w[n] where given
+  const T* w = nullptr;        // the rows' sample weights (Targets::w, set by head_rows), or null
   std::vector<vec<T>> g;       // g[l] = dloss/dz_l: (N, d[l+1])
   std::vector<vec<T>> e;       // e[l] = dloss/da_{l+1} for l = 0..L-2: (N, d[l+1])
 

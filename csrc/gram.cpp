@@ -142,10 +142,11 @@ double gram(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
       // R_n's rows, backpropagated to every layer's z
       vec<T>& top = sc.U[L - 1];
       top.resize(c * k * k);
-      const T* p = net.loss == Loss::ce ? ct.p.data() : nullptr;
+      const T* p = net.loss != Loss::mse ? ct.p.data() : nullptr;
       for (idx n = 0; n < c; ++n)
         for (idx r = 0; r < k; ++r)
-          for (idx j = 0; j < k; ++j) top[(n * k + r) * k + j] = curvature_root(k, p ? p + n * k : p, r, j, s);
+          for (idx j = 0; j < k; ++j)
+            top[(n * k + r) * k + j] = curvature_root(net.loss, k, p ? p + n * k : p, r, j, row_weight(tc.w, s, n));
       backward_rows(net, theta, ct, 0, c, k, sc.U);
       // their Jacobian rows, (c k, P)
       sc.R.resize(c * k * P);
@@ -186,7 +187,7 @@ template <class T>
 double loss_grad_ggn(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad, T* G,
                      Workspace<T>& ws) {
   if (gram_route(net, N)) return gram(net, theta, X, N, tg, mean, true, G, grad, ws);
-  if (full_lanes_apply(net, true)) return loss_grad_ggn_lanes(net, theta, X, N, tg, mean, grad, G, ws);
+  if (!tg.w && full_lanes_apply(net, true)) return loss_grad_ggn_lanes(net, theta, X, N, tg, mean, grad, G, ws);
   const double value = loss_and_grad(net, theta, X, N, tg, mean, grad, ws);
   if (!interrupted()) curvature_full(net, theta, X, N, tg, mean, true, G, ws);
   return value;

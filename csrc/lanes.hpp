@@ -52,6 +52,10 @@ inline bool lanes_fit(const Net& net) {
   return true;
 }
 
+// The losses whose head the lanes paths have (lanes_output_gradient, the rop's output curvature);
+// the others take the general kernels.
+inline bool lanes_loss(const Net& net) { return net.loss == Loss::mse || net.loss == Loss::ce; }
+
 // Unit offsets of the layers in [unit][lane] buffers: layer l's units start at at[l] (layer 0
 // the inputs, layer L the outputs); `units` is their total.
 struct LaneLayout {

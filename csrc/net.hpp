@@ -22,10 +22,13 @@ struct Net {
   std::vector<idx> d;    // widths d[0..L]
   std::vector<Act> act;  // activation of hidden layer outputs z_0..z_{L-2}
   Loss loss = Loss::mse;
+  double loss_scale = 1.0;  // huber's delta, soft_l1's c (formulas.hpp, elem_loss)
   std::vector<idx> off;  // off[l] = start of layer l in theta, off[L] = P
 
   // Codes as kActNames / kLossNames number them; refuses what no MLP can have.
-  Net(std::vector<idx> widths, std::vector<int> acts, int loss_code) : d(std::move(widths)) {
+  Net(std::vector<idx> widths, std::vector<int> acts, int loss_code, double scale = 1.0)
+      : d(std::move(widths)), loss_scale(scale) {
+    if (!(scale > 0) || !std::isfinite(scale)) throw std::invalid_argument("loss_scale: must be finite and > 0");
     if (d.size() < 2) throw std::invalid_argument("sizes: need at least two widths");
     for (idx w : d)
       if (w < 1) throw std::invalid_argument("sizes: every width must be >= 1");
@@ -34,7 +37,7 @@ struct Net {
       if (a < 0 || a > (int)Act::sin) throw std::invalid_argument("activation: unknown code");
       act.push_back((Act)a);
     }
-    if (loss_code < 0 || loss_code > 1) throw std::invalid_argument("loss: unknown code");
+    if (loss_code < 0 || loss_code > (int)Loss::soft_l1) throw std::invalid_argument("loss: unknown code");
     loss = (Loss)loss_code;
     off.assign(1, 0);
     for (idx l = 0; l < L(); ++l) off.push_back(off.back() + (d[l] + 1) * d[l + 1]);
@@ -66,12 +69,21 @@ template <class T>
 struct Targets {
   const T* y = nullptr;
   const std::int64_t* labels = nullptr;
+  // Per-sample weights (N,), null for none.  When given, the adaptor has folded the reduction in
+  // (mean: w_n / sum w, and mean = false), so that sample n's weight is w[n] instead of 1/N or 1.
+  const T* w = nullptr;
 };
 
 // Weight of each sample's loss in the data term: 1/N for reduction="mean", 1 for "sum".
 template <class T>
 inline T sample_weight(idx N, bool mean) {
   return mean ? T(1) / T(N) : T(1);
+}
+
+// Sample n's weight: s (sample_weight) times its own weight w[n] where weights are given.
+template <class T>
+inline T row_weight(const T* w, T s, idx n) {
+  return w ? s * w[n] : s;
 }
 
 }  // namespace tk

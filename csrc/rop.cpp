@@ -217,15 +217,28 @@ void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, i
   sc.Rg.resize(n * m * k);
   const T* rf = sc.Rz[L - 1].data();
   T* rg = sc.Rg.data();
-  if (net.loss == Loss::mse) {
+  if (net.loss == Loss::mse && t.w) {
+    for (idx r = 0; r < n; ++r) {
+      const T c2 = mse_curvature(k, row_weight(t.w, s, n0 + r));
+      for (idx i = r * m * k; i < (r + 1) * m * k; ++i) rg[i] = c2 * rf[i];
+    }
+  } else if (net.loss == Loss::mse) {
     const T c2 = mse_curvature(k, s);
     for (idx i = 0; i < n * m * k; ++i) rg[i] = c2 * rf[i];
+  } else if (elementwise(net.loss)) {  // s/k diag(l'')
+    const T* p = t.p.data() + n0 * k;
+    for (idx r = 0; r < n; ++r) {
+      const T sr = row_weight(t.w, s, n0 + r) / T(k);
+      for (idx c = 0; c < m; ++c)
+        for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = sr * p[r * k + j] * rf[(r * m + c) * k + j];
+    }
   } else {
     const T* p = t.p.data() + n0 * k;
     for (idx r = 0; r < n; ++r) {
       const T* pn = p + r * k;
       const idx top = ce_top(k, pn);
-      for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, s, rg + (r * m + c) * k);
+      const T sr = row_weight(t.w, s, n0 + r);
+      for (idx c = 0; c < m; ++c) ce_curvature_times(k, pn, top, rf + (r * m + c) * k, sr, rg + (r * m + c) * k);
     }
   }
   for (idx q = 0; q < m * k; ++q) {  // a running sum in a register, not a chain through memory
@@ -341,7 +354,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
 constexpr idx kLanesMaxParams = 512;
 
 bool lanes_apply(const Net& net, idx m) {
-  return m == 1 && net.P() <= kLanesMaxParams && lanes_fit(net);
+  return m == 1 && net.P() <= kLanesMaxParams && lanes_fit(net) && lanes_loss(net);
 }
 
 // out (P) = the R-op's sum over samples [n_begin, n_end) (n_begin a multiple of kLanes).
@@ -449,7 +462,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
          bool gn, Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
   const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
-  if (lanes_apply(net, m)) {  // each thread's whole blocks of samples, its sum in out or ws.parts
+  if (!tg.w && lanes_apply(net, m)) {  // each thread's whole blocks of samples, its sum in out or ws.parts
     ws.lanes.resize(nt);
     ws.parts.resize((nt - 1) * P);
     over_samples((N + kLanes - 1) / kLanes, nt, [&](int tid, idx b0, idx b1) {

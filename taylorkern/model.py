@@ -38,7 +38,7 @@ def _all_finite(arr):
     return bool(np.isfinite(arr).all())
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin")
-LOSSES = ("mse", "ce")
+LOSSES = ("mse", "ce", "bce", "poisson", "huber", "soft_l1")
 REDUCTIONS = ("mean", "sum")
 INIT_SCHEMES = ("he", "xavier", "lecun", "normal")
 
@@ -130,14 +130,22 @@ class MLP:
     activation : str or sequence of str
         Hidden activation, one for all hidden layers or one per hidden layer
         (``len(sizes) - 2`` of them).  The last layer is linear.
-    loss : {"mse", "ce"}
-        Mean squared error over all N*dL elements, or mean softmax cross-entropy.
+    loss : {"mse", "ce", "bce", "poisson"}
+        Mean squared error over all N*dL elements; mean softmax cross-entropy (integer labels);
+        binary cross-entropy with logits, the mean over all N*dL elements of softplus(f) - y f
+        (targets in [0, 1], torch's BCEWithLogitsLoss); or the Poisson negative log-likelihood
+        with log-rate outputs, the mean of exp(f) - y f (targets >= 0, torch's
+        PoissonNLLLoss(log_input=True, full=False)); or, of the residual r = f - y, the mean of
+        torch's HuberLoss(delta=loss_scale) (``"huber"``) or of c^2 (sqrt(1 + (r/c)^2) - 1) with
+        c = loss_scale (``"soft_l1"``, scipy's robust loss of that name).
     l2 : float
         Adds ``0.5 * l2 * ||theta||^2`` to the loss (with reduction="mean").
     dtype : float64 (default) or float32.
+    loss_scale : float
+        huber's delta and soft_l1's c (finite, > 0; default 1.0); the other losses ignore it.
     """
 
-    def __init__(self, sizes, activation="tanh", loss="mse", l2=0.0, dtype=np.float64):
+    def __init__(self, sizes, activation="tanh", loss="mse", l2=0.0, dtype=np.float64, loss_scale=1.0):
         try:
             sizes = None if isinstance(sizes, (str, bytes)) else list(sizes)
         except TypeError:
@@ -176,6 +184,11 @@ class MLP:
             raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
         self.l2 = float(l2)
 
+        if (isinstance(loss_scale, bool) or not isinstance(loss_scale, numbers.Real)
+                or not math.isfinite(loss_scale) or not loss_scale > 0):
+            raise ValueError(f"loss_scale: expected a finite number > 0, got {loss_scale!r}")
+        self.loss_scale = float(loss_scale)
+
         try:
             dt = np.dtype(dtype)
         except TypeError:
@@ -206,11 +219,13 @@ class MLP:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("loss_scale", 1.0)  # pickled before the argument existed
         self.__dict__.update(state)
 
     def __repr__(self):
+        scale = f", loss_scale={self.loss_scale}" if self.loss_scale != 1.0 else ""
         return (f"MLP(sizes={list(self.sizes)}, activation={self.activation!r}, "
-                f"loss={self.loss_name!r}, l2={self.l2}, dtype={self.dtype.name})")
+                f"loss={self.loss_name!r}, l2={self.l2}, dtype={self.dtype.name}{scale})")
 
     def unflatten(self, theta):
         """Views ``[(W1, b1), (W2, b2), ...]`` into theta (no copy)."""
@@ -311,8 +326,13 @@ class MLP:
         if arr.ndim == 1 and k == 1 and arr.shape[0] == n:
             arr = arr.reshape(n, 1)
         if arr.shape != (n, k):
-            raise ValueError(f"Y: 'mse' expects shape ({n}, {k}), got {arr.shape}")
-        return self._as_float(arr, "Y")
+            raise ValueError(f"Y: {self.loss_name!r} expects shape ({n}, {k}), got {arr.shape}")
+        arr = self._as_float(arr, "Y")
+        if self.loss_name == "bce" and arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise ValueError(f"Y: 'bce' targets must lie in [0, 1], got range [{arr.min()}, {arr.max()}]")
+        if self.loss_name == "poisson" and arr.size and arr.min() < 0:
+            raise ValueError(f"Y: 'poisson' targets (counts) must be >= 0, got a minimum of {arr.min()}")
+        return arr
 
     def _check_V(self, V):
         arr = _host_array(V, "V")
@@ -322,6 +342,31 @@ class MLP:
         if arr.dtype.kind not in "fiu":
             raise TypeError(f"V: expected a real numeric array, got dtype {arr.dtype}")
         return self._as_float(arr, "V")
+
+    @staticmethod
+    def _check_weights(sample_weight, n, reduction):
+        """sample_weight as float64 (n,), or None where it changes nothing: None itself, equal
+        weights with reduction "mean", all ones with "sum" (those calls then take the unweighted
+        path, so their results are bitwise the unweighted ones)."""
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "fiu":
+            raise TypeError(f"sample_weight: expected a real numeric array, got dtype {w.dtype}")
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight: expected shape ({n},), one weight per sample, got {w.shape}")
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        if not np.isfinite(w).all():
+            raise ValueError("sample_weight: contains NaN or Inf")
+        if (w < 0).any():
+            raise ValueError(f"sample_weight: weights must be >= 0, got a minimum of {w.min()!r}")
+        with np.errstate(over="ignore"):
+            total = float(w.sum())
+        if not total > 0 or not math.isfinite(total):
+            raise ValueError(f"sample_weight: the weights must have a positive, finite sum, got {total!r}")
+        if (reduction == "mean" and (w == w[0]).all()) or (reduction == "sum" and (w == 1.0).all()):
+            return None
+        return w
 
     @staticmethod
     def _check_reduction(reduction):
@@ -334,6 +379,11 @@ class MLP:
         X = self._check_X(X)
         Y = self._check_Y(Y, X.shape[0])
         return theta, X, Y, self._check_reduction(reduction)
+
+    def _check_data_weighted(self, theta, X, Y, reduction, sample_weight):
+        """_check_data, and the weights as _check_weights returns them."""
+        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        return theta, X, Y, reduction, self._check_weights(sample_weight, X.shape[0], reduction)
 
     def _check_memory(self, what, n_elements):
         """Refuse a request of n_elements values that cannot fit; `what` names it (a callable
@@ -378,21 +428,24 @@ class MLP:
                 ops.add_diagonal(B, l2)
         return result
 
-    def _trusted(self, kind, theta, X, Y, reduction="mean"):
+    def _trusted(self, kind, theta, X, Y, reduction="mean", sample_weight=None):
         """``kind`` (loss, loss_and_grad, loss_grad_ggn, hessian, ggn, and their blocks and
         diagonals) with the l2 term, on inputs checked already: theta, X and Y as the checks
-        return them (the network's dtype, C-contiguous, finite; ce labels int64).  The public
-        calls check, then come here; the optimizers check their data once per run and come here
-        every iteration (taylorkern.optim._run)."""
+        return them (the network's dtype, C-contiguous, finite; ce labels int64), sample_weight
+        as _check_weights returns it.  The public calls check, then come here; the optimizers
+        check their data once per run and come here every iteration (taylorkern.optim._run)."""
         impl = self._impl()
+        # the weights reach the backend only when given: without them, the call is the old one
+        kw = {} if sample_weight is None else {"sample_weight": sample_weight}
         if kind == "loss_grad_ggn":
             fused = getattr(impl, "loss_grad_ggn", None)
             if fused is not None:
-                result = fused(self, theta, X, Y, reduction)
+                result = fused(self, theta, X, Y, reduction, **kw)
             else:
-                result = impl.loss_and_grad(self, theta, X, Y, reduction) + (impl.ggn(self, theta, X, Y, reduction),)
+                result = (impl.loss_and_grad(self, theta, X, Y, reduction, **kw)
+                          + (impl.ggn(self, theta, X, Y, reduction, **kw),))
         else:
-            result = getattr(impl, kind)(self, theta, X, Y, reduction)
+            result = getattr(impl, kind)(self, theta, X, Y, reduction, **kw)
         if self._l2_active(reduction):
             result = self._add_l2(kind, result, reduction, theta)
         if kind == "loss":
@@ -410,25 +463,28 @@ class MLP:
         theta, X = self._check_theta(theta), self._check_X(X)
         return self._impl().predict(self, theta, X)
 
-    def loss(self, theta, X, Y, reduction="mean"):
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        return self._trusted("loss", theta, X, Y, reduction)
+    def loss(self, theta, X, Y, reduction="mean", sample_weight=None):
+        """The loss (a float).  ``sample_weight`` (N,), finite, >= 0 with a positive sum, weighs
+        each sample's loss: sum w_n l_n / sum w_n with reduction "mean", sum w_n l_n with "sum"
+        (every data call takes it)."""
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        return self._trusted("loss", theta, X, Y, reduction, w)
 
-    def loss_and_grad(self, theta, X, Y, reduction="mean"):
+    def loss_and_grad(self, theta, X, Y, reduction="mean", sample_weight=None):
         """(loss, gradient of shape (P,))."""
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        return self._trusted("loss_and_grad", theta, X, Y, reduction)
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        return self._trusted("loss_and_grad", theta, X, Y, reduction, w)
 
-    def loss_grad_ggn(self, theta, X, Y, reduction="mean"):
+    def loss_grad_ggn(self, theta, X, Y, reduction="mean", sample_weight=None):
         """(loss, gradient (P,), GGN (P, P)): what a Gauss-Newton or Levenberg-Marquardt
         iteration needs at a point.  One sweep over the samples where the backend fuses them
         (cpp, on the networks its Gram route takes: docs/curvature.md), else loss_and_grad and
         ggn; the same values either way."""
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
         self._check_memory("loss_grad_ggn", 2.0 * self.num_params * self.num_params)
-        return self._trusted("loss_grad_ggn", theta, X, Y, reduction)
+        return self._trusted("loss_grad_ggn", theta, X, Y, reduction, w)
 
-    def _product(self, kind, theta, X, Y, V, reduction):
+    def _product(self, kind, theta, X, Y, V, reduction, sample_weight=None):
         # sizes first (shapes only), so that an oversized request is refused before any copy
         xs, shape = _shape(X), _shape(V)
         n = xs[0] if len(xs) == 2 else 0
@@ -440,19 +496,20 @@ class MLP:
         if need * self.dtype.itemsize >= _MEMORY_CHECK_MIN and hasattr(impl, "product_memory_values"):
             need = impl.product_memory_values(self, n, m)
         self._check_memory(lambda: f"{kind} with V of shape {shape}", need)
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
         V = self._check_V(V)
         V2 = V.reshape(self.num_params, -1)
-        out = self._add_l2(kind, getattr(impl, kind)(self, theta, X, Y, V2, reduction), reduction, theta, V2)
+        kw = {} if w is None else {"sample_weight": w}
+        out = self._add_l2(kind, getattr(impl, kind)(self, theta, X, Y, V2, reduction, **kw), reduction, theta, V2)
         return out.reshape(V.shape)
 
-    def hvp(self, theta, X, Y, V, reduction="mean"):
+    def hvp(self, theta, X, Y, V, reduction="mean", sample_weight=None):
         """Hessian-vector product(s) H @ V for V of shape (P,) or (P, m)."""
-        return self._product("hvp", theta, X, Y, V, reduction)
+        return self._product("hvp", theta, X, Y, V, reduction, sample_weight)
 
-    def ggn_vp(self, theta, X, Y, V, reduction="mean"):
+    def ggn_vp(self, theta, X, Y, V, reduction="mean", sample_weight=None):
         """Gauss-Newton-matrix product(s) G @ V for V of shape (P,) or (P, m)."""
-        return self._product("ggn_vp", theta, X, Y, V, reduction)
+        return self._product("ggn_vp", theta, X, Y, V, reduction, sample_weight)
 
     def jacobian(self, theta, X):
         """d f / d theta, shape (N*dL, P); row n*dL + c is output c of sample n."""
@@ -462,66 +519,84 @@ class MLP:
         theta, X = self._check_theta(theta), self._check_X(X)
         return self._impl().jacobian(self, theta, X)
 
-    def _full(self, kind, theta, X, Y, reduction):
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+    def _full(self, kind, theta, X, Y, reduction, sample_weight=None):
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
         P = self.num_params
         self._check_memory(kind, 2.0 * P * P)  # result plus the kernels' block workspace
-        return self._trusted(kind, theta, X, Y, reduction)
+        return self._trusted(kind, theta, X, Y, reduction, w)
 
-    def hessian(self, theta, X, Y, reduction="mean"):
+    def hessian(self, theta, X, Y, reduction="mean", sample_weight=None):
         """The exact Hessian of the loss, shape (P, P)."""
-        return self._full("hessian", theta, X, Y, reduction)
+        return self._full("hessian", theta, X, Y, reduction, sample_weight)
 
-    def ggn(self, theta, X, Y, reduction="mean"):
+    def ggn(self, theta, X, Y, reduction="mean", sample_weight=None):
         """The generalized Gauss-Newton matrix J^T H_out J (+ l2 I), shape (P, P)."""
-        return self._full("ggn", theta, X, Y, reduction)
+        return self._full("ggn", theta, X, Y, reduction, sample_weight)
 
-    def ggn_factor(self, theta, X, Y, reduction="mean"):
+    def ggn_factor(self, theta, X, Y, reduction="mean", sample_weight=None):
         """B of shape (N*dL, P) with B^T B = the GGN's data term: row n*dL + r is row r of a
         square root R_n of sample n's output Hessian times its Jacobian, R_n J_n (mse:
-        sqrt(2 s / dL) J_n; ce: R_n = diag(sqrt(s p)) (I - 1 p^T), p the softmax; s = 1/N for
-        reduction="mean", 1 for "sum").  With N*dL < P it is the smaller factor: a
+        sqrt(2 s / dL) J_n; bce, poisson: diag(sqrt(s / dL l''(f))) J_n; ce: R_n = diag(sqrt(s p))
+        (I - 1 p^T), p the softmax; s = 1/N for
+        reduction="mean", 1 for "sum"; with sample weights s_n = w_n / sum w or w_n).  With N*dL < P
+        it is the smaller factor: a
         Levenberg-Marquardt step then solves an (N*dL)-square system instead of a P-square one
         (taylorkern.optim, lm's space="samples").  l2 is not in it: G = B^T B + l2 I."""
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
         N, k = X.shape[0], self.num_outputs
         self._check_memory("ggn_factor", 2.0 * N * k * self.num_params)
         impl = self._impl()
         J = impl.jacobian(self, theta, X).reshape(N, k, self.num_params)
         s = 1.0 / N if reduction == "mean" else 1.0
+        if w is not None:  # one per sample, (N, 1)
+            s = (w / w.sum() if reduction == "mean" else w)[:, None]
         if self.loss_name == "mse":
-            J *= np.sqrt(2.0 * s / k).astype(self.dtype)
+            J *= np.sqrt(2.0 * s / k).astype(self.dtype)[..., None] if w is not None else \
+                np.sqrt(2.0 * s / k).astype(self.dtype)
             return J.reshape(N * k, -1)
         F = impl.predict(self, theta, X).astype(np.float64)
+        if self.loss_name in ("bce", "poisson", "huber", "soft_l1"):  # s/k diag(l'')
+            c, R = self.loss_scale, F - Y
+            if self.loss_name == "bce":  # sigmoid', through exp(-|f|)
+                e = np.exp(-np.abs(F))
+                h = e / (1 + e) ** 2
+            elif self.loss_name == "poisson":
+                h = np.exp(F)
+            elif self.loss_name == "huber":
+                h = (np.abs(R) <= c).astype(np.float64)
+            else:
+                h = (1 / np.hypot(1.0, R / c)) ** 3
+            J *= np.sqrt(s / k * h).astype(self.dtype)[:, :, None]
+            return J.reshape(N * k, -1)
         p = np.exp(F - F.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         R = np.sqrt(s * p)[:, :, None] * (np.eye(k) - p[:, None, :])  # (N, k, k)
         return np.matmul(R.astype(self.dtype), J).reshape(N * k, -1)
 
-    def _blocks(self, kind, theta, X, Y, reduction):
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+    def _blocks(self, kind, theta, X, Y, reduction, sample_weight=None):
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
         self._check_memory(kind, 2.0 * sum(p * p for p in self.layer_sizes))
-        return self._trusted(kind, theta, X, Y, reduction)
+        return self._trusted(kind, theta, X, Y, reduction, w)
 
-    def hessian_blocks(self, theta, X, Y, reduction="mean"):
+    def hessian_blocks(self, theta, X, Y, reduction="mean", sample_weight=None):
         """Per-layer diagonal blocks of the Hessian: list of (P_l, P_l), layer l = [Wl; bl]."""
-        return self._blocks("hessian_blocks", theta, X, Y, reduction)
+        return self._blocks("hessian_blocks", theta, X, Y, reduction, sample_weight)
 
-    def ggn_blocks(self, theta, X, Y, reduction="mean"):
+    def ggn_blocks(self, theta, X, Y, reduction="mean", sample_weight=None):
         """Per-layer diagonal blocks of the GGN: list of (P_l, P_l)."""
-        return self._blocks("ggn_blocks", theta, X, Y, reduction)
+        return self._blocks("ggn_blocks", theta, X, Y, reduction, sample_weight)
 
-    def _diag(self, kind, theta, X, Y, reduction):
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        return self._trusted(kind, theta, X, Y, reduction)
+    def _diag(self, kind, theta, X, Y, reduction, sample_weight=None):
+        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        return self._trusted(kind, theta, X, Y, reduction, w)
 
-    def hessian_diag(self, theta, X, Y, reduction="mean"):
+    def hessian_diag(self, theta, X, Y, reduction="mean", sample_weight=None):
         """diag(H), shape (P,), without forming H."""
-        return self._diag("hessian_diag", theta, X, Y, reduction)
+        return self._diag("hessian_diag", theta, X, Y, reduction, sample_weight)
 
-    def ggn_diag(self, theta, X, Y, reduction="mean"):
+    def ggn_diag(self, theta, X, Y, reduction="mean", sample_weight=None):
         """diag(G), shape (P,), without forming G."""
-        return self._diag("ggn_diag", theta, X, Y, reduction)
+        return self._diag("ggn_diag", theta, X, Y, reduction, sample_weight)
 
     # ------------------------------------------------------------ Kronecker factors
     def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases):

@@ -175,20 +175,32 @@ class Residuals:
     J = [jacobian / sqrt(N k); sqrt(l2 / 2) I]                       -> (N k [+ P], P)
 
     The l2 rows are present only when the network has ``l2 > 0`` (they also give
-    ``method="lm"`` the m >= n residuals it needs).  Only for ``loss="mse"``: softmax
-    cross-entropy is not a sum of squares.
+    ``method="lm"`` the m >= n residuals it needs).  For ``loss="mse"``, and for the robust
+    losses ``"huber"`` and ``"soft_l1"``, which are scipy's own losses of the same names:
+    pass ``loss=res.scipy_loss, f_scale=res.f_scale`` to ``least_squares`` (the
+    :func:`least_squares` below does), whose cost 1/2 sum f_scale^2 rho((r/f_scale)^2) is
+    then half the network's loss.  There r = (f(X) - Y).ravel() / sqrt(2 N k) and f_scale =
+    loss_scale / sqrt(2 N k); no l2 rows (scipy would apply its robust loss to them too), so
+    the network must have l2 = 0.  Softmax cross-entropy and the likelihoods are not sums of
+    squares: use Objective with scipy.optimize.minimize, or taylorkern.minimize.
     """
 
     def __init__(self, net, X, Y):
         check_net(net)
-        if net.loss_name != "mse":
-            raise ValueError(f"net: least-squares residuals need loss='mse', got loss={net.loss_name!r} "
-                             "(cross-entropy is not a sum of squares; use Objective with "
+        if net.loss_name not in ("mse", "huber", "soft_l1"):
+            raise ValueError(f"net: least-squares residuals need loss='mse', 'huber' or 'soft_l1', got "
+                             f"loss={net.loss_name!r} (not a sum of squares; use Objective with "
                              "scipy.optimize.minimize, or taylorkern.minimize)")
+        robust = net.loss_name != "mse"
+        if robust and net.l2 > 0:
+            raise ValueError(f"net: least-squares residuals of loss={net.loss_name!r} need l2 = 0 (scipy "
+                             "applies its robust loss to every residual, the l2 rows included)")
         self.net = net
         self.X, self.Y = _data(net, X, Y)
         N, k = self.Y.shape
-        self._scale = 1.0 / np.sqrt(N * k)
+        self._scale = 1.0 / np.sqrt((2.0 if robust else 1.0) * N * k)
+        self.scipy_loss = net.loss_name if robust else "linear"
+        self.f_scale = net.loss_scale * self._scale if robust else 1.0
         self._l2 = np.sqrt(0.5 * net.l2) if net.l2 > 0 else 0.0
         self.nfev = self.njev = 0
 
@@ -222,9 +234,14 @@ class Residuals:
         return J
 
     def loss(self, theta):
-        """r.r, which equals ``net.loss(theta, X, Y)``."""
+        """The network's loss from the residuals: r.r for mse, 2 (the cost scipy's robust loss
+        gives them) for huber and soft_l1; equals ``net.loss(theta, X, Y)``."""
         r = self.fun(theta)
-        return float(r @ r)
+        if self.scipy_loss == "linear":
+            return float(r @ r)
+        z = (r / self.f_scale) ** 2
+        rho = np.where(z <= 1, z, 2 * np.sqrt(z) - 1) if self.scipy_loss == "huber" else 2 * (np.sqrt(1 + z) - 1)
+        return float(self.f_scale ** 2 * rho.sum())
 
 
 def minimize(net, theta0, X, Y, method="trust-ncg", curvature="hessian", **kwargs):
@@ -252,11 +269,22 @@ def minimize(net, theta0, X, Y, method="trust-ncg", curvature="hessian", **kwarg
     return res
 
 
-def least_squares(net, theta0, X, Y, method="lm", **kwargs):
-    """``scipy.optimize.least_squares`` on the network's residuals (mse only) with the exact
-    Jacobian.  Returns scipy's result; ``result.cost`` is half the network's loss."""
+def least_squares(net, theta0, X, Y, method=None, **kwargs):
+    """``scipy.optimize.least_squares`` on the network's residuals with the exact Jacobian:
+    mse, or huber / soft_l1 through scipy's robust loss of the same name (``loss`` and
+    ``f_scale`` set from the network, see :class:`Residuals`).  ``method`` defaults to "lm"
+    for mse and "trf" for the robust losses (scipy's "lm" takes none).  Returns scipy's result;
+    ``result.cost`` is half the network's loss."""
     res_fn = Residuals(net, X, Y)
     x0 = np.asarray(theta0, dtype=np.float64)
+    if res_fn.scipy_loss != "linear":
+        clash = sorted({"loss", "f_scale"} & set(kwargs))
+        if clash:
+            raise ValueError(f"{clash[0]}: set from the network's loss and loss_scale "
+                             f"({res_fn.scipy_loss!r}, f_scale {res_fn.f_scale:.6g}); do not pass it")
+        kwargs.update(loss=res_fn.scipy_loss, f_scale=res_fn.f_scale)
+    if method is None:
+        method = "lm" if res_fn.scipy_loss == "linear" else "trf"
     out = scipy.optimize.least_squares(res_fn.fun, x0, jac=res_fn.jac, method=method, **kwargs)
     out["residuals"] = res_fn
     return out

@@ -38,7 +38,7 @@ try:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("taylorkern.sklearn needs scikit-learn: pip install 'taylorkern[sklearn]' "
                       "(or pip install scikit-learn)") from exc
@@ -102,22 +102,30 @@ class _TaylorMLP(BaseEstimator):
         if self.solver_options is not None and not isinstance(self.solver_options, dict):
             raise ValueError(f"solver_options: expected a dict or None, got {self.solver_options!r}")
         options = dict(self.solver_options or {})
-        reserved = {"max_iter", "ftol", "progress"} & set(options)
+        reserved = {"max_iter", "ftol", "progress", "sample_weight"} & set(options)
         if reserved:
             raise ValueError(f"solver_options: {sorted(reserved)} are set by the estimator's own "
-                             "parameters (max_iter, tol, verbose)")
+                             "parameters (max_iter, tol, verbose) and fit's sample_weight")
         return options
+
+    def _net_loss(self):
+        """(loss, loss_scale) of the network: the estimator's kind's, or MLPRegressor's loss=."""
+        return self._loss, 1.0
 
     def _make_net(self, n_in, n_out):
         activation = self.activation
         if isinstance(activation, str):
             activation = _ACTIVATION_ALIASES.get(activation, activation)
-        return MLP([n_in, *self._hidden_sizes(), n_out], activation=activation, loss=self._loss,
-                   l2=self.alpha, dtype=self.dtype)
+        loss, scale = self._net_loss()
+        return MLP([n_in, *self._hidden_sizes(), n_out], activation=activation, loss=loss,
+                   l2=self.alpha, dtype=self.dtype, loss_scale=scale)
 
     # -------------------------------------------------------------- fit / predict
-    def _fit(self, X, Y):
+    def _fit(self, X, Y, sample_weight=None):
         options = self._check_params()
+        if sample_weight is not None:  # scikit-learn's conventions (a list, a scalar), then minimize's checks
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            options["sample_weight"] = sample_weight
         net = self._make_net(X.shape[1], Y.shape[1] if Y.ndim == 2 else len(self.classes_))
         rng = check_random_state(self.random_state)
         theta0 = net.init(seed=int(rng.randint(np.iinfo(np.int32).max)))
@@ -153,17 +161,24 @@ class _TaylorMLP(BaseEstimator):
         state = super().__getstate__()
         net = state.get("net_")
         if net is not None:
-            state["net_"] = MLP(net.sizes, activation=net.activation, loss=net.loss_name, l2=net.l2,
+            state["net_"] = MLP(net.sizes, activation=net.activation, loss=net.loss_name,
+                                loss_scale=net.loss_scale, l2=net.l2,
                                 dtype=net.dtype)
         return state
 
 
 class MLPRegressor(RegressorMixin, _TaylorMLP):
-    """A multi-layer perceptron regressor (mean squared error), trained by Levenberg-Marquardt
-    by default.
+    """A multi-layer perceptron regressor (mean squared error by default), trained by
+    Levenberg-Marquardt by default.
 
     Parameters
     ----------
+    loss : {"mse", "huber", "soft_l1", "poisson"}, default "mse"
+        The network's loss (taylorkern.MLP): squared error, the robust huber and soft_l1 of
+        the residual (their scale is ``loss_scale``), or the Poisson likelihood of counts
+        (y >= 0; the outputs are log-rates, and ``predict`` returns the rates exp(f)).
+    loss_scale : float, default 1.0
+        huber's delta, soft_l1's c.
     hidden_layer_sizes : tuple of int, default (10,)
         Widths of the hidden layers; ``()`` gives a linear model.
     activation : str, default "tanh"
@@ -201,29 +216,44 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
     """
 
     _loss = "mse"
+    LOSSES = ("mse", "huber", "soft_l1", "poisson")
 
     # Above this many parameters fit() skips the Laplace posterior (its P x P GGN and eigen-
     # decomposition would cost more than the training); pcov_ is None then.
     laplace_max_params = 3000
 
-    def fit(self, X, y):
+    def __init__(self, hidden_layer_sizes=(10,), activation="tanh", solver="lm", alpha=1e-5,
+                 max_iter=200, tol=1e-8, random_state=None, solver_options=None, dtype="float64",
+                 verbose=False, loss="mse", loss_scale=1.0):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+                         alpha=alpha, max_iter=max_iter, tol=tol, random_state=random_state,
+                         solver_options=solver_options, dtype=dtype, verbose=verbose)
+        self.loss = loss
+        self.loss_scale = loss_scale
+
+    def _net_loss(self):
+        return choice("loss", self.loss, self.LOSSES), self.loss_scale
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit to (X, y); ``sample_weight`` (n_samples,) weighs each sample's loss (the loss is
+        then sum w_n l_n / sum w_n, plus the penalty)."""
         X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True,
                               dtype=(np.float64, np.float32))
         y = np.asarray(y, dtype=np.float64)
         self._y_ndim = y.ndim
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = Y.shape[1]
-        self._fit(X, Y)
-        self._fit_posterior(X, Y)
+        self._fit(X, Y, sample_weight)
+        self._fit_posterior(X, Y, sample_weight)
         return self
 
-    def _fit_posterior(self, X, Y):
+    def _fit_posterior(self, X, Y, sample_weight):
         """pcov_ as curve_fit computes it, for the regularised fit: sigma^2 (J^T J + rho I)^-1,
         rho = alpha N k / 2 (the prior that the l2 term is, in units of the noise variance), and
         sigma^2 = SSE / (N k - dof), dof = tr(J^T J (J^T J + rho I)^-1) the effective number of
         parameters (P when alpha = 0 and J has full rank, as in curve_fit)."""
         net, theta = self.net_, self.theta_
-        if net.num_params > self.laplace_max_params:
+        if net.num_params > self.laplace_max_params or net.loss_name != "mse" or sample_weight is not None:
             self.laplace_, self.pcov_, self.sigma_noise_ = None, None, None
             return
         N, k = Y.shape
@@ -240,7 +270,8 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         self.pcov_ = post.covariance()
 
     def predict(self, X, return_std=False):
-        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs).
+        """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs);
+        with loss="poisson" the rates exp(f).
 
         With ``return_std=True`` also the standard deviation of the predictive distribution of
         y at X, of the same shape: sqrt(J pcov_ J^T + sigma_noise_^2), the linearised (GLM)
@@ -248,12 +279,15 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         J is the Jacobian of the outputs in the parameters at X (see :mod:`taylorkern.laplace`).
         """
         F = self._outputs(X)
+        if self.net_.loss_name == "poisson":
+            F = np.exp(F)
         if not return_std:
             return F.ravel() if self._y_ndim == 1 else F
         if self.laplace_ is None:
-            raise ValueError(f"return_std: the network has {self.net_.num_params} parameters, more than "
-                             f"laplace_max_params = {self.laplace_max_params}; fit a structured posterior "
-                             "with taylorkern.laplace.fit(..., structure='diag' or 'last-layer') instead")
+            raise ValueError(f"return_std: only for loss='mse' fits without sample_weight and at most "
+                             f"laplace_max_params = {self.laplace_max_params} parameters (this one: "
+                             f"loss={self.net_.loss_name!r}, {self.net_.num_params} parameters); fit a "
+                             "posterior with taylorkern.laplace.fit instead")
         X = _validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         _, var = self.laplace_.predict(X, noise=True)
         std = np.sqrt(var)
@@ -269,11 +303,12 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
 
 
 class MLPClassifier(ClassifierMixin, _TaylorMLP):
-    """A multi-layer perceptron classifier (softmax cross-entropy, one output per class,
-    two for a binary problem), trained by trust-region Newton-CG on exact Hessian-vector
-    products by default (see the module docstring for why not "lm").  Parameters and
-    attributes as :class:`MLPRegressor`, plus ``classes_``; ``predict_proba`` and
-    ``predict_log_proba`` give the softmax of the outputs."""
+    """A multi-layer perceptron classifier: softmax cross-entropy with one output per class;
+    a binary problem takes one output (the logit of ``classes_[1]``) and binary cross-entropy
+    (loss "bce").  Trained by trust-region Newton-CG on exact Hessian-vector products by
+    default (see the module docstring for why not "lm").  Parameters and attributes as
+    :class:`MLPRegressor`, plus ``classes_``; ``predict_proba`` and ``predict_log_proba`` give
+    the softmax of the outputs (the sigmoid of the one output for two classes)."""
 
     _loss = "ce"
 
@@ -284,19 +319,33 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
                          alpha=alpha, max_iter=max_iter, tol=tol, random_state=random_state,
                          solver_options=solver_options, dtype=dtype, verbose=verbose)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
+        """Fit to (X, y); ``sample_weight`` (n_samples,) weighs each sample's loss."""
         X, y = _validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
         self.classes_, labels = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} can't train when only one class is present "
                              f"(got only {self.classes_[0]!r}); it needs at least 2 classes")
+        labels = labels.reshape(-1)
+        if len(self.classes_) == 2:  # one logit, binary cross-entropy
+            self.n_outputs_ = 1
+            return self._fit(X, labels.astype(np.float64).reshape(-1, 1), sample_weight)
         self.n_outputs_ = len(self.classes_)
-        return self._fit(X, labels.reshape(-1).astype(np.int64))
+        return self._fit(X, labels.astype(np.int64), sample_weight)
+
+    def _net_loss(self):
+        return ("bce" if len(self.classes_) == 2 else "ce"), 1.0
+
+    def _logits(self, X):
+        """The outputs as one logit per class: for two classes (0, f), whose softmax is
+        (1 - sigmoid(f), sigmoid(f))."""
+        F = self._outputs(X)
+        return np.hstack([np.zeros_like(F), F]) if F.shape[1] == 1 else F
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        F = self._outputs(X)
+        F = self._logits(X)
         F = F - F.max(axis=1, keepdims=True)
         E = np.exp(F)
         return E / E.sum(axis=1, keepdims=True)
@@ -304,7 +353,7 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
     def predict_log_proba(self, X):
         """log predict_proba, as log1p of the other classes around the most likely one: its
         log-probability stays nonzero (and exact) where it is within rounding of 0."""
-        F = self._outputs(X)
+        F = self._logits(X)
         rows, top = np.arange(F.shape[0]), np.argmax(F, axis=1)
         F = F - F[rows, top][:, None]
         E = np.exp(F)
@@ -312,5 +361,5 @@ class MLPClassifier(ClassifierMixin, _TaylorMLP):
         return F - np.log1p(E.sum(axis=1, keepdims=True))
 
     def predict(self, X):
-        F = self._outputs(X)
+        F = self._logits(X)
         return self.classes_[np.argmax(F, axis=1)]

@@ -309,7 +309,8 @@ class Regularization:
 
 def regularized_net(net, lam) -> MLP:
     """A copy of ``net`` with ``l2 = net.l2 + lam``."""
-    return MLP(net.sizes, activation=net.activation, loss=net.loss_name, l2=net.l2 + lam, dtype=net.dtype)
+    return MLP(net.sizes, activation=net.activation, loss=net.loss_name, loss_scale=net.loss_scale,
+               l2=net.l2 + lam, dtype=net.dtype)
 
 
 def regularization(net, theta_star, X, Y, lam, curvature="hessian", retrain="newton",

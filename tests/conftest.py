@@ -111,7 +111,7 @@ class Problem:
         """The same values (exactly, when widening) on a network of another dtype / l2."""
         net = self.net
         new = tk.MLP(net.sizes, activation=net.activation, loss=net.loss_name,
-                     l2=net.l2 if l2 is None else l2, dtype=dtype)
+                     l2=net.l2 if l2 is None else l2, dtype=dtype, loss_scale=net.loss_scale)
         Y = self.Y if net.loss_name == "ce" else self.Y.astype(dtype)
         return Problem(new, self.theta.astype(dtype), self.X.astype(dtype), Y,
                        self.V.astype(dtype), self.name)
@@ -145,6 +145,14 @@ def make_problem(sizes, activation="tanh", loss="mse", N=5, l2=0.0, dtype=np.flo
     X = rng.standard_normal((N, sizes[0]))
     if loss == "mse":
         Y = rng.standard_normal((N, sizes[-1]))
+    elif loss in ("huber", "soft_l1"):  # residuals on both sides of huber's delta = 1
+        Y = 2.0 * rng.standard_normal((N, sizes[-1]))
+    elif loss == "bce":  # probabilities, some exactly 0 or 1
+        Y = rng.uniform(0.0, 1.0, (N, sizes[-1]))
+        Y[rng.random(Y.shape) < 0.3] = 0.0
+        Y[rng.random(Y.shape) < 0.3] = 1.0
+    elif loss == "poisson":  # counts
+        Y = rng.poisson(2.0, (N, sizes[-1])).astype(np.float64)
     else:
         Y = rng.integers(0, sizes[-1], size=N)
     V = rng.standard_normal((net64.num_params, m))
@@ -195,6 +203,10 @@ def cases(per_combo=2, activations=tk.ACTIVATIONS, losses=tk.LOSSES):
     out = []
     for i, act in enumerate(activations):
         for j, loss in enumerate(losses):
+            if loss not in ("mse", "ce") and (i + j) % 2:
+                # the losses after mse and ce meet every other activation (each activation meets
+                # some of them), to keep the suite's time; tests/test_losses.py adds their own
+                continue
             pool = shapes_for(loss)
             for r in range(per_combo):
                 sizes, N = pool[(i * per_combo * len(losses) + j * per_combo + r) % len(pool)]
@@ -231,13 +243,22 @@ def reference(p: Problem, q: str, reduction="mean"):
 
 def output_hessians(p: Problem, F: np.ndarray, reduction="mean") -> np.ndarray:
     """Per-sample d^2 loss / d f^2, shape (N, k, k), written from the loss definitions:
-    mse 2/(N*k) I; ce (diag(p) - p p^T) / N ("sum" drops the 1/N), its diagonal p_c (1 - p_c)
-    as p_c sum_{j != c} p_j: positive terms only, exact to a few ulp also where p_c is near 1."""
+    mse 2/(N*k) I; bce, poisson, huber, soft_l1 1/(N*k) diag of sigmoid'(f), exp(f),
+    [|f - y| <= c] and (1 + ((f - y)/c)^2)^(-3/2); ce
+    (diag(p) - p p^T) / N ("sum" drops the 1/N), its diagonal p_c (1 - p_c) as
+    p_c sum_{j != c} p_j: positive terms only, exact to a few ulp also where p_c is near 1."""
     N, k = F.shape
     s = 1.0 / N if reduction == "mean" else 1.0
     F = F.astype(np.float64)
     if p.net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k), (N, k, k)).copy()
+    if p.net.loss_name in ("bce", "poisson", "huber", "soft_l1"):  # s/k diag(l'')
+        sig = 1.0 / (1.0 + np.exp(-F))
+        u = (F - p.Y) / p.net.loss_scale if p.net.loss_name in ("huber", "soft_l1") else None
+        h = {"bce": lambda: sig * (1.0 - sig), "poisson": lambda: np.exp(F),
+             "huber": lambda: (np.abs(u) <= 1.0).astype(np.float64),
+             "soft_l1": lambda: (1.0 + u * u) ** -1.5}[p.net.loss_name]()
+        return s / k * h[:, :, None] * np.eye(k)
     E = np.exp(F - F.max(axis=1, keepdims=True))
     prob = E / E.sum(axis=1, keepdims=True)
     H = -prob[:, :, None] * prob[:, None, :]

@@ -362,7 +362,7 @@ BAD_CONSTRUCTOR = [
     ("activation", dict(sizes=[3, 4, 4, 2], activation=["relu"]), ValueError),
     ("activation", dict(sizes=[3, 4, 2], activation=["relu", "tanh"]), ValueError),
     ("activation", dict(sizes=[3, 4, 4, 2], activation=["relu", "bogus"]), ValueError),
-    ("loss", dict(sizes=[3, 2], loss="bce"), ValueError),
+    ("loss", dict(sizes=[3, 2], loss="hinge"), ValueError),
     ("loss", dict(sizes=[3, 2], loss="CE"), ValueError),
     ("loss", dict(sizes=[3, 2], loss=None), ValueError),
     ("loss", dict(sizes=[3, 1], loss="ce"), ValueError),

@@ -324,10 +324,10 @@ class FlakyMLP(tk.MLP):
         super().__init__(*a, **k)
         self.after, self.calls = after, 0
 
-    def _trusted(self, kind, theta, X, Y, reduction="mean"):
+    def _trusted(self, kind, theta, X, Y, reduction="mean", sample_weight=None):
         if kind in ("loss_and_grad", "loss_grad_ggn"):
             self.calls += 1
-        result = super()._trusted(kind, theta, X, Y, reduction)
+        result = super()._trusted(kind, theta, X, Y, reduction, sample_weight)
         if self.calls <= self.after or kind not in ("loss", "loss_and_grad", "loss_grad_ggn"):
             return result
         if kind == "loss":

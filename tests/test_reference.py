@@ -100,6 +100,16 @@ def _loss(net, F, Y, reduction):
     N = F.shape[0]
     if net.loss_name == "mse":
         per_sample = np.mean((F - Y) ** 2, axis=1)        # np.mean((Y - F)**2) overall
+    elif net.loss_name == "bce":                          # torch's BCEWithLogitsLoss
+        per_sample = np.mean(np.logaddexp(0.0, F) - Y * F, axis=1)
+    elif net.loss_name == "poisson":                      # PoissonNLLLoss(log_input=True, full=False)
+        per_sample = np.mean(np.exp(F) - Y * F, axis=1)
+    elif net.loss_name == "huber":                        # torch's HuberLoss(delta=c)
+        c, R = net.loss_scale, np.abs(F - Y)
+        per_sample = np.mean(np.where(R < c, 0.5 * R ** 2, c * (R - 0.5 * c)), axis=1)
+    elif net.loss_name == "soft_l1":                      # scipy's soft_l1, f_scale c
+        c = net.loss_scale
+        per_sample = np.mean(c ** 2 * (np.sqrt(1 + ((F - Y) / c) ** 2) - 1), axis=1)
     else:
         per_sample = -log_softmax(F, axis=1)[np.arange(N), Y]
     return per_sample.mean() if reduction == "mean" else per_sample.sum()

@@ -20,6 +20,8 @@ struct DeviceMath {
   }
   TK_HD static double gelu_h(double, double h) { return h; }
   TK_HD static double log_over_1mh(double h) { return -::log1p(-h); }
+  TK_HD static double exp_neg(double x) { return ::exp(-x); }
+  TK_HD static double log1p(double u) { return ::log1p(u); }
 };
 
 // a = act(z), d1 = act'(z), d2 = act''(z) (d2 skipped when want_d2 is false).

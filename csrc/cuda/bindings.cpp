@@ -712,8 +712,8 @@ PYBIND11_MODULE(_cuda, m) {
         "values of per-chunk scratch for the curvature kernels (0: from the free memory); for tests");
 
   py::class_<Net>(m, "Net")
-      .def(py::init<std::vector<idx>, std::vector<int>, int>(), py::arg("sizes"), py::arg("activations"),
-           py::arg("loss"))
+      .def(py::init<std::vector<idx>, std::vector<int>, int, double>(), py::arg("sizes"), py::arg("activations"),
+           py::arg("loss"), py::arg("loss_scale") = 1.0)
       .def_property_readonly("num_params", [](const Net& n) { return n.P(); });
 
   py::class_<DeviceArray>(m, "DeviceArray")

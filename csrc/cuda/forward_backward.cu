@@ -47,7 +47,8 @@ __global__ void k_bias_act(Tile tl, const T* __restrict__ b, T* __restrict__ z, 
 // The loss head per sample (formulas.hpp): rowloss, G = dloss/df (when G is given) and, for
 // ce, the softmax p.
 template <class T>
-__global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Targets<T> tg, T s, T* __restrict__ G,
+__global__ void k_loss_head(idx N, idx k, Loss loss, double scale, const T* __restrict__ F, Targets<T> tg, T s,
+                            T* __restrict__ G,
                             T* __restrict__ p, T* __restrict__ rowloss) {
   TK_GRID_STRIDE(n, N) {
     const T* f = F + n * k;
@@ -57,6 +58,17 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, const T* __restrict__ F, Ta
       continue;
     }
     T* pn = p + n * k;
+    if (elementwise(loss)) {  // bce, poisson: in double, as the activations (activations.cuh)
+      double acc = 0;
+      for (idx j = 0; j < k; ++j) {
+        double gj, hj;
+        acc += elem_loss<DeviceMath>(loss, (double)f[j], (double)tg.y[n * k + j], scale, gj, hj);
+        pn[j] = (T)hj;
+        if (g) g[j] = s / T(k) * (T)gj;
+      }
+      rowloss[n] = (T)acc;
+      continue;
+    }
     const idx top = ce_top(k, f);
     for (idx j = 0; j < k; ++j) pn[j] = t_exp(f[j] - f[top]);
     const T rest = ce_softmax(k, top, pn);
@@ -194,9 +206,9 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
   const T s = sample_weight<T>(N, mean);
   t.rowloss.resize(N);
   if (want_grad) t.g[L - 1].resize(N * k);
-  if (net.loss == Loss::ce) t.p.resize(N * k);
+  if (net.loss != Loss::mse) t.p.resize(N * k);
   k_loss_head<T><<<grid_for(N), kThreads, 0, ws.stream()>>>(
-      N, k, net.loss, t.F.data(), tg, s, want_grad ? t.g[L - 1].data() : nullptr, t.p.data(), t.rowloss.data());
+      N, k, net.loss, net.loss_scale, t.F.data(), tg, s, want_grad ? t.g[L - 1].data() : nullptr, t.p.data(), t.rowloss.data());
   TK_CHECK_LAUNCH();
   if (!want_value) return;
   t.total.resize(1);

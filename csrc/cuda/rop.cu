@@ -70,6 +70,13 @@ __global__ void k_ce_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, con
   }
 }
 
+// elementwise heads: rg[n, c, j] = s/k l''(f_nj) rf[n, c, j], l'' in p (formulas.hpp).
+template <class T>
+__global__ void k_diag_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, const T* __restrict__ rf,
+                            T* __restrict__ rg) {
+  TK_GRID_STRIDE(i, N * m * k) rg[i] = s / T(k) * p[i / (m * k) * k + i % k] * rf[i];
+}
+
 // o[(i*dn + j)*m + c] = acc[(i*m + c)*dn + j] (+ tmp[(c*di + i)*dn + j] for i < di).
 template <class T>
 __global__ void k_scatter(idx di, idx dn, idx m, const T* __restrict__ acc, const T* __restrict__ tmp,
@@ -171,6 +178,8 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   Rg.resize(N * m * k);
   if (net.loss == Loss::mse) {
     k_scale<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N * m * k, mse_curvature(k, s), Rz[L - 1].data(), Rg.data());
+  } else if (elementwise(net.loss)) {
+    k_diag_curv<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
   } else {
     k_ce_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
   }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _core
 
 name = "cpp"
@@ -11,24 +13,36 @@ def _net(net):
     h = net._handles.get(name)
     if h is None:
         h = net._handles[name] = _core.Net(list(net.sizes), [_core.ACTIVATION_CODES[a] for a in net.activations],
-                                           _core.LOSS_CODES[net.loss_name])
+                                           _core.LOSS_CODES[net.loss_name], net.loss_scale)
     return h
+
+
+def _weights(net, sample_weight, reduction):
+    """(mean, w) for the kernels: without weights (None, the old path) the reduction's flag and
+    None; with them, reduction "mean" folded into the weights (w / sum w, in float64, then in the
+    network's dtype) and the kernels summing (csrc/net.hpp, Targets)."""
+    if sample_weight is None:
+        return reduction == "mean", None
+    w = np.asarray(sample_weight, np.float64)
+    if reduction == "mean":
+        w = w / w.sum()
+    return False, np.ascontiguousarray(w, dtype=net.dtype)
 
 
 def predict(net, theta, X):
     return _core.predict(_net(net), theta, X)
 
 
-def loss(net, theta, X, Y, reduction):
-    return _core.loss(_net(net), theta, X, Y, reduction == "mean")
+def loss(net, theta, X, Y, reduction, sample_weight=None):
+    return _core.loss(_net(net), theta, X, Y, *_weights(net, sample_weight, reduction))
 
 
-def loss_and_grad(net, theta, X, Y, reduction):
-    return _core.loss_and_grad(_net(net), theta, X, Y, reduction == "mean")
+def loss_and_grad(net, theta, X, Y, reduction, sample_weight=None):
+    return _core.loss_and_grad(_net(net), theta, X, Y, *_weights(net, sample_weight, reduction))
 
 
-def loss_grad_ggn(net, theta, X, Y, reduction):
-    return _core.loss_grad_ggn(_net(net), theta, X, Y, reduction == "mean")
+def loss_grad_ggn(net, theta, X, Y, reduction, sample_weight=None):
+    return _core.loss_grad_ggn(_net(net), theta, X, Y, *_weights(net, sample_weight, reduction))
 
 
 def jacobian(net, theta, X):
@@ -38,8 +52,8 @@ def jacobian(net, theta, X):
 def _with_data(fn_name):
     fn = getattr(_core, fn_name)
 
-    def call(net, theta, X, Y, reduction):
-        return fn(_net(net), theta, X, Y, reduction == "mean")
+    def call(net, theta, X, Y, reduction, sample_weight=None):
+        return fn(_net(net), theta, X, Y, *_weights(net, sample_weight, reduction))
 
     call.__name__ = fn_name
     return call
@@ -48,8 +62,8 @@ def _with_data(fn_name):
 def _with_vectors(fn_name):
     fn = getattr(_core, fn_name)
 
-    def call(net, theta, X, Y, V, reduction):
-        return fn(_net(net), theta, X, Y, V, reduction == "mean")
+    def call(net, theta, X, Y, V, reduction, sample_weight=None):
+        return fn(_net(net), theta, X, Y, V, *_weights(net, sample_weight, reduction))
 
     call.__name__ = fn_name
     return call

@@ -124,7 +124,7 @@ def _net(net):
     h = net._handles.get(name)
     if h is None:
         h = net._handles[name] = _cuda.Net(list(net.sizes), [_cuda.ACTIVATION_CODES[a] for a in net.activations],
-                                           _cuda.LOSS_CODES[net.loss_name])
+                                           _cuda.LOSS_CODES[net.loss_name], net.loss_scale)
     return h
 
 
@@ -196,6 +196,19 @@ def _args(net, theta, X, *Y):
     return args, {"f32": _f32(net), "n": N}
 
 
+def _weighted(quantity, net, theta, X, Y, *rest, sample_weight, out="numpy"):
+    """A call with sample weights: the GPU kernels take none yet, so it runs on the CPU (the cpp
+    backend, else the reference) with the same results; inputs must be host arrays."""
+    if out != "numpy" or any(is_device_array(a) for a in (theta, X, Y) + rest):
+        raise ValueError("sample_weight: the cuda backend takes sample weights only with host (numpy) inputs "
+                         "and results; its GPU kernels have no per-sample weights yet")
+    try:
+        from . import cpp as host
+    except ImportError:
+        from . import reference as host
+    return getattr(host, quantity)(net, theta, X, Y, *rest, sample_weight=sample_weight)
+
+
 def predict(net, theta, X, out="numpy"):
     args, kw = _args(net, theta, X)
     return _cuda.predict(*args, **kw, device_out=out == "device")
@@ -206,12 +219,16 @@ def jacobian(net, theta, X, out="numpy"):
     return _cuda.jacobian(*args, **kw, device_out=out == "device")
 
 
-def loss(net, theta, X, Y, reduction):
+def loss(net, theta, X, Y, reduction, sample_weight=None):
+    if sample_weight is not None:
+        return _weighted("loss", net, theta, X, Y, reduction, sample_weight=sample_weight)
     args, kw = _args(net, theta, X, Y)
     return _cuda.loss(*args, reduction == "mean", **kw)
 
 
-def loss_and_grad(net, theta, X, Y, reduction, out="numpy"):
+def loss_and_grad(net, theta, X, Y, reduction, out="numpy", sample_weight=None):
+    if sample_weight is not None:
+        return _weighted("loss_and_grad", net, theta, X, Y, reduction, sample_weight=sample_weight, out=out)
     args, kw = _args(net, theta, X, Y)
     return _cuda.loss_and_grad(*args, reduction == "mean", **kw, device_out=out == "device")
 
@@ -219,7 +236,9 @@ def loss_and_grad(net, theta, X, Y, reduction, out="numpy"):
 def _with_vectors(fn_name):
     fn = getattr(_cuda, fn_name)
 
-    def call(net, theta, X, Y, V, reduction, out="numpy"):
+    def call(net, theta, X, Y, V, reduction, out="numpy", sample_weight=None):
+        if sample_weight is not None:
+            return _weighted(fn_name, net, theta, X, Y, V, reduction, sample_weight=sample_weight, out=out)
         args, kw = _args(net, theta, X, Y)
         shape = interface(V)["shape"] if is_device_array(V) else np.shape(V)
         m = int(shape[1]) if len(shape) == 2 else 1
@@ -235,7 +254,9 @@ def _with_vectors(fn_name):
 def _with_data(fn_name):
     fn = getattr(_cuda, fn_name)
 
-    def call(net, theta, X, Y, reduction, out="numpy"):
+    def call(net, theta, X, Y, reduction, out="numpy", sample_weight=None):
+        if sample_weight is not None:
+            return _weighted(fn_name, net, theta, X, Y, reduction, sample_weight=sample_weight, out=out)
         args, kw = _args(net, theta, X, Y)
         return fn(*args, reduction == "mean", **kw, device_out=out == "device")
 
@@ -346,7 +367,9 @@ class Auto:
 
     @staticmethod
     def _router(quantity, gpu, cpu):
-        def call(net, theta, X, *rest):
+        def call(net, theta, X, *rest, sample_weight=None):
+            if sample_weight is not None:  # the GPU kernels take no weights yet (_weighted)
+                return cpu(net, theta, X, *rest, sample_weight=sample_weight)
             m = 1
             if quantity in ("hvp", "ggn_vp"):
                 shape = np.shape(rest[1]) if not is_device_array(rest[1]) else \

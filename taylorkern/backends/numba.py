@@ -67,7 +67,7 @@ name = "numba"
 # csrc/formulas.hpp's codes (_core.ACTIVATION_CODES / LOSS_CODES), kept here because numba runs
 # without _core; tests/test_activations.py checks that they agree.
 _ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
-_LOSS_CODE = {"mse": 0, "ce": 1}
+_LOSS_CODE = {"mse": 0, "ce": 1, "bce": 2, "poisson": 3, "huber": 4, "soft_l1": 5}
 
 _k = None  # the kernel modules, imported on first use
 _lock = threading.Lock()
@@ -204,13 +204,13 @@ def _net(net):
 
 
 def _data(net, theta, X, Y):
-    """(d, acts, off, loss, theta, X, N, Y, labels) for a kernel call."""
+    """(d, acts, off, loss, loss_scale, theta, X, N, Y, labels) for a kernel call."""
     d, acts, off, loss, _ = _net(net)
     if loss == 1:
         Yf, labels = _empty(theta.dtype), _ro(Y)
     else:
         Yf, labels = _ro(Y), _empty(np.dtype(np.int64))
-    return d, acts, off, loss, _ro(theta), _ro(X), X.shape[0], Yf, labels
+    return d, acts, off, loss, float(net.loss_scale), _ro(theta), _ro(X), X.shape[0], Yf, labels
 
 
 def _pool(net):
@@ -241,16 +241,30 @@ def _macs(net):
     return sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
 
 
-def _summed(net, theta, X, Y, reduction, per_sample, kernel, *args):
+_NO_WEIGHTS = np.empty(0, np.float64)
+
+
+def _weights(sample_weight, reduction):
+    """(W, reduction) for the kernels: the weights as float64 with "mean" folded in (w / sum w,
+    then summed), or an empty W (no weights) and the reduction as it was."""
+    if sample_weight is None:
+        return _NO_WEIGHTS, reduction
+    w = np.asarray(sample_weight, np.float64)
+    return (w / w.sum() if reduction == "mean" else np.array(w)), "sum"  # own, writable: one numba type
+
+
+def _summed(net, theta, X, Y, reduction, per_sample, kernel, *args, sample_weight=None):
     """kernel's result (arrays and floats, or a tuple of them) summed over pieces of samples;
     one call when one piece does."""
     pool = _pool(net)
+    W, reduction = _weights(sample_weight, reduction)
     mean = reduction == "mean"
     if X.shape[0] <= _first_rows(per_sample, _PIECE_MIN):
-        return _run(pool, kernel, *_data(net, theta, X, Y), mean, *args)
+        return _run(pool, kernel, *_data(net, theta, X, Y), mean, W, *args)
     total = None
     for n0, n1 in _pieces(X.shape[0], per_sample, _PIECE_MIN):
-        part = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, *args)
+        part = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, W[n0:n1] if W.size else W,
+                    *args)
         if total is None:
             total = part
         elif isinstance(part, tuple):
@@ -274,20 +288,22 @@ def predict(net, theta, X):
     return out
 
 
-def loss(net, theta, X, Y, reduction):
-    return float(_summed(net, theta, X, Y, reduction, _macs(net), _kernels().fb.loss))
+def loss(net, theta, X, Y, reduction, sample_weight=None):
+    return float(_summed(net, theta, X, Y, reduction, _macs(net), _kernels().fb.loss,
+                         sample_weight=sample_weight))
 
 
-def loss_and_grad(net, theta, X, Y, reduction):
-    value, grad = _summed(net, theta, X, Y, reduction, 3 * _macs(net), _kernels().fb.loss_and_grad)
+def loss_and_grad(net, theta, X, Y, reduction, sample_weight=None):
+    value, grad = _summed(net, theta, X, Y, reduction, 3 * _macs(net), _kernels().fb.loss_and_grad,
+                          sample_weight=sample_weight)
     return float(value), grad
 
 
 def _product(gn):
-    def call(net, theta, X, Y, V, reduction):
+    def call(net, theta, X, Y, V, reduction, sample_weight=None):
         m = V.shape[1]
         out = _summed(net, theta, X, Y, reduction, _macs(net) * (3 + 6 * m), _kernels().rop.rop,
-                      _ro(V), m, gn)
+                      _ro(V), m, gn, sample_weight=sample_weight)
         return out.reshape(net.num_params, m)
 
     call.__name__ = "ggn_vp" if gn else "hvp"
@@ -309,21 +325,23 @@ def jacobian(net, theta, X):
     return J
 
 
-def _accumulated(net, theta, X, Y, reduction, per_sample, kernel, gn, need, size):
+def _accumulated(net, theta, X, Y, reduction, per_sample, kernel, gn, need, size, sample_weight=None):
     """The full matrices' or blocks' kernel over pieces of samples, each at least the kernel's
     chunk (`need` and per_sample / 2 as in its chunk_size), its accumulators (size() values)
     kept from piece to piece in one buffer (the kernel's `acc`)."""
     pool = _pool(net)
+    W, reduction = _weights(sample_weight, reduction)
     N = X.shape[0]
     least = _PIECE_MIN
     if N > least:
         least = max(least, int(_kernels().curv.chunk_size(_net(net)[0], N, need, per_sample // 2)))
     if N <= _first_rows(per_sample, least):
-        return _run(pool, kernel, *_data(net, theta, X, Y), reduction == "mean", gn,
+        return _run(pool, kernel, *_data(net, theta, X, Y), reduction == "mean", W, gn,
                     _writable_empty(theta.dtype), True, True)
     acc = np.empty(size(), theta.dtype)
     for n0, n1 in _pieces(N, per_sample, least):
-        out = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, gn, acc, n0 == 0,
+        out = _run(pool, kernel, *_data(net, theta, X[n0:n1], Y[n0:n1]), False, W[n0:n1] if W.size else W,
+                   gn, acc, n0 == 0,
                    n1 == N)
     if reduction == "mean":
         out *= 1.0 / X.shape[0]
@@ -347,20 +365,21 @@ def _writable_empty(dtype):
 
 
 def _full(gn):
-    def call(net, theta, X, Y, reduction):
+    def call(net, theta, X, Y, reduction, sample_weight=None):
         curv = _kernels().curv
         return _accumulated(net, theta, X, Y, reduction, net.num_params ** 2, curv.curvature_full,
-                            gn, curv.NEED_FULL, lambda: curv.full_accumulators(_net(net)[0], gn)[-1])
+                            gn, curv.NEED_FULL, lambda: curv.full_accumulators(_net(net)[0], gn)[-1],
+                            sample_weight)
 
     call.__name__ = "ggn" if gn else "hessian"
     return call
 
 
 def _blocks(gn):
-    def call(net, theta, X, Y, reduction):
+    def call(net, theta, X, Y, reduction, sample_weight=None):
         flat = _accumulated(net, theta, X, Y, reduction, sum(p * p for p in net.layer_sizes),
                             _kernels().curv.curvature_blocks, gn, _kernels().curv.NEED_BLOCKS,
-                            lambda: _blocks_accumulators(net))
+                            lambda: _blocks_accumulators(net), sample_weight)
         out, o = [], 0
         for p in net.layer_sizes:
             out.append(flat[o:o + p * p].reshape(p, p))
@@ -372,12 +391,13 @@ def _blocks(gn):
 
 
 def _diag(gn):
-    def call(net, theta, X, Y, reduction):
+    def call(net, theta, X, Y, reduction, sample_weight=None):
         k, L = net.sizes[-1], len(net.sizes) - 1
         work = _macs(net) * (4 + k) + net.num_params
         if not gn and L >= 4:  # the Hessian's curvature of hidden units as matrices
             work += 8 * sum(h ** 3 for h in net.sizes[1:-1])
-        return _summed(net, theta, X, Y, reduction, work, _kernels().diag.curvature_diag, gn)
+        return _summed(net, theta, X, Y, reduction, work, _kernels().diag.curvature_diag, gn,
+                       sample_weight=sample_weight)
 
     call.__name__ = "ggn_diag" if gn else "hessian_diag"
     return call

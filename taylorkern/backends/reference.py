@@ -10,9 +10,10 @@ compiled kernels:
 The compiled kernels instead assemble H and G from their Kronecker structure
 (docs/curvature.md §5), so an error in that derivation cannot hide in both.
 
-Shapes: X (N, d0); Y (N, k) float for mse, (N,) int for ce; theta (P,); V (P, m).
+Shapes: X (N, d0); Y (N, k) float for mse, bce and poisson, (N,) int for ce; theta (P,); V (P, m).
 Every function returns the data term only (the MLP adds l2), scaled by 1/N for
-reduction="mean" (mse additionally by 1/k: the mean is over all N*k elements).
+reduction="mean" (mse, bce and poisson additionally by 1/k: their mean is over all N*k elements).  With
+``sample_weight`` w (N,), sample n's loss is weighted by w_n / sum(w) ("mean") or w_n ("sum").
 """
 
 from __future__ import annotations
@@ -97,9 +98,47 @@ def forward(net, theta, X):
     return acts, derivs
 
 
-def _scale(net, n, reduction):
-    """Per-sample weight of the data term: 1/N (mean) or 1 (sum)."""
-    return 1.0 / n if reduction == "mean" else 1.0
+def _scale(net, n, reduction, sample_weight=None, dtype=np.float64):
+    """Per-sample weight of the data term: 1/N (mean) or 1 (sum); with sample weights w, a column
+    (N, 1) of w_n / sum(w) (mean) or w_n (sum) in ``dtype``."""
+    if sample_weight is None:
+        return 1.0 / n if reduction == "mean" else 1.0
+    w = np.asarray(sample_weight, np.float64)
+    if reduction == "mean":
+        w = w / w.sum()
+    return w.astype(dtype)[:, None]
+
+
+def _total(s, per_sample):
+    """The data term from the per-sample losses (N,), s as _scale returns it."""
+    if np.ndim(s) == 0:
+        return s * float(np.sum(per_sample))
+    return float(np.sum(s[:, 0].astype(np.float64) * per_sample))
+
+
+ELEMENTWISE = ("bce", "poisson", "huber", "soft_l1")
+
+
+def _elementwise(net, F, Y):
+    """bce and poisson, per output: (l, l', l''), each (N, k).  bce through e = exp(-|F|), so that
+    saturated logits (|F| of 40 to 700) keep their tiny gradient and curvature instead of
+    rounding them to 0; poisson exp(F)."""
+    if net.loss_name in ("huber", "soft_l1"):  # of r = F - Y, c = loss_scale
+        c, R = net.loss_scale, F - Y
+        if net.loss_name == "huber":
+            inside = np.abs(R) <= c
+            return (np.where(inside, 0.5 * R * R, c * (np.abs(R) - 0.5 * c)), np.clip(R, -c, c),
+                    inside.astype(F.dtype))
+        q = np.hypot(1.0, R / c).astype(F.dtype)  # c^2 (q - 1) = R^2 / (1 + q): no cancellation
+        return R * (R / (1 + q)), R / q, (1 / q) ** 3
+    if net.loss_name == "bce":
+        e = np.exp(-np.abs(F))
+        q = e / (1 + e)  # the smaller of sigmoid(F) and 1 - sigmoid(F)
+        pos = F >= 0
+        value = np.where(pos, (1 - Y) * F, -Y * F) + np.log1p(e)
+        return value, np.where(pos, (1 - Y) - q, q - Y), q / (1 + e)
+    E = np.exp(F)
+    return E - Y * F, E - Y, E
 
 
 def _softmax(F):
@@ -107,13 +146,18 @@ def _softmax(F):
     return E / E.sum(axis=1, keepdims=True)
 
 
-def _loss_grad_out(net, F, Y, reduction):
+def _loss_grad_out(net, F, Y, reduction, sample_weight=None):
     """Loss value and dL/dF (N, k)."""
     n, k = F.shape
-    s = _scale(net, n, reduction)
+    s = _scale(net, n, reduction, sample_weight, F.dtype)
     if net.loss_name == "mse":
         R = F - Y
-        return s / k * float(np.sum(R * R)), s * 2.0 / k * R
+        if sample_weight is None:
+            return s / k * float(np.sum(R * R)), s * 2.0 / k * R
+        return _total(s, np.sum(R * R, axis=1, dtype=np.float64)) / k, s * 2.0 / k * R
+    if net.loss_name in ELEMENTWISE:
+        value, g, _ = _elementwise(net, F, Y)
+        return _total(s, np.sum(value, axis=1, dtype=np.float64)) / k, s / k * g
     # Around the most likely class t: sum_j e^(F_j - F_t) = 1 + rest, the loss is
     # log1p(rest) + F_t - F_y, and where y = t, p_y - 1 = -rest / (1 + rest).  The plain
     # log(1 + rest) and p_t - 1 are 0 once rest is below 1's rounding (a logit gap of 37; 17 in
@@ -123,7 +167,7 @@ def _loss_grad_out(net, F, Y, reduction):
     E = np.exp(F - F[rows, top][:, None])
     E[rows, top] = 0.0
     rest = E.sum(axis=1)
-    value = s * float(np.sum(np.log1p(rest) + (F[rows, top] - F[rows, Y])))
+    value = _total(s, np.log1p(rest) + (F[rows, top] - F[rows, Y]))
     G = E / (1.0 + rest)[:, None]
     G[rows, top] = 1.0 / (1.0 + rest)
     hit = Y == top
@@ -137,24 +181,33 @@ def _loss_grad_out(net, F, Y, reduction):
 # which the plain forms lose to rounding entirely (a logit gap of 40 is enough).  Since the
 # p sum to 1, 1 - p_m = sum_{j != m} p_j and u_c - p.u = (u_c - u_m) - sum_j p_j (u_j - u_m),
 # exactly, without the cancellation.
-def _out_hess_apply(net, F, RF, reduction):
+def _out_hess_apply(net, F, RF, reduction, sample_weight=None, Y=None):
     """H_out @ RF per sample, for RF of shape (m, N, k): d2 loss / dF2 times tangent."""
     n, k = F.shape
-    s = _scale(net, n, reduction)
+    s = _scale(net, n, reduction, sample_weight, F.dtype)
     if net.loss_name == "mse":
         return s * 2.0 / k * RF
+    if net.loss_name in ELEMENTWISE:
+        return s / k * _elementwise(net, F, Y)[2] * RF
     p = _softmax(F)
     top = np.argmax(F, axis=1)
     D = RF - RF[..., np.arange(n), top][..., None]  # u_c - u_m
     return s * p * (D - np.sum(p * D, axis=-1, keepdims=True))
 
 
-def _out_hess(net, F, reduction):
+def _out_hess(net, F, reduction, sample_weight=None, Y=None):
     """H_out per sample, shape (N, k, k)."""
     n, k = F.shape
-    s = _scale(net, n, reduction)
+    s = _scale(net, n, reduction, sample_weight, F.dtype)
+    if np.ndim(s):
+        s = s[:, :, None]  # (N, 1, 1)
     if net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k, dtype=F.dtype), (n, k, k)).copy()
+    if net.loss_name in ELEMENTWISE:
+        h = _elementwise(net, F, Y)[2]
+        H = np.zeros((n, k, k), F.dtype)
+        H[:, np.arange(k), np.arange(k)] = h
+        return s / k * H
     p = _softmax(F)
     rows, top = np.arange(n), np.argmax(F, axis=1)
     others = p.copy()
@@ -171,13 +224,13 @@ def predict(net, theta, X):
     return forward(net, theta, X)[0][-1]
 
 
-def loss(net, theta, X, Y, reduction):
-    return _loss_grad_out(net, predict(net, theta, X), Y, reduction)[0]
+def loss(net, theta, X, Y, reduction, sample_weight=None):
+    return _loss_grad_out(net, predict(net, theta, X), Y, reduction, sample_weight)[0]
 
 
-def loss_and_grad(net, theta, X, Y, reduction):
+def loss_and_grad(net, theta, X, Y, reduction, sample_weight=None):
     acts, derivs = forward(net, theta, X)
-    value, g = _loss_grad_out(net, acts[-1], Y, reduction)
+    value, g = _loss_grad_out(net, acts[-1], Y, reduction, sample_weight)
     Wb = layers(net, theta)
     grad = np.empty_like(theta)
     for l in range(len(Wb) - 1, -1, -1):
@@ -190,7 +243,7 @@ def loss_and_grad(net, theta, X, Y, reduction):
     return value, grad
 
 
-def _rop(net, theta, X, Y, V, reduction, gauss_newton):
+def _rop(net, theta, X, Y, V, reduction, gauss_newton, sample_weight=None):
     """H @ V (or G @ V) by forward-over-reverse; V (P, m)."""
     acts, derivs = forward(net, theta, X)
     Wb = layers(net, theta)
@@ -209,8 +262,8 @@ def _rop(net, theta, X, Y, V, reduction, gauss_newton):
             Ra = derivs[l][0] * rz
 
     # backward: g_L = dl/dF, Rg_L = H_out RF; then through each layer
-    _, g = _loss_grad_out(net, acts[-1], Y, reduction)
-    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction)
+    _, g = _loss_grad_out(net, acts[-1], Y, reduction, sample_weight)
+    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction, sample_weight, Y)
     out = np.empty((theta.size, m), theta.dtype)
     Ra_prev = None
     for l in range(len(Wb) - 1, -1, -1):
@@ -238,12 +291,12 @@ def _rop(net, theta, X, Y, V, reduction, gauss_newton):
     return out
 
 
-def hvp(net, theta, X, Y, V, reduction):
-    return _rop(net, theta, X, Y, V, reduction, gauss_newton=False)
+def hvp(net, theta, X, Y, V, reduction, sample_weight=None):
+    return _rop(net, theta, X, Y, V, reduction, False, sample_weight)
 
 
-def ggn_vp(net, theta, X, Y, V, reduction):
-    return _rop(net, theta, X, Y, V, reduction, gauss_newton=True)
+def ggn_vp(net, theta, X, Y, V, reduction, sample_weight=None):
+    return _rop(net, theta, X, Y, V, reduction, True, sample_weight)
 
 
 def jacobian(net, theta, X):
@@ -266,15 +319,15 @@ def jacobian(net, theta, X):
     return J.reshape(n * k, theta.size)
 
 
-def ggn(net, theta, X, Y, reduction):
+def ggn(net, theta, X, Y, reduction, sample_weight=None):
     n, k = X.shape[0], net.num_outputs
     J = jacobian(net, theta, X).reshape(n, k, -1)
-    C = _out_hess(net, predict(net, theta, X), reduction)
+    C = _out_hess(net, predict(net, theta, X), reduction, sample_weight, Y)
     return np.einsum("ncp,ncd,ndq->pq", J, C, J)
 
 
-def hessian(net, theta, X, Y, reduction):
-    H = hvp(net, theta, X, Y, np.eye(theta.size, dtype=theta.dtype), reduction)
+def hessian(net, theta, X, Y, reduction, sample_weight=None):
+    H = hvp(net, theta, X, Y, np.eye(theta.size, dtype=theta.dtype), reduction, sample_weight)
     return H
 
 
@@ -288,26 +341,26 @@ def _block_slices(net):
     return [slice(net.offsets[l], net.offsets[l + 1]) for l in range(net.num_layers)]
 
 
-def hessian_blocks(net, theta, X, Y, reduction):
+def hessian_blocks(net, theta, X, Y, reduction, sample_weight=None):
     _refuse_full_matrix(net, "hessian_blocks")
-    H = hessian(net, theta, X, Y, reduction)
+    H = hessian(net, theta, X, Y, reduction, sample_weight)
     return [H[s, s].copy() for s in _block_slices(net)]
 
 
-def ggn_blocks(net, theta, X, Y, reduction):
+def ggn_blocks(net, theta, X, Y, reduction, sample_weight=None):
     _refuse_full_matrix(net, "ggn_blocks")
-    G = ggn(net, theta, X, Y, reduction)
+    G = ggn(net, theta, X, Y, reduction, sample_weight)
     return [G[s, s].copy() for s in _block_slices(net)]
 
 
-def hessian_diag(net, theta, X, Y, reduction):
+def hessian_diag(net, theta, X, Y, reduction, sample_weight=None):
     _refuse_full_matrix(net, "hessian_diag")
-    return np.diagonal(hessian(net, theta, X, Y, reduction)).copy()
+    return np.diagonal(hessian(net, theta, X, Y, reduction, sample_weight)).copy()
 
 
-def ggn_diag(net, theta, X, Y, reduction):
+def ggn_diag(net, theta, X, Y, reduction, sample_weight=None):
     _refuse_full_matrix(net, "ggn_diag")
-    return np.diagonal(ggn(net, theta, X, Y, reduction)).copy()
+    return np.diagonal(ggn(net, theta, X, Y, reduction, sample_weight)).copy()
 
 
 # ---------------------------------------------------------------- Kronecker factors (K-FAC)

@@ -13,7 +13,7 @@ from ._result import Status
 from ._run import SERIAL_BLAS_MAX_ORDER, Run, Stop, serial_blas
 
 COMMON = dict(max_iter=1000, max_time=None, gtol=1e-10, ftol=1e-12, xtol=1e-12, target=None,
-              callback=None, mask=None, progress=False)
+              callback=None, mask=None, progress=False, sample_weight=None)
 
 _BATCH = dict(batch_size=None, seed=None)
 METHOD_OPTIONS = {
@@ -150,7 +150,9 @@ def minimize(net, theta0, X, Y=None, method="lm", **options):
       loss, grad_norm, step_norm, damping, accepted, time); returning True stops the run;
     - ``mask``: boolean (P,) array, True = trainable; the other parameters keep theta0's
       values exactly (zero them in theta0 for a pruned network);
-    - ``progress``: show a tqdm bar (a line per second on stderr without tqdm).
+    - ``progress``: show a tqdm bar (a line per second on stderr without tqdm);
+    - ``sample_weight``: (N,) weights of the samples' losses (MLP.loss): the run minimises
+      sum w_n l_n / sum w_n (+ l2); a mini-batch is weighted within itself.
 
     A NaN/Inf loss or gradient at an accepted point stops the run (status NONFINITE); the
     damped, trust-region and line-search methods first back off from a non-finite trial
@@ -187,7 +189,7 @@ def minimize(net, theta0, X, Y=None, method="lm", **options):
         gtol=real("gtol", o["gtol"], lo=0), ftol=real("ftol", o["ftol"], lo=0),
         xtol=real("xtol", o["xtol"], lo=0),
         target=real("target", o["target"], none=True),
-        mask=o["mask"], progress=boolean("progress", o["progress"]))
+        mask=o["mask"], progress=boolean("progress", o["progress"]), sample_weight=o["sample_weight"])
     if o["callback"] is not None and not callable(o["callback"]):
         raise ValueError(f"callback: expected a callable or None, got {o['callback']!r}")
     fn, kwargs = _check_method_options(name, o)

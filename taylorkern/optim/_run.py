@@ -80,7 +80,7 @@ class Run:
     """One optimizer run: see the module docstring."""
 
     def __init__(self, net, theta0, X, Y, method, *, mask, max_iter, max_time, gtol, ftol,
-                 xtol, target, callback, progress):
+                 xtol, target, callback, progress, sample_weight=None):
         self.t0 = time.perf_counter()
         self.net, self.method = net, method
         self.dtype = net.dtype
@@ -96,8 +96,8 @@ class Run:
         self.nit = 0
         self.nonfinite_trials = 0
 
-        # The first call validates theta0, X and Y with the network's own messages.
-        f0, g0 = net.loss_and_grad(theta0, X, Y)
+        # The first call validates theta0, X, Y and the weights with the network's own messages.
+        f0, g0 = net.loss_and_grad(theta0, X, Y, sample_weight=sample_weight)
         self.nfev += 1
         self.njev += 1
         if isinstance(X, Data):  # every call sums over its chunks (taylorkern.data)
@@ -111,6 +111,9 @@ class Run:
             else:
                 self.Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(N, net.num_outputs))
             self.N = N
+        # float64 (N,), or None where the weights change nothing (MLP._check_weights)
+        self.w = net._check_weights(sample_weight, self.N, "mean")
+        self.w_full = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         # a copy: the caller's array is never written (np.asarray first: torch's __array__ takes no copy=)
         theta0 = np.array(np.asarray(theta0), dtype=net.dtype)
         self.P = theta0.shape[0]
@@ -189,14 +192,27 @@ class Run:
         return z_new, s, math.sqrt(float(s @ s))
 
     # ---------------------------------------------------------------- counted calls
+    def _trusted(self, kind, z):
+        """MLP._trusted on the run's own arrays (checked once), with the run's weights when it has
+        any (without them, exactly the unweighted call)."""
+        if self.w is None:
+            return self.net._trusted(kind, self.theta(z), self.X, self.Y)
+        return self.net._trusted(kind, self.theta(z), self.X, self.Y, "mean", self.w)
+
     def loss_and_grad(self, z, batch=None):
         """(loss, float64 gradient over F), or (nan, None) when z itself is not finite."""
         if not finite(z):
             return math.nan, None
         if batch is None:  # the run's own arrays, checked once (MLP._trusted)
-            f, g = self.net._trusted("loss_and_grad", self.theta(z), self.X, self.Y)
+            f, g = self._trusted("loss_and_grad", z)
+        elif self.w_full is not None and not self.w_full[batch].any():
+            # a mini-batch whose samples all weigh 0 carries only the l2 term
+            theta = self.theta(z)
+            l2 = self.net.l2
+            f, g = 0.5 * l2 * float(np.dot(theta, theta)), l2 * theta
         else:
-            f, g = self.net.loss_and_grad(self.theta(z), self.X[batch], self.Y[batch])
+            f, g = self.net.loss_and_grad(self.theta(z), self.X[batch], self.Y[batch],
+                                          sample_weight=None if self.w_full is None else self.w_full[batch])
         self.nfev += 1
         self.njev += 1
         return f, self._restrict(g)
@@ -205,7 +221,7 @@ class Run:
         if not finite(z):
             return math.nan
         self.nfev += 1
-        return self.net._trusted("loss", self.theta(z), self.X, self.Y)
+        return self._trusted("loss", z)
 
     def loss_grad_ggn(self, z):
         """(loss, float64 gradient over F, float64 (F, F) GGN) from one call, or (nan, None, None)
@@ -213,7 +229,7 @@ class Run:
         if not finite(z):
             return math.nan, None, None
         self.net._check_memory("the GGN", 2.0 * self.P * self.P)
-        f, g, G = self.net._trusted("loss_grad_ggn", self.theta(z), self.X, self.Y)
+        f, g, G = self._trusted("loss_grad_ggn", z)
         self.nfev += 1
         self.njev += 1
         self.nhev += 1
@@ -223,19 +239,20 @@ class Run:
         """H v or G v over the trainable coordinates, float64."""
         self.nhev += 1
         fn = self.net.hvp if kind == "hessian" else self.net.ggn_vp
-        return self._restrict(fn(self.theta(z), self.X, self.Y, self._expand(v).astype(self.dtype)))
+        return self._restrict(fn(self.theta(z), self.X, self.Y, self._expand(v).astype(self.dtype),
+                                 sample_weight=self.w))
 
     def curvature(self, kind, z):
         """The (F, F) Hessian or GGN over the trainable coordinates, float64."""
         self.nhev += 1
         self.net._check_memory(f"the {kind}", 2.0 * self.P * self.P)
-        return self._restrict_matrix(self.net._trusted(kind, self.theta(z), self.X, self.Y))
+        return self._restrict_matrix(self._trusted(kind, z))
 
     def ggn_factor(self, z):
         """B (N*dL, F), float64, with B^T B + l2 I = the GGN over the trainable coordinates
         (MLP.ggn_factor), and that l2 (0 when the loss has none)."""
         self.nhev += 1
-        B = np.asarray(self.net.ggn_factor(self.theta(z), self.X, self.Y), dtype=np.float64)
+        B = np.asarray(self.net.ggn_factor(self.theta(z), self.X, self.Y, sample_weight=self.w), dtype=np.float64)
         l2 = self.net.l2 if self.net._l2_active("mean") else 0.0
         return (B if self.idx is None else B[:, self.idx]), l2
 

@@ -239,7 +239,7 @@ def alloc_factors(d, C, gn, need, ws, top):
 
 
 @kernel
-def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo):
+def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo):
     """U (c, k, d[l+1]) at uo[l], every layer l, for samples [n0, n0+c): the rows of a square
     root R of H_out (R^T R = H_out) backpropagated to z_l, so that the GGN's per-sample
     Q_l = U_l^T U_l (the same rows serve the Hessian's diagonal, csrc gn_rows).
@@ -247,17 +247,20 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo):
       row r = sqrt(s p_r) (e_r - p)."""
     L = d.size - 1
     k = d[L]
-    s = 1.0 / N if mean else 1.0
+    s0 = 1.0 / N if mean else 1.0
     b = uo[L - 1]
     for q in range(c * k * k):
         U[b + q] = 0
     for n in range(c):
         p = (n0 + n) * k
-        t, rest = top_and_rest(Pm, p, k) if lossc != 0 else (0, 0.0)
+        s = s0 * W[n0 + n] if W.size else s0
+        t, rest = top_and_rest(Pm, p, k) if lossc == 1 else (0, 0.0)
         for r in range(k):
             u = b + (n * k + r) * k
             if lossc == 0:
                 U[u + r] = math.sqrt(2 * s / k)
+            elif lossc >= 2:  # elementwise: sqrt(s/k l'') e_r
+                U[u + r] = math.sqrt(s / k * Pm[p + r])
             else:
                 w = math.sqrt(s * Pm[p + r])
                 for j in range(k):
@@ -284,18 +287,21 @@ def gn_factors(d, need, c, U, uo, Q, qo, Tm, tmo):
 
 
 @kernel
-def output_hessian(lossc, k, s, Pm, n0, c, Q, b):
+def output_hessian(lossc, k, s0, W, Pm, n0, c, Q, b):
     """The Hessian's Q_{L-1} = H_out per sample, at Q[b:]: mse 2s/k I; ce s (diag(p) - p p^T),
     the diagonal as s p_i (1 - p_i) (top_and_rest)."""
     for n in range(c):
         q = b + n * k * k
         p = (n0 + n) * k
+        s = s0 * W[n0 + n] if W.size else s0
         for i in range(k * k):
             Q[q + i] = 0
-        t, rest = top_and_rest(Pm, p, k) if lossc != 0 else (0, 0.0)
+        t, rest = top_and_rest(Pm, p, k) if lossc == 1 else (0, 0.0)
         for i in range(k):
             if lossc == 0:
                 Q[q + i * k + i] = 2 * s / k
+            elif lossc >= 2:
+                Q[q + i * k + i] = s / k * Pm[p + i]
             else:
                 for j in range(k):
                     Q[q + i * k + j] = -s * Pm[p + i] * Pm[p + j]
@@ -358,7 +364,7 @@ def term3_factors(d, off, theta, o, D1, n0, c, S, so, B):
 
 
 @kernel
-def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0, c,
+def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, W, gn, need, n0, c,
                   Q, qo, U, uo, Tm, tmo, S, so, y, yt, B):
     """The per-chunk factors (csrc chunk_factors).  GGN: the rows U (gn_rows), then Q and Tm from
     them.  Hessian: Q_{L-1} = H_out, then down the layers y = Q_l W_l^T (one product over the
@@ -367,11 +373,11 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
     L = d.size - 1
     k = d[L]
     if gn:
-        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo)
+        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo)
         if need != NEED_DIAG:
             gn_factors(d, need, c, U, uo, Q, qo, Tm, tmo)
         return
-    output_hessian(lossc, k, 1.0 / N if mean else 1.0, Pm, n0, c, Q, qo[L - 1])
+    output_hessian(lossc, k, 1.0 / N if mean else 1.0, W, Pm, n0, c, Q, qo[L - 1])
     for l in range(L - 1, 0, -1):
         Hl, Hp = d[l + 1], d[l]
         wo = off[l]  # W_l: (Hp, Hl)
@@ -385,13 +391,13 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0,
 
 
 @kernel
-def curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, top):
+def curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, ws, top):
     """Forward (and, for the Hessian, backward) pass over all N samples."""
     L = d.size - 1
     top[0] = 0
     A, D1, D2, o = forward(d, acts, off, theta, X, N, not gn, ws, top)
     G = carve(ws, top, o[L + 1] if not gn else 0)
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, G, not gn, ws, top)
+    value, Pm = loss_head(d, lossc, lscale, A, o, N, Y, labels, mean, W, G, not gn, ws, top)
     E = carve(ws, top, o[L] if not gn else 0)
     if not gn:
         backward(d, off, theta, o, N, G, E, D1)
@@ -499,7 +505,7 @@ def accumulators(acc, size, first, ws, top):
 
 
 @kernel
-def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, first, last, ws,
+def curvature_full(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, acc, first, last, ws,
                    top):
     """(P, P): the data term of H (gn False) or G (gn True).  The backend calls it once, or, on
     many samples, once per piece of samples (so that Python sees a pending signal between
@@ -507,7 +513,7 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, f
     returns the matrix ((0, 0) before it)."""
     L = d.size - 1
     P = off[L]
-    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn,
+    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn,
                                             ws, top)
     kdo, koo, e3ao, e3o, k0, a0, e0, size = full_accumulators(d, gn)
     buf = accumulators(acc, size, first, ws, top)
@@ -533,7 +539,7 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, f
 
     for n0 in range(0, N, C):
         c = min(C, N - n0)
-        chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0, c,
+        chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, W, gn, need, n0, c,
                       Q, qo, U, uo, Tm, tmo, S, so, y, yt, B)
         for l in range(L):
             augmented(d, l, X, A, o, n0, c, Aug, ago[l])
@@ -575,12 +581,12 @@ def curvature_full(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, f
 
 
 @kernel
-def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc, first, last, ws,
+def curvature_blocks(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, acc, first, last, ws,
                      top):
     """The diagonal blocks (P_l, P_l), concatenated flat in layer order; acc, first, last as
     for curvature_full (empty before the last piece)."""
     L = d.size - 1
-    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn,
+    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn,
                                             ws, top)
     kdo = np.zeros(L + 1, np.int64)
     bo = np.zeros(L + 1, np.int64)
@@ -604,7 +610,7 @@ def curvature_blocks(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, acc,
     Rf = carve(ws, top, C * rf)
     for n0 in range(0, N, C):
         c = min(C, N - n0)
-        chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, gn, need, n0, c,
+        chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, W, gn, need, n0, c,
                       Q, qo, U, uo, Tm, tmo, S, so, y, yt, B)
         for l in range(L):
             augmented(d, l, X, A, o, n0, c, Aug, ago[l])

@@ -135,11 +135,11 @@ def _s_recursion(d, acts, off, theta, o, D1, D2, E, n0, c, Wsq, S, so, st, y, yt
 
 
 @kernel
-def curvature_diag(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, top):
+def curvature_diag(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn, ws, top):
     """(P,): diag(H) (gn False) or diag(G) (gn True), data term."""
     L = d.size - 1
     k = d[L]
-    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn,
+    A, D1, D2, o, G, E, Pm = curvature_tape(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, gn,
                                             ws, top)
     out = np.zeros(off[L], theta.dtype)
     # Hessian only: the deepest hidden layer whose S is still diagonal is L-2; S turns into a
@@ -175,7 +175,7 @@ def curvature_diag(d, acts, off, lossc, theta, X, N, Y, labels, mean, gn, ws, to
 
     for n0 in range(0, N, C):
         c = min(C, N - n0)
-        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, n0, c, U, uo)
+        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo)
         if with_s:
             _s_recursion(d, acts, off, theta, o, D1, D2, E, n0, c, Wsq, S, so, st, y, yt)
         for l in range(L):

@@ -5,6 +5,8 @@ Per layer l (0-based):  z_l = a_l W_l + b_l,  a_{l+1} = act(z_l) for l < L-1,  f
 Loss head (per-sample weight s = 1/N or 1):
   mse  loss = s/k sum (f - y)^2,         g_{L-1} = 2 s / k (f - y)
   ce   loss = s sum (logsumexp f - f_y),  g_{L-1} = s (softmax(f) - onehot(y))
+  bce, poisson, huber, soft_l1 (elementwise): loss = s/k sum l(f_j, y_j), g_{L-1} = s/k l'(f, y),
+  and Pm = l''(f); lscale is huber's delta, soft_l1's c
 Backward:  e_l = g_{l+1} W_{l+1}^T (adjoint of a_{l+1}),  g_l = e_l * act'(z_l);
 gradient of [W_l; b_l] = [a_l^T g_l; 1^T g_l].
 Large products are BLAS calls (blas.gemm); the elementwise work is fused per row and
@@ -74,9 +76,48 @@ def forward(d, acts, off, theta, X, N, second, ws, top):
 
 
 @kernel
-def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad):
+def elem_loss(loss, f, y, c):
+    """(l, l', l'') of one output of an elementwise head (csrc/formulas.hpp, elem_loss):
+    bce softplus(f) - y f through e = e^-|f| and q = e / (1 + e), so that saturated logits lose
+    nothing; poisson e^f - y f; huber (delta c) and soft_l1 (scale c) of r = f - y, soft_l1's
+    c^2 (q - 1) as r (r / (1 + q))."""
+    if loss == 4:
+        r = f - y
+        if abs(r) <= c:
+            return 0.5 * r * r, r, 1.0
+        return c * (abs(r) - 0.5 * c), (c if r > 0 else -c), 0.0
+    if loss == 5:
+        r = f - y
+        u = r / c
+        q = abs(u) if abs(u) > 67108864.0 else math.sqrt(1 + u * u)
+        return r * (r / (1 + q)), r / q, 1 / (q * q * q)
+    if loss == 2:
+        e = math.exp(-abs(f))
+        q = e / (1 + e)
+        h = q / (1 + e)
+        lp = math.log1p(e)
+        if f >= 0:
+            return (1 - y) * f + lp, (1 - y) - q, h
+        return lp - y * f, q - y, h
+    ef = math.exp(f)
+    return ef - y * f, ef - y, ef
+
+
+@kernel
+def _loss_block(lo, hi, loss, lscale, k, F, fo, Y, labels, s0, W, G, Pm, rowloss, want_grad):
     for n in range(lo, hi):
-        if loss == 0:
+        s = s0 * W[n] if W.size else s0
+        if loss >= 2:  # elementwise heads: Pm holds l''
+            c = s / k
+            acc = 0.0
+            for j in range(k):
+                v, g, h = elem_loss(loss, F[fo + n * k + j], Y[n * k + j], lscale)
+                acc += v
+                Pm[n * k + j] = h
+                if want_grad:
+                    G[fo + n * k + j] = c * g
+            rowloss[n] = acc * W[n] if W.size else acc
+        elif loss == 0:
             c = 2 * s / k
             acc = 0.0
             for j in range(k):
@@ -84,7 +125,7 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
                 acc += r * r
                 if want_grad:
                     G[fo + n * k + j] = c * r
-            rowloss[n] = acc
+            rowloss[n] = acc * W[n] if W.size else acc
         else:
             f = fo + n * k
             p = n * k
@@ -104,6 +145,8 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
             Pm[p + t] = inv
             y = labels[n]
             rowloss[n] = math.log1p(rest) + (mx - F[f + y])
+            if W.size:
+                rowloss[n] *= W[n]
             if want_grad:
                 for j in range(k):
                     G[f + j] = s * Pm[p + j]
@@ -114,14 +157,14 @@ def _loss_block(lo, hi, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
 
 
 @parallel_kernel
-def _loss_rows(loss, N, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad):
+def _loss_rows(loss, lscale, N, k, F, fo, Y, labels, s, W, G, Pm, rowloss, want_grad):
     if threaded(N * k):
         nch = min(N, CHUNKS)
         for ch in prange(nch):
-            _loss_block(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, loss, k, F, fo, Y, labels, s, G, Pm,
-                        rowloss, want_grad)
+            _loss_block(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, loss, lscale, k, F, fo, Y, labels,
+                        s, W, G, Pm, rowloss, want_grad)
     else:
-        _loss_block(np.int64(0), N, loss, k, F, fo, Y, labels, s, G, Pm, rowloss, want_grad)
+        _loss_block(np.int64(0), N, loss, lscale, k, F, fo, Y, labels, s, W, G, Pm, rowloss, want_grad)
 
 
 @kernel
@@ -150,19 +193,19 @@ def top_and_rest(Pm, p, k):
 
 
 @kernel
-def loss_head(d, loss, A, o, N, Y, labels, mean, G, want_grad, ws, top):
+def loss_head(d, loss, lscale, A, o, N, Y, labels, mean, W, G, want_grad, ws, top):
     """Loss value (accumulated in float64) and, when ``want_grad``, G's block L; returns
     (value, Pm) with Pm = softmax(F) (N, k) for ce (empty for mse)."""
     L = d.size - 1
     k = d[L]
     s = 1.0 / N if mean else 1.0
-    Pm = carve(ws, top, N * k if loss == 1 else 0)
+    Pm = carve(ws, top, N * k if loss != 0 else 0)
     rowloss = np.empty(N, np.float64)
-    _loss_rows(loss, N, k, A, o[L], Y, labels, s, G, Pm, rowloss, want_grad)
+    _loss_rows(loss, lscale, N, k, A, o[L], Y, labels, s, W, G, Pm, rowloss, want_grad)
     total = 0.0  # serial: deterministic whatever the thread count
     for n in range(N):
         total += rowloss[n]
-    return total * s / (k if loss == 0 else 1), Pm
+    return total * s / (1 if loss == 1 else k), Pm
 
 
 @kernel
@@ -269,21 +312,21 @@ def predict(d, acts, off, theta, X, N, ws, top):
 
 
 @kernel
-def loss(d, acts, off, lossc, theta, X, N, Y, labels, mean, ws, top):
+def loss(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, ws, top):
     top[0] = 0
     A, D1, D2, o = forward(d, acts, off, theta, X, N, bool(0), ws, top)
     G = carve(ws, top, 0)
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, G, bool(0), ws, top)
+    value, Pm = loss_head(d, lossc, lscale, A, o, N, Y, labels, mean, W, G, bool(0), ws, top)
     return value
 
 
 @kernel
-def loss_and_grad(d, acts, off, lossc, theta, X, N, Y, labels, mean, ws, top):
+def loss_and_grad(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, ws, top):
     top[0] = 0
     L = d.size - 1
     A, D1, D2, o = forward(d, acts, off, theta, X, N, bool(0), ws, top)
     G = carve(ws, top, o[L + 1])
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, G, bool(1), ws, top)
+    value, Pm = loss_head(d, lossc, lscale, A, o, N, Y, labels, mean, W, G, bool(1), ws, top)
     E = carve(ws, top, o[L])
     backward(d, off, theta, o, N, G, E, D1)
     grad = np.empty(off[L], theta.dtype)

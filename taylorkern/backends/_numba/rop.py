@@ -45,10 +45,11 @@ def next_ra(N, m, dn, D1, do, Rz, zo, Ra, ao):
 
 
 @kernel
-def _out_rows(lo, hi, m, k, s, Pm, Rz, zo, Rg):
+def _out_rows(lo, hi, m, k, s0, W, Pm, Rz, zo, Rg):
     """s p_j (u_j - p.u), around the most likely class t: (u_j - u_t) - sum_i p_i (u_i - u_t)
     (no cancellation where p_t is near 1: forward_backward.most_likely)."""
     for n in range(lo, hi):
+        s = s0 * W[n] if W.size else s0
         t = most_likely(Pm, n * k, k)
         for c in range(m):
             r = zo + (n * m + c) * k
@@ -61,18 +62,31 @@ def _out_rows(lo, hi, m, k, s, Pm, Rz, zo, Rg):
 
 
 @parallel_kernel
-def out_curvature(loss, N, m, k, s, Pm, Rz, zo, Rg):
-    """Rg = H_out Rf for the output tangents Rf = Rz[zo:] (N, m, k)."""
-    if loss == 0:
+def out_curvature(loss, N, m, k, s, W, Pm, Rz, zo, Rg):
+    """Rg = H_out Rf for the output tangents Rf = Rz[zo:] (N, m, k); sample n's weight s W[n]
+    where weights are given (W not empty), else s."""
+    if loss == 0 and W.size:
+        for n in range(N):
+            c2 = 2 * (s * W[n]) / k
+            for i in range(n * m * k, (n + 1) * m * k):
+                Rg[i] = c2 * Rz[zo + i]
+    elif loss >= 2:  # elementwise heads: s/k diag(l''), l'' in Pm
+        for n in range(N):
+            c2 = (s * W[n] if W.size else s) / k
+            for c in range(m):
+                for j in range(k):
+                    i = (n * m + c) * k + j
+                    Rg[i] = c2 * Pm[n * k + j] * Rz[zo + i]
+    elif loss == 0:
         c2 = 2 * s / k
         for i in range(N * m * k):
             Rg[i] = c2 * Rz[zo + i]
     elif threaded(N * m * k):
         nch = min(N, CHUNKS)
         for ch in prange(nch):
-            _out_rows(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, m, k, s, Pm, Rz, zo, Rg)
+            _out_rows(np.int64(ch) * N // nch, (np.int64(ch) + 1) * N // nch, m, k, s, W, Pm, Rz, zo, Rg)
     else:
-        _out_rows(np.int64(0), N, m, k, s, Pm, Rz, zo, Rg)
+        _out_rows(np.int64(0), N, m, k, s, W, Pm, Rz, zo, Rg)
 
 
 @kernel
@@ -152,7 +166,7 @@ def rg_below(d, off, theta, o, D1, D2, E, G, N, m, gn, l, Vtt, vto, Rz, Rg, Re):
 
 
 @kernel
-def rop(d, acts, off, lossc, theta, X, N, Y, labels, mean, V, m, gn, ws, top):
+def rop(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, V, m, gn, ws, top):
     """out (P, m) = H V (gn False) or G V (gn True), V flat (P*m,)."""
     L = d.size - 1
     k = d[L]
@@ -160,7 +174,7 @@ def rop(d, acts, off, lossc, theta, X, N, Y, labels, mean, V, m, gn, ws, top):
     top[0] = 0
     A, D1, D2, o = forward(d, acts, off, theta, X, N, not gn, ws, top)
     G = carve(ws, top, o[L + 1])
-    value, Pm = loss_head(d, lossc, A, o, N, Y, labels, mean, G, not gn, ws, top)
+    value, Pm = loss_head(d, lossc, lscale, A, o, N, Y, labels, mean, W, G, not gn, ws, top)
     E = carve(ws, top, o[L] if not gn else 0)
     if not gn:
         backward(d, off, theta, o, N, G, E, D1)
@@ -193,7 +207,7 @@ def rop(d, acts, off, lossc, theta, X, N, Y, labels, mean, V, m, gn, ws, top):
     forward_tangents(d, off, theta, X, A, o, D1, N, m, Vt, vto, Rz, Ra)
     Rg = carve(ws, top, N * m * dmax)
     Re = carve(ws, top, N * m * dmax)
-    out_curvature(lossc, N, m, k, s, Pm, Rz, m * o[L], Rg)
+    out_curvature(lossc, N, m, k, s, W, Pm, Rz, m * o[L], Rg)
     out = np.empty(P * m, theta.dtype)
     acc = carve(ws, top, (dmax + 1) * m * dmax)
     tmp = carve(ws, top, m * dmax * dmax)
