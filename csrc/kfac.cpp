@@ -72,7 +72,7 @@ void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* 
   if (!noise) {
     for (idx n = 0; n < c; ++n)
       for (idx r = 0; r < k; ++r)
-        for (idx j = 0; j < k; ++j) top[(n * k + r) * k + j] = curvature_root(k, p ? p + n * k : p, r, j, s);
+        for (idx j = 0; j < k; ++j) top[(n * k + r) * k + j] = curvature_root(net.loss, k, p ? p + n * k : p, r, j, s);
     return;
   }
   if (!p) {  // mse: sqrt(2 s / (k M)) eps

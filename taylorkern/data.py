@@ -167,6 +167,8 @@ class Data:
         args = list(args)
         if kind not in SUM_KINDS + ROW_KINDS:
             raise TypeError(f"X: {kind} takes arrays X, Y, not a data object")
+        if kwargs.get("sample_weight", 0) is None:  # the default, passed on by tk.minimize
+            kwargs = {k: v for k, v in kwargs.items() if k != "sample_weight"}
         if kind in ROW_KINDS:
             if args or kwargs:
                 raise TypeError(f"{kind}: unexpected arguments with a data object")

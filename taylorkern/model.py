@@ -600,6 +600,8 @@ class MLP:
 
     # ------------------------------------------------------------ Kronecker factors
     def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases):
+        if self.loss_name not in ("mse", "ce"):
+            raise ValueError(f"loss: Kronecker factors are implemented for 'mse' and 'ce', not {self.loss_name!r}")
         if kind not in ("exact", "mc"):
             raise ValueError(f"kind: expected 'exact' or 'mc', got {kind!r}")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
