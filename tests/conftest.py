@@ -11,6 +11,7 @@ Test modules import the helpers below with ``from conftest import ...`` (tests/ 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -389,6 +390,17 @@ def restore_threads():
     n = tk.get_num_threads()
     yield n
     tk.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def gram_route(mode):
+    """cpp's full GGN forced onto the Gram route (1), off it (-1), or the cost model's (0)."""
+    from taylorkern import _core
+    before = _core._set_gram_route(mode)
+    try:
+        yield
+    finally:
+        _core._set_gram_route(before)
 
 
 @pytest.fixture

@@ -11,11 +11,9 @@ what loss_and_grad and ggn give, on every backend.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
-from conftest import compare, make_problem, reference
+from conftest import compare, gram_route, make_problem, reference
 
 import taylorkern as tk
 
@@ -45,15 +43,6 @@ SHAPES = _random_shapes(7, 6) + [[1, 20, 1], [2, 50, 1], [3, 7, 2], [1, 15, 1], 
 CASES = [pytest.param(sizes, tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)],
                       id="-".join(map(str, sizes)) + "-" + tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)])
          for i, sizes in enumerate(SHAPES)]
-
-
-@contextlib.contextmanager
-def gram_route(mode):
-    before = _core._set_gram_route(mode)
-    try:
-        yield
-    finally:
-        _core._set_gram_route(before)
 
 
 @needs_cpp

@@ -9,11 +9,9 @@ by the unweighted code.  Every other backend is then compared with the reference
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
-from conftest import DATA_QUANTITIES, bitwise_equal, compare, make_problem, rtol_for
+from conftest import DATA_QUANTITIES, bitwise_equal, compare, gram_route, make_problem, rtol_for
 
 import taylorkern as tk
 
@@ -142,15 +140,6 @@ def small_chunks_if_cpp():
         _core._set_curvature_chunk(before[1])
 
 
-@contextlib.contextmanager
-def _gram_route(mode):
-    before = _core._set_gram_route(mode)
-    try:
-        yield
-    finally:
-        _core._set_gram_route(before)
-
-
 @pytest.mark.skipif(_core is None, reason="the cpp backend is not built")
 @pytest.mark.parametrize("route", [1, -1], ids=["gram", "kronecker"])
 @pytest.mark.parametrize("loss", ["mse", "ce"])
@@ -160,7 +149,7 @@ def test_cpp_ggn_routes_with_weights(route, loss):
     with tk.use_backend("reference"):
         want = [weighted(p, q, "sum", w) for q in ("ggn", "hessian")]
         want.append(p.net.loss_and_grad(p.theta, p.X, p.Y, "sum", w))
-    with tk.use_backend("cpp"), _gram_route(route):
+    with tk.use_backend("cpp"), gram_route(route):
         got = [weighted(p, q, "sum", w) for q in ("ggn", "hessian")]
         got.append(p.net.loss_grad_ggn(p.theta, p.X, p.Y, "sum", sample_weight=w)[:2])
     compare(got, want)

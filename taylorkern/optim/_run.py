@@ -191,6 +191,18 @@ class Run:
             s = z_new.astype(np.float64) - z
         return z_new, s, math.sqrt(float(s @ s))
 
+    def trial(self, z, p):
+        """Evaluate z + p: (z_new, snorm, loss, float64 gradient, whether both are finite), with
+        the run's count of consecutive non-finite trials updated."""
+        z_new, snorm = self.step(z, p)
+        f_new, g_new = self.loss_and_grad(z_new)
+        ok = math.isfinite(f_new) and g_new is not None and finite(g_new)
+        if ok:
+            self.finite_trial()
+        else:
+            self.nonfinite_trial()
+        return z_new, snorm, f_new, g_new, ok
+
     # ---------------------------------------------------------------- counted calls
     def _trusted(self, kind, z):
         """MLP._trusted on the run's own arrays (checked once), with the run's weights when it has

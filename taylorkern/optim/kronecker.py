@@ -58,13 +58,7 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
             raise Stop(Status.NO_PROGRESS, "the K-FAC direction is not a descent direction")
         alpha = -gd / (dGd + lam * dd) if dGd + lam * dd > 0 else 1.0
         pred = -(alpha * gd + 0.5 * alpha * alpha * dGd)
-        z_new, snorm = run.step(z, alpha * d)
-        f_new, g_new = run.loss_and_grad(z_new)
-        finite = math.isfinite(f_new) and g_new is not None and bool(np.isfinite(g_new).all())
-        if finite:
-            run.finite_trial()
-        else:
-            run.nonfinite_trial()
+        z_new, snorm, f_new, g_new, finite = run.trial(z, alpha * d)
         rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
         if rho > eta:
             f_old, z_old = f, z

@@ -46,7 +46,7 @@ def _trust_step(run, z, f, g, gnorm, p, pred, boundary, delta, max_radius, eta):
     radius (quartered to the step on a poor model, doubled on a good one that hit the
     boundary), accept it when rho = actual / predicted decrease > eta, record the iteration
     and check the stopping rules.  Returns (z, f, g, delta, accepted)."""
-    z_new, snorm, f_new, g_new, finite = _trial(run, z, p)
+    z_new, snorm, f_new, g_new, finite = run.trial(z, p)
     rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
     if rho < 0.25:
         delta = 0.25 * float(np.linalg.norm(p))
@@ -65,17 +65,6 @@ def _trust_step(run, z, f, g, gnorm, p, pred, boundary, delta, max_radius, eta):
     run.check_xtol(z_old, snorm, accepted=accepted)
     return z, f, g, delta, accepted
 
-
-def _trial(run, z, p):
-    """Evaluate z + p: (z_new, snorm, f_new, g_new, finite)."""
-    z_new, snorm = run.step(z, p)
-    f_new, g_new = run.loss_and_grad(z_new)
-    finite = math.isfinite(f_new) and g_new is not None and bool(np.isfinite(g_new).all())
-    if finite:
-        run.finite_trial()
-    else:
-        run.nonfinite_trial()
-    return z_new, snorm, f_new, g_new, finite
 
 
 # ------------------------------------------------------------------------ taylor-step
