@@ -404,6 +404,24 @@ def gram_route(mode):
 
 
 @pytest.fixture
+def small_chunks():
+    """cpp's chunks of samples cut to their least, so that small problems have many: 32 rows
+    for the calls that size them by bytes (csrc/common.hpp, chunk_rows), 7 samples for the full
+    matrices, blocks and diagonals (csrc/curvature.hpp, max_chunk_rows)."""
+    try:
+        from taylorkern import _core
+    except ImportError:  # no cpp backend: nothing to set
+        yield
+        return
+    before = _core._set_chunk_bytes(16 << 10), _core._set_curvature_chunk(7)
+    try:
+        yield
+    finally:
+        _core._set_chunk_bytes(before[0])
+        _core._set_curvature_chunk(before[1])
+
+
+@pytest.fixture
 def split_every_call():
     """While the test runs, the compiled kernels split every call over samples across their
     threads however small it is (csrc/common.hpp, sample_threads: below a cost threshold a call

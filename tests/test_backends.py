@@ -394,24 +394,6 @@ def test_calls_split_over_samples_match_reference(backend, sizes, act, loss, N, 
             compare(compute(p, q, r), w, dtype, what=f"{q} ({r}, {threads} threads)")
 
 
-@pytest.fixture
-def small_chunks():
-    """cpp's chunks of samples cut to their least, so that small problems have many: 32 rows
-    for the calls that size them by bytes (csrc/common.hpp, chunk_rows), 7 samples for the full
-    matrices, blocks and diagonals (csrc/curvature.hpp, max_chunk_rows)."""
-    try:
-        from taylorkern import _core
-    except ImportError:  # no cpp backend: nothing to set
-        yield
-        return
-    before = _core._set_chunk_bytes(16 << 10), _core._set_curvature_chunk(7)
-    try:
-        yield
-    finally:
-        _core._set_chunk_bytes(before[0])
-        _core._set_curvature_chunk(before[1])
-
-
 @pytest.mark.parametrize("sizes, act, loss", [  # N = 1501: the dev loop keeps the smallest
     pytest.param([4, 12, 10, 3], "tanh", "ce", marks=pytest.mark.exhaustive),                 # act'' linear in act
     pytest.param([5, 12, 10, 1], ["softplus", "gelu"], "mse", marks=pytest.mark.exhaustive),  # act'' stored; one output

@@ -114,7 +114,7 @@ def test_backend_matches_reference_with_weights(backend, case, dtype):
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
-def test_many_samples_chunks_and_threads(backend, loss, small_chunks_if_cpp, restore_threads):
+def test_many_samples_chunks_and_threads(backend, loss, small_chunks, restore_threads):
     """Enough samples for several chunks and threads (cpp) and pieces (numba)."""
     tk.set_num_threads(2)
     p = make_problem([3, 7, 6, 3], "tanh", loss, N=700, seed=2)
@@ -125,19 +125,6 @@ def test_many_samples_chunks_and_threads(backend, loss, small_chunks_if_cpp, res
         with tk.use_backend("reference"):
             want = weighted(p, q, "mean", w)
         compare(got, want, what=f"{backend} {q}")
-
-
-@pytest.fixture
-def small_chunks_if_cpp():
-    if _core is None:
-        yield
-        return
-    before = _core._set_chunk_bytes(16 << 10), _core._set_curvature_chunk(7)
-    try:
-        yield
-    finally:
-        _core._set_chunk_bytes(before[0])
-        _core._set_curvature_chunk(before[1])
 
 
 @pytest.mark.skipif(_core is None, reason="the cpp backend is not built")
