@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-from ._run import finite
-
 
 class Trial:
     """A step length with the point, loss and gradient it gave, and the step actually taken
@@ -24,13 +22,8 @@ class Trial:
 
 
 def _evaluate(run, z, d, alpha):
-    z_new, step, snorm = run.advance(z, alpha * d)
-    f, g = run.loss_and_grad(z_new)
-    ok = math.isfinite(f) and g is not None and finite(g)
-    if ok:
-        run.finite_trial()
-    else:
-        run.nonfinite_trial()
+    z_new, step, snorm, f, g, ok = run.trial(z, alpha * d)
+    if not ok:
         f = math.inf
     slope = float(g @ d) if ok else math.nan
     return Trial(alpha, z_new, f, g, step, snorm, slope)

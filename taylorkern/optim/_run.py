@@ -192,16 +192,16 @@ class Run:
         return z_new, s, math.sqrt(float(s @ s))
 
     def trial(self, z, p):
-        """Evaluate z + p: (z_new, snorm, loss, float64 gradient, whether both are finite), with
-        the run's count of consecutive non-finite trials updated."""
-        z_new, snorm = self.step(z, p)
+        """Evaluate z + p: (z_new, the step taken (float64), its norm, loss, float64 gradient,
+        whether both are finite), with the run's count of consecutive non-finite trials updated."""
+        z_new, s, snorm = self.advance(z, p)
         f_new, g_new = self.loss_and_grad(z_new)
         ok = math.isfinite(f_new) and g_new is not None and finite(g_new)
         if ok:
             self.finite_trial()
         else:
             self.nonfinite_trial()
-        return z_new, snorm, f_new, g_new, ok
+        return z_new, s, snorm, f_new, g_new, ok
 
     # ---------------------------------------------------------------- counted calls
     def _trusted(self, kind, z):

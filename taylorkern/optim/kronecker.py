@@ -58,7 +58,7 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
             raise Stop(Status.NO_PROGRESS, "the K-FAC direction is not a descent direction")
         alpha = -gd / (dGd + lam * dd) if dGd + lam * dd > 0 else 1.0
         pred = -(alpha * gd + 0.5 * alpha * alpha * dGd)
-        z_new, snorm, f_new, g_new, finite = run.trial(z, alpha * d)
+        z_new, _, snorm, f_new, g_new, finite = run.trial(z, alpha * d)
         rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
         if rho > eta:
             f_old, z_old = f, z

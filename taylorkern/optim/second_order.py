@@ -46,7 +46,7 @@ def _trust_step(run, z, f, g, gnorm, p, pred, boundary, delta, max_radius, eta):
     radius (quartered to the step on a poor model, doubled on a good one that hit the
     boundary), accept it when rho = actual / predicted decrease > eta, record the iteration
     and check the stopping rules.  Returns (z, f, g, delta, accepted)."""
-    z_new, snorm, f_new, g_new, finite = run.trial(z, p)
+    z_new, _, snorm, f_new, g_new, finite = run.trial(z, p)
     rho = (f - f_new) / pred if finite and pred > 0 else -math.inf
     if rho < 0.25:
         delta = 0.25 * float(np.linalg.norm(p))
