@@ -110,9 +110,11 @@ inline void parallel_for(idx n, idx work, F&& f, bool dynamic = false) {
 // product and elementwise loop inside runs serially on its slice.  For the widths of small
 // and medium networks this beats splitting each product (a wake-up per product, and
 // products too thin to split well).  Below kSampleParallelMin multiply-adds the whole call
-// stays on the calling thread; sample_parallel_min() can be set (_core._set_sample_parallel_min)
-// so that tests split small problems.
-constexpr idx kSampleParallelMin = idx(1) << 17;
+// stays on the calling thread: waking a team that has gone idle costs about 20 us, so with the
+// caller's own work between calls (an optimizer's iteration) a split loses until one thread
+// would take ~50 us (bench/RESULTS.md).  sample_parallel_min() can be set
+// (_core._set_sample_parallel_min) so that tests split small problems.
+constexpr idx kSampleParallelMin = idx(1) << 19;
 inline std::atomic<idx>& sample_parallel_min() {
   static std::atomic<idx> work{kSampleParallelMin};
   return work;
