@@ -402,8 +402,8 @@ namespace {
 
 // The GGN: per sample the rows u_r = J^T s_r (s_r backpropagated: [a_i delta_j; delta_j] per
 // layer), J^T H_out J = sum_r u_r u_r^T.  With grad, also the gradient (the output gradient
-// backpropagated the same way, one more row per sample) and the returned sum of the per-sample
-// losses: loss_grad_ggn's one sweep.
+// backpropagated the same way and summed) and the returned sum of the per-sample losses:
+// loss_grad_ggn's one sweep.
 template <class T>
 double ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, idx n_end, Targets<T> tg, bool mean,
                  T* out, T* grad, vec<T>& scratch) {
@@ -412,40 +412,19 @@ double ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin,
   const idx L = net.L(), k = net.k(), P = net.P();
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  const idx grad_lanes = grad ? 2 * P + k : 0;  // the gradient's row and sum, the output gradient
+  const idx grad_lanes = grad ? P + k : 0;  // the gradient's sum, the output gradient
   Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + grad_lanes + LanesOuter<T>::lanes(P));
   Lane* D1 = A + lay.units;
   Lane* delta = D1 + lay.units;
   Lane* next = delta + lay.width;
   Lane* S = next + lay.width;
   Lane* gout = S + k * k;
-  Lane* grow = gout + k;
-  Lane* gsum = grow + P;
+  Lane* gsum = gout + k;
   LanesOuter<T> outer(S + k * k + grad_lanes, P);
   const Lane zero = {};
   if (grad) lanes_fill<T>(gsum, P, zero);
   double loss = 0;
-  // the row of J^T held in delta at the output, backpropagated into U (P lanes)
-  auto backprop = [&](Lane* U) {
-    for (idx l = L - 1; l >= 0; --l) {
-      const idx di = net.d[l], dn = net.d[l + 1];
-      const Lane* a = A + lay.at[l];
-      Lane* u = U + net.off[l];
-      for (idx i = 0; i < di; ++i)
-        for (idx j = 0; j < dn; ++j) u[i * dn + j] = a[i] * delta[j];
-      std::copy(delta, delta + dn, u + di * dn);
-      if (l == 0) break;
-      const T* W = weights(net, theta, l);
-      const Lane* d1 = D1 + lay.at[l];
-      for (idx i = 0; i < di; ++i) {
-        Lane e = zero;
-        for (idx j = 0; j < dn; ++j) e += delta[j] * W[i * dn + j];
-        next[i] = e * d1[i];
-      }
-      std::copy(next, next + di, delta);
-    }
-  };
-  for (idx n0 = n_begin; n0 < n_end; n0 += B) {
+  for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
@@ -459,12 +438,11 @@ double ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin,
     out_sqrt_rows<T>(net, s, nb, next, S);  // before backprop, which takes next as scratch
     if (grad) {
       std::copy(gout, gout + k, delta);
-      backprop(grow);
-      for (idx q = 0; q < P; ++q) gsum[q] += grow[q];
+      lanes_backprop<true, T>(net, theta, lay, A, D1, delta, next, gsum);
     }
     for (idx r = 0; r < k; ++r) {
       std::copy(S + r * k, S + (r + 1) * k, delta);
-      backprop(outer.row());
+      lanes_backprop<false, T>(net, theta, lay, A, D1, delta, next, outer.row());
       outer.push();
     }
   }
@@ -508,7 +486,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
   LanesOuter<T> outer(p + k, P);  // the GGN term's rows; the other terms go to its triangle directly
   Lane* acc = outer.triangle();
   const Lane zero = {}, one = zero + T(1);
-  for (idx n0 = n_begin; n0 < n_end; n0 += B) {
+  for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, D2);

@@ -5,6 +5,7 @@
 
 #include "activations.hpp"
 #include "blas.hpp"
+#include "lanes.hpp"
 #include "workspace.hpp"
 
 namespace tk {
@@ -233,9 +234,63 @@ double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
   return total_loss(net, t, mean);
 }
 
+// The loss and gradient of a tiny network, kLanes samples per SIMD vector (lanes.hpp): forward,
+// output gradient and backpropagation of a block in one pass, the gradient summed per lane and
+// across lanes once at the end.  Samples past N carry a zero output gradient.  Where the
+// layered kernels spend their time setting up products of a few hundred multiply-adds, this
+// is 1.3-1.9x faster up to kLanesGradMaxParams parameters; above, the per-lane gradient (P
+// vectors read and written per block) costs more than the layered products (bench/RESULTS.md).
+constexpr idx kLanesGradMaxParams = 160;
+
+template <class T>
+double loss_and_grad_lanes(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
+                           Workspace<T>& ws) {
+  using Lane = typename Lanes<T>::type;
+  const idx P = net.P(), k = net.k(), blocks = (N + kLanes - 1) / kLanes;
+  const T s = sample_weight<T>(N, mean);
+  const LaneLayout lay(net);
+  const int nt = sample_threads(N, 3 * N * net.macs());
+  Tape<T>& t = ws.tape;  // only its rowloss, for all N: the loss is summed as the other paths sum it
+  t.N = N;
+  t.rowloss.resize(N);
+  ws.parts.resize((nt - 1) * P);
+  ws.lanes.resize(nt);
+  over_samples(blocks, nt, [&](int tid, idx b0, idx b1) {
+    T* g = tid == 0 ? grad : ws.parts.data() + (tid - 1) * P;
+    Lane* A = lanes_scratch(ws.lanes[tid], 2 * lay.units + 2 * lay.width + k + P);
+    Lane* D1 = A + lay.units;
+    Lane* delta = D1 + lay.units;
+    Lane* next = delta + lay.width;
+    Lane* gout = next + lay.width;
+    Lane* gsum = gout + k;
+    lanes_fill<T>(gsum, P, Lane{});
+    const idx n_begin = b0 * kLanes, n_end = std::min(N, b1 * kLanes);
+    for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += kLanes) {
+      Lane mask;
+      const idx nb = lanes_load(net, X, N, n0, A, mask);
+      lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
+      const Lane* F = A + lay.at[net.L()];
+      lanes_loss_sum<T>(net, F, tg, n0, nb, t.rowloss.data() + n0);
+      lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, next, gout);
+      std::copy(gout, gout + k, delta);
+      lanes_backprop<true, T>(net, theta, lay, A, D1, delta, next, gsum);
+    }
+    for (idx q = 0; q < P; ++q) {
+      T v = 0;
+      for (idx i = 0; i < kLanes; ++i) v += gsum[q][i];
+      g[q] = v;
+    }
+#pragma omp barrier
+    sum_parts(grad, P, [&](idx q) { return ws.parts.data() + (q - 1) * P; });
+  });
+  return total_loss(net, t, mean);
+}
+
 template <class T>
 double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
                      Workspace<T>& ws) {
+  if (!tg.w && net.P() <= kLanesGradMaxParams && lanes_fit(net) && lanes_loss(net))
+    return loss_and_grad_lanes(net, theta, X, N, tg, mean, grad, ws);
   Tape<T>& t = ws.tape;  // only its rowloss, for all N
   t.N = N;
   t.rowloss.resize(N);

@@ -2,8 +2,8 @@
 // every quantity held as one SIMD vector per unit ([unit][lane]), so that each step is a
 // whole-vector operation.  For networks whose layers are all narrow (the seed's [2,8,1]),
 // where the layered kernels spend their time setting up products of a few hundred
-// multiply-adds; used by rop.cpp (one-direction products) and curvature.cpp (the full GGN
-// and Hessian).
+// multiply-adds; used by forward_backward.cpp (the loss and gradient), rop.cpp (one-direction
+// products) and curvature.cpp (the full GGN and Hessian).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -44,6 +44,12 @@ typename Lanes<T>::type* lanes_scratch(vec<T>& scratch, idx n) {
 template <class T>
 void lanes_fill(typename Lanes<T>::type* p, idx n, typename Lanes<T>::type v) {
   for (idx i = 0; i < n; ++i) p[i] = v;
+}
+
+// Between blocks of a lanes loop over samples [n_begin, ...): true, every 1024 blocks, once the
+// call is interrupted (interrupt.hpp); the loop then stops and the call's result is discarded.
+inline bool lanes_interrupted(idx n0, idx n_begin) {
+  return (n0 - n_begin) % (1024 * kLanes) == 0 && interrupted();
 }
 
 inline bool lanes_fit(const Net& net) {
@@ -126,6 +132,44 @@ void lanes_forward(const Net& net, const T* theta, const LaneLayout& lay, typena
   }
 }
 
+// The block's output adjoint held in delta (k lanes) taken back through the layers, into U
+// (P lanes, theta's layout): a_i delta_j at W_l[i, j] and delta_j at b_l[j] for every layer,
+// assigned (Add false: a per-sample row of J^T or of the gradient) or added (Add true: summed
+// over blocks).  delta and next are scratch of lay.width lanes each, both overwritten.
+template <bool Add, class T>
+void lanes_backprop(const Net& net, const T* theta, const LaneLayout& lay, const typename Lanes<T>::type* A,
+                    const typename Lanes<T>::type* D1, typename Lanes<T>::type* delta,
+                    typename Lanes<T>::type* next, typename Lanes<T>::type* U) {
+  using Lane = typename Lanes<T>::type;
+  for (idx l = net.L() - 1; l >= 0; --l) {
+    const idx di = net.d[l], dn = net.d[l + 1];
+    const Lane* a = A + lay.at[l];
+    Lane* u = U + net.off[l];
+    for (idx i = 0; i < di; ++i)
+      for (idx j = 0; j < dn; ++j) {
+        if constexpr (Add)
+          u[i * dn + j] += a[i] * delta[j];
+        else
+          u[i * dn + j] = a[i] * delta[j];
+      }
+    for (idx j = 0; j < dn; ++j) {
+      if constexpr (Add)
+        u[di * dn + j] += delta[j];
+      else
+        u[di * dn + j] = delta[j];
+    }
+    if (l == 0) break;
+    const T* W = weights(net, theta, l);
+    const Lane* d1 = D1 + lay.at[l];
+    for (idx i = 0; i < di; ++i) {
+      Lane e = {};
+      for (idx j = 0; j < dn; ++j) e += delta[j] * W[i * dn + j];
+      next[i] = e * d1[i];
+    }
+    std::copy(next, next + di, delta);
+  }
+}
+
 // p = softmax of the block's outputs F (k lanes), lane by lane.
 template <class T>
 void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::type* p) {
@@ -171,22 +215,27 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
 }
 
 // The sum, in double, of the block's per-sample losses over its nb samples: formulas.hpp's
-// mse_row and ce pieces applied sample by sample, the values head_rows computes.
+// mse_row and ce pieces applied sample by sample, the values head_rows computes.  With rows,
+// each sample's loss is also stored there (rows[b] for the block's sample b).
 template <class T>
-double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb) {
+double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb,
+                      T* rows = nullptr) {
   const idx k = net.k();
   T f[kLanesMaxWidth], e[kLanesMaxWidth];
   double total = 0;
   for (idx b = 0; b < nb; ++b) {
     for (idx j = 0; j < k; ++j) f[j] = F[j][b];
+    T v;
     if (net.loss == Loss::mse) {
-      total += (double)mse_row<T>(k, f, tg.y + (n0 + b) * k, T(0), nullptr);
-      continue;
+      v = mse_row<T>(k, f, tg.y + (n0 + b) * k, T(0), nullptr);
+    } else {
+      const idx top = ce_top(k, f);
+      for (idx j = 0; j < k; ++j) e[j] = v_exp_neg(f[j] - f[top]);
+      const T rest = ce_softmax(k, top, e);
+      v = ce_loss(v_log1p(rest), f, top, (idx)tg.labels[n0 + b]);
     }
-    const idx top = ce_top(k, f);
-    for (idx j = 0; j < k; ++j) e[j] = v_exp_neg(f[j] - f[top]);
-    const T rest = ce_softmax(k, top, e);
-    total += (double)ce_loss(v_log1p(rest), f, top, (idx)tg.labels[n0 + b]);
+    if (rows) rows[b] = v;
+    total += (double)v;
   }
   return total;
 }

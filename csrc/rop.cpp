@@ -383,7 +383,7 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
   const Lane zero = {};
   lanes_fill<T>(acc, P, zero);
 
-  for (idx n0 = n_begin; n0 < n_end; n0 += B) {
+  for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += B) {
     Lane mask;
     const idx nb = lanes_load(net, X, N, n0, A, mask);
     lanes_forward(net, theta, lay, A, D1, gn ? nullptr : D2, V, RA, RZ);

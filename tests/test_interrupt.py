@@ -47,6 +47,10 @@ CASES = {
     "jacobian": ([20, 64, 64, 10], 4_000, lambda net, t, X, Y: net.jacobian(t, X)),
     "hessian_diag": ([20, 64, 64, 64, 1], 1_000_000, lambda net, t, X, Y: net.hessian_diag(t, X, Y)),
     "loss_and_grad": ([20, 64, 64, 1], 4_000_000, lambda net, t, X, Y: net.loss_and_grad(t, X, Y)),
+    # tiny networks take the SIMD-lanes paths of the C++ kernels, which poll between blocks
+    "loss_and_grad_tiny": ([1, 20, 1], 16_000_000, lambda net, t, X, Y: net.loss_and_grad(t, X, Y)),
+    "ggn_tiny": ([1, 20, 1], 8_000_000, lambda net, t, X, Y: net.ggn(t, X, Y)),
+    "hvp_tiny": ([1, 20, 1], 16_000_000, lambda net, t, X, Y: net.hvp(t, X, Y, _V(net, 1)[:, 0])),
 }
 
 
