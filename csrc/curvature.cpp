@@ -296,19 +296,20 @@ namespace {
 constexpr idx kLanesMaxFullParams = 400;
 
 // Rows of a square root R of H_out, S[r * k + j] = R[r, j], per sample from formulas.hpp's
-// curvature_root (lanes b < nb; zero in the others), p the block's softmax (lanes_softmax; not read
-// for mse).
+// curvature_root (lanes b < nb; zero in the others), sw the lanes' sample weights and p the head's
+// H_out values (lanes_output_gradient; not read for mse).
 template <class T>
-void out_sqrt_rows(const Net& net, T s, idx nb, const typename Lanes<T>::type* p, typename Lanes<T>::type* S) {
+void out_sqrt_rows(const Net& net, const typename Lanes<T>::type& sw, idx nb, const typename Lanes<T>::type* p,
+                   typename Lanes<T>::type* S) {
   const idx k = net.k();
-  const bool ce = net.loss == Loss::ce;
+  const bool mse = net.loss == Loss::mse;
   T pb[kLanesMaxWidth];
   lanes_fill<T>(S, k * k, typename Lanes<T>::type{});
   for (idx b = 0; b < nb; ++b) {
-    if (ce)
+    if (!mse)
       for (idx j = 0; j < k; ++j) pb[j] = p[j][b];
     for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(net.loss, k, ce ? pb : nullptr, r, j, s);
+      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(net.loss, k, mse ? nullptr : pb, r, j, sw[b]);
   }
 }
 
@@ -412,30 +413,27 @@ double ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin,
   const idx L = net.L(), k = net.k(), P = net.P();
   const T s = sample_weight<T>(N, mean);
   const LaneLayout lay(net);
-  const idx grad_lanes = grad ? P + k : 0;  // the gradient's sum, the output gradient
-  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + grad_lanes + LanesOuter<T>::lanes(P));
+  const idx grad_lanes = grad ? P : 0;  // the gradient's sum
+  Lane* A = lanes_scratch(scratch, 2 * lay.units + 2 * lay.width + k * k + k + grad_lanes + LanesOuter<T>::lanes(P));
   Lane* D1 = A + lay.units;
   Lane* delta = D1 + lay.units;
   Lane* next = delta + lay.width;
   Lane* S = next + lay.width;
   Lane* gout = S + k * k;
   Lane* gsum = gout + k;
-  LanesOuter<T> outer(S + k * k + grad_lanes, P);
+  LanesOuter<T> outer(gsum + grad_lanes, P);
   const Lane zero = {};
   if (grad) lanes_fill<T>(gsum, P, zero);
   double loss = 0;
   for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += B) {
-    Lane mask;
-    const idx nb = lanes_load(net, X, N, n0, A, mask);
+    const idx nb = lanes_load(net, X, N, n0, A);
+    const Lane sw = lanes_weights(tg, s, n0, nb);
     lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
     const Lane* F = A + lay.at[L];
-    if (grad) {
-      loss += lanes_loss_sum<T>(net, F, tg, n0, nb);
-      lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, next, gout);  // next: the softmax (ce)
-    } else if (net.loss == Loss::ce) {
-      lanes_softmax<T>(k, F, next);
-    }
-    out_sqrt_rows<T>(net, s, nb, next, S);  // before backprop, which takes next as scratch
+    if (grad) loss += lanes_loss_sum<T>(net, F, tg, n0, nb);
+    if (grad || net.loss != Loss::mse)  // next: the head's H_out values (the softmax for ce)
+      lanes_output_gradient<T>(net, F, tg, n0, nb, sw, next, gout);
+    out_sqrt_rows<T>(net, sw, nb, next, S);  // before backprop, which takes next as scratch
     if (grad) {
       std::copy(gout, gout + k, delta);
       lanes_backprop<true, T>(net, theta, lay, A, D1, delta, next, gsum);
@@ -487,8 +485,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
   Lane* acc = outer.triangle();
   const Lane zero = {}, one = zero + T(1);
   for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += B) {
-    Lane mask;
-    const idx nb = lanes_load(net, X, N, n0, A, mask);
+    const idx nb = lanes_load(net, X, N, n0, A);
     lanes_forward(net, theta, lay, A, D1, D2);
     const Lane* x = A;
     auto v0 = [&](idx m) { return m < d0 ? x[m] : one; };  // entry of grad z_0[i] at idx0(m, i)
@@ -512,8 +509,9 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
     // Output gradient g_1 (zero in unused lanes), then with a hidden layer the act'' terms of
     // e_0 and the bilinear terms of g_1.
     const Lane* F = A + lay.at[L];
-    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);  // p: the softmax (ce)
-    out_sqrt_rows<T>(net, s, nb, p, S);
+    const Lane sw = lanes_weights(tg, s, n0, nb);
+    lanes_output_gradient<T>(net, F, tg, n0, nb, sw, p, G);  // p: the head's H_out values
+    out_sqrt_rows<T>(net, sw, nb, p, S);
     auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
     if (L == 2) {
       const idx l = 1, di = net.d[l], dn = net.d[l + 1];
@@ -680,7 +678,7 @@ void curvature_full(const Net& net, const T* theta, const T* X, idx N, Targets<T
     gram<T>(net, theta, X, N, tg, mean, gn, out, nullptr, ws);
     return;
   }
-  if (!tg.w && full_lanes_apply(net, gn)) {
+  if (full_lanes_apply(net, gn)) {
     full_lanes(net, theta, X, N, tg, mean, gn, out, static_cast<T*>(nullptr), ws);
     return;
   }

@@ -236,7 +236,7 @@ double loss(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
 
 // The loss and gradient of a tiny network, kLanes samples per SIMD vector (lanes.hpp): forward,
 // output gradient and backpropagation of a block in one pass, the gradient summed per lane and
-// across lanes once at the end.  Samples past N carry a zero output gradient.  Where the
+// across lanes once at the end.  Samples past N carry a zero weight.  Where the
 // layered kernels spend their time setting up products of a few hundred multiply-adds, this
 // is 1.3-1.9x faster up to kLanesGradMaxParams parameters; above, the per-lane gradient (P
 // vectors read and written per block) costs more than the layered products (bench/RESULTS.md).
@@ -266,12 +266,11 @@ double loss_and_grad_lanes(const Net& net, const T* theta, const T* X, idx N, Ta
     lanes_fill<T>(gsum, P, Lane{});
     const idx n_begin = b0 * kLanes, n_end = std::min(N, b1 * kLanes);
     for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += kLanes) {
-      Lane mask;
-      const idx nb = lanes_load(net, X, N, n0, A, mask);
+      const idx nb = lanes_load(net, X, N, n0, A);
       lanes_forward(net, theta, lay, A, D1, static_cast<Lane*>(nullptr));
       const Lane* F = A + lay.at[net.L()];
       lanes_loss_sum<T>(net, F, tg, n0, nb, t.rowloss.data() + n0);
-      lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, next, gout);
+      lanes_output_gradient<T>(net, F, tg, n0, nb, lanes_weights(tg, s, n0, nb), next, gout);
       std::copy(gout, gout + k, delta);
       lanes_backprop<true, T>(net, theta, lay, A, D1, delta, next, gsum);
     }
@@ -289,7 +288,7 @@ double loss_and_grad_lanes(const Net& net, const T* theta, const T* X, idx N, Ta
 template <class T>
 double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
                      Workspace<T>& ws) {
-  if (!tg.w && net.P() <= kLanesGradMaxParams && lanes_fit(net) && lanes_loss(net))
+  if (net.P() <= kLanesGradMaxParams && lanes_fit(net) && lanes_loss(net))
     return loss_and_grad_lanes(net, theta, X, N, tg, mean, grad, ws);
   Tape<T>& t = ws.tape;  // only its rowloss, for all N
   t.N = N;

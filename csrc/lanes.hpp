@@ -60,7 +60,9 @@ inline bool lanes_fit(const Net& net) {
 
 // The losses whose head the lanes paths have (lanes_output_gradient, the rop's output curvature);
 // the others take the general kernels.
-inline bool lanes_loss(const Net& net) { return net.loss == Loss::mse || net.loss == Loss::ce; }
+inline bool lanes_loss(const Net& net) {
+  return net.loss == Loss::mse || net.loss == Loss::ce || elementwise(net.loss);
+}
 
 // Unit offsets of the layers in [unit][lane] buffers: layer l's units start at at[l] (layer 0
 // the inputs, layer L the outputs); `units` is their total.
@@ -72,13 +74,10 @@ struct LaneLayout {
   }
 };
 
-// Loads samples [n0, n0 + nb) of X into A's layer 0 (zero in the other lanes); returns nb and
-// sets mask to 1 in the lanes in use.
+// Loads samples [n0, n0 + nb) of X into A's layer 0 (zero in the other lanes); returns nb.
 template <class T>
-idx lanes_load(const Net& net, const T* X, idx N, idx n0, typename Lanes<T>::type* A, typename Lanes<T>::type& mask) {
+idx lanes_load(const Net& net, const T* X, idx N, idx n0, typename Lanes<T>::type* A) {
   const idx nb = std::min(kLanes, N - n0), d0 = net.d[0];
-  mask = typename Lanes<T>::type{};
-  for (idx b = 0; b < nb; ++b) mask[b] = 1;
   for (idx i = 0; i < d0; ++i) {
     A[i] = typename Lanes<T>::type{};
     for (idx b = 0; b < nb; ++b) A[i][b] = X[(n0 + b) * d0 + i];
@@ -183,40 +182,65 @@ void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::t
   for (idx j = 0; j < k; ++j) p[j] /= sum;
 }
 
-// g = dloss/df for the block's outputs F (k lanes; s the sample weight, zero in unused lanes);
-// for ce, p receives the softmax (k lanes).  Lane-wise forms of formulas.hpp's mse_row and
-// ce_gradient, which the scalar kernels (and the CUDA ones) use: those formulas pick the most
-// likely class by index, different in each lane, and calling them sample by sample (with
-// lanes_softmax in ce_softmax's form) made the one-direction products of tiny ce networks
-// markedly slower (bench/RESULTS.md).
+// Each lane's sample weight (net.hpp's row_weight: s, or s w[n] with weights), zero in the lanes
+// past the block's nb samples, so that those contribute nothing.
 template <class T>
-void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb, T s,
-                           const typename Lanes<T>::type& mask, typename Lanes<T>::type* p,
+typename Lanes<T>::type lanes_weights(Targets<T> tg, T s, idx n0, idx nb) {
+  typename Lanes<T>::type sw = {};
+  for (idx b = 0; b < nb; ++b) sw[b] = row_weight(tg.w, s, n0 + b);
+  return sw;
+}
+
+// g = dloss/df for the block's outputs F (k lanes; sw the lanes' sample weights, lanes_weights);
+// p receives what the head keeps for H_out (k lanes): ce's softmax, an elementwise loss's l''
+// (formulas.hpp).  Lane-wise forms of formulas.hpp's mse_row, ce_gradient and elem_loss, which
+// the scalar kernels (and the CUDA ones) use: ce's formulas pick the most likely class by index,
+// different in each lane, and calling them sample by sample (with lanes_softmax in ce_softmax's
+// form) made the one-direction products of tiny ce networks markedly slower (bench/RESULTS.md).
+template <class T>
+void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb,
+                           const typename Lanes<T>::type& sw, typename Lanes<T>::type* p,
                            typename Lanes<T>::type* g) {
   using Lane = typename Lanes<T>::type;
   const idx k = net.k();
   if (net.loss == Loss::mse) {
-    const T c = mse_curvature(k, s);
+    Lane c;
+    for (idx b = 0; b < kLanes; ++b) c[b] = mse_curvature(k, sw[b]);
     for (idx j = 0; j < k; ++j) {
       Lane y = {};
       for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
-      g[j] = c * (F[j] - y) * mask;
+      g[j] = c * (F[j] - y);
+    }
+    return;
+  }
+  if (elementwise(net.loss)) {  // as head_rows: g_j = (sw / k) l'(f_j), p_j = l''(f_j)
+    const T c_scale = (T)net.loss_scale;
+    for (idx j = 0; j < k; ++j) g[j] = p[j] = Lane{};
+    for (idx b = 0; b < nb; ++b) {
+      const T c = sw[b] / T(k);
+      for (idx j = 0; j < k; ++j) {
+        T gj, h;
+        elem_loss<VMath>(net.loss, F[j][b], tg.y[(n0 + b) * k + j], c_scale, gj, h);
+        g[j][b] = c * gj;
+        p[j][b] = h;
+      }
     }
     return;
   }
   lanes_softmax<T>(k, F, p);
-  for (idx j = 0; j < k; ++j) g[j] = s * mask * p[j];
+  for (idx j = 0; j < k; ++j) g[j] = sw * p[j];
   for (idx b = 0; b < nb; ++b) {  // p_y - 1 as minus the other p: exact where p_y is near 1
     const idx y = (idx)tg.labels[n0 + b];
     T rest = 0;
     for (idx j = 0; j < k; ++j) rest += j == y ? T(0) : p[j][b];
-    g[y][b] = -s * rest;
+    g[y][b] = -sw[b] * rest;
   }
 }
 
-// The sum, in double, of the block's per-sample losses over its nb samples: formulas.hpp's
-// mse_row and ce pieces applied sample by sample, the values head_rows computes.  With rows,
-// each sample's loss is also stored there (rows[b] for the block's sample b).
+// The sum, in double, of the block's per-sample losses over its nb samples, each times its own
+// weight where weights are given: formulas.hpp's mse_row, ce and elem_loss pieces applied sample
+// by sample, the values head_rows computes.  With rows, each sample's loss is also stored there
+// (rows[b] for the block's sample b).
 template <class T>
 double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<T> tg, idx n0, idx nb,
                       T* rows = nullptr) {
@@ -224,16 +248,24 @@ double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<
   T f[kLanesMaxWidth], e[kLanesMaxWidth];
   double total = 0;
   for (idx b = 0; b < nb; ++b) {
+    const idx n = n0 + b;
     for (idx j = 0; j < k; ++j) f[j] = F[j][b];
     T v;
     if (net.loss == Loss::mse) {
-      v = mse_row<T>(k, f, tg.y + (n0 + b) * k, T(0), nullptr);
+      v = mse_row<T>(k, f, tg.y + n * k, T(0), nullptr);
+    } else if (elementwise(net.loss)) {
+      v = 0;
+      for (idx j = 0; j < k; ++j) {
+        T gj, h;
+        v += elem_loss<VMath>(net.loss, f[j], tg.y[n * k + j], (T)net.loss_scale, gj, h);
+      }
     } else {
       const idx top = ce_top(k, f);
       for (idx j = 0; j < k; ++j) e[j] = v_exp_neg(f[j] - f[top]);
       const T rest = ce_softmax(k, top, e);
-      v = ce_loss(v_log1p(rest), f, top, (idx)tg.labels[n0 + b]);
+      v = ce_loss(v_log1p(rest), f, top, (idx)tg.labels[n]);
     }
+    if (tg.w) v *= tg.w[n];
     if (rows) rows[b] = v;
     total += (double)v;
   }

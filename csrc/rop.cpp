@@ -384,23 +384,26 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
   lanes_fill<T>(acc, P, zero);
 
   for (idx n0 = n_begin; n0 < n_end && !lanes_interrupted(n0, n_begin); n0 += B) {
-    Lane mask;
-    const idx nb = lanes_load(net, X, N, n0, A, mask);
+    const idx nb = lanes_load(net, X, N, n0, A);
+    const Lane sw = lanes_weights(tg, s, n0, nb);
     lanes_forward(net, theta, lay, A, D1, gn ? nullptr : D2, V, RA, RZ);
     // Output gradient and its tangent (H_out RF), zero in unused lanes.
     const Lane *F = A + at[L], *RF = RZ + at[L];
-    Lane* p = G2;  // the softmax (ce): G2 is free until the backward pass
-    lanes_output_gradient<T>(net, F, tg, n0, nb, s, mask, p, G);
+    Lane* p = G2;  // the head's H_out values: G2 is free until the backward pass
+    lanes_output_gradient<T>(net, F, tg, n0, nb, sw, p, G);
     if (net.loss == Loss::mse) {
-      const T c = mse_curvature(k, s);
-      for (idx j = 0; j < k; ++j) RG[j] = c * RF[j] * mask;
+      Lane c;
+      for (idx b = 0; b < B; ++b) c[b] = mse_curvature(k, sw[b]);
+      for (idx j = 0; j < k; ++j) RG[j] = c * RF[j];
+    } else if (elementwise(net.loss)) {  // out_curvature's s/k diag(p)
+      for (idx j = 0; j < k; ++j) RG[j] = sw / T(k) * p[j] * RF[j];
     } else {
       Lane best = p[0], rt = RF[0];  // RF at each lane's ce_top(p), as rop_rows
       for (idx j = 1; j < k; ++j) {
         rt = where_greater(p[j], best, RF[j], rt);
         best = where_greater(p[j], best, p[j], best);
       }
-      ce_curvature_times_at<Lane>(k, p, rt, RF, s * mask, RG);
+      ce_curvature_times_at<Lane>(k, p, rt, RF, sw, RG);
     }
     // Backward: R{grad} of layer l, then the gradient and its tangent one layer down.
     Lane *g = G, *rg = RG, *g2 = G2, *rg2 = RG2;
@@ -462,7 +465,7 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
          bool gn, Workspace<T>& ws) {
   const idx L = net.L(), P = net.P();
   const int nt = sample_threads(N, N * net.macs() * (3 + 6 * m));
-  if (!tg.w && lanes_apply(net, m)) {  // each thread's whole blocks of samples, its sum in out or ws.parts
+  if (lanes_apply(net, m)) {  // each thread's whole blocks of samples, its sum in out or ws.parts
     ws.lanes.resize(nt);
     ws.parts.resize((nt - 1) * P);
     over_samples((N + kLanes - 1) / kLanes, nt, [&](int tid, idx b0, idx b1) {
