@@ -1,12 +1,14 @@
 """A/B of the x86-64 level builds of taylorkern._core (TAYLORKERN_ISA=baseline, x86-64-v3,
-x86-64-v4: taylorkern/_native.py) on the same calls.  Two builds of _core cannot be loaded in
-one process (pybind11 refuses a second "Net"), so each build runs in a process of its own, the
-builds alternating, the order rotated every round; each process measures every call on one
-thread (thread CPU time, the minimum of 5 repeats), and the table shows the minimum over rounds.
-Further installs, e.g. an older copy of the package, as NAME=DIR (DIR holding its taylorkern/)
-with a level: NAME=DIR:x86-64-v3.
+x86-64-v4: taylorkern/_native.py) on the same calls, and of other installs of the package (an
+older version, whose Python side matches its own _core): NAME=DIR:LEVEL, DIR holding its
+taylorkern/.  Each build runs in a process of its own with its own package, the builds
+alternating, the order rotated every round; each process measures every call on one thread
+(thread CPU time, the minimum of 5 repeats), and the table shows the minimum over rounds.
+Builds of one version can also run in one process: bench/build_ab.py.
 
-    python bench/isa_ab.py [--rounds 2] [NAME=DIR:LEVEL ...]
+    python bench/isa_ab.py [--rounds 2] [--levels x86-64-v4] [NAME=DIR:LEVEL ...]
+
+Every benchmark configuration and quantity (taylorkern.benchmarks.problems) is timed.
 
 Run it from outside the source tree (it imports the installed package).
 """
@@ -20,32 +22,21 @@ import subprocess
 import sys
 import time
 
-# name: (sizes, activation, N); mse.  seed is the benchmark configuration of that name.
-PROBLEMS = {"seed": ([2, 8, 1], "relu", 100), "seed3": ([2, 8, 8, 1], "tanh", 100),
-            "small": ([10, 32, 32, 1], "tanh", 1000), "medium": ([20, 64, 64, 1], "tanh", 1000)}
-CALLS = ("loss_and_grad", "hvp", "ggn", "hessian")
-
 
 def measure():
-    """In the child: {case: seconds per call} on the build TAYLORKERN_ISA selected."""
-    import numpy as np
-
+    """In the child: {case: seconds per call} on the build TAYLORKERN_ISA selected, for every
+    benchmark configuration and quantity (taylorkern.benchmarks.problems)."""
     import taylorkern as tk
     from taylorkern import _native
+    from taylorkern.benchmarks.problems import CONFIGS, QUANTITIES, Problem
 
     tk.set_num_threads(1)
-    rng = np.random.default_rng(0)
     out = {"level": _native.loaded}
     with tk.use_backend("cpp"):
-        for pname, (sizes, act, N) in PROBLEMS.items():
-            net = tk.MLP(sizes, activation=act, loss="mse")
-            th = net.init(seed=0)
-            X, Y = rng.standard_normal((N, sizes[0])), rng.standard_normal((N, 1))
-            v = rng.standard_normal(net.num_params)
-            calls = {"loss_and_grad": lambda: net.loss_and_grad(th, X, Y), "hvp": lambda: net.hvp(th, X, Y, v),
-                     "ggn": lambda: net.ggn(th, X, Y), "hessian": lambda: net.hessian(th, X, Y)}
-            for call in CALLS:
-                f = calls[call]
+        for pname in CONFIGS:
+            p = Problem(pname)
+            for call in QUANTITIES:
+                f = p.call(call)
                 t0 = time.thread_time()
                 f()
                 reps = max(1, min(2000, int(0.05 / max(time.thread_time() - t0, 1e-7))))
@@ -63,11 +54,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--levels", default="baseline,x86-64-v3,x86-64-v4",
+                    help="the installed package's builds to run (comma-separated)")
     ap.add_argument("extra", nargs="*", help="NAME=DIR:LEVEL, another install's build")
     args = ap.parse_args()
     if args.child:
         return measure()
-    runs = [(level, None, level) for level in ("baseline", "x86-64-v3", "x86-64-v4")]
+    runs = [(level, None, level) for level in args.levels.split(",") if level]
     for item in args.extra:
         name, rest = item.split("=", 1)
         path, level = rest.rsplit(":", 1)
@@ -90,9 +83,9 @@ def main():
                 best.setdefault(name, {})[case] = min(t, best.get(name, {}).get(case, float("inf")))
     names = list(best)
     w = max(12, *map(len, names)) + 2
-    print(f"{'case':22}" + "".join(f"{n:>{w}}" for n in names) + "   (us per call, one thread)")
+    print(f"{'case':26}" + "".join(f"{n:>{w}}" for n in names) + "   (us per call, one thread)")
     for case in best[names[0]]:
-        print(f"{case:22}" + "".join(f"{best[n][case] * 1e6:{w}.1f}" for n in names))
+        print(f"{case:26}" + "".join(f"{best[n].get(case, float('nan')) * 1e6:{w}.1f}" for n in names))
 
 
 if __name__ == "__main__":
