@@ -147,10 +147,11 @@ def _gaussian(F, Y):
     """gaussian per pair, each (N, h): (r, E, r E, r^2 E) with r = Y - mu, E = exp(-v) for the
     outputs F = [mu, v].  r E and r^2 E are 0 where r is 0, even where E overflows to inf."""
     h = F.shape[1] // 2
-    R, E = Y - F[:, :h], np.exp(-F[:, h:])
-    zero = R == 0
-    RE = np.where(zero, 0, R * E)
-    return R, E, RE, np.where(zero, 0, R * RE)
+    with np.errstate(over="ignore", invalid="ignore"):  # the model's own e^-v; 0 * inf is replaced
+        R, E = Y - F[:, :h], np.exp(-F[:, h:])
+        zero = R == 0
+        RE = np.where(zero, 0, R * E)
+        return R, E, RE, np.where(zero, 0, R * RE)
 
 
 def _gaussian_hess(F, Y, fisher):
@@ -219,7 +220,11 @@ def _out_hess_apply(net, F, RF, reduction, sample_weight=None, Y=None, gauss_new
         h = k // 2
         mm, mv, vv = _gaussian_hess(F, Y, gauss_newton)
         Rm, Rv = RF[..., :h], RF[..., h:]
-        return s / h * np.concatenate([mm * Rm + mv * Rv, mv * Rm + vv * Rv], axis=-1)
+
+        def times(a, x):  # a zero tangent gives 0 also against an overflowed e^-v
+            with np.errstate(invalid="ignore"):
+                return np.where(x == 0, 0, a * x)
+        return s / h * np.concatenate([times(mm, Rm) + times(mv, Rv), times(mv, Rm) + times(vv, Rv)], axis=-1)
     if net.loss_name in ELEMENTWISE:
         return s / k * _elementwise(net, F, Y)[2] * RF
     p = _softmax(F)
