@@ -297,6 +297,28 @@ def test_gaussian_zero_residual_where_the_precision_overflows(dtype, v):
             np.testing.assert_array_equal(grad[-6:], want, err_msg=name)
 
 
+def test_gaussian_is_refused_where_unsupported():
+    """K-FAC (its factors and the kfac method), the Laplace posterior, scipy's least squares and
+    the scikit-learn estimator take mse and ce (or their own list) only: each refuses gaussian by
+    name, before any result."""
+    pytest.importorskip("scipy")
+    from taylorkern import kfac, laplace
+    from taylorkern import scipy as tks
+    p = make_problem([3, 5, 4], "tanh", "gaussian", N=8, seed=1)
+    net, theta, X, Y = p.net, p.theta, p.X, p.Y
+    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
+        kfac.factors(net, theta, X, Y)
+    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
+        tk.minimize(net, theta, X, Y, method="kfac", max_iter=2)
+    with pytest.raises(ValueError, match="^net: .*'gaussian'"):
+        laplace.fit(net, theta, X, Y)
+    with pytest.raises(ValueError, match="^net: .*'gaussian'"):
+        tks.least_squares(net, theta, X, Y)
+    sklearn = pytest.importorskip("taylorkern.sklearn")
+    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
+        sklearn.MLPRegressor(loss="gaussian").fit(X, Y)
+
+
 def test_gaussian_odd_width_is_refused():
     with pytest.raises(ValueError, match="^sizes: .*'gaussian'.*even"):
         tk.MLP([2, 3, 3], loss="gaussian")
