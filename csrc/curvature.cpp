@@ -135,9 +135,11 @@ void curvature_rows(const Net& net, const T* theta, const T* X, Targets<T> tg, b
 }
 
 template <class T>
-void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0, idx c, std::vector<vec<T>>& U) {
+void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0, idx c, std::vector<vec<T>>& U,
+             bool gn) {
   // U_{L-1} rows: a square root R of H_out (R^T R = H_out), then backpropagated.
   //   mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T), row r = sqrt(s p_r) (e_r - p).
+  // Without gn, the Hessian's H_out: gaussian's rows then carry root_sign (formulas.hpp).
   const idx L = net.L(), k = net.k();
   const T s = sample_weight<T>(t.N, mean);
   const T* P = net.loss != Loss::mse ? t.p.data() + n0 * k : nullptr;
@@ -147,7 +149,8 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   for (idx n = 0; n < c; ++n)
     for (idx r = 0; r < k; ++r)
       for (idx j = 0; j < k; ++j)
-        R[(n * k + r) * k + j] = curvature_root(net.loss, k, P ? P + n * k : nullptr, r, j, row_weight(t.w, s, n0 + n));
+        R[(n * k + r) * k + j] =
+            curvature_root(net.loss, k, P ? P + n * k : nullptr, r, j, row_weight(t.w, s, n0 + n), gn);
   backward_rows(net, theta, t, n0, c, k, U);
 }
 
@@ -753,7 +756,7 @@ double loss_grad_ggn_lanes(const Net& net, const T* theta, const T* X, idx N, Ta
   template double loss_grad_ggn_lanes<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, T*, T*,           \
                                          Workspace<T>&);                                                          \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
-  template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&);            \
+  template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&, bool);      \
   template void curvature_rows<T>(const Net&, const T*, const T*, Targets<T>, bool, bool, Tape<T>&, idx, idx);     \
   template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*, Workspace<T>&); \
   template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,                   \

@@ -26,7 +26,8 @@ void curvature_rows(const Net& net, const T* theta, const T* X, Targets<T> tg, b
 // U[l] (c, k, d[l+1]) for samples [n0, n0+c): the rows of a square root of H_out backpropagated
 // to z_l, so that the GGN's per-sample Q_l = U_l^T U_l.
 template <class T>
-void gn_rows(const Net& net, const T* theta, const Tape<T>& tape, bool mean, idx n0, idx c, std::vector<vec<T>>& U);
+void gn_rows(const Net& net, const T* theta, const Tape<T>& tape, bool mean, idx n0, idx c, std::vector<vec<T>>& U,
+             bool gn = true);
 
 template <class T>
 void chunk_factors(const Net& net, const T* theta, const Tape<T>& tape, bool mean, bool gn, Need need, idx n0, idx c,

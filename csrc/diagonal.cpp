@@ -5,7 +5,8 @@
 //
 // Only the diagonals of the per-sample Q_l are needed, never the d x d matrices where they
 // can be avoided.  Split Q_l = U_l^T U_l + S_l: the GGN part from the k backpropagated rows
-// of a square root of H_out (q_l gets the column sums of U_l^2: N k d work), and the
+// of a square root of H_out (q_l gets the column sums of U_l^2: N k d work; for the Hessian of
+// gaussian, whose H_out is indefinite, some rows count with the sign -1: root_sign), and the
 // activation-curvature part (Hessian only)
 //   S_{L-1} = 0,   S_{l-1} = D_{l-1} W_l S_l W_l^T D_{l-1} + diag(c_{l-1}),  c = e * act''.
 // While S_l is diagonal (vector s_l) the diagonal of the next one is one stacked product:
@@ -56,8 +57,8 @@ void scale_both(idx c, idx H, const T* d1, T* S) {
 
 // diag(H) or diag(G) summed over samples [n0, n1) (tape rows filled), added to dst.
 template <class T>
-void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool with_s, const vec<T>& Wsq, idx n0,
-               idx n1, DiagScratch<T>& sc, T* dst) {
+void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool gn, bool with_s, const vec<T>& Wsq,
+               idx n0, idx n1, DiagScratch<T>& sc, T* dst) {
   const idx L = net.L(), k = net.k();
   auto &U = sc.U, &S = sc.S;
   auto &Asq = sc.Asq, &q = sc.q, &y = sc.y, &yt = sc.yt;
@@ -66,7 +67,7 @@ void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool
   full.assign(L, 0);
   {
     const idx c0 = n0, c = n1 - n0;
-    gn_rows(net, theta, t, mean, c0, c, U);
+    gn_rows(net, theta, t, mean, c0, c, U, gn);
     // S recursion, top down: S[L-1] = 0 (kept as an empty vector).
     if (with_s) {
       S[L - 1].clear();
@@ -130,7 +131,10 @@ void diag_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, bool
         for (idx j = 0; j < H; ++j) qn[j] = s ? (mat ? s[(n * H + j) * H + j] : s[n * H + j]) : T(0);
         for (idx r = 0; r < k; ++r) {
           const T* u = U[l].data() + (n * k + r) * H;
-          for (idx j = 0; j < H; ++j) qn[j] += u[j] * u[j];
+          if (root_sign(net.loss, k, r, gn) > 0)
+            for (idx j = 0; j < H; ++j) qn[j] += u[j] * u[j];
+          else
+            for (idx j = 0; j < H; ++j) qn[j] -= u[j] * u[j];
         }
       });
       gemm<T>(true, false, Da, H, c, T(1), Asq.data(), Da, q.data(), H, T(1), dst + net.off[l], H);
@@ -172,7 +176,7 @@ void curvature_diag(const Net& net, const T* theta, const T* X, idx N, Targets<T
     Tape<T>& ct = chunk_tape(ws, tid, net, N, std::min(C, n1 - n0), !gn);
     over_chunks(n0, n1, C, [&](idx c0, idx c1, bool) {
       curvature_rows(net, theta, X, tg, mean, gn, ct, c0, c1 - c0);
-      diag_rows(net, theta, ct, mean, with_s, Wsq, 0, c1 - c0, slices[tid], dst);
+      diag_rows(net, theta, ct, mean, gn, with_s, Wsq, 0, c1 - c0, slices[tid], dst);
     });
 #pragma omp barrier
     sum_parts(out, P, [&](idx p) { return ws.parts.data() + (p - 1) * P; });

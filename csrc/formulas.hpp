@@ -36,9 +36,9 @@ namespace tk {
 
 // The codes Python passes to Net (exported as ACTIVATION_CODES / LOSS_CODES by both modules).
 enum class Act : int { identity = 0, relu, tanh, sigmoid, softplus, gelu, sin };
-enum class Loss : int { mse = 0, ce, bce, poisson, huber, soft_l1 };
+enum class Loss : int { mse = 0, ce, bce, poisson, huber, soft_l1, gaussian };
 inline constexpr const char* kActNames[] = {"identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin"};
-inline constexpr const char* kLossNames[] = {"mse", "ce", "bce", "poisson", "huber", "soft_l1"};
+inline constexpr const char* kLossNames[] = {"mse", "ce", "bce", "poisson", "huber", "soft_l1", "gaussian"};
 
 template <Act F>
 struct ActTag {
@@ -159,10 +159,10 @@ TK_HD T ce_loss(T log1p_rest, const T* f, std::int64_t top, std::int64_t y) {
   return log1p_rest + (f[top] - f[y]);
 }
 
-// The data term from the sum of the per-sample losses (mse_row's, ce_loss's) and the sample
-// weight: mse is the mean over the k outputs too.
+// The data term from the sum of the per-sample losses (mse_row's, ce_loss's, ...) and the sample
+// weight: every loss but ce is a mean over the k outputs too, gaussian over its k/2 pairs.
 inline double data_term(Loss loss, std::int64_t k, double total, double s) {
-  return total * s / (loss == Loss::ce ? 1.0 : (double)k);  // every loss but ce is a mean over outputs
+  return total * s / (loss == Loss::ce ? 1.0 : loss == Loss::gaussian ? (double)(k / 2) : (double)k);
 }
 
 // The gradient g = s (p - e_y) of the loss at label y, from the softmax p and ce_softmax's rest.
@@ -260,25 +260,99 @@ TK_HD T elem_loss(Loss loss, T f, T y, T c, T& g, T& h) {
   return ef - y * f;
 }
 
+// ---------------------------------------------------------------- gaussian
+// Heteroscedastic regression: the k = 2h outputs are h means and h log-variances,
+// f = [mu_0..mu_{h-1}, v_0..v_{h-1}], the targets y (h per sample), and the loss is the mean over
+// the h pairs of (v + (y - mu)^2 e^-v) / 2.  Per pair, with r = y - mu, q = e^(-v/2) (the square
+// root of the precision E = e^-v) and z = r q (the standardised residual):
+//   l = (v + z^2) / 2        dl/dmu = -z q        dl/dv = (1 - z^2) / 2
+//   Hessian  [[q^2, z q], [z q, z^2/2]]  (indefinite where z != 0)
+//   Fisher   diag(q^2, 1/2)              (its expectation under the model: E[z] = 0, E[z^2] = 1;
+//                                         the GGN's output curvature)
+// each times s/h.  The head keeps q in the tape's p[j] and z in p[h + j], and every form of the
+// curvature reads them from there.  q overflows for v below about -1419 (-177 in float32) and
+// underflows to 0 above as much: that is the model's own e^-v.  A zero factor wins over an
+// infinite one (mul0): where r = 0 the pair's z, gradient and cross curvature are 0, not NaN.
+template <class T>
+TK_HD T mul0(T a, T b) {
+  return a == T(0) ? T(0) : a * b;
+}
+
+// One pair: returns l; q, z as above, gm = dl/dmu, gv = dl/dv (unscaled).
+template <class M, class T>
+TK_HD T gauss_pair(T mu, T v, T y, T& q, T& z, T& gm, T& gv) {
+  const T hv = T(0.5) * v;
+  q = hv >= 0 ? M::exp_neg(hv) : 1 / M::exp_neg(-hv);
+  z = mul0(y - mu, q);
+  gm = -mul0(z, q);
+  gv = T(0.5) * (1 - z * z);
+  return T(0.5) * (v + z * z);
+}
+
+// o = H_out x for one sample (h = k/2 pairs, p the head's q and z, s the sample weight): the
+// Hessian's, or with gn the Fisher's.
+template <class T>
+TK_HD void gauss_curvature_times(std::int64_t k, const T* p, const T* x, T s, bool gn, T* o) {
+  const std::int64_t h = k / 2;
+  const T c = s / T(h);
+  for (std::int64_t j = 0; j < h; ++j) {
+    const T q = p[j], z = p[h + j], xm = x[j], xv = x[h + j];
+    if (gn) {
+      o[j] = c * q * q * xm;
+      o[h + j] = T(0.5) * c * xv;
+    } else {
+      const T zq = mul0(z, q);
+      o[j] = c * (q * q * xm + zq * xv);
+      o[h + j] = c * (zq * xm + T(0.5) * z * z * xv);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- H_out, any head
 // Entry (i, j) of H_out: mse 2s/k I; ce s (diag p - p p^T) (p the softmax); elementwise s/k diag(p)
-// (p the l'' of the outputs).  p is not read for mse (may be null).
+// (p the l'' of the outputs); gaussian the pairs' 2 x 2 blocks above (the Hessian's, or with gn the
+// Fisher's).  p is not read for mse (may be null).
 template <class T>
-TK_HD T out_curvature(Loss loss, std::int64_t k, const T* p, std::int64_t i, std::int64_t j, T s) {
+TK_HD T out_curvature(Loss loss, std::int64_t k, const T* p, std::int64_t i, std::int64_t j, T s, bool gn = false) {
   if (loss == Loss::mse) return i == j ? mse_curvature(k, s) : T(0);
   if (loss == Loss::ce) return ce_curvature(k, p, i, j, s);
+  if (loss == Loss::gaussian) {
+    const std::int64_t h = k / 2, pi = i % h;
+    if (pi != j % h) return T(0);  // different pairs
+    const T c = s / T(h), q = p[pi], z = p[h + pi];
+    if (i < h && j < h) return c * q * q;
+    if (i >= h && j >= h) return gn ? T(0.5) * c : T(0.5) * c * z * z;
+    return gn ? T(0) : c * mul0(z, q);
+  }
   return i == j ? s / T(k) * p[i] : T(0);
 }
 
-// Row r of a square root R of H_out (R^T R = H_out): mse sqrt(2s/k) e_r; ce sqrt(s p_r) (e_r - p),
-// as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T; elementwise sqrt(s/k p_r) e_r.
+// Row r of a square root R of H_out, R^T diag(root_sign) R = H_out: mse sqrt(2s/k) e_r; ce
+// sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T; elementwise
+// sqrt(s/k p_r) e_r.  gaussian, pair j of h, c = s/h: with gn (the Fisher) the rows sqrt(c) q e_mu
+// and sqrt(c/2) e_v; without (the Hessian, indefinite) the rows sqrt(c) (q e_mu + z e_v) and
+// sqrt(c/2) |z| e_v, the second with sign -1: [[q^2, qz], [qz, z^2]] - [[0, 0], [0, z^2/2]].
+// Every other head's rows, and the Fisher's, have sign +1 and do not depend on gn.
 template <class T>
-TK_HD T curvature_root(Loss loss, std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s) {
+TK_HD T curvature_root(Loss loss, std::int64_t k, const T* p, std::int64_t r, std::int64_t j, T s, bool gn = true) {
+  using std::fabs;
   using std::sqrt;
   if (loss == Loss::mse) return j == r ? sqrt(mse_curvature(k, s)) : T(0);
+  if (loss == Loss::gaussian) {
+    const std::int64_t h = k / 2, pr = r % h;
+    if (pr != j % h) return T(0);
+    const T c = s / T(h), q = p[pr], z = p[h + pr];
+    if (r < h) return j < h ? sqrt(c) * q : (gn ? T(0) : sqrt(c) * z);
+    return j < h ? T(0) : (gn ? sqrt(T(0.5) * c) : sqrt(T(0.5) * c) * fabs(z));
+  }
   if (loss != Loss::ce) return j == r ? sqrt(s / T(k) * p[r]) : T(0);
   const T w = sqrt(s * p[r]);
   return (j == r ? w : T(0)) - w * p[j];
+}
+
+// The sign of curvature_root's row r: -1 only for gaussian's second rows of the Hessian.
+TK_HD constexpr int root_sign(Loss loss, std::int64_t k, std::int64_t r, bool gn) {
+  return loss == Loss::gaussian && !gn && r >= k / 2 ? -1 : 1;
 }
 
 }  // namespace tk

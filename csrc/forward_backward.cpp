@@ -85,6 +85,21 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       }
       t.rowloss[n] = w ? acc * w[n] : acc;
     });
+  } else if (net.loss == Loss::gaussian) {  // formulas.hpp: rowloss, G, p = (q, z) of each pair
+    T* p = t.p.data();
+    const idx h = k / 2;
+    parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
+      const idx n = n0 + r;
+      const T c = row_weight(w, s, n) / T(h);
+      const T* f = F + n * k;
+      T acc = 0;
+      for (idx j = 0; j < h; ++j) {
+        T gm, gv;
+        acc += gauss_pair<VMath>(f[j], f[h + j], tg.y[n * h + j], p[n * k + j], p[n * k + h + j], gm, gv);
+        if (G) G[n * k + j] = c * gm, G[n * k + h + j] = c * gv;
+      }
+      t.rowloss[n] = w ? acc * w[n] : acc;
+    });
   } else {
     // ce's formulas.hpp pieces, in blocks of rows, so that e^x and log1p run as flat loops the
     // compiler vectorises (vmath.hpp; libm's scalar exp does not vectorise).

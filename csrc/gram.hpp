@@ -25,9 +25,11 @@ std::atomic<int>& gram_mode();
 
 // Whether the full Hessian (gn false) or GGN of N samples goes the Gram route: the GGN where
 // gram_route says, the Hessian too on networks of at most one hidden layer, whose terms beyond
-// the GGN are a few small products (gram.cpp).
+// the GGN are a few small products (gram.cpp), except gaussian's: its Hessian's output curvature
+// is indefinite, not a Gram matrix R^T R (formulas.hpp, curvature_root), and takes the Kronecker
+// route.
 inline bool gram_applies(const Net& net, idx N, bool gn) {
-  return gram_route(net, N) && (gn || net.L() <= 2);
+  return gram_route(net, N) && (gn || (net.L() <= 2 && net.loss != Loss::gaussian));
 }
 
 // G (P, P) = the GGN's data term (gn) or the Hessian's (gram_applies) by the Gram route; with

@@ -37,14 +37,17 @@ struct Net {
       if (a < 0 || a > (int)Act::sin) throw std::invalid_argument("activation: unknown code");
       act.push_back((Act)a);
     }
-    if (loss_code < 0 || loss_code > (int)Loss::soft_l1) throw std::invalid_argument("loss: unknown code");
+    if (loss_code < 0 || loss_code > (int)Loss::gaussian) throw std::invalid_argument("loss: unknown code");
     loss = (Loss)loss_code;
+    if (loss == Loss::gaussian && k() % 2) throw std::invalid_argument("sizes: 'gaussian' needs an even last width");
     off.assign(1, 0);
     for (idx l = 0; l < L(); ++l) off.push_back(off.back() + (d[l] + 1) * d[l + 1]);
   }
   idx L() const { return (idx)d.size() - 1; }
   idx P() const { return off.back(); }
   idx k() const { return d.back(); }
+  // Values per sample of float targets Y: k, but one per (mean, log-variance) pair for gaussian.
+  idx ky() const { return loss == Loss::gaussian ? k() / 2 : k(); }
   idx macs() const {  // multiply-adds of one sample's forward pass
     idx s = 0;
     for (idx l = 0; l < L(); ++l) s += d[l] * d[l + 1];
@@ -64,7 +67,8 @@ inline const T* bias(const Net& net, const T* theta, idx l) {
   return theta + net.off[l] + net.d[l] * net.d[l + 1];
 }
 
-// The loss targets (host or device pointers): float Y (N, k) for mse, int64 labels (N,) for ce.
+// The loss targets (host or device pointers): float Y (N, ky) for the regression heads (ky = k, or
+// k/2 for gaussian), int64 labels (N,) for ce.
 template <class T>
 struct Targets {
   const T* y = nullptr;

@@ -210,7 +210,7 @@ bool forward_tangents(const Net& net, const T* theta, const Tape<T>& t, const T*
 // Rg_{L-1} = H_out Rz_{L-1} (formulas.hpp) for the chunk's n rows and m directions, and Rg's
 // column sums into rs.
 template <class T>
-void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, idx n,
+void out_curvature(const Net& net, const Tape<T>& t, bool mean, bool gn, idx m, idx n0, idx n,
                    typename Workspace<T>::Slice& sc) {
   const idx L = net.L(), k = net.k();
   const T s = sample_weight<T>(t.N, mean);
@@ -231,6 +231,13 @@ void out_curvature(const Net& net, const Tape<T>& t, bool mean, idx m, idx n0, i
       const T sr = row_weight(t.w, s, n0 + r) / T(k);
       for (idx c = 0; c < m; ++c)
         for (idx j = 0; j < k; ++j) rg[(r * m + c) * k + j] = sr * p[r * k + j] * rf[(r * m + c) * k + j];
+    }
+  } else if (net.loss == Loss::gaussian) {  // the Hessian's or (gn) the Fisher's 2 x 2 per pair
+    const T* p = t.p.data() + n0 * k;
+    for (idx r = 0; r < n; ++r) {
+      const T sr = row_weight(t.w, s, n0 + r);
+      for (idx c = 0; c < m; ++c)
+        gauss_curvature_times(k, p + r * k, rf + (r * m + c) * k, sr, gn, rg + (r * m + c) * k);
     }
   } else {
     const T* p = t.p.data() + n0 * k;
@@ -329,7 +336,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
     if (l + 1 < L) sc.Ra[l + 1].resize(n * m * net.d[l + 1]);
   }
   if (!forward_tangents(net, theta, t, V, m, gn, ws, n0, n, sc)) return;
-  out_curvature(net, t, mean, m, n0, n, sc);
+  out_curvature(net, t, mean, gn, m, n0, n, sc);
   for (idx l = L - 1; l >= 0; --l) {  // backward: R{grad} of layer l, then Rg one layer down
     if (interrupted()) return;
     if (m == 1 && net.d[l + 1] == 1 && l > 0) {  // one direction through a one-unit output layer

@@ -51,7 +51,7 @@ Tape<T>& chunk_tape(Workspace<T>& ws, int tid, const Net& net, idx N, idx rows, 
 template <class T>
 Targets<T> rows_at(Tape<T>& ct, const Net& net, const T* X, Targets<T> tg, idx c0) {
   ct.X = X + c0 * net.d[0];
-  return {tg.y ? tg.y + c0 * net.k() : nullptr, tg.labels ? tg.labels + c0 : nullptr, tg.w ? tg.w + c0 : nullptr};
+  return {tg.y ? tg.y + c0 * net.ky() : nullptr, tg.labels ? tg.labels + c0 : nullptr, tg.w ? tg.w + c0 : nullptr};
 }
 
 // Values per sample of a chunk tape: X's row, a, act' (and act'' with `second`), g, e, F, p.

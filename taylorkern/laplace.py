@@ -693,6 +693,9 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     Laplace
     """
     net = check_net(net)
+    if net.loss_name not in ("mse", "ce"):  # the likelihoods below are those two
+        raise ValueError(f"net: the Laplace approximation is implemented for loss 'mse' (regression) and "
+                         f"'ce' (classification), not {net.loss_name!r}")
     structure = _check_structure(structure)
     curvature = check_curvature(curvature)
     L, P = net.num_layers, net.num_params

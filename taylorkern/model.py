@@ -38,7 +38,7 @@ def _all_finite(arr):
     return bool(np.isfinite(arr).all())
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "sin")
-LOSSES = ("mse", "ce", "bce", "poisson", "huber", "soft_l1")
+LOSSES = ("mse", "ce", "bce", "poisson", "huber", "soft_l1", "gaussian")
 REDUCTIONS = ("mean", "sum")
 INIT_SCHEMES = ("he", "xavier", "lecun", "normal")
 
@@ -130,14 +130,19 @@ class MLP:
     activation : str or sequence of str
         Hidden activation, one for all hidden layers or one per hidden layer
         (``len(sizes) - 2`` of them).  The last layer is linear.
-    loss : {"mse", "ce", "bce", "poisson"}
+    loss : {"mse", "ce", "bce", "poisson", "huber", "soft_l1", "gaussian"}
         Mean squared error over all N*dL elements; mean softmax cross-entropy (integer labels);
         binary cross-entropy with logits, the mean over all N*dL elements of softplus(f) - y f
         (targets in [0, 1], torch's BCEWithLogitsLoss); or the Poisson negative log-likelihood
         with log-rate outputs, the mean of exp(f) - y f (targets >= 0, torch's
         PoissonNLLLoss(log_input=True, full=False)); or, of the residual r = f - y, the mean of
         torch's HuberLoss(delta=loss_scale) (``"huber"``) or of c^2 (sqrt(1 + (r/c)^2) - 1) with
-        c = loss_scale (``"soft_l1"``, scipy's robust loss of that name).
+        c = loss_scale (``"soft_l1"``, scipy's robust loss of that name); or the Gaussian negative
+        log-likelihood with a variance per output (``"gaussian"``, heteroscedastic regression):
+        the network's dL = 2k outputs are k means mu and k log-variances v (outputs
+        ``[mu_1..mu_k, v_1..v_k]``), Y has shape (N, k), and each sample's loss is the mean over
+        the k pairs of (v + (y - mu)^2 e^-v) / 2.  Its GGN uses the Fisher, the output Hessian's
+        expectation under the model, diag(e^-v, 1/2) per pair; its Hessian is exact.
     l2 : float
         Adds ``0.5 * l2 * ||theta||^2`` to the loss (with reduction="mean").
     dtype : float64 (default) or float32.
@@ -178,6 +183,9 @@ class MLP:
             raise ValueError(f"loss: unknown {loss!r}; expected one of {LOSSES}")
         if loss == "ce" and self.sizes[-1] < 2:
             raise ValueError("loss: 'ce' needs at least 2 outputs (sizes[-1] >= 2)")
+        if loss == "gaussian" and self.sizes[-1] % 2:
+            raise ValueError(f"sizes: loss 'gaussian' needs an even last width (a mean and a log-variance per "
+                             f"target), got sizes[-1] = {self.sizes[-1]}")
         self.loss_name = loss
 
         if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not math.isfinite(l2) or l2 < 0:
@@ -211,6 +219,12 @@ class MLP:
     @property
     def num_outputs(self) -> int:
         return self.sizes[-1]
+
+    @property
+    def target_width(self) -> int:
+        """Values per sample of float targets Y: dL, but dL / 2 for 'gaussian' (one target per
+        (mean, log-variance) pair)."""
+        return self.sizes[-1] // 2 if self.loss_name == "gaussian" else self.sizes[-1]
 
     def __getstate__(self):
         # backend handles (compiled network descriptions, workspaces) are rebuilt on demand
@@ -323,10 +337,13 @@ class MLP:
             if n and (arr.min() < 0 or arr.max() >= k):
                 raise ValueError(f"Y: labels must lie in [0, {k}), got range [{arr.min()}, {arr.max()}]")
             return np.ascontiguousarray(arr, dtype=np.int64)
+        k = self.target_width
         if arr.ndim == 1 and k == 1 and arr.shape[0] == n:
             arr = arr.reshape(n, 1)
         if arr.shape != (n, k):
-            raise ValueError(f"Y: {self.loss_name!r} expects shape ({n}, {k}), got {arr.shape}")
+            extra = f" (one target per mean and log-variance pair of the {2 * k} outputs)" \
+                if self.loss_name == "gaussian" else ""
+            raise ValueError(f"Y: {self.loss_name!r} expects shape ({n}, {k}){extra}, got {arr.shape}")
         arr = self._as_float(arr, "Y")
         if self.loss_name == "bce" and arr.size and (arr.min() < 0 or arr.max() > 1):
             raise ValueError(f"Y: 'bce' targets must lie in [0, 1], got range [{arr.min()}, {arr.max()}]")
@@ -537,7 +554,8 @@ class MLP:
         """B of shape (N*dL, P) with B^T B = the GGN's data term: row n*dL + r is row r of a
         square root R_n of sample n's output Hessian times its Jacobian, R_n J_n (mse:
         sqrt(2 s / dL) J_n; bce, poisson: diag(sqrt(s / dL l''(f))) J_n; ce: R_n = diag(sqrt(s p))
-        (I - 1 p^T), p the softmax; s = 1/N for
+        (I - 1 p^T), p the softmax; gaussian, with h = dL/2 pairs: diag(sqrt(s / h e^-v), sqrt(s / 2h))
+        J_n, the square root of the Fisher; s = 1/N for
         reduction="mean", 1 for "sum"; with sample weights s_n = w_n / sum w or w_n).  With N*dL < P
         it is the smaller factor: a
         Levenberg-Marquardt step then solves an (N*dL)-square system instead of a P-square one
@@ -555,6 +573,13 @@ class MLP:
                 np.sqrt(2.0 * s / k).astype(self.dtype)
             return J.reshape(N * k, -1)
         F = impl.predict(self, theta, X).astype(np.float64)
+        if self.loss_name == "gaussian":  # the Fisher, s/h diag(e^-v, 1/2) per pair
+            h = k // 2
+            root = np.empty((N, k))
+            root[:, :h] = np.exp(-0.5 * F[:, h:])
+            root[:, h:] = math.sqrt(0.5)
+            J *= (np.sqrt(s / h) * root).astype(self.dtype)[:, :, None]
+            return J.reshape(N * k, -1)
         if self.loss_name in ("bce", "poisson", "huber", "soft_l1"):  # s/k diag(l'')
             c, R = self.loss_scale, F - Y
             if self.loss_name == "bce":  # sigmoid', through exp(-|f|)

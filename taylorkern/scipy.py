@@ -40,7 +40,7 @@ def _data(net, X, Y):
     if net.loss_name == "ce":
         Y = np.ascontiguousarray(Y, dtype=np.int64)
     else:
-        Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(X.shape[0], net.num_outputs))
+        Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(X.shape[0], net.target_width))
     return X, Y
 
 

@@ -154,6 +154,8 @@ def make_problem(sizes, activation="tanh", loss="mse", N=5, l2=0.0, dtype=np.flo
         Y[rng.random(Y.shape) < 0.3] = 1.0
     elif loss == "poisson":  # counts
         Y = rng.poisson(2.0, (N, sizes[-1])).astype(np.float64)
+    elif loss == "gaussian":  # one target per (mean, log-variance) pair of outputs
+        Y = rng.standard_normal((N, sizes[-1] // 2))
     else:
         Y = rng.integers(0, sizes[-1], size=N)
     V = rng.standard_normal((net64.num_params, m))
@@ -191,6 +193,8 @@ SHAPES = EDGE_SHAPES + _random_shapes(3)
 
 
 def shapes_for(loss):
+    if loss == "gaussian":  # a mean and a log-variance per target
+        return [(s, n) for s, n in SHAPES if s[-1] % 2 == 0]
     return [(s, n) for s, n in SHAPES if loss == "mse" or s[-1] >= 2]
 
 
@@ -242,15 +246,28 @@ def reference(p: Problem, q: str, reduction="mean"):
         return compute(p.astype(np.float64), q, reduction)
 
 
-def output_hessians(p: Problem, F: np.ndarray, reduction="mean") -> np.ndarray:
-    """Per-sample d^2 loss / d f^2, shape (N, k, k), written from the loss definitions:
-    mse 2/(N*k) I; bce, poisson, huber, soft_l1 1/(N*k) diag of sigmoid'(f), exp(f),
-    [|f - y| <= c] and (1 + ((f - y)/c)^2)^(-3/2); ce
-    (diag(p) - p p^T) / N ("sum" drops the 1/N), its diagonal p_c (1 - p_c) as
-    p_c sum_{j != c} p_j: positive terms only, exact to a few ulp also where p_c is near 1."""
+def output_hessians(p: Problem, F: np.ndarray, reduction="mean", exact=False) -> np.ndarray:
+    """Per-sample output curvature of the GGN, shape (N, k, k), written from the loss
+    definitions: d^2 loss / d f^2 for every loss but gaussian, mse 2/(N*k) I; bce, poisson,
+    huber, soft_l1 1/(N*k) diag of sigmoid'(f), exp(f), [|f - y| <= c] and
+    (1 + ((f - y)/c)^2)^(-3/2); ce (diag(p) - p p^T) / N ("sum" drops the 1/N), its diagonal
+    p_c (1 - p_c) as p_c sum_{j != c} p_j: positive terms only, exact to a few ulp also where
+    p_c is near 1.  gaussian (f = [mu, v], h = k/2 pairs, r = y - mu): its Fisher
+    1/(N*h) diag(e^-v, 1/2) per pair, or with ``exact`` the Hessian
+    1/(N*h) [[e^-v, r e^-v], [r e^-v, r^2 e^-v / 2]]."""
     N, k = F.shape
     s = 1.0 / N if reduction == "mean" else 1.0
     F = F.astype(np.float64)
+    if p.net.loss_name == "gaussian":
+        h = k // 2
+        E, R = np.exp(-F[:, h:]), p.Y.astype(np.float64) - F[:, :h]
+        H = np.zeros((N, k, k))
+        for j in range(h):
+            H[:, j, j] = E[:, j]
+            H[:, h + j, h + j] = 0.5 * R[:, j] ** 2 * E[:, j] if exact else 0.5
+            if exact:
+                H[:, j, h + j] = H[:, h + j, j] = R[:, j] * E[:, j]
+        return s / h * H
     if p.net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k), (N, k, k)).copy()
     if p.net.loss_name in ("bce", "poisson", "huber", "soft_l1"):  # s/k diag(l'')

@@ -286,6 +286,7 @@ def test_every_quantity_matches_the_reference(on_cuda, case, dtype):
     ([5, 8, 1], ["softplus"], "mse", 33),
     ([4, 6, 5, 4, 3, 2], ["gelu", "sin", "sigmoid", "relu"], "mse", 21),
     ([7, 40, 3], "sigmoid", "ce", 70),                # wider than a 32-wide permutation tile
+    ([5, 8, 6, 4], "tanh", "gaussian", 37),           # an indefinite output Hessian, pairs of outputs
 ])
 def test_several_sample_chunks(on_cuda, several_chunks, sizes, act, loss, N, dtype):
     check_all(make_problem(sizes, act, loss, N=N), dtype, reductions=("mean",))

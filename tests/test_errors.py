@@ -116,18 +116,18 @@ def _bad_inputs(loss, method):
     data calls, V for the products."""
     bad = list(BAD_COMMON)
     if method in METHODS_XY:
-        bad += (BAD_MSE_Y if loss == "mse" else BAD_CE_Y) + BAD_REDUCTION
+        bad += (BAD_CE_Y if loss == "ce" else BAD_MSE_Y) + BAD_REDUCTION
     if method in METHODS_V:
         bad += BAD_V
     return bad
 
 
 @pytest.mark.parametrize("method", METHODS_ALL)
-@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("loss", ["mse", "ce", "gaussian"])
 def test_bad_input_is_refused_before_any_kernel(loss, method, tripwire):
     """Each method with each bad value of each of its arguments, with no backend to reach
     (tripwire): every check runs and every miss is reported, not just the first."""
-    p = make_problem([3, 4, 3], "tanh", loss, N=5)
+    p = make_problem([3, 4, 4] if loss == "gaussian" else [3, 4, 3], "tanh", loss, N=5)
     misses = []
     for arg, desc, make_bad, exc in _bad_inputs(loss, method):
         try:
@@ -366,6 +366,8 @@ BAD_CONSTRUCTOR = [
     ("loss", dict(sizes=[3, 2], loss="CE"), ValueError),
     ("loss", dict(sizes=[3, 2], loss=None), ValueError),
     ("loss", dict(sizes=[3, 1], loss="ce"), ValueError),
+    ("sizes", dict(sizes=[3, 3], loss="gaussian"), ValueError),
+    ("sizes", dict(sizes=[3, 4, 1], loss="gaussian"), ValueError),
     ("l2", dict(sizes=[3, 2], l2=-0.1), ValueError),
     ("l2", dict(sizes=[3, 2], l2=float("nan")), ValueError),
     ("l2", dict(sizes=[3, 2], l2=float("inf")), ValueError),

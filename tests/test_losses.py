@@ -1,21 +1,24 @@
-"""The likelihoods beyond mse and ce: bce (binary cross-entropy with logits) and poisson
-(Poisson negative log-likelihood of log-rates).
+"""The losses beyond mse and ce: bce (binary cross-entropy with logits), poisson (Poisson
+negative log-likelihood of log-rates), the robust huber and soft_l1, and gaussian (the Gaussian
+negative log-likelihood of a mean and a log-variance per target).
 
 The general suite (test_reference.py, test_backends.py) runs them through ``cases()``; here:
 their definitions against plain formulas and the peers' conventions, every backend against the
 reference on every quantity with and without sample weights, the regimes where the textbook
-forms cancel or overflow (saturated logits, huge counts) against long double, and bad targets.
+forms cancel or overflow (saturated logits, huge counts, extreme variances) against long double,
+gaussian's exact Hessian against finite differences and its GGN against J^T Fisher J, and bad
+targets.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA_QUANTITIES, compare, make_problem, rtol_for
+from conftest import DATA_QUANTITIES, FD_RTOL_HESS, FD_STEP_HESS, compare, make_problem, output_hessians, rtol_for
 
 import taylorkern as tk
 
-LOSSES = ("bce", "poisson", "huber", "soft_l1")
+LOSSES = ("bce", "poisson", "huber", "soft_l1", "gaussian")
 REDUCTIONS = ("mean", "sum")
 DTYPES = [np.float64, np.float32]
 
@@ -23,6 +26,11 @@ DTYPES = [np.float64, np.float32]
 # lanes paths' size: they hand these losses to the general kernels) and one past the Gram route
 SHAPES = [([3, 5, 2], "tanh", 9), ([2, 6, 1], "softplus", 7), ([3, 4, 3, 5, 3], "gelu", 8),
           ([4, 3], "identity", 5), ([2, 8, 1], "relu", 13), ([4, 7, 6, 2], "sigmoid", 11)]
+
+
+def _even(loss, sizes):
+    """gaussian's last width is two per target: an odd one is made even."""
+    return [*sizes[:-1], sizes[-1] + sizes[-1] % 2] if loss == "gaussian" else sizes
 
 
 def _quantity(p, q, reduction, w=None):
@@ -39,10 +47,16 @@ def _quantity(p, q, reduction, w=None):
 def test_loss_is_the_peers_definition(loss):
     """bce = mean over all N*k of softplus(f) - y f (torch's BCEWithLogitsLoss: -[y log s(f) +
     (1 - y) log(1 - s(f))]); poisson = mean of exp(f) - y f (PoissonNLLLoss(log_input=True,
-    full=False)); "sum" drops the 1/N, keeps the 1/k."""
-    p = make_problem([3, 4, 3], "tanh", loss, N=6, seed=1)
+    full=False)); gaussian = mean over all N*k targets of torch's GaussianNLLLoss(full=False),
+    (log var + (y - mu)^2 / var) / 2, with var = exp of the second half of the outputs; "sum"
+    drops the 1/N, keeps the 1/k."""
+    p = make_problem(_even(loss, [3, 4, 3]), "tanh", loss, N=6, seed=1)
     F = p.net.predict(p.theta, p.X)
-    if loss == "bce":
+    k = p.Y.shape[1]
+    if loss == "gaussian":
+        mu, var = F[:, :k], np.exp(F[:, k:])
+        elem = 0.5 * (np.log(var) + (p.Y - mu) ** 2 / var)
+    elif loss == "bce":
         sig = 1.0 / (1.0 + np.exp(-F))
         elem = -(p.Y * np.log(sig) + (1 - p.Y) * np.log(1 - sig))
     elif loss == "poisson":
@@ -55,12 +69,12 @@ def test_loss_is_the_peers_definition(loss):
         elem = 0.5 * 2 * (np.sqrt(1 + (F - p.Y) ** 2) - 1)
     with tk.use_backend("reference"):
         compare(p.net.loss(p.theta, p.X, p.Y), elem.mean())
-        compare(p.net.loss(p.theta, p.X, p.Y, "sum"), elem.sum() / 3)
+        compare(p.net.loss(p.theta, p.X, p.Y, "sum"), elem.sum() / k)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_one_output_accepts_1d_targets(loss, backend):
-    p = make_problem([3, 4, 1], "tanh", loss, N=5, seed=2)
+    p = make_problem(_even(loss, [3, 4, 1]), "tanh", loss, N=5, seed=2)
     compare(p.net.loss_and_grad(p.theta, p.X, p.Y[:, 0]), p.net.loss_and_grad(p.theta, p.X, p.Y))
 
 
@@ -70,7 +84,7 @@ def test_one_output_accepts_1d_targets(loss, backend):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 def test_backend_matches_reference(backend, loss, shape, dtype):
     sizes, act, N = shape
-    p = make_problem(sizes, act, loss, N=N, l2=0.05, dtype=dtype, seed=N)
+    p = make_problem(_even(loss, sizes), act, loss, N=N, l2=0.05, dtype=dtype, seed=N)
     p64 = p.astype(np.float64)
     w = np.random.default_rng(N).uniform(0.0, 2.0, N)
     w[0] = 0.0
@@ -182,6 +196,156 @@ def test_poisson_log_rate_near_overflow():
             assert grad[-2] == pytest.approx((np.exp(700.0) - 2.0) / 2, rel=1e-12), name
 
 
+# ----------------------------------------------------------------------------- gaussian
+def _fd_hessian(net, theta, X, Y, reduction):
+    """Central differences of the gradient, column by column."""
+    cols = []
+    for i in range(theta.size):
+        e = np.zeros_like(theta)
+        e[i] = FD_STEP_HESS
+        gp = net.loss_and_grad(theta + e, X, Y, reduction)[1]
+        gm = net.loss_and_grad(theta - e, X, Y, reduction)[1]
+        cols.append((gp - gm) / (2 * FD_STEP_HESS))
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["-".join(map(str, s[0])) + "-" + s[1] for s in SHAPES])
+def test_gaussian_hessian_by_finite_differences(backend, shape):
+    """Each backend's exact Hessian (full, blocks, diagonal, products) against differences of its
+    own gradient, and its GGN against J^T Fisher J (J from its Jacobian, the Fisher written in
+    conftest): float64.  The two differ, and only the GGN is positive semi-definite."""
+    sizes, act, N = shape
+    p = make_problem(_even("gaussian", sizes), act, "gaussian", N=N, l2=0.05, seed=N + 1)
+    net, k, P = p.net, p.net.num_outputs, p.net.num_params
+    J = net.jacobian(p.theta, p.X).reshape(N, k, P)
+    F = net.predict(p.theta, p.X)
+    for reduction in REDUCTIONS:
+        H = net.hessian(p.theta, p.X, p.Y, reduction)
+        compare(H, _fd_hessian(net, p.theta, p.X, p.Y, reduction), rtol=FD_RTOL_HESS, what=f"H ({reduction})")
+        compare(np.diagonal(H), net.hessian_diag(p.theta, p.X, p.Y, reduction), what="hessian_diag")
+        compare(H @ p.V, net.hvp(p.theta, p.X, p.Y, p.V, reduction), what="hvp")
+        l2 = (net.l2 if reduction == "mean" else 0.0) * np.eye(P)
+        G = net.ggn(p.theta, p.X, p.Y, reduction)
+        compare(G, np.einsum("ncp,ncd,ndq->pq", J, output_hessians(p, F, reduction), J) + l2, what="G")
+        compare(G @ p.V, net.ggn_vp(p.theta, p.X, p.Y, p.V, reduction), what="ggn_vp")
+        compare(np.diagonal(G), net.ggn_diag(p.theta, p.X, p.Y, reduction), what="ggn_diag")
+        assert np.abs(H - G).max() > 1e-3 * np.abs(H).max()
+        assert np.linalg.eigvalsh(G - l2).min() >= -1e-12 * np.abs(G).max()
+
+
+def _long_double_gaussian(F, Y):
+    """gaussian per pair in long double, from e^-v directly: (loss, dl/dmu, dl/dv, Hessian's
+    (mu-mu, mu-v, v-v)), unscaled."""
+    h = Y.shape[1]
+    mu, v, y = (a.astype(np.longdouble) for a in (F[:, :h], F[:, h:], Y))
+    r, E = y - mu, np.exp(-v)
+    return 0.5 * (v + r * r * E), -r * E, 0.5 * (1 - r * r * E), (E, r * E, 0.5 * r * r * E)
+
+
+@pytest.mark.parametrize("dtype, vs", [(np.float64, [-300.0, -20.0, 0.0, 20.0, 300.0]),
+                                       (np.float32, [-40.0, -5.0, 0.0, 5.0, 40.0])], ids=["f64", "f32"])
+def test_gaussian_extreme_variances(backend, dtype, vs):
+    """Log-variances from -300 to 300 (-40 to 40 in float32) with residuals 0, tiny and large:
+    the loss, gradient and output curvature (the output layer's bias block of H and G, sample by
+    sample) against long double."""
+    v = np.array(vs)
+    R = np.array([0.0, 1e-3, 1.5, -2.0, 1e-6])
+    mu = np.linspace(-1.0, 1.0, v.size)
+    F = np.concatenate([mu, v])[None, :] * np.ones((3, 1))
+    F[1, v.size:] = v[::-1]
+    F[2, :v.size] = 0.25
+    Y = F[:, :v.size] + R  # r = y - mu
+    net, theta, X, Yd = _single_layer("gaussian", F, Y, dtype)
+    Fd, Yl = F.astype(dtype).astype(np.float64), Yd.astype(np.float64)
+    h = v.size
+    value, gm, gv, (hmm, hmv, hvv) = _long_double_gaussian(Fd, Yl)
+    tol = rtol_for(dtype)
+    for n in range(F.shape[0]):
+        xs, ys = X[n:n + 1], Yd[n:n + 1]
+        got_v, grad = net.loss_and_grad(theta, xs, ys, "sum")
+        np.testing.assert_allclose(got_v, float(value[n].sum() / h), rtol=tol)
+        want_g = np.concatenate([gm[n], gv[n]]).astype(np.float64) / h
+        np.testing.assert_allclose(grad[-2 * h:].astype(np.float64), want_g, rtol=tol, atol=0)
+        Hb = net.hessian(theta, xs, ys, "sum")[-2 * h:, -2 * h:].astype(np.float64)
+        Gb = net.ggn(theta, xs, ys, "sum")[-2 * h:, -2 * h:].astype(np.float64)
+        want_H, want_G = np.zeros((2 * h, 2 * h)), np.zeros((2 * h, 2 * h))
+        j = np.arange(h)
+        want_H[j, j] = want_G[j, j] = np.asarray(hmm[n], np.float64) / h
+        want_H[j, h + j] = want_H[h + j, j] = np.asarray(hmv[n], np.float64) / h
+        want_H[h + j, h + j] = np.asarray(hvv[n], np.float64) / h
+        want_G[h + j, h + j] = 0.5 / h
+        np.testing.assert_allclose(Hb, want_H, rtol=tol, atol=0)
+        np.testing.assert_allclose(Gb, want_G, rtol=tol, atol=0)
+        np.testing.assert_allclose(net.hessian_diag(theta, xs, ys, "sum")[-2 * h:].astype(np.float64),
+                                   np.diagonal(want_H), rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("dtype, v", [(np.float64, [-1000.0, -1500.0, 1600.0]),
+                                      (np.float32, [-120.0, -200.0, 220.0])], ids=["f64", "f32"])
+def test_gaussian_zero_residual_where_the_precision_overflows(dtype, v):
+    """A zero residual where e^-v overflows (v = -1000; -120 in float32), where even e^(-v/2)
+    does (-1500; -200), or where it underflows (1600; 220): the loss is the mean of v / 2 and the
+    gradient (0, 1/2) / 3 per pair on every backend, never NaN from r^2 * inf."""
+    F = np.array([[0.5, -0.25, 2.0, *v]])
+    Y = F[:, :3].copy()
+    want = np.array([0.0, 0.0, 0.0, 0.5, 0.5, 0.5], dtype) / 3
+    for name in tk.available_backends():
+        with tk.use_backend(name):
+            net, theta, X, Yd = _single_layer("gaussian", F, Y, dtype)
+            value, grad = net.loss_and_grad(theta, X, Yd, "sum")
+            assert value == pytest.approx(sum(v) / 6, rel=rtol_for(dtype)), name
+            np.testing.assert_array_equal(grad[-6:], want, err_msg=name)
+
+
+def test_gaussian_is_refused_where_unsupported():
+    """K-FAC (its factors and the kfac method), the Laplace posterior, scipy's least squares and
+    the scikit-learn estimator take mse and ce (or their own list) only: each refuses gaussian by
+    name, before any result."""
+    pytest.importorskip("scipy")
+    from taylorkern import kfac, laplace
+    from taylorkern import scipy as tks
+    p = make_problem([3, 5, 4], "tanh", "gaussian", N=8, seed=1)
+    net, theta, X, Y = p.net, p.theta, p.X, p.Y
+    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
+        kfac.factors(net, theta, X, Y)
+    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
+        tk.minimize(net, theta, X, Y, method="kfac", max_iter=2)
+    with pytest.raises(ValueError, match="^net: .*'gaussian'"):
+        laplace.fit(net, theta, X, Y)
+    with pytest.raises(ValueError, match="^net: .*'gaussian'"):
+        tks.least_squares(net, theta, X, Y)
+    sklearn = pytest.importorskip("taylorkern.sklearn")
+    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
+        sklearn.MLPRegressor(loss="gaussian").fit(X, Y)
+
+
+def test_gaussian_odd_width_is_refused():
+    with pytest.raises(ValueError, match="^sizes: .*'gaussian'.*even"):
+        tk.MLP([2, 3, 3], loss="gaussian")
+
+
+@pytest.mark.parametrize("method, options", [("gauss-newton", {}), ("lm", {}), ("lm", dict(space="samples")),
+                                             ("newton", {}), ("newton-cg", {}), ("lbfgs", {})])
+def test_gaussian_fit_learns_the_noise_level(method, options):
+    """Heteroscedastic data, y = sin(x) + noise of standard deviation 0.05 + 0.3 |x|: every
+    second-order method of tk.minimize lowers the loss from the initial point, and the
+    Gauss-Newton methods (the Fisher's curvature) fit the noise's scale."""
+    rng = np.random.default_rng(0)
+    N = 60 if options.get("space") == "samples" else 400
+    x = rng.uniform(-2, 2, (N, 1))
+    sd = 0.05 + 0.3 * np.abs(x)
+    y = np.sin(x) + sd * rng.standard_normal((N, 1))
+    net = tk.MLP([1, 12 if N > 100 else 40, 2], activation="tanh", loss="gaussian", l2=1e-4)
+    theta0 = net.init(seed=1)
+    f0 = net.loss(theta0, x, y)
+    res = tk.minimize(net, theta0, x, y, method=method, max_iter=300, **options)
+    assert np.isfinite(res.loss) and res.loss < f0 - 0.5
+    if method in ("gauss-newton", "lm") and N > 100:
+        grid = np.array([[-1.8], [0.0], [1.8]])
+        std = np.exp(0.5 * net.predict(res.theta, grid)[:, 1])
+        np.testing.assert_allclose(std, 0.05 + 0.3 * np.abs(grid[:, 0]), rtol=0.5, atol=0.05)
+
+
 # ----------------------------------------------------------------------------- bad targets
 @pytest.mark.parametrize("loss, Y, match", [
     ("bce", [[0.2, 1.5]] * 3, r"\[0, 1\]"),
@@ -191,6 +355,9 @@ def test_poisson_log_rate_near_overflow():
     ("poisson", [[1.0, -2.0]] * 3, ">= 0"),
     ("poisson", [[1.0, np.inf]] * 3, "Inf"),
     ("poisson", [0, 1, 2], r"shape \(3, 2\)"),
+    ("gaussian", [[0.2, 1.5]] * 3, r"shape \(3, 1\)"),
+    ("gaussian", [[np.nan]] * 3, "NaN"),
+    ("gaussian", [[-np.inf]] * 3, "Inf"),
 ])
 def test_bad_targets_are_refused_naming_Y(loss, Y, match):
     net = tk.MLP([2, 3, 2], loss=loss)

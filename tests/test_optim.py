@@ -25,11 +25,12 @@ FAST = {"gd": dict(lr=0.1), "momentum": dict(lr=0.05), "adam": dict(lr=0.02)}
 
 def problem(loss="mse", dtype=np.float64, l2=0.0, seed=0, sizes=None, N=24, activation="tanh"):
     rng = np.random.default_rng(seed)
-    sizes = sizes or ([3, 6, 2] if loss == "mse" else [3, 6, 3])
+    sizes = sizes or ([3, 6, 2] if loss in ("mse", "gaussian") else [3, 6, 3])
     net = tk.MLP(sizes, activation=activation, loss=loss, l2=l2, dtype=dtype)
     X = rng.standard_normal((N, sizes[0]))
-    if loss == "mse":
-        Y = np.tanh(X @ rng.standard_normal((sizes[0], sizes[-1]))) + 0.1 * rng.standard_normal((N, sizes[-1]))
+    if loss in ("mse", "gaussian"):  # gaussian: one target per (mean, log-variance) pair
+        k = net.target_width
+        Y = np.tanh(X @ rng.standard_normal((sizes[0], k))) + 0.1 * rng.standard_normal((N, k))
     else:
         Y = np.argmax(X @ rng.standard_normal((sizes[0], sizes[-1])), axis=1)
     return net, net.init(seed=seed), X, Y
@@ -543,18 +544,19 @@ def test_demo_prints_the_comparison_and_writes_the_plot(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ lm in sample space
-@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("loss", ["mse", "ce", "gaussian"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("l2", [0.0, 0.2])
 def test_ggn_factor_squares_to_the_ggn(loss, reduction, l2):
     """B^T B + l2 I = G (l2 with reduction "mean" only, as everywhere), for every backend's
-    Jacobian and outputs."""
-    net, theta, X, Y = problem(loss, l2=l2, sizes=[3, 7, 3], N=11, seed=4)
+    Jacobian and outputs (gaussian: the Fisher's square root)."""
+    k = 4 if loss == "gaussian" else 3
+    net, theta, X, Y = problem(loss, l2=l2, sizes=[3, 7, k], N=11, seed=4)
     for name in tk.available_backends():
         with tk.use_backend(name):
             B = net.ggn_factor(theta, X, Y, reduction)
             G = net.ggn(theta, X, Y, reduction)
-        assert B.shape == (11 * 3, net.num_params)
+        assert B.shape == (11 * k, net.num_params)
         shift = l2 if reduction == "mean" else 0.0
         np.testing.assert_allclose(B.T @ B + shift * np.eye(net.num_params), G, rtol=0,
                                    atol=1e-12 * np.abs(G).max())

@@ -110,6 +110,10 @@ def _loss(net, F, Y, reduction):
     elif net.loss_name == "soft_l1":                      # scipy's soft_l1, f_scale c
         c = net.loss_scale
         per_sample = np.mean(c ** 2 * (np.sqrt(1 + ((F - Y) / c) ** 2) - 1), axis=1)
+    elif net.loss_name == "gaussian":                     # -log N(y; mu, e^v) less log(2 pi) / 2
+        h = F.shape[1] // 2
+        mu, var = F[:, :h], np.exp(F[:, h:])
+        per_sample = np.mean(0.5 * np.log(var) + 0.5 * (Y - mu) ** 2 / var, axis=1)
     else:
         per_sample = -log_softmax(F, axis=1)[np.arange(N), Y]
     return per_sample.mean() if reduction == "mean" else per_sample.sum()
@@ -212,7 +216,8 @@ def test_jacobian_by_finite_differences_of_outputs(case):
 @pytest.mark.parametrize("case", cases(per_combo=2))
 def test_ggn_is_hessian_of_linearized_model(case, reduction):
     """G = J^T H_out J with J from finite differences of predict and H_out from the loss
-    definitions (itself checked by finite differences of the plain-numpy loss)."""
+    definitions (itself checked by finite differences of the plain-numpy loss; for gaussian the
+    GGN's H_out is the Fisher, and the exact output Hessian is what the differences check)."""
     sizes, act, loss, N = case
     p = make_problem(sizes, act, loss, N, l2=0.2)
     net, k, P = p.net, p.net.num_outputs, p.net.num_params
@@ -225,6 +230,7 @@ def test_ggn_is_hessian_of_linearized_model(case, reduction):
                      / (2 * FD_STEP_HESS)).reshape(N, k))
     J = np.stack(cols, axis=-1)  # (N, k, P)
     C = output_hessians(p, F, reduction)
+    Cx = output_hessians(p, F, reduction, exact=True)
     # H_out itself, by second differences of the plain-numpy loss in F (one sample at a time)
     h = FD_STEP_CURV
     for n in range(min(N, 2)):
@@ -236,7 +242,7 @@ def test_ggn_is_hessian_of_linearized_model(case, reduction):
                     G[n, b] += db
                     return _loss(net, G, p.Y, reduction)
                 fd = (L(h, h) - L(h, -h) - L(-h, h) + L(-h, -h)) / (4 * h * h)
-                assert abs(fd - C[n, a, b]) <= FD_RTOL_CURV * max(1.0, abs(C).max()), (n, a, b)
+                assert abs(fd - Cx[n, a, b]) <= FD_RTOL_CURV * max(1.0, abs(Cx).max()), (n, a, b)
     want = np.einsum("ncp,ncd,ndq->pq", J, C, J) + (net.l2 if reduction == "mean" else 0.0) * np.eye(P)
     compare(net.ggn(p.theta, p.X, p.Y, reduction=reduction), want, rtol=FD_RTOL_HESS, what="GGN")
 
@@ -264,6 +270,26 @@ def test_single_layer_hessian_equals_ggn(sizes, N, loss):
         H = p.net.hessian(p.theta, p.X, p.Y, reduction=red)
         G = p.net.ggn(p.theta, p.X, p.Y, reduction=red)
         compare(H, G, rtol=RTOL_F64, what=f"H vs G ({red})")
+
+
+@pytest.mark.parametrize("sizes, N", [([3, 2], 1), ([4, 6], 7)])
+def test_gaussian_single_layer_hessian_is_exact_output_hessian(sizes, N):
+    """gaussian on a linear f: H = J^T H_out J with the exact, indefinite output Hessian, and G
+    the same with the Fisher, which differs from it (so a GGN taken for H fails here)."""
+    p = make_problem(sizes, "tanh", "gaussian", N, l2=0.1)
+    net, k, P = p.net, p.net.num_outputs, p.net.num_params
+    J = net.jacobian(p.theta, p.X).reshape(N, k, P)
+    F = net.predict(p.theta, p.X)
+    for red in REDUCTIONS:
+        l2 = (net.l2 if red == "mean" else 0.0) * np.eye(P)
+        H = net.hessian(p.theta, p.X, p.Y, reduction=red)
+        G = net.ggn(p.theta, p.X, p.Y, reduction=red)
+        Cx = output_hessians(p, F, red, exact=True)
+        compare(H, np.einsum("ncp,ncd,ndq->pq", J, Cx, J) + l2, rtol=RTOL_F64, what=f"H ({red})")
+        compare(G, np.einsum("ncp,ncd,ndq->pq", J, output_hessians(p, F, red), J) + l2, rtol=RTOL_F64,
+                what=f"G ({red})")
+        assert np.abs(H - G).max() > 1e-2 * np.abs(H).max()
+    assert np.linalg.eigvalsh(Cx[0]).min() < 0 < np.linalg.eigvalsh(Cx[0]).max()  # indefinite
 
 
 @pytest.mark.parametrize("act", ["identity", "tanh"])

@@ -32,6 +32,8 @@ CASES = [
     ([2, 8, 1], "relu", "mse", 13),
     ([3, 2], "identity", "ce", 5),
     ([4, 6, 5, 3], "sin", "mse", 11),
+    ([3, 5, 4], "tanh", "gaussian", 9),
+    ([2, 8, 2], "softplus", "gaussian", 13),
 ]
 CASE_IDS = ["-".join(map(str, s)) + f"-{a}-{lo}" for s, a, lo, _ in CASES]
 
@@ -113,11 +115,11 @@ def test_backend_matches_reference_with_weights(backend, case, dtype):
             compare(got, want, dtype, what=f"{backend} {q} ({reduction})")
 
 
-@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("loss", ["mse", "ce", "gaussian"])
 def test_many_samples_chunks_and_threads(backend, loss, small_chunks, restore_threads):
     """Enough samples for several chunks and threads (cpp) and pieces (numba)."""
     tk.set_num_threads(2)
-    p = make_problem([3, 7, 6, 3], "tanh", loss, N=700, seed=2)
+    p = make_problem([3, 7, 6, 4 if loss == "gaussian" else 3], "tanh", loss, N=700, seed=2)
     w = _weights(700, 9)
     for q in ("loss_and_grad", "hvp_multi", "ggn_vp", "hessian", "ggn", "hessian_blocks", "ggn_diag",
               "hessian_diag"):
@@ -129,7 +131,7 @@ def test_many_samples_chunks_and_threads(backend, loss, small_chunks, restore_th
 
 @pytest.mark.skipif(_core is None, reason="the cpp backend is not built")
 @pytest.mark.parametrize("route", [1, -1], ids=["gram", "kronecker"])
-@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("loss", ["mse", "ce", "gaussian"])
 def test_cpp_ggn_routes_with_weights(route, loss):
     p = make_problem([3, 9, 2], "tanh", loss, N=300, seed=4)
     w = _weights(300, 3)

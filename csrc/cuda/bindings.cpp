@@ -388,7 +388,7 @@ template <class T>
 TargetsArg targets_arg(const tc::Net& net, const py::object& Y, idx N) {
   TargetsArg t;
   t.labels = net.loss == tk::Loss::ce;
-  t.a = t.labels ? make_arg<std::int64_t>(Y, "Y", {N}, "int64 labels") : arg<T>(Y, "Y", {N, net.k()});
+  t.a = t.labels ? make_arg<std::int64_t>(Y, "Y", {N}, "int64 labels") : arg<T>(Y, "Y", {N, net.ky()});
   return t;
 }
 

@@ -69,6 +69,18 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, double scale, const T* __re
       rowloss[n] = (T)acc;
       continue;
     }
+    if (loss == Loss::gaussian) {  // p = (q, z) of each pair, in double as above
+      const idx h = k / 2;
+      double acc = 0;
+      for (idx j = 0; j < h; ++j) {
+        double q, z, gm, gv;
+        acc += gauss_pair<DeviceMath>((double)f[j], (double)f[h + j], (double)tg.y[n * h + j], q, z, gm, gv);
+        pn[j] = (T)q, pn[h + j] = (T)z;
+        if (g) g[j] = s / T(h) * (T)gm, g[h + j] = s / T(h) * (T)gv;
+      }
+      rowloss[n] = (T)acc;
+      continue;
+    }
     const idx top = ce_top(k, f);
     for (idx j = 0; j < k; ++j) pn[j] = t_exp(f[j] - f[top]);
     const T rest = ce_softmax(k, top, pn);

@@ -77,6 +77,14 @@ __global__ void k_diag_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, c
   TK_GRID_STRIDE(i, N * m * k) rg[i] = s / T(k) * p[i / (m * k) * k + i % k] * rf[i];
 }
 
+// gaussian: rg[n, c, :] = H_out rf[n, c, :], the Hessian's or with gn the Fisher's, from the
+// pairs' (q, z) in p (formulas.hpp's gauss_curvature_times).
+template <class T>
+__global__ void k_gauss_curv(idx N, idx m, idx k, T s, bool gn, const T* __restrict__ p, const T* __restrict__ rf,
+                             T* __restrict__ rg) {
+  TK_GRID_STRIDE(row, N * m) gauss_curvature_times(k, p + row / m * k, rf + row * k, s, gn, rg + row * k);
+}
+
 // o[(i*dn + j)*m + c] = acc[(i*m + c)*dn + j] (+ tmp[(c*di + i)*dn + j] for i < di).
 template <class T>
 __global__ void k_scatter(idx di, idx dn, idx m, const T* __restrict__ acc, const T* __restrict__ tmp,
@@ -180,6 +188,8 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
     k_scale<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N * m * k, mse_curvature(k, s), Rz[L - 1].data(), Rg.data());
   } else if (elementwise(net.loss)) {
     k_diag_curv<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
+  } else if (net.loss == Loss::gaussian) {
+    k_gauss_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, gn, t.p.data(), Rz[L - 1].data(), Rg.data());
   } else {
     k_ce_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
   }

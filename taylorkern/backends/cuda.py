@@ -178,9 +178,9 @@ def _rows(x):
 def _targets(net, Y, N):
     if net.loss_name == "ce":
         return _input(Y, "Y", np.int64, (N,))
-    if is_device_array(Y) and len(interface(Y)["shape"]) == 1 and net.num_outputs == 1:
+    if is_device_array(Y) and len(interface(Y)["shape"]) == 1 and net.target_width == 1:
         return _input(Y, "Y", net.dtype, (N,))  # (N,) and (N, 1) are the same memory
-    return _input(Y, "Y", net.dtype, (N, net.num_outputs))
+    return _input(Y, "Y", net.dtype, (N, net.target_width))
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -427,7 +427,7 @@ class DeviceData:
                         raise ValueError(f"Y: labels must lie in [0, {net.num_outputs})")
                 else:
                     ptr = _targets(net, Y, self.N)
-                    if not _cuda.all_finite(ptr, self.N * net.num_outputs, _f32(net)):
+                    if not _cuda.all_finite(ptr, self.N * net.target_width, _f32(net)):
                         raise ValueError("Y: contains NaN or Inf")
                 self._Y = Y
             else:

@@ -67,7 +67,7 @@ name = "numba"
 # csrc/formulas.hpp's codes (_core.ACTIVATION_CODES / LOSS_CODES), kept here because numba runs
 # without _core; tests/test_activations.py checks that they agree.
 _ACT_CODE = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4, "gelu": 5, "sin": 6}
-_LOSS_CODE = {"mse": 0, "ce": 1, "bce": 2, "poisson": 3, "huber": 4, "soft_l1": 5}
+_LOSS_CODE = {"mse": 0, "ce": 1, "bce": 2, "poisson": 3, "huber": 4, "soft_l1": 5, "gaussian": 6}
 
 _k = None  # the kernel modules, imported on first use
 _lock = threading.Lock()

@@ -10,9 +10,11 @@ compiled kernels:
 The compiled kernels instead assemble H and G from their Kronecker structure
 (docs/curvature.md §5), so an error in that derivation cannot hide in both.
 
-Shapes: X (N, d0); Y (N, k) float for mse, bce and poisson, (N,) int for ce; theta (P,); V (P, m).
+Shapes: X (N, d0); Y (N, k) float for mse and the elementwise losses, (N, k/2) for gaussian (its
+outputs are k/2 means, then k/2 log-variances), (N,) int for ce; theta (P,); V (P, m).
 Every function returns the data term only (the MLP adds l2), scaled by 1/N for
-reduction="mean" (mse, bce and poisson additionally by 1/k: their mean is over all N*k elements).  With
+reduction="mean" (every loss but ce additionally by 1/k: their mean is over all N*k elements;
+gaussian's by 1/(k/2), a mean over its pairs).  With
 ``sample_weight`` w (N,), sample n's loss is weighted by w_n / sum(w) ("mean") or w_n ("sum").
 """
 
@@ -141,6 +143,26 @@ def _elementwise(net, F, Y):
     return E - Y * F, E - Y, E
 
 
+def _gaussian(F, Y):
+    """gaussian per pair, each (N, h): (r, E, r E, r^2 E) with r = Y - mu, E = exp(-v) for the
+    outputs F = [mu, v].  r E and r^2 E are 0 where r is 0, even where E overflows to inf."""
+    h = F.shape[1] // 2
+    with np.errstate(over="ignore", invalid="ignore"):  # the model's own e^-v; 0 * inf is replaced
+        R, E = Y - F[:, :h], np.exp(-F[:, h:])
+        zero = R == 0
+        RE = np.where(zero, 0, R * E)
+        return R, E, RE, np.where(zero, 0, R * RE)
+
+
+def _gaussian_hess(F, Y, fisher):
+    """gaussian's per-pair output Hessian blocks (N, h) of each sample: (mu-mu, mu-v, v-v), the
+    exact [[E, r E], [r E, r^2 E / 2]] or (fisher) its expectation under the model diag(E, 1/2)."""
+    _, E, RE, R2E = _gaussian(F, Y)
+    if fisher:
+        return E, np.zeros_like(E), np.full_like(E, 0.5)
+    return E, RE, 0.5 * R2E
+
+
 def _softmax(F):
     E = np.exp(F - F.max(axis=1, keepdims=True))
     return E / E.sum(axis=1, keepdims=True)
@@ -158,6 +180,12 @@ def _loss_grad_out(net, F, Y, reduction, sample_weight=None):
     if net.loss_name in ELEMENTWISE:
         value, g, _ = _elementwise(net, F, Y)
         return _total(s, np.sum(value, axis=1, dtype=np.float64)) / k, s / k * g
+    if net.loss_name == "gaussian":  # the mean over the h pairs of (v + r^2 E) / 2
+        h = k // 2
+        _, _, RE, R2E = _gaussian(F, Y)
+        value = 0.5 * (F[:, h:] + R2E)
+        g = np.concatenate([-RE, 0.5 * (1 - R2E)], axis=1)
+        return _total(s, np.sum(value, axis=1, dtype=np.float64)) / h, s / h * g
     # Around the most likely class t: sum_j e^(F_j - F_t) = 1 + rest, the loss is
     # log1p(rest) + F_t - F_y, and where y = t, p_y - 1 = -rest / (1 + rest).  The plain
     # log(1 + rest) and p_t - 1 are 0 once rest is below 1's rounding (a logit gap of 37; 17 in
@@ -181,12 +209,22 @@ def _loss_grad_out(net, F, Y, reduction, sample_weight=None):
 # which the plain forms lose to rounding entirely (a logit gap of 40 is enough).  Since the
 # p sum to 1, 1 - p_m = sum_{j != m} p_j and u_c - p.u = (u_c - u_m) - sum_j p_j (u_j - u_m),
 # exactly, without the cancellation.
-def _out_hess_apply(net, F, RF, reduction, sample_weight=None, Y=None):
-    """H_out @ RF per sample, for RF of shape (m, N, k): d2 loss / dF2 times tangent."""
+def _out_hess_apply(net, F, RF, reduction, sample_weight=None, Y=None, gauss_newton=False):
+    """H_out @ RF per sample, for RF of shape (m, N, k): d2 loss / dF2 times tangent (with
+    ``gauss_newton``, the GGN's output curvature: for gaussian the Fisher, elsewhere the same)."""
     n, k = F.shape
     s = _scale(net, n, reduction, sample_weight, F.dtype)
     if net.loss_name == "mse":
         return s * 2.0 / k * RF
+    if net.loss_name == "gaussian":
+        h = k // 2
+        mm, mv, vv = _gaussian_hess(F, Y, gauss_newton)
+        Rm, Rv = RF[..., :h], RF[..., h:]
+
+        def times(a, x):  # a zero tangent gives 0 also against an overflowed e^-v
+            with np.errstate(invalid="ignore"):
+                return np.where(x == 0, 0, a * x)
+        return s / h * np.concatenate([times(mm, Rm) + times(mv, Rv), times(mv, Rm) + times(vv, Rv)], axis=-1)
     if net.loss_name in ELEMENTWISE:
         return s / k * _elementwise(net, F, Y)[2] * RF
     p = _softmax(F)
@@ -195,14 +233,22 @@ def _out_hess_apply(net, F, RF, reduction, sample_weight=None, Y=None):
     return s * p * (D - np.sum(p * D, axis=-1, keepdims=True))
 
 
-def _out_hess(net, F, reduction, sample_weight=None, Y=None):
-    """H_out per sample, shape (N, k, k)."""
+def _out_hess(net, F, reduction, sample_weight=None, Y=None, gauss_newton=True):
+    """H_out per sample, shape (N, k, k): by default the GGN's (for gaussian the Fisher), with
+    ``gauss_newton=False`` the exact output Hessian."""
     n, k = F.shape
     s = _scale(net, n, reduction, sample_weight, F.dtype)
     if np.ndim(s):
         s = s[:, :, None]  # (N, 1, 1)
     if net.loss_name == "mse":
         return np.broadcast_to(s * 2.0 / k * np.eye(k, dtype=F.dtype), (n, k, k)).copy()
+    if net.loss_name == "gaussian":
+        h = k // 2
+        mm, mv, vv = _gaussian_hess(F, Y, gauss_newton)
+        H = np.zeros((n, k, k), F.dtype)
+        j = np.arange(h)
+        H[:, j, j], H[:, j, h + j], H[:, h + j, j], H[:, h + j, h + j] = mm, mv, mv, vv
+        return s / h * H
     if net.loss_name in ELEMENTWISE:
         h = _elementwise(net, F, Y)[2]
         H = np.zeros((n, k, k), F.dtype)
@@ -263,7 +309,7 @@ def _rop(net, theta, X, Y, V, reduction, gauss_newton, sample_weight=None):
 
     # backward: g_L = dl/dF, Rg_L = H_out RF; then through each layer
     _, g = _loss_grad_out(net, acts[-1], Y, reduction, sample_weight)
-    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction, sample_weight, Y)
+    Rg = _out_hess_apply(net, acts[-1], Rz[-1], reduction, sample_weight, Y, gauss_newton)
     out = np.empty((theta.size, m), theta.dtype)
     Ra_prev = None
     for l in range(len(Wb) - 1, -1, -1):

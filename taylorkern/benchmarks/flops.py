@@ -71,8 +71,9 @@ def flops(quantity, sizes, N, loss, m=32, activation="tanh"):
     only matters to hessian_diag (relu and identity have no activation curvature)."""
     if quantity not in QUANTITIES:
         raise ValueError(f"quantity: unknown {quantity!r}; expected one of {QUANTITIES}")
-    if loss not in ("mse", "ce", "bce", "poisson", "huber", "soft_l1"):  # all but ce: a diagonal H_out
-        raise ValueError(f"loss: expected one of mse, ce, bce, poisson, huber, soft_l1, got {loss!r}")
+    # all but ce: a diagonal H_out, or gaussian's 2 x 2 per (mean, log-variance) pair, O(k) per sample
+    if loss not in ("mse", "ce", "bce", "poisson", "huber", "soft_l1", "gaussian"):
+        raise ValueError(f"loss: expected one of mse, ce, bce, poisson, huber, soft_l1, gaussian, got {loss!r}")
     d = [int(s) for s in sizes]
     L, k = len(d) - 1, d[-1]
     w = [d[l - 1] * d[l] for l in range(1, L + 1)]           # w[l-1] = w_l

@@ -109,7 +109,7 @@ class Run:
             if net.loss_name == "ce":
                 self.Y = np.ascontiguousarray(Y, dtype=np.int64)
             else:
-                self.Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(N, net.num_outputs))
+                self.Y = np.ascontiguousarray(np.asarray(Y, dtype=net.dtype).reshape(N, net.target_width))
             self.N = N
         # float64 (N,), or None where the weights change nothing (MLP._check_weights)
         self.w = net._check_weights(sample_weight, self.N, "mean")

@@ -36,7 +36,7 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
-from .forward_backward import backward, backward_rows, forward, loss_head, scale_rows, top_and_rest
+from .forward_backward import backward, backward_rows, forward, loss_head, mul0, scale_rows, top_and_rest
 from .workspace import carve, carve_zeros
 
 NEED_DIAG, NEED_BLOCKS, NEED_FULL = 0, 1, 2
@@ -239,12 +239,16 @@ def alloc_factors(d, C, gn, need, ws, top):
 
 
 @kernel
-def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo):
+def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo, gn):
     """U (c, k, d[l+1]) at uo[l], every layer l, for samples [n0, n0+c): the rows of a square
     root R of H_out (R^T R = H_out) backpropagated to z_l, so that the GGN's per-sample
     Q_l = U_l^T U_l (the same rows serve the Hessian's diagonal, csrc gn_rows).
       mse: H_out = 2s/k I, R = sqrt(2s/k) I;  ce: H_out = s (diag p - p p^T),
-      row r = sqrt(s p_r) (e_r - p)."""
+      row r = sqrt(s p_r) (e_r - p).
+      gaussian (csrc/formulas.hpp, curvature_root), pair j of h = k/2, c = s/h: with gn (the
+      Fisher) rows sqrt(c) q e_mu and sqrt(c/2) e_v; without (the Hessian) rows
+      sqrt(c) (q e_mu + z e_v) and sqrt(c/2) |z| e_v, the second counted with the sign -1
+      (root_sign)."""
     L = d.size - 1
     k = d[L]
     s0 = 1.0 / N if mean else 1.0
@@ -259,6 +263,15 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo):
             u = b + (n * k + r) * k
             if lossc == 0:
                 U[u + r] = math.sqrt(2 * s / k)
+            elif lossc == 6:
+                h = k // 2
+                j = r % h
+                if r < h:
+                    U[u + j] = math.sqrt(s / h) * Pm[p + j]
+                    if not gn:
+                        U[u + h + j] = math.sqrt(s / h) * Pm[p + h + j]
+                else:
+                    U[u + h + j] = math.sqrt(0.5 * s / h) * (1.0 if gn else abs(Pm[p + h + j]))
             elif lossc >= 2:  # elementwise: sqrt(s/k l'') e_r
                 U[u + r] = math.sqrt(s / k * Pm[p + r])
             else:
@@ -270,6 +283,12 @@ def gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo):
                 # of ~0 (a confident float32 GGN was off by 1e9)
                 U[u + r] = w * (rest if r == t else 1.0 - Pm[p + r])
     backward_rows(d, off, theta, o, D1, n0, c, k, U, uo)
+
+
+@kernel
+def root_sign(lossc, k, r, gn):
+    """The sign of gn_rows' row r: -1 only for gaussian's second rows of the Hessian."""
+    return -1.0 if lossc == 6 and not gn and r >= k // 2 else 1.0
 
 
 @kernel
@@ -289,7 +308,8 @@ def gn_factors(d, need, c, U, uo, Q, qo, Tm, tmo):
 @kernel
 def output_hessian(lossc, k, s0, W, Pm, n0, c, Q, b):
     """The Hessian's Q_{L-1} = H_out per sample, at Q[b:]: mse 2s/k I; ce s (diag(p) - p p^T),
-    the diagonal as s p_i (1 - p_i) (top_and_rest)."""
+    the diagonal as s p_i (1 - p_i) (top_and_rest); elementwise s/k diag(l''); gaussian, per
+    pair (q, z), s/h [[q^2, z q], [z q, z^2/2]]."""
     for n in range(c):
         q = b + n * k * k
         p = (n0 + n) * k
@@ -300,6 +320,13 @@ def output_hessian(lossc, k, s0, W, Pm, n0, c, Q, b):
         for i in range(k):
             if lossc == 0:
                 Q[q + i * k + i] = 2 * s / k
+            elif lossc == 6:
+                h = k // 2
+                if i < h:
+                    qq, z = Pm[p + i], Pm[p + h + i]
+                    Q[q + i * k + i] = s / h * qq * qq
+                    Q[q + (h + i) * k + h + i] = 0.5 * s / h * z * z
+                    Q[q + i * k + h + i] = Q[q + (h + i) * k + i] = s / h * mul0(z, qq)
             elif lossc >= 2:
                 Q[q + i * k + i] = s / k * Pm[p + i]
             else:
@@ -373,7 +400,7 @@ def chunk_factors(d, off, lossc, theta, o, D1, D2, E, Pm, N, mean, W, gn, need, 
     L = d.size - 1
     k = d[L]
     if gn:
-        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo)
+        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo, True)
         if need != NEED_DIAG:
             gn_factors(d, need, c, U, uo, Q, qo, Tm, tmo)
         return

@@ -5,7 +5,9 @@ i.e. ONE matrix product (a~_l^2)^T q_l per layer, with q_l[n, j] = Q_l[n, j, j].
 
 Only the diagonals of the per-sample Q_l are needed, never the d x d matrices where they can
 be avoided.  Split Q_l = U_l^T U_l + S_l: the GGN part from the k backpropagated rows of a
-square root of H_out (curvature.gn_rows; q_l gets the column sums of U_l^2: N k d work), and
+square root of H_out (curvature.gn_rows; q_l gets the column sums of U_l^2: N k d work; for
+the Hessian of gaussian, whose H_out is indefinite, the last k/2 rows count with the sign -1:
+curvature.root_sign), and
 the activation-curvature part (Hessian only)
   S_{L-1} = 0,   S_{l-1} = D_{l-1} W_l S_l W_l^T D_{l-1} + diag(c_{l-1}),  c = e * act''.
 While S_l is diagonal (vector s_l) the diagonal of the next one is one stacked product:
@@ -24,7 +26,7 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, ro, threaded
-from .curvature import NEED_BLOCKS, NEED_DIAG, _transpose_scale, chunk_size, curvature_tape, gn_rows
+from .curvature import NEED_BLOCKS, NEED_DIAG, _transpose_scale, chunk_size, curvature_tape, gn_rows, root_sign
 from .forward_backward import scale_rows
 from .workspace import carve
 
@@ -39,7 +41,7 @@ def curved(f):
 
 
 @kernel
-def _layer_ones(lo, hi, di, H, k, src, ao, U, uo, S, so, st, Asq, q):
+def _layer_ones(lo, hi, di, H, k, kpos, src, ao, U, uo, S, so, st, Asq, q):
     # Through 2-D views of the rows [lo, hi): an index that is a loop variable needs no
     # wraparound check, so LLVM vectorizes the row loops (it does not on flat offsets).
     m, Da = hi - lo, di + 1
@@ -64,22 +66,26 @@ def _layer_ones(lo, hi, di, H, k, src, ao, U, uo, S, so, st, Asq, q):
         else:
             for j in range(H):
                 qm[n, j] = 0
-        for r in range(k):
+        for r in range(kpos):
             for j in range(H):
                 qm[n, j] += u[n * k + r, j] * u[n * k + r, j]
+        for r in range(kpos, k):  # rows of sign -1 (curvature.root_sign)
+            for j in range(H):
+                qm[n, j] -= u[n * k + r, j] * u[n * k + r, j]
 
 
 @parallel_kernel
-def _layer_factors(c, di, H, k, src, ao, U, uo, S, so, st, Asq, q):
+def _layer_factors(c, di, H, k, kpos, src, ao, U, uo, S, so, st, Asq, q):
     """Per sample n < c: Asq[n] = [a_l^2, 1] (a_l at src[ao + n di:]) and
-    q[n, j] = S_l[n, j, j] + sum_r U_l[n, r, j]^2 (S_l as `st` says)."""
+    q[n, j] = S_l[n, j, j] + sum_r sign_r U_l[n, r, j]^2 (S_l as `st` says; sign_r = 1 for the
+    rows r < kpos, -1 for the others)."""
     if threaded(c * (H * (k + 1) + di + 1)):
         nch = min(c, CHUNKS)
         for ch in prange(nch):
-            _layer_ones(np.int64(ch) * c // nch, (np.int64(ch) + 1) * c // nch, di, H, k, src, ao, U, uo, S, so,
-                        st, Asq, q)
+            _layer_ones(np.int64(ch) * c // nch, (np.int64(ch) + 1) * c // nch, di, H, k, kpos, src, ao, U, uo, S,
+                        so, st, Asq, q)
     else:
-        _layer_ones(np.int64(0), c, di, H, k, src, ao, U, uo, S, so, st, Asq, q)
+        _layer_ones(np.int64(0), c, di, H, k, kpos, src, ao, U, uo, S, so, st, Asq, q)
 
 
 @kernel
@@ -172,18 +178,21 @@ def curvature_diag(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W,
     Asq = carve(ws, top, C * (dmax + 1))
     q = carve(ws, top, C * dmax)
     st = np.zeros(L, np.int64)  # all S_ZERO for the GGN
+    kpos = k  # rows of sign +1 (root_sign): the first ones
+    while kpos > 0 and root_sign(lossc, k, kpos - 1, gn) < 0:
+        kpos -= 1
 
     for n0 in range(0, N, C):
         c = min(C, N - n0)
-        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo)
+        gn_rows(d, off, lossc, theta, o, D1, Pm, N, mean, W, n0, c, U, uo, gn)
         if with_s:
             _s_recursion(d, acts, off, theta, o, D1, D2, E, n0, c, Wsq, S, so, st, y, yt)
         for l in range(L):
             di, H = d[l], d[l + 1]
             Da = di + 1
             if l == 0:
-                _layer_factors(c, di, H, k, ro(X), n0 * di, U, uo[l], S, so[l], st[l], Asq, q)
+                _layer_factors(c, di, H, k, kpos, ro(X), n0 * di, U, uo[l], S, so[l], st[l], Asq, q)
             else:
-                _layer_factors(c, di, H, k, ro(A), o[l] + n0 * di, U, uo[l], S, so[l], st[l], Asq, q)
+                _layer_factors(c, di, H, k, kpos, ro(A), o[l] + n0 * di, U, uo[l], S, so[l], st[l], Asq, q)
             gemm(True, False, Da, H, c, 1.0, Asq, 0, Da, q, 0, H, 1.0, out, off[l], H)
     return out

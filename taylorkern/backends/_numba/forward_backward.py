@@ -7,6 +7,8 @@ Loss head (per-sample weight s = 1/N or 1):
   ce   loss = s sum (logsumexp f - f_y),  g_{L-1} = s (softmax(f) - onehot(y))
   bce, poisson, huber, soft_l1 (elementwise): loss = s/k sum l(f_j, y_j), g_{L-1} = s/k l'(f, y),
   and Pm = l''(f); lscale is huber's delta, soft_l1's c
+  gaussian: f = [mu, v] (h = k/2 pairs, v the log-variances), loss = s/h sum (v + (y - mu)^2 e^-v)/2,
+  and Pm = [q, z] per pair, q = e^(-v/2), z = (y - mu) q (gauss_pair)
 Backward:  e_l = g_{l+1} W_{l+1}^T (adjoint of a_{l+1}),  g_l = e_l * act'(z_l);
 gradient of [W_l; b_l] = [a_l^T g_l; 1^T g_l].
 Large products are BLAS calls (blas.gemm); the elementwise work is fused per row and
@@ -104,10 +106,38 @@ def elem_loss(loss, f, y, c):
 
 
 @kernel
+def mul0(a, b):
+    """a * b, but 0 where a is 0 even if b is infinite (csrc/formulas.hpp, mul0)."""
+    return 0.0 if a == 0 else a * b
+
+
+@kernel
+def gauss_pair(mu, v, y):
+    """(l, q, z, dl/dmu, dl/dv) of one (mean, log-variance) pair (csrc/formulas.hpp, gauss_pair):
+    q = e^(-v/2), z = (y - mu) q, l = (v + z^2) / 2, dl/dmu = -z q, dl/dv = (1 - z^2) / 2."""
+    q = math.exp(-0.5 * v)
+    z = mul0(y - mu, q)
+    return 0.5 * (v + z * z), q, z, -mul0(z, q), 0.5 * (1 - z * z)
+
+
+@kernel
 def _loss_block(lo, hi, loss, lscale, k, F, fo, Y, labels, s0, W, G, Pm, rowloss, want_grad):
     for n in range(lo, hi):
         s = s0 * W[n] if W.size else s0
-        if loss >= 2:  # elementwise heads: Pm holds l''
+        if loss == 6:  # gaussian: Pm holds (q, z) of each pair
+            h = k // 2
+            c = s / h
+            acc = 0.0
+            for j in range(h):
+                v, q, z, gm, gv = gauss_pair(F[fo + n * k + j], F[fo + n * k + h + j], Y[n * h + j])
+                acc += v
+                Pm[n * k + j] = q
+                Pm[n * k + h + j] = z
+                if want_grad:
+                    G[fo + n * k + j] = c * gm
+                    G[fo + n * k + h + j] = c * gv
+            rowloss[n] = acc * W[n] if W.size else acc
+        elif loss >= 2:  # elementwise heads: Pm holds l''
             c = s / k
             acc = 0.0
             for j in range(k):
@@ -195,7 +225,8 @@ def top_and_rest(Pm, p, k):
 @kernel
 def loss_head(d, loss, lscale, A, o, N, Y, labels, mean, W, G, want_grad, ws, top):
     """Loss value (accumulated in float64) and, when ``want_grad``, G's block L; returns
-    (value, Pm) with Pm = softmax(F) (N, k) for ce (empty for mse)."""
+    (value, Pm) with Pm = softmax(F) (N, k) for ce, l'' for the elementwise heads, (q, z) for
+    gaussian (empty for mse)."""
     L = d.size - 1
     k = d[L]
     s = 1.0 / N if mean else 1.0
@@ -205,7 +236,7 @@ def loss_head(d, loss, lscale, A, o, N, Y, labels, mean, W, G, want_grad, ws, to
     total = 0.0  # serial: deterministic whatever the thread count
     for n in range(N):
         total += rowloss[n]
-    return total * s / (1 if loss == 1 else k), Pm
+    return total * s / (1 if loss == 1 else k // 2 if loss == 6 else k), Pm
 
 
 @kernel

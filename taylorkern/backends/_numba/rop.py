@@ -22,7 +22,7 @@ from numba import prange
 
 from .blas import gemm
 from .common import CHUNKS, kernel, parallel_kernel, threaded
-from .forward_backward import backward, broadcast_rows, colsum, forward, loss_head, most_likely
+from .forward_backward import backward, broadcast_rows, colsum, forward, loss_head, most_likely, mul0
 from .workspace import carve
 
 
@@ -62,10 +62,27 @@ def _out_rows(lo, hi, m, k, s0, W, Pm, Rz, zo, Rg):
 
 
 @parallel_kernel
-def out_curvature(loss, N, m, k, s, W, Pm, Rz, zo, Rg):
+def out_curvature(loss, N, m, k, s, W, Pm, Rz, zo, Rg, gn):
     """Rg = H_out Rf for the output tangents Rf = Rz[zo:] (N, m, k); sample n's weight s W[n]
-    where weights are given (W not empty), else s."""
-    if loss == 0 and W.size:
+    where weights are given (W not empty), else s.  gaussian: per pair (q, z) in Pm, the
+    Hessian's s/h [[q^2, z q], [z q, z^2/2]] or, with gn, the Fisher's s/h diag(q^2, 1/2)."""
+    if loss == 6:
+        h = k // 2
+        for n in range(N):
+            c2 = (s * W[n] if W.size else s) / h
+            for c in range(m):
+                r = (n * m + c) * k
+                for j in range(h):
+                    q, z = Pm[n * k + j], Pm[n * k + h + j]
+                    xm, xv = Rz[zo + r + j], Rz[zo + r + h + j]
+                    if gn:
+                        Rg[r + j] = c2 * q * q * xm
+                        Rg[r + h + j] = 0.5 * c2 * xv
+                    else:
+                        zq = mul0(z, q)
+                        Rg[r + j] = c2 * (q * q * xm + zq * xv)
+                        Rg[r + h + j] = c2 * (zq * xm + 0.5 * z * z * xv)
+    elif loss == 0 and W.size:
         for n in range(N):
             c2 = 2 * (s * W[n]) / k
             for i in range(n * m * k, (n + 1) * m * k):
@@ -207,7 +224,7 @@ def rop(d, acts, off, lossc, lscale, theta, X, N, Y, labels, mean, W, V, m, gn, 
     forward_tangents(d, off, theta, X, A, o, D1, N, m, Vt, vto, Rz, Ra)
     Rg = carve(ws, top, N * m * dmax)
     Re = carve(ws, top, N * m * dmax)
-    out_curvature(lossc, N, m, k, s, W, Pm, Rz, m * o[L], Rg)
+    out_curvature(lossc, N, m, k, s, W, Pm, Rz, m * o[L], Rg, gn)
     out = np.empty(P * m, theta.dtype)
     acc = carve(ws, top, (dmax + 1) * m * dmax)
     tmp = carve(ws, top, m * dmax * dmax)
