@@ -27,10 +27,14 @@ Structures (which part of Lambda is kept):
 * ``"blocks"``: its per-layer diagonal blocks (``ggn_blocks`` / ``hessian_blocks``);
 * ``"diag"``: its diagonal (``ggn_diag`` / ``hessian_diag``);
 * ``"last-layer"``: the last layer's block only; the other parameters stay at theta* and are
-  not part of the posterior (its P is the last layer's size).
+  not part of the posterior (its P is the last layer's size);
+* ``"kfac"``: per layer K-FAC's approximation A_l kron B_l of the GGN block
+  (taylorkern.kfac, kind "exact", of the summed loss), C_l = scale (A_l kron B_l) with the
+  same scale as above; GGN only, mse and ce.
 
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
-or one per parameter of the posterior (P values).
+or one per parameter of the posterior (P values; not for "kfac", where a prior that varies
+within a layer would break the Kronecker structure).
 
 Factorisations, reused across prior values:
 
@@ -41,6 +45,10 @@ Factorisations, reused across prior values:
   one O(P^3).  A prior that varies within a dense part (per layer on the full matrix, per
   parameter) has no such shortcut: each evaluation then factorises Lambda by Cholesky, O(P^3);
   so does the gradient of a per-layer or per-parameter prior, which needs diag(Lambda^-1);
+* "kfac": the factors' eigendecompositions A = Qa diag(a) Qa^T, B = Qb diag(b) Qb^T (KFAC.eigh,
+  O(Da^3 + Db^3) per layer, once) give Lambda_l = (Qa kron Qb) diag(c scale a_i b_j + delta_l)
+  (Qa kron Qb)^T exactly: the marginal likelihood and its gradient cost O(P) per prior value,
+  and the posterior's square root is two rotations per layer, no P x P matrix formed;
 * the posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
   the current prior and noise, computed on first use and again after :meth:`Laplace.update` or
   :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
@@ -73,10 +81,12 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
+from . import kfac
 from ._validate import check_curvature, check_memory, check_net, choice, integer, real
 from .model import MLP
 
-STRUCTURES = ("full", "diag", "blocks", "last-layer")
+STRUCTURES = ("full", "diag", "blocks", "last-layer", "kfac")
+LOSSES = ("mse", "ce")
 LINKS = ("probit", "mc")
 FORMAT = "taylorkern.laplace/1"
 
@@ -106,6 +116,56 @@ class _Part:
         if self.eigvals is None:
             self.eigvals = np.linalg.eigvalsh(self.curv)
         return self.eigvals
+
+    def factor(self, c, delta, route="chol"):
+        return _Factor(self, c, delta, route)
+
+    def arrays(self, i):
+        """What :meth:`Laplace.save` writes of this part (``load`` reads it back)."""
+        out = {f"curv{i}": self.curv, f"groups{i}": self.groups}
+        if self.eigvals is not None:
+            out[f"eigvals{i}"] = self.eigvals
+        return out
+
+
+class _KronPart:
+    """Layer l's block as K-FAC approximates it: C = scale (A kron B), A and B the layer's
+    factors in a :class:`taylorkern.kfac.KFAC` of the summed loss (shared by the layers), scale
+    the NLL's (k/2 for mse, 1 for ce).  Its eigenvectors are Qa kron Qb and its eigenvalues
+    scale a_i b_j, from the factors' eigendecompositions (``KFAC.eigh``); C itself is never
+    formed."""
+
+    dense = True
+    spans_groups = False
+
+    def __init__(self, lo, hi, groups, K, layer, scale):
+        self.lo, self.hi = lo, hi
+        self.groups = groups
+        self.K, self.layer, self.scale = K, layer, float(scale)
+        self.shape = K.shapes[layer]  # (Da, Db): the layer's [W; b] as a matrix
+        self._g = None
+
+    @property
+    def size(self):
+        return self.hi - self.lo
+
+    def eigh(self):
+        return self.K.eigh(self.layer)
+
+    def eigenvalues(self):
+        """C's eigenvalues scale a_i b_j, (Da Db,) in the order i Db + j."""
+        if self._g is None:
+            la, _, lb, _ = self.eigh()
+            self._g = (self.scale * np.outer(la, lb)).ravel()
+        return self._g
+
+    def factor(self, c, delta, route=None):
+        return _KronFactor(self, c, delta)
+
+    def arrays(self, i):
+        la, Qa, lb, Qb = self.eigh()
+        return {f"A{i}": self.K.A[self.layer], f"B{i}": self.K.B[self.layer], f"groups{i}": self.groups,
+                f"la{i}": la, f"Qa{i}": Qa, f"lb{i}": lb, f"Qb{i}": Qb}
 
 
 def _jitter_for(lam):
@@ -198,6 +258,54 @@ class _Factor:
         return scipy.linalg.cho_solve((self.L, True), np.eye(self.part.size), check_finite=False)
 
 
+class _KronFactor(_Factor):
+    """Lambda_part = c scale (A kron B) + delta I (+ jitter I) of a :class:`_KronPart` (delta
+    constant over the layer), diagonal in the eigenbasis Q = Qa kron Qb:
+    Lambda = Q diag(lam) Q^T, lam = c scale a_i b_j + delta.  Everything is exact in that basis:
+    log det and traces from lam, diag(Lambda^-1) = (Qa o Qa) lam^-1 (Qb o Qb)^T, and the square
+    root S = Q diag(lam)^-1/2 (S S^T = Lambda^-1) applied by two rotations per layer."""
+
+    kind = "kron"
+
+    def __init__(self, part, c, delta):  # always exact in the eigenbasis: no route to choose
+        self.part = part
+        lam = c * part.eigenvalues() + delta[0]
+        self.jitter = _jitter_for(lam)
+        self.lam = lam + self.jitter
+
+    def _rotated(self, V):
+        """Q^T V for V (n, m), as (Da, Db, m)."""
+        _, Qa, _, Qb = self.part.eigh()
+        return self.part.K._rotate(V.reshape(*self.part.shape, -1), Qa, Qb)
+
+    def _unrotated(self, W):
+        """Q W for W (Da, Db, m), as (n, m)."""
+        _, Qa, _, Qb = self.part.eigh()
+        return self.part.K._unrotate(W, Qa, Qb).reshape(self.part.size, -1)
+
+    def inv_diag(self):
+        _, Qa, _, Qb = self.part.eigh()
+        return ((Qa * Qa) @ (1.0 / self.lam).reshape(self.part.shape) @ (Qb * Qb).T).ravel()
+
+    def inv_trace(self):
+        return float(np.sum(1.0 / self.lam))
+
+    def trace_inv_curv(self, c, delta, inv_diag=None):
+        return float(np.sum(self.part.eigenvalues() / self.lam))
+
+    def sqrt_cov_T(self, M):
+        W = self._rotated(M.T) / np.sqrt(self.lam).reshape(self.part.shape)[:, :, None]
+        return W.reshape(self.part.size, -1).T
+
+    def sqrt_cov(self, Z):
+        return self._unrotated(Z.reshape(*self.part.shape, -1) / np.sqrt(self.lam).reshape(self.part.shape)[:, :, None])
+
+    def covariance(self):
+        _, Qa, _, Qb = self.part.eigh()
+        Q = np.kron(Qa, Qb)
+        return (Q / self.lam) @ Q.T
+
+
 def _cholesky(A):
     """The lower Cholesky factor of A, or None where A is not (numerically) positive definite."""
     try:
@@ -208,9 +316,9 @@ def _cholesky(A):
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_prior(prior, n_groups, n_params, name="prior_precision"):
-    """(kind, values): kind "scalar" (one value), "layer" (n_groups) or "diagonal" (n_params);
-    values a float64 array of positive finite numbers."""
+def _check_prior(prior, n_groups, n_params, name="prior_precision", per_param=True):
+    """(kind, values): kind "scalar" (one value), "layer" (n_groups) or "diagonal" (n_params,
+    refused unless ``per_param``); values a float64 array of positive finite numbers."""
     if isinstance(prior, numbers.Real) and not isinstance(prior, bool):
         v = real(name, prior, lo=0.0, lo_open=True)
         return "scalar", np.array([v])
@@ -230,6 +338,10 @@ def _check_prior(prior, n_groups, n_params, name="prior_precision"):
                          f"{n_params} per-parameter values, got {arr.size} values")
     if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
         raise ValueError(f"{name}: every value must be finite and > 0")
+    if kind == "diagonal" and not per_param:
+        raise ValueError(f"{name}: structure='kfac' takes a scalar or {n_groups} per-layer values; a "
+                         f"per-parameter prior ({n_params} values) breaks the Kronecker structure "
+                         "(use structure='full', 'blocks' or 'diag' for it)")
     return kind, arr
 
 
@@ -241,9 +353,6 @@ def _check_sigma(loss, sigma):
 
 
 def _check_structure(structure):
-    if structure == "kfac":
-        raise ValueError("structure: 'kfac' is not available in this version; expected one of "
-                         f"{STRUCTURES}")
     return choice("structure", structure, STRUCTURES)
 
 
@@ -283,12 +392,15 @@ class Laplace:
         self._groups = np.concatenate([p.groups for p in parts])
         self.n_groups = 1 if structure == "last-layer" else L
         self._mean = np.asarray(theta[self.param_slice], dtype=np.float64)
-        self._prior_kind, self._prior = _check_prior(prior, self.n_groups, self.n_params)
+        self._prior_kind, self._prior = self._check_prior(prior)
         self._sigma = _check_sigma(net.loss_name, sigma_noise)
         self.lml_jitter = None
         self._factors = None
 
     # -------------------------------------------------------------- prior and noise
+    def _check_prior(self, prior):
+        return _check_prior(prior, self.n_groups, self.n_params, per_param=self.structure != "kfac")
+
     @property
     def prior_precision(self):
         return float(self._prior[0]) if self._prior_kind == "scalar" else self._prior.copy()
@@ -318,7 +430,7 @@ class Laplace:
 
     def _factorise(self, delta, sigma):
         c = self._scale(sigma)
-        return [_Factor(p, c, delta[p.lo:p.hi]) for p in self._parts]
+        return [p.factor(c, delta[p.lo:p.hi]) for p in self._parts]
 
     def _lml_factors(self, kind, delta, sigma, need_diag, from_state):
         """Factors for a marginal-likelihood evaluation: C's eigenvalues wherever the prior is
@@ -332,9 +444,9 @@ class Laplace:
             per_param = need_diag and (kind == "diagonal" or p.spans_groups)
             d = delta[p.lo:p.hi]
             if p.dense and not per_param and np.all(d == d[0]):
-                out.append(_Factor(p, c, d, route="eigvals"))
+                out.append(p.factor(c, d, route="eigvals"))
             else:
-                out.append(state[i] if state is not None else _Factor(p, c, d))
+                out.append(state[i] if state is not None else p.factor(c, d))
         return out
 
     def _current(self):
@@ -352,7 +464,7 @@ class Laplace:
         if prior_precision is None:
             kind, values = self._prior_kind, self._prior
         else:
-            kind, values = _check_prior(prior_precision, self.n_groups, self.n_params)
+            kind, values = self._check_prior(prior_precision)
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
         self._set(kind, values, sigma)
         return self
@@ -396,7 +508,7 @@ class Laplace:
         if prior_precision is None:
             kind, values = self._prior_kind, self._prior
         else:
-            kind, values = _check_prior(prior_precision, self.n_groups, self.n_params)
+            kind, values = self._check_prior(prior_precision)
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
         from_state = prior_precision is None and sigma_noise is None
         delta = self._delta(kind, values)
@@ -500,7 +612,7 @@ class Laplace:
                 g = c * (p.eigenvalues() if p.dense else p.curv)
                 total += float(np.sum(g / (g + d)))
             else:
-                total += p.size - float(np.sum(d * _Factor(p, c, d).inv_diag()))
+                total += p.size - float(np.sum(d * p.factor(c, d).inv_diag()))
         return total
 
     # -------------------------------------------------------------- posterior moments
@@ -629,13 +741,12 @@ class Laplace:
             "sigma_noise": self.sigma_noise, "n_data": self.n_data, "data_term": self._data_term,
             "parts": [[p.lo, p.hi] for p in self._parts],
         }
+        if self.structure == "kfac":
+            meta["kfac_kind"] = self._parts[0].K.kind
         arrays = {"meta": np.array(json.dumps(meta)), "theta": np.asarray(self.theta),
                   "prior": self._prior}
         for i, p in enumerate(self._parts):
-            arrays[f"curv{i}"] = p.curv
-            arrays[f"groups{i}"] = p.groups
-            if p.eigvals is not None:
-                arrays[f"eigvals{i}"] = p.eigvals
+            arrays.update(p.arrays(i))
         path = str(path)
         np.savez(path, **arrays)
         return path if path.endswith(".npz") else path + ".npz"
@@ -658,11 +769,19 @@ def load(path):
         net = MLP(meta["sizes"], activation=act if isinstance(act, str) else tuple(act), loss=meta["loss"],
                   l2=meta["l2"], dtype=meta["dtype"])
         parts = []
-        for i, (lo, hi) in enumerate(meta["parts"]):
-            p = _Part(lo, hi, z[f"groups{i}"].astype(np.intp), z[f"curv{i}"].astype(np.float64))
-            if f"eigvals{i}" in z:
-                p.eigvals = z[f"eigvals{i}"]
-            parts.append(p)
+        spans = meta["parts"]
+        if meta["structure"] == "kfac":
+            r = range(len(spans))
+            K = kfac.KFAC(net, [(z[f"A{i}"], z[f"B{i}"]) for i in r], 0.0, meta["kfac_kind"], "sum", None, 1,
+                          eighs=[[z[f"{a}{i}"] for a in ("la", "Qa", "lb", "Qb")] for i in r])
+            for i, (lo, hi) in enumerate(spans):
+                parts.append(_KronPart(lo, hi, z[f"groups{i}"].astype(np.intp), K, i, _nll_scale(net)))
+        else:
+            for i, (lo, hi) in enumerate(spans):
+                p = _Part(lo, hi, z[f"groups{i}"].astype(np.intp), z[f"curv{i}"].astype(np.float64))
+                if f"eigvals{i}" in z:
+                    p.eigvals = z[f"eigvals{i}"]
+                parts.append(p)
         prior = z["prior"]
         prior = float(prior[0]) if meta["prior_kind"] == "scalar" else prior
         return Laplace(net, z["theta"].astype(net.dtype), meta["structure"], meta["curvature"], parts, prior,
@@ -678,13 +797,14 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     net : taylorkern.MLP with loss "mse" (regression) or "ce" (classification).
     theta : (P,) the trained parameters (a mode of the log posterior).
     X, Y : the training data, as for the network's other calls.
-    structure : {"full", "diag", "blocks", "last-layer"}
-        Which part of the precision to keep (module docstring).
+    structure : {"full", "diag", "blocks", "last-layer", "kfac"}
+        Which part of the precision to keep, or K-FAC's approximation of it (module docstring).
     curvature : {"ggn", "hessian"}
-        The generalized Gauss-Newton matrix (positive semi-definite) or the exact Hessian.
+        The generalized Gauss-Newton matrix (positive semi-definite) or the exact Hessian
+        ("kfac" approximates the GGN only).
     prior_precision : float, or (L,) per layer, or (P,) per parameter
         Precision of the zero-mean Gaussian prior (for "last-layer": a float, 1 value, or one
-        per parameter of the last layer).
+        per parameter of the last layer; for "kfac" a float or per layer).
     sigma_noise : float
         Standard deviation of the Gaussian noise of mse regression; 1.0 for ce.
 
@@ -693,12 +813,17 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     Laplace
     """
     net = check_net(net)
+    if net.loss_name not in LOSSES:
+        raise ValueError(f"net: the Laplace posterior is implemented for the losses {LOSSES} (Gaussian and "
+                         f"categorical likelihoods), not {net.loss_name!r}")
     structure = _check_structure(structure)
     curvature = check_curvature(curvature)
+    if structure == "kfac" and curvature != "ggn":
+        raise ValueError(f"curvature: structure='kfac' approximates the GGN; expected 'ggn', got {curvature!r}")
     L, P = net.num_layers, net.num_params
     lo = net.offsets[L - 1] if structure == "last-layer" else 0
     n_groups = 1 if structure == "last-layer" else L
-    _check_prior(prior_precision, n_groups, P - lo)
+    _check_prior(prior_precision, n_groups, P - lo, per_param=structure != "kfac")
     _check_sigma(net.loss_name, sigma_noise)
     if structure == "full":
         check_memory(f"a full Laplace posterior (P = {P})", 3.0 * P * P,
@@ -712,7 +837,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     theta = np.array(theta, dtype=net.dtype)
     N = np.shape(X)[0]
     k = net.num_outputs
-    scale = 0.5 * k if net.loss_name == "mse" else 1.0  # curvature of the NLL at sigma = 1
+    scale = _nll_scale(net)
     data_term = k * S if net.loss_name == "mse" else S  # SSE, or the summed cross-entropy
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
     parts = []
@@ -726,6 +851,12 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_Part(a, b, layer_of[a:b], d[a:b]))
+    elif structure == "kfac":
+        # the factors of the summed loss (no l2): A kron B approximates the GGN of reduction="sum"
+        K = kfac.factors(net, theta, X, Y, kind="exact", reduction="sum")
+        for l in range(L):
+            a, b = net.offsets[l], net.offsets[l + 1]
+            parts.append(_KronPart(a, b, layer_of[a:b], K, l, scale))
     else:
         fn = net.ggn_blocks if curvature == "ggn" else net.hessian_blocks
         blocks = fn(theta, X, Y, reduction="sum")
@@ -737,6 +868,11 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
             B = _sym(np.asarray(blocks[-1], dtype=np.float64) * scale)
             parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), B))
     return Laplace(net, theta, structure, curvature, parts, prior_precision, sigma_noise, N, data_term)
+
+
+def _nll_scale(net):
+    """The NLL's curvature at sigma = 1 per unit of the summed loss's: k/2 for mse, 1 for ce."""
+    return 0.5 * net.num_outputs if net.loss_name == "mse" else 1.0
 
 
 def _sym(A):
