@@ -37,8 +37,8 @@ def main():
 
     post = laplace.fit(net, theta, X, Y, structure=args.structure, prior_precision=1.0, sigma_noise=0.3)
     post.optimize_prior()
-    print(f"structure {args.structure!r}, P = {net.num_params}; after optimize_prior: prior precision {post.prior_precision:.3g}, "
-          f"sigma_noise {post.sigma_noise:.3g} (true 0.1), log marginal likelihood "
+    print(f"structure {args.structure!r}, P = {net.num_params}; after optimize_prior: prior precision "
+          f"{post.prior_precision:.3g}, sigma_noise {post.sigma_noise:.3g} (true 0.1), log marginal likelihood "
           f"{post.log_marginal_likelihood():.2f}, jitter {post.jitter}")
 
     xs = np.linspace(-1.5, 1.5, 13)

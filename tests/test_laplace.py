@@ -218,7 +218,7 @@ def test_optimize_prior_reaches_a_stationary_maximum(loss):
     after = post.log_marginal_likelihood()
     assert res.success and after > before
     value, g_prior, g_sigma = post.log_marginal_likelihood(return_grad=True)
-    assert value == after
+    assert value == pytest.approx(after, rel=1e-13)  # eigenvalues here, the posterior's Cholesky factor there
     # stationary in log prior and log sigma
     assert abs(g_prior * post.prior_precision) < 1e-4
     assert abs(g_sigma * post.sigma_noise) < 1e-4
