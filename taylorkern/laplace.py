@@ -98,12 +98,16 @@ _CHUNK_BYTES = 16 << 20
 class _Part:
     """One diagonal block of the posterior precision: parameters [lo, hi) of the posterior's
     vector, the layer (prior group) of each, and the data curvature C over them: a dense
-    matrix, or a vector for the diagonal structure."""
+    matrix, or a vector for the diagonal structure.
+
+    A dense C is read by its lower triangle only (eigvalsh and the Cholesky factorisation read
+    no other), so it is kept as the network returned it: the compiled backends' matrices are
+    exactly symmetric, the reference backend's Hessian to rounding."""
 
     def __init__(self, lo, hi, groups, curv):
         self.lo, self.hi = lo, hi
         self.groups = groups  # (hi - lo,) int: prior group of each parameter
-        self.curv = curv      # (n, n) symmetric, or (n,) for a diagonal part
+        self.curv = curv      # (n, n) (its lower triangle), or (n,) for a diagonal part
         self.dense = curv.ndim == 2
         self.spans_groups = len(np.unique(groups)) > 1
         self.eigvals = None   # C's eigenvalues, once computed
@@ -187,7 +191,6 @@ class _Factor:
 
     def __init__(self, part, c, delta, route="chol"):
         self.part = part
-        n = part.size
         constant = bool(np.all(delta == delta[0]))
         if not part.dense:
             lam = c * part.curv + delta
@@ -199,19 +202,20 @@ class _Factor:
             self.jitter = _jitter_for(lam)
             self.kind, self.lam = "eigvals", lam + self.jitter
             return
-        A = c * part.curv
-        A.flat[::n + 1] += delta
         # the jitter from the eigenvalues where they are known (the same as the "eigvals" route);
         # else only when the factorisation fails, sized by Lambda's eigenvalues then
         self.jitter = _jitter_for(c * part.eigvals + delta[0]) if constant and part.eigvals is not None else 0.0
-        A.flat[::n + 1] += self.jitter
-        Lc = _cholesky(A)
+        Lc = _cholesky(self._precision(c, delta))
         if Lc is None:
-            j = _jitter_for(np.linalg.eigvalsh(A))
-            A.flat[::n + 1] += j
-            self.jitter += j
-            Lc = _cholesky(A)
+            self.jitter += _jitter_for(np.linalg.eigvalsh(self._precision(c, delta)))
+            Lc = _cholesky(self._precision(c, delta))
         self.kind, self.L = "chol", Lc
+
+    def _precision(self, c, delta):
+        """c C + diag(delta) + jitter I, a new (n, n) array."""
+        A = c * self.part.curv
+        A.flat[::self.part.size + 1] += delta + self.jitter
+        return A
 
     def logdet(self):
         if self.kind == "chol":
@@ -240,11 +244,12 @@ class _Factor:
         d = self.inv_diag() if inv_diag is None else inv_diag
         return (self.part.size - float(np.sum((delta + self.jitter) * d))) / c
 
-    def sqrt_cov_T(self, M):
-        """M S for M of shape (m, n), S = L^-T (S S^T = Lambda^-1)."""
+    def sqrt_cov_T(self, M, overwrite=False):
+        """M S for M of shape (m, n), S = L^-T (S S^T = Lambda^-1); ``overwrite``: M may be
+        overwritten with the result (no copy when M^T is Fortran-ordered)."""
         if self.kind == "diag":
             return M / np.sqrt(self.lam)
-        return scipy.linalg.solve_triangular(self.L, M.T, lower=True, check_finite=False).T
+        return scipy.linalg.solve_triangular(self.L, M.T, lower=True, check_finite=False, overwrite_b=overwrite).T
 
     def sqrt_cov(self, Z):
         """S Z for Z of shape (n, m), the same S as sqrt_cov_T."""
@@ -255,7 +260,8 @@ class _Factor:
     def covariance(self):
         if self.kind == "diag":
             return 1.0 / self.lam
-        return scipy.linalg.cho_solve((self.L, True), np.eye(self.part.size), check_finite=False)
+        # L^T is the Fortran-ordered upper factor: potrs takes it without a copy
+        return scipy.linalg.cho_solve((self.L.T, False), np.eye(self.part.size), check_finite=False)
 
 
 class _KronFactor(_Factor):
@@ -293,7 +299,7 @@ class _KronFactor(_Factor):
     def trace_inv_curv(self, c, delta, inv_diag=None):
         return float(np.sum(self.part.eigenvalues() / self.lam))
 
-    def sqrt_cov_T(self, M):
+    def sqrt_cov_T(self, M, overwrite=False):
         W = self._rotated(M.T) / np.sqrt(self.lam).reshape(self.part.shape)[:, :, None]
         return W.reshape(self.part.size, -1).T
 
@@ -307,12 +313,15 @@ class _KronFactor(_Factor):
 
 
 def _cholesky(A):
-    """The lower Cholesky factor of A, or None where A is not (numerically) positive definite."""
-    try:
-        Lc = scipy.linalg.cholesky(A, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
-    return Lc if np.all(np.diag(Lc) > 0) else None
+    """The lower Cholesky factor L of A (from its lower triangle), or None where A is not
+    (numerically) positive definite.  A C-ordered A is factorised in place, as the upper factor
+    of its Fortran-ordered view A^T (whose upper triangle is A's lower one): L = U^T is then a
+    view of A's memory, and no copy of the matrix is made."""
+    if not A.flags.c_contiguous:
+        A = np.ascontiguousarray(A)
+    U, info = scipy.linalg.lapack.dpotrf(A.T, lower=0, clean=1, overwrite_a=1)
+    Lc = U.T
+    return Lc if info == 0 and np.all(np.diag(Lc) > 0) else None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -656,7 +665,7 @@ class Laplace:
         for a, b in self._chunks(n):
             J = np.asarray(self.net.jacobian(self.theta, Xa[a:b]), dtype=np.float64)[:, sl]
             for f in factors:
-                M = f.sqrt_cov_T(J[:, f.part.lo:f.part.hi])  # (m k, r)
+                M = f.sqrt_cov_T(J[:, f.part.lo:f.part.hi], overwrite=True)  # (m k, r); J is ours
                 if full_cov:
                     M3 = M.reshape(b - a, k, -1)
                     var[a:b] += np.matmul(M3, M3.transpose(0, 2, 1))
@@ -843,8 +852,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     parts = []
     if structure == "full":
         fn = net.ggn if curvature == "ggn" else net.hessian
-        C = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
-        parts.append(_Part(0, P, layer_of, _sym(C)))
+        parts.append(_Part(0, P, layer_of, _scaled(fn(theta, X, Y, reduction="sum"), scale)))
     elif structure == "diag":
         fn = net.ggn_diag if curvature == "ggn" else net.hessian_diag
         d = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
@@ -863,10 +871,9 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         if structure == "blocks":
             for l, B in enumerate(blocks):
                 a, b = net.offsets[l], net.offsets[l + 1]
-                parts.append(_Part(a, b, layer_of[a:b], _sym(np.asarray(B, dtype=np.float64) * scale)))
+                parts.append(_Part(a, b, layer_of[a:b], _scaled(B, scale)))
         else:
-            B = _sym(np.asarray(blocks[-1], dtype=np.float64) * scale)
-            parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), B))
+            parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), _scaled(blocks[-1], scale)))
     return Laplace(net, theta, structure, curvature, parts, prior_precision, sigma_noise, N, data_term)
 
 
@@ -875,5 +882,11 @@ def _nll_scale(net):
     return 0.5 * net.num_outputs if net.loss_name == "mse" else 1.0
 
 
-def _sym(A):
-    return 0.5 * (A + A.T)
+def _scaled(M, scale):
+    """A curvature the network returned, as float64 times ``scale``: in place where it is a
+    writable float64 array already (a fresh result of the call, not shared), else a copy."""
+    C = np.asarray(M, dtype=np.float64)
+    if C is M and not C.flags.writeable:
+        return C * scale
+    C *= scale  # C is M itself, or asarray's new float64 copy of it
+    return C
