@@ -723,6 +723,29 @@ def test_kfac_moments_and_predictive(backend, case):
                 rtol=1e-9, what="mc link")
 
 
+def test_kfac_predictive_with_dead_relu_units():
+    """The predictive reads each layer's input and output derivative off the Jacobian's blocks;
+    where a point's relu units are all off, a layer's block is zero, and so is its share."""
+    p = make_problem([3, 5, 4, 2], "relu", "ce", N=11, seed=4)
+    net, th = p.net, p.theta.copy()
+    W1, b1 = net.unflatten(th)[0]
+    rng = np.random.default_rng(8)
+    Xn = rng.standard_normal((12, 3))
+    Xn[:4] = -20.0 * np.sign(W1.sum(axis=1))[None, :] * np.abs(rng.standard_normal((4, 3)))  # some dead units
+    post = laplace.fit(net, th, p.X, p.Y, structure="kfac", prior_precision=np.array([0.5, 1.5, 1.0]))
+    _, Lam, _ = _kfac_dense(p, np.array([0.5, 1.5, 1.0]), 1.0)
+    with tk.use_backend("reference"):
+        J = net.jacobian(th, Xn)
+    cov = (J @ np.linalg.solve(Lam, J.T)).reshape(12, 2, 12, 2)
+    cov = np.stack([cov[i, :, i, :] for i in range(12)])
+    compare(post.predict_f(Xn)[1], cov, what="output covariance, relu")
+    compare(post.predict_f(Xn, full_cov=False)[1], np.diagonal(cov, axis1=1, axis2=2), what="variances, relu")
+    # the first four points have every unit of the first hidden layer off: the first layer's
+    # block of their Jacobian is zero (the others' is not)
+    zero = np.all(J.reshape(12, 2, -1)[:, :, :net.offsets[1]] == 0, axis=(1, 2))
+    np.testing.assert_array_equal(zero, np.arange(12) < 4)
+
+
 def test_kfac_predict_in_chunks_matches_one_chunk(monkeypatch):
     p = _problem(*PROBLEMS[3])
     post = _fit(p, "kfac", prior=np.array([0.5, 2.0, 1.0]))
