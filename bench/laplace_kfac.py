@@ -8,7 +8,7 @@ Two workloads:
   N = 2,000): fit + 10 marginal likelihoods + the predictive at 1,000 points, for "kfac" and
   "full";
 * a [784, 128, 10] relu classifier (P = 101,770, random data, N = 512), where the full
-  posterior (83 GB) does not fit: fit, optimize_prior, the probit predictive at 100 points and
+  posterior does not fit (one P x P matrix alone is 83 GB): fit, optimize_prior, the probit predictive at 100 points and
   10 samples, for "kfac".
 
 With ``--against REV`` the classifier's steps also run with taylorkern/laplace.py at that git
