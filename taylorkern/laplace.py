@@ -48,8 +48,10 @@ Factorisations, reused across prior values:
 * "kfac": the factors' eigendecompositions A = Qa diag(a) Qa^T, B = Qb diag(b) Qb^T (KFAC.eigh,
   O(Da^3 + Db^3) per layer, once) give Lambda_l = (Qa kron Qb) diag(c scale a_i b_j + delta_l)
   (Qa kron Qb)^T exactly: the marginal likelihood and its gradient cost O(P) per prior value,
-  and the posterior's square root is two rotations per layer, no P x P matrix formed;
-* the posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
+  samples take two rotations per layer, and the predictive rotates each new point's layer input
+  and output derivatives (read off its Jacobian blocks, :meth:`_KronFactor.output_cov`); no
+  P x P matrix is formed;
+* the other structures' posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
   the current prior and noise, computed on first use and again after :meth:`Laplace.update` or
   :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
   L^-1 J^T, one triangular solve per chunk of new points.
