@@ -51,10 +51,10 @@ Factorisations, reused across prior values:
   samples take two rotations per layer, and the predictive rotates each new point's layer input
   and output derivatives (read off its Jacobian blocks, :meth:`_KronFactor.output_cov`); no
   P x P matrix is formed;
-* the other structures' posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
-  the current prior and noise, computed on first use and again after :meth:`Laplace.update` or
-  :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
-  L^-1 J^T, one triangular solve per chunk of new points.
+* the other structures' posterior itself (predictions, samples, covariances): one Cholesky
+  factor L of Lambda at the current prior and noise, computed on first use and again after
+  :meth:`Laplace.update` or :meth:`Laplace.optimize_prior`; the predictive variance is then
+  the squared column norms of L^-1 J^T, one triangular solve per chunk of new points.
 
 Eigenvalues rather than a Cholesky factorisation per value: eigvalsh costs a few Cholesky
 factorisations of the same matrix (a full eigh many more), so a sweep of more than a handful of
@@ -103,8 +103,8 @@ class _Part:
     matrix, or a vector for the diagonal structure.
 
     A dense C is read by its lower triangle only (eigvalsh and the Cholesky factorisation read
-    no other), so it is kept as the network returned it: the compiled backends' matrices are
-    exactly symmetric, the reference backend's Hessian to rounding."""
+    no other), so it is kept as the network returned it: the cpp and numba backends' matrices
+    are exactly symmetric, the reference backend's to rounding."""
 
     def __init__(self, lo, hi, groups, curv):
         self.lo, self.hi = lo, hi
@@ -307,6 +307,9 @@ class _KronFactor(_Factor):
 
     def trace_inv_curv(self, c, delta, inv_diag=None):
         return float(np.sum(self.part.eigenvalues() / self.lam))
+
+    def sqrt_cov_T(self, M, overwrite=False):  # pragma: no cover - output_cov does not need it
+        raise AssertionError("the K-FAC predictive goes through output_cov")
 
     def output_cov(self, J3, full_cov):
         """The layer's share of J Sigma J^T from the structure of a dense layer's Jacobian:
