@@ -187,12 +187,13 @@ class KFAC(_Kronecker):
     augmented inputs' outer products) and ``B[l]`` (d_l-square), with block l ~ A[l] kron B[l]
     + l2 I in theta's order. Made by :func:`factors`."""
 
-    def __init__(self, net, pairs, l2, kind, reduction, seed, mc_samples):
+    def __init__(self, net, pairs, l2, kind, reduction, seed, mc_samples, eighs=None):
         super().__init__(net, l2)
         self.A = [np.asarray(A, dtype=np.float64) for A, _ in pairs]
         self.B = [np.asarray(B, dtype=np.float64) for _, B in pairs]
         self.kind, self.reduction, self.seed, self.mc_samples = kind, reduction, seed, mc_samples
-        self._eigs = [None] * len(pairs)
+        # eighs: the (la, Qa, lb, Qb) of every layer when known (a saved Laplace posterior)
+        self._eigs = [None] * len(pairs) if eighs is None else [tuple(e) for e in eighs]
 
     def __repr__(self):
         return f"KFAC(sizes={list(self.sizes)}, kind={self.kind!r}, l2={self.l2})"

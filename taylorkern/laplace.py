@@ -27,10 +27,14 @@ Structures (which part of Lambda is kept):
 * ``"blocks"``: its per-layer diagonal blocks (``ggn_blocks`` / ``hessian_blocks``);
 * ``"diag"``: its diagonal (``ggn_diag`` / ``hessian_diag``);
 * ``"last-layer"``: the last layer's block only; the other parameters stay at theta* and are
-  not part of the posterior (its P is the last layer's size).
+  not part of the posterior (its P is the last layer's size);
+* ``"kfac"``: per layer K-FAC's approximation A_l kron B_l of the GGN block
+  (taylorkern.kfac, kind "exact", of the summed loss), C_l = scale (A_l kron B_l) with the
+  same scale as above; GGN only, mse and ce.
 
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
-or one per parameter of the posterior (P values).
+or one per parameter of the posterior (P values; not for "kfac", where a prior that varies
+within a layer would break the Kronecker structure).
 
 Factorisations, reused across prior values:
 
@@ -41,10 +45,16 @@ Factorisations, reused across prior values:
   one O(P^3).  A prior that varies within a dense part (per layer on the full matrix, per
   parameter) has no such shortcut: each evaluation then factorises Lambda by Cholesky, O(P^3);
   so does the gradient of a per-layer or per-parameter prior, which needs diag(Lambda^-1);
-* the posterior itself (predictions, samples, covariances): one Cholesky factor L of Lambda at
-  the current prior and noise, computed on first use and again after :meth:`Laplace.update` or
-  :meth:`Laplace.optimize_prior`; the predictive variance is then the squared column norms of
-  L^-1 J^T, one triangular solve per chunk of new points.
+* "kfac": the factors' eigendecompositions A = Qa diag(a) Qa^T, B = Qb diag(b) Qb^T (KFAC.eigh,
+  O(Da^3 + Db^3) per layer, once) give Lambda_l = (Qa kron Qb) diag(c scale a_i b_j + delta_l)
+  (Qa kron Qb)^T exactly: the marginal likelihood and its gradient cost O(P) per prior value,
+  samples take two rotations per layer, and the predictive rotates each new point's layer input
+  and output derivatives (read off its Jacobian blocks, :meth:`_KronFactor.output_cov`); no
+  P x P matrix is formed;
+* the other structures' posterior itself (predictions, samples, covariances): one Cholesky
+  factor L of Lambda at the current prior and noise, computed on first use and again after
+  :meth:`Laplace.update` or :meth:`Laplace.optimize_prior`; the predictive variance is then
+  the squared column norms of L^-1 J^T, one triangular solve per chunk of new points.
 
 Eigenvalues rather than a Cholesky factorisation per value: eigvalsh costs a few Cholesky
 factorisations of the same matrix (a full eigh many more), so a sweep of more than a handful of
@@ -73,10 +83,12 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
+from . import kfac
 from ._validate import check_curvature, check_memory, check_net, choice, integer, real
 from .model import MLP
 
-STRUCTURES = ("full", "diag", "blocks", "last-layer")
+STRUCTURES = ("full", "diag", "blocks", "last-layer", "kfac")
+LOSSES = ("mse", "ce")
 LINKS = ("probit", "mc")
 FORMAT = "taylorkern.laplace/1"
 
@@ -88,12 +100,16 @@ _CHUNK_BYTES = 16 << 20
 class _Part:
     """One diagonal block of the posterior precision: parameters [lo, hi) of the posterior's
     vector, the layer (prior group) of each, and the data curvature C over them: a dense
-    matrix, or a vector for the diagonal structure."""
+    matrix, or a vector for the diagonal structure.
+
+    A dense C is read by its lower triangle only (eigvalsh and the Cholesky factorisation read
+    no other), so it is kept as the network returned it: the cpp and numba backends' matrices
+    are exactly symmetric, the reference backend's to rounding."""
 
     def __init__(self, lo, hi, groups, curv):
         self.lo, self.hi = lo, hi
         self.groups = groups  # (hi - lo,) int: prior group of each parameter
-        self.curv = curv      # (n, n) symmetric, or (n,) for a diagonal part
+        self.curv = curv      # (n, n) (its lower triangle), or (n,) for a diagonal part
         self.dense = curv.ndim == 2
         self.spans_groups = len(np.unique(groups)) > 1
         self.eigvals = None   # C's eigenvalues, once computed
@@ -106,6 +122,56 @@ class _Part:
         if self.eigvals is None:
             self.eigvals = np.linalg.eigvalsh(self.curv)
         return self.eigvals
+
+    def factor(self, c, delta, route="chol"):
+        return _Factor(self, c, delta, route)
+
+    def arrays(self, i):
+        """What :meth:`Laplace.save` writes of this part (``load`` reads it back)."""
+        out = {f"curv{i}": self.curv, f"groups{i}": self.groups}
+        if self.eigvals is not None:
+            out[f"eigvals{i}"] = self.eigvals
+        return out
+
+
+class _KronPart:
+    """Layer l's block as K-FAC approximates it: C = scale (A kron B), A and B the layer's
+    factors in a :class:`taylorkern.kfac.KFAC` of the summed loss (shared by the layers), scale
+    the NLL's (k/2 for mse, 1 for ce).  Its eigenvectors are Qa kron Qb and its eigenvalues
+    scale a_i b_j, from the factors' eigendecompositions (``KFAC.eigh``); C itself is never
+    formed."""
+
+    dense = True
+    spans_groups = False
+
+    def __init__(self, lo, hi, groups, K, layer, scale):
+        self.lo, self.hi = lo, hi
+        self.groups = groups
+        self.K, self.layer, self.scale = K, layer, float(scale)
+        self.shape = K.shapes[layer]  # (Da, Db): the layer's [W; b] as a matrix
+        self._g = None
+
+    @property
+    def size(self):
+        return self.hi - self.lo
+
+    def eigh(self):
+        return self.K.eigh(self.layer)
+
+    def eigenvalues(self):
+        """C's eigenvalues scale a_i b_j, (Da Db,) in the order i Db + j."""
+        if self._g is None:
+            la, _, lb, _ = self.eigh()
+            self._g = (self.scale * np.outer(la, lb)).ravel()
+        return self._g
+
+    def factor(self, c, delta, route=None):
+        return _KronFactor(self, c, delta)
+
+    def arrays(self, i):
+        la, Qa, lb, Qb = self.eigh()
+        return {f"A{i}": self.K.A[self.layer], f"B{i}": self.K.B[self.layer], f"groups{i}": self.groups,
+                f"la{i}": la, f"Qa{i}": Qa, f"lb{i}": lb, f"Qb{i}": Qb}
 
 
 def _jitter_for(lam):
@@ -127,7 +193,6 @@ class _Factor:
 
     def __init__(self, part, c, delta, route="chol"):
         self.part = part
-        n = part.size
         constant = bool(np.all(delta == delta[0]))
         if not part.dense:
             lam = c * part.curv + delta
@@ -139,19 +204,20 @@ class _Factor:
             self.jitter = _jitter_for(lam)
             self.kind, self.lam = "eigvals", lam + self.jitter
             return
-        A = c * part.curv
-        A.flat[::n + 1] += delta
         # the jitter from the eigenvalues where they are known (the same as the "eigvals" route);
         # else only when the factorisation fails, sized by Lambda's eigenvalues then
         self.jitter = _jitter_for(c * part.eigvals + delta[0]) if constant and part.eigvals is not None else 0.0
-        A.flat[::n + 1] += self.jitter
-        Lc = _cholesky(A)
+        Lc = _cholesky(self._precision(c, delta))
         if Lc is None:
-            j = _jitter_for(np.linalg.eigvalsh(A))
-            A.flat[::n + 1] += j
-            self.jitter += j
-            Lc = _cholesky(A)
+            self.jitter += _jitter_for(np.linalg.eigvalsh(self._precision(c, delta)))
+            Lc = _cholesky(self._precision(c, delta))
         self.kind, self.L = "chol", Lc
+
+    def _precision(self, c, delta):
+        """c C + diag(delta) + jitter I, a new (n, n) array."""
+        A = c * self.part.curv
+        A.flat[::self.part.size + 1] += delta + self.jitter
+        return A
 
     def logdet(self):
         if self.kind == "chol":
@@ -180,11 +246,23 @@ class _Factor:
         d = self.inv_diag() if inv_diag is None else inv_diag
         return (self.part.size - float(np.sum((delta + self.jitter) * d))) / c
 
-    def sqrt_cov_T(self, M):
-        """M S for M of shape (m, n), S = L^-T (S S^T = Lambda^-1)."""
+    def sqrt_cov_T(self, M, overwrite=False):
+        """M S for M of shape (m, n), S = L^-T (S S^T = Lambda^-1); ``overwrite``: M may be
+        overwritten with the result (no copy when M^T is Fortran-ordered)."""
         if self.kind == "diag":
             return M / np.sqrt(self.lam)
-        return scipy.linalg.solve_triangular(self.L, M.T, lower=True, check_finite=False).T
+        return scipy.linalg.solve_triangular(self.L, M.T, lower=True, check_finite=False, overwrite_b=overwrite).T
+
+    def output_cov(self, J3, full_cov):
+        """This part's share of J Sigma J^T for J3, (m, k, n) the part's columns of the
+        Jacobian of m points (which it may overwrite): per point the (k, k) matrices, or their
+        diagonals (m, k)."""
+        m, k, n = J3.shape
+        M = self.sqrt_cov_T(J3.reshape(m * k, n), overwrite=True)
+        if full_cov:
+            M3 = M.reshape(m, k, -1)
+            return np.matmul(M3, M3.transpose(0, 2, 1))
+        return np.einsum("ij,ij->i", M, M).reshape(m, k)
 
     def sqrt_cov(self, Z):
         """S Z for Z of shape (n, m), the same S as sqrt_cov_T."""
@@ -195,22 +273,96 @@ class _Factor:
     def covariance(self):
         if self.kind == "diag":
             return 1.0 / self.lam
-        return scipy.linalg.cho_solve((self.L, True), np.eye(self.part.size), check_finite=False)
+        # L^T is the Fortran-ordered upper factor: potrs takes it without a copy
+        return scipy.linalg.cho_solve((self.L.T, False), np.eye(self.part.size), check_finite=False)
+
+
+class _KronFactor(_Factor):
+    """Lambda_part = c scale (A kron B) + delta I (+ jitter I) of a :class:`_KronPart` (delta
+    constant over the layer), diagonal in the eigenbasis Q = Qa kron Qb:
+    Lambda = Q diag(lam) Q^T, lam = c scale a_i b_j + delta.  Everything is exact in that basis:
+    log det and traces from lam, diag(Lambda^-1) = (Qa o Qa) lam^-1 (Qb o Qb)^T, and the square
+    root S = Q diag(lam)^-1/2 (S S^T = Lambda^-1) applied by two rotations per layer (samples);
+    the predictive from the Jacobian's outer-product structure (:meth:`output_cov`)."""
+
+    kind = "kron"
+
+    def __init__(self, part, c, delta):  # always exact in the eigenbasis: no route to choose
+        self.part = part
+        lam = c * part.eigenvalues() + delta[0]
+        self.jitter = _jitter_for(lam)
+        self.lam = lam + self.jitter
+
+    def _unrotated(self, W):
+        """Q W for W (Da, Db, m), as (n, m)."""
+        _, Qa, _, Qb = self.part.eigh()
+        return self.part.K._unrotate(W, Qa, Qb).reshape(self.part.size, -1)
+
+    def inv_diag(self):
+        _, Qa, _, Qb = self.part.eigh()
+        return ((Qa * Qa) @ (1.0 / self.lam).reshape(self.part.shape) @ (Qb * Qb).T).ravel()
+
+    def inv_trace(self):
+        return float(np.sum(1.0 / self.lam))
+
+    def trace_inv_curv(self, c, delta, inv_diag=None):
+        return float(np.sum(self.part.eigenvalues() / self.lam))
+
+    def sqrt_cov_T(self, M, overwrite=False):  # pragma: no cover - output_cov does not need it
+        raise AssertionError("the K-FAC predictive goes through output_cov")
+
+    def output_cov(self, J3, full_cov):
+        """The layer's share of J Sigma J^T from the structure of a dense layer's Jacobian:
+        for point n and output c, the layer's block (Da, Db) is the outer product
+        a~_n D_n[c]^T of the layer's augmented input and the output's derivative in the layer's
+        pre-activations, so that in the eigenbasis it is (Qa^T a~_n)(Qb^T D_n[c])^T and
+
+            (J Sigma J^T)_n[c, c'] = sum_j (Qb^T D_n[c])_j (Qb^T D_n[c'])_j w_n[j],
+            w_n[j] = sum_i (Qa^T a~_n)_i^2 / lam_ij.
+
+        D_n is the bias row of the block (a~ ends in 1); a~_n the least-squares fit of the block
+        to a~ D^T, sum_cj J[c, i, j] D[c, j] / |D|^2 (exact to rounding; 0 where D = 0, where the
+        block is 0).  O(k Da Db + Da^2 + k Db^2) per point, against O(k Da Db (Da + Db)) for
+        rotating the block itself."""
+        Da, Db = self.part.shape
+        m, k, _ = J3.shape
+        J4 = J3.reshape(m, k, Da, Db)
+        D = J4[:, :, Da - 1, :]
+        dd = np.einsum("mcj,mcj->m", D, D)
+        a = np.einsum("mcij,mcj->mi", J4, D) / np.where(dd > 0, dd, 1.0)[:, None]
+        _, Qa, _, Qb = self.part.eigh()
+        ar = a @ Qa                                                # (m, Da): Qa^T a~ per point
+        Dr = D @ Qb                                                # (m, k, Db)
+        w = (ar * ar) @ (1.0 / self.lam).reshape(Da, Db)           # (m, Db)
+        if full_cov:
+            return np.einsum("mcj,mdj->mcd", Dr * w[:, None, :], Dr)
+        return np.einsum("mcj,mcj->mc", Dr * w[:, None, :], Dr)
+
+    def sqrt_cov(self, Z):
+        return self._unrotated(Z.reshape(*self.part.shape, -1) / np.sqrt(self.lam).reshape(self.part.shape)[:, :, None])
+
+    def covariance(self):
+        _, Qa, _, Qb = self.part.eigh()
+        Q = np.kron(Qa, Qb)
+        return (Q / self.lam) @ Q.T
 
 
 def _cholesky(A):
-    """The lower Cholesky factor of A, or None where A is not (numerically) positive definite."""
-    try:
-        Lc = scipy.linalg.cholesky(A, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
-    return Lc if np.all(np.diag(Lc) > 0) else None
+    """The lower Cholesky factor L of A (from its lower triangle), or None where A is not
+    (numerically) positive definite.  A C-ordered A is factorised in place, as the upper factor
+    of its Fortran-ordered view A^T (whose upper triangle is A's lower one): L = U^T is then a
+    view of A's memory, and no copy of the matrix is made."""
+    if not A.flags.c_contiguous:
+        A = np.ascontiguousarray(A)
+    U, info = scipy.linalg.lapack.dpotrf(A.T, lower=0, clean=1, overwrite_a=1)
+    Lc = U.T
+    return Lc if info == 0 and np.all(np.diag(Lc) > 0) else None
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_prior(prior, n_groups, n_params, name="prior_precision"):
-    """(kind, values): kind "scalar" (one value), "layer" (n_groups) or "diagonal" (n_params);
-    values a float64 array of positive finite numbers."""
+def _check_prior(prior, n_groups, n_params, name="prior_precision", per_param=True):
+    """(kind, values): kind "scalar" (one value), "layer" (n_groups) or "diagonal" (n_params,
+    refused unless ``per_param``); values a float64 array of positive finite numbers."""
     if isinstance(prior, numbers.Real) and not isinstance(prior, bool):
         v = real(name, prior, lo=0.0, lo_open=True)
         return "scalar", np.array([v])
@@ -230,6 +382,10 @@ def _check_prior(prior, n_groups, n_params, name="prior_precision"):
                          f"{n_params} per-parameter values, got {arr.size} values")
     if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
         raise ValueError(f"{name}: every value must be finite and > 0")
+    if kind == "diagonal" and not per_param:
+        raise ValueError(f"{name}: structure='kfac' takes a scalar or {n_groups} per-layer values; a "
+                         f"per-parameter prior ({n_params} values) breaks the Kronecker structure "
+                         "(use structure='full', 'blocks' or 'diag' for it)")
     return kind, arr
 
 
@@ -241,9 +397,6 @@ def _check_sigma(loss, sigma):
 
 
 def _check_structure(structure):
-    if structure == "kfac":
-        raise ValueError("structure: 'kfac' is not available in this version; expected one of "
-                         f"{STRUCTURES}")
     return choice("structure", structure, STRUCTURES)
 
 
@@ -283,12 +436,15 @@ class Laplace:
         self._groups = np.concatenate([p.groups for p in parts])
         self.n_groups = 1 if structure == "last-layer" else L
         self._mean = np.asarray(theta[self.param_slice], dtype=np.float64)
-        self._prior_kind, self._prior = _check_prior(prior, self.n_groups, self.n_params)
+        self._prior_kind, self._prior = self._check_prior(prior)
         self._sigma = _check_sigma(net.loss_name, sigma_noise)
         self.lml_jitter = None
         self._factors = None
 
     # -------------------------------------------------------------- prior and noise
+    def _check_prior(self, prior):
+        return _check_prior(prior, self.n_groups, self.n_params, per_param=self.structure != "kfac")
+
     @property
     def prior_precision(self):
         return float(self._prior[0]) if self._prior_kind == "scalar" else self._prior.copy()
@@ -318,7 +474,7 @@ class Laplace:
 
     def _factorise(self, delta, sigma):
         c = self._scale(sigma)
-        return [_Factor(p, c, delta[p.lo:p.hi]) for p in self._parts]
+        return [p.factor(c, delta[p.lo:p.hi]) for p in self._parts]
 
     def _lml_factors(self, kind, delta, sigma, need_diag, from_state):
         """Factors for a marginal-likelihood evaluation: C's eigenvalues wherever the prior is
@@ -332,9 +488,9 @@ class Laplace:
             per_param = need_diag and (kind == "diagonal" or p.spans_groups)
             d = delta[p.lo:p.hi]
             if p.dense and not per_param and np.all(d == d[0]):
-                out.append(_Factor(p, c, d, route="eigvals"))
+                out.append(p.factor(c, d, route="eigvals"))
             else:
-                out.append(state[i] if state is not None else _Factor(p, c, d))
+                out.append(state[i] if state is not None else p.factor(c, d))
         return out
 
     def _current(self):
@@ -352,7 +508,7 @@ class Laplace:
         if prior_precision is None:
             kind, values = self._prior_kind, self._prior
         else:
-            kind, values = _check_prior(prior_precision, self.n_groups, self.n_params)
+            kind, values = self._check_prior(prior_precision)
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
         self._set(kind, values, sigma)
         return self
@@ -396,7 +552,7 @@ class Laplace:
         if prior_precision is None:
             kind, values = self._prior_kind, self._prior
         else:
-            kind, values = _check_prior(prior_precision, self.n_groups, self.n_params)
+            kind, values = self._check_prior(prior_precision)
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
         from_state = prior_precision is None and sigma_noise is None
         delta = self._delta(kind, values)
@@ -500,7 +656,7 @@ class Laplace:
                 g = c * (p.eigenvalues() if p.dense else p.curv)
                 total += float(np.sum(g / (g + d)))
             else:
-                total += p.size - float(np.sum(d * _Factor(p, c, d).inv_diag()))
+                total += p.size - float(np.sum(d * p.factor(c, d).inv_diag()))
         return total
 
     # -------------------------------------------------------------- posterior moments
@@ -544,12 +700,7 @@ class Laplace:
         for a, b in self._chunks(n):
             J = np.asarray(self.net.jacobian(self.theta, Xa[a:b]), dtype=np.float64)[:, sl]
             for f in factors:
-                M = f.sqrt_cov_T(J[:, f.part.lo:f.part.hi])  # (m k, r)
-                if full_cov:
-                    M3 = M.reshape(b - a, k, -1)
-                    var[a:b] += np.matmul(M3, M3.transpose(0, 2, 1))
-                else:
-                    var[a:b] += np.einsum("ij,ij->i", M, M).reshape(b - a, k)
+                var[a:b] += f.output_cov(J[:, f.part.lo:f.part.hi].reshape(b - a, k, -1), full_cov)
         return mean, var
 
     def predict(self, X, link=None, noise=True, full_cov=False, n_samples=100, seed=0):
@@ -629,13 +780,12 @@ class Laplace:
             "sigma_noise": self.sigma_noise, "n_data": self.n_data, "data_term": self._data_term,
             "parts": [[p.lo, p.hi] for p in self._parts],
         }
+        if self.structure == "kfac":
+            meta["kfac_kind"] = self._parts[0].K.kind
         arrays = {"meta": np.array(json.dumps(meta)), "theta": np.asarray(self.theta),
                   "prior": self._prior}
         for i, p in enumerate(self._parts):
-            arrays[f"curv{i}"] = p.curv
-            arrays[f"groups{i}"] = p.groups
-            if p.eigvals is not None:
-                arrays[f"eigvals{i}"] = p.eigvals
+            arrays.update(p.arrays(i))
         path = str(path)
         np.savez(path, **arrays)
         return path if path.endswith(".npz") else path + ".npz"
@@ -658,11 +808,19 @@ def load(path):
         net = MLP(meta["sizes"], activation=act if isinstance(act, str) else tuple(act), loss=meta["loss"],
                   l2=meta["l2"], dtype=meta["dtype"])
         parts = []
-        for i, (lo, hi) in enumerate(meta["parts"]):
-            p = _Part(lo, hi, z[f"groups{i}"].astype(np.intp), z[f"curv{i}"].astype(np.float64))
-            if f"eigvals{i}" in z:
-                p.eigvals = z[f"eigvals{i}"]
-            parts.append(p)
+        spans = meta["parts"]
+        if meta["structure"] == "kfac":
+            r = range(len(spans))
+            K = kfac.KFAC(net, [(z[f"A{i}"], z[f"B{i}"]) for i in r], 0.0, meta["kfac_kind"], "sum", None, 1,
+                          eighs=[[z[f"{a}{i}"] for a in ("la", "Qa", "lb", "Qb")] for i in r])
+            for i, (lo, hi) in enumerate(spans):
+                parts.append(_KronPart(lo, hi, z[f"groups{i}"].astype(np.intp), K, i, _nll_scale(net)))
+        else:
+            for i, (lo, hi) in enumerate(spans):
+                p = _Part(lo, hi, z[f"groups{i}"].astype(np.intp), z[f"curv{i}"].astype(np.float64))
+                if f"eigvals{i}" in z:
+                    p.eigvals = z[f"eigvals{i}"]
+                parts.append(p)
         prior = z["prior"]
         prior = float(prior[0]) if meta["prior_kind"] == "scalar" else prior
         return Laplace(net, z["theta"].astype(net.dtype), meta["structure"], meta["curvature"], parts, prior,
@@ -678,13 +836,14 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     net : taylorkern.MLP with loss "mse" (regression) or "ce" (classification).
     theta : (P,) the trained parameters (a mode of the log posterior).
     X, Y : the training data, as for the network's other calls.
-    structure : {"full", "diag", "blocks", "last-layer"}
-        Which part of the precision to keep (module docstring).
+    structure : {"full", "diag", "blocks", "last-layer", "kfac"}
+        Which part of the precision to keep, or K-FAC's approximation of it (module docstring).
     curvature : {"ggn", "hessian"}
-        The generalized Gauss-Newton matrix (positive semi-definite) or the exact Hessian.
+        The generalized Gauss-Newton matrix (positive semi-definite) or the exact Hessian
+        ("kfac" approximates the GGN only).
     prior_precision : float, or (L,) per layer, or (P,) per parameter
         Precision of the zero-mean Gaussian prior (for "last-layer": a float, 1 value, or one
-        per parameter of the last layer).
+        per parameter of the last layer; for "kfac" a float or per layer).
     sigma_noise : float
         Standard deviation of the Gaussian noise of mse regression; 1.0 for ce.
 
@@ -693,15 +852,17 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     Laplace
     """
     net = check_net(net)
-    if net.loss_name not in ("mse", "ce"):  # the likelihoods below are those two
-        raise ValueError(f"net: the Laplace approximation is implemented for loss 'mse' (regression) and "
-                         f"'ce' (classification), not {net.loss_name!r}")
+    if net.loss_name not in LOSSES:
+        raise ValueError(f"net: the Laplace posterior is implemented for the losses {LOSSES} (Gaussian and "
+                         f"categorical likelihoods), not {net.loss_name!r}")
     structure = _check_structure(structure)
     curvature = check_curvature(curvature)
+    if structure == "kfac" and curvature != "ggn":
+        raise ValueError(f"curvature: structure='kfac' approximates the GGN; expected 'ggn', got {curvature!r}")
     L, P = net.num_layers, net.num_params
     lo = net.offsets[L - 1] if structure == "last-layer" else 0
     n_groups = 1 if structure == "last-layer" else L
-    _check_prior(prior_precision, n_groups, P - lo)
+    _check_prior(prior_precision, n_groups, P - lo, per_param=structure != "kfac")
     _check_sigma(net.loss_name, sigma_noise)
     if structure == "full":
         check_memory(f"a full Laplace posterior (P = {P})", 3.0 * P * P,
@@ -715,32 +876,47 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     theta = np.array(theta, dtype=net.dtype)
     N = np.shape(X)[0]
     k = net.num_outputs
-    scale = 0.5 * k if net.loss_name == "mse" else 1.0  # curvature of the NLL at sigma = 1
+    scale = _nll_scale(net)
     data_term = k * S if net.loss_name == "mse" else S  # SSE, or the summed cross-entropy
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
     parts = []
     if structure == "full":
         fn = net.ggn if curvature == "ggn" else net.hessian
-        C = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
-        parts.append(_Part(0, P, layer_of, _sym(C)))
+        parts.append(_Part(0, P, layer_of, _scaled(fn(theta, X, Y, reduction="sum"), scale)))
     elif structure == "diag":
         fn = net.ggn_diag if curvature == "ggn" else net.hessian_diag
         d = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_Part(a, b, layer_of[a:b], d[a:b]))
+    elif structure == "kfac":
+        # the factors of the summed loss (no l2): A kron B approximates the GGN of reduction="sum"
+        K = kfac.factors(net, theta, X, Y, kind="exact", reduction="sum")
+        for l in range(L):
+            a, b = net.offsets[l], net.offsets[l + 1]
+            parts.append(_KronPart(a, b, layer_of[a:b], K, l, scale))
     else:
         fn = net.ggn_blocks if curvature == "ggn" else net.hessian_blocks
         blocks = fn(theta, X, Y, reduction="sum")
         if structure == "blocks":
             for l, B in enumerate(blocks):
                 a, b = net.offsets[l], net.offsets[l + 1]
-                parts.append(_Part(a, b, layer_of[a:b], _sym(np.asarray(B, dtype=np.float64) * scale)))
+                parts.append(_Part(a, b, layer_of[a:b], _scaled(B, scale)))
         else:
-            B = _sym(np.asarray(blocks[-1], dtype=np.float64) * scale)
-            parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), B))
+            parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), _scaled(blocks[-1], scale)))
     return Laplace(net, theta, structure, curvature, parts, prior_precision, sigma_noise, N, data_term)
 
 
-def _sym(A):
-    return 0.5 * (A + A.T)
+def _nll_scale(net):
+    """The NLL's curvature at sigma = 1 per unit of the summed loss's: k/2 for mse, 1 for ce."""
+    return 0.5 * net.num_outputs if net.loss_name == "mse" else 1.0
+
+
+def _scaled(M, scale):
+    """A curvature the network returned, as float64 times ``scale``: in place where it is a
+    writable float64 array already (a fresh result of the call, not shared), else a copy."""
+    C = np.asarray(M, dtype=np.float64)
+    if C is M and not C.flags.writeable:
+        return C * scale
+    C *= scale  # C is M itself, or asarray's new float64 copy of it
+    return C

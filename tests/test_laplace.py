@@ -20,7 +20,7 @@ from conftest import compare, make_problem, output_hessians, rtol_for
 
 import taylorkern as tk
 import taylorkern.model as model_module
-from taylorkern import laplace
+from taylorkern import kfac, laplace
 
 STRUCTURES = ("full", "diag", "blocks", "last-layer")
 
@@ -218,7 +218,7 @@ def test_optimize_prior_reaches_a_stationary_maximum(loss):
     after = post.log_marginal_likelihood()
     assert res.success and after > before
     value, g_prior, g_sigma = post.log_marginal_likelihood(return_grad=True)
-    assert value == pytest.approx(after, rel=1e-13, abs=0)  # the same value by the gradient's path
+    assert value == pytest.approx(after, rel=1e-13)  # eigenvalues here, the posterior's Cholesky factor there
     # stationary in log prior and log sigma
     assert abs(g_prior * post.prior_precision) < 1e-4
     assert abs(g_sigma * post.sigma_noise) < 1e-4
@@ -410,12 +410,13 @@ def test_jitter_policy_on_an_indefinite_hessian():
 
 
 # ----------------------------------------------------------------------------- save / load
-@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("structure", (*STRUCTURES, "kfac"))
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_save_load_round_trip(tmp_path, structure, loss):
     case = [c for c in PROBLEMS if c[0] == loss][1]
     p = _problem(*case)
-    kind = {"full": "layer", "diag": "diagonal", "blocks": "scalar", "last-layer": "diagonal"}[structure]
+    kind = {"full": "layer", "diag": "diagonal", "blocks": "scalar", "last-layer": "diagonal",
+            "kfac": "layer"}[structure]
     post = _fit(p, structure, prior=_prior(kind, p.net, structure), sigma=0.9 if loss == "mse" else 1.0)
     post.log_marginal_likelihood(1.5)  # computes the eigendecompositions, saved with it
     path = post.save(tmp_path / "post")
@@ -449,9 +450,7 @@ def test_load_refuses_other_files(tmp_path):
 def test_bad_input():
     p = _problem(*PROBLEMS[0])
     net, th, X, Y = p.net, p.theta, p.X, p.Y
-    with pytest.raises(ValueError, match=r"structure: 'kfac'.*'full', 'diag', 'blocks', 'last-layer'"):
-        laplace.fit(net, th, X, Y, structure="kfac")
-    with pytest.raises(ValueError, match="structure"):
+    with pytest.raises(ValueError, match=r"structure: .*'full', 'diag', 'blocks', 'last-layer', 'kfac'"):
         laplace.fit(net, th, X, Y, structure="dense")
     with pytest.raises(ValueError, match="curvature"):
         laplace.fit(net, th, X, Y, curvature="fisher")
@@ -488,6 +487,10 @@ def test_bad_input():
         post_c.predict(pc.X, link="logit")
     with pytest.raises(ValueError, match="n_samples"):
         post_c.predict(pc.X, link="mc", n_samples=0)
+    pb = make_problem([3, 4, 1], "tanh", "bce", N=6, seed=2)
+    for structure in ("full", "kfac"):
+        with pytest.raises(ValueError, match=r"net: .*'bce'"):
+            laplace.fit(pb.net, pb.theta, pb.X, pb.Y, structure=structure)
 
 
 def test_oversized_posterior_is_refused_with_the_memory_needed(monkeypatch):
@@ -572,3 +575,221 @@ def test_regressor_without_posterior_refuses_return_std():
     assert reg.pcov_ is None
     with pytest.raises(ValueError, match="return_std.*laplace_max_params"):
         reg.predict(X, return_std=True)
+
+
+# ----------------------------------------------------------------------------- structure="kfac"
+# The reference: the same K-FAC matrix, made dense by taylorkern.kfac (K.matrix() of the summed
+# loss, times the NLL's scale), put through the dense oracle (slogdet, inv) and through the
+# "full" structure's own formulas (a Laplace posterior over that matrix).
+KFAC_CASES = [PROBLEMS[0], PROBLEMS[1], PROBLEMS[2], PROBLEMS[3]]
+
+
+def _kfac_dense(p, prior, sigma):
+    """(lml, Lambda, C) of the K-FAC posterior, dense: C = scale (A kron B) per layer."""
+    net = p.net
+    K = kfac.factors(net, p.theta, p.X, p.Y, reduction="sum")
+    scale = 0.5 * net.num_outputs if net.loss_name == "mse" else 1.0
+    C = scale * np.asarray(K.matrix(), dtype=np.float64)
+    loglik, _ = _dense(p, "ggn", sigma)
+    c = 1.0 / sigma ** 2 if net.loss_name == "mse" else 1.0
+    d = _delta(net, prior, "kfac")
+    Lam = c * C + np.diag(d)
+    th = p.theta.astype(np.float64)
+    sign, logdet = np.linalg.slogdet(Lam)
+    assert sign > 0
+    return loglik - 0.5 * th @ (d * th) + 0.5 * np.sum(np.log(d)) - 0.5 * logdet, Lam, C
+
+
+def _kfac_as_full(p, C, prior, sigma):
+    """A "full"-structure posterior whose curvature is the dense K-FAC matrix C."""
+    post = _fit(p, "kfac", prior=prior, sigma=sigma)
+    layer_of = np.repeat(np.arange(p.net.num_layers), p.net.layer_sizes)
+    part = laplace._Part(0, p.net.num_params, layer_of, C)
+    return laplace.Laplace(p.net, post.theta, "full", "ggn", [part], prior, sigma, post.n_data, post._data_term)
+
+
+def _kfac_case(case, kind, seed=1):
+    p = _problem(*case)
+    sigma = 0.7 if p.net.loss_name == "mse" else 1.0
+    return p, _prior(kind, p.net, "kfac", seed), sigma
+
+
+@pytest.mark.parametrize("kind", ["scalar", "layer"])
+@pytest.mark.parametrize("case", KFAC_CASES, ids=_case_id)
+def test_kfac_lml_matches_dense_kfac_matrix(backend, case, kind):
+    p, prior, sigma = _kfac_case(case, kind)
+    post = _fit(p, "kfac", prior=prior, sigma=sigma)
+    ref, Lam, C = _kfac_dense(p, prior, sigma)
+    compare(post.log_marginal_likelihood(), ref, what="kfac lml")
+    full = _kfac_as_full(p, C, prior, sigma)
+    compare(post.log_marginal_likelihood(), full.log_marginal_likelihood(), what="kfac lml against 'full'")
+    # another prior and noise from the same factorisations
+    prior2 = _prior(kind, p.net, "kfac", seed=7)
+    sigma2 = 1.3 if p.net.loss_name == "mse" else 1.0
+    compare(post.log_marginal_likelihood(prior2, sigma2), _kfac_dense(p, prior2, sigma2)[0],
+            what="kfac lml at another prior")
+    compare(post.effective_num_params(), full.effective_num_params(), what="effective parameters")
+    assert post.jitter == 0.0 and post.lml_jitter == 0.0 and post.n_params == p.net.num_params
+
+
+def test_kfac_is_the_exact_posterior_where_kfac_is_exact():
+    """One linear layer under mse: A kron B is the GGN for any number of samples, so the K-FAC
+    posterior is the full one (no K-FAC code in the reference)."""
+    p = make_problem([4, 3], "tanh", "mse", N=17, seed=5)
+    prior, sigma = 0.9, 0.4
+    post, ref = _fit(p, "kfac", prior=prior, sigma=sigma), _fit(p, "full", prior=prior, sigma=sigma)
+    compare(post.log_marginal_likelihood(), _dense_lml(p, "full", "ggn", prior, sigma)[0], what="lml")
+    compare(post.log_marginal_likelihood(1.7, 0.6, return_grad=True),
+            ref.log_marginal_likelihood(1.7, 0.6, return_grad=True), what="lml and gradient")
+    Xn = np.random.default_rng(3).standard_normal((9, 4))
+    compare(post.predict(Xn), ref.predict(Xn), what="predictive")
+
+
+@pytest.mark.parametrize("kind", ["scalar", "layer"])
+@pytest.mark.parametrize("case", KFAC_CASES, ids=_case_id)
+def test_kfac_lml_gradient(case, kind):
+    p, prior, sigma = _kfac_case(case, kind)
+    mse = p.net.loss_name == "mse"
+    post = _fit(p, "kfac", prior=prior, sigma=sigma)
+    value, g_prior, g_sigma = post.log_marginal_likelihood(prior, sigma, return_grad=True)
+    full = _kfac_as_full(p, _kfac_dense(p, prior, sigma)[2], prior, sigma)
+    compare((value, g_prior, g_sigma), full.log_marginal_likelihood(prior, sigma, return_grad=True),
+            what="kfac lml gradient against 'full'")
+    h = 1e-6
+    if kind == "scalar":
+        fd = _fd(lambda d: post.log_marginal_likelihood(d, sigma), prior, h)
+        assert g_prior == pytest.approx(fd, rel=1e-6, abs=1e-7)
+    else:
+        assert np.shape(g_prior) == prior.shape
+        fd = np.empty(prior.size)
+        for i in range(prior.size):
+            e = np.zeros(prior.size)
+            e[i] = 1.0
+            fd[i] = _fd(lambda t: post.log_marginal_likelihood(prior + t * e, sigma), 0.0, h)
+        np.testing.assert_allclose(g_prior, fd, rtol=1e-6, atol=1e-7)
+    if mse:
+        fd = _fd(lambda s: post.log_marginal_likelihood(prior, s), sigma, h)
+        assert g_sigma == pytest.approx(fd, rel=1e-6, abs=1e-7)
+    else:
+        assert g_sigma == 0.0
+
+
+@pytest.mark.parametrize("kind", ["scalar", "layer"])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_kfac_optimize_prior(loss, kind):
+    case = [c for c in PROBLEMS if c[0] == loss][1]
+    p, prior, sigma = _kfac_case(case, kind)
+    post = _fit(p, "kfac", prior=prior, sigma=sigma)
+    before = post.log_marginal_likelihood()
+    res = post.optimize_prior()
+    assert res.success
+    after, g_prior, g_sigma = post.log_marginal_likelihood(return_grad=True)
+    assert after >= before
+    # stationary in log space (to L-BFGS-B's default tolerances)
+    np.testing.assert_allclose(np.atleast_1d(g_prior) * np.atleast_1d(post.prior_precision), 0.0, atol=1e-3)
+    assert abs(g_sigma * post.sigma_noise) < 1e-3
+    assert np.ndim(post.prior_precision) == np.ndim(prior)
+    # the "full" formulas over the same matrix reach the same optimum
+    full = _kfac_as_full(p, _kfac_dense(p, prior, sigma)[2], prior, sigma)
+    full.optimize_prior()
+    compare(post.log_marginal_likelihood(), full.log_marginal_likelihood(), rtol=1e-8, what="optimum")
+
+
+@pytest.mark.parametrize("case", KFAC_CASES, ids=_case_id)
+def test_kfac_moments_and_predictive(backend, case):
+    p, prior, sigma = _kfac_case(case, "layer")
+    post = _fit(p, "kfac", prior=prior, sigma=sigma)
+    _, Lam, C = _kfac_dense(p, prior, sigma)
+    Sigma = np.linalg.inv(Lam)
+    compare(post.variance(), np.diag(Sigma), what="variance")
+    compare(post.covariance(), Sigma, what="covariance")
+    Xn = np.random.default_rng(5).standard_normal((13, p.net.sizes[0]))
+    with tk.use_backend("reference"):
+        J = p.net.jacobian(p.theta, Xn)
+        F = p.net.predict(p.theta, Xn)
+    k = p.net.num_outputs
+    cov = (J @ Sigma @ J.T).reshape(13, k, 13, k)
+    cov = np.stack([cov[i, :, i, :] for i in range(13)])
+    mean, full_cov = post.predict_f(Xn, full_cov=True)
+    compare(mean, F, what="mean")
+    compare(full_cov, cov, what="output covariance")
+    full = _kfac_as_full(p, C, prior, sigma)
+    if p.net.loss_name == "mse":
+        compare(post.predict(Xn), full.predict(Xn), what="predictive (+noise)")
+        compare(post.predict(Xn, full_cov=True), full.predict(Xn, full_cov=True), what="predictive covariance")
+    else:
+        compare(post.predict(Xn, link="probit"), full.predict(Xn, link="probit"), what="probit")
+        compare(post.predict(Xn, link="mc", n_samples=30), full.predict(Xn, link="mc", n_samples=30),
+                rtol=1e-9, what="mc link")
+
+
+def test_kfac_predictive_with_dead_relu_units():
+    """The predictive reads each layer's input and output derivative off the Jacobian's blocks;
+    where a point's relu units are all off, a layer's block is zero, and so is its share."""
+    p = make_problem([3, 5, 4, 2], "relu", "ce", N=11, seed=4)
+    net, th = p.net, p.theta.copy()
+    W1, b1 = net.unflatten(th)[0]
+    rng = np.random.default_rng(8)
+    Xn = rng.standard_normal((12, 3))
+    Xn[:4] = -20.0 * np.sign(W1.sum(axis=1))[None, :] * np.abs(rng.standard_normal((4, 3)))  # some dead units
+    post = laplace.fit(net, th, p.X, p.Y, structure="kfac", prior_precision=np.array([0.5, 1.5, 1.0]))
+    _, Lam, _ = _kfac_dense(p, np.array([0.5, 1.5, 1.0]), 1.0)
+    with tk.use_backend("reference"):
+        J = net.jacobian(th, Xn)
+    cov = (J @ np.linalg.solve(Lam, J.T)).reshape(12, 2, 12, 2)
+    cov = np.stack([cov[i, :, i, :] for i in range(12)])
+    compare(post.predict_f(Xn)[1], cov, what="output covariance, relu")
+    compare(post.predict_f(Xn, full_cov=False)[1], np.diagonal(cov, axis1=1, axis2=2), what="variances, relu")
+    # the first four points have every unit of the first hidden layer off: the first layer's
+    # block of their Jacobian is zero (the others' is not)
+    zero = np.all(J.reshape(12, 2, -1)[:, :, :net.offsets[1]] == 0, axis=(1, 2))
+    np.testing.assert_array_equal(zero, np.arange(12) < 4)
+
+
+def test_kfac_predict_in_chunks_matches_one_chunk(monkeypatch):
+    p = _problem(*PROBLEMS[3])
+    post = _fit(p, "kfac", prior=np.array([0.5, 2.0, 1.0]))
+    Xn = np.random.default_rng(2).standard_normal((23, p.net.sizes[0]))
+    whole = post.predict_f(Xn)
+    monkeypatch.setattr(laplace, "_CHUNK_BYTES", 1)
+    compare(post.predict_f(Xn), whole, rtol=1e-13, what="chunked predictive")
+
+
+@pytest.mark.parametrize("case", KFAC_CASES[:3:2], ids=_case_id)
+def test_kfac_samples_are_the_posterior_square_root(case):
+    """theta - theta* = S z with the generator's own z: with more draws than parameters, S is
+    recovered from the draws by least squares, and S S^T must be the dense K-FAC covariance."""
+    p, prior, sigma = _kfac_case(case, "layer")
+    post = _fit(p, "kfac", prior=prior, sigma=sigma)
+    P = p.net.num_params
+    n = 3 * P
+    D = (post.sample(n, seed=4) - p.theta).T  # (P, n)
+    Z = np.random.default_rng(4).standard_normal((P, n))
+    S = np.linalg.lstsq(Z.T, D.T, rcond=None)[0].T  # D = S Z
+    compare(S @ Z, D, rtol=1e-10, what="draws are linear in the generator's normals")
+    Sigma = np.linalg.inv(_kfac_dense(p, prior, sigma)[1])
+    compare(S @ S.T, Sigma, rtol=1e-10, what="S S^T")
+    # block diagonal: each layer's draws come from that layer's normals only
+    o = p.net.offsets
+    assert np.all(S[o[0]:o[1], o[1]:] == 0.0) or np.max(np.abs(S[o[0]:o[1], o[1]:])) < 1e-12 * np.max(np.abs(S))
+
+
+def test_kfac_bad_input():
+    p = _problem(*PROBLEMS[1])
+    net, th, X, Y = p.net, p.theta, p.X, p.Y
+    P = net.num_params
+    with pytest.raises(ValueError, match=r"prior_precision: structure='kfac'.*per-parameter"):
+        laplace.fit(net, th, X, Y, structure="kfac", prior_precision=np.ones(P))
+    with pytest.raises(ValueError, match=r"curvature: structure='kfac'"):
+        laplace.fit(net, th, X, Y, structure="kfac", curvature="hessian")
+    post = laplace.fit(net, th, X, Y, structure="kfac")
+    for call in (lambda: post.log_marginal_likelihood(np.ones(P)),
+                 lambda: post.update(prior_precision=np.ones(P)),
+                 lambda: setattr(post, "prior_precision", np.ones(P))):
+        with pytest.raises(ValueError, match=r"prior_precision: structure='kfac'"):
+            call()
+    for bad in (0.0, -1.0, np.ones(net.num_layers + 1), np.array([1.0, -1.0, 1.0])):
+        with pytest.raises(ValueError, match="prior_precision"):
+            laplace.fit(net, th, X, Y, structure="kfac", prior_precision=bad)
+    assert post.prior_precision == 1.0  # unchanged by the refusals
+    assert "structure='kfac'" in repr(post)
