@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "activations.hpp"
@@ -191,6 +192,22 @@ typename Lanes<T>::type lanes_weights(Targets<T> tg, T s, idx n0, idx nb) {
   return sw;
 }
 
+// body(tag) with tag.value the elementwise loss `loss` as a compile-time constant, so that
+// elem_loss inlined into a loop has no branch on the loss left (and the loop vectorises).
+template <class Body>
+void with_elementwise(Loss loss, Body&& body) {
+  switch (loss) {
+    case Loss::bce:
+      return body(std::integral_constant<Loss, Loss::bce>());
+    case Loss::poisson:
+      return body(std::integral_constant<Loss, Loss::poisson>());
+    case Loss::huber:
+      return body(std::integral_constant<Loss, Loss::huber>());
+    default:
+      return body(std::integral_constant<Loss, Loss::soft_l1>());
+  }
+}
+
 // g = dloss/df for the block's outputs F (k lanes; sw the lanes' sample weights, lanes_weights);
 // p receives what the head keeps for H_out (k lanes): ce's softmax, an elementwise loss's l''
 // (formulas.hpp).  Lane-wise forms of formulas.hpp's mse_row, ce_gradient and elem_loss, which
@@ -215,15 +232,16 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
   }
   if (elementwise(net.loss)) {  // as head_rows: g_j = (sw / k) l'(f_j), p_j = l''(f_j)
     const T c_scale = (T)net.loss_scale;
-    for (idx j = 0; j < k; ++j) g[j] = p[j] = Lane{};
-    for (idx b = 0; b < nb; ++b) {
-      const T c = sw[b] / T(k);
-      for (idx j = 0; j < k; ++j) {
-        T gj, h;
-        elem_loss<VMath>(net.loss, F[j][b], tg.y[(n0 + b) * k + j], c_scale, gj, h);
-        g[j][b] = c * gj;
-        p[j][b] = h;
-      }
+    const Lane c = sw / T(k);
+    for (idx j = 0; j < k; ++j) {
+      // every lane (y = 0 past nb, where sw = 0): a loop of fixed length the compiler vectorises
+      Lane y = {}, gj, h;
+      for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
+      with_elementwise(net.loss, [&](auto tag) {
+        for (idx b = 0; b < kLanes; ++b) elem_loss<VMath>(tag.value, F[j][b], y[b], c_scale, gj[b], h[b]);
+      });
+      g[j] = c * gj;
+      p[j] = h;
     }
     return;
   }
