@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from build_ab import flat  # bench/, beside this script
 
 import taylorkern as tk
 
@@ -37,6 +38,8 @@ def case(loss, rng, saturated):
     sizes = [int(v) for v in rng.integers(1, 7, depth + 1)]
     if loss == "ce":
         sizes[-1] = max(sizes[-1], 2)
+    if loss == "gaussian":  # a mean and a log-variance per target
+        sizes[-1] = 2 * max(sizes[-1] // 2, 1)
     net = tk.MLP(sizes, activation=str(rng.choice(["tanh", "gelu", "softplus", "relu"])), loss=loss,
                  loss_scale=0.5 if loss in ("huber", "soft_l1") else 1.0)
     theta = net.init(seed=int(rng.integers(1 << 30))) + 0.3 * rng.standard_normal(net.num_params)
@@ -47,13 +50,8 @@ def case(loss, rng, saturated):
             theta[net.num_params - sizes[-1]:] = np.abs(theta[net.num_params - sizes[-1]:])
     N = int(rng.integers(1, 40))
     X = rng.standard_normal((N, sizes[0]))
-    return net, theta, X, targets(loss, rng, N, sizes[-1]), rng.standard_normal(net.num_params)
-
-
-def flat(x):
-    if isinstance(x, (list, tuple)):
-        return np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in x])
-    return np.ravel(np.asarray(x, np.float64))
+    k = sizes[-1] // 2 if loss == "gaussian" else sizes[-1]
+    return net, theta, X, targets(loss, rng, N, k), rng.standard_normal(net.num_params)
 
 
 def main():
