@@ -18,6 +18,7 @@
 #include "gram.hpp"
 #include "jacobian.hpp"
 #include "kfac.hpp"
+#include "lbfgs.hpp"
 #include "omp_compat.hpp"
 #include "rop.hpp"
 #include "with_dtype.hpp"
@@ -289,6 +290,25 @@ bool all_finite_impl(const T* x, idx n) {
   return sum == T(0);
 }
 
+// L-BFGS's direction into out (lbfgs.hpp).  The optimizer owns and sizes every array.
+void lbfgs_direction(const py::array& S, const py::array& Y, const py::array& rho, idx head, idx k, double gamma,
+                     const py::array& g, py::array& alpha, py::array& out) {
+  const idx m = S.ndim() == 2 ? (idx)S.shape(0) : -1, F = S.ndim() == 2 ? (idx)S.shape(1) : -1;
+  const double* s = data<double>(S, "S", {m, F});
+  if (m < 1) throw py::value_error("S: expected at least one row");
+  const double* y = data<double>(Y, "Y", {m, F});
+  const double* r = data<double>(rho, "rho", {m});
+  const double* gv = data<double>(g, "g", {F});
+  double* a = const_cast<double*>(data<double>(alpha, "alpha", {m}));
+  double* o = const_cast<double*>(data<double>(out, "out", {F}));
+  if (head < 0 || head >= m) throw py::value_error("head: expected 0 <= head < m");
+  if (k < 0 || k > m) throw py::value_error("k: expected 0 <= k <= m");
+  if (o == gv) throw py::value_error("out: must not be g");
+  if (!alpha.writeable() || !out.writeable())
+    throw py::value_error("alpha, out: expected writeable arrays");
+  tk::lbfgs_direction(s, y, r, m, F, head, k, gamma, gv, a, o);
+}
+
 py::object all_finite(const py::array& a) {
   if (a.flags() & py::array::c_style) {
     if (py::isinstance<py::array_t<double>>(a))
@@ -381,6 +401,9 @@ PYBIND11_MODULE(_core, m) {
       "_set_gram_route", [](int mode) { return tk::gram_mode().exchange(mode); }, py::arg("mode"),
       "1 forces the full GGN's Gram route, -1 the Kronecker route, 0 the cost model's choice; returns the "
       "previous value.  For tests.");
+  m.def("lbfgs_direction", &lbfgs_direction, py::arg("S"), py::arg("Y"), py::arg("rho"), py::arg("head"),
+        py::arg("k"), py::arg("gamma"), py::arg("g"), py::arg("alpha"), py::arg("out"),
+        "out = -H g for L-BFGS's k newest pairs, rows (head + j) % m of S and Y (two-loop recursion)");
   m.def("all_finite", &all_finite, py::arg("a"),
         "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");

@@ -42,6 +42,8 @@ def kfac_factors(net: Net, theta: Array, X: Array, Y: Array, mean: bool, noise: 
 def product_memory_values(net: Net, N: int, m: int, itemsize: int) -> float:
     """Values of memory hvp / ggn_vp hold for N samples and m directions, result included."""
 
+def lbfgs_direction(S: Array, Y: Array, rho: Array, head: int, k: int, gamma: float, g: Array, alpha: Array,
+                    out: Array) -> None: ...
 def all_finite(a: Array) -> bool | None:
     """True if a C-contiguous float array has no NaN/Inf; None for other arrays."""
 

@@ -608,27 +608,41 @@ def test_lm_chooses_sample_space_for_few_samples(monkeypatch):
     assert not calls
 
 
-def _two_loop(g, pairs):
-    """The textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4): -H g."""
-    q, alphas = g.copy(), []
-    for s, y in reversed(pairs):
-        a = (s @ q) / (s @ y)
-        alphas.append(a)
-        q -= a * y
+def _bfgs_inverse(pairs, F):
+    """The dense inverse-Hessian approximation the pairs define (oldest first), by the BFGS
+    update H <- (I - rho s y^T) H (I - rho y s^T) + rho s s^T from gamma I, gamma = s.y / y.y of
+    the newest pair: the matrix L-BFGS applies without forming it."""
     s, y = pairs[-1]
-    q *= (s @ y) / (y @ y)
-    for (s, y), a in zip(pairs, reversed(alphas)):
-        q += (a - (y @ q) / (s @ y)) * s
-    return -q
+    H = (s @ y) / (y @ y) * np.eye(F)
+    for s, y in pairs:
+        rho = 1.0 / (s @ y)
+        E = np.eye(F) - rho * np.outer(s, y)
+        H = E @ H @ E.T + rho * np.outer(s, s)
+    return H
 
 
-def test_lbfgs_memory_is_the_two_loop_recursion():
-    """The compact form (quasi_newton._Memory) against the two-loop recursion, through pushes
-    past the memory's size (the oldest pair dropped) and a clear."""
+def _two_loop_kinds():
+    from taylorkern.optim import quasi_newton
+    try:
+        from taylorkern._core import lbfgs_direction
+    except ImportError:
+        compiled = pytest.param(None, id="compiled", marks=pytest.mark.skip(reason="the compiled extension is absent"))
+    else:
+        compiled = pytest.param(lbfgs_direction, id="compiled")
+    return [pytest.param(quasi_newton.two_loop, id="numpy"), compiled]
+
+
+@pytest.mark.parametrize("F", [1, 3, 37, 101])
+@pytest.mark.parametrize("kind", _two_loop_kinds())
+def test_lbfgs_memory_applies_the_bfgs_inverse(kind, F):
+    """_Memory's direction, with the compiled recursion and with numpy's, against the dense BFGS
+    inverse of the same pairs, through pushes past the memory's size (the ring wraps and the
+    oldest pair is dropped) and a clear; sizes that are not multiples of the vector width."""
     from taylorkern.optim.quasi_newton import _Memory
-    rng = np.random.default_rng(3)
-    F, m = 37, 5
+    rng = np.random.default_rng(3 + F)
+    m = 5
     mem, pairs = _Memory(m, F), []
+    mem.apply = kind
     A = rng.standard_normal((F, F))
     A = A @ A.T + F * np.eye(F)  # s.y > 0 for y = A s
     for i in range(13):
@@ -637,8 +651,32 @@ def test_lbfgs_memory_is_the_two_loop_recursion():
             pairs.clear()
         s = rng.standard_normal(F)
         y = A @ s + 0.1 * rng.standard_normal(F)
-        mem.push(s, y)
+        mem.push(s, y, s @ y, y @ y)
         pairs = (pairs + [(s, y)])[-m:]
         g = rng.standard_normal(F)
-        want = _two_loop(g, pairs)
+        want = -_bfgs_inverse(pairs, F) @ g
         np.testing.assert_allclose(mem.direction(g), want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("kind", _two_loop_kinds())
+def test_lbfgs_direction_without_pairs_is_scaled_descent(kind):
+    rng = np.random.default_rng(0)
+    S, Y, rho, alpha = np.zeros((3, 8)), np.zeros((3, 8)), np.zeros(3), np.zeros(3)
+    g, out = rng.standard_normal(8), np.empty(8)
+    kind(S, Y, rho, 2, 0, 0.25, g, alpha, out)
+    np.testing.assert_array_equal(out, -0.25 * g)
+
+
+def test_compiled_lbfgs_direction_refuses_bad_arrays():
+    core = pytest.importorskip("taylorkern._core", reason="the compiled extension is absent")
+    S, Y, rho, alpha, g, out = np.zeros((3, 8)), np.zeros((3, 8)), np.ones(3), np.zeros(3), np.ones(8), np.zeros(8)
+    with pytest.raises(ValueError, match="head"):
+        core.lbfgs_direction(S, Y, rho, 3, 1, 1.0, g, alpha, out)
+    with pytest.raises(ValueError, match="k"):
+        core.lbfgs_direction(S, Y, rho, 0, 4, 1.0, g, alpha, out)
+    with pytest.raises(ValueError, match="Y"):
+        core.lbfgs_direction(S, np.zeros((3, 7)), rho, 0, 1, 1.0, g, alpha, out)
+    with pytest.raises(TypeError, match="out"):
+        core.lbfgs_direction(S, Y, rho, 0, 1, 1.0, g, alpha, np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="out"):
+        core.lbfgs_direction(S, Y, rho, 0, 1, 1.0, g, alpha, g)

@@ -25,7 +25,7 @@ def _evaluate(run, z, d, alpha):
     z_new, step, snorm, f, g, ok = run.trial(z, alpha * d)
     if not ok:
         f = math.inf
-    slope = float(g @ d) if ok else math.nan
+    slope = float(g.dot(d)) if ok else math.nan
     return Trial(alpha, z_new, f, g, step, snorm, slope)
 
 

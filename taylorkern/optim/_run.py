@@ -67,9 +67,10 @@ class Stop(Exception):
 
 
 def norm(v) -> float:
-    """The 2-norm of a vector, as float64 (np.linalg.norm's formula, without its call overhead)."""
+    """The 2-norm of a vector, as float64 (np.linalg.norm's formula, without its call overhead;
+    ndarray.dot costs half of ``@`` on vectors of a few hundred values)."""
     v = v if v.dtype == np.float64 else v.astype(np.float64)
-    return math.sqrt(float(v @ v))
+    return math.sqrt(v.dot(v))
 
 
 def finite(x) -> bool:
@@ -189,7 +190,7 @@ class Run:
         else:
             z_new = (z.astype(np.float64) + p).astype(self.dtype)
             s = z_new.astype(np.float64) - z
-        return z_new, s, math.sqrt(float(s @ s))
+        return z_new, s, math.sqrt(s.dot(s))
 
     def trial(self, z, p):
         """Evaluate z + p: (z_new, the step taken (float64), its norm, loss, float64 gradient,

@@ -1,77 +1,74 @@
 """L-BFGS: the inverse-Hessian approximation of the last ``memory`` pairs (s, y) with initial
-scaling s.y / y.y (in the compact form: _Memory), and a strong-Wolfe line search (so s.y > 0
-and the update stays positive definite).  A pair with s.y <= eps |s| |y| is skipped; a failed line search from a
-quasi-Newton direction is retried once along -g with the memory cleared."""
+scaling s.y / y.y, applied by the two-loop recursion (_Memory), and a strong-Wolfe line search
+(so s.y > 0 and the update stays positive definite).  A pair with s.y <= eps |s| |y| is
+skipped; a failed line search from a quasi-Newton direction is retried once along -g with the
+memory cleared."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import scipy.linalg.lapack
 
 from ._linesearch import strong_wolfe
 from ._run import norm
 
-_TRTRS = scipy.linalg.lapack.get_lapack_funcs("trtrs", dtype=np.float64)
+try:  # the compiled recursion: one call where numpy needs four per stored pair
+    from .._core import lbfgs_direction as _two_loop
+except ImportError:  # pragma: no cover - exercised when the extension is absent
+    _two_loop = None
+
+
+def two_loop(S, Y, rho, head, k, gamma, g, alpha, out):
+    """out = -H g for the k newest pairs, row (head + j) % m of S and Y being the j-th oldest
+    (Nocedal & Wright, Algorithm 7.4); alpha (m,) is scratch.  The numpy form of
+    ``_core.lbfgs_direction``, used where the extension is absent."""
+    m = len(rho)
+    out[:] = g
+    for j in range(k - 1, -1, -1):
+        i = (head + j) % m
+        alpha[i] = rho[i] * (S[i] @ out)
+        out -= alpha[i] * Y[i]
+    out *= gamma
+    for j in range(k):
+        i = (head + j) % m
+        out += (alpha[i] - rho[i] * (Y[i] @ out)) * S[i]
+    out *= -1.0
 
 
 class _Memory:
-    """The last ``m`` pairs (s, y) and the inverse-Hessian approximation they define, in the
-    compact form of Byrd, Nocedal and Schnabel (1994): with S, Y the pairs as rows (oldest
-    first), R the upper triangle of S Y^T (R_ij = s_i.y_j, i <= j), D its diagonal and
-    gamma = s.y / y.y of the newest pair,
-
-        H g = gamma g + S^T c_S + Y^T c_Y,   t = R^{-1} (S g),
-        c_S = R^{-T} (D t + gamma (Y Y^T) t - gamma (Y g)),   c_Y = -gamma t,
-
-    the same H as the two-loop recursion, from a few products with the (2m, F) rows and two
-    triangular solves of order m: a fixed, small number of numpy calls per iteration however
-    large m is.  S Y^T and Y Y^T are kept and updated by one row and column per pair."""
+    """The last ``m`` pairs (s, y) in a ring of rows (no row is ever moved), with rho = 1 / s.y
+    and the newest pair's gamma = s.y / y.y."""
 
     def __init__(self, m, F):
-        self.m, self.k = m, 0
-        self.W = np.zeros((2 * m, F))  # rows 0..m-1: s, rows m..2m-1: y
-        self.S, self.Y = self.W[:m], self.W[m:]
-        self.SY = np.zeros((m, m))
-        self.YY = np.zeros((m, m))
-        self.coef = np.zeros(2 * m)
+        self.m, self.k, self.head, self.gamma = m, 0, 0, 1.0
+        self.S = np.zeros((m, F))
+        self.Y = np.zeros((m, F))
+        self.rho = np.zeros(m)
+        self.alpha = np.zeros(m)
+        self.apply = _two_loop or two_loop
 
     def clear(self):
-        self.k = 0
+        self.k = self.head = 0
 
     def __bool__(self):
         return self.k > 0
 
-    def push(self, s, y):
-        m, k = self.m, self.k
-        if k == m:  # drop the oldest pair
-            self.S[:-1] = self.S[1:]
-            self.Y[:-1] = self.Y[1:]
-            self.SY[:-1, :-1] = self.SY[1:, 1:]
-            self.YY[:-1, :-1] = self.YY[1:, 1:]
-            k -= 1
-        self.S[k], self.Y[k] = s, y
-        self.k = k = k + 1
-        self.SY[k - 1, :k] = self.Y[:k] @ s
-        self.SY[:k, k - 1] = self.S[:k] @ y
-        self.YY[k - 1, :k] = self.YY[:k, k - 1] = self.Y[:k] @ y
+    def push(self, s, y, sy, yy):
+        """Store a pair with s.y = sy > 0 and y.y = yy, dropping the oldest when full."""
+        if self.k == self.m:
+            i = self.head
+            self.head = (self.head + 1) % self.m
+        else:
+            i = (self.head + self.k) % self.m
+            self.k += 1
+        self.S[i], self.Y[i], self.rho[i], self.gamma = s, y, 1.0 / sy, sy / yy
 
     def direction(self, g):
         """-H g."""
-        m, k = self.m, self.k
-        SY, yy = self.SY[:k, :k], self.YY[k - 1, k - 1]
-        gamma = SY[k - 1, k - 1] / yy
-        ab = self.W @ g
-        a, b = ab[:k], ab[m:m + k]
-        # R is SY's upper triangle: trtrs reads only that triangle of SY
-        t, _ = _TRTRS(SY, a, lower=0)
-        u = np.diagonal(SY) * t + gamma * (self.YY[:k, :k] @ t - b)
-        cs, _ = _TRTRS(SY, u, lower=0, trans=1)
-        coef = self.coef
-        coef.fill(0.0)
-        coef[:k], coef[m:m + k] = cs, -gamma * t
-        return -(gamma * g + coef @ self.W)
+        out = np.empty_like(g)
+        self.apply(self.S, self.Y, self.rho, self.head, self.k, self.gamma, g, self.alpha, out)
+        return out
 
 
 def lbfgs(run, *, memory, c1, c2, max_ls):
@@ -90,7 +87,7 @@ def lbfgs(run, *, memory, c1, c2, max_ls):
             else:
                 d = -g
                 alpha0 = min(1.0, 1.0 / gnorm)
-            slope = float(g @ d)
+            slope = float(g.dot(d))
             if not (slope < 0 and math.isfinite(slope)):
                 pairs.clear()
                 d, slope, alpha0 = -g, -gnorm * gnorm, min(1.0, 1.0 / gnorm)
@@ -102,9 +99,9 @@ def lbfgs(run, *, memory, c1, c2, max_ls):
             run.line_search_failed(z, f, slope)
         s = t.step
         y = t.g - g
-        sy = float(s @ y)
-        if sy > run.eps * t.snorm * norm(y) and sy > 0:
-            pairs.push(s, y)
+        sy, ynorm = float(s.dot(y)), norm(y)
+        if sy > run.eps * t.snorm * ynorm and sy > 0:
+            pairs.push(s, y, sy, ynorm * ynorm)
         gnorm = norm(t.g)
         run.record(t.z, t.f, gnorm, t.snorm, t.alpha)
         run.check_ftol(f, t.f)
