@@ -26,12 +26,18 @@ QUANTITIES = ("loss", "loss_and_grad", "loss_grad_ggn", "hvp", "ggn_vp", "hessia
 
 @pytest.fixture(scope="module")
 def client():
+    """The cluster, and this process's environment as it was before: starting worker processes,
+    distributed writes its thread limits (OMP_NUM_THREADS=1, ...) into os.environ of the process
+    that starts them, and every process spawned later here would inherit them."""
+    environ = dict(os.environ)
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                        dashboard_address=":0")
     c = distributed.Client(cluster)
     yield c
     c.close()
     cluster.close()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def _call(p, q, data):
