@@ -435,7 +435,9 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
     per_sample = _macs(net) * (1 + r) + sum((a + 1) * (a + 1) // 2 + r * b * b // 2
                                             for a, b in zip(net.sizes[:-1], net.sizes[1:]))
     C = int(kern.chunk_rows(d, r, _KFAC_CHUNK))
-    least = max(_PIECE_MIN, C)
+    # pieces of at least a chunk, where that is at most 8 pieces' work: wide layers ask for tall
+    # chunks (4 S / values per sample), which would otherwise delay a Ctrl-C by seconds
+    least = max(_PIECE_MIN, min(C, 8 * _first_rows(per_sample, _PIECE_MIN)))
     pieces = [(0, N)] if N <= _first_rows(per_sample, least) else _pieces(N, per_sample, least)
     s = 1.0 / N if reduction == "mean" else 1.0
     offs = kern.accumulators(d, bases is not None)

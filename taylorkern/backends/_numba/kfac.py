@@ -162,7 +162,7 @@ def kfac_pass_start(d, acts, off, lossc, lscale, theta, X, N, Y, labels, noise, 
     r = k if noise.size == 0 else M
     uo = np.zeros(L + 1, np.int64)
     for l in range(L):
-        uo[l + 1] = uo[l] + C * r * d[l + 1]
+        uo[l + 1] = uo[l] + min(C, N) * r * d[l + 1]
     U = carve(ws, top, uo[L])
     return A, D1, o, Pm, r, U, uo
 
