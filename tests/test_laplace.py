@@ -812,7 +812,7 @@ def test_kfac_bad_input():
 
 
 # ----------------------------------------------------------------------------- kfac_kind="mc"
-def test_kfac_mc_is_reproducible_from_its_seed():
+def test_kfac_mc_is_reproducible_from_its_seed(tmp_path):
     p, prior, sigma = _kfac_case(PROBLEMS[2], "layer")
     a = _fit(p, "kfac", prior=prior, sigma=sigma, kfac_kind="mc", seed=3, mc_samples=2)
     b = _fit(p, "kfac", prior=prior, sigma=sigma, kfac_kind="mc", seed=3, mc_samples=2)
@@ -833,6 +833,8 @@ def test_kfac_mc_is_reproducible_from_its_seed():
     assert isinstance(d.kfac_seed, int) and d.kfac_seed >= 0 and d.kfac_mc_samples == 1
     e = _fit(p, "kfac", prior=prior, sigma=sigma, kfac_kind="mc", seed=d.kfac_seed)
     assert e.log_marginal_likelihood() == d.log_marginal_likelihood()
+    back = laplace.load(d.save(tmp_path / "drawn"))  # the drawn seed (128 bits) through the JSON header
+    assert back.kfac_seed == d.kfac_seed and back.log_marginal_likelihood() == d.log_marginal_likelihood()
     assert "kfac_kind='mc'" in repr(d)
 
 
