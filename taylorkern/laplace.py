@@ -948,11 +948,13 @@ def _check_kfac_options(structure, kind, seed, mc_samples):
     mc_samples = integer("mc_samples", mc_samples, 1)
     if seed is not None:
         seed = integer("seed", seed, 0)  # an int, not a Generator: it is saved with the posterior
-    if structure != "kfac" and (kind != "exact" or seed is not None or mc_samples != 1):
-        raise ValueError(f"kfac_kind: kfac_kind, seed and mc_samples apply to structure='kfac' only, "
+    given = [name for name, v in (("kfac_kind", kind != "exact"), ("seed", seed is not None),
+                                  ("mc_samples", mc_samples != 1)) if v]
+    if structure != "kfac" and given:
+        raise ValueError(f"{given[0]}: kfac_kind, seed and mc_samples apply to structure='kfac' only, "
                          f"got structure={structure!r}")
-    if kind == "exact" and (seed is not None or mc_samples != 1):
-        raise ValueError("kfac_kind: seed and mc_samples apply to kfac_kind='mc' only; "
+    if kind == "exact" and given:
+        raise ValueError(f"{given[0]}: seed and mc_samples apply to kfac_kind='mc' only; "
                          f"got kfac_kind='exact' with seed={seed!r}, mc_samples={mc_samples!r}")
     if kind == "mc" and seed is None:
         seed = int(np.random.SeedSequence().entropy)

@@ -878,9 +878,9 @@ def test_kfac_options_bad_input():
             laplace.fit(net, th, X, Y, structure="kfac", kfac_kind="mc", seed=bad)
     with pytest.raises(ValueError, match="kfac_kind: .*structure='kfac' only"):
         laplace.fit(net, th, X, Y, structure="full", kfac_kind="mc")
-    with pytest.raises(ValueError, match="kfac_kind: .*structure='kfac' only"):
+    with pytest.raises(ValueError, match="seed: .*structure='kfac' only"):
         laplace.fit(net, th, X, Y, structure="blocks", seed=1)
-    with pytest.raises(ValueError, match="kfac_kind: seed and mc_samples apply to kfac_kind='mc' only"):
+    with pytest.raises(ValueError, match="mc_samples: seed and mc_samples apply to kfac_kind='mc' only"):
         laplace.fit(net, th, X, Y, structure="kfac", mc_samples=4)
-    with pytest.raises(ValueError, match="kfac_kind: seed and mc_samples apply to kfac_kind='mc' only"):
+    with pytest.raises(ValueError, match="seed: seed and mc_samples apply to kfac_kind='mc' only"):
         laplace.fit(net, th, X, Y, structure="kfac", seed=0)
