@@ -14,6 +14,12 @@ Two workloads:
 With ``--against REV`` the classifier's steps also run with taylorkern/laplace.py at that git
 revision (loaded into this process as bench/laplace_overhead_ab.py does), alternating round by
 round.  Medians over the rounds.
+
+Where torch and laplace-torch are installed, the regression workload also runs with
+laplace-torch's KronLaplace (its default curvlinops backend, torch held to --threads), and
+``kfac_kind="mc"`` with one draw per sample.  laplace-torch factorises each layer's weight and
+bias apart (tests/test_laplace_peers.py), so its numbers differ from taylorkern's "kfac" by the
+W-b cross terms; the test checks the two agree once that is mapped.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 
 import numpy as np
 from laplace_overhead_ab import load_revision
-from laplace_vs_peers import PRIORS, SIGMA, problem
+from laplace_vs_peers import PRIORS, SIGMA, problem, torch_setup
 
 import taylorkern as tk
 from taylorkern import laplace
@@ -56,7 +62,36 @@ def main():
             post = laplace.fit(net, theta, X, Y, structure=structure, prior_precision=1.0, sigma_noise=SIGMA)
             [post.log_marginal_likelihood(float(d), SIGMA) for d in PRIORS]
             post.predict(Xn, noise=False)
-        print(f"[10,32,32,1] P = {net.num_params}: {structure:5s} fit + 10 lml + predict(1000) {med(workflow):9.1f} ms")
+        print(f"[10,32,32,1] P = {net.num_params}, fit + 10 lml + predict(1000): {structure:22s} "
+              f"{med(workflow):9.1f} ms")
+
+    def workflow_mc():
+        post = laplace.fit(net, theta, X, Y, structure="kfac", prior_precision=1.0, sigma_noise=SIGMA,
+                           kfac_kind="mc", seed=0)
+        [post.log_marginal_likelihood(float(d), SIGMA) for d in PRIORS]
+        post.predict(Xn, noise=False)
+    print(f"[10,32,32,1] P = {net.num_params}, fit + 10 lml + predict(1000): {'kfac mc, 1 draw':22s} "
+          f"{med(workflow_mc):9.1f} ms")
+    try:
+        import laplace as laplace_torch  # laplace-torch's package name
+        import torch
+    except ImportError as exc:
+        print(f"laplace-torch: not installed ({exc})")
+    else:
+        model = torch_setup(net, theta, args.threads)
+        data = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(Y))
+        loader = torch.utils.data.DataLoader(data, batch_size=len(X))
+        Xt = torch.from_numpy(Xn)
+
+        def workflow_torch():
+            la = laplace_torch.Laplace(model, "regression", subset_of_weights="all", hessian_structure="kron",
+                                       sigma_noise=SIGMA, prior_precision=1.0)
+            la.fit(loader)
+            [float(la.log_marginal_likelihood(torch.tensor(float(d)), torch.tensor(SIGMA))) for d in PRIORS]
+            la.prior_precision = 1.0
+            la(Xt, pred_type="glm")
+        print(f"[10,32,32,1] P = {net.num_params}, fit + 10 lml + predict(1000): {'laplace-torch Kron':22s} "
+              f"{med(workflow_torch):9.1f} ms")
 
     rng = np.random.default_rng(0)
     wide = tk.MLP([784, 128, 10], activation="relu", loss="ce")

@@ -29,8 +29,10 @@ Structures (which part of Lambda is kept):
 * ``"last-layer"``: the last layer's block only; the other parameters stay at theta* and are
   not part of the posterior (its P is the last layer's size);
 * ``"kfac"``: per layer K-FAC's approximation A_l kron B_l of the GGN block
-  (taylorkern.kfac, kind "exact", of the summed loss), C_l = scale (A_l kron B_l) with the
-  same scale as above; GGN only, mse and ce.
+  (taylorkern.kfac of the summed loss, ``kfac_kind`` "exact" or "mc": B from the output
+  Hessians' square roots, or from ``mc_samples`` gradients per sample at targets drawn from the
+  model, seeded by ``seed``), C_l = scale (A_l kron B_l) with the same scale as above; GGN only,
+  mse and ce.
 
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
 or one per parameter of the posterior (P values; not for "kfac", where a prior that varies
@@ -418,6 +420,8 @@ class Laplace:
     jitter : what the jitter policy added to the precision's diagonal at the current prior and
         noise (0.0: nothing).
     lml_jitter : the same for the last :meth:`log_marginal_likelihood` call.
+    kfac_kind, kfac_seed, kfac_mc_samples : for "kfac", the factors' kind ("exact" or "mc"),
+        the draws' seed (None for "exact") and draws per sample; None for the other structures.
     """
 
     def __init__(self, net, theta, structure, curvature, parts, prior, sigma_noise, n_data, data_term):
@@ -440,6 +444,22 @@ class Laplace:
         self._sigma = _check_sigma(net.loss_name, sigma_noise)
         self.lml_jitter = None
         self._factors = None
+
+    # -------------------------------------------------------------- K-FAC's options
+    def _kfac(self, attr):
+        return getattr(self._parts[0].K, attr) if self.structure == "kfac" else None
+
+    @property
+    def kfac_kind(self):
+        return self._kfac("kind")
+
+    @property
+    def kfac_seed(self):
+        return self._kfac("seed")
+
+    @property
+    def kfac_mc_samples(self):
+        return self._kfac("mc_samples")
 
     # -------------------------------------------------------------- prior and noise
     def _check_prior(self, prior):
@@ -781,7 +801,8 @@ class Laplace:
             "parts": [[p.lo, p.hi] for p in self._parts],
         }
         if self.structure == "kfac":
-            meta["kfac_kind"] = self._parts[0].K.kind
+            K = self._parts[0].K
+            meta.update(kfac_kind=K.kind, kfac_seed=K.seed, kfac_mc_samples=K.mc_samples)
         arrays = {"meta": np.array(json.dumps(meta)), "theta": np.asarray(self.theta),
                   "prior": self._prior}
         for i, p in enumerate(self._parts):
@@ -792,7 +813,8 @@ class Laplace:
 
     def __repr__(self):
         return (f"Laplace(structure={self.structure!r}, curvature={self.curvature!r}, n_params={self.n_params}, "
-                f"prior_precision={self.prior_precision!r}, sigma_noise={self.sigma_noise:g})")
+                f"prior_precision={self.prior_precision!r}, sigma_noise={self.sigma_noise:g}"
+                + (f", kfac_kind={self.kfac_kind!r}" if self.structure == "kfac" else "") + ")")
 
 
 def load(path):
@@ -811,7 +833,8 @@ def load(path):
         spans = meta["parts"]
         if meta["structure"] == "kfac":
             r = range(len(spans))
-            K = kfac.KFAC(net, [(z[f"A{i}"], z[f"B{i}"]) for i in r], 0.0, meta["kfac_kind"], "sum", None, 1,
+            K = kfac.KFAC(net, [(z[f"A{i}"], z[f"B{i}"]) for i in r], 0.0, meta["kfac_kind"], "sum",
+                          meta.get("kfac_seed"), meta.get("kfac_mc_samples", 1),
                           eighs=[[z[f"{a}{i}"] for a in ("la", "Qa", "lb", "Qb")] for i in r])
             for i, (lo, hi) in enumerate(spans):
                 parts.append(_KronPart(lo, hi, z[f"groups{i}"].astype(np.intp), K, i, _nll_scale(net)))
@@ -828,7 +851,8 @@ def load(path):
 
 
 # ----------------------------------------------------------------------------- fit
-def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0, sigma_noise=1.0):
+def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0, sigma_noise=1.0,
+        kfac_kind="exact", seed=None, mc_samples=1):
     """Fit the Laplace approximation at a trained theta.
 
     Parameters
@@ -846,6 +870,14 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         per parameter of the last layer; for "kfac" a float or per layer).
     sigma_noise : float
         Standard deviation of the Gaussian noise of mse regression; 1.0 for ce.
+    kfac_kind : {"exact", "mc"}
+        For "kfac": K-FAC's B from the exact output Hessians, or from ``mc_samples`` gradients
+        per sample at targets drawn from the model (``kind`` of :func:`taylorkern.kfac.factors`).
+    seed : None or int >= 0
+        For kfac_kind="mc": the draws' seed.  None draws one from the operating system's
+        entropy; the seed used is kept (``Laplace.kfac_seed``) and saved with the posterior.
+    mc_samples : int >= 1
+        For kfac_kind="mc": draws per sample.
 
     Returns
     -------
@@ -859,6 +891,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     curvature = check_curvature(curvature)
     if structure == "kfac" and curvature != "ggn":
         raise ValueError(f"curvature: structure='kfac' approximates the GGN; expected 'ggn', got {curvature!r}")
+    kfac_kind, seed, mc_samples = _check_kfac_options(structure, kfac_kind, seed, mc_samples)
     L, P = net.num_layers, net.num_params
     lo = net.offsets[L - 1] if structure == "last-layer" else 0
     n_groups = 1 if structure == "last-layer" else L
@@ -891,7 +924,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
             parts.append(_Part(a, b, layer_of[a:b], d[a:b]))
     elif structure == "kfac":
         # the factors of the summed loss (no l2): A kron B approximates the GGN of reduction="sum"
-        K = kfac.factors(net, theta, X, Y, kind="exact", reduction="sum")
+        K = kfac.factors(net, theta, X, Y, kind=kfac_kind, seed=seed, mc_samples=mc_samples, reduction="sum")
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_KronPart(a, b, layer_of[a:b], K, l, scale))
@@ -905,6 +938,27 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         else:
             parts.append(_Part(0, P - lo, np.zeros(P - lo, dtype=np.intp), _scaled(blocks[-1], scale)))
     return Laplace(net, theta, structure, curvature, parts, prior_precision, sigma_noise, N, data_term)
+
+
+def _check_kfac_options(structure, kind, seed, mc_samples):
+    """(kind, seed, mc_samples) for :func:`fit`: the K-FAC options are refused where they
+    would be ignored (another structure; a seed or draws for kind "exact"), and a None seed of
+    kind "mc" becomes one drawn from the OS's entropy, so that the posterior records its draws."""
+    kind = choice("kfac_kind", kind, kfac.KINDS)
+    mc_samples = integer("mc_samples", mc_samples, 1)
+    if seed is not None:
+        seed = integer("seed", seed, 0)  # an int, not a Generator: it is saved with the posterior
+    given = [name for name, v in (("kfac_kind", kind != "exact"), ("seed", seed is not None),
+                                  ("mc_samples", mc_samples != 1)) if v]
+    if structure != "kfac" and given:
+        raise ValueError(f"{given[0]}: kfac_kind, seed and mc_samples apply to structure='kfac' only, "
+                         f"got structure={structure!r}")
+    if kind == "exact" and given:
+        raise ValueError(f"{given[0]}: seed and mc_samples apply to kfac_kind='mc' only; "
+                         f"got kfac_kind='exact' with seed={seed!r}, mc_samples={mc_samples!r}")
+    if kind == "mc" and seed is None:
+        seed = int(np.random.SeedSequence().entropy)
+    return kind, seed, mc_samples
 
 
 def _nll_scale(net):

@@ -51,6 +51,9 @@ CASES = {
     "loss_and_grad_tiny": ([1, 20, 1], 16_000_000, lambda net, t, X, Y: net.loss_and_grad(t, X, Y)),
     "ggn_tiny": ([1, 20, 1], 8_000_000, lambda net, t, X, Y: net.ggn(t, X, Y)),
     "hvp_tiny": ([1, 20, 1], 16_000_000, lambda net, t, X, Y: net.hvp(t, X, Y, _V(net, 1)[:, 0])),
+    # a wide layer: the numba kernels' chunks are tall there, its pieces bounded by their work
+    "kfac_factors": ([512, 256, 10], 20_000, lambda net, t, X, Y: [m for ab in net.kfac_factors(t, X, Y)
+                                                                    for m in ab]),
 }
 
 
@@ -114,6 +117,9 @@ def test_numba_pieces_match_one_call(monkeypatch, loss, reduction):
     X = rng.standard_normal((N, 3))
     Y = rng.integers(0, 4, N) if loss == "ce" else rng.standard_normal((N, 4))
     V = rng.standard_normal((net.num_params, 3))
+    noise = rng.random((N, 2)) if loss == "ce" else rng.standard_normal((N, 2, 4))
+    bases = [(np.linalg.qr(rng.standard_normal((a + 1, a + 1)))[0], np.linalg.qr(rng.standard_normal((b, b)))[0])
+             for a, b in zip(net.sizes[:-1], net.sizes[1:])]
     calls = {
         "predict": lambda: nb.predict(net, theta, X),
         "loss": lambda: nb.loss(net, theta, X, Y, reduction),
@@ -127,6 +133,10 @@ def test_numba_pieces_match_one_call(monkeypatch, loss, reduction):
         "ggn_blocks": lambda: nb.ggn_blocks(net, theta, X, Y, reduction),
         "hessian_diag": lambda: nb.hessian_diag(net, theta, X, Y, reduction),
         "ggn_diag": lambda: nb.ggn_diag(net, theta, X, Y, reduction),
+        "kfac_factors": lambda: [m for ab in nb.kfac_factors(net, theta, X, Y, reduction) for m in ab],
+        "kfac_factors (mc)": lambda: [m for ab in nb.kfac_factors(net, theta, X, Y, reduction, noise=noise)
+                                      for m in ab],
+        "kfac_eigen_scales": lambda: nb.kfac_factors(net, theta, X, Y, reduction, bases=bases),
     }
     whole = {name: call() for name, call in calls.items()}
     monkeypatch.setattr(nb, "_PIECE_WORK", 1)

@@ -153,6 +153,38 @@ def test_cpp_many_chunks_and_two_threads(loss, restore_threads):
         _core._set_chunk_bytes(old)
 
 
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_numba_many_chunks_and_pieces(loss, monkeypatch, restore_threads):
+    """The numba kernels over several chunks of samples per call (a small chunk budget) and
+    several calls (pieces of samples, summed by the backend with the weights applied once)."""
+    if "numba" not in tk.available_backends():
+        pytest.skip("numba is not installed here")
+    import taylorkern.backends.numba as nb
+    p = make_problem([7, 9, 5, 4], "tanh", loss, 300, seed=5)
+    bases = _random_bases(p.net, 1)
+    calls = [(kind, red, what) for kind in ("exact", "mc") for red in ("mean", "sum") for what in ("factors", "scales")]
+
+    def run(kind, red, what):
+        extra = dict(seed=1, mc_samples=3) if kind == "mc" else {}
+        if what == "factors":
+            return p.net.kfac_factors(p.theta, p.X, p.Y, kind=kind, reduction=red, **extra)
+        return p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases, kind=kind, reduction=red, **extra)
+
+    with tk.use_backend("reference"):
+        want = {c: run(*c) for c in calls}
+    with tk.use_backend("numba"):
+        whole = {c: run(*c) for c in calls}
+        monkeypatch.setattr(nb, "_KFAC_CHUNK", 200)  # chunks of the least, 32 samples
+        monkeypatch.setattr(nb, "_PIECE_WORK", 1)    # pieces of _PIECE_MIN = 64 samples
+        assert len(nb._pieces(300, 10**6, nb._PIECE_MIN)) == 4
+        for n in (1, 2):
+            tk.set_num_threads(n)
+            for c in calls:
+                got = run(*c)
+                compare(got, want[c], what=f"{c}, chunks and pieces, {n} threads")
+                compare(got, whole[c], rtol=1e-13, what=f"{c}, chunks and pieces against one call")
+
+
 @pytest.mark.parametrize("loss, sizes", [("mse", [4, 1]), ("mse", [3, 5]), ("ce", [4, 3]), ("ce", [2, 6])])
 @pytest.mark.parametrize("l2", [0.0, 0.2])
 def test_one_layer_one_sample_kfac_is_the_exact_ggn(backend, loss, sizes, l2):

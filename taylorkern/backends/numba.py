@@ -116,10 +116,10 @@ def _kernels():
             _choose_threading_layer()
             _launch_threads()
             _serialize = _numba.threading_layer() not in ("omp", "tbb")
-            from ._numba import curvature, diagonal, forward_backward, jacobian, rop
+            from ._numba import curvature, diagonal, forward_backward, jacobian, kfac, rop
 
             _k = SimpleNamespace(fb=forward_backward, rop=rop, jac=jacobian, curv=curvature,
-                                 diag=diagonal)
+                                 diag=diagonal, kfac=kfac)
     return _k
 
 
@@ -415,5 +415,49 @@ hessian_blocks, ggn_blocks = _blocks(False), _blocks(True)
 hessian_diag, ggn_diag = _diag(False), _diag(True)
 
 
-# K-FAC's factors and EKFAC's eigenvalues: the reference backend's numpy code (no numba kernel).
-from .reference import kfac_factors  # noqa: E402,F401
+# K-FAC's factors and EKFAC's eigenvalues (_numba/kfac.py, csrc/kfac.cpp's algorithm).  A chunk
+# of samples holds about this many values of tape and rows (_numba/kfac.py, chunk_rows).
+_KFAC_CHUNK = 1 << 18
+
+
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
+    """K-FAC's factors [(A_l, B_l)], or with ``bases`` EKFAC's eigenvalues, in one pass over the
+    samples: one kernel call, or one per piece of samples (Interruption, each at least a chunk)
+    adding to the same accumulators, the sample weights those of the whole data."""
+    kern = _kernels().kfac
+    d, L, k, N = _net(net)[0], net.num_layers, net.sizes[-1], X.shape[0]
+    dt = theta.dtype
+    if noise is None:
+        M, r = 0, k
+    else:
+        noise = np.ascontiguousarray(noise, dt)
+        M = r = noise.shape[1]
+    per_sample = _macs(net) * (1 + r) + sum((a + 1) * (a + 1) // 2 + r * b * b // 2
+                                            for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+    C = int(kern.chunk_rows(d, r, _KFAC_CHUNK))
+    # pieces of at least a chunk, where that is at most 8 pieces' work: wide layers ask for tall
+    # chunks (4 S / values per sample), which would otherwise delay a Ctrl-C by seconds
+    least = max(_PIECE_MIN, min(C, 8 * _first_rows(per_sample, _PIECE_MIN)))
+    pieces = [(0, N)] if N <= _first_rows(per_sample, least) else _pieces(N, per_sample, least)
+    s = 1.0 / N if reduction == "mean" else 1.0
+    offs = kern.accumulators(d, bases is not None)
+    acc = np.empty(int(offs[-1]), dt)
+    if bases is None:
+        fn, extra = kern.kfac_factors, (1.0 / N,)
+        tail = ()
+    else:
+        Qa = [np.ascontiguousarray(q, dt).ravel() for q, _ in bases]
+        Qb = [np.ascontiguousarray(q, dt).ravel() for _, q in bases]
+        qao = np.cumsum([0] + [q.size for q in Qa[:-1]]).astype(np.int64)
+        qbo = np.cumsum([0] + [q.size for q in Qb[:-1]]).astype(np.int64)
+        fn, extra = kern.kfac_eigen_scales, ()
+        tail = (_ro(np.concatenate(Qa)), qao, _ro(np.concatenate(Qb)), qbo)
+    for n0, n1 in pieces:
+        nz = _empty(dt) if noise is None else _ro(noise[n0:n1])
+        _run(_pool(net), fn, *_data(net, theta, X[n0:n1], Y[n0:n1]), s, *extra, nz, M, C, *tail, acc, n0 == 0,
+             *((n1 == N,) if bases is None else ()))
+    out = acc  # the result: a view of it per factor
+    if bases is not None:
+        return [out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l + 1]) for l in range(L)]
+    return [(out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l] + 1),
+             out[offs[2 * l + 1]:offs[2 * l + 2]].reshape(net.sizes[l + 1], net.sizes[l + 1])) for l in range(L)]

@@ -1,5 +1,5 @@
 """numba kernels of the ``numba`` backend: the same algorithms as the C++ kernels in csrc/,
-one module per csrc file stem (forward_backward, rop, jacobian, curvature, diagonal), plus
+one module per csrc file stem (forward_backward, rop, jacobian, curvature, diagonal, kfac), plus
 blas (row-major gemm, csrc/blas.cpp) and activations (csrc/activations.hpp).
 
 Nothing here is imported by ``import taylorkern``: taylorkern.backends.numba imports these
