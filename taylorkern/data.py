@@ -158,7 +158,7 @@ class Data:
         elif kind.endswith("_blocks"):
             net._check_memory(f"{kind} over a data object", 3.0 * sum(q * q for q in net.layer_sizes))
         acc = self.accumulate or net.dtype
-        n, total = self.map_sum(functools.partial(_accumulated_chunk_sum, net, kind, theta, V, acc))
+        n, total = self.map_sum(ChunkSum(net, kind, theta, V, acc))
         return finish(net, kind, total, n, theta, V, reduction)
 
     def call(self, net, kind, theta, Y, args, kwargs):
@@ -190,8 +190,34 @@ class Data:
         return self.evaluate(net, kind, theta, V, reduction)
 
 
-def _accumulated_chunk_sum(net, kind, theta, V, dtype, X, Y):
-    return accumulate(None, chunk_sum(net, kind, theta, X, Y, V), dtype)
+class ChunkSum:
+    """``func(X, Y)`` of :meth:`Data.evaluate`: one chunk's data term of ``kind``, its arrays in
+    ``dtype``.  :meth:`layout` describes the result's structure, so that a data object may move
+    it as one flat array (taylorkern.distributed)."""
+
+    def __init__(self, net, kind, theta, V, dtype):
+        self.net, self.kind, self.theta, self.V, self.dtype = net, kind, theta, V, np.dtype(dtype)
+
+    def __call__(self, X, Y):
+        return accumulate(None, chunk_sum(self.net, self.kind, self.theta, X, Y, self.V), self.dtype)
+
+    def layout(self):
+        """(container, parts): container None (a single part), tuple or list; each part
+        ``(shape, symmetric)``, shape () for a number (a Python float)."""
+        P, kind = self.net.num_params, self.kind
+        if kind == "loss":
+            return None, [((), False)]
+        if kind == "loss_and_grad":
+            return tuple, [((), False), ((P,), False)]
+        if kind == "loss_grad_ggn":
+            return tuple, [((), False), ((P,), False), ((P, P), True)]
+        if kind in PRODUCTS:
+            return None, [(tuple(np.shape(self.V)), False)]
+        if kind in ("hessian", "ggn"):
+            return None, [((P, P), True)]
+        if kind.endswith("_blocks"):
+            return list, [((q, q), True) for q in self.net.layer_sizes]
+        return None, [((P,), False)]  # the diagonals
 
 
 def _row_result(net, kind, theta, X, Y):
