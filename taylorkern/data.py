@@ -253,8 +253,10 @@ class Batches(Data):
     Y : array, optional
         The targets when ``source`` is ``X``; the same number of rows.
     chunk_size : int, optional
-        Rows per chunk when slicing arrays: default the array's own row chunking (dask,
-        zarr), else 65536.  The last chunk may be shorter.
+        Rows per chunk when slicing arrays: default a dask array's own row chunks, else 65536.
+        For zarr arrays and chunked h5py datasets it is rounded down to a whole number of
+        storage chunks (at least one), so that each read decompresses every storage chunk it
+        touches once.  The last chunk may be shorter.
     accumulate : dtype, optional
         The dtype the chunk results are added up in: default the network's;
         ``np.float64`` for float32 networks that want float64 sums.  Results have the
@@ -295,7 +297,10 @@ class Batches(Data):
                 raise ValueError(f"Y: {ny} rows, but X has {n}")
             if n < 1:
                 raise ValueError("X: the source is empty (0 rows)")
-            if chunk_size is None:
+            stored = storage_row_chunk(source)
+            if stored is not None:  # zarr, h5py: whole storage chunks per read
+                chunk_size = aligned_rows(chunk_size or DEFAULT_CHUNK_ROWS, stored)
+            elif chunk_size is None:
                 chunk_size = _native_row_chunks(source) or DEFAULT_CHUNK_ROWS
             self._arrays = (source, Y)
             self.chunk_size = chunk_size
@@ -390,6 +395,22 @@ def _check_pair(pair, i):
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"data: chunk {i}: expected an (X, Y) pair, got {type(pair).__name__}")
     return pair
+
+
+def storage_row_chunk(X):
+    """Rows per storage chunk of a zarr array (per shard where it has shards) or a chunked h5py
+    dataset; None for other arrays (numpy, dask, contiguous h5py datasets)."""
+    for attr in ("shards", "chunks"):
+        chunks = getattr(X, attr, None)
+        if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], numbers.Integral) and chunks[0] > 0:
+            return int(chunks[0])
+    return None
+
+
+def aligned_rows(rows, stored):
+    """``rows`` rounded down to a multiple of ``stored`` rows (at least ``stored``), so that
+    every read covers whole storage chunks."""
+    return max(1, int(rows) // stored) * stored
 
 
 def _native_row_chunks(X):

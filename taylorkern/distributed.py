@@ -1,13 +1,17 @@
 """Rows kept on the workers of a Dask cluster: :class:`ShardedData`, accepted by every data call
 of :class:`taylorkern.MLP` and by :func:`taylorkern.minimize` in place of X, Y.
 
-The rows are split into shards (the dask array's row chunks) and persisted on the workers
-once.  A call then sends one task per shard, carrying the network, theta and, for products, V;
-the task evaluates its shard's data term (``reduction="sum"``) with the worker's own fastest
-backend, and the shard results are added up by a tree reduction on the workers (``fan_in``
-results per task) until at most ``fan_in`` are left, which the client fetches in parallel
-and adds: only P-sized or P x P results come back.  The division by the
-row count and the l2 term are applied once, here (taylorkern.data.finish).
+The rows are split into shards (the dask array's row chunks, or whole storage chunks of a zarr
+array or h5py dataset, which the workers read themselves) and persisted on the workers once.
+At the first call the shards are cut into groups, one per worker thread, each of shards held
+by one worker.  A call then sends one task per group, carrying the network, theta and, for
+products, V; the task evaluates its shards' data terms (``reduction="sum"``) with the worker's
+own fastest backend and adds them up.  Its result is one flat numpy array (the row count, the
+numbers, the arrays, a symmetric P x P matrix by its upper triangle), which Dask moves as a
+buffer rather than pickling it.  Groups are added up by a tree reduction on the workers
+(``fan_in`` results per task) until at most ``fan_in`` are left, which the client fetches in
+parallel straight from the workers and adds: only P-sized or P x P results come back.  The
+division by the row count and the l2 term are applied once, here (taylorkern.data.finish).
 
 Faults: shards of dask arrays keep their lineage (the array's graph), so when a worker is lost
 the scheduler recomputes them and reruns its tasks.  Numpy shards are scattered once and
@@ -24,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from .data import Data, DataError, accumulate, chunk_error
+from .data import Data, DataError, accumulate, chunk_error, storage_row_chunk
 
 _RESEND_ATTEMPTS = 3  # numpy shards sent again after lost workers, per call
 _LOST = ("cancelled", "lost")  # a scattered future's status once its only copy is gone
@@ -158,11 +162,14 @@ class ShardedData(Data):
 
     Parameters
     ----------
-    X, Y : dask arrays or numpy arrays
+    X, Y : dask arrays, zarr arrays, h5py datasets or numpy arrays
         Inputs (N, d0) and targets ((N, dL) or (N,)), with the same number of rows.  Dask
         arrays keep their row chunks (Y is rechunked to X's) and are persisted on the
-        workers; numpy arrays are cut into ``chunk_size`` rows and scattered once (and sent
-        again if a worker holding one is lost).
+        workers; a zarr array or chunked h5py dataset X is read by the workers themselves, in
+        shards of whole storage chunks (``chunk_size`` rounded up to them), and read again
+        from the store if a worker is lost (the store must be reachable from the workers);
+        numpy arrays are cut into ``chunk_size`` rows and scattered once (and sent again if a
+        worker holding one is lost).
     client : distributed.Client, optional
         Default: the current client (``distributed.default_client()``).
     chunk_size : int, optional
@@ -175,6 +182,9 @@ class ShardedData(Data):
     timeout : float, optional
         Seconds a call waits for the cluster before it raises ``TimeoutError`` (default: no
         limit; a lost worker's shards are recomputed or re-sent meanwhile).
+    direct : bool
+        Fetch the last partial sums straight from the workers that hold them (default), not
+        through the scheduler; False where the client cannot reach the workers.
 
     Notes
     -----
@@ -211,9 +221,9 @@ class ShardedData(Data):
         if np.ndim(X) != 2:
             raise ValueError(f"X: expected shape (N, d0), got {np.shape(X)}")
         n = X.shape[0]
-        if not isinstance(Y, da.Array):
+        if not isinstance(Y, da.Array) and storage_row_chunk(Y) is None:
             Y = np.asarray(Y)
-        if Y.ndim not in (1, 2):
+        if len(Y.shape) not in (1, 2):
             raise ValueError(f"Y: expected shape (N, dL) or (N,), got {Y.shape}")
         if isinstance(n, float) and math.isnan(n):
             raise ValueError("X: the number of rows is unknown (compute the chunk sizes first)")
@@ -222,7 +232,24 @@ class ShardedData(Data):
         if n < 1:
             raise ValueError("X: the source is empty (0 rows)")
 
+        for a, name in ((X, "X"), (Y, "Y")):
+            f = getattr(a, "file", None)
+            if type(a).__module__.startswith("h5py") and getattr(f, "mode", "r") != "r":
+                raise ValueError(f"{name}: the workers open an h5py dataset's file themselves, "
+                                 "which needs it opened read-only here (h5py.File(path, 'r'))")
         self._source = None
+        stored = storage_row_chunk(X)
+        if stored is not None and not isinstance(X, da.Array):
+            # zarr, h5py: the workers read their shards from the store (whole storage chunks),
+            # which is also where a lost shard is read again from
+            if chunk_size is None:
+                workers = max(1, len(self.client.nthreads()))
+                chunk_size = -(-n // workers)
+            rows = -(-chunk_size // stored) * stored  # up to whole storage chunks
+            X = da.from_array(X, chunks=(rows, -1), name=False)
+            if not isinstance(Y, da.Array):
+                Y = da.from_array(Y, chunks=(rows,) + ((-1,) if Y.ndim == 2 else ()), name=False)
+            chunk_size = None
         if not isinstance(X, da.Array) and not isinstance(Y, da.Array):
             # numpy: scattered once; a lost shard is sent again from here (it has no lineage)
             X = np.asarray(X)

@@ -194,3 +194,23 @@ def test_direct_option(client):
                 rtol=SAME, what=f"direct={direct}")
     with pytest.raises(TypeError, match="direct"):
         ShardedData(p.X, p.Y, client=client, direct="yes")
+
+
+@pytest.mark.parametrize("kind", ["zarr", "h5py"])
+def test_zarr_and_h5py_read_by_the_workers(client, tmp_path, kind):
+    pytest.importorskip(kind, reason=f"{kind} is not installed (pip install {kind})")
+    from test_data import _stores
+    p = make_problem([3, 5, 2], "tanh", "mse", N=53, l2=0.1, seed=9)
+    X, Y = _stores(tmp_path, p, rows_per_chunk=4)[kind]
+    if kind == "h5py":
+        import h5py
+        with pytest.raises(ValueError, match=r"X: .* read-only"):
+            ShardedData(X, Y, client=client)
+        X.file.close()
+        f = h5py.File(tmp_path / "data.h5", "r")
+        X, Y = f["X"], f["Y"]
+    data = ShardedData(X, Y, client=client)  # 27 rows per worker, up to 28: whole storage chunks
+    assert data.num_shards == 2 and data._first_rows == [0, 28]
+    for q in ("loss_and_grad", "ggn", "hvp"):
+        compare(_call(p, q, data), _call(p, q, None), rtol=SAME, what=f"{kind} {q}")
+    assert ShardedData(X, Y, client=client, chunk_size=10).num_shards == 5  # 12 rows each
