@@ -6,10 +6,11 @@ prints its numbers; bench/DATA_NOTES.md records one run.
     python bench/data_scaling.py stream      # Batches chunk sizes against in-memory, N = 10^6
                                              # (the GGN at N = 10^5)
     python bench/data_scaling.py cluster     # rows/s and per-call / per-LM-iteration overhead,
-                                             # N = 10^4 .. 10^6 ([10,32,32,1]; the GGN up to
+                                             # N = 10^4 .. --rows ([10,32,32,1]; the GGN up to
                                              # --ggn-rows, 10^5 by default)
 
-Timings are the best of ``--repeat`` calls (default 3).  The in-memory path runs in this
+Timings are the best of ``--repeat`` calls (default 3); the per-call and per-LM-iteration
+overheads are given as the median and range of ``--repeat`` runs.  The in-memory path runs in this
 process on 2 threads; the cluster has 2 worker processes of 1 thread each, on the same cores.
 """
 
@@ -24,6 +25,12 @@ import threading
 import time
 
 import numpy as np
+
+
+def spread(times):
+    """'median (min-max)' of times in seconds, as ms."""
+    t = np.asarray(times) * 1e3
+    return f"{np.median(t):.1f} ms ({t.min():.1f}-{t.max():.1f})"
 
 
 def best(fn, repeat):
@@ -137,11 +144,30 @@ def cluster(args):
             tiny = ShardedData(X, Y, client=client, chunk_size=1)
             for kind in ("loss_and_grad", "loss_grad_ggn"):
                 getattr(net, kind)(theta, tiny)
-                t = best(lambda: getattr(net, kind)(theta, tiny), 20)
+                ts = []
+                for _ in range(max(20, args.repeat)):
+                    t = time.perf_counter()
+                    getattr(net, kind)(theta, tiny)
+                    ts.append(time.perf_counter() - t)
                 t_mem = best(lambda: getattr(net, kind)(theta, X, Y), 20)
-                print(f"overhead {kind:14s} (P={net.num_params}, 2 one-row shards): {t * 1e3:6.1f} ms "
-                      f"(in process {t_mem * 1e3:.2f} ms)", flush=True)
-        for N in (10_000, 100_000, 1_000_000):
+                print(f"overhead {kind:14s} (P={net.num_params}, 2 one-row shards): median {spread(ts)} "
+                      f"(in process, best {t_mem * 1e3:.2f} ms)", flush=True)
+            # the LM iteration's overhead above the shard compute: the same run on 2 one-row
+            # shards and in process (nearly nothing to compute either way), args.repeat pairs
+            # (both in parameter space: in process, "auto" would solve the 2-row system in sample space)
+            per, nit = {"in process": [], "cluster": []}, {}
+            for _ in range(args.repeat):
+                for name, d in (("in process", (X, Y)), ("cluster", (tiny,))):
+                    t = time.perf_counter()
+                    r = tk.minimize(net, theta, *d, method="lm", max_iter=5, space="parameters")
+                    per[name].append((time.perf_counter() - t) / max(r.nit, 1))
+                    nit[name] = (r.nit, r.nfev)
+            diff = np.subtract(per["cluster"], per["in process"])
+            print(f"lm overhead (P={net.num_params}, 2 one-row shards, (iterations, evaluations) {nit}, "
+                  f"{args.repeat} runs): "
+                  f"per iteration in process {spread(per['in process'])}, cluster {spread(per['cluster'])}, "
+                  f"difference per pair {spread(diff)}", flush=True)
+        for N in (n for n in (10_000, 100_000, 1_000_000) if n <= args.rows):
             net, theta, X, Y = problem(N)
             data = ShardedData(X, Y, client=client)  # one shard per worker
             for kind in ("loss_and_grad", "loss_grad_ggn") if N <= args.ggn_rows else ("loss_and_grad",):
@@ -153,15 +179,21 @@ def cluster(args):
                       f"cluster {t_dist * 1e3:9.1f} ms ({N / t_dist:.3g} rows/s), {t_dist / t_mem:.2f}x",
                       flush=True)
             if N <= args.lm_rows:
-                res = {}
-                for name, d in (("in process", (X, Y)), ("cluster", (data,))):
-                    t = time.perf_counter()
-                    r = tk.minimize(net, theta, *d, method="lm", max_iter=5)
-                    res[name] = ((time.perf_counter() - t) / max(r.nit, 1), r)
-                (t_mem, r_mem), (t_dist, r_dist) = res["in process"], res["cluster"]
-                print(f"lm N={N:.0e}: {r_mem.nit} iterations ({r_mem.nfev} evaluations); per iteration "
-                      f"in process {t_mem * 1e3:.1f} ms, cluster {t_dist * 1e3:.1f} ms "
-                      f"(+{(t_dist - t_mem) * 1e3:.1f} ms); max |theta difference| "
+                # in process and on the cluster alternately, args.repeat runs each: the difference
+                # of each pair is the overhead under the same load
+                per = {"in process": [], "cluster": []}
+                runs = {}
+                for _ in range(args.repeat):
+                    for name, d in (("in process", (X, Y)), ("cluster", (data,))):
+                        t = time.perf_counter()
+                        r = tk.minimize(net, theta, *d, method="lm", max_iter=5)
+                        per[name].append((time.perf_counter() - t) / max(r.nit, 1))
+                        runs[name] = r
+                r_mem, r_dist = runs["in process"], runs["cluster"]
+                diff = np.subtract(per["cluster"], per["in process"])
+                print(f"lm N={N:.0e}: {r_mem.nit} iterations ({r_mem.nfev} evaluations), {args.repeat} runs; "
+                      f"per iteration in process {spread(per['in process'])}, cluster {spread(per['cluster'])}; "
+                      f"overhead (cluster - in process, per pair) {spread(diff)}; max |theta difference| "
                       f"{np.max(np.abs(r_mem.theta - r_dist.theta)):.2g}", flush=True)
 
 
@@ -171,7 +203,7 @@ def main():
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=("memmap", "stream", "cluster"))
-    ap.add_argument("--rows", type=int, default=None, help="memmap: 10^7; stream: 10^6")
+    ap.add_argument("--rows", type=int, default=None, help="memmap: 10^7; stream: 10^6; cluster: the largest N (10^6)")
     ap.add_argument("--chunk", type=int, default=100_000, help="memmap: rows per chunk")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--lm-rows", type=int, default=10_000, help="cluster: the largest N of the LM runs")

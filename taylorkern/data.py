@@ -158,7 +158,7 @@ class Data:
         elif kind.endswith("_blocks"):
             net._check_memory(f"{kind} over a data object", 3.0 * sum(q * q for q in net.layer_sizes))
         acc = self.accumulate or net.dtype
-        n, total = self.map_sum(functools.partial(_accumulated_chunk_sum, net, kind, theta, V, acc))
+        n, total = self.map_sum(ChunkSum(net, kind, theta, V, acc))
         return finish(net, kind, total, n, theta, V, reduction)
 
     def call(self, net, kind, theta, Y, args, kwargs):
@@ -190,8 +190,34 @@ class Data:
         return self.evaluate(net, kind, theta, V, reduction)
 
 
-def _accumulated_chunk_sum(net, kind, theta, V, dtype, X, Y):
-    return accumulate(None, chunk_sum(net, kind, theta, X, Y, V), dtype)
+class ChunkSum:
+    """``func(X, Y)`` of :meth:`Data.evaluate`: one chunk's data term of ``kind``, its arrays in
+    ``dtype``.  :meth:`layout` describes the result's structure, so that a data object may move
+    it as one flat array (taylorkern.distributed)."""
+
+    def __init__(self, net, kind, theta, V, dtype):
+        self.net, self.kind, self.theta, self.V, self.dtype = net, kind, theta, V, np.dtype(dtype)
+
+    def __call__(self, X, Y):
+        return accumulate(None, chunk_sum(self.net, self.kind, self.theta, X, Y, self.V), self.dtype)
+
+    def layout(self):
+        """(container, parts): container None (a single part), tuple or list; each part
+        ``(shape, symmetric)``, shape () for a number (a Python float)."""
+        P, kind = self.net.num_params, self.kind
+        if kind == "loss":
+            return None, [((), False)]
+        if kind == "loss_and_grad":
+            return tuple, [((), False), ((P,), False)]
+        if kind == "loss_grad_ggn":
+            return tuple, [((), False), ((P,), False), ((P, P), True)]
+        if kind in PRODUCTS:
+            return None, [(tuple(np.shape(self.V)), False)]
+        if kind in ("hessian", "ggn"):
+            return None, [((P, P), True)]
+        if kind.endswith("_blocks"):
+            return list, [((q, q), True) for q in self.net.layer_sizes]
+        return None, [((P,), False)]  # the diagonals
 
 
 def _row_result(net, kind, theta, X, Y):
@@ -227,8 +253,10 @@ class Batches(Data):
     Y : array, optional
         The targets when ``source`` is ``X``; the same number of rows.
     chunk_size : int, optional
-        Rows per chunk when slicing arrays: default the array's own row chunking (dask,
-        zarr), else 65536.  The last chunk may be shorter.
+        Rows per chunk when slicing arrays: default a dask array's own row chunks, else 65536.
+        For zarr arrays and chunked h5py datasets it is rounded down to a whole number of
+        storage chunks (at least one), so that each read decompresses every storage chunk it
+        touches once.  The last chunk may be shorter.
     accumulate : dtype, optional
         The dtype the chunk results are added up in: default the network's;
         ``np.float64`` for float32 networks that want float64 sums.  Results have the
@@ -269,7 +297,10 @@ class Batches(Data):
                 raise ValueError(f"Y: {ny} rows, but X has {n}")
             if n < 1:
                 raise ValueError("X: the source is empty (0 rows)")
-            if chunk_size is None:
+            stored = storage_row_chunk(source)
+            if stored is not None:  # zarr, h5py: whole storage chunks per read
+                chunk_size = aligned_rows(chunk_size or DEFAULT_CHUNK_ROWS, stored)
+            elif chunk_size is None:
                 chunk_size = _native_row_chunks(source) or DEFAULT_CHUNK_ROWS
             self._arrays = (source, Y)
             self.chunk_size = chunk_size
@@ -364,6 +395,22 @@ def _check_pair(pair, i):
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"data: chunk {i}: expected an (X, Y) pair, got {type(pair).__name__}")
     return pair
+
+
+def storage_row_chunk(X):
+    """Rows per storage chunk of a zarr array (per shard where it has shards) or a chunked h5py
+    dataset; None for other arrays (numpy, dask, contiguous h5py datasets)."""
+    for attr in ("shards", "chunks"):
+        chunks = getattr(X, attr, None)
+        if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], numbers.Integral) and chunks[0] > 0:
+            return int(chunks[0])
+    return None
+
+
+def aligned_rows(rows, stored):
+    """``rows`` rounded down to a multiple of ``stored`` rows (at least ``stored``), so that
+    every read covers whole storage chunks."""
+    return max(1, int(rows) // stored) * stored
 
 
 def _native_row_chunks(X):

@@ -1,13 +1,17 @@
 """Rows kept on the workers of a Dask cluster: :class:`ShardedData`, accepted by every data call
 of :class:`taylorkern.MLP` and by :func:`taylorkern.minimize` in place of X, Y.
 
-The rows are split into shards (the dask array's row chunks) and persisted on the workers
-once.  A call then sends one task per shard, carrying the network, theta and, for products, V;
-the task evaluates its shard's data term (``reduction="sum"``) with the worker's own fastest
-backend, and the shard results are added up by a tree reduction on the workers (``fan_in``
-results per task) until at most ``fan_in`` are left, which the client fetches in parallel
-and adds: only P-sized or P x P results come back.  The division by the
-row count and the l2 term are applied once, here (taylorkern.data.finish).
+The rows are split into shards (the dask array's row chunks, or whole storage chunks of a zarr
+array or h5py dataset, which the workers read themselves) and persisted on the workers once.
+At the first call the shards are cut into groups, one per worker thread, each of shards held
+by one worker.  A call then sends one task per group, carrying the network, theta and, for
+products, V; the task evaluates its shards' data terms (``reduction="sum"``) with the worker's
+own fastest backend and adds them up.  Its result is one flat numpy array (the row count, the
+numbers, the arrays, a symmetric P x P matrix by its upper triangle), which Dask moves as a
+buffer rather than pickling it.  Groups are added up by a tree reduction on the workers
+(``fan_in`` results per task) until at most ``fan_in`` are left, which the client fetches in
+parallel straight from the workers and adds: only P-sized or P x P results come back.  The
+division by the row count and the l2 term are applied once, here (taylorkern.data.finish).
 
 Faults: shards of dask arrays keep their lineage (the array's graph), so when a worker is lost
 the scheduler recomputes them and reruns its tasks.  Numpy shards are scattered once and
@@ -24,28 +28,129 @@ import numbers
 
 import numpy as np
 
-from .data import Data, DataError, accumulate, chunk_error
+from .data import Data, DataError, accumulate, chunk_error, storage_row_chunk
 
 _RESEND_ATTEMPTS = 3  # numpy shards sent again after lost workers, per call
 _LOST = ("cancelled", "lost")  # a scattered future's status once its only copy is gone
 
 
-def _shard(func, index, first_row, X, Y):
-    """One shard's (rows, result); errors name the shard."""
-    try:
-        return X.shape[0], func(X, Y)
-    except Exception as e:
-        raise chunk_error(e, index, first_row) from e
+class _Flat:
+    """A chunk result of known structure (``ChunkSum.layout``) as one flat array, which Dask
+    moves out of band (a numpy array at the top level of a task result is sent as its buffer,
+    not pickled).  The first 8-byte words hold the row count (int64) and the numbers (float64,
+    as the chunk sums add them); then the arrays in the accumulation dtype, a symmetric P x P
+    matrix by its upper triangle, row by row."""
+
+    def __init__(self, container, parts, dtype):
+        self.container, self.parts, self.dtype = container, parts, np.dtype(dtype)
+        self.words = 1 + sum(1 for shape, _ in parts if shape == ())
+        self.head = self.words * 8 // self.dtype.itemsize  # elements of the 8-byte words
+        self.size = self.head + sum(shape[0] * (shape[0] + 1) // 2 if sym else math.prod(shape)
+                                    for shape, sym in parts if shape != ())
+
+    def add(self, out, rows, result):
+        """``result`` of ``rows`` rows packed into a new flat array (``out`` None) or added to
+        ``out``."""
+        parts = [result] if self.container is None else list(result)
+        if len(parts) != len(self.parts):
+            raise TypeError(f"data: a chunk result has {len(parts)} parts, expected {len(self.parts)}")
+        new = out is None
+        if new:
+            out = np.empty(self.size, self.dtype)
+        words = out[:self.head].view(np.int64), out[:self.head].view(np.float64)
+        words[0][0] = rows if new else words[0][0] + rows
+        w, o = 1, self.head
+        for (shape, sym), r in zip(self.parts, parts):
+            if shape == ():
+                words[1][w] = float(r) if new else words[1][w] + float(r)
+                w += 1
+                continue
+            r = np.asarray(r)
+            if r.shape != shape:
+                raise ValueError(f"data: a chunk result of shape {r.shape}, expected {shape}")
+            if sym:
+                n = shape[0]
+                for i in range(n):
+                    seg = out[o:o + n - i]
+                    if new:
+                        seg[...] = r[i, i:]
+                    else:
+                        seg += r[i, i:]
+                    o += n - i
+            else:
+                seg = out[o:o + r.size]
+                if new:
+                    seg[...] = r.reshape(-1)
+                else:
+                    seg += r.reshape(-1)
+                o += r.size
+        return out
+
+    def combine(self, bufs):
+        """The sum of flat arrays (the first copied: the others are other tasks' results)."""
+        out = np.array(bufs[0], dtype=self.dtype)
+        ints, floats = out[:self.head].view(np.int64), out[:self.head].view(np.float64)
+        for b in bufs[1:]:
+            b = np.asarray(b)
+            ints[0] += b[:self.head].view(np.int64)[0]
+            floats[1:] += b[:self.head].view(np.float64)[1:]
+            out[self.head:] += b[self.head:]
+        return out
+
+    def unpack(self, buf):
+        """(rows, result) from a flat array; the arrays are new, symmetric ones filled from the
+        triangle in place."""
+        rows = int(buf[:self.head].view(np.int64)[0])
+        floats = buf[:self.head].view(np.float64)
+        parts, w, o = [], 1, self.head
+        for shape, sym in self.parts:
+            if shape == ():
+                parts.append(float(floats[w]))
+                w += 1
+            elif sym:
+                n = shape[0]
+                A = np.empty(shape, self.dtype)
+                for i in range(n):
+                    A[i, i:] = buf[o:o + n - i]
+                    o += n - i
+                for a in range(0, n, 64):  # the lower triangle, by blocks of columns
+                    b = min(n, a + 64)
+                    D = A[a:b, a:b]
+                    for i in range(b - a - 1):
+                        D[i + 1:, i] = D[i, i + 1:]
+                    A[b:, a:b] = A[a:b, b:].T
+                parts.append(A)
+            else:
+                size = math.prod(shape)
+                parts.append(buf[o:o + size].reshape(shape).copy())
+                o += size
+        return rows, (parts[0] if self.container is None else self.container(parts))
 
 
-def _combine_list(parts):
+def _group(func, flat, indices, first_rows, xs, ys):
+    """The sum over shards ``indices`` (in this order) of func(X, Y): a flat array (``flat``
+    given) or (rows, total).  Errors name the shard."""
+    total = None
+    for index, first_row, X, Y in zip(indices, first_rows, xs, ys):
+        try:
+            r = func(X, Y)
+        except Exception as e:
+            raise chunk_error(e, index, first_row) from e
+        if flat is not None:
+            total = flat.add(total, X.shape[0], r)
+        elif total is None:
+            total = (X.shape[0], accumulate(None, r))
+        else:
+            total = (total[0] + X.shape[0], accumulate(total[1], r))
+    return total
+
+
+def _combine(flat, parts):
     # the parts are other tasks' results held by the worker (and read again if this task is
     # rerun): the sum starts from a copy
-    return _combine(*parts, copy=True)
-
-
-def _combine(*parts, copy=False):
-    n, total = parts[0][0], accumulate(None, parts[0][1], copy=copy)
+    if flat is not None:
+        return flat.combine(parts)
+    n, total = parts[0][0], accumulate(None, parts[0][1], copy=True)
     for rows, r in parts[1:]:
         n += rows
         total = accumulate(total, r)
@@ -57,11 +162,14 @@ class ShardedData(Data):
 
     Parameters
     ----------
-    X, Y : dask arrays or numpy arrays
+    X, Y : dask arrays, zarr arrays, h5py datasets or numpy arrays
         Inputs (N, d0) and targets ((N, dL) or (N,)), with the same number of rows.  Dask
         arrays keep their row chunks (Y is rechunked to X's) and are persisted on the
-        workers; numpy arrays are cut into ``chunk_size`` rows and scattered once (and sent
-        again if a worker holding one is lost).
+        workers; a zarr array or chunked h5py dataset X is read by the workers themselves, in
+        shards of whole storage chunks (``chunk_size`` rounded up to them), and read again
+        from the store if a worker is lost (the store must be reachable from the workers);
+        numpy arrays are cut into ``chunk_size`` rows and scattered once (and sent again if a
+        worker holding one is lost).
     client : distributed.Client, optional
         Default: the current client (``distributed.default_client()``).
     chunk_size : int, optional
@@ -74,6 +182,9 @@ class ShardedData(Data):
     timeout : float, optional
         Seconds a call waits for the cluster before it raises ``TimeoutError`` (default: no
         limit; a lost worker's shards are recomputed or re-sent meanwhile).
+    direct : bool
+        Fetch the last partial sums straight from the workers that hold them (default), not
+        through the scheduler; False where the client cannot reach the workers.
 
     Notes
     -----
@@ -82,7 +193,8 @@ class ShardedData(Data):
     returned.
     """
 
-    def __init__(self, X, Y, client=None, *, chunk_size=None, fan_in=4, accumulate=None, timeout=None):
+    def __init__(self, X, Y, client=None, *, chunk_size=None, fan_in=4, accumulate=None, timeout=None,
+                 direct=True):
         import dask.array as da
         from distributed import default_client, futures_of
 
@@ -98,7 +210,10 @@ class ShardedData(Data):
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
                                     or not timeout > 0):
             raise ValueError(f"timeout: expected a number of seconds > 0 or None, got {timeout!r}")
+        if not isinstance(direct, bool):
+            raise TypeError(f"direct: expected True or False, got {direct!r}")
         self.timeout = timeout
+        self.direct = direct
         self.accumulate = accumulate
         self.client = client if client is not None else default_client()
         self.fan_in = int(fan_in)
@@ -106,9 +221,9 @@ class ShardedData(Data):
         if np.ndim(X) != 2:
             raise ValueError(f"X: expected shape (N, d0), got {np.shape(X)}")
         n = X.shape[0]
-        if not isinstance(Y, da.Array):
+        if not isinstance(Y, da.Array) and storage_row_chunk(Y) is None:
             Y = np.asarray(Y)
-        if Y.ndim not in (1, 2):
+        if len(Y.shape) not in (1, 2):
             raise ValueError(f"Y: expected shape (N, dL) or (N,), got {Y.shape}")
         if isinstance(n, float) and math.isnan(n):
             raise ValueError("X: the number of rows is unknown (compute the chunk sizes first)")
@@ -117,7 +232,24 @@ class ShardedData(Data):
         if n < 1:
             raise ValueError("X: the source is empty (0 rows)")
 
+        for a, name in ((X, "X"), (Y, "Y")):
+            f = getattr(a, "file", None)
+            if type(a).__module__.startswith("h5py") and getattr(f, "mode", "r") != "r":
+                raise ValueError(f"{name}: the workers open an h5py dataset's file themselves, "
+                                 "which needs it opened read-only here (h5py.File(path, 'r'))")
         self._source = None
+        stored = storage_row_chunk(X)
+        if stored is not None and not isinstance(X, da.Array):
+            # zarr, h5py: the workers read their shards from the store (whole storage chunks),
+            # which is also where a lost shard is read again from
+            if chunk_size is None:
+                workers = max(1, len(self.client.nthreads()))
+                chunk_size = -(-n // workers)
+            rows = -(-chunk_size // stored) * stored  # up to whole storage chunks
+            X = da.from_array(X, chunks=(rows, -1), name=False)
+            if not isinstance(Y, da.Array):
+                Y = da.from_array(Y, chunks=(rows,) + ((-1,) if Y.ndim == 2 else ()), name=False)
+            chunk_size = None
         if not isinstance(X, da.Array) and not isinstance(Y, da.Array):
             # numpy: scattered once; a lost shard is sent again from here (it has no lineage)
             X = np.asarray(X)
@@ -145,6 +277,25 @@ class ShardedData(Data):
             self._first_rows = [int(r) for r in np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])]
             self._persisted = (X, Y)  # the shards live as long as this object
         self.num_rows = int(n)
+        self._groups = None  # fixed at the first call, when the shards are on the workers
+
+    def _group_by_worker(self):
+        """The shards cut into one group per worker thread, each of shards held by one worker
+        (in index order): a call sends one task per group, which adds its shards' results
+        on that worker.  Fixed once, so that the order of the additions (and so the result, to
+        the last bit) does not depend on where the shards are later, after a worker is lost."""
+        self._wait(self._x + self._y)
+        who = self.client.who_has(self._x)
+        nthreads = self.client.nthreads()
+        by_worker = {}
+        for i, f in enumerate(self._x):
+            holders = sorted(who.get(f.key, ())) or [None]
+            by_worker.setdefault(holders[0], []).append(i)
+        groups = []
+        for w, idx in by_worker.items():
+            k = max(1, min(len(idx), nthreads.get(w, 1)))
+            groups += [list(part) for part in np.array_split(idx, k)]
+        return sorted(([int(i) for i in g] for g in groups), key=lambda g: g[0])
 
     @property
     def num_shards(self) -> int:
@@ -166,22 +317,39 @@ class ShardedData(Data):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _reduce(self, func):
-        client, k = self.client, len(self._x)
-        # one message to the scheduler per level (client.map), not one per task
-        level = client.map(_shard, [func] * k, range(k), self._first_rows, self._x, self._y, pure=False)
+        client = self.client
+        layout = getattr(func, "layout", None)
+        flat = _Flat(*layout(), func.dtype) if layout is not None else None
+        if self._groups is None:
+            self._groups = self._group_by_worker()
+        g = self._groups
+        # one task per group, submitted together (client.map: one message to the scheduler)
+        level = client.map(_group, [func] * len(g), [flat] * len(g), g,
+                           [[self._first_rows[i] for i in idx] for idx in g],
+                           [[self._x[i] for i in idx] for idx in g],
+                           [[self._y[i] for i in idx] for idx in g], pure=False)
         while len(level) > self.fan_in:
-            groups = [level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in)]
-            level = client.map(_combine_list, groups, pure=False)
+            parts = [level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in)]
+            level = client.map(_combine, [flat] * len(parts), parts, pure=False)
         if self.timeout is not None:
-            from distributed import wait
-            try:
-                wait(level, timeout=self.timeout)
-            except TimeoutError:
-                raise TimeoutError(f"data: no result from the cluster within timeout = {self.timeout:g} s "
-                                   f"({len(self._x)} shards)") from None
-        # the last fan_in results come here in parallel and are added here (they are this
-        # process's own copies): one hop less than fetching a root
-        return _combine(*client.gather(level))
+            self._wait(level)
+        # the last fan_in results come here in parallel, straight from the workers that hold
+        # them (direct), and are added here: one hop less than fetching a root
+        results = client.gather(level, direct=self.direct)
+        if flat is None:
+            return _combine(None, results)
+        return flat.unpack(flat.combine(results) if len(results) > 1 else results[0])
+
+    def _wait(self, futures):
+        from distributed import wait
+        if self.timeout is None:
+            wait(futures)
+            return
+        try:
+            wait(futures, timeout=self.timeout)
+        except TimeoutError:
+            raise TimeoutError(f"data: no result from the cluster within timeout = {self.timeout:g} s "
+                               f"({len(self._x)} shards)") from None
 
     def _name_failed_shard(self, exc):
         """A shard that could not be read (its own task failed) is named."""

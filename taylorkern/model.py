@@ -16,9 +16,13 @@ added here too, so that backends compute only the data term.
 
 from __future__ import annotations
 
+import collections
+import copy
 import math
 import numbers
 import os
+import pickle
+import threading
 
 import numpy as np
 
@@ -118,6 +122,34 @@ class _NumpyL2:
     @staticmethod
     def add_diagonal(out, value):
         out.flat[::out.shape[0] + 1] += value
+
+
+_SHARED_HANDLES = collections.OrderedDict()  # pickled attributes -> handles, most recent last
+_SHARED_KEEP = 4
+_SHARED_LOCK = threading.Lock()
+
+
+def _unpickle_shared(cls, state):
+    """An unpickled network whose backend handles are those of the last networks unpickled in
+    this process with the same attributes (the last _SHARED_KEEP kinds of them): the compiled
+    description and workspaces are built once per process, not once per unpickling.  Backend
+    handles take concurrent calls (each call leases its own workspace).  Copies
+    (copy.copy, copy.deepcopy) get their own handles."""
+    net = object.__new__(cls)
+    net.__setstate__(state)
+    try:
+        key = (cls, pickle.dumps({k: v for k, v in net.__dict__.items() if k != "_handles"}, protocol=5))
+    except Exception:  # an attribute that does not pickle: no sharing
+        return net
+    with _SHARED_LOCK:
+        handles = _SHARED_HANDLES.pop(key, None)
+        if handles is None:
+            handles = net._handles
+        _SHARED_HANDLES[key] = handles
+        while len(_SHARED_HANDLES) > _SHARED_KEEP:
+            _SHARED_HANDLES.popitem(last=False)
+    net._handles = handles
+    return net
 
 
 class MLP:
@@ -235,6 +267,22 @@ class MLP:
     def __setstate__(self, state):
         state.setdefault("loss_scale", 1.0)  # pickled before the argument existed
         self.__dict__.update(state)
+
+    def __reduce__(self):
+        # unpickled through _unpickle_shared: equal networks unpickled in one process (a Dask
+        # worker receiving the network with every task) share their backend handles
+        return _unpickle_shared, (type(self), self.__getstate__())
+
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
+    def __deepcopy__(self, memo):
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     def __repr__(self):
         scale = f", loss_scale={self.loss_scale}" if self.loss_scale != 1.0 else ""

@@ -289,3 +289,58 @@ def test_reduction_positional():
     got = p.net.loss(p.theta, data, "sum")
     assert rel_err(got, p.net.loss(p.theta, p.X, p.Y, "sum")) <= SAME
     assert rel_err(got, p.N * p.net.loss(p.theta, data)) <= SAME
+
+
+def _stores(tmp_path, p, rows_per_chunk):
+    """p.X, p.Y in a zarr array and in chunked h5py datasets, where installed."""
+    out = {}
+    try:
+        import zarr
+    except ImportError:
+        pass
+    else:
+        zx = zarr.open_array(str(tmp_path / "X.zarr"), mode="w", shape=p.X.shape, dtype=p.X.dtype,
+                             chunks=(rows_per_chunk, p.X.shape[1]))
+        zx[:] = p.X
+        zy = zarr.open_array(str(tmp_path / "Y.zarr"), mode="w", shape=p.Y.shape, dtype=p.Y.dtype,
+                             chunks=(rows_per_chunk,) + p.Y.shape[1:])
+        zy[:] = p.Y
+        out["zarr"] = (zx, zy)
+    try:
+        import h5py
+    except ImportError:
+        pass
+    else:
+        f = h5py.File(tmp_path / "data.h5", "w")
+        hx = f.create_dataset("X", data=p.X, chunks=(rows_per_chunk, p.X.shape[1]))
+        hy = f.create_dataset("Y", data=p.Y, chunks=(rows_per_chunk,) + p.Y.shape[1:])
+        out["h5py"] = (hx, hy)
+    return out
+
+
+class _CountingReads:
+    """An array wrapper recording the row slices read from it."""
+
+    def __init__(self, a):
+        self.a, self.reads = a, []
+        self.shape, self.dtype, self.chunks = a.shape, a.dtype, a.chunks
+
+    def __getitem__(self, key):
+        self.reads.append((key.start, key.stop))
+        return self.a[key]
+
+
+@pytest.mark.parametrize("kind", ["zarr", "h5py"])
+def test_zarr_and_h5py_read_in_whole_storage_chunks(tmp_path, kind):
+    pytest.importorskip(kind, reason=f"{kind} is not installed (pip install {kind})")
+    p = make_problem([4, 6, 3], "tanh", "ce", N=47, seed=6)
+    X, Y = _stores(tmp_path, p, rows_per_chunk=5)[kind]
+    expected = p.net.loss_grad_ggn(p.theta, p.X, p.Y)
+    for chunk_size, rows in ((None, 65535), (12, 10), (3, 5), (5, 5)):  # the default: 65,536 rounded down
+        counted = _CountingReads(X)
+        data = Batches(counted, Y, chunk_size=chunk_size)
+        assert data.chunk_size == rows, chunk_size
+        compare(p.net.loss_grad_ggn(p.theta, data), expected, rtol=SAME, what=f"{kind} {chunk_size}")
+        # every read starts and ends on a storage chunk boundary (or the end)
+        assert all(a % 5 == 0 and (b % 5 == 0 or b >= p.N) for a, b in counted.reads), counted.reads
+        assert counted.reads[-1][1] >= p.N

@@ -165,3 +165,58 @@ def test_timeout(client):
         p.net.loss(p.theta, data)
     with pytest.raises(ValueError, match="timeout"):
         ShardedData(p.X, p.Y, client=client, timeout=0)
+
+
+def test_flat_transport_round_trip():
+    """Shard results travel as one flat array (a symmetric matrix by its upper triangle) and
+    come back as the structure the in-memory call returns, for every quantity and dtype."""
+    from taylorkern.data import ChunkSum
+    from taylorkern.distributed import _Flat
+    for dtype in (np.float64, np.float32):
+        p = make_problem([3, 5, 4, 2], "tanh", "mse", N=9, dtype=dtype, seed=2)
+        for q in QUANTITIES:
+            V = p.V if q in ("hvp", "ggn_vp") else None
+            f = ChunkSum(p.net, q, p.theta, V, dtype)
+            flat = _Flat(*f.layout(), f.dtype)
+            a, b = f(p.X[:4], p.Y[:4]), f(p.X[4:], p.Y[4:])
+            packed = flat.add(None, 4, a)
+            assert isinstance(packed, np.ndarray) and packed.ndim == 1 and packed.size == flat.size, q
+            total = flat.combine([packed, flat.add(None, 5, b)])
+            rows, got = flat.unpack(total)
+            want = f(p.X, p.Y)
+            assert rows == 9 and type(got) is type(want), q
+            compare(got, want, rtol=1e-12 if dtype == np.float64 else 1e-5, what=q)
+            # the sum of two added in place equals the combined one
+            assert np.array_equal(flat.add(flat.add(None, 4, a), 5, b), total), q
+            if q in ("hessian", "ggn"):
+                assert np.array_equal(got, got.T) and got.flags.owndata
+
+
+def test_direct_option(client):
+    p = make_problem([3, 4, 2], "tanh", "mse", N=12, seed=3)
+    want = p.net.loss_grad_ggn(p.theta, p.X, p.Y)
+    for direct in (True, False):
+        compare(p.net.loss_grad_ggn(p.theta, ShardedData(p.X, p.Y, client=client, direct=direct)), want,
+                rtol=SAME, what=f"direct={direct}")
+    with pytest.raises(TypeError, match="direct"):
+        ShardedData(p.X, p.Y, client=client, direct="yes")
+
+
+@pytest.mark.parametrize("kind", ["zarr", "h5py"])
+def test_zarr_and_h5py_read_by_the_workers(client, tmp_path, kind):
+    pytest.importorskip(kind, reason=f"{kind} is not installed (pip install {kind})")
+    from test_data import _stores
+    p = make_problem([3, 5, 2], "tanh", "mse", N=53, l2=0.1, seed=9)
+    X, Y = _stores(tmp_path, p, rows_per_chunk=4)[kind]
+    if kind == "h5py":
+        import h5py
+        with pytest.raises(ValueError, match=r"X: .* read-only"):
+            ShardedData(X, Y, client=client)
+        X.file.close()
+        f = h5py.File(tmp_path / "data.h5", "r")
+        X, Y = f["X"], f["Y"]
+    data = ShardedData(X, Y, client=client)  # 27 rows per worker, up to 28: whole storage chunks
+    assert data.num_shards == 2 and data._first_rows == [0, 28]
+    for q in ("loss_and_grad", "ggn", "hvp"):
+        compare(_call(p, q, data), _call(p, q, None), rtol=SAME, what=f"{kind} {q}")
+    assert ShardedData(X, Y, client=client, chunk_size=10).num_shards == 5  # 12 rows each

@@ -422,6 +422,30 @@ def test_used_network_pickles_and_deep_copies(backend):
         compare(clone.hessian(p.theta, p.X, p.Y), want)
 
 
+def test_unpickled_equal_networks_share_handles():
+    """Networks unpickled in one process with the same attributes share their backend handles
+    (a Dask worker gets the network with every task); different networks and copies do not."""
+    import copy
+    import pickle
+    p = make_problem([3, 4, 2], "tanh", "ce", N=5)
+    want = p.net.hessian(p.theta, p.X, p.Y)
+    a, b = pickle.loads(pickle.dumps(p.net)), pickle.loads(pickle.dumps(p.net))
+    assert a is not b and a._handles is b._handles
+    assert p.net._handles is not a._handles  # the original keeps its own
+    compare(a.hessian(p.theta, p.X, p.Y), want)
+    assert a._handles  # built by a's call, found by b's
+    compare(b.hessian(p.theta, p.X, p.Y), want)
+    other = tk.MLP([3, 4, 2], activation="tanh", loss="ce", l2=0.5)
+    c = pickle.loads(pickle.dumps(other))
+    assert c._handles is not a._handles
+    for clone in (copy.deepcopy(a), copy.copy(a)):
+        assert clone._handles is not a._handles and not clone._handles
+        compare(clone.hessian(p.theta, p.X, p.Y), want)
+    deep = copy.deepcopy(a)
+    deep.l2 = 1.0  # an independent object
+    assert a.l2 == 0.0 and b.l2 == 0.0
+
+
 def test_constructor_accepts_valid_forms():
     net = tk.MLP((np.int64(3), 4, np.int32(2)), activation=["sin"], loss="ce", l2=np.float32(0.5),
                  dtype="float32")
