@@ -26,23 +26,33 @@ from threadpoolctl import threadpool_limits
 import taylorkern as tk
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description, rounds, calls):
+    """The options both K-FAC A/B scripts take (the network, loss, N, threads, rounds, kind)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--sizes", default="784,128,10")
     ap.add_argument("--loss", default="ce")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--calls", type=int, default=5, help="calls per timed block")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--calls", type=int, default=calls, help="calls per timed block")
     ap.add_argument("--kind", default="exact", choices=("exact", "mc"))
-    args = ap.parse_args()
+    return ap
 
+
+def problem(args):
+    """(sizes, net, theta, X, Y, rng) for the options, seeded."""
     sizes = [int(s) for s in args.sizes.split(",")]
     net = tk.MLP(sizes, activation="tanh", loss=args.loss)
     rng = np.random.default_rng(0)
     theta = net.init(seed=0)
     X = rng.standard_normal((args.n, sizes[0]))
     Y = rng.integers(0, sizes[-1], args.n) if args.loss == "ce" else rng.standard_normal((args.n, sizes[-1]))
+    return sizes, net, theta, X, Y, rng
+
+
+def main():
+    args = arguments(__doc__.splitlines()[0], rounds=30, calls=5).parse_args()
+    sizes, net, theta, X, Y, rng = problem(args)
     Xa = np.asfortranarray(np.hstack([X, np.ones((args.n, 1))]))  # (N, d0 + 1), column-major for dsyrk
     tk.set_num_threads(args.threads)
 

@@ -12,10 +12,10 @@ factors, with random orthogonal bases.  Defaults: [784, 128, 10], ce, N = 512, f
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import kfac_ab  # bench/, beside this script: the shared options and problem
 import numpy as np
 import scipy.linalg.blas
 from threadpoolctl import threadpool_limits
@@ -26,23 +26,10 @@ from taylorkern.backends import reference
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="784,128,10")
-    ap.add_argument("--loss", default="ce")
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--calls", type=int, default=3, help="calls per timed block")
-    ap.add_argument("--kind", default="exact", choices=("exact", "mc"))
+    ap = kfac_ab.arguments(__doc__.splitlines()[0], rounds=20, calls=3)
     ap.add_argument("--eigen", action="store_true", help="EKFAC's eigenvalues instead of the factors")
     args = ap.parse_args()
-
-    sizes = [int(s) for s in args.sizes.split(",")]
-    net = tk.MLP(sizes, activation="tanh", loss=args.loss)
-    rng = np.random.default_rng(0)
-    theta = net.init(seed=0)
-    X = rng.standard_normal((args.n, sizes[0]))
-    Y = rng.integers(0, sizes[-1], args.n) if args.loss == "ce" else rng.standard_normal((args.n, sizes[-1]))
+    sizes, net, theta, X, Y, rng = kfac_ab.problem(args)
     k = sizes[-1]
     noise = None
     if args.kind == "mc":
