@@ -51,8 +51,9 @@ CASES = {
     "loss_and_grad_tiny": ([1, 20, 1], 16_000_000, lambda net, t, X, Y: net.loss_and_grad(t, X, Y)),
     "ggn_tiny": ([1, 20, 1], 8_000_000, lambda net, t, X, Y: net.ggn(t, X, Y)),
     "hvp_tiny": ([1, 20, 1], 16_000_000, lambda net, t, X, Y: net.hvp(t, X, Y, _V(net, 1)[:, 0])),
-    # a wide layer: the numba kernels' chunks are tall there, its pieces bounded by their work
-    "kfac_factors": ([512, 256, 10], 20_000, lambda net, t, X, Y: [m for ab in net.kfac_factors(t, X, Y)
+    # wide layers: the numba kernels' chunks are tall there, its pieces bounded by their work (B of the
+    # 1024-wide layer from 10 rows per sample keeps the cpp call at seconds)
+    "kfac_factors": ([512, 1024, 10], 20_000, lambda net, t, X, Y: [m for ab in net.kfac_factors(t, X, Y)
                                                                     for m in ab]),
 }
 
