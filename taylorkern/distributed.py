@@ -23,6 +23,7 @@ Needs ``dask[array]`` and ``distributed`` (``pip install "taylorkern[dask]"``).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -32,6 +33,13 @@ from .data import Data, DataError, accumulate, chunk_error, storage_row_chunk
 
 _RESEND_ATTEMPTS = 3  # numpy shards sent again after lost workers, per call
 _LOST = ("cancelled", "lost")  # a scattered future's status once its only copy is gone
+
+
+@functools.lru_cache(maxsize=4)
+def _upper(n):
+    """The upper triangle of an n x n matrix as a boolean mask: indexing with it reads and
+    writes the triangle row by row, in one call."""
+    return np.triu(np.ones((n, n), dtype=bool))
 
 
 class _Flat:
@@ -69,14 +77,13 @@ class _Flat:
             if r.shape != shape:
                 raise ValueError(f"data: a chunk result of shape {r.shape}, expected {shape}")
             if sym:
-                n = shape[0]
-                for i in range(n):
-                    seg = out[o:o + n - i]
-                    if new:
-                        seg[...] = r[i, i:]
-                    else:
-                        seg += r[i, i:]
-                    o += n - i
+                upper = _upper(shape[0])
+                seg = out[o:o + upper.sum(dtype=np.int64)]
+                if new:
+                    seg[...] = r[upper]
+                else:
+                    seg += r[upper]
+                o += seg.size
             else:
                 seg = out[o:o + r.size]
                 if new:
@@ -108,17 +115,12 @@ class _Flat:
                 parts.append(float(floats[w]))
                 w += 1
             elif sym:
-                n = shape[0]
+                upper = _upper(shape[0])
+                tri = buf[o:o + upper.sum(dtype=np.int64)]
                 A = np.empty(shape, self.dtype)
-                for i in range(n):
-                    A[i, i:] = buf[o:o + n - i]
-                    o += n - i
-                for a in range(0, n, 64):  # the lower triangle, by blocks of columns
-                    b = min(n, a + 64)
-                    D = A[a:b, a:b]
-                    for i in range(b - a - 1):
-                        D[i + 1:, i] = D[i, i + 1:]
-                    A[b:, a:b] = A[a:b, b:].T
+                A[upper] = tri
+                A.T[upper] = tri  # the lower triangle, mirrored
+                o += tri.size
                 parts.append(A)
             else:
                 size = math.prod(shape)
