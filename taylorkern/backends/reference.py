@@ -315,10 +315,10 @@ def _rop(net, theta, X, Y, V, reduction, gauss_newton, sample_weight=None):
     for l in range(len(Wb) - 1, -1, -1):
         W, _ = Wb[l]
         # R{dL/dW_l} = R{a_{l-1}}^T g_l + a_{l-1}^T R{g_l}
-        RgW = np.einsum("ni,cnj->cij", acts[l], Rg)
+        RgW = np.einsum("ni,cnj->cij", acts[l], Rg, optimize=True)
         if l > 0 and not gauss_newton:
             Ra_prev = derivs[l - 1][0] * Rz[l - 1]
-            RgW = RgW + np.einsum("cni,nj->cij", Ra_prev, g)
+            RgW = RgW + np.einsum("cni,nj->cij", Ra_prev, g, optimize=True)
         Rgb = Rg.sum(axis=1)
         o = net.offsets[l]
         a, b = W.shape
@@ -329,7 +329,7 @@ def _rop(net, theta, X, Y, V, reduction, gauss_newton, sample_weight=None):
             e = g @ W.T
             Re = Rg @ W.T
             if not gauss_newton:
-                Re = Re + np.einsum("nj,cij->cni", g, VW[l])
+                Re = Re + np.einsum("nj,cij->cni", g, VW[l], optimize=True)
                 Rg = Re * d1 + e * d2 * Rz[l - 1]
             else:
                 Rg = Re * d1
@@ -369,12 +369,15 @@ def ggn(net, theta, X, Y, reduction, sample_weight=None):
     n, k = X.shape[0], net.num_outputs
     J = jacobian(net, theta, X).reshape(n, k, -1)
     C = _out_hess(net, predict(net, theta, X), reduction, sample_weight, Y)
-    return np.einsum("ncp,ncd,ndq->pq", J, C, J)
+    return np.einsum("ncp,ncd,ndq->pq", J, C, J, optimize=True)
 
 
 def hessian(net, theta, X, Y, reduction, sample_weight=None):
-    H = hvp(net, theta, X, Y, np.eye(theta.size, dtype=theta.dtype), reduction, sample_weight)
-    return H
+    """H I, a block of the identity's columns at a time (the tangents of 128 columns stay in
+    cache; all P at once are N * P * width values per layer)."""
+    eye = np.eye(theta.size, dtype=theta.dtype)
+    return np.concatenate([hvp(net, theta, X, Y, eye[:, j:j + 128], reduction, sample_weight)
+                           for j in range(0, theta.size, 128)], axis=1)
 
 
 def _refuse_full_matrix(net, what):
