@@ -40,16 +40,22 @@ def _random_shapes(seed, count):
 
 SHAPES = _random_shapes(7, 6) + [[1, 20, 1], [2, 50, 1], [3, 7, 2], [1, 15, 1], [4, 6, 1], [2, 9, 1], [3, 5, 2]]
 # every activation, on networks of one hidden layer too (the Hessian's Gram route)
-CASES = [pytest.param(sizes, tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)],
-                      id="-".join(map(str, sizes)) + "-" + tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)])
-         for i, sizes in enumerate(SHAPES)]
+ACTS = [tk.ACTIVATIONS[i % len(tk.ACTIVATIONS)] for i in range(len(SHAPES))]
+# route x dtype x loss: the dev loop runs both routes on each shape in one dtype and loss,
+# rotating through those, so each shape, activation, loss, dtype and route is in it; the rest of
+# the product is exhaustive
+VARIANTS = [(route, dtype, loss) for route in ("gram", "kronecker") for dtype in ("f64", "f32")
+            for loss in ("mse", "ce", "gaussian")]
+CASES = [pytest.param(sizes, act, loss, {"f64": np.float64, "f32": np.float32}[dtype],
+                      {"gram": 1, "kronecker": -1}[route],
+                      id=f"{route}-{dtype}-{loss}-" + "-".join(map(str, sizes)) + f"-{act}",
+                      marks=() if j in (i % 12, (i + 6) % 12) else pytest.mark.exhaustive)
+         for i, (sizes, act) in enumerate(zip(SHAPES, ACTS))
+         for j, (route, dtype, loss) in enumerate(VARIANTS)]
 
 
 @needs_cpp
-@pytest.mark.parametrize("sizes, act", CASES)
-@pytest.mark.parametrize("loss", ["mse", "ce", "gaussian"])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("route", [1, -1], ids=["gram", "kronecker"])
+@pytest.mark.parametrize("sizes, act, loss, dtype, route", CASES)
 def test_each_route_matches_the_reference(sizes, act, loss, dtype, route, restore_threads, split_every_call):
     """(gaussian's Hessian, indefinite at the output, leaves the Gram route for the Kronecker one.)"""
     if loss == "ce" and sizes[-1] < 2:
@@ -120,10 +126,13 @@ def test_loss_grad_ggn_checks_its_inputs():
 
 
 @needs_cpp
-@pytest.mark.parametrize("gn", [False, True], ids=["hessian", "ggn"])
-@pytest.mark.parametrize("N", [1001, 8 * 300])
-@pytest.mark.parametrize("sizes", [[3, 8, 6, 2], [3, 16, 12, 2], [5, 30, 3]], ids=str)
-def test_lanes_path_split_over_threads(gn, N, sizes, restore_threads, split_every_call):
+# (the dev loop runs half of them: each shape with both N and both quantities)
+@pytest.mark.parametrize("sizes, N, gn", [
+    pytest.param(sizes, N, gn, id=f"{sizes}-{N}-{'ggn' if gn else 'hessian'}",
+                 marks=() if (i + j + gn) % 2 == 0 else pytest.mark.exhaustive)
+    for i, sizes in enumerate([[3, 8, 6, 2], [3, 16, 12, 2], [5, 30, 3]])
+    for j, N in enumerate([1001, 8 * 300]) for gn in (False, True)])
+def test_lanes_path_split_over_threads(sizes, N, gn, restore_threads, split_every_call):
     """Networks of at most 400 parameters take the SIMD-lanes path for the GGN (and for the
     Hessian with one hidden layer; P = 100, 294, 273 here), its samples split over threads in whole
     vectors of 8 (only the last has unused lanes): 1 and 2 threads against the reference, N a
