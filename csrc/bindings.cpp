@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <utility>
 
 #include "activations.hpp"
@@ -21,6 +22,7 @@
 #include "lbfgs.hpp"
 #include "omp_compat.hpp"
 #include "rop.hpp"
+#include "trust_region.hpp"
 #include "with_dtype.hpp"
 #include "workspace.hpp"
 
@@ -309,6 +311,20 @@ void lbfgs_direction(const py::array& S, const py::array& Y, const py::array& rh
   tk::lbfgs_direction(s, y, r, m, F, head, k, gamma, gv, a, o);
 }
 
+// Newton's trust-region step in the eigenbasis (trust_region.hpp): (ph, predicted decrease, on boundary).
+py::tuple trust_region_eigenbasis(const py::array& lam, const py::array& gh, double radius, double eps) {
+  const idx F = lam.ndim() == 1 ? (idx)lam.shape(0) : -1;
+  const double* l = data<double>(lam, "lam", {F});
+  if (F < 1) throw py::value_error("lam: expected at least one eigenvalue");
+  const double* g = data<double>(gh, "gh", {F});
+  if (!(radius > 0) || !std::isfinite(radius)) throw py::value_error("radius: expected a finite value > 0");
+  if (!(eps >= 0) || !std::isfinite(eps)) throw py::value_error("eps: expected a finite value >= 0");
+  py::array_t<double> ph(F);
+  double pred = 0.0;
+  const bool boundary = tk::trust_region_eigenbasis(l, g, F, radius, eps, ph.mutable_data(), &pred);
+  return py::make_tuple(ph, pred, boundary);
+}
+
 py::object all_finite(const py::array& a) {
   if (a.flags() & py::array::c_style) {
     if (py::isinstance<py::array_t<double>>(a))
@@ -404,6 +420,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("lbfgs_direction", &lbfgs_direction, py::arg("S"), py::arg("Y"), py::arg("rho"), py::arg("head"),
         py::arg("k"), py::arg("gamma"), py::arg("g"), py::arg("alpha"), py::arg("out"),
         "out = -H g for L-BFGS's k newest pairs, rows (head + j) % m of S and Y (two-loop recursion)");
+  m.def("trust_region_eigenbasis", &trust_region_eigenbasis, py::arg("lam"), py::arg("gh"), py::arg("radius"),
+        py::arg("eps"),
+        "(ph, predicted decrease, on boundary): the trust-region step min gh.ph + 1/2 ph.diag(lam).ph, |ph| <= "
+        "radius, for ascending eigenvalues lam and gh = Q^T g");
   m.def("all_finite", &all_finite, py::arg("a"),
         "True if a C-contiguous float array has no NaN/Inf; None for other arrays");
   m.def("have_blas", &tk::have_blas, "whether the BLAS function pointers were found");

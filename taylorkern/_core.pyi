@@ -44,6 +44,9 @@ def product_memory_values(net: Net, N: int, m: int, itemsize: int) -> float:
 
 def lbfgs_direction(S: Array, Y: Array, rho: Array, head: int, k: int, gamma: float, g: Array, alpha: Array,
                     out: Array) -> None: ...
+def trust_region_eigenbasis(lam: Array, gh: Array, radius: float, eps: float) -> tuple[Array, float, bool]:
+    """(ph, predicted decrease, on boundary): min gh.ph + 1/2 ph.diag(lam).ph subject to |ph| <= radius."""
+
 def all_finite(a: Array) -> bool | None:
     """True if a C-contiguous float array has no NaN/Inf; None for other arrays."""
 

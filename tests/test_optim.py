@@ -667,6 +667,88 @@ def test_lbfgs_direction_without_pairs_is_scaled_descent(kind):
     np.testing.assert_array_equal(out, -0.25 * g)
 
 
+def _subproblem_kinds():
+    from taylorkern.optim import _subproblem
+    try:
+        from taylorkern._core import trust_region_eigenbasis
+    except ImportError:
+        compiled = pytest.param(None, id="compiled", marks=pytest.mark.skip(reason="the compiled extension is absent"))
+    else:
+        compiled = pytest.param(trust_region_eigenbasis, id="compiled")
+    return [pytest.param(_subproblem.eigenbasis_step, id="numpy"), compiled]
+
+
+def _subproblem_cases():
+    """(lam ascending, gh, radius): inside and on the boundary of positive definite models,
+    indefinite ones, the hard case (gh zero along the lowest eigenvector(s), simple and
+    repeated, a large and a small radius) and a saddle (gh = 0)."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for F in (1, 2, 7, 33, 120):
+        lam = np.sort(rng.uniform(0.1, 10.0, F))
+        gh = rng.standard_normal(F)
+        newton = np.linalg.norm(gh / lam)
+        cases += [(lam, gh, 2.0 * newton), (lam, gh, 0.3 * newton)]
+        lam = np.sort(rng.standard_normal(F) * 5.0)
+        lam[0] = min(lam[0], -0.5)
+        cases += [(lam, gh, r) for r in (1e-3, 0.7, 50.0)]
+        for m in (1, min(3, F)):
+            hard = lam.copy()
+            hard[:m] = hard[0]
+            g0 = gh.copy()
+            g0[:m] = 0.0
+            inner = np.linalg.norm(g0[m:] / (hard[m:] - hard[0]))
+            cases += [(hard, g0, 3.0 * inner + 0.1), (hard, g0, 0.5 * inner + 1e-3)]
+        cases.append((lam, np.zeros(F), 0.4))
+    return cases
+
+
+@pytest.mark.parametrize("kind", _subproblem_kinds())
+def test_trust_region_step_meets_the_optimality_conditions(kind):
+    """Each form's step p in the eigenbasis against Moré and Sorensen's conditions for the global
+    minimiser: |p| <= radius, and some s >= max(0, -lam_1) with (lam + s) p = -gh and
+    s (radius - |p|) = 0; its predicted decrease is the model's; no random feasible point is
+    lower; the two forms agree."""
+    from taylorkern.optim import _subproblem
+    rng = np.random.default_rng(5)
+    eps = np.finfo(np.float64).eps
+    for lam, gh, radius in _subproblem_cases():
+        ph, pred, boundary = kind(lam, gh, radius, eps)
+        scale = max(abs(lam[0]), abs(lam[-1])) * radius + np.linalg.norm(gh)
+        n = np.linalg.norm(ph)
+        assert n <= radius * (1 + 1e-10)
+        assert not boundary or abs(n - radius) <= 1e-10 * radius
+        big = np.abs(ph) > 1e-6 * n
+        s = 0.0 if not big.any() else float(np.median(-gh[big] / ph[big] - lam[big]))
+        if not boundary:
+            assert abs(s) <= 1e-8 * (abs(lam).max() + 1)
+        assert s >= max(0.0, -lam[0]) - 1e-8 * (abs(lam).max() + 1)
+        np.testing.assert_allclose((lam + s) * ph, -gh, rtol=0, atol=1e-9 * scale)
+        model = float(gh @ ph + 0.5 * lam @ (ph * ph))
+        assert pred == pytest.approx(-model, rel=1e-12, abs=1e-300)
+        U = rng.standard_normal((200, lam.size))
+        U *= radius * rng.random((200, 1)) ** (1 / lam.size) / np.linalg.norm(U, axis=1, keepdims=True)
+        assert (U @ gh + 0.5 * (U * U) @ lam).min() >= model - 1e-9 * scale * radius
+        want = _subproblem.eigenbasis_step(lam, gh, radius, eps)
+        np.testing.assert_allclose(ph, want[0], rtol=0, atol=1e-10 * max(radius, 1e-300))
+        assert boundary == want[2]
+
+
+def test_compiled_trust_region_step_refuses_bad_arrays():
+    core = pytest.importorskip("taylorkern._core", reason="the compiled extension is absent")
+    lam, gh = np.arange(1.0, 4.0), np.ones(3)
+    with pytest.raises(ValueError, match="gh"):
+        core.trust_region_eigenbasis(lam, np.ones(4), 1.0, 1e-16)
+    with pytest.raises(TypeError, match="lam"):
+        core.trust_region_eigenbasis(lam.astype(np.float32), gh, 1.0, 1e-16)
+    with pytest.raises(ValueError, match="lam"):
+        core.trust_region_eigenbasis(np.ones(0), np.ones(0), 1.0, 1e-16)
+    with pytest.raises(ValueError, match="radius"):
+        core.trust_region_eigenbasis(lam, gh, 0.0, 1e-16)
+    with pytest.raises(ValueError, match="radius"):
+        core.trust_region_eigenbasis(lam, gh, np.inf, 1e-16)
+
+
 def test_compiled_lbfgs_direction_refuses_bad_arrays():
     core = pytest.importorskip("taylorkern._core", reason="the compiled extension is absent")
     S, Y, rho, alpha, g, out = np.zeros((3, 8)), np.zeros((3, 8)), np.ones(3), np.zeros(3), np.ones(8), np.zeros(8)

@@ -30,10 +30,16 @@ def trust_region_eig(lam, Q, g, radius, eps=np.finfo(np.float64).eps):
 
     eps: the relative accuracy of B (its dtype's), for deciding when components of g are
     negligible (the hard case)."""
-    gh = Q.T @ g
+    ph, pred, boundary = _eigenbasis_step(lam, Q.T @ g, radius, eps)
+    return Q @ ph, pred, boundary
+
+
+def eigenbasis_step(lam, gh, radius, eps):
+    """The subproblem in B's eigenbasis, gh = Q^T g: (ph, predicted decrease, on boundary).  The
+    numpy form of ``_core.trust_region_eigenbasis``, used where the extension is absent."""
     lam1 = float(lam[0])
     scale = max(abs(lam1), abs(float(lam[-1])), np.finfo(np.float64).tiny)
-    gnorm = _norm(g)
+    gnorm = _norm(gh)
 
     def pred(ph):
         return -(float(gh @ ph) + 0.5 * float(lam @ (ph * ph)))
@@ -41,7 +47,7 @@ def trust_region_eig(lam, Q, g, radius, eps=np.finfo(np.float64).eps):
     if lam1 > 0:
         ph = -gh / lam
         if _norm(ph) <= radius:
-            return Q @ ph, pred(ph), False
+            return ph, pred(ph), False
 
     lo = max(0.0, -lam1)
 
@@ -60,10 +66,9 @@ def trust_region_eig(lam, Q, g, radius, eps=np.finfo(np.float64).eps):
                 or pnorm(s_probe) <= radius)
         if hard and _norm(ph) <= radius:
             tau = math.sqrt(max(radius * radius - float(ph @ ph), 0.0))
-            j = int(np.flatnonzero(near)[0])
             # either sign is a solution; take the one that does not climb along g
-            ph[j] += -tau if gh[j] > 0 else tau
-            return Q @ ph, pred(ph), True
+            ph[0] += -tau if gh[0] > 0 else tau
+            return ph, pred(ph), True
 
     # Ordinary case: find s > lo with |p(s)| = radius.  |p(s)| decreases from > radius
     # (at lo) to 0; for s >= |g|/radius - lam_1 it is <= radius.  Safeguarded Newton on the
@@ -94,7 +99,13 @@ def trust_region_eig(lam, Q, g, radius, eps=np.finfo(np.float64).eps):
             break
         s = s_new
     ph = -gh / (lam + s)
-    return Q @ ph, pred(ph), True
+    return ph, pred(ph), True
+
+
+try:  # the compiled form: one call where numpy needs tens per step
+    from .._core import trust_region_eigenbasis as _eigenbasis_step
+except ImportError:  # pragma: no cover - exercised when the extension is absent
+    _eigenbasis_step = eigenbasis_step
 
 
 def steihaug_cg(Bv, g, radius, tol, max_iter):
