@@ -621,15 +621,19 @@ def _bfgs_inverse(pairs, F):
     return H
 
 
-def _two_loop_kinds():
-    from taylorkern.optim import quasi_newton
+def _numpy_and_compiled(numpy_form, core_name):
+    """The numpy form of an optimizer step and its compiled twin in _core (skipped without it)."""
     try:
-        from taylorkern._core import lbfgs_direction
+        from taylorkern import _core
+        compiled = pytest.param(getattr(_core, core_name), id="compiled")
     except ImportError:
         compiled = pytest.param(None, id="compiled", marks=pytest.mark.skip(reason="the compiled extension is absent"))
-    else:
-        compiled = pytest.param(lbfgs_direction, id="compiled")
-    return [pytest.param(quasi_newton.two_loop, id="numpy"), compiled]
+    return [pytest.param(numpy_form, id="numpy"), compiled]
+
+
+def _two_loop_kinds():
+    from taylorkern.optim import quasi_newton
+    return _numpy_and_compiled(quasi_newton.two_loop, "lbfgs_direction")
 
 
 @pytest.mark.parametrize("F", [1, 3, 37, 101])
@@ -669,13 +673,7 @@ def test_lbfgs_direction_without_pairs_is_scaled_descent(kind):
 
 def _subproblem_kinds():
     from taylorkern.optim import _subproblem
-    try:
-        from taylorkern._core import trust_region_eigenbasis
-    except ImportError:
-        compiled = pytest.param(None, id="compiled", marks=pytest.mark.skip(reason="the compiled extension is absent"))
-    else:
-        compiled = pytest.param(trust_region_eigenbasis, id="compiled")
-    return [pytest.param(_subproblem.eigenbasis_step, id="numpy"), compiled]
+    return _numpy_and_compiled(_subproblem.eigenbasis_step, "trust_region_eigenbasis")
 
 
 def _subproblem_cases():
