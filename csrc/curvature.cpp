@@ -148,8 +148,9 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   R.assign(c * k * k, T(0));
   for (idx n = 0; n < c; ++n)
     for (idx r = 0; r < k; ++r)
-      curvature_root_row(net.loss, k, P ? P + n * k : nullptr, r, row_weight(t.w, s, n0 + n), gn,
-                         R.data() + (n * k + r) * k);
+      for (idx j = 0; j < k; ++j)
+        R[(n * k + r) * k + j] =
+            curvature_root(net.loss, k, P ? P + n * k : nullptr, r, j, row_weight(t.w, s, n0 + n), gn);
   backward_rows(net, theta, t, n0, c, k, U);
 }
 

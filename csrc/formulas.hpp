@@ -327,18 +327,6 @@ TK_HD T out_curvature(Loss loss, std::int64_t k, const T* p, std::int64_t i, std
   return i == j ? s / T(k) * p[i] : T(0);
 }
 
-// ce's square-root row r, entry j: w (e_r - p)_j, w = sqrt(s p_r) (ce_root_weight).
-template <class T>
-TK_HD T ce_root_weight(const T* p, std::int64_t r, T s) {
-  using std::sqrt;
-  return sqrt(s * p[r]);
-}
-
-template <class T>
-TK_HD T ce_root(T w, const T* p, std::int64_t r, std::int64_t j) {
-  return (j == r ? w : T(0)) - w * p[j];
-}
-
 // Row r of a square root R of H_out, R^T diag(root_sign) R = H_out: mse sqrt(2s/k) e_r; ce
 // sqrt(s p_r) (e_r - p), as (I - 1 p^T)^T diag(p) (I - 1 p^T) = diag(p) - p p^T; elementwise
 // sqrt(s/k p_r) e_r.  gaussian, pair j of h, c = s/h: with gn (the Fisher) the rows sqrt(c) q e_mu
@@ -358,19 +346,8 @@ TK_HD T curvature_root(Loss loss, std::int64_t k, const T* p, std::int64_t r, st
     return j < h ? T(0) : (gn ? sqrt(T(0.5) * c) : sqrt(T(0.5) * c) * fabs(z));
   }
   if (loss != Loss::ce) return j == r ? sqrt(s / T(k) * p[r]) : T(0);
-  return ce_root(ce_root_weight(p, r, s), p, r, j);
-}
-
-// Row r of curvature_root, its k entries into R: ce's square root taken once for the row, not
-// once per entry (k^2 square roots per sample otherwise).
-template <class T>
-TK_HD void curvature_root_row(Loss loss, std::int64_t k, const T* p, std::int64_t r, T s, bool gn, T* R) {
-  if (loss == Loss::ce) {
-    const T w = ce_root_weight(p, r, s);
-    for (std::int64_t j = 0; j < k; ++j) R[j] = ce_root(w, p, r, j);
-  } else {
-    for (std::int64_t j = 0; j < k; ++j) R[j] = curvature_root(loss, k, p, r, j, s, gn);
-  }
+  const T w = sqrt(s * p[r]);
+  return (j == r ? w : T(0)) - w * p[j];
 }
 
 // The sign of curvature_root's row r: -1 only for gaussian's second rows of the Hessian.

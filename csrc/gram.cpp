@@ -145,8 +145,8 @@ double gram(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
       const T* p = net.loss != Loss::mse ? ct.p.data() : nullptr;
       for (idx n = 0; n < c; ++n)
         for (idx r = 0; r < k; ++r)
-          curvature_root_row(net.loss, k, p ? p + n * k : p, r, row_weight(tc.w, s, n), true,
-                             top.data() + (n * k + r) * k);
+          for (idx j = 0; j < k; ++j)
+            top[(n * k + r) * k + j] = curvature_root(net.loss, k, p ? p + n * k : p, r, j, row_weight(tc.w, s, n));
       backward_rows(net, theta, ct, 0, c, k, sc.U);
       // their Jacobian rows, (c k, P)
       sc.R.resize(c * k * P);

@@ -71,7 +71,8 @@ void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* 
   const idx k = net.k();
   if (!noise) {
     for (idx n = 0; n < c; ++n)
-      for (idx r = 0; r < k; ++r) curvature_root_row(net.loss, k, p ? p + n * k : p, r, s, true, top + (n * k + r) * k);
+      for (idx r = 0; r < k; ++r)
+        for (idx j = 0; j < k; ++j) top[(n * k + r) * k + j] = curvature_root(net.loss, k, p ? p + n * k : p, r, j, s);
     return;
   }
   if (!p) {  // mse: sqrt(2 s / (k M)) eps
