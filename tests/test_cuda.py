@@ -4,9 +4,9 @@ Everywhere: the extension is built wherever nvcc was found at install time and i
 without a GPU or cuBLAS; the backend then reports, with a reason, that it is unavailable,
 and its calls refuse cleanly.  With a GPU: every quantity against the float64 reference
 (float64 rel <= 1e-10, float32 <= 1e-4) on shapes, activations, losses and reductions, the
-curvature kernels over several sample chunks, device-array inputs (DeviceArray always, CuPy
-and PyTorch when importable), the resident-data handle DeviceData, the input checks, and
-long calls stopped by Ctrl-C.
+curvature kernels over several sample chunks, sample weights (numpy and device arrays),
+device-array inputs (DeviceArray always, CuPy and PyTorch when importable), the resident-data
+handle DeviceData, the input checks, and long calls stopped by Ctrl-C.
 The GPU tests skip with the reason (visible with ``pytest -rs``) where there is none.
 """
 
