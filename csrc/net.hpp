@@ -85,8 +85,9 @@ inline T sample_weight(idx N, bool mean) {
 }
 
 // Sample n's weight: s (sample_weight) times its own weight w[n] where weights are given.
+// Host and device (the CUDA kernels read it too: cuda/forward_backward.cu, curvature.cu, rop.cu).
 template <class T>
-inline T row_weight(const T* w, T s, idx n) {
+TK_HD T row_weight(const T* w, T s, idx n) {
   return w ? s * w[n] : s;
 }
 

@@ -4,9 +4,9 @@ Everywhere: the extension is built wherever nvcc was found at install time and i
 without a GPU or cuBLAS; the backend then reports, with a reason, that it is unavailable,
 and its calls refuse cleanly.  With a GPU: every quantity against the float64 reference
 (float64 rel <= 1e-10, float32 <= 1e-4) on shapes, activations, losses and reductions, the
-curvature kernels over several sample chunks, device-array inputs (DeviceArray always, CuPy
-and PyTorch when importable), the resident-data handle DeviceData, the input checks, and
-long calls stopped by Ctrl-C.
+curvature kernels over several sample chunks, sample weights (numpy and device arrays),
+device-array inputs (DeviceArray always, CuPy and PyTorch when importable), the resident-data
+handle DeviceData, the input checks, and long calls stopped by Ctrl-C.
 The GPU tests skip with the reason (visible with ``pytest -rs``) where there is none.
 """
 
@@ -25,6 +25,7 @@ import pytest
 from conftest import (
     DATA_QUANTITIES,
     QUANTITIES,
+    bitwise_equal,
     cases,
     compare,
     compute,
@@ -83,9 +84,7 @@ def test_cuda_and_core_take_the_same_arguments():
     same activation and loss codes."""
     core = pytest.importorskip("taylorkern._core")
     for q in (q for q in QUANTITIES if not q.endswith("_multi")):
-        # less _core's sample weights w: the GPU kernels take none yet (backends/cuda.py hands
-        # weighted calls to the CPU)
-        want = [a for a in _arguments(getattr(core, q)) if a != "w"]
+        want = _arguments(getattr(core, q))  # the sample weights w included
         got = _arguments(getattr(_cuda, q))
         assert got[:len(want)] == want, q
         assert set(got[len(want):]) <= {"f32", "n", "m", "device_out"}, q
@@ -439,25 +438,140 @@ def test_device_array_inputs_are_used_in_place(kind, loss):
         compare(getattr(cuda, q)(net, th, X, Y, "mean"), reference(p, q), what=q)
 
 
+# ----------------------------------------------------------------------------- sample weights
+def random_weights(N, seed):
+    """Positive weights of different magnitudes, a quarter of them exactly zero."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.1, 3.0, N) * 10.0 ** rng.integers(-1, 2, N)
+    w[rng.choice(N, size=max(1, N // 4), replace=False)] = 0.0
+    return w
+
+
+def weighted(p, q, reduction, w):
+    """Quantity q of problem p with sample weights w through the MLP, on the active backend."""
+    net = p.net
+    if q in ("hvp", "ggn_vp"):
+        return getattr(net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction, sample_weight=w)
+    if q in ("hvp_multi", "ggn_vp_multi"):
+        return getattr(net, q[:-6])(p.theta, p.X, p.Y, p.V, reduction, sample_weight=w)
+    return getattr(net, q)(p.theta, p.X, p.Y, reduction, sample_weight=w)
+
+
+def check_weighted(p, dtype, w, reductions=("mean", "sum"), quantities=DATA_QUANTITIES):
+    q32 = p if np.dtype(dtype) == np.float64 else p.astype(dtype)
+    for q in quantities:
+        for red in reductions:
+            got = weighted(q32, q, red, w)
+            with tk.use_backend("reference"):
+                want = weighted(p, q, red, w)
+            compare(got, want, dtype, what=f"{p.name} {np.dtype(dtype).name} {q} {red} weighted")
+
+
 @needs_gpu
-@pytest.mark.parametrize("loss", ["mse", "bce"])
-def test_sample_weights_on_the_cuda_backend(on_cuda, loss):
-    """Weighted calls (computed on the CPU until the GPU kernels take weights) match the
-    reference, forced and routed; device inputs with weights are refused naming the argument."""
-    p = make_problem([5, 7, 3], "tanh", loss, N=12, seed=3)
-    w = np.linspace(0.0, 2.0, 12)
-    for q in ("loss_and_grad", "hvp", "ggn", "hessian_diag"):
-        args = (p.theta, p.X, p.Y) + ((p.V,) if q == "hvp" else ())
-        got = getattr(p.net, q)(*args, sample_weight=w)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("sizes,act,loss,N", [
+    ([5, 7, 3], "tanh", "mse", 12),
+    ([4, 6, 5, 3], "gelu", "ce", 11),
+    ([3, 5, 4], "softplus", "gaussian", 9),
+    ([4, 6, 3], "sigmoid", "bce", 10),
+    ([3, 5, 2], "tanh", "poisson", 8),
+    ([3, 6, 5, 2], "sin", "huber", 9),
+    ([4, 5, 3], "relu", "soft_l1", 10),
+])
+def test_sample_weights_match_the_reference(on_cuda, sizes, act, loss, N, dtype):
+    """Every data quantity with random weights (zeros included), both reductions, on the GPU
+    kernels (the weights reach the loss head and every curvature path) against the reference."""
+    check_weighted(make_problem(sizes, act, loss, N=N, seed=3), dtype, random_weights(N, N))
+
+
+@needs_gpu
+@pytest.mark.parametrize("sizes,act,loss,N", [
+    ([6, 9, 7, 5, 3], "tanh", "ce", 40),
+    ([5, 8, 6, 4], "tanh", "gaussian", 37),
+    ([5, 8, 1], "softplus", "mse", 33),
+])
+def test_sample_weights_over_several_chunks(on_cuda, several_chunks, sizes, act, loss, N):
+    """Each chunk of the curvature kernels reads its own samples' weights."""
+    check_weighted(make_problem(sizes, act, loss, N=N), np.float64, random_weights(N, 7),
+                   quantities=("loss_and_grad", "hvp_multi", "ggn_vp", "hessian", "ggn", "hessian_blocks",
+                               "ggn_blocks", "hessian_diag", "ggn_diag"))
+
+
+@needs_gpu
+@pytest.mark.parametrize("loss", ["mse", "ce", "gaussian", "bce"])
+def test_unit_weights_with_sum_are_the_unweighted_results_bit_for_bit(on_cuda, loss):
+    """Weights of one with "sum" (which the MLP drops; passed to the backend here) take the
+    weighted kernels' path with every scale exactly the unweighted one: the same bits."""
+    p = make_problem([4, 6, 5, 4 if loss == "gaussian" else 3], "tanh", loss, N=10, seed=5)
+    ones = np.ones(p.N)
+    for q in ("loss", "loss_and_grad", "hessian", "ggn", "hessian_blocks", "ggn_blocks", "hessian_diag",
+              "ggn_diag"):
+        fn = getattr(cuda, q)
+        got = fn(p.net, p.theta, p.X, p.Y, "sum", sample_weight=ones)
+        assert bitwise_equal(got, fn(p.net, p.theta, p.X, p.Y, "sum")), q
+    for q in ("hvp", "ggn_vp"):
+        fn = getattr(cuda, q)
+        got = fn(p.net, p.theta, p.X, p.Y, p.V, "sum", sample_weight=ones)
+        assert bitwise_equal(got, fn(p.net, p.theta, p.X, p.Y, p.V, "sum")), q
+
+
+@needs_gpu
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_sample_weights_with_device_arrays(loss):
+    """Weights as a device array (in place with "sum", read back and normalised with "mean") or
+    as numpy beside device inputs, and results left on the GPU: the reference's numbers; device
+    weights of the wrong length or dtype are refused naming sample_weight."""
+    p = make_problem([6, 10, 7, 3], "tanh", loss, N=31)
+    w = random_weights(p.N, 2)
+    th, X, Y, V, wd = _devices([p.theta, p.X, p.Y, p.V, w], "DeviceArray")
+    net = p.net
+    for red in ("mean", "sum"):
         with tk.use_backend("reference"):
-            want = getattr(p.net, q)(*args, sample_weight=w)
-        compare(got, want, what=q)
-    auto = cuda.Auto(_dispatch._load("cpp") or _dispatch._load("reference"))
-    compare(auto.ggn(p.net, p.theta, p.X, p.Y, "sum", sample_weight=w),
-            tk.MLP(p.net.sizes, "tanh", loss).ggn(p.theta, p.X, p.Y, "sum", sample_weight=w))
-    th, X, Y = _devices([p.theta, p.X, p.Y], "DeviceArray")
-    with pytest.raises(ValueError, match="sample_weight"):
-        cuda.loss(p.net, th, X, Y, "mean", sample_weight=w)
+            want = {q: weighted(p, q, red, w) for q in ("loss", "loss_and_grad", "hvp_multi", "ggn_vp_multi",
+                                                       "hessian", "ggn_blocks", "hessian_diag")}
+        for weights in (wd, w):
+            what = f"{red} {'device' if weights is wd else 'numpy'} weights"
+            compare(cuda.loss(net, th, X, Y, red, sample_weight=weights), want["loss"], what=what)
+            compare(cuda.loss_and_grad(net, th, X, Y, red, sample_weight=weights), want["loss_and_grad"], what=what)
+            compare(cuda.hvp(net, th, X, Y, V, red, sample_weight=weights), want["hvp_multi"], what=what)
+            compare(cuda.ggn_vp(net, th, X, Y, V, red, sample_weight=weights), want["ggn_vp_multi"], what=what)
+            compare(cuda.hessian(net, th, X, Y, red, sample_weight=weights), want["hessian"], what=what)
+            compare(cuda.ggn_blocks(net, th, X, Y, red, sample_weight=weights), want["ggn_blocks"], what=what)
+            compare(cuda.hessian_diag(net, th, X, Y, red, sample_weight=weights), want["hessian_diag"], what=what)
+        got = cuda.hessian(net, th, X, Y, red, out="device", sample_weight=wd)
+        assert hasattr(got, "__cuda_array_interface__")
+        compare(got.get(), want["hessian"], what=f"{red} hessian(out='device')")
+        value, grad = cuda.loss_and_grad(net, p.theta, p.X, p.Y, red, out="device", sample_weight=w)
+        compare((value, grad.get()), want["loss_and_grad"], what=f"{red} loss_and_grad(out='device')")
+    for red in ("mean", "sum"):
+        with pytest.raises(ValueError, match="sample_weight"):
+            cuda.loss(net, th, X, Y, red, sample_weight=_cuda.to_device(w[:-1].copy()))
+        with pytest.raises(TypeError, match="sample_weight"):
+            cuda.loss(net, th, X, Y, red, sample_weight=_cuda.to_device(w.astype(np.float32)))
+        with pytest.raises(ValueError, match="sample_weight"):
+            cuda.ggn(net, p.theta, p.X, p.Y, red, sample_weight=w[:-1])
+
+
+@needs_gpu
+def test_sample_weights_through_the_crossover_router():
+    """The router passes the weights to whichever side it picks: the CPU for a small call, the
+    GPU when the estimate says so."""
+    from taylorkern.backends import cpp
+
+    p = make_problem([5, 7, 3], "tanh", "bce", N=12, seed=3)
+    w = random_weights(p.N, 4)
+    auto = cuda.Auto(cpp)
+    with tk.use_backend("reference"):
+        want = p.net.ggn(p.theta, p.X, p.Y, "sum", sample_weight=w)
+    assert not cuda.worth_it(p.net, "ggn", p.N)
+    compare(auto.ggn(p.net, p.theta, p.X, p.Y, "sum", sample_weight=w), want)
+    saved = dict(cuda.CROSSOVER)
+    cuda.set_crossover(GPU_CALL_S=0.0, CPU_MADDS_PER_S=1.0)  # every call "worth it"
+    try:
+        assert cuda.worth_it(p.net, "ggn", p.N)
+        compare(auto.ggn(p.net, p.theta, p.X, p.Y, "sum", sample_weight=w), want)
+    finally:
+        cuda.CROSSOVER.update(saved)
 
 
 @needs_gpu

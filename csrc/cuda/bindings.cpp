@@ -460,16 +460,20 @@ CallShape call_shape(const py::object& theta, const py::object& X, std::optional
   return c;
 }
 
-// The checked inputs of a call (theta, X and, when given, Y), placed on the device by place().
+// The checked inputs of a call (theta, X and, when given, Y and the sample weights w), placed on
+// the device by place().  w: None, or the weights (N,) in theta's dtype with the reduction
+// folded in (../net.hpp, Targets), a numpy array or a device pointer.
 template <class T>
 struct Inputs {
   idx N;
-  Arg theta, X;
+  Arg theta, X, w;
   TargetsArg Y;
-  bool has_y = false;
-  Inputs(const Net& net, idx N, const py::object& th, const py::object& x, const py::object* y = nullptr)
+  bool has_y = false, has_w = false;
+  Inputs(const Net& net, idx N, const py::object& th, const py::object& x, const py::object* y = nullptr,
+         const py::object& wt = py::none())
       : N(N), theta(arg<T>(th, "theta", {net.P()})), X(arg<T>(x, "X", {N, net.d[0]})) {
     if (y) Y = targets_arg<T>(net, *y, N), has_y = true;
+    if (!wt.is_none()) w = arg<T>(wt, "sample_weight", {N}), has_w = true;
   }
   struct Placed {
     const T *theta, *X;
@@ -478,6 +482,7 @@ struct Inputs {
   Placed place(tc::Workspace<T>& ws) const {
     Placed p{::place(theta, ws.theta, ws.stream()), ::place(X, ws.X, ws.stream()), {}};
     if (has_y) p.tg = place_targets(Y, ws);
+    if (has_w) p.tg.w = ::place(w, ws.sw, ws.stream());
     return p;
   }
 };
@@ -526,11 +531,11 @@ py::object jacobian(Net& net, py::object theta, py::object X, OptF32 f32, OptIdx
   });
 }
 
-double loss(Net& net, py::object theta, py::object X, py::object Y, bool mean, OptF32 f32, OptIdx n) {
+double loss(Net& net, py::object theta, py::object X, py::object Y, bool mean, py::object w, OptF32 f32, OptIdx n) {
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X, &Y);
+    const Inputs<T> in(net, c.N, theta, X, &Y, w);
     return run<T>(net, [&](auto& ws) {
       const auto p = in.place(ws);
       return tc::loss<T>(net, p.theta, p.X, c.N, p.tg, mean, ws);
@@ -538,22 +543,22 @@ double loss(Net& net, py::object theta, py::object X, py::object Y, bool mean, O
   });
 }
 
-py::tuple loss_and_grad(Net& net, py::object theta, py::object X, py::object Y, bool mean, OptF32 f32, OptIdx n,
-                        bool device_out) {
+py::tuple loss_and_grad(Net& net, py::object theta, py::object X, py::object Y, bool mean, py::object w, OptF32 f32,
+                        OptIdx n, bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
     double value = 0;
     py::object grad = one_result<T>(
-        net, Inputs<T>(net, c.N, theta, X, &Y), {net.P()}, device_out,
+        net, Inputs<T>(net, c.N, theta, X, &Y, w), {net.P()}, device_out,
         [&](auto p, T* g, auto& ws) { value = tc::loss_and_grad<T>(net, p.theta, p.X, c.N, p.tg, mean, g, ws); });
     return py::make_tuple(value, grad);
   });
 }
 
 // V is (P, m); m from V where it is a numpy array, else the keyword argument m.
-py::object product(Net& net, py::object theta, py::object X, py::object Y, py::object V, bool mean, bool gn, OptF32 f32,
-                   OptIdx n, OptIdx m_opt, bool device_out) {
+py::object product(Net& net, py::object theta, py::object X, py::object Y, py::object V, bool mean, py::object w,
+                   bool gn, OptF32 f32, OptIdx n, OptIdx m_opt, bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
   idx m = -1;
   if (m_opt)
@@ -565,7 +570,7 @@ py::object product(Net& net, py::object theta, py::object X, py::object Y, py::o
   if (m < 1) throw py::value_error("V: needs at least one column (m >= 1)");
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X, &Y);
+    const Inputs<T> in(net, c.N, theta, X, &Y, w);
     const Arg v = arg<T>(V, "V", {net.P(), m});
     return one_result<T>(net, in, {net.P(), m}, device_out, [&](auto p, T* o, auto& ws) {
       tc::rop<T>(net, p.theta, p.X, c.N, p.tg, mean, place(v, ws.V, ws.stream()), m, o, gn, ws);
@@ -573,34 +578,34 @@ py::object product(Net& net, py::object theta, py::object X, py::object Y, py::o
   });
 }
 
-py::object full(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
-                bool device_out) {
+py::object full(Net& net, py::object theta, py::object X, py::object Y, bool mean, py::object w, bool gn, OptF32 f32,
+                OptIdx n, bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
     return one_result<T>(
-        net, Inputs<T>(net, c.N, theta, X, &Y), {net.P(), net.P()}, device_out,
+        net, Inputs<T>(net, c.N, theta, X, &Y, w), {net.P(), net.P()}, device_out,
         [&](auto p, T* o, auto& ws) { tc::curvature_full<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, o, ws); });
   });
 }
 
-py::object diag(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
-                bool device_out) {
+py::object diag(Net& net, py::object theta, py::object X, py::object Y, bool mean, py::object w, bool gn, OptF32 f32,
+                OptIdx n, bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) {
     using T = typename decltype(dt)::type;
-    return one_result<T>(net, Inputs<T>(net, c.N, theta, X, &Y), {net.P()}, device_out, [&](auto p, T* o, auto& ws) {
+    return one_result<T>(net, Inputs<T>(net, c.N, theta, X, &Y, w), {net.P()}, device_out, [&](auto p, T* o, auto& ws) {
       tc::curvature_diag<T>(net, p.theta, p.X, c.N, p.tg, mean, gn, o, ws);
     });
   });
 }
 
-py::object blocks(Net& net, py::object theta, py::object X, py::object Y, bool mean, bool gn, OptF32 f32, OptIdx n,
-                  bool device_out) {
+py::object blocks(Net& net, py::object theta, py::object X, py::object Y, bool mean, py::object w, bool gn, OptF32 f32,
+                  OptIdx n, bool device_out) {
   const CallShape c = call_shape(theta, X, f32, n);
   return tk::with_dtype(c.f32, [&](auto dt) -> py::object {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, c.N, theta, X, &Y);
+    const Inputs<T> in(net, c.N, theta, X, &Y, w);
     py::list result;
     std::vector<T*> host, dev;
     std::vector<idx> sizes;
@@ -745,31 +750,32 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.attr("ACTIVATION_CODES") = code_table(tk::kActNames);
   m.attr("LOSS_CODES") = code_table(tk::kLossNames);
-  // As taylorkern._core: (net, theta, X[, Y[, V]][, mean]), then the keyword-only f32, n (m)
-  // and device_out.  Inputs are numpy arrays of the network's dtype or device pointers (int).
+  // As taylorkern._core: (net, theta, X[, Y[, V]][, mean, w]), then the keyword-only f32, n (m)
+  // and device_out.  Inputs are numpy arrays of the network's dtype or device pointers (int);
+  // w, the sample weights with the reduction folded in (../net.hpp, Targets), may be None.
   const auto net = py::arg("net"), theta = py::arg("theta"), X = py::arg("X"), Y = py::arg("Y"), V = py::arg("V"),
              mean = py::arg("mean");
+  const auto w = py::arg("w") = py::none();
   const auto f32 = py::arg("f32") = py::none(), n = py::arg("n") = py::none(), m_cols = py::arg("m") = py::none(),
              device_out = py::arg("device_out") = false;
   m.def("predict", &predict, net, theta, X, py::kw_only(), f32, n, device_out);
-  m.def("loss", &loss, net, theta, X, Y, mean, py::kw_only(), f32, n);
-  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean, py::kw_only(), f32, n, device_out);
+  m.def("loss", &loss, net, theta, X, Y, mean, w, py::kw_only(), f32, n);
+  m.def("loss_and_grad", &loss_and_grad, net, theta, X, Y, mean, w, py::kw_only(), f32, n, device_out);
   m.def("jacobian", &jacobian, net, theta, X, py::kw_only(), f32, n, device_out);
   for (const bool gn : {false, true})
     m.def(
         gn ? "ggn_vp" : "hvp",
-        [gn](Net& nt, py::object t, py::object x, py::object y, py::object v, bool mn, OptF32 f, OptIdx rows,
-             OptIdx cols, bool dev) { return product(nt, t, x, y, v, mn, gn, f, rows, cols, dev); },
-        net, theta, X, Y, V, mean, py::kw_only(), f32, n, m_cols, device_out);
-  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean).
+        [gn](Net& nt, py::object t, py::object x, py::object y, py::object v, bool mn, py::object wt, OptF32 f,
+             OptIdx rows, OptIdx cols, bool dev) { return product(nt, t, x, y, v, mn, wt, gn, f, rows, cols, dev); },
+        net, theta, X, Y, V, mean, w, py::kw_only(), f32, n, m_cols, device_out);
+  // hessian / ggn, hessian_blocks / ggn_blocks, hessian_diag / ggn_diag: (net, theta, X, Y, mean, w).
   auto pair = [&](const char* h, const char* g, auto fn) {
     for (const bool gn : {false, true})
       m.def(
           gn ? g : h,
-          [fn, gn](Net& nt, py::object t, py::object x, py::object y, bool mn, OptF32 f, OptIdx rows, bool dev) {
-            return fn(nt, t, x, y, mn, gn, f, rows, dev);
-          },
-          net, theta, X, Y, mean, py::kw_only(), f32, n, device_out);
+          [fn, gn](Net& nt, py::object t, py::object x, py::object y, bool mn, py::object wt, OptF32 f, OptIdx rows,
+                   bool dev) { return fn(nt, t, x, y, mn, wt, gn, f, rows, dev); },
+          net, theta, X, Y, mean, w, py::kw_only(), f32, n, device_out);
   };
   pair("hessian", "ggn", &full);
   pair("hessian_blocks", "ggn_blocks", &blocks);

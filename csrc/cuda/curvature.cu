@@ -155,21 +155,25 @@ __global__ void k_transpose(idx rows, idx cols, const T* __restrict__ src, idx l
 }
 
 // GGN: U (c, k, k), rows of a square root R of H_out (R^T R = H_out; formulas.hpp's
-// curvature_root); p null for mse.
+// curvature_root); p null for mse.  Sample n's scale is row_weight(w, s, n) (../net.hpp; w the
+// chunk's weights or null).
 template <class T>
-__global__ void k_ggn_u_init(idx c, idx k, Loss loss, T s, const T* __restrict__ p, T* __restrict__ U) {
+__global__ void k_ggn_u_init(idx c, idx k, Loss loss, T s, const T* __restrict__ w, const T* __restrict__ p,
+                             T* __restrict__ U) {
   TK_GRID_STRIDE(q, c * k * k) {
     const idx j = q % k, r = (q / k) % k, n = q / (k * k);
-    U[q] = curvature_root(loss, k, p ? p + n * k : nullptr, r, j, s);
+    U[q] = curvature_root(loss, k, p ? p + n * k : nullptr, r, j, row_weight(w, s, n));
   }
 }
 
-// Hessian: Q_{L-1} (c, k, k) = H_out (formulas.hpp's out_curvature); p null for mse.
+// Hessian: Q_{L-1} (c, k, k) = H_out (formulas.hpp's out_curvature); p null for mse; scales as
+// k_ggn_u_init's.
 template <class T>
-__global__ void k_hess_q_init(idx c, idx k, Loss loss, T s, const T* __restrict__ p, T* __restrict__ Q) {
+__global__ void k_hess_q_init(idx c, idx k, Loss loss, T s, const T* __restrict__ w, const T* __restrict__ p,
+                              T* __restrict__ Q) {
   TK_GRID_STRIDE(q, c * k * k) {
     const idx j = q % k, i = (q / k) % k, n = q / (k * k);
-    Q[q] = out_curvature(loss, k, p ? p + n * k : nullptr, i, j, s);
+    Q[q] = out_curvature(loss, k, p ? p + n * k : nullptr, i, j, row_weight(w, s, n));
   }
 }
 
@@ -275,11 +279,12 @@ void chunk_factors(const Net& net, const T* theta, Workspace<T>& ws, bool mean, 
     for (idx l = 0; l < L; ++l) f.Tm[l].resize(L), f.S[l].resize(L);
   }
   const T* P = net.loss != Loss::mse ? t.p.data() + n0 * k : nullptr;
+  const T* w = t.w ? t.w + n0 : nullptr;  // the chunk's sample weights
 
   if (gn) {
     f.U.resize(L);
     f.U[L - 1].resize(c * k * k);
-    k_ggn_u_init<T><<<grid_for(c * k * k), kThreads, 0, st>>>(c, k, net.loss, s, P, f.U[L - 1].data());
+    k_ggn_u_init<T><<<grid_for(c * k * k), kThreads, 0, st>>>(c, k, net.loss, s, w, P, f.U[L - 1].data());
     TK_CHECK_LAUNCH();
     backward_rows(net, theta, ws, n0, c, k, f.U);
     if (need == Need::diag) return;
@@ -303,7 +308,7 @@ void chunk_factors(const Net& net, const T* theta, Workspace<T>& ws, bool mean, 
 
   // Hessian: Q_{L-1} = H_out, then the backward recursion.
   f.Q[L - 1].resize(c * k * k);
-  k_hess_q_init<T><<<grid_for(c * k * k), kThreads, 0, st>>>(c, k, net.loss, s, P, f.Q[L - 1].data());
+  k_hess_q_init<T><<<grid_for(c * k * k), kThreads, 0, st>>>(c, k, net.loss, s, w, P, f.Q[L - 1].data());
   TK_CHECK_LAUNCH();
   for (idx l = L - 1; l >= 1; --l) {
     const idx Hl = net.d[l + 1], Hp = net.d[l];

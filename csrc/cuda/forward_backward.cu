@@ -45,16 +45,20 @@ __global__ void k_bias_act(Tile tl, const T* __restrict__ b, T* __restrict__ z, 
 }
 
 // The loss head per sample (formulas.hpp): rowloss, G = dloss/df (when G is given) and, for
-// ce, the softmax p.
+// ce, the softmax p.  Sample n's scale is row_weight(tg.w, s, n) (../net.hpp), and its rowloss
+// is times w[n] where weighted, as in ../forward_backward.cpp (head_rows).
 template <class T>
 __global__ void k_loss_head(idx N, idx k, Loss loss, double scale, const T* __restrict__ F, Targets<T> tg, T s,
                             T* __restrict__ G,
                             T* __restrict__ p, T* __restrict__ rowloss) {
+  const T* w = tg.w;
   TK_GRID_STRIDE(n, N) {
     const T* f = F + n * k;
     T* g = G ? G + n * k : nullptr;
+    const T sn = row_weight(w, s, n);
     if (loss == Loss::mse) {
-      rowloss[n] = mse_row(k, f, tg.y + n * k, s, g);
+      rowloss[n] = mse_row(k, f, tg.y + n * k, sn, g);
+      if (w) rowloss[n] *= w[n];
       continue;
     }
     T* pn = p + n * k;
@@ -64,9 +68,9 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, double scale, const T* __re
         double gj, hj;
         acc += elem_loss<DeviceMath>(loss, (double)f[j], (double)tg.y[n * k + j], scale, gj, hj);
         pn[j] = (T)hj;
-        if (g) g[j] = s / T(k) * (T)gj;
+        if (g) g[j] = sn / T(k) * (T)gj;
       }
-      rowloss[n] = (T)acc;
+      rowloss[n] = w ? (T)acc * w[n] : (T)acc;
       continue;
     }
     if (loss == Loss::gaussian) {  // p = (q, z) of each pair, in double as above
@@ -76,9 +80,9 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, double scale, const T* __re
         double q, z, gm, gv;
         acc += gauss_pair<DeviceMath>((double)f[j], (double)f[h + j], (double)tg.y[n * h + j], q, z, gm, gv);
         pn[j] = (T)q, pn[h + j] = (T)z;
-        if (g) g[j] = s / T(h) * (T)gm, g[h + j] = s / T(h) * (T)gv;
+        if (g) g[j] = sn / T(h) * (T)gm, g[h + j] = sn / T(h) * (T)gv;
       }
-      rowloss[n] = (T)acc;
+      rowloss[n] = w ? (T)acc * w[n] : (T)acc;
       continue;
     }
     const idx top = ce_top(k, f);
@@ -92,7 +96,8 @@ __global__ void k_loss_head(idx N, idx k, Loss loss, double scale, const T* __re
       continue;
     }
     rowloss[n] = ce_loss(t_log1p(rest), f, top, y);
-    if (g) ce_gradient(k, pn, y, top, rest, s, g);
+    if (w) rowloss[n] *= w[n];
+    if (g) ce_gradient(k, pn, y, top, rest, sn, g);
   }
 }
 
@@ -216,6 +221,7 @@ void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool 
   Tape<T>& t = ws.tape;
   const idx N = t.N, k = net.k(), L = net.L();
   const T s = sample_weight<T>(N, mean);
+  t.w = tg.w;
   t.rowloss.resize(N);
   if (want_grad) t.g[L - 1].resize(N * k);
   if (net.loss != Loss::mse) t.p.resize(N * k);

@@ -22,7 +22,8 @@ struct Tape {
   bool lean = false;              // d1 not stored for relu layers (see deriv)
   DevBuf<T> F;                    // outputs (N, k)
   DevBuf<T> p;                    // ce: softmax(F) (N, k)
-  DevBuf<T> rowloss;              // per-sample losses (N,)
+  DevBuf<T> rowloss;              // per-sample losses (N,), each times its weight w[n] where weighted
+  const T* w = nullptr;           // the call's sample weights (N,) on the device, or null (../net.hpp, Targets)
   std::vector<DevBuf<T>> g;       // g[l] = dloss/dz_l: (N, d[l+1])
   std::vector<DevBuf<T>> e;       // e[l] = dloss/da_{l+1} for l = 0..L-2: (N, d[l+1])
   DevBuf<double> total;           // the loss sum (1,)
@@ -61,7 +62,8 @@ template <class T>
 void forward(const Net& net, const T* theta, const T* X, idx N, Workspace<T>& ws, Derivs need, bool lean = false);
 
 // g[L-1] and the per-sample losses (tape.p for ce); with want_value, their sum in double is
-// queued too, for read_loss.
+// queued too, for read_loss.  Sample n's scale is row_weight(tg.w, s, n) (../net.hpp); tape.w
+// keeps tg.w for the curvature kernels.
 template <class T>
 void loss_head(const Net& net, Workspace<T>& ws, Targets<T> tg, bool mean, bool want_grad, bool want_value);
 

@@ -60,29 +60,41 @@ __global__ void k_scale(idx n, T c, const T* __restrict__ x, T* __restrict__ y) 
   TK_GRID_STRIDE(i, n) y[i] = c * x[i];
 }
 
+// The output curvature kernels below scale sample n by row_weight(w, s, n) (../net.hpp; w the
+// sample weights or null), as ../rop.cpp's out_curvature does.
+
+// mse with weights: rg[n, c, :] = mse_curvature(k, s_n) rf[n, c, :] (without, k_scale).
+template <class T>
+__global__ void k_mse_curv(idx N, idx m, idx k, T s, const T* __restrict__ w, const T* __restrict__ rf,
+                           T* __restrict__ rg) {
+  TK_GRID_STRIDE(i, N * m * k) rg[i] = mse_curvature(k, row_weight(w, s, i / (m * k))) * rf[i];
+}
+
 // ce: rg[n, c, :] = H_out rf[n, c, :] for each direction c (formulas.hpp's ce_curvature_times).
 template <class T>
-__global__ void k_ce_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, const T* __restrict__ rf,
-                          T* __restrict__ rg) {
+__global__ void k_ce_curv(idx N, idx m, idx k, T s, const T* __restrict__ w, const T* __restrict__ p,
+                          const T* __restrict__ rf, T* __restrict__ rg) {
   TK_GRID_STRIDE(row, N * m) {
     const T* pn = p + row / m * k;
-    ce_curvature_times(k, pn, ce_top(k, pn), rf + row * k, s, rg + row * k);
+    ce_curvature_times(k, pn, ce_top(k, pn), rf + row * k, row_weight(w, s, row / m), rg + row * k);
   }
 }
 
-// elementwise heads: rg[n, c, j] = s/k l''(f_nj) rf[n, c, j], l'' in p (formulas.hpp).
+// elementwise heads: rg[n, c, j] = s_n/k l''(f_nj) rf[n, c, j], l'' in p (formulas.hpp).
 template <class T>
-__global__ void k_diag_curv(idx N, idx m, idx k, T s, const T* __restrict__ p, const T* __restrict__ rf,
-                            T* __restrict__ rg) {
-  TK_GRID_STRIDE(i, N * m * k) rg[i] = s / T(k) * p[i / (m * k) * k + i % k] * rf[i];
+__global__ void k_diag_curv(idx N, idx m, idx k, T s, const T* __restrict__ w, const T* __restrict__ p,
+                            const T* __restrict__ rf, T* __restrict__ rg) {
+  TK_GRID_STRIDE(i, N * m * k) rg[i] = row_weight(w, s, i / (m * k)) / T(k) * p[i / (m * k) * k + i % k] * rf[i];
 }
 
 // gaussian: rg[n, c, :] = H_out rf[n, c, :], the Hessian's or with gn the Fisher's, from the
 // pairs' (q, z) in p (formulas.hpp's gauss_curvature_times).
 template <class T>
-__global__ void k_gauss_curv(idx N, idx m, idx k, T s, bool gn, const T* __restrict__ p, const T* __restrict__ rf,
-                             T* __restrict__ rg) {
-  TK_GRID_STRIDE(row, N * m) gauss_curvature_times(k, p + row / m * k, rf + row * k, s, gn, rg + row * k);
+__global__ void k_gauss_curv(idx N, idx m, idx k, T s, const T* __restrict__ w, bool gn, const T* __restrict__ p,
+                             const T* __restrict__ rf, T* __restrict__ rg) {
+  TK_GRID_STRIDE(row, N * m) {
+    gauss_curvature_times(k, p + row / m * k, rf + row * k, row_weight(w, s, row / m), gn, rg + row * k);
+  }
 }
 
 // o[(i*dn + j)*m + c] = acc[(i*m + c)*dn + j] (+ tmp[(c*di + i)*dn + j] for i < di).
@@ -184,14 +196,17 @@ void rop(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool 
   // Output curvature applied to the output tangent.
   auto &Rg = ws.Rg, &Re = ws.Re, &tmp = ws.tmp, &acc = ws.acc;
   Rg.resize(N * m * k);
-  if (net.loss == Loss::mse) {
+  const T* w = t.w;
+  if (net.loss == Loss::mse && w) {
+    k_mse_curv<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N, m, k, s, w, Rz[L - 1].data(), Rg.data());
+  } else if (net.loss == Loss::mse) {
     k_scale<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N * m * k, mse_curvature(k, s), Rz[L - 1].data(), Rg.data());
   } else if (elementwise(net.loss)) {
-    k_diag_curv<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
+    k_diag_curv<T><<<grid_for(N * m * k), kThreads, 0, st>>>(N, m, k, s, w, t.p.data(), Rz[L - 1].data(), Rg.data());
   } else if (net.loss == Loss::gaussian) {
-    k_gauss_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, gn, t.p.data(), Rz[L - 1].data(), Rg.data());
+    k_gauss_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, w, gn, t.p.data(), Rz[L - 1].data(), Rg.data());
   } else {
-    k_ce_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, t.p.data(), Rz[L - 1].data(), Rg.data());
+    k_ce_curv<T><<<grid_for(N * m), kThreads, 0, st>>>(N, m, k, s, w, t.p.data(), Rz[L - 1].data(), Rg.data());
   }
   TK_CHECK_LAUNCH();
 

@@ -98,6 +98,7 @@ struct Workspace {
 
   // Inputs staged from host memory, and results before they go back.
   DevBuf<T> theta, X, Y, V, out;
+  DevBuf<T> sw;  // sample weights (N,)
   DevBuf<std::int64_t> labels;
   DevBuf<T> part;  // per-chunk column sums of a tiled pass (common.cuh, Tile)
 

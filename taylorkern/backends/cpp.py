@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _core
+from ._weights import kernel_weights as _weights
 
 name = "cpp"
 
@@ -15,18 +14,6 @@ def _net(net):
         h = net._handles[name] = _core.Net(list(net.sizes), [_core.ACTIVATION_CODES[a] for a in net.activations],
                                            _core.LOSS_CODES[net.loss_name], net.loss_scale)
     return h
-
-
-def _weights(net, sample_weight, reduction):
-    """(mean, w) for the kernels: without weights (None, the old path) the reduction's flag and
-    None; with them, reduction "mean" folded into the weights (w / sum w, in float64, then in the
-    network's dtype) and the kernels summing (csrc/net.hpp, Targets)."""
-    if sample_weight is None:
-        return reduction == "mean", None
-    w = np.asarray(sample_weight, np.float64)
-    if reduction == "mean":
-        w = w / w.sum()
-    return False, np.ascontiguousarray(w, dtype=net.dtype)
 
 
 def predict(net, theta, X):

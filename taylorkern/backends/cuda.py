@@ -34,6 +34,7 @@ import numpy as np
 
 from .._threads import get_num_threads
 from ._device_arrays import interface, is_device_array
+from ._weights import kernel_weights
 
 try:
     from .. import _cuda
@@ -196,17 +197,17 @@ def _args(net, theta, X, *Y):
     return args, {"f32": _f32(net), "n": N}
 
 
-def _weighted(quantity, net, theta, X, Y, *rest, sample_weight, out="numpy"):
-    """A call with sample weights: the GPU kernels take none yet, so it runs on the CPU (the cpp
-    backend, else the reference) with the same results; inputs must be host arrays."""
-    if out != "numpy" or any(is_device_array(a) for a in (theta, X, Y) + rest):
-        raise ValueError("sample_weight: the cuda backend takes sample weights only with host (numpy) inputs "
-                         "and results; its GPU kernels have no per-sample weights yet")
-    try:
-        from . import cpp as host
-    except ImportError:
-        from . import reference as host
-    return getattr(host, quantity)(net, theta, X, Y, *rest, sample_weight=sample_weight)
+def _weights(net, sample_weight, reduction, N):
+    """(mean, w) for a _cuda call, as cpp passes them (backends/_weights.py, kernel_weights: "mean"
+    folded into the weights, the kernels summing): host weights as a numpy array of the
+    network's dtype; device weights, (N,) of the network's dtype, as their pointer with "sum",
+    and with "mean" read back once (N values) to be normalised as host ones are."""
+    if sample_weight is None or not is_device_array(sample_weight):
+        return kernel_weights(net, sample_weight, reduction)
+    ptr = _device_pointer(sample_weight, "sample_weight", net.dtype, (N,))
+    if reduction == "sum":
+        return False, ptr
+    return kernel_weights(net, _cuda.to_host(ptr, [N], net.dtype.str), reduction)
 
 
 def predict(net, theta, X, out="numpy"):
@@ -220,32 +221,28 @@ def jacobian(net, theta, X, out="numpy"):
 
 
 def loss(net, theta, X, Y, reduction, sample_weight=None):
-    if sample_weight is not None:
-        return _weighted("loss", net, theta, X, Y, reduction, sample_weight=sample_weight)
     args, kw = _args(net, theta, X, Y)
-    return _cuda.loss(*args, reduction == "mean", **kw)
+    return _cuda.loss(*args, *_weights(net, sample_weight, reduction, kw["n"]), **kw)
 
 
 def loss_and_grad(net, theta, X, Y, reduction, out="numpy", sample_weight=None):
-    if sample_weight is not None:
-        return _weighted("loss_and_grad", net, theta, X, Y, reduction, sample_weight=sample_weight, out=out)
     args, kw = _args(net, theta, X, Y)
-    return _cuda.loss_and_grad(*args, reduction == "mean", **kw, device_out=out == "device")
+    return _cuda.loss_and_grad(*args, *_weights(net, sample_weight, reduction, kw["n"]), **kw,
+                               device_out=out == "device")
 
 
 def _with_vectors(fn_name):
     fn = getattr(_cuda, fn_name)
 
     def call(net, theta, X, Y, V, reduction, out="numpy", sample_weight=None):
-        if sample_weight is not None:
-            return _weighted(fn_name, net, theta, X, Y, V, reduction, sample_weight=sample_weight, out=out)
         args, kw = _args(net, theta, X, Y)
         shape = interface(V)["shape"] if is_device_array(V) else np.shape(V)
         m = int(shape[1]) if len(shape) == 2 else 1
         Vin = _input(V, "V", net.dtype, (net.num_params, m) if len(shape) == 2 else (net.num_params,))
         if isinstance(Vin, np.ndarray):
             Vin = Vin.reshape(net.num_params, m)
-        return fn(*args, Vin, reduction == "mean", **kw, m=m, device_out=out == "device")
+        return fn(*args, Vin, *_weights(net, sample_weight, reduction, kw["n"]), **kw, m=m,
+                  device_out=out == "device")
 
     call.__name__ = fn_name
     return call
@@ -255,10 +252,8 @@ def _with_data(fn_name):
     fn = getattr(_cuda, fn_name)
 
     def call(net, theta, X, Y, reduction, out="numpy", sample_weight=None):
-        if sample_weight is not None:
-            return _weighted(fn_name, net, theta, X, Y, reduction, sample_weight=sample_weight, out=out)
         args, kw = _args(net, theta, X, Y)
-        return fn(*args, reduction == "mean", **kw, device_out=out == "device")
+        return fn(*args, *_weights(net, sample_weight, reduction, kw["n"]), **kw, device_out=out == "device")
 
     call.__name__ = fn_name
     return call
@@ -368,14 +363,13 @@ class Auto:
     @staticmethod
     def _router(quantity, gpu, cpu):
         def call(net, theta, X, *rest, sample_weight=None):
-            if sample_weight is not None:  # the GPU kernels take no weights yet (_weighted)
-                return cpu(net, theta, X, *rest, sample_weight=sample_weight)
+            kw = {} if sample_weight is None else {"sample_weight": sample_weight}
             m = 1
             if quantity in ("hvp", "ggn_vp"):
                 shape = np.shape(rest[1]) if not is_device_array(rest[1]) else \
                     interface(rest[1])["shape"]
                 m = int(shape[1]) if len(shape) == 2 else 1
-            return (gpu if worth_it(net, quantity, _rows(X), m) else cpu)(net, theta, X, *rest)
+            return (gpu if worth_it(net, quantity, _rows(X), m) else cpu)(net, theta, X, *rest, **kw)
 
         call.__name__ = quantity
         return call
