@@ -117,6 +117,8 @@ class _TaylorMLP(BaseEstimator):
         if isinstance(activation, str):
             activation = _ACTIVATION_ALIASES.get(activation, activation)
         loss, scale = self._net_loss()
+        if loss == "gaussian":  # a mean and a log-variance per target
+            n_out *= 2
         return MLP([n_in, *self._hidden_sizes(), n_out], activation=activation, loss=loss,
                    l2=self.alpha, dtype=self.dtype, loss_scale=scale)
 
@@ -173,10 +175,13 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
 
     Parameters
     ----------
-    loss : {"mse", "huber", "soft_l1", "poisson"}, default "mse"
+    loss : {"mse", "huber", "soft_l1", "poisson", "gaussian"}, default "mse"
         The network's loss (taylorkern.MLP): squared error, the robust huber and soft_l1 of
-        the residual (their scale is ``loss_scale``), or the Poisson likelihood of counts
-        (y >= 0; the outputs are log-rates, and ``predict`` returns the rates exp(f)).
+        the residual (their scale is ``loss_scale``), the Poisson likelihood of counts
+        (y >= 0; the outputs are log-rates, and ``predict`` returns the rates exp(f)), or the
+        Gaussian likelihood with a noise variance that depends on x (heteroscedastic
+        regression: the network has a mean and a log-variance output per target, ``predict``
+        returns the means and ``return_std=True`` the network's noise standard deviations).
     loss_scale : float, default 1.0
         huber's delta, soft_l1's c.
     hidden_layer_sizes : tuple of int, default (10,)
@@ -216,7 +221,7 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
     """
 
     _loss = "mse"
-    LOSSES = ("mse", "huber", "soft_l1", "poisson")
+    LOSSES = ("mse", "huber", "soft_l1", "poisson", "gaussian")
 
     # Above this many parameters fit() skips the Laplace posterior (its P x P GGN and eigen-
     # decomposition would cost more than the training); pcov_ is None then.
@@ -271,18 +276,26 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
 
     def predict(self, X, return_std=False):
         """Predictions, shape (n_samples,) if fitted on a 1-D y, else (n_samples, n_outputs);
-        with loss="poisson" the rates exp(f).
+        with loss="poisson" the rates exp(f), with loss="gaussian" the means.
 
         With ``return_std=True`` also the standard deviation of the predictive distribution of
         y at X, of the same shape: sqrt(J pcov_ J^T + sigma_noise_^2), the linearised (GLM)
         Laplace predictive with the noise estimated at fit (as ``BayesianRidge`` reports it);
         J is the Jacobian of the outputs in the parameters at X (see :mod:`taylorkern.laplace`).
+        With loss="gaussian" it is the network's own noise standard deviation exp(v / 2) at X
+        (v its log-variance output), without a term for the uncertainty of theta_.
         """
         F = self._outputs(X)
+        std = None
         if self.net_.loss_name == "poisson":
             F = np.exp(F)
+        elif self.net_.loss_name == "gaussian":
+            k = F.shape[1] // 2
+            F, std = F[:, :k], np.exp(0.5 * F[:, k:])
         if not return_std:
             return F.ravel() if self._y_ndim == 1 else F
+        if std is not None:
+            return (F.ravel(), std.ravel()) if self._y_ndim == 1 else (F, std)
         if self.laplace_ is None:
             raise ValueError(f"return_std: only for loss='mse' fits without sample_weight and at most "
                              f"laplace_max_params = {self.laplace_max_params} parameters (this one: "

@@ -393,6 +393,38 @@ def test_regressor_loss(sk, loss, scale):
         sk.MLPRegressor(loss="huber", loss_scale=0.0).fit(X, y)
 
 
+def test_regressor_gaussian_learns_the_noise_level(sk):
+    """loss="gaussian": a mean and a log-variance output per target; predict gives the means,
+    return_std=True the network's exp(v / 2), which follows noise that grows with |x|; its loss_
+    is the network's weighted loss plus the penalty; 2-D targets give (n, k) means and stds."""
+    from sklearn.exceptions import ConvergenceWarning
+    rng = np.random.default_rng(13)
+    X = rng.uniform(-1, 1, (600, 1))
+    noise = 0.02 + 0.3 * np.abs(X[:, 0])
+    y = np.sin(2 * X[:, 0]) + noise * rng.standard_normal(600)
+    w = rng.uniform(0.5, 1.5, 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = sk.MLPRegressor(hidden_layer_sizes=(8,), loss="gaussian", max_iter=150,
+                              random_state=0).fit(X, y, sample_weight=w)
+    assert est.net_.sizes[-1] == 2 and est.net_.loss_name == "gaussian"
+    assert est.loss_ == pytest.approx(est.net_.loss(est.theta_, X, y, sample_weight=w), rel=1e-12)
+    mean, std = est.predict(X, return_std=True)
+    F = est.net_.predict(est.theta_, X)
+    np.testing.assert_array_equal(mean, est.predict(X))
+    np.testing.assert_allclose(mean, F[:, 0], rtol=0, atol=0)
+    np.testing.assert_allclose(std, np.exp(0.5 * F[:, 1]), rtol=1e-15)
+    assert np.abs(mean - np.sin(2 * X[:, 0])).mean() < 0.05
+    assert np.corrcoef(std, noise)[0, 1] > 0.9
+    assert np.median(std / noise) == pytest.approx(1.0, abs=0.25)
+    Y2 = np.column_stack([y, -y])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est2 = sk.MLPRegressor(hidden_layer_sizes=(4,), loss="gaussian", max_iter=5, random_state=0).fit(X, Y2)
+    mean2, std2 = est2.predict(X[:7], return_std=True)
+    assert est2.net_.sizes[-1] == 4 and mean2.shape == std2.shape == (7, 2) and (std2 > 0).all()
+
+
 def test_binary_classifier_is_one_logit_with_bce(sk):
     """Two classes: one output and loss "bce", probabilities (1 - sigmoid(f), sigmoid(f)) with
     exact logs for confident samples; three classes keep softmax cross-entropy."""
