@@ -630,6 +630,39 @@ def test_device_data_matches_the_model(source):
     compare((value, grad.get()), want["loss_and_grad"])
     compare(data.hvp(p.theta, _cuda.to_device(p.V), out="device").get(), want["hvp"])
     compare(np.asarray(data.ggn_vp(p.theta, p.V[:, 0], out="device")).ravel(), want["ggn_vp"])
+
+
+@needs_gpu
+@pytest.mark.parametrize("source", ["numpy", "DeviceArray"])
+def test_device_data_with_sample_weights(source):
+    """DeviceData(sample_weight=...), numpy or on the GPU: the MLP's weighted numbers with l2, for
+    both reductions; equal weights give the unweighted bits; bad weights are refused as the MLP
+    refuses them, naming sample_weight."""
+    p = make_problem([5, 9, 6, 3], "tanh", "ce", N=29, l2=0.03)
+    net = p.net
+    w = random_weights(p.N, 4)
+    X, Y, wd = (p.X, p.Y, w) if source == "numpy" else _devices([p.X, p.Y, w], source)
+    data = cuda.DeviceData(net, X, Y, sample_weight=wd)
+    for red in ("mean", "sum"):
+        with tk.use_backend("reference"):
+            want = {q: weighted(p, q, red, w) for q in ("loss", "loss_and_grad", "hvp_multi", "ggn_vp",
+                                                       "hessian", "ggn_blocks", "ggn_diag")}
+        compare(data.loss(p.theta, red), want["loss"], what=f"{red} loss")
+        compare(data.loss_and_grad(p.theta, red), want["loss_and_grad"], what=f"{red} loss_and_grad")
+        compare(data.hvp(p.theta, p.V, red), want["hvp_multi"], what=f"{red} hvp")
+        compare(data.ggn_vp(p.theta, p.V[:, 0], red), want["ggn_vp"], what=f"{red} ggn_vp")
+        compare(data.hessian(p.theta, red), want["hessian"], what=f"{red} hessian")
+        compare(data.ggn_blocks(p.theta, red), want["ggn_blocks"], what=f"{red} ggn_blocks")
+        compare(data.ggn_diag(p.theta, red, out="device").get(), want["ggn_diag"], what=f"{red} ggn_diag")
+    equal = cuda.DeviceData(net, X, Y, sample_weight=np.full(p.N, 2.5))
+    assert bitwise_equal(equal.hessian(p.theta), cuda.DeviceData(net, X, Y).hessian(p.theta))
+    bads = [(w[:-1], ValueError), (-w, ValueError), (np.zeros(p.N), ValueError),
+            (np.where(w > 0, np.nan, 0.0), ValueError)]
+    if source != "numpy":  # device weights must have the network's dtype; numpy ones any real dtype
+        bads = [(_cuda.to_device(np.ascontiguousarray(b)), e) for b, e in bads + [(w.astype(np.float32), TypeError)]]
+    for bad, err in bads:
+        with pytest.raises(err, match="sample_weight"):
+            cuda.DeviceData(net, X, Y, sample_weight=bad)
     with pytest.raises(ValueError, match="out"):
         data.hessian(p.theta, out="gpu")
 

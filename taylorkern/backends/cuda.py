@@ -391,13 +391,15 @@ class DeviceData:
     checked once on the GPU for NaN/Inf and label range, and kept referenced).  Methods take
     ``theta`` (and ``V``) as numpy or device arrays and mirror the MLP's, l2 included; those
     with ``out="device"`` return a :class:`DeviceArray` that stays on the GPU.
+    ``sample_weight`` (N,), numpy or a device array of the network's dtype, is checked as the
+    MLP checks it and weighs every call that takes targets.
 
         data = DeviceData(net, X, Y)
         for it in range(100):
             value, grad = data.loss_and_grad(theta)
     """
 
-    def __init__(self, net, X, Y=None):
+    def __init__(self, net, X, Y=None, sample_weight=None):
         self.net = net
         if is_device_array(X):
             shape = tuple(interface(X)["shape"])
@@ -426,6 +428,24 @@ class DeviceData:
                 self._Y = Y
             else:
                 self._Y = _cuda.to_device(net._check_Y(Y, self.N))
+        self._w = self._resident_weights(sample_weight)
+
+    def _resident_weights(self, sample_weight):
+        """{reduction: the weights on the GPU as the kernels take them when summing (w / sum w for
+        "mean", as backends/_weights.py folds it, and w for "sum"), or None where they change
+        nothing}.  Checked once as the MLP checks them; device weights (N,) of the network's dtype
+        are read back once for that (N values)."""
+        if sample_weight is None:
+            return {}
+        if is_device_array(sample_weight):
+            ptr = _device_pointer(sample_weight, "sample_weight", self.net.dtype, (self.N,))
+            sample_weight = _cuda.to_host(ptr, [self.N], self.net.dtype.str)
+        resident = {}
+        for reduction in ("mean", "sum"):
+            w = self.net._check_weights(sample_weight, self.N, reduction)
+            resident[reduction] = None if w is None else \
+                _cuda.to_device(kernel_weights(self.net, w, reduction)[1])
+        return resident
 
     def __repr__(self):
         return f"DeviceData({self.net!r}, N={self.N})"
@@ -455,7 +475,11 @@ class DeviceData:
         extra = () if V is None else (V,)
         outs = () if out is None else (self._check_out(out),)
         fn = getattr(sys.modules[__name__], kind)
-        result = fn(self.net, theta, self._X, self._need_y(), *extra, reduction, *outs)
+        w = self._w.get(reduction)
+        if w is None:
+            result = fn(self.net, theta, self._X, self._need_y(), *extra, reduction, *outs)
+        else:  # the resident weights carry the mean's 1 / sum w: the kernels sum
+            result = fn(self.net, theta, self._X, self._need_y(), *extra, "sum", *outs, sample_weight=w)
         return self.net._add_l2(kind, result, reduction, theta, V, ops=_DeviceL2(self.net.dtype))
 
     # -- calls
