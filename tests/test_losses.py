@@ -298,9 +298,9 @@ def test_gaussian_zero_residual_where_the_precision_overflows(dtype, v):
 
 
 def test_gaussian_is_refused_where_unsupported():
-    """K-FAC (its factors and the kfac method), the Laplace posterior, scipy's least squares and
-    the scikit-learn estimator take mse and ce (or their own list) only: each refuses gaussian by
-    name, before any result."""
+    """K-FAC (its factors and the kfac method), the Laplace posterior and scipy's least squares
+    take mse and ce (or their own list) only: each refuses gaussian by name, before any result
+    (MLPRegressor takes it: tests/test_scipy_sklearn.py)."""
     pytest.importorskip("scipy")
     from taylorkern import kfac, laplace
     from taylorkern import scipy as tks
@@ -314,9 +314,6 @@ def test_gaussian_is_refused_where_unsupported():
         laplace.fit(net, theta, X, Y)
     with pytest.raises(ValueError, match="^net: .*'gaussian'"):
         tks.least_squares(net, theta, X, Y)
-    sklearn = pytest.importorskip("taylorkern.sklearn")
-    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
-        sklearn.MLPRegressor(loss="gaussian").fit(X, Y)
 
 
 def test_gaussian_odd_width_is_refused():
