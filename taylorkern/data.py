@@ -449,12 +449,10 @@ def accepting(method, kind):
 def accepting_trusted(method):
     """MLP._trusted(kind, theta, X, Y, reduction) routed to a :class:`Data` object's sum."""
     @functools.wraps(method)
-    def call(self, kind, theta, X, Y, *args, **kwargs):
+    def call(self, kind, theta, X, Y, reduction="mean", sample_weight=None):
         if isinstance(X, Data):
-            reduction = args[0] if args else kwargs.pop("reduction", "mean")
-            extra = [k for k, v in kwargs.items() if v is not None] + [a for a in args[1:] if a is not None]
-            if extra:
-                raise TypeError(f"{extra[0]}: not supported with a data object")
+            if sample_weight is not None:
+                raise TypeError("sample_weight: not supported with a data object")
             return X.evaluate(self, kind, theta, reduction=reduction)
-        return method(self, kind, theta, X, Y, *args, **kwargs)
+        return method(self, kind, theta, X, Y, reduction, sample_weight)
     return call

@@ -439,16 +439,15 @@ class MLP:
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         return reduction
 
-    def _check_data(self, theta, X, Y, reduction):
+    def _check_data(self, theta, X, Y, reduction, sample_weight=None):
+        """theta, X, Y and reduction checked, and the weights as _check_weights returns them."""
         theta = self._check_theta(theta)
         X = self._check_X(X)
         Y = self._check_Y(Y, X.shape[0])
-        return theta, X, Y, self._check_reduction(reduction)
-
-    def _check_data_weighted(self, theta, X, Y, reduction, sample_weight):
-        """_check_data, and the weights as _check_weights returns them."""
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
-        return theta, X, Y, reduction, self._check_weights(sample_weight, X.shape[0], reduction)
+        if reduction not in REDUCTIONS:
+            self._check_reduction(reduction)
+        w = None if sample_weight is None else self._check_weights(sample_weight, X.shape[0], reduction)
+        return theta, X, Y, reduction, w
 
     def _check_memory(self, what, n_elements):
         """Refuse a request of n_elements values that cannot fit; `what` names it (a callable
@@ -532,12 +531,12 @@ class MLP:
         """The loss (a float).  ``sample_weight`` (N,), finite, >= 0 with a positive sum, weighs
         each sample's loss: sum w_n l_n / sum w_n with reduction "mean", sum w_n l_n with "sum"
         (every data call takes it)."""
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         return self._trusted("loss", theta, X, Y, reduction, w)
 
     def loss_and_grad(self, theta, X, Y, reduction="mean", sample_weight=None):
         """(loss, gradient of shape (P,))."""
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         return self._trusted("loss_and_grad", theta, X, Y, reduction, w)
 
     def loss_grad_ggn(self, theta, X, Y, reduction="mean", sample_weight=None):
@@ -545,7 +544,7 @@ class MLP:
         iteration needs at a point.  One sweep over the samples where the backend fuses them
         (cpp, on the networks its Gram route takes: docs/curvature.md), else loss_and_grad and
         ggn; the same values either way."""
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         self._check_memory("loss_grad_ggn", 2.0 * self.num_params * self.num_params)
         return self._trusted("loss_grad_ggn", theta, X, Y, reduction, w)
 
@@ -561,7 +560,7 @@ class MLP:
         if need * self.dtype.itemsize >= _MEMORY_CHECK_MIN and hasattr(impl, "product_memory_values"):
             need = impl.product_memory_values(self, n, m)
         self._check_memory(lambda: f"{kind} with V of shape {shape}", need)
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         V = self._check_V(V)
         V2 = V.reshape(self.num_params, -1)
         kw = {} if w is None else {"sample_weight": w}
@@ -585,7 +584,7 @@ class MLP:
         return self._impl().jacobian(self, theta, X)
 
     def _full(self, kind, theta, X, Y, reduction, sample_weight=None):
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         P = self.num_params
         self._check_memory(kind, 2.0 * P * P)  # result plus the kernels' block workspace
         return self._trusted(kind, theta, X, Y, reduction, w)
@@ -608,7 +607,7 @@ class MLP:
         it is the smaller factor: a
         Levenberg-Marquardt step then solves an (N*dL)-square system instead of a P-square one
         (taylorkern.optim, lm's space="samples").  l2 is not in it: G = B^T B + l2 I."""
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         N, k = X.shape[0], self.num_outputs
         self._check_memory("ggn_factor", 2.0 * N * k * self.num_params)
         impl = self._impl()
@@ -647,7 +646,7 @@ class MLP:
         return np.matmul(R.astype(self.dtype), J).reshape(N * k, -1)
 
     def _blocks(self, kind, theta, X, Y, reduction, sample_weight=None):
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         self._check_memory(kind, 2.0 * sum(p * p for p in self.layer_sizes))
         return self._trusted(kind, theta, X, Y, reduction, w)
 
@@ -660,7 +659,7 @@ class MLP:
         return self._blocks("ggn_blocks", theta, X, Y, reduction, sample_weight)
 
     def _diag(self, kind, theta, X, Y, reduction, sample_weight=None):
-        theta, X, Y, reduction, w = self._check_data_weighted(theta, X, Y, reduction, sample_weight)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         return self._trusted(kind, theta, X, Y, reduction, w)
 
     def hessian_diag(self, theta, X, Y, reduction="mean", sample_weight=None):
@@ -682,7 +681,7 @@ class MLP:
         if seed is not None and not isinstance(seed, np.random.Generator) and (
                 isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed: expected None, an integer >= 0 or a numpy Generator, got {seed!r}")
-        theta, X, Y, reduction = self._check_data(theta, X, Y, reduction)
+        theta, X, Y, reduction, _ = self._check_data(theta, X, Y, reduction)
         N, k = X.shape[0], self.num_outputs
         rows = k if kind == "exact" else int(mc_samples)
         self._check_memory(lambda: f"kfac factors of {N} samples with {rows} rows each",
