@@ -10,7 +10,8 @@ prints its numbers; bench/DATA_NOTES.md records one run.
                                              # --ggn-rows, 10^5 by default)
 
 Timings are the best of ``--repeat`` calls (default 3); the per-call and per-LM-iteration
-overheads are given as the median and range of ``--repeat`` runs.  The in-memory path runs in this
+overheads are given as the median and range of ``--repeat`` runs (the LM one per iteration, without the
+run's start-up: lm_marginal_overhead).  The in-memory path runs in this
 process on 2 threads; the cluster has 2 worker processes of 1 thread each, on the same cores.
 """
 
@@ -130,6 +131,33 @@ def stream(args):
 
 
 # ------------------------------------------------------------------ cluster
+def lm_marginal_overhead(client, sizes, repeat):
+    """The LM iteration's overhead above the shard compute, per iteration and without the run's
+    start-up: runs of 5 and 15 iterations (no stopping test can end them early) on 64 rows in
+    two 32-row shards and in process, the difference of the two run times over the 10
+    iterations between them; ``repeat`` such pairs, in process and cluster alternating."""
+    import taylorkern as tk
+    from taylorkern.distributed import ShardedData
+    net, theta, X, Y = problem(64, sizes)
+    data = ShardedData(X, Y, client=client, chunk_size=32)
+    net.loss_and_grad(theta, data)
+    per = {"in process": [], "cluster": []}
+    for _ in range(repeat):
+        for name, d in (("in process", (X, Y)), ("cluster", (data,))):
+            times, nits = [], []
+            for max_iter in (5, 15):
+                t = time.perf_counter()
+                r = tk.minimize(net, theta, *d, method="lm", max_iter=max_iter, ftol=0, gtol=0, xtol=0,
+                                space="parameters")
+                times.append(time.perf_counter() - t)
+                nits.append(r.nit)
+            per[name].append((times[1] - times[0]) / (nits[1] - nits[0]))
+    diff = np.subtract(per["cluster"], per["in process"])
+    print(f"lm overhead (P={net.num_params}, 64 rows in 2 shards, per iteration between the 5th and 15th, "
+          f"{repeat} runs): in process {spread(per['in process'])}, cluster {spread(per['cluster'])}, "
+          f"difference per pair {spread(diff)}", flush=True)
+
+
 def cluster(args):
     from distributed import Client, LocalCluster
 
@@ -152,21 +180,7 @@ def cluster(args):
                 t_mem = best(lambda: getattr(net, kind)(theta, X, Y), 20)
                 print(f"overhead {kind:14s} (P={net.num_params}, 2 one-row shards): median {spread(ts)} "
                       f"(in process, best {t_mem * 1e3:.2f} ms)", flush=True)
-            # the LM iteration's overhead above the shard compute: the same run on 2 one-row
-            # shards and in process (nearly nothing to compute either way), args.repeat pairs
-            # (both in parameter space: in process, "auto" would solve the 2-row system in sample space)
-            per, nit = {"in process": [], "cluster": []}, {}
-            for _ in range(args.repeat):
-                for name, d in (("in process", (X, Y)), ("cluster", (tiny,))):
-                    t = time.perf_counter()
-                    r = tk.minimize(net, theta, *d, method="lm", max_iter=5, space="parameters")
-                    per[name].append((time.perf_counter() - t) / max(r.nit, 1))
-                    nit[name] = (r.nit, r.nfev)
-            diff = np.subtract(per["cluster"], per["in process"])
-            print(f"lm overhead (P={net.num_params}, 2 one-row shards, (iterations, evaluations) {nit}, "
-                  f"{args.repeat} runs): "
-                  f"per iteration in process {spread(per['in process'])}, cluster {spread(per['cluster'])}, "
-                  f"difference per pair {spread(diff)}", flush=True)
+            lm_marginal_overhead(client, sizes, args.repeat)
         for N in (n for n in (10_000, 100_000, 1_000_000) if n <= args.rows):
             net, theta, X, Y = problem(N)
             data = ShardedData(X, Y, client=client)  # one shard per worker
