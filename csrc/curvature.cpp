@@ -144,14 +144,22 @@ void gn_rows(const Net& net, const T* theta, const Tape<T>& t, bool mean, idx n0
   const T s = sample_weight<T>(t.N, mean);
   const T* P = net.loss != Loss::mse ? t.p.data() + n0 * k : nullptr;
   U.resize(L);
-  auto& R = U[L - 1];
-  R.assign(c * k * k, T(0));
-  for (idx n = 0; n < c; ++n)
-    for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j)
-        R[(n * k + r) * k + j] =
-            curvature_root(net.loss, k, P ? P + n * k : nullptr, r, j, row_weight(t.w, s, n0 + n), gn);
+  U[L - 1].resize(c * k * k);
+  root_rows(net, c, P, t.w ? t.w + n0 : nullptr, s, gn, U[L - 1].data());
   backward_rows(net, theta, t, n0, c, k, U);
+}
+
+template <class T>
+void root_rows(const Net& net, idx c, const T* p, const T* w, T s, bool gn, T* R) {
+  const idx k = net.k();
+  with_loss(net.loss, [&](auto loss) {
+    for (idx n = 0; n < c; ++n) {
+      const T* pn = p ? p + n * k : nullptr;
+      const T sn = row_weight(w, s, n);
+      for (idx r = 0; r < k; ++r)
+        for (idx j = 0; j < k; ++j) R[(n * k + r) * k + j] = curvature_root(loss.value, k, pn, r, j, sn, gn);
+    }
+  });
 }
 
 namespace {
@@ -757,6 +765,7 @@ double loss_grad_ggn_lanes(const Net& net, const T* theta, const T* X, idx N, Ta
                                          Workspace<T>&);                                                          \
   template void chunk_factors<T>(const Net&, const T*, const Tape<T>&, bool, bool, Need, idx, idx, Factors<T>&);   \
   template void gn_rows<T>(const Net&, const T*, const Tape<T>&, bool, idx, idx, std::vector<vec<T>>&, bool);      \
+  template void root_rows<T>(const Net&, idx, const T*, const T*, T, bool, T*);                                    \
   template void curvature_rows<T>(const Net&, const T*, const T*, Targets<T>, bool, bool, Tape<T>&, idx, idx);     \
   template void curvature_full<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool, T*, Workspace<T>&); \
   template void curvature_blocks<T>(const Net&, const T*, const T*, idx, Targets<T>, bool, bool,                   \

@@ -23,6 +23,11 @@ template <class T>
 void curvature_rows(const Net& net, const T* theta, const T* X, Targets<T> tg, bool mean, bool gn, Tape<T>& ct, idx c0,
                     idx c);
 
+// The k rows of a square root of H_out (formulas.hpp, curvature_root) for c samples, (c, k, k):
+// p the samples' head values (tape p; null for mse), w their weights (null for none) times s.
+template <class T>
+void root_rows(const Net& net, idx c, const T* p, const T* w, T s, bool gn, T* R);
+
 // U[l] (c, k, d[l+1]) for samples [n0, n0+c): the rows of a square root of H_out backpropagated
 // to z_l, so that the GGN's per-sample Q_l = U_l^T U_l.
 template <class T>

@@ -67,6 +67,33 @@ TK_HD void with_act(Act f, Body&& body) {
   }
 }
 
+template <Loss L>
+struct LossTag {
+  static constexpr Loss value = L;
+};
+
+// body(LossTag<loss>()): as with_act, for loops over a head's entries (curvature_root), so that
+// the branches on the loss fold away and what does not depend on the entry leaves the loop.
+template <class Body>
+TK_HD void with_loss(Loss loss, Body&& body) {
+  switch (loss) {
+    case Loss::mse:
+      return body(LossTag<Loss::mse>());
+    case Loss::ce:
+      return body(LossTag<Loss::ce>());
+    case Loss::bce:
+      return body(LossTag<Loss::bce>());
+    case Loss::poisson:
+      return body(LossTag<Loss::poisson>());
+    case Loss::huber:
+      return body(LossTag<Loss::huber>());
+    case Loss::soft_l1:
+      return body(LossTag<Loss::soft_l1>());
+    case Loss::gaussian:
+      return body(LossTag<Loss::gaussian>());
+  }
+}
+
 // a = act(v), d1 = act'(v), d2 = act''(v), branch-free (the C++ loops vectorise).
 template <Act F, class M, class T>
 TK_HD void activation(T v, T& a, T& d1, T& d2) {

@@ -142,11 +142,7 @@ double gram(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
       // R_n's rows, backpropagated to every layer's z
       vec<T>& top = sc.U[L - 1];
       top.resize(c * k * k);
-      const T* p = net.loss != Loss::mse ? ct.p.data() : nullptr;
-      for (idx n = 0; n < c; ++n)
-        for (idx r = 0; r < k; ++r)
-          for (idx j = 0; j < k; ++j)
-            top[(n * k + r) * k + j] = curvature_root(net.loss, k, p ? p + n * k : p, r, j, row_weight(tc.w, s, n));
+      root_rows(net, c, net.loss != Loss::mse ? ct.p.data() : nullptr, tc.w, s, true, top.data());
       backward_rows(net, theta, ct, 0, c, k, sc.U);
       // their Jacobian rows, (c k, P)
       sc.R.resize(c * k * P);

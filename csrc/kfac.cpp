@@ -15,6 +15,7 @@
 #include <cmath>
 
 #include "blas.hpp"
+#include "curvature.hpp"
 #include "forward_backward.hpp"
 #include "workspace.hpp"
 
@@ -70,9 +71,7 @@ template <class T>
 void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* top) {
   const idx k = net.k();
   if (!noise) {
-    for (idx n = 0; n < c; ++n)
-      for (idx r = 0; r < k; ++r)
-        for (idx j = 0; j < k; ++j) top[(n * k + r) * k + j] = curvature_root(net.loss, k, p ? p + n * k : p, r, j, s);
+    root_rows(net, c, p, static_cast<const T*>(nullptr), s, true, top);
     return;
   }
   if (!p) {  // mse: sqrt(2 s / (k M)) eps
