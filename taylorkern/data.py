@@ -18,6 +18,7 @@ Index letters: N rows (all chunks), P parameters, m directions.
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 
 import numpy as np
@@ -426,24 +427,52 @@ def _native_row_chunks(X):
 
 def accepting(method, kind):
     """``method`` of MLP, also taking a :class:`Data` object in place of ``X, Y``
-    (``method(theta, data, ...)``)."""
-    if kind in ROW_KINDS:
+    (``method(theta, data, ...)``).  The wrappers of the usual signatures name their
+    parameters: on a network of a few dozen parameters, ``*args, **kwargs`` cost 0.2-0.3 us of a
+    7 us call (bench/RESULTS.md)."""
+    params = tuple(inspect.signature(method).parameters)[1:]
+    if kind in ROW_KINDS and params == ("theta", "X"):
         @functools.wraps(method)
-        def rows_call(self, theta, X, *args, **kwargs):
+        def rows_call(self, theta, X):
             if isinstance(X, Data):
-                return X.call(self, kind, theta, None, args, kwargs)
-            return method(self, theta, X, *args, **kwargs)
+                return X.call(self, kind, theta, None, (), {})
+            return method(self, theta, X)
         return rows_call
 
-    @functools.wraps(method)
-    def call(self, theta, X, Y=None, *args, **kwargs):
-        if isinstance(X, Data):
-            return X.call(self, kind, theta, Y, args, kwargs)
-        if Y is None:
-            raise TypeError(f"Y: missing; call {kind}(theta, X, Y, ...) or pass a data object "
-                            "(tk.Batches, taylorkern.distributed.ShardedData) in place of X, Y")
-        return method(self, theta, X, Y, *args, **kwargs)
-    return call
+    if params == ("theta", "X", "Y", "reduction", "sample_weight"):
+        @functools.wraps(method)
+        def data_call(self, theta, X, Y=None, reduction="mean", sample_weight=None):
+            if isinstance(X, Data):  # Y, if given, is the reduction, positional
+                kw = {"sample_weight": sample_weight}
+                if Y is None or reduction != "mean":
+                    kw["reduction"] = reduction
+                return X.call(self, kind, theta, Y, (), kw)
+            if Y is None:
+                raise _missing_y(kind)
+            return method(self, theta, X, Y, reduction, sample_weight)
+        return data_call
+
+    if params == ("theta", "X", "Y", "V", "reduction", "sample_weight"):
+        @functools.wraps(method)
+        def product_call(self, theta, X, Y=None, V=None, reduction="mean", sample_weight=None):
+            if isinstance(X, Data):  # V in Y's place, and the reduction in V's, if positional
+                kw = {"sample_weight": sample_weight}
+                if reduction != "mean":
+                    kw["reduction"] = reduction
+                return X.call(self, kind, theta, Y, () if V is None else (V,), kw)
+            if Y is None:
+                raise _missing_y(kind)
+            if V is None:
+                raise TypeError(f"V: missing; call {kind}(theta, X, Y, V)")
+            return method(self, theta, X, Y, V, reduction, sample_weight)
+        return product_call
+
+    raise TypeError(f"accepting: {kind}{params} has none of the signatures a data object can take")
+
+
+def _missing_y(kind):
+    return TypeError(f"Y: missing; call {kind}(theta, X, Y, ...) or pass a data object "
+                     "(tk.Batches, taylorkern.distributed.ShardedData) in place of X, Y")
 
 
 def accepting_trusted(method):

@@ -289,6 +289,17 @@ def test_reduction_positional():
     got = p.net.loss(p.theta, data, "sum")
     assert rel_err(got, p.net.loss(p.theta, p.X, p.Y, "sum")) <= SAME
     assert rel_err(got, p.N * p.net.loss(p.theta, data)) <= SAME
+    # products: V in Y's place and the reduction in V's, positional or by name
+    V = np.random.default_rng(4).standard_normal(p.net.num_params)
+    want = p.net.hvp(p.theta, p.X, p.Y, V, "sum")
+    for got in (p.net.hvp(p.theta, data, V, "sum"), p.net.hvp(p.theta, data, V, reduction="sum"),
+                p.net.hvp(p.theta, data, V=V, reduction="sum")):
+        assert rel_err(got, want) <= SAME
+    assert rel_err(p.net.ggn_vp(p.theta, data, V), p.net.ggn_vp(p.theta, p.X, p.Y, V)) <= SAME
+    with pytest.raises(TypeError, match="reduction: not supported"):
+        p.net.hvp(p.theta, data, V, "sum", reduction="sum")
+    with pytest.raises(TypeError, match="V: missing"):
+        p.net.hvp(p.theta, p.X, p.Y)
 
 
 def _stores(tmp_path, p, rows_per_chunk):
