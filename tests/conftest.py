@@ -226,18 +226,28 @@ QUANTITIES = ("predict", "loss", "loss_and_grad", "hvp", "hvp_multi", "ggn_vp", 
 DATA_QUANTITIES = tuple(q for q in QUANTITIES if q not in ("predict", "jacobian"))
 
 
-def compute(p: Problem, q: str, reduction="mean"):
-    """One quantity of problem p on the active backend."""
+def compute(p: Problem, q: str, reduction="mean", sample_weight=None):
+    """One quantity of problem p on the active backend (data quantities with sample_weight)."""
     net = p.net
     if q == "predict":
         return net.predict(p.theta, p.X)
     if q == "jacobian":
         return net.jacobian(p.theta, p.X)
     if q in ("hvp", "ggn_vp"):
-        return getattr(net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction=reduction)
+        return getattr(net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction, sample_weight)
     if q in ("hvp_multi", "ggn_vp_multi"):
-        return getattr(net, q[:-6])(p.theta, p.X, p.Y, p.V, reduction=reduction)
-    return getattr(net, q)(p.theta, p.X, p.Y, reduction=reduction)
+        return getattr(net, q[:-6])(p.theta, p.X, p.Y, p.V, reduction, sample_weight)
+    return getattr(net, q)(p.theta, p.X, p.Y, reduction, sample_weight)
+
+
+def random_weights(N, seed, zeros=True):
+    """Positive random sample weights of different magnitudes, a quarter of them exactly zero
+    (with zeros, N > 2)."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.1, 3.0, N) * 10.0 ** rng.integers(-1, 2, N)
+    if zeros and N > 2:
+        w[rng.choice(N, size=max(1, N // 4), replace=False)] = 0.0
+    return w
 
 
 def reference(p: Problem, q: str, reduction="mean"):

@@ -32,6 +32,7 @@ from conftest import (
     interrupt_lag,
     make_problem,
     max_interrupt_lag,
+    random_weights,
     reference,
 )
 
@@ -439,31 +440,13 @@ def test_device_array_inputs_are_used_in_place(kind, loss):
 
 
 # ----------------------------------------------------------------------------- sample weights
-def random_weights(N, seed):
-    """Positive weights of different magnitudes, a quarter of them exactly zero."""
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0.1, 3.0, N) * 10.0 ** rng.integers(-1, 2, N)
-    w[rng.choice(N, size=max(1, N // 4), replace=False)] = 0.0
-    return w
-
-
-def weighted(p, q, reduction, w):
-    """Quantity q of problem p with sample weights w through the MLP, on the active backend."""
-    net = p.net
-    if q in ("hvp", "ggn_vp"):
-        return getattr(net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction, sample_weight=w)
-    if q in ("hvp_multi", "ggn_vp_multi"):
-        return getattr(net, q[:-6])(p.theta, p.X, p.Y, p.V, reduction, sample_weight=w)
-    return getattr(net, q)(p.theta, p.X, p.Y, reduction, sample_weight=w)
-
-
 def check_weighted(p, dtype, w, reductions=("mean", "sum"), quantities=DATA_QUANTITIES):
     q32 = p if np.dtype(dtype) == np.float64 else p.astype(dtype)
     for q in quantities:
         for red in reductions:
-            got = weighted(q32, q, red, w)
+            got = compute(q32, q, red, w)
             with tk.use_backend("reference"):
-                want = weighted(p, q, red, w)
+                want = compute(p, q, red, w)
             compare(got, want, dtype, what=f"{p.name} {np.dtype(dtype).name} {q} {red} weighted")
 
 
@@ -527,7 +510,7 @@ def test_sample_weights_with_device_arrays(loss):
     net = p.net
     for red in ("mean", "sum"):
         with tk.use_backend("reference"):
-            want = {q: weighted(p, q, red, w) for q in ("loss", "loss_and_grad", "hvp_multi", "ggn_vp_multi",
+            want = {q: compute(p, q, red, w) for q in ("loss", "loss_and_grad", "hvp_multi", "ggn_vp_multi",
                                                        "hessian", "ggn_blocks", "hessian_diag")}
         for weights in (wd, w):
             what = f"{red} {'device' if weights is wd else 'numpy'} weights"
@@ -645,7 +628,7 @@ def test_device_data_with_sample_weights(source):
     data = cuda.DeviceData(net, X, Y, sample_weight=wd)
     for red in ("mean", "sum"):
         with tk.use_backend("reference"):
-            want = {q: weighted(p, q, red, w) for q in ("loss", "loss_and_grad", "hvp_multi", "ggn_vp",
+            want = {q: compute(p, q, red, w) for q in ("loss", "loss_and_grad", "hvp_multi", "ggn_vp",
                                                        "hessian", "ggn_blocks", "ggn_diag")}
         compare(data.loss(p.theta, red), want["loss"], what=f"{red} loss")
         compare(data.loss_and_grad(p.theta, red), want["loss_and_grad"], what=f"{red} loss_and_grad")

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA_QUANTITIES, FD_RTOL_HESS, FD_STEP_HESS, compare, make_problem, output_hessians, rtol_for
+from conftest import (
+    DATA_QUANTITIES,
+    FD_RTOL_HESS,
+    FD_STEP_HESS,
+    compare,
+    compute,
+    make_problem,
+    output_hessians,
+    rtol_for,
+)
 
 import taylorkern as tk
 
@@ -31,15 +40,6 @@ SHAPES = [([3, 5, 2], "tanh", 9), ([2, 6, 1], "softplus", 7), ([3, 4, 3, 5, 3], 
 def _even(loss, sizes):
     """gaussian's last width is two per target: an odd one is made even."""
     return [*sizes[:-1], sizes[-1] + sizes[-1] % 2] if loss == "gaussian" else sizes
-
-
-def _quantity(p, q, reduction, w=None):
-    net = p.net
-    if q in ("hvp", "ggn_vp"):
-        return getattr(net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction, sample_weight=w)
-    if q in ("hvp_multi", "ggn_vp_multi"):
-        return getattr(net, q[:-6])(p.theta, p.X, p.Y, p.V, reduction, sample_weight=w)
-    return getattr(net, q)(p.theta, p.X, p.Y, reduction, sample_weight=w)
 
 
 # ----------------------------------------------------------------------------- definitions
@@ -93,9 +93,9 @@ def test_backend_matches_reference(backend, loss, shape, dtype):
         for weights in (None, w):
             for q in DATA_QUANTITIES:
                 with tk.use_backend("reference"):
-                    want = _quantity(p64, q, reduction, weights)
+                    want = compute(p64, q, reduction, weights)
                 try:
-                    compare(_quantity(p, q, reduction, weights), want, dtype, what=q)
+                    compare(compute(p, q, reduction, weights), want, dtype, what=q)
                 except AssertionError as exc:
                     failures.append(f"{reduction} {'weighted' if weights is not None else ''}: {exc}")
     assert not failures, "\n".join(failures)
@@ -386,8 +386,8 @@ def test_loss_scale(backend, loss, dtype):
         compare(net.loss(p.theta, p.X, p.Y), elem.mean(), dtype, what="loss")
         for q in DATA_QUANTITIES:
             with tk.use_backend("reference"):
-                want = _quantity(p64, q, "mean")
-            compare(_quantity(p, q, "mean"), want, dtype, what=f"{q} at loss_scale {c}")
+                want = compute(p64, q, "mean")
+            compare(compute(p, q, "mean"), want, dtype, what=f"{q} at loss_scale {c}")
 
 
 def test_soft_l1_small_and_huge_residuals():

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA_QUANTITIES, bitwise_equal, compare, gram_route, make_problem, rtol_for
+from conftest import (
+    DATA_QUANTITIES,
+    bitwise_equal,
+    compare,
+    compute,
+    gram_route,
+    make_problem,
+    random_weights,
+    rtol_for,
+)
 
 import taylorkern as tk
 
@@ -38,25 +47,6 @@ CASES = [
 CASE_IDS = ["-".join(map(str, s)) + f"-{a}-{lo}" for s, a, lo, _ in CASES]
 
 
-def _weights(N, seed, zeros=True):
-    """Positive random weights of different magnitudes, some exactly zero."""
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0.1, 3.0, N) * 10.0 ** rng.integers(-1, 2, N)
-    if zeros and N > 2:
-        w[rng.choice(N, size=max(1, N // 4), replace=False)] = 0.0
-    return w
-
-
-def weighted(p, q, reduction, w):
-    """Quantity q of problem p with weights w on the active backend."""
-    net = p.net
-    if q in ("hvp", "ggn_vp"):
-        return getattr(net, q)(p.theta, p.X, p.Y, p.V[:, 0], reduction, sample_weight=w)
-    if q in ("hvp_multi", "ggn_vp_multi"):
-        return getattr(net, q[:-6])(p.theta, p.X, p.Y, p.V, reduction, sample_weight=w)
-    return getattr(net, q)(p.theta, p.X, p.Y, reduction, sample_weight=w)
-
-
 def _repeated(p, counts):
     """p with sample n repeated counts[n] times (0: left out)."""
     idx = np.repeat(np.arange(p.N), counts)
@@ -74,25 +64,25 @@ def test_reference_integer_weights_are_repeated_samples(case, reduction):
     rep = _repeated(p, counts)
     with tk.use_backend("reference"):
         for q in DATA_QUANTITIES:
-            compare(weighted(p, q, reduction, counts.astype(np.float64)), weighted(rep, q, reduction, None),
+            compare(compute(p, q, reduction, counts.astype(np.float64)), compute(rep, q, reduction, None),
                     what=f"{q} ({reduction})")
             # integer dtypes are accepted as they are
-            compare(weighted(p, q, reduction, counts), weighted(rep, q, reduction, None), what=q)
+            compare(compute(p, q, reduction, counts), compute(rep, q, reduction, None), what=q)
 
 
 def test_reference_mean_is_normalised_by_the_weights():
     """Scaling all weights changes "sum" by that factor and leaves "mean" alone; the mean is the
     weighted average of the per-sample losses, written out here."""
     p = make_problem([3, 4, 2], "tanh", "ce", N=7, seed=5)
-    w = _weights(7, 1)
+    w = random_weights(7, 1)
     with tk.use_backend("reference"):
         per_sample = np.array([p.net.loss(p.theta, p.X[n:n + 1], p.Y[n:n + 1]) for n in range(7)])
         compare(p.net.loss(p.theta, p.X, p.Y, sample_weight=w), np.dot(w, per_sample) / w.sum())
         compare(p.net.loss(p.theta, p.X, p.Y, "sum", sample_weight=w), np.dot(w, per_sample))
         for q in ("loss_and_grad", "hessian", "ggn"):
-            compare(weighted(p, q, "mean", 7.5 * w), weighted(p, q, "mean", w), what=q)
-            scaled = [7.5 * np.asarray(x) for x in _parts(weighted(p, q, "sum", w))]
-            compare(_parts(weighted(p, q, "sum", 7.5 * w)), scaled, what=q)
+            compare(compute(p, q, "mean", 7.5 * w), compute(p, q, "mean", w), what=q)
+            scaled = [7.5 * np.asarray(x) for x in _parts(compute(p, q, "sum", w))]
+            compare(_parts(compute(p, q, "sum", 7.5 * w)), scaled, what=q)
 
 
 def _parts(x):
@@ -106,12 +96,12 @@ def test_backend_matches_reference_with_weights(backend, case, dtype):
     sizes, act, loss, N = case
     p = make_problem(sizes, act, loss, N=N, l2=0.2, dtype=dtype, seed=11)
     p64 = p.astype(np.float64)
-    w = _weights(N, N)
+    w = random_weights(N, N)
     for reduction in REDUCTIONS:
         for q in DATA_QUANTITIES:
-            got = weighted(p, q, reduction, w)
+            got = compute(p, q, reduction, w)
             with tk.use_backend("reference"):
-                want = weighted(p64, q, reduction, w)
+                want = compute(p64, q, reduction, w)
             compare(got, want, dtype, what=f"{backend} {q} ({reduction})")
 
 
@@ -120,12 +110,12 @@ def test_many_samples_chunks_and_threads(backend, loss, small_chunks, restore_th
     """Enough samples for several chunks and threads (cpp) and pieces (numba)."""
     tk.set_num_threads(2)
     p = make_problem([3, 7, 6, 4 if loss == "gaussian" else 3], "tanh", loss, N=700, seed=2)
-    w = _weights(700, 9)
+    w = random_weights(700, 9)
     for q in ("loss_and_grad", "hvp_multi", "ggn_vp", "hessian", "ggn", "hessian_blocks", "ggn_diag",
               "hessian_diag"):
-        got = weighted(p, q, "mean", w)
+        got = compute(p, q, "mean", w)
         with tk.use_backend("reference"):
-            want = weighted(p, q, "mean", w)
+            want = compute(p, q, "mean", w)
         compare(got, want, what=f"{backend} {q}")
 
 
@@ -134,12 +124,12 @@ def test_many_samples_chunks_and_threads(backend, loss, small_chunks, restore_th
 @pytest.mark.parametrize("loss", ["mse", "ce", "gaussian"])
 def test_cpp_ggn_routes_with_weights(route, loss):
     p = make_problem([3, 9, 2], "tanh", loss, N=300, seed=4)
-    w = _weights(300, 3)
+    w = random_weights(300, 3)
     with tk.use_backend("reference"):
-        want = [weighted(p, q, "sum", w) for q in ("ggn", "hessian")]
+        want = [compute(p, q, "sum", w) for q in ("ggn", "hessian")]
         want.append(p.net.loss_and_grad(p.theta, p.X, p.Y, "sum", w))
     with tk.use_backend("cpp"), gram_route(route):
-        got = [weighted(p, q, "sum", w) for q in ("ggn", "hessian")]
+        got = [compute(p, q, "sum", w) for q in ("ggn", "hessian")]
         got.append(p.net.loss_grad_ggn(p.theta, p.X, p.Y, "sum", sample_weight=w)[:2])
     compare(got, want)
 
@@ -150,17 +140,17 @@ def test_unit_or_equal_weights_are_bitwise_unweighted(backend, case):
     sizes, act, loss, N = case
     p = make_problem(sizes, act, loss, N=N, l2=0.1, seed=6)
     for q in DATA_QUANTITIES:
-        plain = {r: weighted(p, q, r, None) for r in REDUCTIONS}
-        assert bitwise_equal(weighted(p, q, "sum", np.ones(N)), plain["sum"]), q
-        assert bitwise_equal(weighted(p, q, "mean", np.ones(N)), plain["mean"]), q
-        assert bitwise_equal(weighted(p, q, "mean", np.full(N, 2.5)), plain["mean"]), q
-        assert bitwise_equal(weighted(p, q, "mean", np.ones(N, np.int64)), plain["mean"]), q
+        plain = {r: compute(p, q, r, None) for r in REDUCTIONS}
+        assert bitwise_equal(compute(p, q, "sum", np.ones(N)), plain["sum"]), q
+        assert bitwise_equal(compute(p, q, "mean", np.ones(N)), plain["mean"]), q
+        assert bitwise_equal(compute(p, q, "mean", np.full(N, 2.5)), plain["mean"]), q
+        assert bitwise_equal(compute(p, q, "mean", np.ones(N, np.int64)), plain["mean"]), q
 
 
 def test_ggn_factor_with_weights(backend):
     for loss in ("mse", "ce"):
         p = make_problem([3, 5, 3], "tanh", loss, N=8, seed=7)
-        w = _weights(8, 5)
+        w = random_weights(8, 5)
         for reduction in REDUCTIONS:
             B = p.net.ggn_factor(p.theta, p.X, p.Y, reduction, sample_weight=w)
             compare(B.T @ B, p.net.ggn(p.theta, p.X, p.Y, reduction, sample_weight=w), what=f"{loss} {reduction}")
