@@ -3,7 +3,7 @@ within 1.2x of mse's).  One thread, thread CPU time; every round times a block o
 loss in turn (the order rotated every round), and the table shows the median over rounds of
 each loss's time divided by mse's in the same round.
 
-    python bench/loss_cost.py [--rounds 7]       # run it from outside the source tree
+    python bench/loss_cost.py [--rounds 7] [--network '[1,20']   # from outside the source tree
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ def block(fn, seconds=0.05):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--network", default="", help="only the networks whose name contains this")
     args = ap.parse_args()
     tk.set_num_threads(1)
     print(f"{'network':22s} {'quantity':13s} {'mse':>9s} " + " ".join(f"{ls:>8s}" for ls in LOSSES[1:]))
     for name, (sizes, N) in NETWORKS.items():
+        if args.network not in name:
+            continue
         calls = {}
         for loss in LOSSES:
             net = tk.MLP(sizes, activation="tanh", loss=loss)

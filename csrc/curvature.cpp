@@ -407,7 +407,9 @@ idx full_lanes_work(const Net& net, bool gn) {
 }  // namespace
 
 bool full_lanes_apply(const Net& net, bool gn) {
-  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && (gn || net.L() <= 2) && lanes_loss(net);
+  // gaussian's Hessian H_out is indefinite: its rows (out_sqrt_rows) would need a sign each
+  return net.P() <= kLanesMaxFullParams && lanes_fit(net) &&
+         (gn || (net.L() <= 2 && net.loss != Loss::gaussian));
 }
 
 namespace {

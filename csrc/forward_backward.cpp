@@ -303,7 +303,7 @@ double loss_and_grad_lanes(const Net& net, const T* theta, const T* X, idx N, Ta
 template <class T>
 double loss_and_grad(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, T* grad,
                      Workspace<T>& ws) {
-  if (net.P() <= kLanesGradMaxParams && lanes_fit(net) && lanes_loss(net))
+  if (net.P() <= kLanesGradMaxParams && lanes_fit(net))
     return loss_and_grad_lanes(net, theta, X, N, tg, mean, grad, ws);
   Tape<T>& t = ws.tape;  // only its rowloss, for all N
   t.N = N;

@@ -59,12 +59,6 @@ inline bool lanes_fit(const Net& net) {
   return true;
 }
 
-// The losses whose head the lanes paths have (lanes_output_gradient, the rop's output curvature);
-// the others take the general kernels.
-inline bool lanes_loss(const Net& net) {
-  return net.loss == Loss::mse || net.loss == Loss::ce || elementwise(net.loss);
-}
-
 // Unit offsets of the layers in [unit][lane] buffers: layer l's units start at at[l] (layer 0
 // the inputs, layer L the outputs); `units` is their total.
 struct LaneLayout {
@@ -245,6 +239,18 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
     }
     return;
   }
+  if (net.loss == Loss::gaussian) {  // as head_rows: per pair g = (sw / h) (dl/dmu, dl/dv), p = (q, z)
+    const idx h = k / 2;
+    const Lane c = sw / T(h);
+    for (idx j = 0; j < h; ++j) {
+      Lane y = {}, q, z, gm, gv;
+      for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * h + j];
+      for (idx b = 0; b < kLanes; ++b) gauss_pair<VMath>(F[j][b], F[h + j][b], y[b], q[b], z[b], gm[b], gv[b]);
+      g[j] = c * gm, g[h + j] = c * gv;
+      p[j] = q, p[h + j] = z;
+    }
+    return;
+  }
   lanes_softmax<T>(k, F, p);
   for (idx j = 0; j < k; ++j) g[j] = sw * p[j];
   for (idx b = 0; b < nb; ++b) {  // p_y - 1 as minus the other p: exact where p_y is near 1
@@ -276,6 +282,13 @@ double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<
       for (idx j = 0; j < k; ++j) {
         T gj, h;
         v += elem_loss<VMath>(net.loss, f[j], tg.y[n * k + j], (T)net.loss_scale, gj, h);
+      }
+    } else if (net.loss == Loss::gaussian) {
+      const idx h = k / 2;
+      v = 0;
+      for (idx j = 0; j < h; ++j) {
+        T q, z, gm, gv;
+        v += gauss_pair<VMath>(f[j], f[h + j], tg.y[n * h + j], q, z, gm, gv);
       }
     } else {
       const idx top = ce_top(k, f);

@@ -361,7 +361,7 @@ void rop_rows(const Net& net, const T* theta, Tape<T>& t, bool mean, const T* V,
 constexpr idx kLanesMaxParams = 512;
 
 bool lanes_apply(const Net& net, idx m) {
-  return m == 1 && net.P() <= kLanesMaxParams && lanes_fit(net) && lanes_loss(net);
+  return m == 1 && net.P() <= kLanesMaxParams && lanes_fit(net);
 }
 
 // out (P) = the R-op's sum over samples [n_begin, n_end) (n_begin a multiple of kLanes).
@@ -404,6 +404,13 @@ void rop_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin, i
       for (idx j = 0; j < k; ++j) RG[j] = c * RF[j];
     } else if (elementwise(net.loss)) {  // out_curvature's s/k diag(p)
       for (idx j = 0; j < k; ++j) RG[j] = sw / T(k) * p[j] * RF[j];
+    } else if (net.loss == Loss::gaussian) {  // gauss_curvature_times, lane by lane
+      T pb[kLanesMaxWidth], xb[kLanesMaxWidth], ob[kLanesMaxWidth];
+      for (idx b = 0; b < B; ++b) {
+        for (idx j = 0; j < k; ++j) pb[j] = p[j][b], xb[j] = RF[j][b];
+        gauss_curvature_times(k, pb, xb, sw[b], gn, ob);
+        for (idx j = 0; j < k; ++j) RG[j][b] = ob[j];
+      }
     } else {
       Lane best = p[0], rt = RF[0];  // RF at each lane's ce_top(p), as rop_rows
       for (idx j = 1; j < k; ++j) {
