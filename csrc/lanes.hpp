@@ -186,22 +186,6 @@ typename Lanes<T>::type lanes_weights(Targets<T> tg, T s, idx n0, idx nb) {
   return sw;
 }
 
-// body(tag) with tag.value the elementwise loss `loss` as a compile-time constant, so that
-// elem_loss inlined into a loop has no branch on the loss left (and the loop vectorises).
-template <class Body>
-void with_elementwise(Loss loss, Body&& body) {
-  switch (loss) {
-    case Loss::bce:
-      return body(std::integral_constant<Loss, Loss::bce>());
-    case Loss::poisson:
-      return body(std::integral_constant<Loss, Loss::poisson>());
-    case Loss::huber:
-      return body(std::integral_constant<Loss, Loss::huber>());
-    default:
-      return body(std::integral_constant<Loss, Loss::soft_l1>());
-  }
-}
-
 // g = dloss/df for the block's outputs F (k lanes; sw the lanes' sample weights, lanes_weights);
 // p receives what the head keeps for H_out (k lanes): ce's softmax, an elementwise loss's l''
 // (formulas.hpp).  Lane-wise forms of formulas.hpp's mse_row, ce_gradient and elem_loss, which
@@ -231,7 +215,7 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
       // every lane (y = 0 past nb, where sw = 0): a loop of fixed length the compiler vectorises
       Lane y = {}, gj, h;
       for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
-      with_elementwise(net.loss, [&](auto tag) {
+      with_loss(net.loss, [&](auto tag) {  // no branch on the loss left in the loop
         for (idx b = 0; b < kLanes; ++b) elem_loss<VMath>(tag.value, F[j][b], y[b], c_scale, gj[b], h[b]);
       });
       g[j] = c * gj;
