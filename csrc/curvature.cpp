@@ -22,6 +22,7 @@
 #include "curvature.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "accumulators.hpp"
 #include "blas.hpp"
@@ -308,10 +309,11 @@ constexpr idx kLanesMaxFullParams = 400;
 
 // Rows of a square root R of H_out, S[r * k + j] = R[r, j], per sample from formulas.hpp's
 // curvature_root (lanes b < nb; zero in the others), sw the lanes' sample weights and p the head's
-// H_out values (lanes_output_gradient; not read for mse).
+// H_out values (lanes_output_gradient; not read for mse); gn picks the GGN's rows, else the
+// Hessian's (gaussian's, indefinite, carry root_sign).
 template <class T>
 void out_sqrt_rows(const Net& net, const typename Lanes<T>::type& sw, idx nb, const typename Lanes<T>::type* p,
-                   typename Lanes<T>::type* S) {
+                   bool gn, typename Lanes<T>::type* S) {
   const idx k = net.k();
   const bool mse = net.loss == Loss::mse;
   T pb[kLanesMaxWidth];
@@ -320,7 +322,7 @@ void out_sqrt_rows(const Net& net, const typename Lanes<T>::type& sw, idx nb, co
     if (!mse)
       for (idx j = 0; j < k; ++j) pb[j] = p[j][b];
     for (idx r = 0; r < k; ++r)
-      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(net.loss, k, mse ? nullptr : pb, r, j, sw[b]);
+      for (idx j = 0; j < k; ++j) S[r * k + j][b] = curvature_root(net.loss, k, mse ? nullptr : pb, r, j, sw[b], gn);
   }
 }
 
@@ -347,15 +349,22 @@ class LanesOuter {
   LanesOuter(Lane* scratch, idx P) : acc_(scratch), rows_(scratch + tri_lanes(P)), P_(P), w_(width(P)) {
     lanes_fill<T>(scratch, lanes(P), Lane{});
   }
-  // The next row to fill (its first P lanes; the padding stays zero).
-  Lane* row() { return rows_ + n_ * w_; }
+  // The next row to fill (its first P lanes; the padding stays zero), whose u u^T push adds
+  // times sign: +1, or -1 for the negative rows of an indefinite H_out (formulas.hpp's
+  // root_sign).  The buffer fills with the positive rows from its start and the negative ones
+  // from its end, so that the tiles add the first and subtract the second, with no sign to apply.
+  Lane* row(int sign = 1) {
+    neg_ = sign < 0;
+    return rows_ + (neg_ ? kOuterRows - 1 - n_neg_ : n_pos_) * w_;
+  }
   void push() {
-    if (++n_ == kOuterRows) flush();
+    ++(neg_ ? n_neg_ : n_pos_);
+    if (n_pos_ + n_neg_ == kOuterRows) flush();
   }
   void flush() {
     for (idx p0 = 0; p0 < w_; p0 += kTile)
       for (idx q0 = 0; q0 <= p0; q0 += kTile) tile(p0, q0);
-    n_ = 0;
+    n_pos_ = n_neg_ = 0;
   }
   // The accumulated triangle (after flush), rows of the padded width's triangle: its first
   // P (P + 1) / 2 lanes are P's.
@@ -366,13 +375,20 @@ class LanesOuter {
 
   void tile(idx p0, idx q0) {
     Lane c[kTile][kTile] = {};
-    for (idx b = 0; b < n_; ++b) {
+    auto add = [&](idx b, auto sign) {
       const Lane* u = rows_ + b * w_;
       Lane up[kTile], uq[kTile];
       for (idx i = 0; i < kTile; ++i) up[i] = u[p0 + i], uq[i] = u[q0 + i];
       for (idx i = 0; i < kTile; ++i)
-        for (idx j = 0; j < kTile; ++j) c[i][j] += up[i] * uq[j];
-    }
+        for (idx j = 0; j < kTile; ++j) {
+          if constexpr (decltype(sign)::value > 0)
+            c[i][j] += up[i] * uq[j];
+          else
+            c[i][j] -= up[i] * uq[j];
+        }
+    };
+    for (idx b = 0; b < n_pos_; ++b) add(b, std::integral_constant<int, 1>{});
+    for (idx b = kOuterRows - n_neg_; b < kOuterRows; ++b) add(b, std::integral_constant<int, -1>{});
     for (idx i = 0; i < kTile; ++i) {
       Lane* row = acc_ + (p0 + i) * (p0 + i + 1) / 2;
       for (idx j = 0; j < kTile && q0 + j <= p0 + i; ++j) row[q0 + j] += c[i][j];
@@ -381,7 +397,8 @@ class LanesOuter {
 
   Lane* acc_;
   Lane* rows_;
-  idx P_, w_, n_ = 0;
+  idx P_, w_, n_pos_ = 0, n_neg_ = 0;
+  bool neg_ = false;  // the row being filled has sign -1
 };
 
 // out (P, P) from the per-lane lower triangle.
@@ -407,9 +424,7 @@ idx full_lanes_work(const Net& net, bool gn) {
 }  // namespace
 
 bool full_lanes_apply(const Net& net, bool gn) {
-  // gaussian's Hessian H_out is indefinite: its rows (out_sqrt_rows) would need a sign each
-  return net.P() <= kLanesMaxFullParams && lanes_fit(net) &&
-         (gn || (net.L() <= 2 && net.loss != Loss::gaussian));
+  return net.P() <= kLanesMaxFullParams && lanes_fit(net) && (gn || net.L() <= 2);
 }
 
 namespace {
@@ -446,7 +461,7 @@ double ggn_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begin,
     if (grad) loss += lanes_loss_sum<T>(net, F, tg, n0, nb);
     if (grad || net.loss != Loss::mse)  // next: the head's H_out values (the softmax for ce)
       lanes_output_gradient<T>(net, F, tg, n0, nb, sw, next, gout);
-    out_sqrt_rows<T>(net, sw, nb, next, S);  // before backprop, which takes next as scratch
+    out_sqrt_rows<T>(net, sw, nb, next, true, S);  // before backprop, which takes next as scratch
     if (grad) {
       std::copy(gout, gout + k, delta);
       lanes_backprop<true, T>(net, theta, lay, A, D1, delta, next, gsum);
@@ -524,7 +539,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
     const Lane* F = A + lay.at[L];
     const Lane sw = lanes_weights(tg, s, n0, nb);
     lanes_output_gradient<T>(net, F, tg, n0, nb, sw, p, G);  // p: the head's H_out values
-    out_sqrt_rows<T>(net, sw, nb, p, S);
+    out_sqrt_rows<T>(net, sw, nb, p, false, S);
     auto at_acc = [&](idx r, idx q) -> Lane& { return acc[r * (r + 1) / 2 + q]; };  // r >= q
     if (L == 2) {
       const idx l = 1, di = net.d[l], dn = net.d[l + 1];
@@ -550,7 +565,7 @@ void hessian_lanes(const Net& net, const T* theta, const T* X, idx N, idx n_begi
     // J_f^T H_out J_f.
     const Lane* jf = JZ;
     for (idx r = 0; r < k; ++r) {
-      Lane* u = outer.row();
+      Lane* u = outer.row(root_sign(net.loss, k, r, false));
       for (idx q = 0; q < P; ++q) {
         Lane v = zero;
         for (idx j = 0; j < k; ++j) v += S[r * k + j] * jf[j * P + q];
