@@ -27,14 +27,13 @@ struct VMath {
   static T log_over_1mh(T h) {
     return v_2atanh(h / (2 - h));
   }
-  // e^-x for x >= 0 and log1p(u) for u >= 0 (the elementwise loss heads)
   template <class T>
-  static T exp_neg(T x) {
-    return v_exp_neg(-x);
+  static T exp(T x) {
+    return v_exp(x);
   }
   template <class T>
-  static T log1p(T u) {
-    return v_log1p(u);
+  static T sigmoid_neg(T x, T& c) {
+    return v_sigmoid_neg(x, c);
   }
 };
 

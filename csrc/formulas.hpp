@@ -7,6 +7,8 @@
 //   M::gelu_h(x, h)     h from tanh_pos(x, h) as gelu's second derivative needs it: 0 where the
 //                       target clamps x (there h times du^2 ~ z^4 is not negligible)
 //   M::log_over_1mh(h)  -log(1 - h) for 0 <= h <= 1/2
+//   M::exp(x)           e^x, inf where it overflows
+//   M::sigmoid_neg(x, c) q = 1/(1 + e^x) for x >= 0, and c = 1 - q (neither from the other)
 // TK_HD marks each function __host__ __device__ under nvcc, and always inlined: the C++ loops
 // over values vectorise only when the formula is inlined into them.
 //
@@ -236,12 +238,12 @@ TK_HD void ce_curvature_times(std::int64_t k, const T* p, std::int64_t top, cons
 // keeps its softmax), and the curvature reads it from there.
 //   bce      l = softplus(f) - y f     l' = sigma(f) - y     l'' = sigma(f) (1 - sigma(f))
 //   poisson  l = e^f - y f             l' = e^f - y          l'' = e^f
-// bce goes through e = e^-|f| and q = e / (1 + e), the smaller of sigma(f) and 1 - sigma(f):
-// softplus(f) = max(f, 0) + log1p(e), sigma - y = (1 - y) - q for f >= 0 (q - y below), and
-// sigma (1 - sigma) = q / (1 + e), so nothing cancels for saturated logits (|f| of 40 to 700):
-// the loss keeps its e^-|f| and the curvature stays positive down to the last subnormal.  With
-// y = 1 and f large, (1 - y) f is exactly 0.  poisson's e^f overflows past f ~ 709 (88 in
-// float32), as the loss itself does.  M supplies exp_neg(x) = e^-x for x >= 0 and log1p(u).
+// bce goes through q = 1/(1 + e^|f|), the smaller of sigma(f) and 1 - sigma(f), and c = 1 - q,
+// the larger: softplus(f) = max(f, 0) - log(c), sigma - y = (1 - y) - q for f >= 0 (q - y
+// below), and sigma (1 - sigma) = q c, so nothing cancels for saturated logits (|f| of 40 to
+// 700): the loss keeps its e^-|f| and the curvature stays positive down to the last subnormal.
+// With y = 1 and f large, (1 - y) f is exactly 0.  poisson's e^f overflows past f ~ 709 (88 in
+// float32), as the loss itself does.
 // The robust losses of the residual r = f - y, with c = loss_scale (torch's HuberLoss(delta=c),
 // scipy's soft_l1 with f_scale = c):
 //   huber    l = r^2 / 2 for |r| <= c, else c (|r| - c/2)    l' = clamp(r, -c, c)   l'' = [|r| <= c]
@@ -271,9 +273,10 @@ TK_HD T elem_loss(Loss loss, T f, T y, T c, T& g, T& h) {
     return r * (r / (1 + q));
   }
   if (loss == Loss::bce) {
-    const T e = M::exp_neg(fabs(f)), q = e / (1 + e);
-    h = q / (1 + e);
-    const T lp = M::log1p(e);
+    T c;
+    const T q = M::sigmoid_neg(fabs(f), c);
+    h = q * c;
+    const T lp = M::log_over_1mh(q);  // log1p(e^-|f|)
     if (f >= 0) {
       g = (1 - y) - q;
       return (1 - y) * f + lp;
@@ -281,7 +284,7 @@ TK_HD T elem_loss(Loss loss, T f, T y, T c, T& g, T& h) {
     g = q - y;
     return lp - y * f;
   }
-  const T ef = f <= 0 ? M::exp_neg(-f) : 1 / M::exp_neg(f);  // poisson
+  const T ef = M::exp(f);  // poisson
   g = ef - y;
   h = ef;
   return ef - y * f;
@@ -309,7 +312,7 @@ TK_HD T mul0(T a, T b) {
 template <class M, class T>
 TK_HD T gauss_pair(T mu, T v, T y, T& q, T& z, T& gm, T& gv) {
   const T hv = T(0.5) * v;
-  q = hv >= 0 ? M::exp_neg(hv) : 1 / M::exp_neg(-hv);
+  q = M::exp(-hv);
   z = mul0(y - mu, q);
   gm = -mul0(z, q);
   gv = T(0.5) * (1 - z * z);

@@ -171,7 +171,7 @@ void lanes_softmax(idx k, const typename Lanes<T>::type* F, typename Lanes<T>::t
   Lane mx = F[0], sum = {};
   for (idx j = 1; j < k; ++j) mx = where_greater(F[j], mx, F[j], mx);
   for (idx j = 0; j < k; ++j) {
-    for (idx b = 0; b < kLanes; ++b) p[j][b] = v_exp_neg(F[j][b] - mx[b]);
+    for (idx b = 0; b < kLanes; ++b) p[j][b] = v_exp(F[j][b] - mx[b]);
     sum += p[j];
   }
   for (idx j = 0; j < k; ++j) p[j] /= sum;
@@ -276,7 +276,7 @@ double lanes_loss_sum(const Net& net, const typename Lanes<T>::type* F, Targets<
       }
     } else {
       const idx top = ce_top(k, f);
-      for (idx j = 0; j < k; ++j) e[j] = v_exp_neg(f[j] - f[top]);
+      for (idx j = 0; j < k; ++j) e[j] = v_exp(f[j] - f[top]);
       const T rest = ce_softmax(k, top, e);
       v = ce_loss(v_log1p(rest), f, top, (idx)tg.labels[n]);
     }

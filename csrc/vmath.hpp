@@ -1,8 +1,8 @@
 // Branch-free exp-family functions that the compiler vectorises (glibc's scalar tanh/exp
 // do not vectorise and dominated the elementwise work of a forward pass).
 // In double and in float, accurate to a few ulp: tanh with 1 - tanh (from which every hidden
-// activation with an exponential is built, activations.hpp), 2 atanh for log1p, and the
-// softmax's e^x (x <= 0) and log1p (forward_backward.cpp's ce head).
+// activation with an exponential is built, activations.hpp), 2 atanh for log1p, e^x (a
+// softmax's, the poisson and gaussian heads'), the logistic (bce's) and log1p (the ce head's).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -82,23 +82,46 @@ inline T v_tanh_pos(T x, T& h) {
   return ((s - 1) * E + (s + 1) * Q) * inv;
 }
 
-// e^x for x <= 0 (a softmax's e^(f_j - max f)), to a few ulp down to the last subnormal: the
-// reduction and Pade form of v_tanh_pos for 2 (x/2), x = n ln2 + r, e^r = (E + Q)/(E - Q),
-// and 2^n applied as two halves, each a normal number, so that results below the smallest
-// normal round once, as std::exp's do.  x is clamped where e^x rounds to 0; NaN stays NaN.
+// e^x = (E + Q)/(E - Q) s1 s2: the reduction and Pade form of v_tanh_pos for 2 (x/2),
+// x = n ln2 + r, e^r = (E + Q)/(E - Q), and 2^n as two halves s1 s2, each a normal number, so
+// that a result below the smallest normal rounds once, as std::exp's do.  x is clamped where
+// e^x rounds to 0 or overflows (to inf); NaN stays NaN.
 template <class T>
-inline T v_exp_neg(T x) {
+struct ExpParts {
+  T E, Q, s1, s2;
+};
+
+template <class T>
+inline ExpParts<T> v_exp_parts(T x) {
   using F = TanhForm<T>;
-  constexpr T lo = sizeof(T) == 4 ? T(-104) : T(-746);
-  x = x < lo ? lo : x;
+  constexpr T lo = sizeof(T) == 4 ? T(-104) : T(-746), hi = sizeof(T) == 4 ? T(89) : T(710);
+  x = x < lo ? lo : x > hi ? hi : x;
   const T y = x * T(0.5);
   const T kd = y * F::two_over_ln2 + F::shifter;
   const T n = kd - F::shifter;
   const T r = 2 * ((y - n * F::ln2_hi) - n * F::ln2_lo);
   const T r2 = r * r;
-  const T E = F::E(r2), Q = F::Q(r, r2);
-  const T n1 = (n * T(0.5) + F::shifter) - F::shifter;  // n1, n - n1 >= -539 (float: -75)
-  return (E + Q) / (E - Q) * v_pow2(n1) * v_pow2(n - n1);
+  const T n1 = (n * T(0.5) + F::shifter) - F::shifter;  // |n1|, |n - n1| <= 539 (float: 75)
+  return {F::E(r2), F::Q(r, r2), v_pow2(n1), v_pow2(n - n1)};
+}
+
+// e^x to a few ulp, from the last subnormal to the overflow, with one division.
+template <class T>
+inline T v_exp(T x) {
+  const ExpParts<T> e = v_exp_parts(x);
+  return (e.E + e.Q) / (e.E - e.Q) * e.s1 * e.s2;
+}
+
+// q = 1/(1 + e^x) for x >= 0 (the logistic of -x, the smaller of sigma and 1 - sigma), and
+// c = 1 - q, both to a few ulp with one division and nothing cancelling: with e^-x = a / b,
+// q = a / (a + b) and c = b / (a + b).  q keeps its e^-x size down to the last subnormal.
+template <class T>
+inline T v_sigmoid_neg(T x, T& c) {
+  const ExpParts<T> e = v_exp_parts(-x);
+  const T a = (e.E + e.Q) * e.s1 * e.s2, b = e.E - e.Q;  // a <= 2.4 (x >= 0)
+  const T inv = 1 / (a + b);
+  c = b * inv;
+  return a * inv;
 }
 
 // log1p(u) for u >= 0 (a softmax's log of 1 + the other classes' e^(f_j - max f)), to a few

@@ -20,8 +20,12 @@ struct DeviceMath {
   }
   TK_HD static double gelu_h(double, double h) { return h; }
   TK_HD static double log_over_1mh(double h) { return -::log1p(-h); }
-  TK_HD static double exp_neg(double x) { return ::exp(-x); }
-  TK_HD static double log1p(double u) { return ::log1p(u); }
+  TK_HD static double exp(double x) { return ::exp(x); }
+  TK_HD static double sigmoid_neg(double x, double& c) {
+    const double e = ::exp(-x);
+    c = 1.0 / (1.0 + e);
+    return e * c;
+  }
 };
 
 // a = act(z), d1 = act'(z), d2 = act''(z) (d2 skipped when want_d2 is false).

@@ -80,8 +80,8 @@ def forward(d, acts, off, theta, X, N, second, ws, top):
 @kernel
 def elem_loss(loss, f, y, c):
     """(l, l', l'') of one output of an elementwise head (csrc/formulas.hpp, elem_loss):
-    bce softplus(f) - y f through e = e^-|f| and q = e / (1 + e), so that saturated logits lose
-    nothing; poisson e^f - y f; huber (delta c) and soft_l1 (scale c) of r = f - y, soft_l1's
+    bce softplus(f) - y f through e = e^-|f|, q = e / (1 + e) and c = 1 - q = 1 / (1 + e), so that
+    saturated logits lose nothing; poisson e^f - y f; huber (delta c) and soft_l1 (scale c) of r = f - y, soft_l1's
     c^2 (q - 1) as r (r / (1 + q))."""
     if loss == 4:
         r = f - y
@@ -95,8 +95,9 @@ def elem_loss(loss, f, y, c):
         return r * (r / (1 + q)), r / q, 1 / (q * q * q)
     if loss == 2:
         e = math.exp(-abs(f))
-        q = e / (1 + e)
-        h = q / (1 + e)
+        c = 1 / (1 + e)
+        q = e * c
+        h = q * c
         lp = math.log1p(e)
         if f >= 0:
             return (1 - y) * f + lp, (1 - y) - q, h
