@@ -57,6 +57,10 @@ void forward_rows(const Net& net, const T* theta, Tape<T>& t, idx n0, idx n1, bo
   }
 }
 
+// Rows per block of the heads with transcendental pieces (ce, the elementwise heads, gaussian),
+// which run as flat loops over a block's values.
+constexpr idx kHeadRows = 64;
+
 template <class T>
 void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx n1, bool want_grad) {
   const idx k = net.k(), L = net.L();
@@ -76,11 +80,10 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
     // exponential made the diagonals of tiny networks ~25% slower than mse's).
     T* p = t.p.data();
     const T c_scale = (T)net.loss_scale;
-    constexpr idx kBlock = 64;
     with_loss(net.loss, [&](auto tag) {
-      parallel_for((n1 - n0 + kBlock - 1) / kBlock, (n1 - n0) * k, [&](idx blk) {
-        const idx b0 = n0 + blk * kBlock, nb = std::min(kBlock, n1 - b0);
-        T acc[kBlock] = {}, f[kBlock], y[kBlock], g[kBlock], h[kBlock];
+      parallel_for((n1 - n0 + kHeadRows - 1) / kHeadRows, (n1 - n0) * k, [&](idx blk) {
+        const idx b0 = n0 + blk * kHeadRows, nb = std::min(kHeadRows, n1 - b0);
+        T acc[kHeadRows] = {}, f[kHeadRows], y[kHeadRows], g[kHeadRows], h[kHeadRows];
         for (idx j = 0; j < k; ++j) {
           for (idx r = 0; r < nb; ++r) f[r] = F[(b0 + r) * k + j], y[r] = tg.y[(b0 + r) * k + j];
           for (idx r = 0; r < nb; ++r) acc[r] += elem_loss<VMath>(tag.value, f[r], y[r], c_scale, g[r], h[r]);
@@ -92,30 +95,37 @@ void head_rows(const Net& net, Tape<T>& t, Targets<T> tg, bool mean, idx n0, idx
       });
     });
   } else if (net.loss == Loss::gaussian) {  // formulas.hpp: rowloss, G, p = (q, z) of each pair
+    // Pair by pair over blocks of rows, as the elementwise heads above.
     T* p = t.p.data();
     const idx h = k / 2;
-    parallel_for(n1 - n0, (n1 - n0) * k, [&](idx r) {
-      const idx n = n0 + r;
-      const T c = row_weight(w, s, n) / T(h);
-      const T* f = F + n * k;
-      T acc = 0;
+    parallel_for((n1 - n0 + kHeadRows - 1) / kHeadRows, (n1 - n0) * k, [&](idx blk) {
+      const idx b0 = n0 + blk * kHeadRows, nb = std::min(kHeadRows, n1 - b0);
+      T acc[kHeadRows] = {}, mu[kHeadRows], v[kHeadRows], y[kHeadRows], q[kHeadRows], z[kHeadRows],
+        gm[kHeadRows], gv[kHeadRows];
       for (idx j = 0; j < h; ++j) {
-        T gm, gv;
-        acc += gauss_pair<VMath>(f[j], f[h + j], tg.y[n * h + j], p[n * k + j], p[n * k + h + j], gm, gv);
-        if (G) G[n * k + j] = c * gm, G[n * k + h + j] = c * gv;
+        for (idx r = 0; r < nb; ++r) {
+          const idx o = (b0 + r) * k;
+          mu[r] = F[o + j], v[r] = F[o + h + j], y[r] = tg.y[(b0 + r) * h + j];
+        }
+        for (idx r = 0; r < nb; ++r) acc[r] += gauss_pair<VMath>(mu[r], v[r], y[r], q[r], z[r], gm[r], gv[r]);
+        for (idx r = 0; r < nb; ++r) p[(b0 + r) * k + j] = q[r], p[(b0 + r) * k + h + j] = z[r];
+        if (G)
+          for (idx r = 0; r < nb; ++r) {
+            const T c = row_weight(w, s, b0 + r) / T(h);
+            G[(b0 + r) * k + j] = c * gm[r], G[(b0 + r) * k + h + j] = c * gv[r];
+          }
       }
-      t.rowloss[n] = w ? acc * w[n] : acc;
+      for (idx r = 0; r < nb; ++r) t.rowloss[b0 + r] = w ? acc[r] * w[b0 + r] : acc[r];
     });
   } else {
     // ce's formulas.hpp pieces, in blocks of rows, so that e^x and log1p run as flat loops the
     // compiler vectorises (vmath.hpp; libm's scalar exp does not vectorise).
-    constexpr idx kBlock = 64;
-    parallel_for((n1 - n0 + kBlock - 1) / kBlock, (n1 - n0) * k, [&](idx blk) {
-      const idx b0 = n0 + blk * kBlock, nb = std::min(kBlock, n1 - b0);
+    parallel_for((n1 - n0 + kHeadRows - 1) / kHeadRows, (n1 - n0) * k, [&](idx blk) {
+      const idx b0 = n0 + blk * kHeadRows, nb = std::min(kHeadRows, n1 - b0);
       const T* Fb = F + b0 * k;
       T* P = t.p.data() + b0 * k;
-      idx top[kBlock];
-      T rest[kBlock], lg[kBlock];
+      idx top[kHeadRows];
+      T rest[kHeadRows], lg[kHeadRows];
       for (idx r = 0; r < nb; ++r) {
         const T* f = Fb + r * k;
         top[r] = ce_top(k, f);

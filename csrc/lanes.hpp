@@ -216,6 +216,8 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
       Lane y = {}, gj, h;
       for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * k + j];
       with_loss(net.loss, [&](auto tag) {  // no branch on the loss left in the loop
+        // simd: inlined into the R-op, huber's and soft_l1's loops stayed scalar, with branches
+#pragma omp simd
         for (idx b = 0; b < kLanes; ++b) elem_loss<VMath>(tag.value, F[j][b], y[b], c_scale, gj[b], h[b]);
       });
       g[j] = c * gj;
@@ -229,6 +231,7 @@ void lanes_output_gradient(const Net& net, const typename Lanes<T>::type* F, Tar
     for (idx j = 0; j < h; ++j) {
       Lane y = {}, q, z, gm, gv;
       for (idx b = 0; b < nb; ++b) y[b] = tg.y[(n0 + b) * h + j];
+#pragma omp simd
       for (idx b = 0; b < kLanes; ++b) gauss_pair<VMath>(F[j][b], F[h + j][b], y[b], q[b], z[b], gm[b], gv[b]);
       g[j] = c * gm, g[h + j] = c * gv;
       p[j] = q, p[h + j] = z;
