@@ -326,10 +326,10 @@ class ShardedData(Data):
             self._groups = self._group_by_worker()
         g = self._groups
         # one task per group, submitted together (client.map: one message to the scheduler)
-        level = client.map(_group, [func] * len(g), [flat] * len(g), g,
-                           [[self._first_rows[i] for i in idx] for idx in g],
-                           [[self._x[i] for i in idx] for idx in g],
-                           [[self._y[i] for i in idx] for idx in g], pure=False)
+        level = first = client.map(_group, [func] * len(g), [flat] * len(g), g,
+                                   [[self._first_rows[i] for i in idx] for idx in g],
+                                   [[self._x[i] for i in idx] for idx in g],
+                                   [[self._y[i] for i in idx] for idx in g], pure=False)
         while len(level) > self.fan_in:
             parts = [level[i:i + self.fan_in] for i in range(0, len(level), self.fan_in)]
             level = client.map(_combine, [flat] * len(parts), parts, pure=False)
@@ -337,7 +337,11 @@ class ShardedData(Data):
             self._wait(level)
         # the last fan_in results come here in parallel, straight from the workers that hold
         # them (direct), and are added here: one hop less than fetching a root
-        results = client.gather(level, direct=self.direct)
+        try:
+            results = client.gather(level, direct=self.direct)
+        except Exception:
+            self._raise_first_failure(first)
+            raise
         if flat is None:
             return _combine(None, results)
         return flat.unpack(flat.combine(results) if len(results) > 1 else results[0])
@@ -352,6 +356,19 @@ class ShardedData(Data):
         except TimeoutError:
             raise TimeoutError(f"data: no result from the cluster within timeout = {self.timeout:g} s "
                                f"({len(self._x)} shards)") from None
+
+    def _raise_first_failure(self, groups):
+        """Raise the error of the first failing group in chunk order.  Several groups can fail
+        (data of the wrong width fails each), and gather raises whichever failure reached this
+        process first, so the chunk an error names would otherwise change from run to run."""
+        from distributed import wait
+        try:
+            wait(groups, timeout=self.timeout)
+        except TimeoutError:
+            return
+        for f in groups:  # sorted by first chunk (_group_by_worker)
+            if f.status == "error":
+                raise f.exception() from None
 
     def _name_failed_shard(self, exc):
         """A shard that could not be read (its own task failed) is named."""
