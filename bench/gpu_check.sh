@@ -74,9 +74,13 @@ start=$(date +%s)
 # bounded, so that a hang still leaves the benchmarks their time (TEST_TIMEOUT seconds, default 400)
 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout "${TEST_TIMEOUT:-400}" "${PYTEST[@]}" "$REPO/tests/test_cuda.py" \
   "$REPO/tests/test_dispatch.py" "$REPO/tests/test_backends.py" "$REPO/tests/test_errors.py" \
+  "$REPO/tests/test_losses.py" "$REPO/tests/test_sample_weight.py" \
   -k "cuda or test_cuda.py or test_dispatch.py" 2>&1 | tee "$OUTDIR/test_cuda.log" | tail -40
 tests_rc=${PIPESTATUS[0]}
 echo "tests: $(( $(date +%s) - start )) s"
+echo "== worst error per loss and backend (bench/RESULTS.md has the CPU's)"
+timeout 300 "$PY" "$REPO/bench/loss_errors.py" 2>&1 | tee "$OUTDIR/loss_errors.log"
+timeout 300 "$PY" "$REPO/bench/loss_errors.py" --dtype float32 2>&1 | tee -a "$OUTDIR/loss_errors.log"
 if [ "$FULL" = 1 ]; then
   echo "== full suite"
   "${PYTEST[@]}" "$REPO/tests" 2>&1 | tee "$OUTDIR/tests_full.log" | tail -30
