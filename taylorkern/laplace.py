@@ -16,7 +16,10 @@ where C is the curvature of the negative log likelihood at unit scale and c its 
   negative log likelihood is SSE / (2 sigma^2) + (N k / 2) log(2 pi sigma^2).  So
   C = (k / 2) * curvature of S (for the GGN, exactly J^T J) and c = 1 / sigma^2;
 * ``loss="ce"`` (classification): the negative log likelihood is the summed cross-entropy S
-  itself, C = curvature of S and c = 1 (there is no noise parameter; sigma_noise must be 1).
+  itself, C = curvature of S and c = 1 (there is no noise parameter; sigma_noise must be 1);
+* ``loss="bce"`` (binary or multi-label classification, an independent Bernoulli per output):
+  S = sum_n mean_c (softplus(f) - y f) is the negative log likelihood over k, so C = k *
+  curvature of S and c = 1 (no noise parameter either).
 
 The network's own ``l2`` is not part of the likelihood (the curvature is taken with
 ``reduction="sum"``, which leaves it out): the prior precision plays its role.
@@ -32,7 +35,7 @@ Structures (which part of Lambda is kept):
   (taylorkern.kfac of the summed loss, ``kfac_kind`` "exact" or "mc": B from the output
   Hessians' square roots, or from ``mc_samples`` gradients per sample at targets drawn from the
   model, seeded by ``seed``), C_l = scale (A_l kron B_l) with the same scale as above; GGN only,
-  mse and ce.
+  mse and ce (the losses taylorkern.kfac takes).
 
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
 or one per parameter of the posterior (P values; not for "kfac", where a prior that varies
@@ -84,13 +87,15 @@ import numbers
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+import scipy.special
 
 from . import kfac
 from ._validate import check_curvature, check_memory, check_net, choice, integer, real
 from .model import MLP
 
 STRUCTURES = ("full", "diag", "blocks", "last-layer", "kfac")
-LOSSES = ("mse", "ce")
+LOSSES = ("mse", "ce", "bce")
+CLASSIFICATION = ("ce", "bce")
 LINKS = ("probit", "mc")
 FORMAT = "taylorkern.laplace/1"
 
@@ -139,7 +144,7 @@ class _Part:
 class _KronPart:
     """Layer l's block as K-FAC approximates it: C = scale (A kron B), A and B the layer's
     factors in a :class:`taylorkern.kfac.KFAC` of the summed loss (shared by the layers), scale
-    the NLL's (k/2 for mse, 1 for ce).  Its eigenvectors are Qa kron Qb and its eigenvalues
+    the NLL's (k/2 for mse, 1 for ce, k for bce).  Its eigenvectors are Qa kron Qb and its eigenvalues
     scale a_i b_j, from the factors' eigendecompositions (``KFAC.eigh``); C itself is never
     formed."""
 
@@ -393,8 +398,9 @@ def _check_prior(prior, n_groups, n_params, name="prior_precision", per_param=Tr
 
 def _check_sigma(loss, sigma):
     s = real("sigma_noise", sigma, lo=0.0, lo_open=True)
-    if loss == "ce" and s != 1.0:
-        raise ValueError(f"sigma_noise: classification ('ce') has no noise parameter; expected 1.0, got {sigma!r}")
+    if loss in CLASSIFICATION and s != 1.0:
+        raise ValueError(f"sigma_noise: classification ({loss!r}) has no noise parameter; expected 1.0, "
+                         f"got {sigma!r}")
     return s
 
 
@@ -432,7 +438,7 @@ class Laplace:
         self._parts = parts
         self.n_data = int(n_data)
         self.n_outputs = net.num_outputs
-        self._data_term = float(data_term)  # SSE (mse) or summed cross-entropy (ce)
+        self._data_term = float(data_term)  # SSE (mse), or the negative log likelihood (ce, bce)
         L = net.num_layers
         lo = net.offsets[L - 1] if structure == "last-layer" else 0
         self.param_slice = slice(lo, net.num_params)
@@ -539,10 +545,10 @@ class Laplace:
 
     # -------------------------------------------------------------- marginal likelihood
     def log_likelihood(self, sigma_noise=None):
-        """log p(Y | X, theta*): for mse -SSE/(2 sigma^2) - (N k/2) log(2 pi sigma^2), for ce minus
-        the summed cross-entropy."""
+        """log p(Y | X, theta*): for mse -SSE/(2 sigma^2) - (N k/2) log(2 pi sigma^2), for ce and
+        bce minus the summed cross-entropy."""
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
-        if self.net.loss_name == "ce":
+        if self.net.loss_name in CLASSIFICATION:
             return -self._data_term
         nk = self.n_data * self.n_outputs
         return -0.5 * self._data_term / sigma ** 2 - 0.5 * nk * math.log(2.0 * math.pi * sigma ** 2)
@@ -731,7 +737,8 @@ class Laplace:
         X : (n, d0)
         link : {None, "probit", "mc"}
             Classification only (None means "probit"): the probit approximation softmax(f / sqrt(1 + pi/8 var_c)) of the
-            expected softmax, or the average softmax of ``n_samples`` draws of f from its linearised
+            expected softmax (bce: sigma(f_c / sqrt(1 + pi/8 var_c)) per output), or the average
+            softmax (bce: sigma per output) of ``n_samples`` draws of f from its linearised
             Gaussian (seeded by ``seed``).
         noise : bool
             Regression only: add sigma_noise^2 to the variances (the predictive of y, not of f).
@@ -741,8 +748,8 @@ class Laplace:
         Returns
         -------
         Regression (mse): mean (n, k) and variance (n, k) (or covariance (n, k, k)), where the
-        variance is diag(J Sigma J^T) (+ sigma_noise^2 with ``noise``).  Classification (ce):
-        class probabilities (n, k).
+        variance is diag(J Sigma J^T) (+ sigma_noise^2 with ``noise``).  Classification: ce's
+        class probabilities (n, k); bce's probability of y_c = 1 for each output (n, k).
         """
         if self.net.loss_name == "mse":
             if link is not None:
@@ -757,6 +764,13 @@ class Laplace:
                     var += s2
             return mean, var
         link = choice("link", "probit" if link is None else link, LINKS)
+        if self.net.loss_name == "bce":  # an independent Bernoulli per output: the marginals suffice
+            mean, var = self.predict_f(X, full_cov=False)
+            if link == "probit":
+                return scipy.special.expit(mean / np.sqrt(1.0 + math.pi / 8.0 * var))
+            n_samples = integer("n_samples", n_samples, 1)
+            eps = np.random.default_rng(seed).standard_normal((n_samples,) + mean.shape)
+            return scipy.special.expit(mean[None] + np.sqrt(var)[None] * eps).mean(axis=0)
         if link == "probit":
             mean, var = self.predict_f(X, full_cov=False)
             z = mean / np.sqrt(1.0 + math.pi / 8.0 * var)
@@ -857,7 +871,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
 
     Parameters
     ----------
-    net : taylorkern.MLP with loss "mse" (regression) or "ce" (classification).
+    net : taylorkern.MLP with loss "mse" (regression), "ce" or "bce" (classification).
     theta : (P,) the trained parameters (a mode of the log posterior).
     X, Y : the training data, as for the network's other calls.
     structure : {"full", "diag", "blocks", "last-layer", "kfac"}
@@ -869,7 +883,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         Precision of the zero-mean Gaussian prior (for "last-layer": a float, 1 value, or one
         per parameter of the last layer; for "kfac" a float or per layer).
     sigma_noise : float
-        Standard deviation of the Gaussian noise of mse regression; 1.0 for ce.
+        Standard deviation of the Gaussian noise of mse regression; 1.0 for ce and bce.
     kfac_kind : {"exact", "mc"}
         For "kfac": K-FAC's B from the exact output Hessians, or from ``mc_samples`` gradients
         per sample at targets drawn from the model (``kind`` of :func:`taylorkern.kfac.factors`).
@@ -885,8 +899,8 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     """
     net = check_net(net)
     if net.loss_name not in LOSSES:
-        raise ValueError(f"net: the Laplace posterior is implemented for the losses {LOSSES} (Gaussian and "
-                         f"categorical likelihoods), not {net.loss_name!r}")
+        raise ValueError(f"net: the Laplace posterior is implemented for the losses {LOSSES} (Gaussian, "
+                         f"categorical and Bernoulli likelihoods), not {net.loss_name!r}")
     structure = _check_structure(structure)
     curvature = check_curvature(curvature)
     if structure == "kfac" and curvature != "ggn":
@@ -910,7 +924,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     N = np.shape(X)[0]
     k = net.num_outputs
     scale = _nll_scale(net)
-    data_term = k * S if net.loss_name == "mse" else S  # SSE, or the summed cross-entropy
+    data_term = S if net.loss_name == "ce" else k * S  # the summed cross-entropy, SSE, or bce's NLL
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
     parts = []
     if structure == "full":
@@ -962,8 +976,9 @@ def _check_kfac_options(structure, kind, seed, mc_samples):
 
 
 def _nll_scale(net):
-    """The NLL's curvature at sigma = 1 per unit of the summed loss's: k/2 for mse, 1 for ce."""
-    return 0.5 * net.num_outputs if net.loss_name == "mse" else 1.0
+    """The NLL's curvature at sigma = 1 per unit of the summed loss's: k/2 for mse, 1 for ce, k
+    for bce (whose loss is a mean over the outputs)."""
+    return {"mse": 0.5 * net.num_outputs, "ce": 1.0, "bce": float(net.num_outputs)}[net.loss_name]
 
 
 def _scaled(M, scale):

@@ -1,8 +1,9 @@
 """taylorkern.laplace: the Laplace posterior checked against a dense numpy computation.
 
 The oracle here is written from the definitions, not from the module: the data curvature
-from the reference backend's Jacobian (mse: J^T J / sigma^2; ce: sum_n J_n^T (diag p - p p^T) J_n,
-or the reference Hessian scaled as the module's docstring derives), the log likelihood from
+from the reference backend's Jacobian (mse: J^T J / sigma^2; ce: sum_n J_n^T (diag p - p p^T) J_n;
+bce: sum_n J_n^T diag(p (1 - p)) J_n, or the reference Hessian scaled as the module's docstring
+derives), the log likelihood from
 the outputs, the posterior precision as a dense matrix, its log-determinant by
 ``numpy.linalg.slogdet`` and its inverse by ``numpy.linalg.inv``.  Gradients are checked by
 central differences, the structures against the full matrix restricted to them.
@@ -41,12 +42,15 @@ def _dense(p, curvature, sigma):
         # d^2/dtheta^2 of SSE / (2 sigma^2): J^T J / sigma^2 (+ residual term for the Hessian)
         C = J.T @ J / sigma ** 2 if H is None else H * (k / 2) / sigma ** 2
     else:
-        Z = F - F.max(axis=1, keepdims=True)
-        logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
-        loglik = float(np.sum(logp[np.arange(N), Y]))
+        if net.loss_name == "ce":
+            Z = F - F.max(axis=1, keepdims=True)
+            logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
+            loglik, scale = float(np.sum(logp[np.arange(N), Y])), 1.0
+        else:  # bce: a Bernoulli per output, log p = y f - softplus(f); the loss is a mean over k
+            loglik, scale = float(np.sum(Y * F - np.logaddexp(0.0, F))), float(k)
         Hout = output_hessians(q, F, reduction="sum")
         Jn = J.reshape(N, k, -1)
-        C = np.einsum("nci,ncd,ndj->ij", Jn, Hout, Jn) if H is None else H
+        C = scale * (np.einsum("nci,ncd,ndj->ij", Jn, Hout, Jn) if H is None else H)
     return loglik, C
 
 
@@ -102,6 +106,7 @@ PROBLEMS = [
     ("mse", [2, 4, 3, 1], "sigmoid", 11),
     ("ce", [3, 6, 3], "tanh", 12),
     ("ce", [4, 3, 5, 2], "gelu", 7),
+    ("bce", [3, 5, 2], "tanh", 10),
 ]
 
 
@@ -214,7 +219,7 @@ def test_lml_gradient_matches_finite_differences(case, structure, kind):
     _check_lml_gradient(post, prior, sigma, kind, mse, g_prior, g_sigma)
 
 
-@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("loss", ["mse", "ce", "bce"])
 def test_optimize_prior_reaches_a_stationary_maximum(loss):
     p = _problem(*[c for c in PROBLEMS if c[0] == loss][0])
     post = _fit(p, "full", prior=0.05)
@@ -337,8 +342,11 @@ def test_predictive_matches_explicit_j_sigma_jt(backend, case, structure, kind):
     else:
         probs = post.predict(Xn, link="probit")
         z = F / np.sqrt(1 + np.pi / 8 * np.diagonal(cov, axis1=1, axis2=2))
-        ref = np.exp(z - z.max(1, keepdims=True))
-        compare(probs, ref / ref.sum(1, keepdims=True), what="probit")
+        if p.net.loss_name == "bce":  # a Bernoulli per output
+            compare(probs, 1 / (1 + np.exp(-z)), what="probit")
+        else:
+            ref = np.exp(z - z.max(1, keepdims=True))
+            compare(probs, ref / ref.sum(1, keepdims=True), what="probit")
 
 
 def test_predict_in_chunks_matches_one_chunk(monkeypatch):
@@ -374,6 +382,32 @@ def test_mc_link_agrees_with_independent_sampling():
     soft = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     compare(sharp.predict(Xn, link="mc", n_samples=50), soft, rtol=1e-6, what="mc, sharp")
     compare(sharp.predict(Xn, link="probit"), soft, rtol=1e-6, what="probit, sharp")
+
+
+def test_bce_mc_link_and_round_trip(tmp_path):
+    """bce's Monte Carlo link averages the logistic over each output's marginal (against an
+    independent estimate); with a sharp posterior both links become sigma(f); the posterior
+    saves and loads; a noise level and K-FAC are refused by name."""
+    p = _problem(*[c for c in PROBLEMS if c[0] == "bce"][0])
+    post = _fit(p, "full", prior=0.5)
+    Xn = np.random.default_rng(4).standard_normal((6, p.net.sizes[0]))
+    n = 20000
+    mc = post.predict(Xn, link="mc", n_samples=n, seed=11)
+    np.testing.assert_array_equal(mc, post.predict(Xn, link="mc", n_samples=n, seed=11))
+    mean, var = post.predict_f(Xn, full_cov=False)
+    f = mean + np.sqrt(var) * np.random.default_rng(99).standard_normal((n,) + mean.shape)
+    assert np.max(np.abs(mc - (1 / (1 + np.exp(-f))).mean(0))) < 0.02  # two estimates, sd < 0.5/sqrt(n)
+    assert np.all(np.abs(mc - 0.5) < np.abs(1 / (1 + np.exp(-mean)) - 0.5))  # uncertainty pulls to 1/2
+    sharp = _fit(p, "full", prior=1e12)
+    compare(sharp.predict(Xn, link="mc", n_samples=50), 1 / (1 + np.exp(-mean)), rtol=1e-6, what="mc, sharp")
+    compare(sharp.predict(Xn), 1 / (1 + np.exp(-mean)), rtol=1e-6, what="probit, sharp")
+    back = laplace.load(post.save(tmp_path / "bce"))
+    assert back.log_marginal_likelihood(0.7) == post.log_marginal_likelihood(0.7)
+    np.testing.assert_array_equal(back.predict(Xn), post.predict(Xn))
+    with pytest.raises(ValueError, match="sigma_noise: classification \\('bce'\\)"):
+        _fit(p, "full", sigma=2.0)
+    with pytest.raises(ValueError, match="loss: Kronecker factors"):
+        _fit(p, "kfac")
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
@@ -505,10 +539,11 @@ def test_bad_input():
         post_c.predict(pc.X, link="logit")
     with pytest.raises(ValueError, match="n_samples"):
         post_c.predict(pc.X, link="mc", n_samples=0)
-    pb = make_problem([3, 4, 1], "tanh", "bce", N=6, seed=2)
-    for structure in ("full", "kfac"):
-        with pytest.raises(ValueError, match=r"net: .*'bce'"):
-            laplace.fit(pb.net, pb.theta, pb.X, pb.Y, structure=structure)
+    for loss in ("poisson", "huber", "soft_l1"):  # not built in / not normalised likelihoods
+        pb = make_problem([3, 4, 1], "tanh", loss, N=6, seed=2)
+        for structure in ("full", "kfac"):
+            with pytest.raises(ValueError, match=f"net: .*'{loss}'"):
+                laplace.fit(pb.net, pb.theta, pb.X, pb.Y, structure=structure)
 
 
 def test_oversized_posterior_is_refused_with_the_memory_needed(monkeypatch):
