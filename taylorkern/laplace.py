@@ -19,7 +19,13 @@ where C is the curvature of the negative log likelihood at unit scale and c its 
   itself, C = curvature of S and c = 1 (there is no noise parameter; sigma_noise must be 1);
 * ``loss="bce"`` (binary or multi-label classification, an independent Bernoulli per output):
   S = sum_n mean_c (softplus(f) - y f) is the negative log likelihood over k, so C = k *
-  curvature of S and c = 1 (no noise parameter either).
+  curvature of S and c = 1 (no noise parameter either);
+* ``loss="poisson"`` (counts, f the log-rate): the negative log likelihood is
+  k S + sum log(y!), so C = k * curvature of S and c = 1;
+* ``loss="gaussian"`` (heteroscedastic regression, k = 2h outputs: h means and h
+  log-variances, each target's noise the network's own): the negative log likelihood is
+  h S + (N h / 2) log(2 pi), so C = h * curvature of S (the GGN is the Fisher) and c = 1.
+  The noise parameter of all but mse is fixed: sigma_noise must be 1.
 
 The network's own ``l2`` is not part of the likelihood (the curvature is taken with
 ``reduction="sum"``, which leaves it out): the prior precision plays its role.
@@ -94,7 +100,7 @@ from ._validate import check_curvature, check_memory, check_net, choice, integer
 from .model import MLP
 
 STRUCTURES = ("full", "diag", "blocks", "last-layer", "kfac")
-LOSSES = ("mse", "ce", "bce")
+LOSSES = ("mse", "ce", "bce", "poisson", "gaussian")
 CLASSIFICATION = ("ce", "bce")
 LINKS = ("probit", "mc")
 FORMAT = "taylorkern.laplace/1"
@@ -144,7 +150,7 @@ class _Part:
 class _KronPart:
     """Layer l's block as K-FAC approximates it: C = scale (A kron B), A and B the layer's
     factors in a :class:`taylorkern.kfac.KFAC` of the summed loss (shared by the layers), scale
-    the NLL's (k/2 for mse, 1 for ce, k for bce).  Its eigenvectors are Qa kron Qb and its eigenvalues
+    the NLL's (_nll_scale).  Its eigenvectors are Qa kron Qb and its eigenvalues
     scale a_i b_j, from the factors' eigendecompositions (``KFAC.eigh``); C itself is never
     formed."""
 
@@ -398,9 +404,9 @@ def _check_prior(prior, n_groups, n_params, name="prior_precision", per_param=Tr
 
 def _check_sigma(loss, sigma):
     s = real("sigma_noise", sigma, lo=0.0, lo_open=True)
-    if loss in CLASSIFICATION and s != 1.0:
-        raise ValueError(f"sigma_noise: classification ({loss!r}) has no noise parameter; expected 1.0, "
-                         f"got {sigma!r}")
+    if loss != "mse" and s != 1.0:
+        kind = "classification " if loss in CLASSIFICATION else ""
+        raise ValueError(f"sigma_noise: {kind}({loss!r}) has no noise parameter; expected 1.0, got {sigma!r}")
     return s
 
 
@@ -438,7 +444,7 @@ class Laplace:
         self._parts = parts
         self.n_data = int(n_data)
         self.n_outputs = net.num_outputs
-        self._data_term = float(data_term)  # SSE (mse), or the negative log likelihood (ce, bce)
+        self._data_term = float(data_term)  # SSE (mse), or the negative log likelihood (the others)
         L = net.num_layers
         lo = net.offsets[L - 1] if structure == "last-layer" else 0
         self.param_slice = slice(lo, net.num_params)
@@ -545,10 +551,10 @@ class Laplace:
 
     # -------------------------------------------------------------- marginal likelihood
     def log_likelihood(self, sigma_noise=None):
-        """log p(Y | X, theta*): for mse -SSE/(2 sigma^2) - (N k/2) log(2 pi sigma^2), for ce and
-        bce minus the summed cross-entropy."""
+        """log p(Y | X, theta*): for mse -SSE/(2 sigma^2) - (N k/2) log(2 pi sigma^2), for the
+        other losses minus their negative log likelihood (module docstring)."""
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(self.net.loss_name, sigma_noise)
-        if self.net.loss_name in CLASSIFICATION:
+        if self.net.loss_name != "mse":
             return -self._data_term
         nk = self.n_data * self.n_outputs
         return -0.5 * self._data_term / sigma ** 2 - 0.5 * nk * math.log(2.0 * math.pi * sigma ** 2)
@@ -741,28 +747,26 @@ class Laplace:
             softmax (bce: sigma per output) of ``n_samples`` draws of f from its linearised
             Gaussian (seeded by ``seed``).
         noise : bool
-            Regression only: add sigma_noise^2 to the variances (the predictive of y, not of f).
+            Regression only: the predictive of y, with its noise (mse: sigma_noise^2; poisson: the
+            count's own variance, its expected rate; gaussian: the expected noise variance
+            E[e^v]), rather than of the mean alone.
         full_cov : bool
             Regression only: return the (n, k, k) covariances of the outputs instead of variances.
 
         Returns
         -------
         Regression (mse): mean (n, k) and variance (n, k) (or covariance (n, k, k)), where the
-        variance is diag(J Sigma J^T) (+ sigma_noise^2 with ``noise``).  Classification: ce's
+        variance is diag(J Sigma J^T) (+ sigma_noise^2 with ``noise``).  poisson: the mean and
+        variance of the rate e^f under f's Gaussian (log-normal moments: exp(m + v/2), and
+        E[e^f_i] E[e^f_j] (e^(Sigma_ij) - 1)), plus the expected rate with ``noise``.  gaussian:
+        of the h means, as mse, with E[e^v] = exp(m_v + var_v / 2) the noise (n, h).  Classification: ce's
         class probabilities (n, k); bce's probability of y_c = 1 for each output (n, k).
         """
-        if self.net.loss_name == "mse":
+        loss = self.net.loss_name
+        if loss not in CLASSIFICATION:
             if link is not None:
-                raise ValueError(f"link: regression ('mse') has no link; expected None, got {link!r}")
-            full_cov = bool(full_cov)
-            mean, var = self.predict_f(X, full_cov=full_cov)
-            if noise:
-                s2 = self.sigma_noise ** 2
-                if full_cov:
-                    var += s2 * np.eye(self.n_outputs)
-                else:
-                    var += s2
-            return mean, var
+                raise ValueError(f"link: regression ({loss!r}) has no link; expected None, got {link!r}")
+            return self._predict_regression(X, bool(noise), bool(full_cov))
         link = choice("link", "probit" if link is None else link, LINKS)
         if self.net.loss_name == "bce":  # an independent Bernoulli per output: the marginals suffice
             mean, var = self.predict_f(X, full_cov=False)
@@ -788,6 +792,29 @@ class Laplace:
         p = np.exp(z)
         p /= p.sum(axis=-1, keepdims=True)
         return p if link == "probit" else p.mean(axis=0)
+
+    def _predict_regression(self, X, noise, full_cov):
+        loss = self.net.loss_name
+        if loss == "mse":
+            mean, var = self.predict_f(X, full_cov=full_cov)
+            s2 = self.sigma_noise ** 2 if noise else 0.0
+        elif loss == "poisson":  # the rate e^f, f ~ N(m, Sigma): log-normal moments
+            m, cov = self.predict_f(X, full_cov=True)
+            v = np.diagonal(cov, axis1=1, axis2=2)
+            mean = np.exp(m + 0.5 * v)
+            var = mean[:, :, None] * mean[:, None, :] * np.expm1(cov)
+            if not full_cov:
+                var = np.diagonal(var, axis1=1, axis2=2).copy()
+            s2 = mean if noise else 0.0  # a Poisson count's variance is its rate
+        else:  # gaussian: the means' uncertainty, and the expected noise variance E[e^v]
+            h = self.n_outputs // 2
+            m, cov = self.predict_f(X, full_cov=True)
+            mean, var = m[:, :h], cov[:, :h, :h]
+            if not full_cov:
+                var = np.diagonal(var, axis1=1, axis2=2).copy()
+            s2 = np.exp(m[:, h:] + 0.5 * np.diagonal(cov, axis1=1, axis2=2)[:, h:]) if noise else 0.0
+        s2 = np.broadcast_to(s2, mean.shape)  # the noise variance of each output
+        return mean, (var + s2[:, :, None] * np.eye(mean.shape[1]) if full_cov else var + s2)
 
     def sample(self, n, seed=0):
         """``n`` draws of theta from the posterior, shape (n, P_net) in the network's dtype
@@ -871,7 +898,8 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
 
     Parameters
     ----------
-    net : taylorkern.MLP with loss "mse" (regression), "ce" or "bce" (classification).
+    net : taylorkern.MLP with loss "mse", "poisson" or "gaussian" (regression), "ce" or "bce"
+        (classification).
     theta : (P,) the trained parameters (a mode of the log posterior).
     X, Y : the training data, as for the network's other calls.
     structure : {"full", "diag", "blocks", "last-layer", "kfac"}
@@ -883,7 +911,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         Precision of the zero-mean Gaussian prior (for "last-layer": a float, 1 value, or one
         per parameter of the last layer; for "kfac" a float or per layer).
     sigma_noise : float
-        Standard deviation of the Gaussian noise of mse regression; 1.0 for ce and bce.
+        Standard deviation of the Gaussian noise of mse regression; 1.0 for the other losses.
     kfac_kind : {"exact", "mc"}
         For "kfac": K-FAC's B from the exact output Hessians, or from ``mc_samples`` gradients
         per sample at targets drawn from the model (``kind`` of :func:`taylorkern.kfac.factors`).
@@ -899,8 +927,8 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     """
     net = check_net(net)
     if net.loss_name not in LOSSES:
-        raise ValueError(f"net: the Laplace posterior is implemented for the losses {LOSSES} (Gaussian, "
-                         f"categorical and Bernoulli likelihoods), not {net.loss_name!r}")
+        raise ValueError(f"net: the Laplace posterior is implemented for the losses {LOSSES} (likelihoods), "
+                         f"not {net.loss_name!r} (not a normalised likelihood)")
     structure = _check_structure(structure)
     curvature = check_curvature(curvature)
     if structure == "kfac" and curvature != "ggn":
@@ -924,7 +952,7 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     N = np.shape(X)[0]
     k = net.num_outputs
     scale = _nll_scale(net)
-    data_term = S if net.loss_name == "ce" else k * S  # the summed cross-entropy, SSE, or bce's NLL
+    data_term = _nll(net, S, Y)
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
     parts = []
     if structure == "full":
@@ -977,8 +1005,24 @@ def _check_kfac_options(structure, kind, seed, mc_samples):
 
 def _nll_scale(net):
     """The NLL's curvature at sigma = 1 per unit of the summed loss's: k/2 for mse, 1 for ce, k
-    for bce (whose loss is a mean over the outputs)."""
-    return {"mse": 0.5 * net.num_outputs, "ce": 1.0, "bce": float(net.num_outputs)}[net.loss_name]
+    for bce and poisson (whose losses are means over the outputs), h = k/2 for gaussian (a mean
+    over the pairs)."""
+    k = net.num_outputs
+    return {"mse": 0.5 * k, "ce": 1.0, "bce": float(k), "poisson": float(k), "gaussian": 0.5 * k}[net.loss_name]
+
+
+def _nll(net, S, Y):
+    """The data term kept by the posterior from the summed loss S: mse's SSE (its noise enters
+    in log_likelihood), else the negative log likelihood with its constants."""
+    k = net.num_outputs
+    if net.loss_name == "mse":
+        return k * S
+    if net.loss_name == "poisson":
+        return k * S + float(np.sum(scipy.special.gammaln(np.asarray(Y, dtype=np.float64) + 1.0)))
+    if net.loss_name == "gaussian":
+        n_targets = np.size(Y)  # N h
+        return 0.5 * k * S + 0.5 * n_targets * math.log(2.0 * math.pi)
+    return _nll_scale(net) * S
 
 
 def _scaled(M, scale):

@@ -2,8 +2,8 @@
 
 The oracle here is written from the definitions, not from the module: the data curvature
 from the reference backend's Jacobian (mse: J^T J / sigma^2; ce: sum_n J_n^T (diag p - p p^T) J_n;
-bce: sum_n J_n^T diag(p (1 - p)) J_n, or the reference Hessian scaled as the module's docstring
-derives), the log likelihood from
+bce: sum_n J_n^T diag(p (1 - p)) J_n; poisson and gaussian likewise from the output Hessians, or
+the reference Hessian scaled as the module's docstring derives), the log likelihood from
 the outputs, the posterior precision as a dense matrix, its log-determinant by
 ``numpy.linalg.slogdet`` and its inverse by ``numpy.linalg.inv``.  Gradients are checked by
 central differences, the structures against the full matrix restricted to them.
@@ -46,8 +46,17 @@ def _dense(p, curvature, sigma):
             Z = F - F.max(axis=1, keepdims=True)
             logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
             loglik, scale = float(np.sum(logp[np.arange(N), Y])), 1.0
-        else:  # bce: a Bernoulli per output, log p = y f - softplus(f); the loss is a mean over k
+        elif net.loss_name == "bce":  # a Bernoulli per output, log p = y f - softplus(f); a mean over k
             loglik, scale = float(np.sum(Y * F - np.logaddexp(0.0, F))), float(k)
+        elif net.loss_name == "poisson":  # log p = y f - e^f - log y!; a mean over k
+            lfact = sum(math.lgamma(v + 1.0) for v in Y.ravel())
+            loglik, scale = float(np.sum(Y * F - np.exp(F))) - lfact, float(k)
+        else:  # gaussian: y ~ N(mu, e^v) per pair; a mean over the h = k/2 pairs
+            h = k // 2
+            mu, v = F[:, :h], F[:, h:]
+            R = Y.reshape(N, h) - mu
+            loglik = float(-0.5 * np.sum(v + R * R * np.exp(-v))) - 0.5 * N * h * math.log(2 * math.pi)
+            scale = float(h)
         Hout = output_hessians(q, F, reduction="sum")
         Jn = J.reshape(N, k, -1)
         C = scale * (np.einsum("nci,ncd,ndj->ij", Jn, Hout, Jn) if H is None else H)
@@ -107,6 +116,8 @@ PROBLEMS = [
     ("ce", [3, 6, 3], "tanh", 12),
     ("ce", [4, 3, 5, 2], "gelu", 7),
     ("bce", [3, 5, 2], "tanh", 10),
+    ("poisson", [3, 5, 2], "tanh", 9),
+    ("gaussian", [2, 4, 4], "tanh", 11),
 ]
 
 
@@ -219,7 +230,7 @@ def test_lml_gradient_matches_finite_differences(case, structure, kind):
     _check_lml_gradient(post, prior, sigma, kind, mse, g_prior, g_sigma)
 
 
-@pytest.mark.parametrize("loss", ["mse", "ce", "bce"])
+@pytest.mark.parametrize("loss", ["mse", "ce", "bce", "poisson", "gaussian"])
 def test_optimize_prior_reaches_a_stationary_maximum(loss):
     p = _problem(*[c for c in PROBLEMS if c[0] == loss][0])
     post = _fit(p, "full", prior=0.05)
@@ -332,13 +343,29 @@ def test_predictive_matches_explicit_j_sigma_jt(backend, case, structure, kind):
     mean, full = post.predict_f(Xn, full_cov=True)
     compare(mean, F, what="mean")
     compare(full, cov, what="output covariance")
+    diag = np.diagonal(cov, axis1=1, axis2=2)
     if mse:
         m, var = post.predict(Xn)
-        compare(var, np.diagonal(cov, axis1=1, axis2=2) + sigma ** 2, what="predictive variance (+noise)")
+        compare(var, diag + sigma ** 2, what="predictive variance (+noise)")
         _, var_f = post.predict(Xn, noise=False)
-        compare(var_f, np.diagonal(cov, axis1=1, axis2=2), what="predictive variance of f")
+        compare(var_f, diag, what="predictive variance of f")
         _, c3 = post.predict(Xn, full_cov=True)
         compare(c3, cov + sigma ** 2 * np.eye(k), what="predictive covariance")
+    elif p.net.loss_name == "poisson":  # the rate e^f of a Gaussian f: log-normal moments
+        rate = np.exp(F + diag / 2)
+        rcov = rate[:, :, None] * rate[:, None, :] * np.expm1(cov)
+        m, var = post.predict(Xn)
+        compare(m, rate, what="expected rate")
+        compare(var, np.diagonal(rcov, axis1=1, axis2=2) + rate, what="count variance")
+        _, c3 = post.predict(Xn, full_cov=True, noise=False)
+        compare(c3, rcov, what="rate covariance")
+    elif p.net.loss_name == "gaussian":  # the means, and the expected noise variance E[e^v]
+        h = k // 2
+        m, var = post.predict(Xn)
+        compare(m, F[:, :h], what="means")
+        compare(var, diag[:, :h] + np.exp(F[:, h:] + diag[:, h:] / 2), what="predictive variance")
+        _, c3 = post.predict(Xn, full_cov=True, noise=False)
+        compare(c3, cov[:, :h, :h], what="covariance of the means")
     else:
         probs = post.predict(Xn, link="probit")
         z = F / np.sqrt(1 + np.pi / 8 * np.diagonal(cov, axis1=1, axis2=2))
@@ -539,7 +566,7 @@ def test_bad_input():
         post_c.predict(pc.X, link="logit")
     with pytest.raises(ValueError, match="n_samples"):
         post_c.predict(pc.X, link="mc", n_samples=0)
-    for loss in ("poisson", "huber", "soft_l1"):  # not built in / not normalised likelihoods
+    for loss in ("huber", "soft_l1"):  # not normalised likelihoods
         pb = make_problem([3, 4, 1], "tanh", loss, N=6, seed=2)
         for structure in ("full", "kfac"):
             with pytest.raises(ValueError, match=f"net: .*'{loss}'"):
