@@ -221,10 +221,10 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
 // instead, [(d_l + 1, d_{l+1})] per layer.
 py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise,
                       py::object bases) {
-  // kfac.cpp forms the rows of mse's and ce's output curvature only (the MLP refuses the others
-  // by name first); never run another head through them.
-  if (net.loss != tk::Loss::mse && net.loss != tk::Loss::ce)
-    throw py::value_error("loss: Kronecker factors are implemented for 'mse' and 'ce' only");
+  // kfac.cpp samples targets for mse and ce only (the MLP refuses the others by name first);
+  // never run another head through that.
+  if (!noise.is_none() && net.loss != tk::Loss::mse && net.loss != tk::Loss::ce)
+    throw py::value_error("kind: 'mc' draws targets for 'mse' and 'ce' only");
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X, &Y);

@@ -66,7 +66,9 @@ void mirror_scaled(idx D, const T* acc, T scale, T* out) {
     }
 }
 
-// The chunk's top rows (c, r, k) at the output (kfac.hpp); p the chunk's softmax (ce).
+// The chunk's top rows (c, r, k) at the output (kfac.hpp); p the head's H_out values (the
+// softmax for ce; null for mse).  Exact: the rows of the GGN's H_out square root, any loss;
+// sampled: mse and ce only (the MLP refuses the others first).
 template <class T>
 void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* top) {
   const idx k = net.k();
@@ -74,7 +76,7 @@ void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* 
     root_rows(net, c, p, static_cast<const T*>(nullptr), s, true, top);
     return;
   }
-  if (!p) {  // mse: sqrt(2 s / (k M)) eps
+  if (net.loss == Loss::mse) {  // sqrt(2 s / (k M)) eps
     const T w = std::sqrt(T(2) * s / T(k * M));
     for (idx q = 0; q < c * M * k; ++q) top[q] = w * noise[q];
     return;
@@ -127,9 +129,10 @@ void kfac_pass(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
       const Targets<T> tc = rows_at(ct, net, X, tg, c0);
       forward_rows(net, theta, ct, 0, c, false);
       head_rows(net, ct, tc, mean, 0, c, false);
-      const T* p = net.loss == Loss::ce ? ct.p.data() : nullptr;
+      const T* p = net.loss != Loss::mse ? ct.p.data() : nullptr;
       sc.U[L - 1].resize(c * r * k);
-      top_rows(net, c, p, s, noise ? noise + c0 * M * (p ? 1 : k) : nullptr, M, sc.U[L - 1].data());
+      top_rows(net, c, p, s, noise ? noise + c0 * M * (net.loss == Loss::ce ? 1 : k) : nullptr, M,
+               sc.U[L - 1].data());
       backward_rows(net, theta, ct, 0, c, r, sc.U);
       const T beta = first ? T(0) : T(1);
       for (idx l = 0; l < L; ++l) take(l, c, ct.in(l), sc.U[l].data(), acc, beta, sc);

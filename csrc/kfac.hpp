@@ -10,7 +10,8 @@
 namespace tk {
 
 // A[l] ((d[l]+1)^2) and B[l] (d[l+1]^2), full symmetric matrices, for N samples.  noise null:
-// the k rows of a square root of each sample's output Hessian (curvature_root, "exact").
+// the k rows of a square root of each sample's output Hessian, the GGN's (curvature_root with
+// gn, "exact"; every loss).
 // Otherwise M sampled rows per sample: ce, noise (N, M) uniforms in [0, 1), the label drawn by
 // inverse CDF of the softmax, row sqrt(s / M) (p - e_label); mse, noise (N, M, k) standard normals,
 // row sqrt(2 s / (k M)) noise.

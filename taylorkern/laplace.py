@@ -40,8 +40,8 @@ Structures (which part of Lambda is kept):
 * ``"kfac"``: per layer K-FAC's approximation A_l kron B_l of the GGN block
   (taylorkern.kfac of the summed loss, ``kfac_kind`` "exact" or "mc": B from the output
   Hessians' square roots, or from ``mc_samples`` gradients per sample at targets drawn from the
-  model, seeded by ``seed``), C_l = scale (A_l kron B_l) with the same scale as above; GGN only,
-  mse and ce (the losses taylorkern.kfac takes).
+  model, seeded by ``seed``; mse and ce only), C_l = scale (A_l kron B_l) with the same scale
+  as above; GGN only.
 
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),
 or one per parameter of the posterior (P values; not for "kfac", where a prior that varies

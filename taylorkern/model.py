@@ -672,10 +672,11 @@ class MLP:
 
     # ------------------------------------------------------------ Kronecker factors
     def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases):
-        if self.loss_name not in ("mse", "ce"):
-            raise ValueError(f"loss: Kronecker factors are implemented for 'mse' and 'ce', not {self.loss_name!r}")
         if kind not in ("exact", "mc"):
             raise ValueError(f"kind: expected 'exact' or 'mc', got {kind!r}")
+        if kind == "mc" and self.loss_name not in ("mse", "ce"):
+            raise ValueError(f"kind: 'mc' draws targets for 'mse' and 'ce' only, not {self.loss_name!r}; "
+                             "use 'exact'")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
             raise ValueError(f"mc_samples: expected an integer >= 1, got {mc_samples!r}")
         if seed is not None and not isinstance(seed, np.random.Generator) and (
@@ -692,10 +693,8 @@ class MLP:
             rng = np.random.default_rng(seed)
             if self.loss_name == "ce":
                 noise = rng.random((N, rows)).astype(self.dtype)
-            elif self.loss_name == "mse":
+            else:  # mse
                 noise = rng.standard_normal((N, rows, k)).astype(self.dtype)
-            else:  # pragma: no cover - a loss without a sampler
-                raise ValueError(f"kind: 'mc' has no sampler for loss {self.loss_name!r}; use 'exact'")
         fn = _dispatch.optional("kfac_factors")
         return fn(self, theta, X, Y, reduction, noise) if bases is None else \
             fn(self, theta, X, Y, reduction, noise, bases)
@@ -707,9 +706,10 @@ class MLP:
         inputs with a 1 appended (the order of [Wl; bl]'s rows).  B_l, (d_l, d_l), is the sum
         over samples of u u^T over rows u backpropagated from the output to the layer's
         pre-activations, the reduction's sample weight included: with ``kind="exact"`` the dL
-        rows of a square root of each sample's output Hessian (K-FAC's "KFLR"), with
-        ``kind="mc"`` ``mc_samples`` gradients of the loss at targets drawn from the model's
-        predictive distribution (softmax for ce, a Gaussian for mse), seeded by ``seed``.
+        rows of a square root of each sample's output Hessian, the GGN's (K-FAC's "KFLR"; every
+        loss, gaussian's Fisher), with ``kind="mc"`` ``mc_samples`` gradients of the loss at
+        targets drawn from the model's predictive distribution (softmax for ce, a Gaussian for
+        mse; those two losses only), seeded by ``seed``.
         ``kron(A_l, B_l)`` is then in theta's order, and equals the exact GGN block for one
         sample through one layer.  l2 is not included (taylorkern.kfac adds it).
         """

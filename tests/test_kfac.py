@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import case_param, compare, make_problem, rel_err, rtol_for
+from conftest import case_param, compare, make_problem, output_hessians, rel_err, rtol_for
 
 import taylorkern as tk
 from taylorkern import kfac
@@ -28,11 +28,12 @@ def _act(name, z):
             "softplus": np.logaddexp(0, z), "sin": np.sin(z)}[name]
 
 
-def direct_factors(net, theta, X, reduction="mean", noise=None):
+def direct_factors(net, theta, X, reduction="mean", noise=None, p=None):
     """(A_l, B_l) from a forward pass written out here and the per-sample Jacobians of the
     outputs with respect to each layer's pre-activations, read off net.jacobian's bias columns
     (df/db_l = df/dz_l); B_l = sum_n D_n^T C_n D_n with C_n the (scaled) output Hessian, or the
-    outer product of sampled gradients for noise (labels by the softmax's inverse CDF)."""
+    outer product of sampled gradients for noise (labels by the softmax's inverse CDF).  The
+    losses other than mse and ce take C from conftest's output_hessians of problem p."""
     N, k = X.shape[0], net.num_outputs
     s = 1.0 / N if reduction == "mean" else 1.0
     a, ins = X, []
@@ -45,6 +46,8 @@ def direct_factors(net, theta, X, reduction="mean", noise=None):
     if noise is None:
         if net.loss_name == "mse":
             C = np.broadcast_to(2.0 * s / k * np.eye(k), (N, k, k))
+        elif net.loss_name != "ce":
+            C = output_hessians(p, F, reduction)
         else:
             p = _softmax(F)
             C = s * (np.einsum("nc,cd->ncd", p, np.eye(k)) - np.einsum("nc,nd->ncd", p, p))
@@ -185,7 +188,9 @@ def test_numba_many_chunks_and_pieces(loss, monkeypatch, restore_threads):
                 compare(got, whole[c], rtol=1e-13, what=f"{c}, chunks and pieces against one call")
 
 
-@pytest.mark.parametrize("loss, sizes", [("mse", [4, 1]), ("mse", [3, 5]), ("ce", [4, 3]), ("ce", [2, 6])])
+@pytest.mark.parametrize("loss, sizes", [("mse", [4, 1]), ("mse", [3, 5]), ("ce", [4, 3]), ("ce", [2, 6]),
+                                         ("bce", [3, 2]), ("poisson", [2, 3]), ("soft_l1", [2, 2]),
+                                         ("gaussian", [3, 4])])
 @pytest.mark.parametrize("l2", [0.0, 0.2])
 def test_one_layer_one_sample_kfac_is_the_exact_ggn(backend, loss, sizes, l2):
     p = make_problem(sizes, "tanh", loss, 1, l2=l2, seed=8)
@@ -193,6 +198,33 @@ def test_one_layer_one_sample_kfac_is_the_exact_ggn(backend, loss, sizes, l2):
     G = p.net.ggn(p.theta, p.X, p.Y)
     compare(K.matrix(), G, what="A kron B vs the GGN")
     compare(np.kron(K.A[0], K.B[0]) + l2 * np.eye(p.net.num_params), G, what="kron")
+
+
+OTHER_LOSS_CASES = [case_param(s, act, loss, n) for s, act, loss, n in [
+    ([3, 4, 2], "tanh", "bce", 7), ([2, 5, 3, 2], "softplus", "poisson", 6), ([3, 4, 3], "tanh", "huber", 9),
+    ([4, 3, 2], "sigmoid", "soft_l1", 5), ([3, 5, 4, 4], "tanh", "gaussian", 8)]]
+
+
+@pytest.mark.parametrize("case", OTHER_LOSS_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_exact_factors_of_the_other_losses(backend, case, dtype):
+    """The exact kind of every loss (the rows of the GGN's output Hessian, gaussian's Fisher)
+    against the direct construction, on every backend; the sampled kind is refused by name."""
+    sizes, act, loss, N = case
+    p64 = make_problem(sizes, act, loss, N, seed=6)
+    p = p64.astype(dtype)
+    for reduction in ("mean", "sum"):
+        got = p.net.kfac_factors(p.theta, p.X, p.Y, reduction=reduction)
+        assert all(A.dtype == dtype and B.dtype == dtype for A, B in got)
+        want = direct_factors(p64.net, p64.theta, p64.X, reduction, p=p64)
+        compare(got, want, dtype, what=f"{backend} {loss} {reduction}")
+    bases = _random_bases(p64.net, 5)
+    got = p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases)
+    with tk.use_backend("reference"):
+        want = p64.net.kfac_eigen_scales(p64.theta, p64.X, p64.Y, bases)
+    compare(got, want, dtype, what=f"{backend} {loss} EKFAC eigenvalues")
+    with pytest.raises(ValueError, match=f"kind: 'mc' draws targets for 'mse' and 'ce' only, not '{loss}'"):
+        p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=1)
 
 
 def test_kfac_is_not_exact_in_general():

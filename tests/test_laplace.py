@@ -414,7 +414,7 @@ def test_mc_link_agrees_with_independent_sampling():
 def test_bce_mc_link_and_round_trip(tmp_path):
     """bce's Monte Carlo link averages the logistic over each output's marginal (against an
     independent estimate); with a sharp posterior both links become sigma(f); the posterior
-    saves and loads; a noise level and K-FAC are refused by name."""
+    saves and loads; a noise level and K-FAC's sampled kind are refused by name."""
     p = _problem(*[c for c in PROBLEMS if c[0] == "bce"][0])
     post = _fit(p, "full", prior=0.5)
     Xn = np.random.default_rng(4).standard_normal((6, p.net.sizes[0]))
@@ -433,8 +433,8 @@ def test_bce_mc_link_and_round_trip(tmp_path):
     np.testing.assert_array_equal(back.predict(Xn), post.predict(Xn))
     with pytest.raises(ValueError, match="sigma_noise: classification \\('bce'\\)"):
         _fit(p, "full", sigma=2.0)
-    with pytest.raises(ValueError, match="loss: Kronecker factors"):
-        _fit(p, "kfac")
+    with pytest.raises(ValueError, match="kind: 'mc' draws targets for 'mse' and 'ce' only"):
+        _fit(p, "kfac", kfac_kind="mc", seed=1)
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
@@ -673,7 +673,8 @@ def _kfac_dense(p, prior, sigma, kfac_kind="exact", seed=None, mc_samples=1):
     factors of ``kfac.factors`` of the summed loss with the same kind, seed and draws."""
     net = p.net
     K = kfac.factors(net, p.theta, p.X, p.Y, kind=kfac_kind, seed=seed, mc_samples=mc_samples, reduction="sum")
-    scale = 0.5 * net.num_outputs if net.loss_name == "mse" else 1.0
+    scale = {"mse": 0.5 * net.num_outputs, "ce": 1.0, "gaussian": 0.5 * net.num_outputs}.get(
+        net.loss_name, float(net.num_outputs))  # the NLL's scale (module docstring): k for bce and poisson
     C = scale * np.asarray(K.matrix(), dtype=np.float64)
     loglik, _ = _dense(p, "ggn", sigma)
     c = 1.0 / sigma ** 2 if net.loss_name == "mse" else 1.0
@@ -699,9 +700,13 @@ def _kfac_case(case, kind, seed=1):
     return p, _prior(kind, p.net, "kfac", seed), sigma
 
 
-@pytest.mark.parametrize("kfac_kind", list(KFAC_KINDS))
+# every K-FAC case with each kind, and the other likelihoods (exact K-FAC only: no sampler)
+KFAC_LML_CASES = [pytest.param(c, kk, id=f"{_case_id(c)}-{kk}") for c in KFAC_CASES for kk in KFAC_KINDS] + [
+    pytest.param(c, "exact", id=f"{_case_id(c)}-exact") for c in PROBLEMS[4:]]
+
+
 @pytest.mark.parametrize("kind", ["scalar", "layer"])
-@pytest.mark.parametrize("case", KFAC_CASES, ids=_case_id)
+@pytest.mark.parametrize(("case", "kfac_kind"), KFAC_LML_CASES)
 def test_kfac_lml_matches_dense_kfac_matrix(backend, case, kind, kfac_kind):
     opts = KFAC_KINDS[kfac_kind]
     p, prior, sigma = _kfac_case(case, kind)

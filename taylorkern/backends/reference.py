@@ -413,13 +413,16 @@ def ggn_diag(net, theta, X, Y, reduction, sample_weight=None):
 
 
 # ---------------------------------------------------------------- Kronecker factors (K-FAC)
-def _output_rows(net, F, reduction, noise):
-    """The rows S (N, r, k) whose outer products sum to each sample's output Hessian (noise
-    None: r = k rows of its square root, R_n^T R_n = s H_n) or estimate it (noise: r = M sampled
-    gradients; ce from uniforms (N, M), the label drawn by inverse CDF of the softmax; mse from
-    standard normals (N, M, k))."""
+def _output_rows(net, F, Y, reduction, noise):
+    """The rows S (N, r, k) whose outer products sum to each sample's output Hessian, the GGN's
+    (noise None: r = k rows of its square root, R_n^T R_n = s H_n) or estimate it (noise: r = M
+    sampled gradients; ce from uniforms (N, M), the label drawn by inverse CDF of the softmax;
+    mse from standard normals (N, M, k))."""
     n, k = F.shape
     s = _scale(net, n, reduction)
+    if net.loss_name in (*ELEMENTWISE, "gaussian"):  # a diagonal H_out (gaussian's Fisher): its square root
+        H = _out_hess(net, F, reduction, Y=Y)
+        return np.sqrt(np.diagonal(H, axis1=1, axis2=2))[:, :, None] * np.eye(k, dtype=F.dtype)
     if net.loss_name == "mse":
         if noise is None:
             return np.broadcast_to(math.sqrt(2.0 * s / k) * np.eye(k, dtype=F.dtype), (n, k, k))
@@ -436,13 +439,13 @@ def _output_rows(net, F, reduction, noise):
     return math.sqrt(s / m) * S
 
 
-def _kfac_vectors(net, theta, X, reduction, noise):
+def _kfac_vectors(net, theta, X, Y, reduction, noise):
     """Per layer (augmented inputs (N, d_{l-1} + 1), rows backpropagated to the layer's
     pre-activations (N, r, d_l))."""
     acts, derivs = forward(net, theta, X)
     Wb = layers(net, theta)
     n = X.shape[0]
-    U = _output_rows(net, acts[-1], reduction, noise)
+    U = _output_rows(net, acts[-1], Y, reduction, noise)
     out = [None] * len(Wb)
     for l in range(len(Wb) - 1, -1, -1):
         a = np.concatenate([acts[l], np.ones((n, 1), X.dtype)], axis=1)
@@ -458,8 +461,9 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
     _output_rows backpropagated to the layer's pre-activations (the sample weight s inside).
     With ``bases`` [(Qa, Qb)] per layer, instead each layer's (d_{l-1} + 1, d_l) array of
     sum_n sum_r (Qa^T a~_n)_i^2 (Qb^T u_nr)_j^2: the exact block's diagonal in that basis, the
-    eigenvalues of EKFAC.  Y is not read (the GGN's output Hessian depends on f alone)."""
-    vecs = _kfac_vectors(net, theta, X, reduction, noise)
+    eigenvalues of EKFAC.  Y is read by the heads whose GGN output Hessian depends on it (huber,
+    soft_l1)."""
+    vecs = _kfac_vectors(net, theta, X, Y, reduction, noise)
     n = X.shape[0]
     if bases is None:
         return [(a.T @ a / n, np.einsum("nrj,nrk->jk", U, U).astype(theta.dtype, copy=False)) for a, U in vecs]

@@ -80,17 +80,24 @@ def mirror_scaled(D, acc, ao, scale):
 @kernel
 def top_rows(k, lossc, c, Pm, po, s, noise, no, M, top):
     """The chunk's rows (c, r, k) at the output: exact (noise empty) the k rows of a square
-    root of s H_out (mse sqrt(2 s/k) I; ce row r = sqrt(s p_r) (e_r - p)); sampled, for mse
+    root of s H_out, the GGN's (mse sqrt(2 s/k) I; ce row r = sqrt(s p_r) (e_r - p); the
+    elementwise heads sqrt(s/k l''_r) e_r; gaussian's Fisher sqrt(s/h) q_j e_mu_j and
+    sqrt(s/(2h)) e_v_j, csrc/formulas.hpp's curvature_root); sampled (mse and ce), for mse
     sqrt(2 s / (k M)) eps, for ce sqrt(s / M) (p - e_y) with the label y the number of
     cumulative sums of p at or below the uniform draw (at most k - 1)."""
     if noise.size == 0:
         for q in range(c * k * k):
             top[q] = 0.0
+        h = k // 2
         for n in range(c):
             for r in range(k):
                 row = (n * k + r) * k
                 if lossc == 0:
                     top[row + r] = math.sqrt(2.0 * s / k)
+                elif lossc == 6:
+                    top[row + r] = math.sqrt(s / h) * Pm[po + n * k + r] if r < h else math.sqrt(0.5 * s / h)
+                elif lossc >= 2:
+                    top[row + r] = math.sqrt(s / k * Pm[po + n * k + r])
                 else:
                     p = po + n * k
                     w = math.sqrt(s * Pm[p + r])
