@@ -298,20 +298,19 @@ def test_gaussian_zero_residual_where_the_precision_overflows(dtype, v):
 
 
 def test_gaussian_is_refused_where_unsupported():
-    """K-FAC (its factors and the kfac method), the Laplace posterior and scipy's least squares
-    take mse and ce (or their own list) only: each refuses gaussian by name, before any result
-    (MLPRegressor takes it: tests/test_scipy_sklearn.py)."""
+    """K-FAC's sampled factors (targets are drawn for mse and ce only, also through the kfac
+    method) and scipy's least squares (a sum of squares) refuse gaussian by name, before any
+    result. Its exact K-FAC factors and the Laplace posterior take it (tests/test_kfac.py,
+    tests/test_laplace.py), MLPRegressor too (tests/test_scipy_sklearn.py)."""
     pytest.importorskip("scipy")
-    from taylorkern import kfac, laplace
+    from taylorkern import kfac
     from taylorkern import scipy as tks
     p = make_problem([3, 5, 4], "tanh", "gaussian", N=8, seed=1)
     net, theta, X, Y = p.net, p.theta, p.X, p.Y
-    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
-        kfac.factors(net, theta, X, Y)
-    with pytest.raises(ValueError, match="^loss: .*'gaussian'"):
-        tk.minimize(net, theta, X, Y, method="kfac", max_iter=2)
-    with pytest.raises(ValueError, match="^net: .*'gaussian'"):
-        laplace.fit(net, theta, X, Y)
+    with pytest.raises(ValueError, match="^kind: .*'gaussian'"):
+        kfac.factors(net, theta, X, Y, kind="mc", seed=0)
+    with pytest.raises(ValueError, match="^kind: .*'gaussian'"):
+        tk.minimize(net, theta, X, Y, method="kfac", kind="mc", max_iter=2)
     with pytest.raises(ValueError, match="^net: .*'gaussian'"):
         tks.least_squares(net, theta, X, Y)
 
