@@ -217,14 +217,13 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
 }
 
 // K-FAC's factors, [(A_l, B_l)] (kfac.hpp); noise None for the exact rows, else (N, M) uniforms
-// (ce) or (N, M, k) normals (mse) of theta's dtype.  With bases [(Qa, Qb)], EKFAC's eigenvalues
-// instead, [(d_l + 1, d_{l+1})] per layer.
+// (ce) or (N, M, k) unit-weight sampled gradient rows (the other likelihoods) of theta's dtype.
+// With bases [(Qa, Qb)], EKFAC's eigenvalues instead, [(d_l + 1, d_{l+1})] per layer.
 py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise,
                       py::object bases) {
-  // kfac.cpp samples targets for mse and ce only (the MLP refuses the others by name first);
-  // never run another head through that.
-  if (!noise.is_none() && net.loss != tk::Loss::mse && net.loss != tk::Loss::ce)
-    throw py::value_error("kind: 'mc' draws targets for 'mse' and 'ce' only");
+  // huber and soft_l1 define no distribution to draw from (the MLP refuses them by name first).
+  if (!noise.is_none() && (net.loss == tk::Loss::huber || net.loss == tk::Loss::soft_l1))
+    throw py::value_error("kind: 'mc' draws targets from a likelihood; huber and soft_l1 are not ones");
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
     const Inputs<T> in(net, theta, X, &Y);

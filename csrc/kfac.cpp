@@ -67,8 +67,10 @@ void mirror_scaled(idx D, const T* acc, T scale, T* out) {
 }
 
 // The chunk's top rows (c, r, k) at the output (kfac.hpp); p the head's H_out values (the
-// softmax for ce; null for mse).  Exact: the rows of the GGN's H_out square root, any loss;
-// sampled: mse and ce only (the MLP refuses the others first).
+// softmax for ce; null for mse).  Exact: the rows of the GGN's H_out square root, any loss.
+// Sampled: for ce the label drawn here from each uniform by the softmax's inverse CDF; for the
+// other likelihoods the MLP's unit-weight gradient rows (drawn from the outputs' predictive
+// distribution), scaled by sqrt(s / M).
 template <class T>
 void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* top) {
   const idx k = net.k();
@@ -76,12 +78,11 @@ void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* 
     root_rows(net, c, p, static_cast<const T*>(nullptr), s, true, top);
     return;
   }
-  if (net.loss == Loss::mse) {  // sqrt(2 s / (k M)) eps
-    const T w = std::sqrt(T(2) * s / T(k * M));
+  const T w = std::sqrt(s / T(M));
+  if (net.loss != Loss::ce) {
     for (idx q = 0; q < c * M * k; ++q) top[q] = w * noise[q];
     return;
   }
-  const T w = std::sqrt(s / T(M));
   for (idx n = 0; n < c; ++n) {
     const T* pn = p + n * k;
     for (idx m = 0; m < M; ++m) {

@@ -40,7 +40,7 @@ Structures (which part of Lambda is kept):
 * ``"kfac"``: per layer K-FAC's approximation A_l kron B_l of the GGN block
   (taylorkern.kfac of the summed loss, ``kfac_kind`` "exact" or "mc": B from the output
   Hessians' square roots, or from ``mc_samples`` gradients per sample at targets drawn from the
-  model, seeded by ``seed``; mse and ce only), C_l = scale (A_l kron B_l) with the same scale
+  model, seeded by ``seed``), C_l = scale (A_l kron B_l) with the same scale
   as above; GGN only.
 
 Prior precision: a scalar, one value per layer of the posterior (L values, 1 for last-layer),

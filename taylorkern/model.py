@@ -152,6 +152,49 @@ def _unpickle_shared(cls, state):
     return net
 
 
+_POISSON_RATE_MAX = 1e18  # numpy's Poisson sampler refuses rates near 2**63
+
+
+def _mc_draws(loss, N, k, outputs, rng, M):
+    """What K-FAC's sampled kind hands the kernels for N samples of k outputs, from a Generator;
+    outputs() gives the network's outputs F (N, k), called where the draws depend on them.
+
+    ce: (N, M) uniforms (the kernels draw each label from the softmax by inverse CDF).  The
+    other likelihoods: (N, M, k) rows g = sqrt(m) * (the gradient of the per-sample loss at a
+    target drawn from the model's predictive distribution), m the number of terms the loss
+    averages (k, or h = k/2 pairs for gaussian), so that E[g g^T] is the unit-weight output
+    Hessian of the GGN, the kernels scaling by sqrt(s / M):
+      mse       y ~ N(f, 1/2)               g = sqrt(2/k) eps
+      bce       y ~ Bernoulli(sigma(f))     g = (sigma(f) - y) / sqrt(k)
+      poisson   y ~ Poisson(e^f)            g = (e^f - y) / sqrt(k)
+      gaussian  y ~ N(mu, e^v), eps = (y - mu) e^(-v/2)
+                g_mu = -eps e^(-v/2) / sqrt(h),  g_v = (1 - eps^2) / (2 sqrt(h))
+    Drawn in float64 (the outputs too), whatever the network's dtype."""
+    if loss == "ce":
+        return rng.random((N, M))
+    if loss == "mse":
+        return math.sqrt(2.0 / k) * rng.standard_normal((N, M, k))
+    F = np.asarray(outputs(), np.float64)[:, None, :]
+    if loss == "bce":  # sigma(f) - y: sigma(f) where y = 0, -sigma(-f) where y = 1, each without cancellation
+        e = np.exp(-np.abs(F))
+        small, big = e / (1.0 + e), 1.0 / (1.0 + e)  # sigma(-|f|), sigma(|f|)
+        up, down = np.where(F >= 0, big, small), np.where(F >= 0, small, big)  # sigma(f), sigma(-f)
+        return np.where(rng.random((N, M, k)) < up, -down, up) / math.sqrt(k)
+    if loss == "poisson":
+        with np.errstate(over="ignore"):
+            rate = np.exp(F)
+        top = float(rate.max(initial=0.0))
+        if not top <= _POISSON_RATE_MAX:
+            raise ValueError(f"kind: 'mc' draws Poisson counts for rates e^f up to {_POISSON_RATE_MAX:.0e}; the "
+                             f"largest here is {top:.3g}; use 'exact'")
+        return (rate - rng.poisson(rate, (N, M, k))) / math.sqrt(k)
+    h = k // 2  # gaussian
+    eps = rng.standard_normal((N, M, h))
+    with np.errstate(over="ignore"):
+        q = np.exp(-0.5 * F[:, :, h:])
+    return np.concatenate([-eps * q, 0.5 * (1.0 - eps * eps)], axis=2) / math.sqrt(h)
+
+
 class MLP:
     """A fully-connected network with a loss, and every curvature quantity of it.
 
@@ -674,9 +717,9 @@ class MLP:
     def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases):
         if kind not in ("exact", "mc"):
             raise ValueError(f"kind: expected 'exact' or 'mc', got {kind!r}")
-        if kind == "mc" and self.loss_name not in ("mse", "ce"):
-            raise ValueError(f"kind: 'mc' draws targets for 'mse' and 'ce' only, not {self.loss_name!r}; "
-                             "use 'exact'")
+        if kind == "mc" and self.loss_name in ("huber", "soft_l1"):
+            raise ValueError(f"kind: 'mc' draws targets from the model's likelihood, which {self.loss_name!r} "
+                             "is not (not a normalised density); use 'exact'")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
             raise ValueError(f"mc_samples: expected an integer >= 1, got {mc_samples!r}")
         if seed is not None and not isinstance(seed, np.random.Generator) and (
@@ -690,11 +733,8 @@ class MLP:
                                                                   zip(self.sizes[:-1], self.sizes[1:])))
         noise = None
         if kind == "mc":
-            rng = np.random.default_rng(seed)
-            if self.loss_name == "ce":
-                noise = rng.random((N, rows)).astype(self.dtype)
-            else:  # mse
-                noise = rng.standard_normal((N, rows, k)).astype(self.dtype)
+            noise = _mc_draws(self.loss_name, N, k, lambda: self._impl().predict(self, theta, X),
+                              np.random.default_rng(seed), rows).astype(self.dtype)
         fn = _dispatch.optional("kfac_factors")
         return fn(self, theta, X, Y, reduction, noise) if bases is None else \
             fn(self, theta, X, Y, reduction, noise, bases)
@@ -708,8 +748,9 @@ class MLP:
         pre-activations, the reduction's sample weight included: with ``kind="exact"`` the dL
         rows of a square root of each sample's output Hessian, the GGN's (K-FAC's "KFLR"; every
         loss, gaussian's Fisher), with ``kind="mc"`` ``mc_samples`` gradients of the loss at
-        targets drawn from the model's predictive distribution (softmax for ce, a Gaussian for
-        mse; those two losses only), seeded by ``seed``.
+        targets drawn from the model's predictive distribution (a Gaussian for mse and gaussian,
+        the softmax for ce, Bernoulli for bce, Poisson for poisson; huber and soft_l1 are not
+        likelihoods and take "exact" only), seeded by ``seed``.
         ``kron(A_l, B_l)`` is then in theta's order, and equals the exact GGN block for one
         sample through one layer.  l2 is not included (taylorkern.kfac adds it).
         """

@@ -32,7 +32,8 @@ def direct_factors(net, theta, X, reduction="mean", noise=None, p=None):
     """(A_l, B_l) from a forward pass written out here and the per-sample Jacobians of the
     outputs with respect to each layer's pre-activations, read off net.jacobian's bias columns
     (df/db_l = df/dz_l); B_l = sum_n D_n^T C_n D_n with C_n the (scaled) output Hessian, or the
-    outer product of sampled gradients for noise (labels by the softmax's inverse CDF).  The
+    outer product of sampled gradients for noise (ce's labels by the softmax's inverse CDF, the
+    other losses' rows as _noise gives them).  The
     losses other than mse and ce take C from conftest's output_hessians of problem p."""
     N, k = X.shape[0], net.num_outputs
     s = 1.0 / N if reduction == "mean" else 1.0
@@ -53,8 +54,8 @@ def direct_factors(net, theta, X, reduction="mean", noise=None, p=None):
             C = s * (np.einsum("nc,cd->ncd", p, np.eye(k)) - np.einsum("nc,nd->ncd", p, p))
     else:
         M = noise.shape[1]
-        if net.loss_name == "mse":
-            g = np.sqrt(2.0 * s / k) * noise
+        if net.loss_name != "ce":  # the unit-weight gradient rows of the MLP's draws
+            g = np.sqrt(s) * noise
         else:
             p = _softmax(F)
             g = np.empty((N, M, k))
@@ -78,8 +79,11 @@ KINDS_CASES = [case_param(s, act, loss, n) for s, act, loss, n in [
 
 
 def _noise(net, N, M, seed):
+    """The MLP's draws for a seed: ce's uniforms, mse's sqrt(2/k) eps (the gradient rows of
+    targets drawn around f, their mean outer product 2/k I)."""
     rng = np.random.default_rng(seed)
-    return rng.random((N, M)) if net.loss_name == "ce" else rng.standard_normal((N, M, net.num_outputs))
+    k = net.num_outputs
+    return rng.random((N, M)) if net.loss_name == "ce" else math.sqrt(2.0 / k) * rng.standard_normal((N, M, k))
 
 
 @pytest.mark.parametrize("case", KINDS_CASES)
@@ -209,7 +213,9 @@ OTHER_LOSS_CASES = [case_param(s, act, loss, n) for s, act, loss, n in [
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_exact_factors_of_the_other_losses(backend, case, dtype):
     """The exact kind of every loss (the rows of the GGN's output Hessian, gaussian's Fisher)
-    against the direct construction, on every backend; the sampled kind is refused by name."""
+    against the direct construction, on every backend; the sampled kind of the likelihoods
+    against the reference with the same seed (huber and soft_l1, not likelihoods, refuse it by
+    name)."""
     sizes, act, loss, N = case
     p64 = make_problem(sizes, act, loss, N, seed=6)
     p = p64.astype(dtype)
@@ -223,8 +229,19 @@ def test_exact_factors_of_the_other_losses(backend, case, dtype):
     with tk.use_backend("reference"):
         want = p64.net.kfac_eigen_scales(p64.theta, p64.X, p64.Y, bases)
     compare(got, want, dtype, what=f"{backend} {loss} EKFAC eigenvalues")
-    with pytest.raises(ValueError, match=f"kind: 'mc' draws targets for 'mse' and 'ce' only, not '{loss}'"):
-        p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=1)
+    if loss in ("huber", "soft_l1"):
+        with pytest.raises(ValueError, match=f"kind: 'mc' draws targets from the model's likelihood, which '{loss}'"):
+            p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=1)
+        return
+    for reduction in ("mean", "sum"):
+        got = p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=3, mc_samples=4, reduction=reduction)
+        with tk.use_backend("reference"):
+            want = p64.net.kfac_factors(p64.theta, p64.X, p64.Y, kind="mc", seed=3, mc_samples=4, reduction=reduction)
+        compare(got, want, dtype, what=f"{backend} {loss} mc {reduction}")
+    got = p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases, kind="mc", seed=3, mc_samples=4)
+    with tk.use_backend("reference"):
+        want = p64.net.kfac_eigen_scales(p64.theta, p64.X, p64.Y, bases, kind="mc", seed=3, mc_samples=4)
+    compare(got, want, dtype, what=f"{backend} {loss} mc EKFAC eigenvalues")
 
 
 def test_kfac_is_not_exact_in_general():
@@ -311,8 +328,67 @@ def test_ekfac_eigenvalues_are_the_exact_diagonal_in_kfacs_basis(backend, loss):
         E.inverse_mv(V, 0.1, method="factored")
 
 
-def test_mc_factors_are_seeded_and_converge_to_the_exact_ones():
-    p = make_problem([3, 6, 4], "tanh", "ce", 30, seed=13)
+@pytest.mark.parametrize("loss", ["mse", "bce", "poisson", "gaussian"])
+def test_mc_draws_are_gradients_at_targets_from_the_likelihood(loss):
+    """The sampled kind's rows (taylorkern.model._mc_draws) for k = 4 outputs: over 40,000 draws
+    at moderate outputs their mean is 0 and their mean outer product the unit-weight H_out of
+    the GGN (conftest's output_hessians with "sum", independent of the sampler), each entry
+    within 6 standard errors; at extreme outputs each row is still a gradient at a target in
+    the likelihood's support, to rounding: bce's sigma(f) or sigma(f) - 1 with saturated logits
+    kept to their last digit, poisson's counts integers at a rate of e^20, gaussian's
+    (1 - eps^2) / 2 from the eps of its mean's row at log-variances of +-30."""
+    from types import SimpleNamespace
+
+    from taylorkern.model import _mc_draws
+    k, M = 4, 40000
+    F = np.array([[-1.5, 0.3, 0.8, -0.2], [0.6, -0.9, 1.2, 0.1]])
+    G = _mc_draws(loss, 2, k, lambda: F, np.random.default_rng(0), M)
+    assert G.shape == (2, M, k)
+    fake = SimpleNamespace(net=SimpleNamespace(loss_name=loss, loss_scale=1.0), Y=np.zeros((2, k // 2)))
+    want = output_hessians(fake, F, "sum")
+    outer = np.einsum("nmi,nmj->nmij", G, G)
+    se = outer.std(axis=1) / math.sqrt(M)
+    assert np.all(np.abs(outer.mean(axis=1) - want) <= 6 * se + 1e-15), (outer.mean(axis=1), want)
+    assert np.all(np.abs(G.mean(axis=1)) <= 6 * G.std(axis=1) / math.sqrt(M))
+    if loss == "mse":
+        return
+    extreme = {"bce": [[-40.0, -700.0, 30.0, 700.0]], "poisson": [[-30.0, 0.0, 5.0, 20.0]],
+               "gaussian": [[0.5, -2.0, 30.0, -30.0]]}[loss]
+    F = np.array(extreme)
+    G = _mc_draws(loss, 1, k, lambda: F, np.random.default_rng(1), 500)[0] * (math.sqrt(k) if loss != "gaussian"
+                                                                               else math.sqrt(k // 2))
+    assert np.all(np.isfinite(G))
+    if loss == "bce":
+        sig = np.where(F >= 0, 1.0 / (1.0 + np.exp(-np.abs(F))), np.exp(-np.abs(F)) / (1.0 + np.exp(-np.abs(F))))
+        one_minus = np.where(F >= 0, np.exp(-np.abs(F)) / (1.0 + np.exp(-np.abs(F))), 1.0 / (1.0 + np.exp(-np.abs(F))))
+        assert np.all((G == sig) | (G == -one_minus))
+        assert np.all(G[:, 0] == sig[0, 0]) and 0 < sig[0, 0] < 1e-17  # sigma(-40), not rounded to 0
+        assert np.all(G[:, 2] == -one_minus[0, 2]) and 0 < one_minus[0, 2] < 1e-13
+    elif loss == "poisson":
+        y = np.exp(F) - G
+        assert np.all(y >= -1e-6) and np.all(np.abs(y - np.round(y)) <= 1e-6 * np.maximum(1.0, np.exp(F)))
+        assert abs(y[:, 3].mean() / math.exp(20.0) - 1) < 1e-3  # e^20 ~ 4.9e8 counts, sd ~ 2.2e4
+    else:
+        eps = -G[:, :2] / np.exp(-0.5 * F[0, 2:])
+        compare(G[:, 2:], 0.5 * (1.0 - eps * eps), rtol=1e-12, what="gaussian's v rows")
+
+
+def test_mc_poisson_refuses_rates_numpy_cannot_draw():
+    net = tk.MLP([2, 3, 1], loss="poisson")
+    theta = net.init(seed=0)
+    theta[-1] = 50.0  # the output bias: rates around e^50 ~ 5e21
+    X, Y = np.zeros((4, 2)), np.ones((4, 1))
+    with pytest.raises(ValueError, match="^kind: 'mc' draws Poisson counts for rates e\\^f up to 1e\\+18"):
+        net.kfac_factors(theta, X, Y, kind="mc", seed=0)
+    assert np.all(np.isfinite(net.kfac_factors(theta, X, Y)[0][1]))  # the exact kind takes them
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce", "bce", "poisson", "gaussian"])
+def test_mc_factors_are_seeded_and_converge_to_the_exact_ones(loss):
+    """The sampled kind of every likelihood: the same seed gives the same factors, another seed
+    others, and many draws the exact factors (B within the statistical error of 4,000 draws
+    per sample: the draws' gradients have the right second moments, the GGN's H_out)."""
+    p = make_problem([3, 6, 4], "tanh", loss, 30, seed=13)
     a = p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=5)
     b = p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=5)
     c = p.net.kfac_factors(p.theta, p.X, p.Y, kind="mc", seed=6)
@@ -368,6 +444,25 @@ def test_minimize_kfac_decreases_the_loss(kind):
     assert res.loss < 0.3 * f0 and res.loss < gd.loss, (res.loss, gd.loss, f0)
     assert res.nhev >= res.nit and np.isfinite(res.theta).all()
     assert res.history["accepted"][1:].any()
+
+
+@pytest.mark.parametrize("kind", ["exact", "mc"])
+@pytest.mark.parametrize("loss", ["bce", "poisson", "gaussian"])
+def test_minimize_kfac_fits_the_other_likelihoods(loss, kind):
+    """The kfac method with either kind on multi-label, count and heteroscedastic data: the loss
+    falls well below its start and below plain gradient descent's with the same budget."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((120, 3))
+    Z = np.tanh(X @ rng.standard_normal((3, 2)))
+    Y = {"bce": (Z > 0).astype(float), "poisson": rng.poisson(np.exp(1.5 * Z)).astype(float),
+         "gaussian": Z[:, :1] + (0.1 + 0.3 * np.abs(Z[:, 1:])) * rng.standard_normal((120, 1))}[loss]
+    net = tk.MLP([3, 10, 2], activation="tanh", loss=loss, l2=1e-4)
+    theta0 = net.init(seed=2)
+    f0 = net.loss(theta0, X, Y)
+    res = tk.minimize(net, theta0, X, Y, method="kfac", kind=kind, seed=0, max_iter=40)
+    gd = tk.minimize(net, theta0, X, Y, method="gd", lr=0.05, max_iter=40)
+    assert np.isfinite(res.theta).all() and res.loss < gd.loss < f0, (res.loss, gd.loss, f0)
+    assert f0 - res.loss > 0.3 * abs(f0), (res.loss, f0)
 
 
 def test_minimize_kfac_solves_a_linear_least_squares_problem():

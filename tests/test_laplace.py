@@ -414,7 +414,7 @@ def test_mc_link_agrees_with_independent_sampling():
 def test_bce_mc_link_and_round_trip(tmp_path):
     """bce's Monte Carlo link averages the logistic over each output's marginal (against an
     independent estimate); with a sharp posterior both links become sigma(f); the posterior
-    saves and loads; a noise level and K-FAC's sampled kind are refused by name."""
+    saves and loads; a noise level is refused by name."""
     p = _problem(*[c for c in PROBLEMS if c[0] == "bce"][0])
     post = _fit(p, "full", prior=0.5)
     Xn = np.random.default_rng(4).standard_normal((6, p.net.sizes[0]))
@@ -433,8 +433,6 @@ def test_bce_mc_link_and_round_trip(tmp_path):
     np.testing.assert_array_equal(back.predict(Xn), post.predict(Xn))
     with pytest.raises(ValueError, match="sigma_noise: classification \\('bce'\\)"):
         _fit(p, "full", sigma=2.0)
-    with pytest.raises(ValueError, match="kind: 'mc' draws targets for 'mse' and 'ce' only"):
-        _fit(p, "kfac", kfac_kind="mc", seed=1)
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
@@ -700,9 +698,8 @@ def _kfac_case(case, kind, seed=1):
     return p, _prior(kind, p.net, "kfac", seed), sigma
 
 
-# every K-FAC case with each kind, and the other likelihoods (exact K-FAC only: no sampler)
-KFAC_LML_CASES = [pytest.param(c, kk, id=f"{_case_id(c)}-{kk}") for c in KFAC_CASES for kk in KFAC_KINDS] + [
-    pytest.param(c, "exact", id=f"{_case_id(c)}-exact") for c in PROBLEMS[4:]]
+# every likelihood, each with each kind
+KFAC_LML_CASES = [pytest.param(c, kk, id=f"{_case_id(c)}-{kk}") for c in PROBLEMS for kk in KFAC_KINDS]
 
 
 @pytest.mark.parametrize("kind", ["scalar", "layer"])

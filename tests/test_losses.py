@@ -297,22 +297,15 @@ def test_gaussian_zero_residual_where_the_precision_overflows(dtype, v):
             np.testing.assert_array_equal(grad[-6:], want, err_msg=name)
 
 
-def test_gaussian_is_refused_where_unsupported():
-    """K-FAC's sampled factors (targets are drawn for mse and ce only, also through the kfac
-    method) and scipy's least squares (a sum of squares) refuse gaussian by name, before any
-    result. Its exact K-FAC factors and the Laplace posterior take it (tests/test_kfac.py,
+def test_gaussian_is_refused_by_least_squares():
+    """scipy's least squares (a sum of squares) refuses gaussian by name, before any result.
+    K-FAC (both kinds) and the Laplace posterior take it (tests/test_kfac.py,
     tests/test_laplace.py), MLPRegressor too (tests/test_scipy_sklearn.py)."""
     pytest.importorskip("scipy")
-    from taylorkern import kfac
     from taylorkern import scipy as tks
     p = make_problem([3, 5, 4], "tanh", "gaussian", N=8, seed=1)
-    net, theta, X, Y = p.net, p.theta, p.X, p.Y
-    with pytest.raises(ValueError, match="^kind: .*'gaussian'"):
-        kfac.factors(net, theta, X, Y, kind="mc", seed=0)
-    with pytest.raises(ValueError, match="^kind: .*'gaussian'"):
-        tk.minimize(net, theta, X, Y, method="kfac", kind="mc", max_iter=2)
     with pytest.raises(ValueError, match="^net: .*'gaussian'"):
-        tks.least_squares(net, theta, X, Y)
+        tks.least_squares(p.net, p.theta, p.X, p.Y)
 
 
 def test_gaussian_odd_width_is_refused():

@@ -417,16 +417,16 @@ def _output_rows(net, F, Y, reduction, noise):
     """The rows S (N, r, k) whose outer products sum to each sample's output Hessian, the GGN's
     (noise None: r = k rows of its square root, R_n^T R_n = s H_n) or estimate it (noise: r = M
     sampled gradients; ce from uniforms (N, M), the label drawn by inverse CDF of the softmax;
-    mse from standard normals (N, M, k))."""
+    the other likelihoods the MLP's unit-weight gradient rows (N, M, k), scaled by sqrt(s/M))."""
     n, k = F.shape
     s = _scale(net, n, reduction)
+    if noise is not None and net.loss_name != "ce":
+        return (math.sqrt(s / noise.shape[1]) * noise).astype(F.dtype)
     if net.loss_name in (*ELEMENTWISE, "gaussian"):  # a diagonal H_out (gaussian's Fisher): its square root
         H = _out_hess(net, F, reduction, Y=Y)
         return np.sqrt(np.diagonal(H, axis1=1, axis2=2))[:, :, None] * np.eye(k, dtype=F.dtype)
     if net.loss_name == "mse":
-        if noise is None:
-            return np.broadcast_to(math.sqrt(2.0 * s / k) * np.eye(k, dtype=F.dtype), (n, k, k))
-        return (math.sqrt(2.0 * s / (k * noise.shape[1])) * noise).astype(F.dtype)
+        return np.broadcast_to(math.sqrt(2.0 * s / k) * np.eye(k, dtype=F.dtype), (n, k, k))
     p = _softmax(F)
     if noise is None:
         w = np.sqrt(s * p)  # row r: sqrt(s p_r) (e_r - p)

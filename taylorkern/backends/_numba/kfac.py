@@ -15,7 +15,7 @@ BLAS's own, inside each product; the loops here are O(c r k) and O(c d) per chun
 The kernels return sums: A's sum over samples of a~ a~^T (the backend divides by N once, after
 summing pieces of samples) and B with the sample weight s of ``mean`` inside, as the rows carry
 it.  ``noise`` empty means the exact rows (r = k per sample); else the MLP's draws, (N, M)
-uniforms for ce or (N, M, k) normals for mse, flat.
+uniforms for ce or (N, M, k) unit-weight sampled gradient rows for the other likelihoods, flat.
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def top_rows(k, lossc, c, Pm, po, s, noise, no, M, top):
     """The chunk's rows (c, r, k) at the output: exact (noise empty) the k rows of a square
     root of s H_out, the GGN's (mse sqrt(2 s/k) I; ce row r = sqrt(s p_r) (e_r - p); the
     elementwise heads sqrt(s/k l''_r) e_r; gaussian's Fisher sqrt(s/h) q_j e_mu_j and
-    sqrt(s/(2h)) e_v_j, csrc/formulas.hpp's curvature_root); sampled (mse and ce), for mse
-    sqrt(2 s / (k M)) eps, for ce sqrt(s / M) (p - e_y) with the label y the number of
-    cumulative sums of p at or below the uniform draw (at most k - 1)."""
+    sqrt(s/(2h)) e_v_j, csrc/formulas.hpp's curvature_root); sampled, for ce sqrt(s / M) (p - e_y)
+    with the label y the number of cumulative sums of p at or below the uniform draw (at most
+    k - 1), for the other likelihoods sqrt(s / M) times the MLP's gradient rows."""
     if noise.size == 0:
         for q in range(c * k * k):
             top[q] = 0.0
@@ -105,12 +105,11 @@ def top_rows(k, lossc, c, Pm, po, s, noise, no, M, top):
                         top[row + j] = -w * Pm[p + j]
                     top[row + r] += w
         return
-    if lossc == 0:
-        w = math.sqrt(2.0 * s / (k * M))
+    w = math.sqrt(s / M)
+    if lossc != 1:
         for q in range(c * M * k):
             top[q] = w * noise[no + q]
         return
-    w = math.sqrt(s / M)
     for n in range(c):
         p = po + n * k
         for m in range(M):
