@@ -950,7 +950,6 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     S = net.loss(theta, X, Y, reduction="sum")
     theta = np.array(theta, dtype=net.dtype)
     N = np.shape(X)[0]
-    k = net.num_outputs
     scale = _nll_scale(net)
     data_term = _nll(net, S, Y)
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
