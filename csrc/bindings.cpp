@@ -218,15 +218,16 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
 
 // K-FAC's factors, [(A_l, B_l)] (kfac.hpp); noise None for the exact rows, else (N, M) uniforms
 // (ce) or (N, M, k) unit-weight sampled gradient rows (the other likelihoods) of theta's dtype.
-// With bases [(Qa, Qb)], EKFAC's eigenvalues instead, [(d_l + 1, d_{l+1})] per layer.
+// With bases [(Qa, Qb)], EKFAC's eigenvalues instead, [(d_l + 1, d_{l+1})] per layer.  w: None or
+// the sample weights, the reduction folded in (Inputs).
 py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise,
-                      py::object bases) {
+                      py::object bases, py::object w) {
   // huber and soft_l1 define no distribution to draw from (the MLP refuses them by name first).
   if (!noise.is_none() && (net.loss == tk::Loss::huber || net.loss == tk::Loss::soft_l1))
     throw py::value_error("kind: 'mc' draws targets from a likelihood; huber and soft_l1 are not ones");
   return tk::with_dtype(is_f32(theta), [&](auto dt) {
     using T = typename decltype(dt)::type;
-    const Inputs<T> in(net, theta, X, &Y);
+    const Inputs<T> in(net, theta, X, &Y, w);
     const T* nz = nullptr;
     idx M = 0;
     if (!noise.is_none()) {
@@ -393,7 +394,7 @@ PYBIND11_MODULE(_core, m) {
   pair("hessian_blocks", "ggn_blocks", &blocks);
   pair("hessian_diag", "ggn_diag", &diag);
   m.def("kfac_factors", &kfac_factors, net, theta, X, Y, mean, py::arg("noise") = py::none(),
-        py::arg("bases") = py::none());
+        py::arg("bases") = py::none(), w);
   m.def(
       "product_memory_values",
       [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); }, net, py::arg("N"),

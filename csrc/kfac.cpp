@@ -39,16 +39,26 @@ void lower_rank_update(idx D, idx rows, const T* R, T beta, T* acc, idx ldc) {
 }
 
 // The same for the augmented inputs [a 1] (rows, d + 1) without forming them: a^T a into the
-// leading (d, d) block, and the last row (the bias row) beta acc + (1^T a, rows).
+// leading (d, d) block, and the last row (the bias row) beta acc + (1^T a, rows).  With weights w
+// (rows), sum_n w_n [a_n 1]^T [a_n 1]: the rows scaled by sqrt(w_n) into `scaled` first.
 template <class T>
-void augmented_rank_update(idx d, idx rows, const T* a, T beta, T* acc) {
+void augmented_rank_update(idx d, idx rows, const T* a, const T* w, T beta, T* acc, vec<T>& scaled) {
   const idx Da = d + 1;
-  lower_rank_update<T>(d, rows, a, beta, acc, Da);
+  if (w) {
+    scaled.resize(rows * d);
+    for (idx n = 0; n < rows; ++n) {
+      const T r = std::sqrt(w[n]);
+      for (idx i = 0; i < d; ++i) scaled[n * d + i] = r * a[n * d + i];
+    }
+  }
+  lower_rank_update<T>(d, rows, w ? scaled.data() : a, beta, acc, Da);
   T* last = acc + d * Da;
   for (idx i = 0; i <= d; ++i) last[i] = beta == T(0) ? T(0) : beta * last[i];  // never 0 * (NaN left there)
-  for (idx n = 0; n < rows; ++n)
-    for (idx i = 0; i < d; ++i) last[i] += a[n * d + i];
-  last[d] += T(rows);
+  for (idx n = 0; n < rows; ++n) {
+    const T wn = w ? w[n] : T(1);
+    for (idx i = 0; i < d; ++i) last[i] += wn * a[n * d + i];
+    last[d] += wn;
+  }
 }
 
 // out = scale * acc with the upper triangle from the lower, in tiles (a column of out written
@@ -67,23 +77,23 @@ void mirror_scaled(idx D, const T* acc, T scale, T* out) {
 }
 
 // The chunk's top rows (c, r, k) at the output (kfac.hpp); p the head's H_out values (the
-// softmax for ce; null for mse).  Exact: the rows of the GGN's H_out square root, any loss.
-// Sampled: for ce the label drawn here from each uniform by the softmax's inverse CDF; for the
-// other likelihoods the MLP's unit-weight gradient rows (drawn from the outputs' predictive
-// distribution), scaled by sqrt(s / M).
+// softmax for ce; null for mse), sw the chunk's sample weights or null.  Exact: the rows of the
+// GGN's H_out square root, any loss.  Sampled: for ce the label drawn here from each uniform by
+// the softmax's inverse CDF; for the other likelihoods the MLP's unit-weight gradient rows
+// (drawn from the outputs' predictive distribution); each scaled by sqrt(s_n / M).
 template <class T>
-void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* top) {
+void top_rows(const Net& net, idx c, const T* p, const T* sw, T s, const T* noise, idx M, T* top) {
   const idx k = net.k();
   if (!noise) {
-    root_rows(net, c, p, static_cast<const T*>(nullptr), s, true, top);
-    return;
-  }
-  const T w = std::sqrt(s / T(M));
-  if (net.loss != Loss::ce) {
-    for (idx q = 0; q < c * M * k; ++q) top[q] = w * noise[q];
+    root_rows(net, c, p, sw, s, true, top);
     return;
   }
   for (idx n = 0; n < c; ++n) {
+    const T w = std::sqrt(row_weight(sw, s, n) / T(M));
+    if (net.loss != Loss::ce) {
+      for (idx q = n * M * k; q < (n + 1) * M * k; ++q) top[q] = w * noise[q];
+      continue;
+    }
     const T* pn = p + n * k;
     for (idx m = 0; m < M; ++m) {
       const T u = noise[n * M + m];
@@ -103,8 +113,9 @@ void top_rows(const Net& net, idx c, const T* p, T s, const T* noise, idx M, T* 
 }  // namespace
 
 // The pass both calls share: each thread's chunks through the forward pass, the loss head and
-// the backward pass of the rows (r per sample), then take(l, c, a, U, acc, beta) per layer with
-// the chunk's inputs a (c, d[l]), rows U (c r, d[l+1]) and the thread's accumulator of S values
+// the backward pass of the rows (r per sample), then take(l, c, a, w, U, acc, beta) per layer with
+// the chunk's inputs a (c, d[l]), weights w (c, or null), rows U (c r, d[l+1]) and the thread's
+// accumulator of S values
 // (beta 0 on its first chunk); the threads' accumulators are summed into ws.parts[0, S).
 // `work` is the multiply-adds per sample of the consumer, for the thread count.
 template <class T, class Take>
@@ -132,11 +143,11 @@ void kfac_pass(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg,
       head_rows(net, ct, tc, mean, 0, c, false);
       const T* p = net.loss != Loss::mse ? ct.p.data() : nullptr;
       sc.U[L - 1].resize(c * r * k);
-      top_rows(net, c, p, s, noise ? noise + c0 * M * (net.loss == Loss::ce ? 1 : k) : nullptr, M,
+      top_rows(net, c, p, tc.w, s, noise ? noise + c0 * M * (net.loss == Loss::ce ? 1 : k) : nullptr, M,
                sc.U[L - 1].data());
       backward_rows(net, theta, ct, 0, c, r, sc.U);
       const T beta = first ? T(0) : T(1);
-      for (idx l = 0; l < L; ++l) take(l, c, ct.in(l), sc.U[l].data(), acc, beta, sc);
+      for (idx l = 0; l < L; ++l) take(l, c, ct.in(l), tc.w, sc.U[l].data(), acc, beta, sc);
     });
 #pragma omp barrier
     sum_parts(ws.parts.data(), S, [&](idx q) { return ws.parts.data() + q * S; });
@@ -157,15 +168,20 @@ void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
     work += Da * Da / 2 + r * Db * Db / 2;
   }
   kfac_pass<T>(net, theta, X, N, tg, mean, noise, M, S, work, ws,
-               [&](idx l, idx c, const T* a, const T* U, T* acc, T beta, GramScratch<T>&) {
+               [&](idx l, idx c, const T* a, const T* w, const T* U, T* acc, T beta, GramScratch<T>& sc) {
                  const idx Db = net.d[l + 1];
-                 augmented_rank_update<T>(net.d[l], c, a, beta, acc + offA[l]);
+                 augmented_rank_update<T>(net.d[l], c, a, w, beta, acc + offA[l], sc.A2);
                  lower_rank_update<T>(Db, c * r, U, beta, acc + offB[l], Db);
                });
   if (interrupted()) return;
+  double total = double(N);  // A's divisor: the samples, or the sum of their weights
+  if (tg.w) {
+    total = 0;
+    for (idx n = 0; n < N; ++n) total += tg.w[n];
+  }
   for (idx l = 0; l < L; ++l) {
     const idx Da = net.d[l] + 1, Db = net.d[l + 1];
-    mirror_scaled<T>(Da, ws.parts.data() + offA[l], T(1) / T(N), A[l]);
+    mirror_scaled<T>(Da, ws.parts.data() + offA[l], T(1.0 / total), A[l]);
     mirror_scaled<T>(Db, ws.parts.data() + offB[l], T(1), B[l]);
   }
 }
@@ -183,7 +199,7 @@ void kfac_eigen_scales(const Net& net, const T* theta, const T* X, idx N, Target
     work += Da * Da + r * Db * Db + Da * Db;
   }
   kfac_pass<T>(net, theta, X, N, tg, mean, noise, M, S, work, ws,
-               [&](idx l, idx c, const T* a, const T* U, T* acc, T beta, GramScratch<T>& sc) {
+               [&](idx l, idx c, const T* a, const T*, const T* U, T* acc, T beta, GramScratch<T>& sc) {
                  const idx d = net.d[l], Da = d + 1, Db = net.d[l + 1];
                  // pa = ([a 1] Qa)^2: a Qa's first d rows, plus Qa's last row
                  sc.A2.resize(c * Da);

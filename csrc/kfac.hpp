@@ -1,7 +1,7 @@
 // K-FAC's Kronecker factors of each layer's GGN block, in one pass over the samples
-// (docs/kfac.md): A_l = mean over samples of a~ a~^T (the layer's inputs with a 1 appended) and
-// B_l = the sum over samples of u u^T over rows u backpropagated from the output to the layer's
-// pre-activations (the sample weight s inside).
+// (docs/kfac.md): A_l = mean over samples of a~ a~^T (the layer's inputs with a 1 appended; with
+// sample weights tg.w the weighted mean) and B_l = the sum over samples of u u^T over rows u
+// backpropagated from the output to the layer's pre-activations (the sample weight inside).
 #pragma once
 #include <vector>
 
@@ -13,8 +13,9 @@ namespace tk {
 // the k rows of a square root of each sample's output Hessian, the GGN's (curvature_root with
 // gn, "exact"; every loss).
 // Otherwise M sampled rows per sample: ce, noise (N, M) uniforms in [0, 1), the label drawn by
-// inverse CDF of the softmax, row sqrt(s / M) (p - e_label); mse, noise (N, M, k) standard normals,
-// row sqrt(2 s / (k M)) noise.
+// inverse CDF of the softmax, row sqrt(s / M) (p - e_label); the other likelihoods, noise (N, M, k)
+// the MLP's unit-weight gradient rows, row sqrt(s / M) noise.  s is sample n's weight
+// (net.hpp's row_weight).
 template <class T>
 void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
                   const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws);

@@ -187,11 +187,12 @@ class KFAC(_Kronecker):
     augmented inputs' outer products) and ``B[l]`` (d_l-square), with block l ~ A[l] kron B[l]
     + l2 I in theta's order. Made by :func:`factors`."""
 
-    def __init__(self, net, pairs, l2, kind, reduction, seed, mc_samples, eighs=None):
+    def __init__(self, net, pairs, l2, kind, reduction, seed, mc_samples, eighs=None, sample_weight=None):
         super().__init__(net, l2)
         self.A = [np.asarray(A, dtype=np.float64) for A, _ in pairs]
         self.B = [np.asarray(B, dtype=np.float64) for _, B in pairs]
         self.kind, self.reduction, self.seed, self.mc_samples = kind, reduction, seed, mc_samples
+        self.sample_weight = sample_weight  # for ekfac's second pass over the same data
         # eighs: the (la, Qa, lb, Qb) of every layer when known (a saved Laplace posterior)
         self._eigs = [None] * len(pairs) if eighs is None else [tuple(e) for e in eighs]
 
@@ -245,7 +246,8 @@ class KFAC(_Kronecker):
                              f"got {list(net.sizes)}")
         bases = [(self.eigh(l)[1], self.eigh(l)[3]) for l in range(len(self.shapes))]
         scales = net.kfac_eigen_scales(theta, X, Y, bases, kind=self.kind, seed=self.seed,
-                                       mc_samples=self.mc_samples, reduction=self.reduction)
+                                       mc_samples=self.mc_samples, reduction=self.reduction,
+                                       sample_weight=self.sample_weight)
         return EKFAC(net, bases, scales, self.l2, self.kind)
 
 
@@ -271,7 +273,7 @@ def _l2_of(net, reduction):
     return net.l2 if (net.l2 > 0 and reduction == "mean") else 0.0
 
 
-def factors(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean"):
+def factors(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean", sample_weight=None):
     """K-FAC's factors of ``net``'s GGN at theta on (X, Y): a :class:`KFAC`.
 
     Parameters
@@ -287,6 +289,8 @@ def factors(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="
         Draws per sample for kind="mc".
     reduction : {"mean", "sum"}
         As for the MLP's calls; l2 is included with "mean" only.
+    sample_weight : None or array (N,)
+        As for the MLP's calls: B's rows carry each sample's weight, A is the weighted mean.
 
     Returns
     -------
@@ -295,14 +299,15 @@ def factors(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="
     """
     check_net(net)
     choice("kind", kind, KINDS)
-    pairs = net.kfac_factors(theta, X, Y, kind=kind, seed=seed, mc_samples=mc_samples, reduction=reduction)
-    return KFAC(net, pairs, _l2_of(net, reduction), kind, reduction, seed, mc_samples)
+    pairs = net.kfac_factors(theta, X, Y, kind=kind, seed=seed, mc_samples=mc_samples, reduction=reduction,
+                             sample_weight=sample_weight)
+    return KFAC(net, pairs, _l2_of(net, reduction), kind, reduction, seed, mc_samples, sample_weight=sample_weight)
 
 
-def ekfac(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean"):
+def ekfac(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean", sample_weight=None):
     """EKFAC of ``net``'s GGN: :func:`factors` then :meth:`KFAC.ekfac` (two passes over the
     data). Returns an :class:`EKFAC`."""
-    return factors(net, theta, X, Y, kind, seed, mc_samples, reduction).ekfac(net, theta, X, Y)
+    return factors(net, theta, X, Y, kind, seed, mc_samples, reduction, sample_weight).ekfac(net, theta, X, Y)
 
 
 class Quality:
@@ -353,8 +358,9 @@ def _cos(a, b):
     return float(a @ b / (na * nb))
 
 
-def quality(net, theta, X, Y, kind="exact", damping=None, seed=None, mc_samples=1):
-    """K-FAC's and EKFAC's distance from the exact GGN at theta on (X, Y): a :class:`Quality`.
+def quality(net, theta, X, Y, kind="exact", damping=None, seed=None, mc_samples=1, sample_weight=None):
+    """K-FAC's and EKFAC's distance from the exact GGN at theta on (X, Y): a :class:`Quality`
+    (with ``sample_weight``, of the weighted loss's GGN and gradient).
 
     Forms the full (P, P) GGN (refused with the memory it needs when it would not fit).
     ``damping`` (>= 0) damps both steps; None takes 1e-6 times the GGN's mean diagonal
@@ -365,10 +371,10 @@ def quality(net, theta, X, Y, kind="exact", damping=None, seed=None, mc_samples=
     choice("kind", kind, KINDS)
     if damping is not None:
         damping = real("damping", damping, lo=0)
-    K = factors(net, theta, X, Y, kind=kind, seed=seed, mc_samples=mc_samples)
+    K = factors(net, theta, X, Y, kind=kind, seed=seed, mc_samples=mc_samples, sample_weight=sample_weight)
     E = K.ekfac(net, theta, X, Y)
-    G = np.asarray(net.ggn(theta, X, Y), dtype=np.float64)
-    _, g = net.loss_and_grad(theta, X, Y)
+    G = np.asarray(net.ggn(theta, X, Y, sample_weight=sample_weight), dtype=np.float64)
+    _, g = net.loss_and_grad(theta, X, Y, sample_weight=sample_weight)
     g = np.asarray(g, dtype=np.float64)
     if damping is None:
         damping = 1e-6 * float(np.trace(G)) / G.shape[0]

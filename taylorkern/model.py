@@ -714,7 +714,7 @@ class MLP:
         return self._diag("ggn_diag", theta, X, Y, reduction, sample_weight)
 
     # ------------------------------------------------------------ Kronecker factors
-    def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases):
+    def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases, sample_weight):
         if kind not in ("exact", "mc"):
             raise ValueError(f"kind: expected 'exact' or 'mc', got {kind!r}")
         if kind == "mc" and self.loss_name in ("huber", "soft_l1"):
@@ -725,7 +725,7 @@ class MLP:
         if seed is not None and not isinstance(seed, np.random.Generator) and (
                 isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed: expected None, an integer >= 0 or a numpy Generator, got {seed!r}")
-        theta, X, Y, reduction, _ = self._check_data(theta, X, Y, reduction)
+        theta, X, Y, reduction, w = self._check_data(theta, X, Y, reduction, sample_weight)
         N, k = X.shape[0], self.num_outputs
         rows = k if kind == "exact" else int(mc_samples)
         self._check_memory(lambda: f"kfac factors of {N} samples with {rows} rows each",
@@ -735,11 +735,11 @@ class MLP:
         if kind == "mc":
             noise = _mc_draws(self.loss_name, N, k, lambda: self._impl().predict(self, theta, X),
                               np.random.default_rng(seed), rows).astype(self.dtype)
-        fn = _dispatch.optional("kfac_factors")
-        return fn(self, theta, X, Y, reduction, noise) if bases is None else \
-            fn(self, theta, X, Y, reduction, noise, bases)
+        return _dispatch.optional("kfac_factors")(self, theta, X, Y, reduction, noise, bases,
+                                                  **({} if w is None else {"sample_weight": w}))
 
-    def kfac_factors(self, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean"):
+    def kfac_factors(self, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean",
+                     sample_weight=None):
         """Kronecker factors of each layer's GGN block: a list of (A_l, B_l).
 
         A_l, (d_{l-1} + 1, d_{l-1} + 1), is the mean over samples of a~ a~^T, a~ the layer's
@@ -752,11 +752,15 @@ class MLP:
         the softmax for ce, Bernoulli for bce, Poisson for poisson; huber and soft_l1 are not
         likelihoods and take "exact" only), seeded by ``seed``.
         ``kron(A_l, B_l)`` is then in theta's order, and equals the exact GGN block for one
-        sample through one layer.  l2 is not included (taylorkern.kfac adds it).
+        sample through one layer.  l2 is not included (taylorkern.kfac adds it).  With
+        ``sample_weight`` w, A_l is the weighted mean sum_n w_n a~ a~^T / sum_n w_n and each
+        sample's rows carry its weight as in the other calls (w_n / sum w, or w_n with "sum"):
+        integer weights give the factors of the data with each row repeated that many times.
         """
-        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, None)
+        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, None, sample_weight)
 
-    def kfac_eigen_scales(self, theta, X, Y, bases, kind="exact", seed=None, mc_samples=1, reduction="mean"):
+    def kfac_eigen_scales(self, theta, X, Y, bases, kind="exact", seed=None, mc_samples=1, reduction="mean",
+                          sample_weight=None):
         """EKFAC's eigenvalues: for each layer's basis (Qa, Qb) (orthogonal, (d_{l-1} + 1)- and
         d_l-square), the (d_{l-1} + 1, d_l) diagonal of the layer's GGN data term (kind="exact")
         or its sampled estimate (kind="mc", the same draws as kfac_factors with the same seed)
@@ -775,7 +779,7 @@ class MLP:
                 raise ValueError(f"bases[{l}]: expected shapes {(a + 1, a + 1)} and {(b, b)}, "
                                  f"got {Qa.shape} and {Qb.shape}")
             checked.append((self._as_float(Qa, f"bases[{l}]"), self._as_float(Qb, f"bases[{l}]")))
-        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, checked)
+        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, checked, sample_weight)
 
 
 # A data object (tk.Batches, taylorkern.distributed.ShardedData) in place of X, Y: the one

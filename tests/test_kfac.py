@@ -244,6 +244,99 @@ def test_exact_factors_of_the_other_losses(backend, case, dtype):
     compare(got, want, dtype, what=f"{backend} {loss} mc EKFAC eigenvalues")
 
 
+WEIGHTED_CASES = [case_param(s, act, loss, n) for s, act, loss, n in [
+    ([3, 4, 2], "tanh", "mse", 7), ([4, 5, 3], "relu", "ce", 8), ([3, 4, 2], "sigmoid", "bce", 6),
+    ([2, 5, 3, 2], "softplus", "poisson", 6), ([3, 4, 3], "tanh", "huber", 7), ([4, 3, 2], "tanh", "soft_l1", 5),
+    ([3, 5, 4, 4], "tanh", "gaussian", 6)]]
+
+
+@pytest.mark.parametrize("case", WEIGHTED_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_integer_weights_repeat_rows(backend, case, dtype):
+    """sample_weight with integer weights 0-3 gives the factors (and EKFAC's eigenvalues) of the
+    data with each row repeated that many times (zero-weight rows dropped), both reductions, on
+    every backend and loss; non-integer weights match the reference, the sampled kind too."""
+    sizes, act, loss, N = case
+    p64 = make_problem(sizes, act, loss, N, seed=7)
+    p = p64.astype(dtype)
+    w = np.random.default_rng(1).integers(0, 4, N).astype(np.float64)
+    w[0], w[1] = 0.0, 3.0  # a dropped row and a repeated one, whatever the draw
+    rep = np.repeat(np.arange(N), w.astype(int))
+    bases = _random_bases(p64.net, 2)
+    for reduction in ("mean", "sum"):
+        got = p.net.kfac_factors(p.theta, p.X, p.Y, reduction=reduction, sample_weight=w)
+        want = p.net.kfac_factors(p.theta, p.X[rep], p.Y[rep], reduction=reduction)
+        compare(got, want, dtype, what=f"{backend} {loss} {reduction} weighted factors")
+        got = p.net.kfac_eigen_scales(p.theta, p.X, p.Y, bases, reduction=reduction, sample_weight=w)
+        want = p.net.kfac_eigen_scales(p.theta, p.X[rep], p.Y[rep], bases, reduction=reduction)
+        compare(got, want, dtype, what=f"{backend} {loss} {reduction} weighted EKFAC eigenvalues")
+    v = np.random.default_rng(2).uniform(0.0, 2.0, N)
+    v[2] = 0.0
+    kinds = [("exact", {})] + ([] if loss in ("huber", "soft_l1") else [("mc", dict(seed=4, mc_samples=3))])
+    for kind, extra in kinds:
+        for reduction in ("mean", "sum"):
+            got = p.net.kfac_factors(p.theta, p.X, p.Y, kind=kind, reduction=reduction, sample_weight=v, **extra)
+            with tk.use_backend("reference"):
+                want = p64.net.kfac_factors(p64.theta, p64.X, p64.Y, kind=kind, reduction=reduction,
+                                            sample_weight=v, **extra)
+            compare(got, want, dtype, what=f"{backend} {loss} {kind} {reduction} real weights")
+
+
+def test_weighted_factors_against_the_direct_construction():
+    """The reference's weighted factors against the direct one (conftest's output Hessians):
+    A = sum_n w_n a~ a~^T / sum w, B = sum_n (w_n / sum w) D_n^T H_n D_n; equal weights give
+    the unweighted factors bit for bit (the MLP drops them)."""
+    p = make_problem([3, 5, 4], "tanh", "poisson", 9, seed=2)
+    w = np.random.default_rng(5).uniform(0.1, 3.0, 9)
+    with tk.use_backend("reference"):
+        got = p.net.kfac_factors(p.theta, p.X, p.Y, sample_weight=w)
+    N = 9
+    a = p.X
+    ins = []
+    for l, (W, b) in enumerate(p.net.unflatten(p.theta)):
+        ins.append(np.hstack([a, np.ones((N, 1))]))
+        a = np.tanh(a @ W + b) if l < p.net.num_layers - 1 else a @ W + b
+    C = output_hessians(p, a, "sum") * (w / w.sum())[:, None, None]
+    J = p.net.jacobian(p.theta, p.X).reshape(N, 4, -1)
+    for l, (A, B) in enumerate(got):
+        o, Db = p.net.offsets[l + 1], p.net.sizes[l + 1]
+        D = J[:, :, o - Db:o]
+        compare(A, (ins[l].T * w) @ ins[l] / w.sum(), rtol=1e-13, what="weighted A")
+        compare(B, np.einsum("nci,ncd,ndj->ij", D, C, D), rtol=1e-12, what="weighted B")
+    same = p.net.kfac_factors(p.theta, p.X, p.Y, sample_weight=np.full(9, 2.5))
+    plain = p.net.kfac_factors(p.theta, p.X, p.Y)
+    assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(same, plain))
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(same, plain))
+
+
+def test_minimize_kfac_with_integer_weights_is_the_run_on_repeated_rows():
+    rng = np.random.default_rng(6)
+    net = tk.MLP([3, 8, 2], activation="tanh", loss="bce", l2=1e-3)
+    X = rng.standard_normal((40, 3))
+    Y = (X[:, :2] + 0.3 * rng.standard_normal((40, 2)) > 0).astype(float)
+    w = rng.integers(0, 3, 40).astype(float)
+    rep = np.repeat(np.arange(40), w.astype(int))
+    theta0 = net.init(seed=3)
+    a = tk.minimize(net, theta0, X, Y, method="kfac", max_iter=8, sample_weight=w)
+    b = tk.minimize(net, theta0, X[rep], Y[rep], method="kfac", max_iter=8)
+    assert a.nit == b.nit == 8
+    compare(a.theta, b.theta, rtol=1e-8, what="theta after 8 kfac steps")
+    q = kfac.quality(net, a.theta, X, Y, sample_weight=w)
+    r = kfac.quality(net, a.theta, X[rep], Y[rep])
+    np.testing.assert_allclose(q.errors, r.errors, rtol=1e-8)
+    assert q.cosine == pytest.approx(r.cosine, rel=1e-8)
+
+
+def test_bad_sample_weight_is_refused_by_name():
+    p = make_problem([3, 4, 2], "tanh", "mse", 5, seed=1)
+    with pytest.raises(ValueError, match="^sample_weight: expected shape \\(5,\\)"):
+        p.net.kfac_factors(p.theta, p.X, p.Y, sample_weight=np.ones(4))
+    with pytest.raises(ValueError, match="^sample_weight: weights must be >= 0"):
+        kfac.factors(p.net, p.theta, p.X, p.Y, sample_weight=-np.ones(5))
+    with pytest.raises(ValueError, match="^sample_weight: the weights must have a positive"):
+        kfac.factors(p.net, p.theta, p.X, p.Y, sample_weight=np.zeros(5))
+
+
 def test_kfac_is_not_exact_in_general():
     p = make_problem([3, 5, 4], "tanh", "ce", 12, seed=9)
     K = kfac.factors(p.net, p.theta, p.X, p.Y)
@@ -599,4 +692,4 @@ def test_cpu_backends_follow_the_optional_protocol(name):
         pytest.skip(f"backend {name!r} does not load here: {exc}")
     assert isinstance(mod, FactorsKronecker)
     params = list(inspect.signature(mod.kfac_factors).parameters)
-    assert params == ["net", "theta", "X", "Y", "reduction", "noise", "bases"]
+    assert params == ["net", "theta", "X", "Y", "reduction", "noise", "bases", "sample_weight"]

@@ -420,10 +420,11 @@ hessian_diag, ggn_diag = _diag(False), _diag(True)
 _KFAC_CHUNK = 1 << 18
 
 
-def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None):
     """K-FAC's factors [(A_l, B_l)], or with ``bases`` EKFAC's eigenvalues, in one pass over the
     samples: one kernel call, or one per piece of samples (Interruption, each at least a chunk)
     adding to the same accumulators, the sample weights those of the whole data."""
+    W, reduction = _weights(sample_weight, reduction)
     kern = _kernels().kfac
     d, L, k, N = _net(net)[0], net.num_layers, net.sizes[-1], X.shape[0]
     dt = theta.dtype
@@ -442,8 +443,8 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
     s = 1.0 / N if reduction == "mean" else 1.0
     offs = kern.accumulators(d, bases is not None)
     acc = np.empty(int(offs[-1]), dt)
-    if bases is None:
-        fn, extra = kern.kfac_factors, (1.0 / N,)
+    if bases is None:  # A's divisor: the samples, or the sum of their weights
+        fn, extra = kern.kfac_factors, (1.0 / (float(W.sum()) if W.size else N),)
         tail = ()
     else:
         Qa = [np.ascontiguousarray(q, dt).ravel() for q, _ in bases]
@@ -454,7 +455,8 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
         tail = (_ro(np.concatenate(Qa)), qao, _ro(np.concatenate(Qb)), qbo)
     for n0, n1 in pieces:
         nz = _empty(dt) if noise is None else _ro(noise[n0:n1])
-        _run(_pool(net), fn, *_data(net, theta, X[n0:n1], Y[n0:n1]), s, *extra, nz, M, C, *tail, acc, n0 == 0,
+        _run(_pool(net), fn, *_data(net, theta, X[n0:n1], Y[n0:n1]), s, W[n0:n1] if W.size else W, *extra, nz, M, C,
+             *tail, acc, n0 == 0,
              *((n1 == N,) if bases is None else ()))
     out = acc  # the result: a view of it per factor
     if bases is not None:

@@ -20,8 +20,6 @@ gaussian's by 1/(k/2), a mean over its pairs).  With
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 name = "reference"
@@ -413,39 +411,40 @@ def ggn_diag(net, theta, X, Y, reduction, sample_weight=None):
 
 
 # ---------------------------------------------------------------- Kronecker factors (K-FAC)
-def _output_rows(net, F, Y, reduction, noise):
+def _output_rows(net, F, Y, reduction, noise, sample_weight=None):
     """The rows S (N, r, k) whose outer products sum to each sample's output Hessian, the GGN's
-    (noise None: r = k rows of its square root, R_n^T R_n = s H_n) or estimate it (noise: r = M
+    (noise None: r = k rows of its square root, R_n^T R_n = s_n H_n) or estimate it (noise: r = M
     sampled gradients; ce from uniforms (N, M), the label drawn by inverse CDF of the softmax;
-    the other likelihoods the MLP's unit-weight gradient rows (N, M, k), scaled by sqrt(s/M))."""
+    the other likelihoods the MLP's unit-weight gradient rows (N, M, k), scaled by sqrt(s_n/M)),
+    s_n sample n's weight (_scale)."""
     n, k = F.shape
-    s = _scale(net, n, reduction)
+    s = np.broadcast_to(np.reshape(_scale(net, n, reduction, sample_weight), (-1, 1)), (n, 1))
     if noise is not None and net.loss_name != "ce":
-        return (math.sqrt(s / noise.shape[1]) * noise).astype(F.dtype)
+        return (np.sqrt(s / noise.shape[1])[:, :, None] * noise).astype(F.dtype)
     if net.loss_name in (*ELEMENTWISE, "gaussian"):  # a diagonal H_out (gaussian's Fisher): its square root
-        H = _out_hess(net, F, reduction, Y=Y)
+        H = _out_hess(net, F, reduction, sample_weight, Y=Y)
         return np.sqrt(np.diagonal(H, axis1=1, axis2=2))[:, :, None] * np.eye(k, dtype=F.dtype)
     if net.loss_name == "mse":
-        return np.broadcast_to(math.sqrt(2.0 * s / k) * np.eye(k, dtype=F.dtype), (n, k, k))
+        return (np.sqrt(2.0 * s / k)[:, :, None] * np.eye(k)).astype(F.dtype)
     p = _softmax(F)
     if noise is None:
         w = np.sqrt(s * p)  # row r: sqrt(s p_r) (e_r - p)
-        return w[:, :, None] * (np.eye(k, dtype=F.dtype)[None] - p[:, None, :])
+        return (w[:, :, None] * (np.eye(k)[None] - p[:, None, :])).astype(F.dtype)
     m = noise.shape[1]
     cdf = np.cumsum(p, axis=1)
     label = np.minimum((noise[:, :, None] >= cdf[:, None, :]).sum(axis=2), k - 1)  # (N, M)
     S = np.broadcast_to(p[:, None, :], (n, m, k)).copy()
     S[np.arange(n)[:, None], np.arange(m)[None, :], label] -= 1.0
-    return math.sqrt(s / m) * S
+    return (np.sqrt(s / m)[:, :, None] * S).astype(F.dtype)
 
 
-def _kfac_vectors(net, theta, X, Y, reduction, noise):
+def _kfac_vectors(net, theta, X, Y, reduction, noise, sample_weight=None):
     """Per layer (augmented inputs (N, d_{l-1} + 1), rows backpropagated to the layer's
     pre-activations (N, r, d_l))."""
     acts, derivs = forward(net, theta, X)
     Wb = layers(net, theta)
     n = X.shape[0]
-    U = _output_rows(net, acts[-1], Y, reduction, noise)
+    U = _output_rows(net, acts[-1], Y, reduction, noise, sample_weight)
     out = [None] * len(Wb)
     for l in range(len(Wb) - 1, -1, -1):
         a = np.concatenate([acts[l], np.ones((n, 1), X.dtype)], axis=1)
@@ -455,18 +454,24 @@ def _kfac_vectors(net, theta, X, Y, reduction, noise):
     return out
 
 
-def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None):
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None):
     """Per layer (A, B): A = mean over samples of a~ a~^T (the inputs with a 1 appended, as
-    layer l's [Wl; bl] rows are ordered), B = sum over samples and rows of u u^T, u the rows of
-    _output_rows backpropagated to the layer's pre-activations (the sample weight s inside).
+    layer l's [Wl; bl] rows are ordered; with sample weights w, sum_n w_n a~ a~^T / sum w),
+    B = sum over samples and rows of u u^T, u the rows of _output_rows backpropagated to the
+    layer's pre-activations (the sample weight s_n inside).
     With ``bases`` [(Qa, Qb)] per layer, instead each layer's (d_{l-1} + 1, d_l) array of
     sum_n sum_r (Qa^T a~_n)_i^2 (Qb^T u_nr)_j^2: the exact block's diagonal in that basis, the
     eigenvalues of EKFAC.  Y is read by the heads whose GGN output Hessian depends on it (huber,
     soft_l1)."""
-    vecs = _kfac_vectors(net, theta, X, Y, reduction, noise)
-    n = X.shape[0]
+    vecs = _kfac_vectors(net, theta, X, Y, reduction, noise, sample_weight)
     if bases is None:
-        return [(a.T @ a / n, np.einsum("nrj,nrk->jk", U, U).astype(theta.dtype, copy=False)) for a, U in vecs]
+        if sample_weight is None:
+            mean_outer = [a.T @ a / X.shape[0] for a, _ in vecs]
+        else:
+            w = np.asarray(sample_weight, np.float64)
+            mean_outer = [((a.T * w) @ a / w.sum()).astype(theta.dtype) for a, _ in vecs]
+        return [(A, np.einsum("nrj,nrk->jk", U, U).astype(theta.dtype, copy=False))
+                for A, (_, U) in zip(mean_outer, vecs)]
     out = []
     for (a, U), (Qa, Qb) in zip(vecs, bases):
         pa, pu = (a @ Qa) ** 2, (U @ Qb) ** 2

@@ -43,7 +43,8 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
         if K is None:
             run.nhev += 1
             K = _kfac.factors(run.net, run.theta(z), run.X, run.Y, kind=kind,
-                              seed=int(rng.integers(2**63)) if kind == "mc" else None, mc_samples=mc_samples)
+                              seed=int(rng.integers(2**63)) if kind == "mc" else None, mc_samples=mc_samples,
+                              sample_weight=run.w)
             scale = _scale(K)
             scale = scale if scale > 0 and math.isfinite(scale) else 1.0
             if lam is None:

@@ -46,18 +46,28 @@ def lower_rank_update(D, rows, R, ro, beta, acc, ao, ldc):
 
 
 @kernel
-def augmented_rank_update(d, rows, a, ao, beta, acc, co):
+def augmented_rank_update(d, rows, a, ao, W, wo, beta, acc, co, scaled):
     """The same for the augmented inputs [a 1] (rows, d + 1) without forming them: a^T a into
-    the leading (d, d) block, and the last row (the bias row) beta acc + (1^T a, rows)."""
+    the leading (d, d) block, and the last row (the bias row) beta acc + (1^T a, rows).  With
+    weights W[wo:] (non-empty W), sum_n w_n [a_n 1]^T [a_n 1]: the rows scaled by sqrt(w_n)
+    into ``scaled`` (rows * d values) first."""
     Da = d + 1
-    lower_rank_update(d, rows, a, ao, beta, acc, co, Da)
+    if W.size:
+        for n in range(rows):
+            r = math.sqrt(W[wo + n])
+            for i in range(d):
+                scaled[n * d + i] = r * a[ao + n * d + i]
+        lower_rank_update(d, rows, scaled, 0, beta, acc, co, Da)
+    else:
+        lower_rank_update(d, rows, a, ao, beta, acc, co, Da)
     last = co + d * Da
     for i in range(d + 1):
         acc[last + i] = 0.0 if beta == 0 else beta * acc[last + i]  # never 0 * (NaN left there)
     for n in range(rows):
+        wn = W[wo + n] if W.size else 1.0
         for i in range(d):
-            acc[last + i] += a[ao + n * d + i]
-    acc[last + d] += rows
+            acc[last + i] += wn * a[ao + n * d + i]
+        acc[last + d] += wn
 
 
 @kernel
@@ -78,18 +88,20 @@ def mirror_scaled(D, acc, ao, scale):
 
 
 @kernel
-def top_rows(k, lossc, c, Pm, po, s, noise, no, M, top):
+def top_rows(k, lossc, c, Pm, po, s0, W, wo, noise, no, M, top):
     """The chunk's rows (c, r, k) at the output: exact (noise empty) the k rows of a square
     root of s H_out, the GGN's (mse sqrt(2 s/k) I; ce row r = sqrt(s p_r) (e_r - p); the
     elementwise heads sqrt(s/k l''_r) e_r; gaussian's Fisher sqrt(s/h) q_j e_mu_j and
     sqrt(s/(2h)) e_v_j, csrc/formulas.hpp's curvature_root); sampled, for ce sqrt(s / M) (p - e_y)
     with the label y the number of cumulative sums of p at or below the uniform draw (at most
-    k - 1), for the other likelihoods sqrt(s / M) times the MLP's gradient rows."""
+    k - 1), for the other likelihoods sqrt(s / M) times the MLP's gradient rows.  s is sample
+    n's weight: s0, or s0 W[wo + n] with weights (non-empty W)."""
     if noise.size == 0:
         for q in range(c * k * k):
             top[q] = 0.0
         h = k // 2
         for n in range(c):
+            s = s0 * W[wo + n] if W.size else s0
             for r in range(k):
                 row = (n * k + r) * k
                 if lossc == 0:
@@ -105,12 +117,12 @@ def top_rows(k, lossc, c, Pm, po, s, noise, no, M, top):
                         top[row + j] = -w * Pm[p + j]
                     top[row + r] += w
         return
-    w = math.sqrt(s / M)
-    if lossc != 1:
-        for q in range(c * M * k):
-            top[q] = w * noise[no + q]
-        return
     for n in range(c):
+        w = math.sqrt((s0 * W[wo + n] if W.size else s0) / M)
+        if lossc != 1:
+            for q in range(n * M * k, (n + 1) * M * k):
+                top[q] = w * noise[no + q]
+            continue
         p = po + n * k
         for m in range(M):
             u = noise[no + n * M + m]
@@ -182,20 +194,21 @@ def chunk_inputs(d, l, X, A, o, n0):
 
 
 @kernel
-def kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, noise, M, r, n0, c, U, uo):
+def kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, W, noise, M, r, n0, c, U, uo):
     """The chunk's rows at every layer: top_rows, then backward_rows."""
     L = d.size - 1
     k = d[L]
-    top_rows(k, lossc, c, Pm, n0 * k, s, noise, n0 * M * (1 if lossc == 1 else k), M, U[uo[L - 1]:uo[L]])
+    top_rows(k, lossc, c, Pm, n0 * k, s, W, n0, noise, n0 * M * (1 if lossc == 1 else k), M, U[uo[L - 1]:uo[L]])
     backward_rows(d, off, theta, o, D1, n0, c, r, U, uo)
 
 
 @kernel
-def kfac_factors(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, a_scale, noise, M, C, acc, first, last,
-                 ws, top):
+def kfac_factors(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, W, a_scale, noise, M, C, acc, first,
+                 last, ws, top):
     """K-FAC's factors of the samples given, added to the accumulators ``acc`` (accumulators()
-    values; overwritten when ``first``): per layer the lower triangle of the sum of a~ a~^T and
-    of B (the rows carry the sample weight ``s``), in chunks of up to C samples.  The backend
+    values; overwritten when ``first``): per layer the lower triangle of the sum of a~ a~^T
+    (weighted by W where it is not empty) and of B (the rows carry the sample weight ``s``, times
+    W), in chunks of up to C samples.  The backend
     calls it once, or once per piece of samples (so that Python sees a pending signal between
     pieces); the ``last`` call leaves the factors in acc, mirrored and A scaled by ``a_scale``
     (1/N for the whole data)."""
@@ -203,13 +216,17 @@ def kfac_factors(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, a_scale
     A, D1, o, Pm, r, U, uo = kfac_pass_start(d, acts, off, lossc, lscale, theta, X, N, Y, labels, noise, M, C,
                                              ws, top)
     offs = accumulators(d, False)
+    widest = 0
+    for l in range(L):
+        widest = max(widest, d[l])
+    scaled = carve(ws, top, min(C, N) * widest if W.size else 0)
     for n0 in range(0, N, C):
         c = min(C, N - n0)
-        kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, noise, M, r, n0, c, U, uo)
+        kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, W, noise, M, r, n0, c, U, uo)
         beta = 0.0 if first and n0 == 0 else 1.0
         for l in range(L):
             a, ao = chunk_inputs(d, l, X, A, o, n0)
-            augmented_rank_update(d[l], c, a, ao, beta, acc, offs[2 * l])
+            augmented_rank_update(d[l], c, a, ao, W, n0, beta, acc, offs[2 * l], scaled)
             lower_rank_update(d[l + 1], c * r, U, uo[l], beta, acc, offs[2 * l + 1], d[l + 1])
     if last:
         for l in range(L):
@@ -218,7 +235,7 @@ def kfac_factors(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, a_scale
 
 
 @kernel
-def kfac_eigen_scales(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, noise, M, C, Qa, qao, Qb, qbo,
+def kfac_eigen_scales(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, W, noise, M, C, Qa, qao, Qb, qbo,
                       acc, first, ws, top):
     """EKFAC's eigenvalues, flat (Da, Db) per layer as accumulators(d, True) places them: the
     sum over samples and rows of ([a 1] Qa)_i^2 (U Qb)_j^2, Qa[qao[l]:] (Da, Da) and Qb[qbo[l]:]
@@ -238,7 +255,7 @@ def kfac_eigen_scales(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, no
     pu = carve(ws, top, c0 * wu)
     for n0 in range(0, N, C):
         c = min(C, N - n0)
-        kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, noise, M, r, n0, c, U, uo)
+        kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, W, noise, M, r, n0, c, U, uo)
         beta = 0.0 if first and n0 == 0 else 1.0
         for l in range(L):
             di, Da, Db = d[l], d[l] + 1, d[l + 1]
