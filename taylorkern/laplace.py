@@ -426,7 +426,7 @@ class Laplace:
     prior_precision : float or (n,) array, as given (or as :meth:`optimize_prior` set it);
         assigning it is :meth:`update`.
     sigma_noise : float (1.0 for classification); assigning it is :meth:`update`.
-    n_data, n_outputs : N and k of the data fitted.
+    n_data, n_outputs : N (the sum of the sample weights, where given) and k of the data fitted.
     n_params : P, the posterior's parameter count (the last layer's for "last-layer").
     param_slice : the slice of theta the posterior covers.
     jitter : what the jitter policy added to the precision's diagonal at the current prior and
@@ -442,7 +442,8 @@ class Laplace:
         self.structure = structure
         self.curvature = curvature
         self._parts = parts
-        self.n_data = int(n_data)
+        n_data = float(n_data)  # the sum of the weights where the fit had them
+        self.n_data = int(n_data) if n_data.is_integer() else n_data
         self.n_outputs = net.num_outputs
         self._data_term = float(data_term)  # SSE (mse), or the negative log likelihood (the others)
         L = net.num_layers
@@ -893,7 +894,7 @@ def load(path):
 
 # ----------------------------------------------------------------------------- fit
 def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0, sigma_noise=1.0,
-        kfac_kind="exact", seed=None, mc_samples=1):
+        kfac_kind="exact", seed=None, mc_samples=1, sample_weight=None):
     """Fit the Laplace approximation at a trained theta.
 
     Parameters
@@ -920,6 +921,11 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         entropy; the seed used is kept (``Laplace.kfac_seed``) and saved with the posterior.
     mc_samples : int >= 1
         For kfac_kind="mc": draws per sample.
+    sample_weight : None or (N,) array
+        Weights of the samples' log likelihoods (finite, >= 0, a positive sum), as frequencies:
+        sample n counts w_n times in the data term, its curvature and the constants of the
+        likelihood (``n_data`` is then sum w), so that integer weights give the posterior of the
+        data with each row repeated w_n times.
 
     Returns
     -------
@@ -946,32 +952,34 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
         # the blocks of every layer are computed, also for the last layer's alone
         check_memory(f"the {structure} Laplace posterior", 3.0 * sum(s * s for s in net.layer_sizes),
                      "use structure='diag'")
-    # the summed data term checks theta, X and Y before any curvature is computed
-    S = net.loss(theta, X, Y, reduction="sum")
+    # the summed data term checks theta, X, Y and the weights before any curvature is computed
+    S = net.loss(theta, X, Y, reduction="sum", sample_weight=sample_weight)
     theta = np.array(theta, dtype=net.dtype)
-    N = np.shape(X)[0]
+    w = net._check_weights(sample_weight, np.shape(X)[0], "sum")  # None where all ones
+    N = np.shape(X)[0] if w is None else float(w.sum())
     scale = _nll_scale(net)
-    data_term = _nll(net, S, Y)
+    data_term = _nll(net, S, Y, w)
+    wkw = {} if w is None else {"sample_weight": w}
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
     parts = []
     if structure == "full":
         fn = net.ggn if curvature == "ggn" else net.hessian
-        parts.append(_Part(0, P, layer_of, _scaled(fn(theta, X, Y, reduction="sum"), scale)))
+        parts.append(_Part(0, P, layer_of, _scaled(fn(theta, X, Y, reduction="sum", **wkw), scale)))
     elif structure == "diag":
         fn = net.ggn_diag if curvature == "ggn" else net.hessian_diag
-        d = np.asarray(fn(theta, X, Y, reduction="sum"), dtype=np.float64) * scale
+        d = np.asarray(fn(theta, X, Y, reduction="sum", **wkw), dtype=np.float64) * scale
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_Part(a, b, layer_of[a:b], d[a:b]))
     elif structure == "kfac":
         # the factors of the summed loss (no l2): A kron B approximates the GGN of reduction="sum"
-        K = kfac.factors(net, theta, X, Y, kind=kfac_kind, seed=seed, mc_samples=mc_samples, reduction="sum")
+        K = kfac.factors(net, theta, X, Y, kind=kfac_kind, seed=seed, mc_samples=mc_samples, reduction="sum", **wkw)
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_KronPart(a, b, layer_of[a:b], K, l, scale))
     else:
         fn = net.ggn_blocks if curvature == "ggn" else net.hessian_blocks
-        blocks = fn(theta, X, Y, reduction="sum")
+        blocks = fn(theta, X, Y, reduction="sum", **wkw)
         if structure == "blocks":
             for l, B in enumerate(blocks):
                 a, b = net.offsets[l], net.offsets[l + 1]
@@ -1010,16 +1018,18 @@ def _nll_scale(net):
     return {"mse": 0.5 * k, "ce": 1.0, "bce": float(k), "poisson": float(k), "gaussian": 0.5 * k}[net.loss_name]
 
 
-def _nll(net, S, Y):
-    """The data term kept by the posterior from the summed loss S: mse's SSE (its noise enters
-    in log_likelihood), else the negative log likelihood with its constants."""
+def _nll(net, S, Y, w=None):
+    """The data term kept by the posterior from the summed (weighted) loss S: mse's SSE (its
+    noise enters in log_likelihood), else the negative log likelihood with its constants, each
+    sample's counted w_n times."""
     k = net.num_outputs
     if net.loss_name == "mse":
         return k * S
     if net.loss_name == "poisson":
-        return k * S + float(np.sum(scipy.special.gammaln(np.asarray(Y, dtype=np.float64) + 1.0)))
+        per_sample = np.sum(scipy.special.gammaln(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1) + 1.0), axis=1)
+        return k * S + float(np.sum(per_sample if w is None else w * per_sample))
     if net.loss_name == "gaussian":
-        n_targets = np.size(Y)  # N h
+        n_targets = np.size(Y) if w is None else float(w.sum()) * (k // 2)  # N h
         return 0.5 * k * S + 0.5 * n_targets * math.log(2.0 * math.pi)
     return _nll_scale(net) * S
 

@@ -256,19 +256,23 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         """pcov_ as curve_fit computes it, for the regularised fit: sigma^2 (J^T J + rho I)^-1,
         rho = alpha N k / 2 (the prior that the l2 term is, in units of the noise variance), and
         sigma^2 = SSE / (N k - dof), dof = tr(J^T J (J^T J + rho I)^-1) the effective number of
-        parameters (P when alpha = 0 and J has full rank, as in curve_fit)."""
+        parameters (P when alpha = 0 and J has full rank, as in curve_fit).  With sample weights
+        w, as frequencies: J^T W J, the weighted SSE, and N = sum w (integer weights give the
+        pcov_ of the repeated rows)."""
         net, theta = self.net_, self.theta_
-        if net.num_params > self.laplace_max_params or net.loss_name != "mse" or sample_weight is not None:
+        if net.num_params > self.laplace_max_params or net.loss_name != "mse":
             self.laplace_, self.pcov_, self.sigma_noise_ = None, None, None
             return
-        N, k = Y.shape
+        k = Y.shape[1]
+        w = np.ones(Y.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        N = float(w.sum())
         rho = max(float(self.alpha) * N * k / 2.0, 0.0)
         post = laplace.fit(net, theta, X, Y.astype(net.dtype), structure="full", curvature="ggn",
-                           prior_precision=max(rho, _TINY_PRIOR), sigma_noise=1.0)
+                           prior_precision=max(rho, _TINY_PRIOR), sigma_noise=1.0, sample_weight=sample_weight)
         dof = post.effective_num_params()
         R = np.asarray(net.predict(theta, X), dtype=np.float64) - Y
         floor = np.finfo(np.float64).eps ** 2 * max(1.0, float(np.mean(Y * Y)))
-        s2 = max(float(np.sum(R * R)) / max(N * k - dof, 1.0), floor)
+        s2 = max(float(np.sum(w[:, None] * R * R)) / max(N * k - dof, 1.0), floor)
         post.update(prior_precision=max(rho, _TINY_PRIOR) / s2, sigma_noise=math.sqrt(s2))
         self.laplace_ = post
         self.sigma_noise_ = math.sqrt(s2)
@@ -297,7 +301,7 @@ class MLPRegressor(RegressorMixin, _TaylorMLP):
         if std is not None:
             return (F.ravel(), std.ravel()) if self._y_ndim == 1 else (F, std)
         if self.laplace_ is None:
-            raise ValueError(f"return_std: only for loss='mse' fits without sample_weight and at most "
+            raise ValueError(f"return_std: only for loss='mse' fits of at most "
                              f"laplace_max_params = {self.laplace_max_params} parameters (this one: "
                              f"loss={self.net_.loss_name!r}, {self.net_.num_params} parameters); fit a "
                              "posterior with taylorkern.laplace.fit instead")

@@ -632,6 +632,67 @@ def test_regressor_pcov_and_return_std(alpha, outputs):
     assert np.all(std >= reg.sigma_noise_)
 
 
+@pytest.mark.parametrize("structure", [*STRUCTURES, "kfac"])
+@pytest.mark.parametrize("case", PROBLEMS, ids=_case_id)
+def test_integer_weights_are_repeated_rows(case, structure):
+    """sample_weight as frequencies: integer weights 0-3 give the posterior of the data with
+    each row repeated that many times (zero-weight rows dropped): n_data, the log marginal
+    likelihood and its gradient at another prior (and noise), and the predictive."""
+    p = _problem(*case)
+    N = p.X.shape[0]
+    w = np.random.default_rng(3).integers(0, 4, N).astype(np.float64)
+    w[0], w[1], w[2] = 0.0, 2.0, 3.0
+    w[3] = 1.0 if w.sum() == N else w[3]  # a total other than N, which the constants must count
+    assert w.sum() != N
+    rep = np.repeat(np.arange(N), w.astype(int))
+    sigma = 0.8 if p.net.loss_name == "mse" else 1.0
+    kw = dict(structure=structure, prior_precision=1.3, sigma_noise=sigma)
+    a = laplace.fit(p.net, p.theta, p.X, p.Y, sample_weight=w, **kw)
+    b = laplace.fit(p.net, p.theta, p.X[rep], p.Y[rep], **kw)
+    assert a.n_data == b.n_data == len(rep)
+    prior = _prior("layer" if structure != "last-layer" else "scalar", p.net, structure, seed=4)
+    sigma2 = sigma * 1.1 if p.net.loss_name == "mse" else 1.0
+    va, ga, sa = a.log_marginal_likelihood(prior, sigma2, return_grad=True)
+    vb, gb, sb = b.log_marginal_likelihood(prior, sigma2, return_grad=True)
+    assert va == pytest.approx(vb, rel=1e-11)
+    compare(ga, gb, rtol=1e-10, what="lml gradient in the prior")
+    assert sa == pytest.approx(sb, rel=1e-10, abs=1e-12)
+    Xn = np.random.default_rng(5).standard_normal((4, p.net.sizes[0]))
+    fa, va_ = a.predict_f(Xn, full_cov=False)
+    fb, vb_ = b.predict_f(Xn, full_cov=False)
+    np.testing.assert_array_equal(fa, fb)
+    compare(va_, vb_, rtol=1e-9, what="predictive variance")
+
+
+def test_weighted_regressor_pcov_is_the_weighted_curve_fit_covariance():
+    """MLPRegressor.fit(..., sample_weight=w): pcov_ = s^2 (J^T W J + rho I)^-1 with
+    rho = alpha (sum w) k / 2 and s^2 = sum w r^2 / ((sum w) k - dof), the weights as
+    frequencies, so that return_std works on weighted fits too."""
+    pytest.importorskip("sklearn", reason="scikit-learn is installed with the 'test' extra")
+    from taylorkern.sklearn import MLPRegressor
+    rng = np.random.default_rng(9)
+    X = rng.uniform(-1, 1, (30, 2))
+    y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(30)
+    w = rng.uniform(0.2, 3.0, 30)
+    alpha = 1e-3
+    reg = MLPRegressor(hidden_layer_sizes=(4,), alpha=alpha, max_iter=60, random_state=0)
+    with warnings_ignored():
+        reg.fit(X, y, sample_weight=w)
+    net, th = reg.net_, reg.theta_
+    with tk.use_backend("reference"):
+        J = net.jacobian(th, X)
+        r = net.predict(th, X)[:, 0] - y
+    n = w.sum()
+    rho = alpha * n / 2
+    A = J.T @ (w[:, None] * J)
+    g = np.linalg.eigvalsh(A)
+    s2 = np.sum(w * r * r) / (n - np.sum(g / (g + rho)))
+    assert reg.sigma_noise_ == pytest.approx(math.sqrt(s2), rel=1e-8)
+    compare(reg.pcov_, s2 * np.linalg.inv(A + rho * np.eye(len(th))), rtol=1e-8, what="weighted pcov_")
+    _, std = reg.predict(X[:3], return_std=True)
+    assert np.all(std >= reg.sigma_noise_)
+
+
 @contextlib.contextmanager
 def warnings_ignored():
     """The short fits here need not converge: their ConvergenceWarning is beside the point."""
