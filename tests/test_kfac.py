@@ -648,7 +648,7 @@ def _torch_layout(net):
     return np.array(perm)
 
 
-@pytest.mark.parametrize("loss, sizes", [("mse", [3, 5, 2]), ("ce", [4, 6, 5, 3])])
+@pytest.mark.parametrize("loss, sizes", [("mse", [3, 5, 2]), ("ce", [4, 6, 5, 3]), ("bce", [3, 4, 3])])
 def test_kfac_and_ekfac_match_curvlinops(loss, sizes):
     torch = pytest.importorskip("torch", reason="torch is not installed (the curvlinops check needs it)")
     cl = pytest.importorskip("curvlinops", reason="curvlinops (curvlinops-for-pytorch) is not installed")
@@ -666,6 +666,8 @@ def test_kfac_and_ekfac_match_curvlinops(loss, sizes):
     model = torch.nn.Sequential(*layers)
     if loss == "mse":
         loss_fn, Y = torch.nn.MSELoss(), torch.from_numpy(p.Y)
+    elif loss == "bce":  # curvlinops takes 0/1 targets only (the exact factors do not read Y)
+        loss_fn, Y = torch.nn.BCEWithLogitsLoss(), torch.from_numpy(np.round(p.Y))
     else:
         loss_fn, Y = torch.nn.CrossEntropyLoss(), torch.from_numpy(p.Y).long()
     data = [(torch.from_numpy(p.X), Y)]
