@@ -84,8 +84,11 @@ void mirror_scaled(idx D, const T* acc, T scale, T* out) {
 template <class T>
 void top_rows(const Net& net, idx c, const T* p, const T* sw, T s, const T* noise, idx M, T* top) {
   const idx k = net.k();
-  if (!noise) {
-    root_rows(net, c, p, sw, s, true, top);
+  if (!noise) {  // without weights through the constant null (the row loop then has no weight loads)
+    if (sw)
+      root_rows(net, c, p, sw, s, true, top);
+    else
+      root_rows(net, c, p, static_cast<const T*>(nullptr), s, true, top);
     return;
   }
   for (idx n = 0; n < c; ++n) {
