@@ -195,6 +195,7 @@ class KFAC(_Kronecker):
         self.sample_weight = sample_weight  # for ekfac's second pass over the same data
         # eighs: the (la, Qa, lb, Qb) of every layer when known (a saved Laplace posterior)
         self._eigs = [None] * len(pairs) if eighs is None else [tuple(e) for e in eighs]
+        self._a_eigs = [None] * len(pairs)  # (la, Qa) taken from other factors (reuse_eigh_of_A)
 
     def __repr__(self):
         return f"KFAC(sizes={list(self.sizes)}, kind={self.kind!r}, l2={self.l2})"
@@ -203,10 +204,22 @@ class KFAC(_Kronecker):
         """(la, Qa, lb, Qb): the eigendecompositions of A[l] and B[l] (cached), eigenvalues
         ascending; those rounding pushed below 0 are kept as computed."""
         if self._eigs[l] is None:
-            la, Qa = np.linalg.eigh(self.A[l])
+            la, Qa = self._a_eigs[l] if self._a_eigs[l] is not None else np.linalg.eigh(self.A[l])
             lb, Qb = np.linalg.eigh(self.B[l])
             self._eigs[l] = (la, Qa, lb, Qb)
         return self._eigs[l]
+
+    def reuse_eigh_of_A(self, other):
+        """Take ``other``'s eigendecomposition of A[l] for every layer whose A[l] equals
+        other's bit for bit; returns those layers.  The first layer's A depends on the inputs
+        (and weights) only, so successive factors of one data set share it: an optimizer that
+        refreshes the factors every iteration then decomposes the widest factor once."""
+        shared = []
+        for l, (mine, theirs) in enumerate(zip(self.A, other.A)):
+            if self._eigs[l] is None and mine.shape == theirs.shape and np.array_equal(mine, theirs):
+                self._a_eigs[l] = other.eigh(l)[:2]
+                shared.append(l)
+        return shared
 
     def _eig(self, l):
         la, Qa, lb, Qb = self.eigh(l)

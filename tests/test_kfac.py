@@ -558,6 +558,39 @@ def test_minimize_kfac_fits_the_other_likelihoods(loss, kind):
     assert f0 - res.loss > 0.3 * abs(f0), (res.loss, f0)
 
 
+def test_minimize_kfac_decomposes_the_inputs_factor_once(monkeypatch):
+    """The kfac method takes the first layer's eigendecomposition of A from the previous
+    factors (A_0 depends on the inputs only): one eigh of that shape per run instead of one per
+    refresh, and the very same iterates as without the reuse."""
+    rng = np.random.default_rng(2)
+    net = tk.MLP([12, 6, 3], activation="tanh", loss="ce", l2=1e-3)
+    X = rng.standard_normal((60, 12))
+    Y = np.argmax(X[:, :3] + 0.5 * rng.standard_normal((60, 3)), axis=1)
+    theta0 = net.init(seed=0)
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda a, *args, **kw: calls.append(np.shape(a)) or eigh(a, *args, **kw))
+    a = tk.minimize(net, theta0, X, Y, method="kfac", max_iter=6)
+    refreshes = calls.count((6, 6))  # B_0, decomposed at every refresh of the factors
+    assert refreshes >= 4 and calls.count((13, 13)) == 1
+    calls.clear()
+    monkeypatch.setattr(kfac.KFAC, "reuse_eigh_of_A", lambda self, other: [])
+    b = tk.minimize(net, theta0, X, Y, method="kfac", max_iter=6)
+    assert calls.count((6, 6)) == calls.count((13, 13)) == refreshes
+    np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_reuse_eigh_of_A_only_where_A_is_the_same():
+    p = make_problem([4, 5, 3], "tanh", "mse", 10, seed=3)
+    K1 = kfac.factors(p.net, p.theta, p.X, p.Y)
+    K2 = kfac.factors(p.net, p.theta + 0.1, p.X, p.Y)  # other weights: A_1 moves, A_0 does not
+    assert K2.reuse_eigh_of_A(K1) == [0]
+    assert K2.eigh(0)[1] is K1.eigh(0)[1]
+    compare(K2.matrix(), kfac.factors(p.net, p.theta + 0.1, p.X, p.Y).matrix(), rtol=1e-13, what="reused basis")
+    K3 = kfac.factors(p.net, p.theta, p.X[::-1] * 2.0, p.Y)
+    assert K3.reuse_eigh_of_A(K1) == []
+
+
 def test_minimize_kfac_solves_a_linear_least_squares_problem():
     # one linear layer under mse: K-FAC is the exact GGN, so each step is a damped Gauss-Newton
     # step and the damping shrinks as the model proves exact

@@ -7,7 +7,9 @@ model along d: alpha = -g.d / (d.G d + lambda d.d), G the exact GGN (one product
 The damping lambda is adapted from the gain ratio rho = (actual decrease) / (the undamped
 model's predicted decrease), as Levenberg-Marquardt does: multiplied by 2/3 when rho > 3/4, by
 3/2 when rho < 1/4; a step with rho <= eta is rejected and retried from the same factors with
-lambda x 4.  lambda starts at ``damping`` times the approximation's mean diagonal.
+lambda x 4.  lambda starts at ``damping`` times the approximation's mean diagonal.  The first
+layer's A (the inputs' outer products) is the same at every point, so its eigendecomposition, the
+widest one for a wide input, is computed once (KFAC.reuse_eigh_of_A).
 
 With a ``mask`` the factors and the direction are taken over all parameters (the gradient
 zero on the frozen ones) and the direction is restricted to the trainable ones.
@@ -35,7 +37,7 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
     run.check_finite("the initial loss or gradient", f, g)
     rng = np.random.default_rng(seed)
     lam = None
-    K = None
+    K = K_old = None
     while True:
         gnorm = norm(g)
         run.check_gtol(gnorm)
@@ -45,6 +47,8 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
             K = _kfac.factors(run.net, run.theta(z), run.X, run.Y, kind=kind,
                               seed=int(rng.integers(2**63)) if kind == "mc" else None, mc_samples=mc_samples,
                               sample_weight=run.w)
+            if K_old is not None:
+                K.reuse_eigh_of_A(K_old)  # the first layer's A (the inputs') is the same every time
             scale = _scale(K)
             scale = scale if scale > 0 and math.isfinite(scale) else 1.0
             if lam is None:
@@ -72,7 +76,7 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
             elif rho < 0.25:
                 lam *= 1.5
             lam = max(lam, lam_min)
-            K = None  # new factors at the new point
+            K_old, K = K, None  # new factors at the new point
         else:
             run.record(z, f, gnorm, 0.0, lam, accepted=False)
             run.check_xtol(z, snorm, accepted=False)
