@@ -959,27 +959,27 @@ def fit(net, theta, X, Y, structure="full", curvature="ggn", prior_precision=1.0
     N = np.shape(X)[0] if w is None else float(w.sum())
     scale = _nll_scale(net)
     data_term = _nll(net, S, Y, w)
-    wkw = {} if w is None else {"sample_weight": w}
     layer_of = np.repeat(np.arange(L), net.layer_sizes)
     parts = []
     if structure == "full":
         fn = net.ggn if curvature == "ggn" else net.hessian
-        parts.append(_Part(0, P, layer_of, _scaled(fn(theta, X, Y, reduction="sum", **wkw), scale)))
+        parts.append(_Part(0, P, layer_of, _scaled(fn(theta, X, Y, reduction="sum", sample_weight=w), scale)))
     elif structure == "diag":
         fn = net.ggn_diag if curvature == "ggn" else net.hessian_diag
-        d = np.asarray(fn(theta, X, Y, reduction="sum", **wkw), dtype=np.float64) * scale
+        d = np.asarray(fn(theta, X, Y, reduction="sum", sample_weight=w), dtype=np.float64) * scale
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_Part(a, b, layer_of[a:b], d[a:b]))
     elif structure == "kfac":
         # the factors of the summed loss (no l2): A kron B approximates the GGN of reduction="sum"
-        K = kfac.factors(net, theta, X, Y, kind=kfac_kind, seed=seed, mc_samples=mc_samples, reduction="sum", **wkw)
+        K = kfac.factors(net, theta, X, Y, kind=kfac_kind, seed=seed, mc_samples=mc_samples, reduction="sum",
+                         sample_weight=w)
         for l in range(L):
             a, b = net.offsets[l], net.offsets[l + 1]
             parts.append(_KronPart(a, b, layer_of[a:b], K, l, scale))
     else:
         fn = net.ggn_blocks if curvature == "ggn" else net.hessian_blocks
-        blocks = fn(theta, X, Y, reduction="sum", **wkw)
+        blocks = fn(theta, X, Y, reduction="sum", sample_weight=w)
         if structure == "blocks":
             for l, B in enumerate(blocks):
                 a, b = net.offsets[l], net.offsets[l + 1]
