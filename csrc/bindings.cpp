@@ -349,7 +349,8 @@ PYBIND11_MODULE(_core, m) {
   tk::remember_main_thread();
   {
     py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
-    tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]));
+    tk::set_blas(capsule_pointer(capi["dgemm"]), capsule_pointer(capi["sgemm"]), capsule_pointer(capi["dsyrk"]),
+                 capsule_pointer(capi["ssyrk"]));
   }
   // module_local: two builds of _core can be loaded side by side (bench/interrupt_ab.py's A/B)
   // without their Net types colliding in pybind11's process-wide registry.
@@ -485,6 +486,35 @@ PYBIND11_MODULE(_core, m) {
                                      ldc);
       },
       "TEST-ONLY: one GEMM through a chosen path (see tests/test_gemm.py); not part of the API");
+  // Test-only (tests/test_gemm.py, bench/syrk_ab.py): C's lower triangle = beta C + R^T R on flat
+  // buffers (R: K x D at r_off, row stride ldr; C: D x D at c_off, row stride ldc).  which: 0
+  // tk::syrk_lower, 1 the AVX-512 kernel alone, 2 the column panels, 3 the BLAS's syrk alone.
+  // False if that path is unavailable.
+  m.def(
+      "_syrk_lower",
+      [](int which, idx D, idx K, py::array R, idx r_off, idx ldr, double beta, py::array C, idx c_off, idx ldc) {
+        const bool f32 = py::isinstance<py::array_t<float>>(C);
+        for (auto [x, name] : {std::pair<py::array*, const char*>{&R, "R"}, {&C, "C"}})
+          if (!(f32 ? py::isinstance<py::array_t<float>>(*x) : py::isinstance<py::array_t<double>>(*x)) ||
+              !(x->flags() & py::array::c_style))
+            throw py::type_error(std::string(name) + ": expected a C-contiguous float32/float64 array of C's dtype");
+        if (!C.writeable()) throw py::type_error("C: expected a writeable array");
+        if (D < 0 || K < 0) throw py::value_error("negative size");
+        auto fits = [](const py::array& x, idx off, idx rows, idx cols, idx ld) {
+          return off >= 0 && ld >= std::max<idx>(cols, 1) &&
+                 (rows == 0 || cols == 0 || off + (rows - 1) * ld + cols <= (idx)x.size());
+        };
+        if (!fits(R, r_off, K, D, ldr)) throw py::value_error("R: offset / leading dimension out of range");
+        if (!fits(C, c_off, D, D, ldc)) throw py::value_error("C: offset / leading dimension out of range");
+        py::gil_scoped_release nogil;
+        tk::SerialBlas serial;
+        if (f32)
+          return tk::syrk_test<float>(which, D, K, (const float*)R.data() + r_off, ldr, (float)beta,
+                                      (float*)C.mutable_data() + c_off, ldc);
+        return tk::syrk_test<double>(which, D, K, (const double*)R.data() + r_off, ldr, beta,
+                                     (double*)C.mutable_data() + c_off, ldc);
+      },
+      "TEST-ONLY: one symmetric rank update (lower triangle) through a chosen path; not part of the API");
   m.def(
       "_activate",
       [](int code, py::array z) -> py::tuple {

@@ -18,15 +18,19 @@ namespace tk {
 
 static dgemm_t* g_dgemm = nullptr;
 static sgemm_t* g_sgemm = nullptr;
+static dsyrk_t* g_dsyrk = nullptr;
+static ssyrk_t* g_ssyrk = nullptr;
 using set_local_t = int(int);
 using get_threads_t = int();
 static set_local_t* g_set_local = nullptr;      // OpenBLAS >= 0.3.27: openblas_set_num_threads_local
 static get_threads_t* g_get_threads = nullptr;  // openblas_get_num_threads
 static std::atomic<bool> g_avx512_off{false};   // set_gemm_avx512(false), for tests
 
-void set_blas(void* dgemm, void* sgemm) {
+void set_blas(void* dgemm, void* sgemm, void* dsyrk, void* ssyrk) {
   g_dgemm = reinterpret_cast<dgemm_t*>(dgemm);
   g_sgemm = reinterpret_cast<sgemm_t*>(sgemm);
+  g_dsyrk = reinterpret_cast<dsyrk_t*>(dsyrk);
+  g_ssyrk = reinterpret_cast<ssyrk_t*>(ssyrk);
   // The library that holds dgemm: look for OpenBLAS's thread-count functions there.
   Dl_info info;
   if (dgemm && dladdr(dgemm, &info) && info.dli_fname) {
@@ -357,6 +361,63 @@ void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, c
     }
   });
 }
+
+// Row-major C's lower triangle is the column-major BLAS's upper one, and R (K x D row-major) is
+// column-major R^T: C = R^T R is syrk('U', 'N') of it.  false where the BLAS cannot take the call.
+template <class T>
+static bool syrk_blas(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc) {
+  if (K <= 0 || !g_dsyrk || !g_ssyrk || D > INT_MAX || K > INT_MAX || ldr > INT_MAX || ldc > INT_MAX) return false;
+  const char uplo = 'U', trans = 'N';
+  const int n = (int)D, k = (int)K, lr = (int)ldr, lc = (int)ldc;
+  const T one = 1;
+  if constexpr (sizeof(T) == 8)
+    g_dsyrk(&uplo, &trans, &n, &k, &one, R, &lr, &beta, C, &lc);
+  else
+    g_ssyrk(&uplo, &trans, &n, &k, &one, R, &lr, &beta, C, &lc);
+  return true;
+}
+
+// Without the AVX-512 kernel or a BLAS held to one thread: column panels of products, each
+// starting at its diagonal, so that little more than the lower triangle is computed.
+constexpr idx kSyrkPanel = 64;
+
+template <class T>
+static void syrk_panels(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc) {
+  for (idx b0 = 0; b0 < D; b0 += kSyrkPanel) {
+    const idx w = std::min(kSyrkPanel, D - b0);
+    gemm_serial<T>(true, false, D - b0, w, K, T(1), R + b0, ldr, R + b0, ldr, beta, C + b0 * ldc + b0, ldc);
+  }
+}
+
+// The AVX-512 kernel where the CPU has it (it ran at or above OpenBLAS's own AVX-512 syrk,
+// bench/KFAC.md), else the BLAS's syrk (held to one thread), else the panels.
+template <class T>
+void syrk_lower(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc) {
+  if (use_avx512() && syrk_lower_avx512<T>(D, K, R, ldr, beta, C, ldc)) return;
+  if (D * D * K >= kBlasMin && blas_is_serial() && syrk_blas<T>(D, K, R, ldr, beta, C, ldc)) return;
+  syrk_panels<T>(D, K, R, ldr, beta, C, ldc);
+}
+
+template <class T>
+bool syrk_test(int which, idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc) {
+  switch (which) {
+    case 0:
+      syrk_lower<T>(D, K, R, ldr, beta, C, ldc);
+      return true;
+    case 1:
+      return have_avx512() && syrk_lower_avx512<T>(D, K, R, ldr, beta, C, ldc);
+    case 2:
+      syrk_panels<T>(D, K, R, ldr, beta, C, ldc);
+      return true;
+    case 3:
+      return D > 0 && syrk_blas<T>(D, K, R, ldr, beta, C, ldc);
+  }
+  return false;
+}
+template void syrk_lower<float>(idx, idx, const float*, idx, float, float*, idx);
+template void syrk_lower<double>(idx, idx, const double*, idx, double, double*, idx);
+template bool syrk_test<float>(int, idx, idx, const float*, idx, float, float*, idx);
+template bool syrk_test<double>(int, idx, idx, const double*, idx, double, double*, idx);
 
 template <class T>
 bool gemm_test(int which, bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb,

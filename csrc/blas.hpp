@@ -29,7 +29,12 @@ using dgemm_t = void(const char*, const char*, const int*, const int*, const int
 using sgemm_t = void(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                      const int*, const float*, const int*, const float*, float*, const int*);
 
-void set_blas(void* dgemm, void* sgemm);
+using dsyrk_t = void(const char*, const char*, const int*, const int*, const double*, const double*, const int*,
+                     const double*, double*, const int*);
+using ssyrk_t = void(const char*, const char*, const int*, const int*, const float*, const float*, const int*,
+                     const float*, float*, const int*);
+
+void set_blas(void* dgemm, void* sgemm, void* dsyrk, void* ssyrk);
 bool have_blas();
 
 // While any is alive, BLAS runs single-threaded: a no-op where the kernels do not call the
@@ -58,5 +63,17 @@ bool set_gemm_avx512(bool on);
 template <class T>
 void gemm(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
           idx ldc);
+
+// The lower triangle of C (D x D, row stride ldc) = beta C + R^T R, R (K x D, row stride ldr):
+// single-threaded, for kernels that accumulate per thread (K-FAC's factors, the Gram route's
+// GGN).  Entries above the diagonal are either left as they were or set to their value (that of
+// the full product), never anything else.
+template <class T>
+void syrk_lower(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc);
+
+// Test-only (the _syrk_lower binding): which = 0 syrk_lower, 1 the AVX-512 kernel directly
+// (false if unavailable), 2 the column panels of products, 3 the BLAS's syrk (false if none).
+template <class T>
+bool syrk_test(int which, idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc);
 
 }  // namespace tk

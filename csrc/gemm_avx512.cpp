@@ -418,10 +418,60 @@ bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx
   return true;
 }
 
+// The symmetric rank update: the same loops with op(A) = R^T and op(B) = R, both packed (every
+// element of the A block serves all the column panels of its rows), and the tiles wholly above
+// the diagonal skipped: a column block's rows start at its first column.  A tile across the
+// diagonal is computed whole, so the entries above the diagonal that it holds get their values.
+template <class T>
+bool syrk_lower_avx512(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc) {
+  if (D <= 0) return true;
+  if (K <= 0) {
+    for (idx i = 0; i < D; ++i) scale_c<T>(1, i + 1, beta, C + i * ldc, ldc);
+    return true;
+  }
+  using Tl = Tile<T>;
+  constexpr idx MR = Tl::MR, NR = Tl::NR;
+  const idx KC = block_size(K, Tl::KC, 1);
+  const idx NC = block_size(D, Tl::NC, NR);
+  const idx MC = block_size(D, Tl::MC, MR);
+  T* bp = t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR));
+  T* ap = t_apack.get<T>((std::size_t)KC * ((MC + MR - 1) / MR * MR));
+  if (!bp || !ap) return false;
+
+  for (idx jc = 0; jc < D; jc += NC) {
+    const idx nc = imin(NC, D - jc);
+    for (idx pc = 0; pc < K; pc += KC) {
+      const idx kc = imin(KC, K - pc);
+      const T beta_p = pc == 0 ? beta : T(1);
+      pack_b_block<T>(false, kc, nc, R + pc * ldr + jc, ldr, bp);
+      for (idx ic = jc; ic < D; ic += MC) {
+        const idx mc = imin(MC, D - ic);
+        pack_a_block<T>(true, mc, kc, R + pc * ldr + ic, ldr, ap);
+        for (idx jr = 0; jr < nc; jr += NR) {
+          const idx nr = imin(NR, nc - jr), col = jc + jr;
+          // the first row panel that reaches the diagonal: its last row is >= col
+          const idx ir0 = ic + MR > col ? 0 : (col - ic) / MR * MR;
+          for (idx ir = ir0; ir < mc; ir += MR) {
+            const idx mr = imin(MR, mc - ir);
+            T* c = C + (ic + ir) * ldc + col;
+            if (mr > MR / 2)
+              micro<T, false>(kc, ap + ir * kc, MR, bp + jr * kc, NR, c, ldc, T(1), beta_p, mr, nr);
+            else
+              micro<T, false, MR / 2>(kc, ap + ir * kc, MR, bp + jr * kc, NR, c, ldc, T(1), beta_p, mr, nr);
+          }
+        }
+      }
+    }
+  }
+  return true;
+}
+
 template bool gemm_avx512<float>(bool, bool, idx, idx, idx, float, const float*, idx, const float*, idx, float, float*,
                                  idx);
 template bool gemm_avx512<double>(bool, bool, idx, idx, idx, double, const double*, idx, const double*, idx, double,
                                   double*, idx);
+template bool syrk_lower_avx512<float>(idx, idx, const float*, idx, float, float*, idx);
+template bool syrk_lower_avx512<double>(idx, idx, const double*, idx, double, double*, idx);
 
 }  // namespace tk
 
@@ -432,10 +482,16 @@ template <class T>
 bool gemm_avx512(bool, bool, idx, idx, idx, T, const T*, idx, const T*, idx, T, T*, idx) {
   return false;
 }
+template <class T>
+bool syrk_lower_avx512(idx, idx, const T*, idx, T, T*, idx) {
+  return false;
+}
 template bool gemm_avx512<float>(bool, bool, idx, idx, idx, float, const float*, idx, const float*, idx, float, float*,
                                  idx);
 template bool gemm_avx512<double>(bool, bool, idx, idx, idx, double, const double*, idx, const double*, idx, double,
                                   double*, idx);
+template bool syrk_lower_avx512<float>(idx, idx, const float*, idx, float, float*, idx);
+template bool syrk_lower_avx512<double>(idx, idx, const double*, idx, double, double*, idx);
 }  // namespace tk
 
 #endif

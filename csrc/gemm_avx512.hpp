@@ -34,6 +34,12 @@ template <class T>
 bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
                  idx ldc);
 
+// The lower triangle of C (D x D) = R^T R + beta C, R (K x D) row-major, single-threaded (a
+// symmetric rank-K update, BLAS's syrk): only the tiles that reach the diagonal are computed, and
+// the entries above the diagonal inside them get their values too.  false as gemm_avx512.
+template <class T>
+bool syrk_lower_avx512(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc);
+
 // Test-only entry point (the _gemm binding): which = 0 the normal dispatch (tk::gemm),
 // 1 the AVX-512 kernel directly (any size; false if unavailable), 2 the BLAS (one call,
 // false if none), 3 gemm_serial (the single-threaded dispatch).  Defined in blas.cpp.

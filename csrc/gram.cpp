@@ -30,11 +30,6 @@ idx gram_chunk_rows(const Net& net, idx bytes) {
   return chunk_rows(tape_values(net, false) + net.k() * (net.P() + 2 * net.d[1]), 0, bytes);
 }
 
-// Columns per product of the accumulation: G's lower triangle, in column panels of this width,
-// each panel's product starting at its diagonal (a triangle less than half the full product's
-// work above this width).
-constexpr idx kGramPanel = 96;
-
 }  // namespace
 
 std::atomic<int>& gram_mode() {
@@ -158,13 +153,9 @@ double gram(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bo
             std::copy(u, u + dn, r + di * dn);
           }
         }
-      // acc's lower triangle (and the upper part of its diagonal panels) += R^T R
+      // acc's lower triangle += R^T R (blas.hpp: syrk_lower)
       const T beta = first ? T(0) : T(1);
-      for (idx b0 = 0; b0 < P; b0 += kGramPanel) {
-        const idx w = std::min(kGramPanel, P - b0);
-        gemm<T>(true, false, P - b0, w, c * k, T(1), sc.R.data() + b0, P, sc.R.data() + b0, P, beta,
-                acc + b0 * P + b0, P);
-      }
+      syrk_lower<T>(P, c * k, sc.R.data(), P, beta, acc, P);
     });
 #pragma omp barrier
     sum_parts(G, P * P, [&](idx q) { return ws.parts.data() + (q - 1) * P * P; });

@@ -4,8 +4,8 @@
 // over_chunks) through the forward pass and the loss head, forms the rows of the output's
 // square root (or the sampled gradients), backpropagates them to every layer (backward_rows),
 // and adds to its accumulators, per layer, the chunk's a~^T a~ and U^T U: symmetric rank-c
-// updates, of which only the lower triangle is computed (column panels starting at the
-// diagonal, as gram.cpp does), mirrored once at the end; the inputs' column of ones is never
+// updates, of which only the lower triangle is computed (blas.hpp: syrk_lower, as gram.cpp does),
+// mirrored once at the end; the inputs' column of ones is never
 // formed (its row of A is the inputs' column sums).  The per-thread accumulators are summed
 // after one barrier (sum_parts).  The backpropagated rows live in the thread's GramScratch (U),
 // the same kind of scratch as the Gram route's.
@@ -23,19 +23,10 @@ namespace tk {
 
 namespace {
 
-// Column panels of the lower-triangle updates: 32 wide.  With the AVX-512 GEMM, narrow panels ran
-// the tall updates of B faster than the Gram route's 96 and the wide ones of A as fast
-// (bench/KFAC.md), besides skipping more of the upper triangle.
-constexpr idx kPanel = 32;
-
-// acc (D, D, row stride ldc)'s lower triangle (and the upper part of its diagonal panels) =
-// beta acc + R^T R, R (rows, D) row-major.
+// acc (D, D, row stride ldc)'s lower triangle = beta acc + R^T R, R (rows, D) row-major.
 template <class T>
 void lower_rank_update(idx D, idx rows, const T* R, T beta, T* acc, idx ldc) {
-  for (idx b0 = 0; b0 < D; b0 += kPanel) {
-    const idx w = std::min(kPanel, D - b0);
-    gemm<T>(true, false, D - b0, w, rows, T(1), R + b0, D, R + b0, D, beta, acc + b0 * ldc + b0, ldc);
-  }
+  syrk_lower<T>(D, rows, R, D, beta, acc, ldc);
 }
 
 // The same for the augmented inputs [a 1] (rows, d + 1) without forming them: a^T a into the

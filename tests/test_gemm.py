@@ -10,6 +10,11 @@ write outside it as a changed pad), alpha in {1, -0.5, 0} and beta in {0 (with N
 beforehand), 1, 0.3}.  Expected values are computed in float64 from the same inputs; the
 tolerance is the standard error bound of a length-K dot product, elementwise:
 |err| <= c K u (|alpha| |op(A)| |op(B)| + |beta| |C0|).
+
+The symmetric rank update under K-FAC's factors and the Gram route (``_core._syrk_lower``: C's
+lower triangle = beta C + R^T R) is checked the same way, on the AVX-512 kernel, the BLAS's syrk
+and the column panels that run without it, and the dispatch; above the diagonal an entry may keep its old value or get
+its value in the full product, nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from hypothesis import strategies as st
 core = pytest.importorskip("taylorkern._core")
 
 AVX512, DISPATCH, BLAS, SERIAL = 1, 0, 2, 3
+PANELS, SYRK_BLAS = 2, 3  # _syrk_lower's which: 0 the dispatch, 1 the AVX-512 kernel, 2 the panels, 3 the BLAS
 DTYPES = [np.float64, np.float32]
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
 PAD = 12345.0  # the buffers' contents outside the views: must never change
@@ -235,3 +241,74 @@ def test_binding_checks_bounds():
         core._gemm(DISPATCH, False, False, 2, 2, 2, 1.0, A, 0, 1, A, 0, 2, 0.0, C, 0, 2)
     with pytest.raises(TypeError):  # mixed dtypes
         core._gemm(DISPATCH, False, False, 2, 2, 2, 1.0, A.astype(np.float32), 0, 2, A, 0, 2, 0.0, C, 0, 2)
+
+
+# ----------------------------------------------------------------------------- the rank update
+def check_syrk(which, dtype, D, K, beta=0.0, pads=(0, 0), offs=(0, 0), seed=0):
+    rng = np.random.default_rng([seed, D, K, which])
+    R = View(rng, dtype, K, D, pads[0], offs[0])
+    C = View(rng, dtype, D, D, pads[1], offs[1], "nan" if beta == 0 else "random")
+    r = R.mat.astype(np.float64)
+    c0 = C.mat.astype(np.float64)
+    full = r.T @ r + (beta * c0 if beta != 0 else 0.0)
+    bound = 2.0 * (K + 2) * np.finfo(dtype).eps * (np.abs(r).T @ np.abs(r) + (abs(beta) * np.abs(c0) if beta else 0))
+    if not core._syrk_lower(which, D, K, R.buf, R.off, R.ld, beta, C.buf, C.off, C.ld):
+        pytest.skip("path unavailable")
+    got = C.mat.astype(np.float64)
+    where = f"{np.dtype(dtype).name} which={which} D={D} K={K} beta={beta} pads={pads}"
+    lower = np.tril(np.ones((D, D), bool))
+    err = np.abs(got - full)
+    close = err <= bound + np.finfo(dtype).tiny
+    assert close[lower].all(), f"{where}: lower-triangle error {err[lower & ~close].max():.3g}"
+    kept = (got == c0) | (np.isnan(got) & np.isnan(c0))
+    assert (close | kept)[~lower].all(), f"{where}: an entry above the diagonal is neither kept nor its value"
+    assert C.outside_unchanged(), f"C written outside the view: {where}"
+    assert R.outside_unchanged(), f"R modified: {where}"
+
+
+# D around the tiles (MR = 14, NR = 16 doubles / 32 floats) and blocks (MC = 168 / 336, KC = 512)
+SYRK_D = [1, 2, 13, 14, 15, 16, 17, 29, 33, 64, 65, 129, 167, 169, 200, 337, 400]
+SYRK_K = [1, 3, 16, 100, 511, 512, 513, 1100]
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.3])
+def test_syrk_edges(dtype, beta):
+    for i, D in enumerate(SYRK_D):
+        check_syrk(AVX512, dtype, D, SYRK_K[(3 * i) % len(SYRK_K)], beta, pads=(i % 3, i % 4), offs=(i % 2, 1),
+                   seed=i)
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_syrk_blocks(dtype):
+    # several KC blocks and MC blocks at once, and D beyond NC (2048 doubles, 4096 floats)
+    check_syrk(AVX512, dtype, 700, 1300, 1.0, pads=(3, 1))
+    check_syrk(AVX512, dtype, 4100 if dtype == np.float32 else 2100, 5, 0.3, pads=(0, 2))
+    check_syrk(AVX512, dtype, 30, 0, 0.3)
+    check_syrk(AVX512, dtype, 30, 0, 0.0)
+
+
+@pytest.mark.parametrize("which", [DISPATCH, PANELS, SYRK_BLAS], ids=["dispatch", "panels", "blas"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_syrk_dispatch(blocked, which, dtype):
+    for i, (D, K) in enumerate([(1, 5), (3, 2), (40, 7), (33, 300), (129, 64), (300, 520), (785, 40)]):
+        check_syrk(which, dtype, D, K, [0.0, 1.0, 0.3][i % 3], pads=(i % 2, 1), seed=i)
+
+
+@needs_avx512
+@given(st.sampled_from(DTYPES), st.integers(1, 200), st.integers(0, 600), st.sampled_from([0.0, 1.0, 0.3]),
+       st.tuples(st.integers(0, 9), st.integers(0, 9)))
+def test_syrk_random(dtype, D, K, beta, pads):
+    check_syrk(AVX512, dtype, D, K, beta, pads=pads, offs=pads[::-1])
+
+
+def test_syrk_binding_checks_bounds():
+    R, C = np.zeros(10), np.zeros(16)
+    with pytest.raises(ValueError):  # R would need 3 x 4 values
+        core._syrk_lower(DISPATCH, 4, 3, R, 0, 4, 0.0, C, 0, 4)
+    with pytest.raises(ValueError):  # C's row stride below D
+        core._syrk_lower(DISPATCH, 2, 2, R, 0, 2, 0.0, C, 0, 1)
+    with pytest.raises(TypeError):  # mixed dtypes
+        core._syrk_lower(DISPATCH, 2, 2, R.astype(np.float32), 0, 2, 0.0, C, 0, 2)
