@@ -90,6 +90,16 @@ def demo(args):
     print(f"plot written to {path}")
 
 
+def _openblas_timeout():
+    """What OpenBLAS's worker threads do between calls, as far as the environment tells."""
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT") or os.environ.get("GOTO_THREAD_TIMEOUT")
+    if value:
+        return f"OPENBLAS_THREAD_TIMEOUT={value} in the environment (read when OpenBLAS loaded)"
+    return ("workers spin about 0.1 s after each threaded call (OPENBLAS_THREAD_TIMEOUT unset), slowing kernel "
+            "calls that follow; OPENBLAS_THREAD_TIMEOUT=20, set before Python starts, avoids it "
+            "(docs/threading.md)")
+
+
 def info(args):
     print(f"taylorkern {tk.__version__}  (python {platform.python_version()}, numpy {np.__version__})")
     print(f"backends available: {', '.join(tk.available_backends())}")
@@ -102,9 +112,12 @@ def info(args):
     print(f"OpenMP spin count:  {tk._omp.status}")
     try:
         from threadpoolctl import threadpool_info
-        for pool in threadpool_info():
+        pools = threadpool_info()
+        for pool in pools:
             print(f"BLAS:               {pool.get('internal_api')} {pool.get('version')} "
                   f"{pool.get('architecture')} threads={pool.get('num_threads')}  {pool.get('filepath')}")
+        if any(p.get("internal_api") == "openblas" and (p.get("num_threads") or 1) > 1 for p in pools):
+            print(f"OpenBLAS idle wait: {_openblas_timeout()}")
     except Exception as exc:  # pragma: no cover - informational only
         print(f"BLAS:               unknown ({exc})")
     print("dtypes:             float64, float32")

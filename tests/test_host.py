@@ -147,8 +147,9 @@ def python(code, **env):
     """Run ``code`` in a fresh interpreter (from a neutral directory, so the installed package is
     imported) with ``env`` added to the environment; its stdout parsed as JSON."""
     full = {**os.environ, **env}
-    full.pop("GOMP_SPINCOUNT", None)
-    full.pop("OMP_WAIT_POLICY", None)
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT"):
+        if name not in env:
+            full.pop(name, None)
     out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300,
                          cwd=tempfile.gettempdir(), check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -206,3 +207,41 @@ def test_info_reports_the_spin_count(capsys):
     from taylorkern.__main__ import main
     main(["info"])
     assert "OpenMP spin count:" in capsys.readouterr().out
+
+
+# The advice of docs/threading.md and `taylorkern info`: after a threaded product numpy's OpenBLAS
+# workers spin (CPU time while the process sleeps) unless OPENBLAS_THREAD_TIMEOUT, read when the
+# library loads, shortens their wait.  Kernel calls that follow such a product share the cores
+# with that spinning (bench/blas_spin.py).
+BLAS_IDLE_CHECK = """
+import json, resource, time
+import numpy as np
+from threadpoolctl import threadpool_info
+threads = max([p["num_threads"] for p in threadpool_info() if "numpy" in p["filepath"]] or [1])
+A = np.random.default_rng(0).standard_normal((400, 400))
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+spent = 0.0
+for _ in range(10):
+    A @ A
+    c0 = cpu()
+    time.sleep(0.03)
+    spent += cpu() - c0
+print(json.dumps({"cpu": spent, "threads": threads}))
+"""
+
+
+def test_openblas_thread_timeout_stops_the_spinning():
+    default = python(BLAS_IDLE_CHECK)
+    if default["threads"] < 2:
+        pytest.skip("numpy's BLAS runs one thread here: no idle workers to spin")
+    short = python(BLAS_IDLE_CHECK, OPENBLAS_THREAD_TIMEOUT="20")
+    assert default["cpu"] > 0.05 and short["cpu"] * 3 < default["cpu"], (default, short)
+
+
+def test_info_reports_openblas_idle_wait(monkeypatch):
+    from taylorkern.__main__ import _openblas_timeout
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    monkeypatch.delenv("GOTO_THREAD_TIMEOUT", raising=False)
+    assert "unset" in _openblas_timeout() and "OPENBLAS_THREAD_TIMEOUT=20" in _openblas_timeout()
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "18")
+    assert _openblas_timeout().startswith("OPENBLAS_THREAD_TIMEOUT=18")
