@@ -12,9 +12,9 @@ tolerance is the standard error bound of a length-K dot product, elementwise:
 |err| <= c K u (|alpha| |op(A)| |op(B)| + |beta| |C0|).
 
 The symmetric rank update under K-FAC's factors and the Gram route (``_core._syrk_lower``: C's
-lower triangle = beta C + R^T R) is checked the same way, on the AVX-512 kernel, the BLAS's syrk
-and the column panels that run without it, and the dispatch; above the diagonal an entry may keep its old value or get
-its value in the full product, nothing else.
+lower triangle = beta C + R^T R) is checked the same way, on the AVX-512 kernel, the BLAS's syrk,
+the column panels that run without either, and the dispatch; above the diagonal an entry may
+keep its old value or get its value in the full product, nothing else.
 """
 
 from __future__ import annotations

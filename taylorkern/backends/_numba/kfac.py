@@ -5,7 +5,7 @@ the loss head for the softmax, then a chunk of samples at a time: the rows of th
 Hessian's square root (or the sampled gradients) at the output (``top_rows``), backpropagated
 to every layer (forward_backward.backward_rows), and per layer the chunk's a~^T a~ and U^T U
 added to the accumulators by symmetric rank-c updates of which only the lower triangle is
-computed (``lower_rank_update``: BLAS products over column panels starting at the diagonal),
+computed (``lower_rank_update``: BLAS products over row panels of the triangle),
 the inputs' column of ones never formed (``augmented_rank_update``: its row is the inputs'
 column sums).  The triangles are mirrored once at the end (``mirror_scaled``).
 
@@ -29,7 +29,7 @@ from .common import kernel, ro
 from .forward_backward import backward_rows, forward, loss_head
 from .workspace import carve
 
-# Column panels of the lower-triangle updates (csrc/kfac.cpp's kPanel).
+# Row panels of the lower-triangle updates.
 PANEL = 32
 
 
@@ -37,8 +37,8 @@ PANEL = 32
 def lower_rank_update(D, rows, R, ro, beta, acc, ao, ldc):
     """acc[ao:] (D, D, row stride ldc)'s lower triangle (and the upper part of its diagonal
     panels) = beta acc + R^T R, R (rows, D) row-major at R[ro:].  Row panels: rows [b0, b0 + w)
-    of the triangle, columns [0, b0 + w), one BLAS product each (csrc/kfac.cpp takes column
-    panels for its own GEMM; with OpenBLAS's, row panels ran these updates 10-20% faster,
+    of the triangle, columns [0, b0 + w), one BLAS product each (numba has no syrk to call;
+    with OpenBLAS, row panels ran these updates 10-20% faster than column panels,
     bench/KFAC.md)."""
     for b0 in range(0, D, PANEL):
         w = min(PANEL, D - b0)
