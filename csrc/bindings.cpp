@@ -219,9 +219,10 @@ py::list blocks(Net& net, py::array theta, py::array X, py::array Y, bool mean, 
 // K-FAC's factors, [(A_l, B_l)] (kfac.hpp); noise None for the exact rows, else (N, M) uniforms
 // (ce) or (N, M, k) unit-weight sampled gradient rows (the other likelihoods) of theta's dtype.
 // With bases [(Qa, Qb)], EKFAC's eigenvalues instead, [(d_l + 1, d_{l+1})] per layer.  w: None or
-// the sample weights, the reduction folded in (Inputs).
+// the sample weights, the reduction folded in (Inputs).  input_factor false: the first layer's A
+// is not computed, None in its place.
 py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool mean, py::object noise,
-                      py::object bases, py::object w) {
+                      py::object bases, py::object w, bool input_factor) {
   // huber and soft_l1 define no distribution to draw from (the MLP refuses them by name first).
   if (!noise.is_none() && (net.loss == tk::Loss::huber || net.loss == tk::Loss::soft_l1))
     throw py::value_error("kind: 'mc' draws targets from a likelihood; huber and soft_l1 are not ones");
@@ -259,8 +260,15 @@ py::list kfac_factors(Net& net, py::array theta, py::array X, py::array Y, bool 
     }
     std::vector<T*> A, B;
     for (idx l = 0; l < net.L(); ++l) {
-      py::array_t<T> a({net.d[l] + 1, net.d[l] + 1}), b({net.d[l + 1], net.d[l + 1]});
-      A.push_back(a.mutable_data()), B.push_back(b.mutable_data());
+      py::array_t<T> b({net.d[l + 1], net.d[l + 1]});
+      B.push_back(b.mutable_data());
+      if (l == 0 && !input_factor) {
+        A.push_back(nullptr);
+        result.append(py::make_tuple(py::none(), b));
+        continue;
+      }
+      py::array_t<T> a({net.d[l] + 1, net.d[l] + 1});
+      A.push_back(a.mutable_data());
       result.append(py::make_tuple(a, b));
     }
     run<T>(net, [&](auto& ws) { tk::kfac_factors<T>(net, in.theta, in.X, in.N, in.tg, mean, nz, M, A, B, ws); });
@@ -395,7 +403,7 @@ PYBIND11_MODULE(_core, m) {
   pair("hessian_blocks", "ggn_blocks", &blocks);
   pair("hessian_diag", "ggn_diag", &diag);
   m.def("kfac_factors", &kfac_factors, net, theta, X, Y, mean, py::arg("noise") = py::none(),
-        py::arg("bases") = py::none(), w);
+        py::arg("bases") = py::none(), w, py::arg("input_factor") = true);
   m.def(
       "product_memory_values",
       [](const Net& n, idx N, idx m, idx bytes) { return tk::rop_memory_values(n, N, m, bytes); }, net, py::arg("N"),

@@ -152,7 +152,8 @@ template <class T>
 void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
                   const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws) {
   const idx L = net.L(), r = noise ? M : net.k();
-  // accumulator layout: per layer A_l (Da^2) then B_l (Db^2)
+  // accumulator layout: per layer A_l (Da^2) then B_l (Db^2).  Where A[l] is null its space and
+  // work are counted all the same, so that the chunks and threads, hence B's bits, do not change.
   std::vector<idx> offA(L), offB(L);
   idx S = 0, work = 0;
   for (idx l = 0; l < L; ++l) {
@@ -164,7 +165,7 @@ void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
   kfac_pass<T>(net, theta, X, N, tg, mean, noise, M, S, work, ws,
                [&](idx l, idx c, const T* a, const T* w, const T* U, T* acc, T beta, GramScratch<T>& sc) {
                  const idx Db = net.d[l + 1];
-                 augmented_rank_update<T>(net.d[l], c, a, w, beta, acc + offA[l], sc.A2);
+                 if (A[l]) augmented_rank_update<T>(net.d[l], c, a, w, beta, acc + offA[l], sc.A2);
                  lower_rank_update<T>(Db, c * r, U, beta, acc + offB[l], Db);
                });
   if (interrupted()) return;
@@ -175,7 +176,7 @@ void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> 
   }
   for (idx l = 0; l < L; ++l) {
     const idx Da = net.d[l] + 1, Db = net.d[l + 1];
-    mirror_scaled<T>(Da, ws.parts.data() + offA[l], T(1.0 / total), A[l]);
+    if (A[l]) mirror_scaled<T>(Da, ws.parts.data() + offA[l], T(1.0 / total), A[l]);
     mirror_scaled<T>(Db, ws.parts.data() + offB[l], T(1), B[l]);
   }
 }

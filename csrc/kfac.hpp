@@ -16,6 +16,8 @@ namespace tk {
 // inverse CDF of the softmax, row sqrt(s / M) (p - e_label); the other likelihoods, noise (N, M, k)
 // the MLP's unit-weight gradient rows, row sqrt(s / M) noise.  s is sample n's weight
 // (net.hpp's row_weight).
+// A[l] null: that layer's A is not computed (the first layer's depends on the inputs only, and an
+// optimizer that keeps it need not pay for it again).
 template <class T>
 void kfac_factors(const Net& net, const T* theta, const T* X, idx N, Targets<T> tg, bool mean, const T* noise, idx M,
                   const std::vector<T*>& A, const std::vector<T*>& B, Workspace<T>& ws);

@@ -317,6 +317,19 @@ def factors(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="
     return KFAC(net, pairs, _l2_of(net, reduction), kind, reduction, seed, mc_samples, sample_weight=sample_weight)
 
 
+def _factors_keeping_inputs(old, net, theta, X, Y, seed=None):
+    """:func:`factors` at another theta on the data ``old`` was taken on (the same X and weights,
+    which the caller vouches for), with old's kind and reduction: the first layer's A, which
+    depends on the data only, is taken from ``old`` with its eigendecomposition, not recomputed."""
+    pairs = net.kfac_factors(theta, X, Y, kind=old.kind, seed=seed, mc_samples=old.mc_samples,
+                             reduction=old.reduction, sample_weight=old.sample_weight, input_factor=False)
+    pairs[0] = (old.A[0], pairs[0][1])
+    K = KFAC(net, pairs, _l2_of(net, old.reduction), old.kind, old.reduction, seed, old.mc_samples,
+             sample_weight=old.sample_weight)
+    K.reuse_eigh_of_A(old)
+    return K
+
+
 def ekfac(net, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean", sample_weight=None):
     """EKFAC of ``net``'s GGN: :func:`factors` then :meth:`KFAC.ekfac` (two passes over the
     data). Returns an :class:`EKFAC`."""

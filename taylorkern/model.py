@@ -714,7 +714,7 @@ class MLP:
         return self._diag("ggn_diag", theta, X, Y, reduction, sample_weight)
 
     # ------------------------------------------------------------ Kronecker factors
-    def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases, sample_weight):
+    def _kfac_call(self, theta, X, Y, kind, seed, mc_samples, reduction, bases, sample_weight, input_factor=True):
         if kind not in ("exact", "mc"):
             raise ValueError(f"kind: expected 'exact' or 'mc', got {kind!r}")
         if kind == "mc" and self.loss_name in ("huber", "soft_l1"):
@@ -736,10 +736,11 @@ class MLP:
             noise = _mc_draws(self.loss_name, N, k, lambda: self._impl().predict(self, theta, X),
                               np.random.default_rng(seed), rows).astype(self.dtype)
         return _dispatch.optional("kfac_factors")(self, theta, X, Y, reduction, noise, bases,
-                                                  **({} if w is None else {"sample_weight": w}))
+                                                  **({} if w is None else {"sample_weight": w}),
+                                                  **({} if input_factor else {"input_factor": False}))
 
     def kfac_factors(self, theta, X, Y, kind="exact", seed=None, mc_samples=1, reduction="mean",
-                     sample_weight=None):
+                     sample_weight=None, input_factor=True):
         """Kronecker factors of each layer's GGN block: a list of (A_l, B_l).
 
         A_l, (d_{l-1} + 1, d_{l-1} + 1), is the mean over samples of a~ a~^T, a~ the layer's
@@ -756,8 +757,14 @@ class MLP:
         ``sample_weight`` w, A_l is the weighted mean sum_n w_n a~ a~^T / sum_n w_n and each
         sample's rows carry its weight as in the other calls (w_n / sum w, or w_n with "sum"):
         integer weights give the factors of the data with each row repeated that many times.
+        With ``input_factor=False`` the first layer's A, which depends on X and the weights only,
+        is not computed and None stands in its place: for a caller that keeps it from an earlier
+        call on the same data (the kfac optimizer does), it is the widest factor for a wide input.
         """
-        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, None, sample_weight)
+        if not isinstance(input_factor, (bool, np.bool_)):
+            raise TypeError(f"input_factor: expected True or False, got {input_factor!r}")
+        return self._kfac_call(theta, X, Y, kind, seed, mc_samples, reduction, None, sample_weight,
+                               bool(input_factor))
 
     def kfac_eigen_scales(self, theta, X, Y, bases, kind="exact", seed=None, mc_samples=1, reduction="mean",
                           sample_weight=None):

@@ -127,6 +127,29 @@ def test_every_backend_matches_the_reference(backend, case, dtype):
             compare(got, want, dtype, what=f"{backend} {kind} {reduction} EKFAC eigenvalues")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_input_factor_false_skips_only_the_first_A(backend, dtype):
+    """input_factor=False: None for the first layer's A, every other factor bit for bit the one of
+    the full call (the same chunks, threads and sums), for both kinds and with weights; the
+    skipped A is the one a later call on the same data would give."""
+    p = make_problem([7, 9, 5, 3], "tanh", "ce", 300, seed=6).astype(dtype)
+    w = np.random.default_rng(1).integers(0, 4, 300).astype(float)
+    for kind, extra in (("exact", {}), ("mc", dict(seed=3, mc_samples=2))):
+        for weights in (None, w):
+            full = p.net.kfac_factors(p.theta, p.X, p.Y, kind=kind, sample_weight=weights, **extra)
+            part = p.net.kfac_factors(p.theta, p.X, p.Y, kind=kind, sample_weight=weights, input_factor=False,
+                                      **extra)
+            assert part[0][0] is None
+            np.testing.assert_array_equal(part[0][1], full[0][1])
+            for (A, B), (A2, B2) in zip(full[1:], part[1:]):
+                np.testing.assert_array_equal(A2, A)
+                np.testing.assert_array_equal(B2, B)
+            moved = p.net.kfac_factors(p.theta + 0.05, p.X, p.Y, kind=kind, sample_weight=weights, **extra)
+            np.testing.assert_array_equal(moved[0][0], full[0][0])
+    with pytest.raises(TypeError, match="input_factor"):
+        p.net.kfac_factors(p.theta, p.X, p.Y, input_factor="no")
+
+
 def _random_bases(net, seed):
     """Random orthogonal (Qa, Qb) per layer (QR of Gaussian matrices)."""
     rng = np.random.default_rng(seed)
@@ -559,22 +582,30 @@ def test_minimize_kfac_fits_the_other_likelihoods(loss, kind):
 
 
 def test_minimize_kfac_decomposes_the_inputs_factor_once(monkeypatch):
-    """The kfac method takes the first layer's eigendecomposition of A from the previous
-    factors (A_0 depends on the inputs only): one eigh of that shape per run instead of one per
-    refresh, and the very same iterates as without the reuse."""
+    """The kfac method computes the first layer's A (A_0 depends on the inputs only) and its
+    eigendecomposition once per run, keeping them across refreshes of the factors: one eigh of
+    that shape per run instead of one per refresh, every later kfac_factors call with
+    input_factor=False, and the very same iterates as a run that recomputes everything."""
     rng = np.random.default_rng(2)
     net = tk.MLP([12, 6, 3], activation="tanh", loss="ce", l2=1e-3)
     X = rng.standard_normal((60, 12))
     Y = np.argmax(X[:, :3] + 0.5 * rng.standard_normal((60, 3)), axis=1)
     theta0 = net.init(seed=0)
-    calls = []
+    calls, inputs = [], []
     eigh = np.linalg.eigh
     monkeypatch.setattr(np.linalg, "eigh", lambda a, *args, **kw: calls.append(np.shape(a)) or eigh(a, *args, **kw))
+    factors = tk.MLP.kfac_factors
+    monkeypatch.setattr(tk.MLP, "kfac_factors",
+                        lambda self, *a, **kw: inputs.append(kw.get("input_factor", True)) or factors(self, *a, **kw))
     a = tk.minimize(net, theta0, X, Y, method="kfac", max_iter=6)
     refreshes = calls.count((6, 6))  # B_0, decomposed at every refresh of the factors
     assert refreshes >= 4 and calls.count((13, 13)) == 1
+    assert inputs == [True] + [False] * (refreshes - 1)
     calls.clear()
-    monkeypatch.setattr(kfac.KFAC, "reuse_eigh_of_A", lambda self, other: [])
+    monkeypatch.setattr(kfac, "_factors_keeping_inputs",
+                        lambda old, net, theta, X, Y, seed=None: kfac.factors(
+                            net, theta, X, Y, kind=old.kind, seed=seed, mc_samples=old.mc_samples,
+                            sample_weight=old.sample_weight))
     b = tk.minimize(net, theta0, X, Y, method="kfac", max_iter=6)
     assert calls.count((6, 6)) == calls.count((13, 13)) == refreshes
     np.testing.assert_array_equal(a.theta, b.theta)
@@ -727,4 +758,4 @@ def test_cpu_backends_follow_the_optional_protocol(name):
         pytest.skip(f"backend {name!r} does not load here: {exc}")
     assert isinstance(mod, FactorsKronecker)
     params = list(inspect.signature(mod.kfac_factors).parameters)
-    assert params == ["net", "theta", "X", "Y", "reduction", "noise", "bases", "sample_weight"]
+    assert params == ["net", "theta", "X", "Y", "reduction", "noise", "bases", "sample_weight", "input_factor"]

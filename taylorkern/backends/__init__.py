@@ -114,9 +114,10 @@ class FactorsKronecker(Protocol):
     backend, else the cuda router's CPU backend, else the reference backend's numpy code."""
 
     def kfac_factors(self, net, theta: np.ndarray, X: np.ndarray, Y: np.ndarray, reduction: str,
-                     noise=None, bases=None, sample_weight=None) -> list:
+                     noise=None, bases=None, sample_weight=None, input_factor=True) -> list:
         """[(A_l, B_l)] per layer ((d_{l-1} + 1)-square, d_l-square); ``noise`` None for the exact
         rows of the output Hessian's square root, else the MLP's draws ((N, M) uniforms for ce,
         (N, M, k) unit-weight gradient rows for the other likelihoods); with ``bases`` [(Qa, Qb)]
         instead EKFAC's eigenvalues, one (d_{l-1} + 1, d_l) array per layer; ``sample_weight``
-        as the other calls take it (A then the weighted mean)."""
+        as the other calls take it (A then the weighted mean); ``input_factor`` False: the first
+        layer's A is not computed, None in its place."""

@@ -70,10 +70,10 @@ hessian_diag = _with_data("hessian_diag")
 ggn_diag = _with_data("ggn_diag")
 
 
-def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None):
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None, input_factor=True):
     """K-FAC's factors [(A_l, B_l)], or with ``bases`` EKFAC's eigenvalues, in one pass over the
     samples (csrc/kfac.cpp)."""
     mean, w = _weights(net, sample_weight, reduction)
     if bases is not None:
         return list(_core.kfac_factors(_net(net), theta, X, Y, mean, noise, [tuple(b) for b in bases], w))
-    return [tuple(p) for p in _core.kfac_factors(_net(net), theta, X, Y, mean, noise, None, w)]
+    return [tuple(p) for p in _core.kfac_factors(_net(net), theta, X, Y, mean, noise, None, w, input_factor)]

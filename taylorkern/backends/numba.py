@@ -420,7 +420,7 @@ hessian_diag, ggn_diag = _diag(False), _diag(True)
 _KFAC_CHUNK = 1 << 18
 
 
-def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None):
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None, input_factor=True):
     """K-FAC's factors [(A_l, B_l)], or with ``bases`` EKFAC's eigenvalues, in one pass over the
     samples: one kernel call, or one per piece of samples (Interruption, each at least a chunk)
     adding to the same accumulators, the sample weights those of the whole data."""
@@ -457,9 +457,9 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_wei
         nz = _empty(dt) if noise is None else _ro(noise[n0:n1])
         _run(_pool(net), fn, *_data(net, theta, X[n0:n1], Y[n0:n1]), s, W[n0:n1] if W.size else W, *extra, nz, M, C,
              *tail, acc, n0 == 0,
-             *((n1 == N,) if bases is None else ()))
+             *((n1 == N, bool(input_factor)) if bases is None else ()))
     out = acc  # the result: a view of it per factor
     if bases is not None:
         return [out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l + 1]) for l in range(L)]
-    return [(out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l] + 1),
+    return [(out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l] + 1) if l or input_factor else None,
              out[offs[2 * l + 1]:offs[2 * l + 2]].reshape(net.sizes[l + 1], net.sizes[l + 1])) for l in range(L)]

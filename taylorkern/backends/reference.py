@@ -454,7 +454,7 @@ def _kfac_vectors(net, theta, X, Y, reduction, noise, sample_weight=None):
     return out
 
 
-def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None):
+def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_weight=None, input_factor=True):
     """Per layer (A, B): A = mean over samples of a~ a~^T (the inputs with a 1 appended, as
     layer l's [Wl; bl] rows are ordered; with sample weights w, sum_n w_n a~ a~^T / sum w),
     B = sum over samples and rows of u u^T, u the rows of _output_rows backpropagated to the
@@ -462,14 +462,15 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_wei
     With ``bases`` [(Qa, Qb)] per layer, instead each layer's (d_{l-1} + 1, d_l) array of
     sum_n sum_r (Qa^T a~_n)_i^2 (Qb^T u_nr)_j^2: the exact block's diagonal in that basis, the
     eigenvalues of EKFAC.  Y is read by the heads whose GGN output Hessian depends on it (huber,
-    soft_l1)."""
+    soft_l1).  ``input_factor`` False: the first layer's A is None (not computed)."""
     vecs = _kfac_vectors(net, theta, X, Y, reduction, noise, sample_weight)
     if bases is None:
         if sample_weight is None:
-            mean_outer = [a.T @ a / X.shape[0] for a, _ in vecs]
+            mean_outer = [a.T @ a / X.shape[0] if l or input_factor else None for l, (a, _) in enumerate(vecs)]
         else:
             w = np.asarray(sample_weight, np.float64)
-            mean_outer = [((a.T * w) @ a / w.sum()).astype(theta.dtype) for a, _ in vecs]
+            mean_outer = [((a.T * w) @ a / w.sum()).astype(theta.dtype) if l or input_factor else None
+                          for l, (a, _) in enumerate(vecs)]
         return [(A, np.einsum("nrj,nrk->jk", U, U).astype(theta.dtype, copy=False))
                 for A, (_, U) in zip(mean_outer, vecs)]
     out = []

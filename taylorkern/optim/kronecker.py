@@ -8,8 +8,9 @@ The damping lambda is adapted from the gain ratio rho = (actual decrease) / (the
 model's predicted decrease), as Levenberg-Marquardt does: multiplied by 2/3 when rho > 3/4, by
 3/2 when rho < 1/4; a step with rho <= eta is rejected and retried from the same factors with
 lambda x 4.  lambda starts at ``damping`` times the approximation's mean diagonal.  The first
-layer's A (the inputs' outer products) is the same at every point, so its eigendecomposition, the
-widest one for a wide input, is computed once (KFAC.reuse_eigh_of_A).
+layer's A (the inputs' outer products) is the same at every point, so it and its eigendecomposition,
+the widest ones for a wide input, are computed once (MLP.kfac_factors's input_factor=False, then
+KFAC.reuse_eigh_of_A).
 
 With a ``mask`` the factors and the direction are taken over all parameters (the gradient
 zero on the frozen ones) and the direction is restricted to the trainable ones.
@@ -44,11 +45,12 @@ def kfac(run, *, damping, kind, seed, mc_samples, eta):
         run.check_budget()
         if K is None:
             run.nhev += 1
-            K = _kfac.factors(run.net, run.theta(z), run.X, run.Y, kind=kind,
-                              seed=int(rng.integers(2**63)) if kind == "mc" else None, mc_samples=mc_samples,
-                              sample_weight=run.w)
-            if K_old is not None:
-                K.reuse_eigh_of_A(K_old)  # the first layer's A (the inputs') is the same every time
+            draw = int(rng.integers(2**63)) if kind == "mc" else None
+            if K_old is None:
+                K = _kfac.factors(run.net, run.theta(z), run.X, run.Y, kind=kind, seed=draw, mc_samples=mc_samples,
+                                  sample_weight=run.w)
+            else:  # the first layer's A (the inputs') is the same every time: kept, with its eigh
+                K = _kfac._factors_keeping_inputs(K_old, run.net, run.theta(z), run.X, run.Y, seed=draw)
             scale = _scale(K)
             scale = scale if scale > 0 and math.isfinite(scale) else 1.0
             if lam is None:

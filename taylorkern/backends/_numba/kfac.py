@@ -204,14 +204,14 @@ def kfac_chunk_rows(d, off, lossc, theta, D1, o, Pm, s, W, noise, M, r, n0, c, U
 
 @kernel
 def kfac_factors(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, W, a_scale, noise, M, C, acc, first,
-                 last, ws, top):
+                 last, input_factor, ws, top):
     """K-FAC's factors of the samples given, added to the accumulators ``acc`` (accumulators()
     values; overwritten when ``first``): per layer the lower triangle of the sum of a~ a~^T
     (weighted by W where it is not empty) and of B (the rows carry the sample weight ``s``, times
     W), in chunks of up to C samples.  The backend
     calls it once, or once per piece of samples (so that Python sees a pending signal between
     pieces); the ``last`` call leaves the factors in acc, mirrored and A scaled by ``a_scale``
-    (1/N for the whole data)."""
+    (1/N for the whole data).  Without ``input_factor`` the first layer's A is left alone."""
     L = d.size - 1
     A, D1, o, Pm, r, U, uo = kfac_pass_start(d, acts, off, lossc, lscale, theta, X, N, Y, labels, noise, M, C,
                                              ws, top)
@@ -226,11 +226,13 @@ def kfac_factors(d, acts, off, lossc, lscale, theta, X, N, Y, labels, s, W, a_sc
         beta = 0.0 if first and n0 == 0 else 1.0
         for l in range(L):
             a, ao = chunk_inputs(d, l, X, A, o, n0)
-            augmented_rank_update(d[l], c, a, ao, W, n0, beta, acc, offs[2 * l], scaled)
+            if l or input_factor:
+                augmented_rank_update(d[l], c, a, ao, W, n0, beta, acc, offs[2 * l], scaled)
             lower_rank_update(d[l + 1], c * r, U, uo[l], beta, acc, offs[2 * l + 1], d[l + 1])
     if last:
         for l in range(L):
-            mirror_scaled(d[l] + 1, acc, offs[2 * l], a_scale)
+            if l or input_factor:
+                mirror_scaled(d[l] + 1, acc, offs[2 * l], a_scale)
             mirror_scaled(d[l + 1], acc, offs[2 * l + 1], 1.0)
 
 
