@@ -461,5 +461,8 @@ def kfac_factors(net, theta, X, Y, reduction, noise=None, bases=None, sample_wei
     out = acc  # the result: a view of it per factor
     if bases is not None:
         return [out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l + 1]) for l in range(L)]
-    return [(out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l] + 1) if l or input_factor else None,
-             out[offs[2 * l + 1]:offs[2 * l + 2]].reshape(net.sizes[l + 1], net.sizes[l + 1])) for l in range(L)]
+    A = [out[offs[2 * l]:offs[2 * l + 1]].reshape(net.sizes[l] + 1, net.sizes[l] + 1) for l in range(L)]
+    B = [out[offs[2 * l + 1]:offs[2 * l + 2]].reshape(net.sizes[l + 1], net.sizes[l + 1]) for l in range(L)]
+    if not input_factor:
+        A[0] = None
+    return list(zip(A, B))
