@@ -42,15 +42,19 @@ std::atomic<int>& gram_mode() {
 // products for a layer with few inputs (layer 0's d0 + 1 rows) or few units (the output layer's
 // k) are thin, and on a network of one hidden layer those are all it has.  There the Gram route
 // won by 1.5-3x while k (d0 + 1) <= 8 and lost beyond; with two hidden layers or more the
-// Kronecker route's middle blocks are well shaped and it tied or won.  The lanes path of tiny
-// networks (curvature.cpp, full_lanes: eight samples per vector, threads over samples) beat it
-// by 1.1-2x on every network it takes, so the Gram route keeps the larger ones.
+// Kronecker route's middle blocks are well shaped and it tied or won.  Since its update runs as
+// one symmetric rank update (blas.hpp: syrk_lower) it also wins up to k (d0 + 1) = 16 with one
+// output or a hidden layer of 48 units or more (bench/RESULTS.md, "The Gram route with
+// syrk_lower").  The lanes path of tiny networks (curvature.cpp, full_lanes: eight samples per
+// vector, threads over samples) beat it by 1.1-2x on every network it takes, so the Gram route
+// keeps the larger ones.
 bool gram_route(const Net& net, idx N) {
   const int mode = gram_mode().load();
   if (mode != 0) return mode > 0;
   (void)N;
   if (full_lanes_apply(net, true)) return false;
-  return net.L() <= 2 && net.k() * (net.d[0] + 1) <= 8 && net.P() <= kGramMaxParams;
+  const idx bound = net.L() == 2 && (net.k() == 1 || net.d[1] >= 48) ? 16 : 8;
+  return net.L() <= 2 && net.k() * (net.d[0] + 1) <= bound && net.P() <= kGramMaxParams;
 }
 
 // The Hessian of a network of one hidden layer (L = 2) less its GGN: per sample, with ã the
