@@ -234,8 +234,10 @@ def test_openblas_thread_timeout_stops_the_spinning():
     default = python(BLAS_IDLE_CHECK)
     if default["threads"] < 2:
         pytest.skip("numpy's BLAS runs one thread here: no idle workers to spin")
+    if default["cpu"] < 0.05:
+        pytest.skip(f"numpy's BLAS workers do not spin after a call here ({default['cpu']:.3f} s CPU while asleep)")
     short = python(BLAS_IDLE_CHECK, OPENBLAS_THREAD_TIMEOUT="20")
-    assert default["cpu"] > 0.05 and short["cpu"] * 3 < default["cpu"], (default, short)
+    assert short["cpu"] * 3 < default["cpu"], (default, short)
 
 
 def test_info_reports_openblas_idle_wait(monkeypatch):
