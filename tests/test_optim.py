@@ -189,6 +189,35 @@ def test_lm_variants_reach_the_same_minimum(options):
     assert res.loss == pytest.approx(base.loss, rel=1e-8)
 
 
+@pytest.mark.parametrize("space", ["parameters", "samples"])
+@pytest.mark.parametrize("D", ["scalar", "vector"])
+def test_lm_predicted_decrease_without_a_product(space, D):
+    """After an exact (Cholesky) solve of (G + lam D) p = -g, LM takes the model's decrease
+    -(g.p + p.G p / 2) as (lam p.D p - g.p) / 2, with no product with G: the two agree to
+    rounding.  A failed factorisation (the eigenspace fallback) is not exact, and LM then
+    takes the product."""
+    from taylorkern.optim.second_order import _ParameterSpace, _SampleSpace
+    rng = np.random.default_rng(3)
+    F, n, l2, lam = 40, 25, 1e-3, 0.37
+    B = rng.standard_normal((n, F))
+    g = rng.standard_normal(F)
+    scale = 1.0 if D == "scalar" else rng.uniform(0.2, 3.0, F)
+    if space == "parameters":
+        curv = _ParameterSpace(F)
+        curv.set(B.T @ B + l2 * np.eye(F))
+    else:
+        curv = _SampleSpace(n)
+        curv.set((B, l2))
+    p = curv.solve(lam, scale, g)
+    assert curv.exact
+    direct = -(g @ p + 0.5 * p @ curv.times(p))
+    assert 0.5 * (lam * p @ (scale * p) - g @ p) == pytest.approx(direct, rel=1e-11)
+    if space == "parameters":  # indefinite: the factorisation fails, the fallback is not exact
+        curv.set(-np.eye(F))
+        curv.solve(1e-3, 1.0, g)
+        assert not curv.exact
+
+
 def test_lm_is_robust_to_a_singular_gauss_newton_matrix():
     # More parameters (P = 41) than residuals (N = 5): J^T J is singular everywhere.
     rng = np.random.default_rng(8)

@@ -10,6 +10,9 @@ lm            Levenberg-Marquardt on the GGN: (G + lambda D) p = -g by Cholesky 
               fallback), lambda adapted by the gain ratio (Nielsen) or x0.1 / x10 (classic).
               For mse, G = 2 J_r^T J_r and g = 2 J_r^T r with the residuals r, so this is the
               classical algorithm; for ce it is the same damping on the GGN of the softmax.
+              The model decrease of a Cholesky step is (lambda p.D p - g.p) / 2, with no
+              product with G: besides its cost, that keeps numpy's threaded BLAS asleep
+              between the kernel calls (docs/threading.md, "Idle threads: OpenBLAS's").
 newton-cg     Steihaug truncated CG on H or G products inside a trust region; no P x P matrix.
 
 All linear algebra is float64 whatever the network's dtype.  The gain ratio
@@ -182,12 +185,14 @@ def _eigen_solve(A, b):
 
 class _ParameterSpace:
     """The GGN as an (F, F) matrix: p = -(G + lam D)^{-1} g by a Cholesky factorization of F x F
-    into a buffer allocated once per run."""
+    into a buffer allocated once per run.  ``exact``: whether the last solve was the Cholesky
+    one (not the eigenspace fallback)."""
 
     def __init__(self, F):
         self.A = np.empty((F, F), order="F")
         self.diag = self.A.reshape(-1, order="F")[::F + 1]  # a view of A's diagonal
         self.G = None
+        self.exact = False
 
     def set(self, G):
         self.G = G
@@ -203,6 +208,7 @@ class _ParameterSpace:
         np.copyto(A, self.G)  # G is symmetric: its C order is the transpose LAPACK reads, the same
         self.diag += lam * D
         x = _cholesky_solve(A, g)
+        self.exact = x is not None
         if x is None:
             np.copyto(A, self.G)
             self.diag += lam * D
@@ -220,6 +226,7 @@ class _SampleSpace:
         self.diag = self.A.reshape(-1, order="F")[::n + 1]
         self.B = None
         self.l2 = 0.0
+        self.exact = False
 
     def set(self, factor):
         self.B, self.l2 = factor
@@ -239,6 +246,7 @@ class _SampleSpace:
         self.diag += 1.0
         u = BD @ g
         y = _cholesky_solve(A, u)
+        self.exact = y is not None
         if y is None:
             np.matmul(BD, B.T, out=A.T)
             self.diag += 1.0
@@ -285,8 +293,13 @@ def lm(run, *, damping, update, scaling, eta, space="auto"):
         gnorm = math.sqrt(float(g @ g))
         run.check_gtol(gnorm)
         run.check_budget()
-        p = curv.solve(lam, _scaling(curv, scaling), g)
-        pred = -(float(g @ p) + 0.5 * float(p @ curv.times(p)))
+        D = _scaling(curv, scaling)
+        p = curv.solve(lam, D, g)
+        gp = float(g @ p)
+        if curv.exact:  # (G + lam D) p = -g: the model's decrease without a product with G, a sum
+            pred = 0.5 * (lam * float(p @ (D * p)) - gp)  # of two terms >= 0 (Madsen et al. 2004)
+        else:
+            pred = -(gp + 0.5 * float(p @ curv.times(p)))
         z_old = z
         z_new, snorm = run.step(z, p)
         G_new = None
