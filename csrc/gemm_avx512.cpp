@@ -329,6 +329,19 @@ inline idx block_size(idx n, idx cap, idx unit) {
   return imin(cap, (b + unit - 1) / unit * unit);
 }
 
+// The blocks of one M x N x K product (Tile's caps) and this thread's packing buffers for them:
+// KC x NC of op(B) in NR-wide panels, MC x KC of op(A) in MR-high ones (null if the allocation
+// failed).
+template <class T>
+struct Blocks {
+  static constexpr idx MR = Tile<T>::MR, NR = Tile<T>::NR;
+  idx KC, NC, MC;
+  Blocks(idx M, idx N, idx K)
+      : KC(block_size(K, Tile<T>::KC, 1)), NC(block_size(N, Tile<T>::NC, NR)), MC(block_size(M, Tile<T>::MC, MR)) {}
+  T* b_buffer() const { return t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR)); }
+  T* a_buffer() const { return t_apack.get<T>((std::size_t)KC * ((MC + MR - 1) / MR * MR)); }
+};
+
 // Whether op(A) is packed or read in place.  Packing costs about a load and a store per
 // element of op(A) (a transposition when A is not transposed); every element then serves
 // nc / NR microkernel calls.  In place, the microkernel reads MR rows of A (or MR-long
@@ -360,14 +373,12 @@ bool gemm_avx512(bool ta, bool tb, idx M, idx N, idx K, T alpha, const T* A, idx
     if (beta != T(1)) scale_c<T>(M, N, beta, C, ldc);
     return true;
   }
-  using Tl = Tile<T>;
-  constexpr idx MR = Tl::MR, NR = Tl::NR;
-  const idx KC = block_size(K, Tl::KC, 1);
-  const idx NC = block_size(N, Tl::NC, NR);
-  const idx MC = block_size(M, Tl::MC, MR);
+  constexpr idx MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const Blocks<T> blk(M, N, K);
+  const idx KC = blk.KC, NC = blk.NC, MC = blk.MC;
   const bool packA = pack_a<T>(N), packB = !b_in_place<T>(tb, M, N);
-  T* bp = packB ? t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR)) : nullptr;
-  T* ap = packA ? t_apack.get<T>((std::size_t)KC * ((MC + MR - 1) / MR * MR)) : nullptr;
+  T* bp = packB ? blk.b_buffer() : nullptr;
+  T* ap = packA ? blk.a_buffer() : nullptr;
   if ((packB && !bp) || (packA && !ap)) return false;
 
   for (idx jc = 0; jc < N; jc += NC) {
@@ -429,13 +440,11 @@ bool syrk_lower_avx512(idx D, idx K, const T* R, idx ldr, T beta, T* C, idx ldc)
     for (idx i = 0; i < D; ++i) scale_c<T>(1, i + 1, beta, C + i * ldc, ldc);
     return true;
   }
-  using Tl = Tile<T>;
-  constexpr idx MR = Tl::MR, NR = Tl::NR;
-  const idx KC = block_size(K, Tl::KC, 1);
-  const idx NC = block_size(D, Tl::NC, NR);
-  const idx MC = block_size(D, Tl::MC, MR);
-  T* bp = t_bpack.get<T>((std::size_t)KC * ((NC + NR - 1) / NR * NR));
-  T* ap = t_apack.get<T>((std::size_t)KC * ((MC + MR - 1) / MR * MR));
+  constexpr idx MR = Tile<T>::MR, NR = Tile<T>::NR;
+  const Blocks<T> blk(D, D, K);
+  const idx KC = blk.KC, NC = blk.NC, MC = blk.MC;
+  T* bp = blk.b_buffer();
+  T* ap = blk.a_buffer();
   if (!bp || !ap) return false;
 
   for (idx jc = 0; jc < D; jc += NC) {

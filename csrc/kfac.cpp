@@ -4,10 +4,10 @@
 // over_chunks) through the forward pass and the loss head, forms the rows of the output's
 // square root (or the sampled gradients), backpropagates them to every layer (backward_rows),
 // and adds to its accumulators, per layer, the chunk's a~^T a~ and U^T U: symmetric rank-c
-// updates, of which only the lower triangle is computed (blas.hpp: syrk_lower, as gram.cpp does),
-// mirrored once at the end; the inputs' column of ones is never
-// formed (its row of A is the inputs' column sums).  The per-thread accumulators are summed
-// after one barrier (sum_parts).  The backpropagated rows live in the thread's GramScratch (U),
+// updates, of which only the lower triangle is computed (blas.hpp: syrk_lower, as gram.cpp
+// does), mirrored once at the end; the inputs' column of ones is never formed (its row of A is
+// the inputs' column sums).  The per-thread accumulators are summed after one barrier
+// (sum_parts).  The backpropagated rows live in the thread's GramScratch (U),
 // the same kind of scratch as the Gram route's.
 #include "kfac.hpp"
 
